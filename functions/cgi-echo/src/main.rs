@@ -1,0 +1,37 @@
+//! `cgi-echo`: wisp's example WASI preview1 CGI function.
+//!
+//! Reads the request from the CGI environment and stdin and echoes it back
+//! as text. `?status=NNN` sets the response status.
+
+use std::io::{Read, Write};
+
+fn main() {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let query = var("QUERY_STRING");
+    let status = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("status="))
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|s| (200..600).contains(s))
+        .unwrap_or(200);
+    let mut body = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut body);
+
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "Status: {status}\r\nContent-Type: text/plain; charset=utf-8\r\nX-Cgi: wisp\r\n\r\n");
+    let _ = writeln!(out, "cgi-echo");
+    for name in ["REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH"] {
+        let _ = writeln!(out, "{name}={}", var(name));
+    }
+    let mut headers: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("HTTP_")).collect();
+    headers.sort();
+    for (name, value) in headers {
+        let _ = writeln!(out, "{name}={value}");
+    }
+    if let Ok(greeting) = std::env::var("GREETING") {
+        let _ = writeln!(out, "GREETING={greeting}");
+    }
+    let _ = write!(out, "body=");
+    let _ = out.write_all(&body);
+    let _ = writeln!(out);
+}

@@ -1,0 +1,134 @@
+//! The seam between the pool and the sandboxes: a [`Backend`] makes
+//! [`Instance`]s ready to take requests, an instance forwards requests to its
+//! handler. Everything above this module (pool, gateway) sees only these
+//! traits and the error enums, each of which says which function failed.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+use crate::spec::{FunctionKind, FunctionName, FunctionSpec};
+
+/// Error type carried by streamed bodies.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streamed HTTP body, in either direction.
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// A body with all of its bytes at hand.
+pub fn full_body(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty_body() -> Body {
+    full_body(Bytes::new())
+}
+
+/// Makes sandboxes of one kind.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Checks a newly uploaded artifact and does the per-artifact work that
+    /// every later start shares (compiling, unpacking). Runs at deploy time,
+    /// before the function is stored, so a bad artifact never reaches the
+    /// registry. Returns the kind of function the artifact is.
+    async fn prepare(&self, spec: &FunctionSpec) -> Result<FunctionKind, PrepareError>;
+
+    /// Makes a sandbox that is ready to take requests (a cold start).
+    async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError>;
+}
+
+/// One sandbox of one function.
+#[async_trait]
+pub trait Instance: Send + Sync {
+    /// Forwards one request to the handler and returns its (streamed) response.
+    async fn invoke(&self, req: Request<Body>) -> Result<Response<Body>, InvokeError>;
+
+    /// How many requests the instance may take at once.
+    fn concurrency(&self) -> usize;
+
+    /// Tears the sandbox down and releases everything it holds.
+    async fn stop(self: Box<Self>);
+}
+
+/// Why an artifact was refused at deploy time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrepareError {
+    #[error("artifact {digest} is not a WebAssembly binary (expected a component or a core module)")]
+    NotWasm { digest: String },
+    #[error(
+        "artifact {digest} is not a function wisp can run: {detail} (expected a component of the wasi:http/proxy world, or a WASI preview1 command module)"
+    )]
+    WrongWorld { digest: String, detail: String },
+    #[error("artifact {digest} failed to compile: {detail}")]
+    Compile { digest: String, detail: String },
+    #[error("artifact {digest} is not in the artifact store; upload it with POST /system/artifacts")]
+    MissingArtifact { digest: String },
+    #[error("storage error while preparing artifact {digest}: {detail}")]
+    Storage { digest: String, detail: String },
+}
+
+impl PrepareError {
+    /// Whether the caller sent something wisp cannot run (as opposed to a host fault).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, PrepareError::Storage { .. })
+    }
+}
+
+/// Why a sandbox could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error("function {function}: compiled artifact is missing or unreadable: {detail}")]
+    Artifact { function: FunctionName, detail: String },
+    #[error("function {function}: instantiation failed: {detail}")]
+    Instantiate { function: FunctionName, detail: String },
+    #[error("function {function}: no backend runs {kind} functions")]
+    Unsupported { function: FunctionName, kind: &'static str },
+}
+
+/// Why one request to a function failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    #[error("function {function} did not answer within {timeout:?}")]
+    Timeout { function: FunctionName, timeout: Duration },
+    #[error("function {function} ran out of memory (limit {limit_bytes} bytes)")]
+    OutOfMemory { function: FunctionName, limit_bytes: u64 },
+    #[error("function {function} failed: {detail}")]
+    Trap { function: FunctionName, detail: String },
+    #[error("request body to function {function} is larger than its limit of {limit_bytes} bytes")]
+    BodyTooLarge { function: FunctionName, limit_bytes: u64 },
+    #[error("function {function} sent an invalid response: {detail}")]
+    BadResponse { function: FunctionName, detail: String },
+    #[error("function {function} has no capacity left: {detail}")]
+    Capacity { function: FunctionName, detail: String },
+    #[error("function {function} could not be started: {0}", function = .0.function())]
+    Start(#[from] StartError),
+    #[error("request to function {function} failed: {detail}")]
+    BadRequest { function: FunctionName, detail: String },
+}
+
+impl StartError {
+    pub fn function(&self) -> &FunctionName {
+        match self {
+            StartError::Artifact { function, .. }
+            | StartError::Instantiate { function, .. }
+            | StartError::Unsupported { function, .. } => function,
+        }
+    }
+}
+
+/// Facts about a request that are not in the request itself; the gateway
+/// puts them in its extensions for handlers that want them (CGI).
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// The path prefix that routed to the function, e.g. `/function/hello`.
+    pub script_name: String,
+    /// The client's address.
+    pub remote_addr: Option<std::net::SocketAddr>,
+}

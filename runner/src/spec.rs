@@ -1,0 +1,439 @@
+//! What a function is: the validated, backend-neutral description that the
+//! registry stores and every backend starts from.
+//!
+//! A [`FunctionSpec`] is built once at deploy time from the user's request
+//! (the control API owns the wire format) and is immutable afterwards; a
+//! redeploy makes a new spec. Parsing of the human-friendly quantities used
+//! on the wire (`128Mi`, `30s`) lives here too so that the CLI, the control
+//! API and the tests agree on them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest function name accepted (a DNS label, as OpenFaaS and Kubernetes use).
+pub const MAX_NAME_LEN: usize = 63;
+/// Default memory cap of one instance.
+pub const DEFAULT_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
+/// Default deadline of one request.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Default cap on a request body (AWS Lambda's synchronous payload limit).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 6 * 1024 * 1024;
+/// Largest memory cap a function may ask for.
+pub const MAX_MEMORY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Longest deadline a function may ask for.
+pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// A deployed function, as wisp runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    pub name: FunctionName,
+    /// Content address of the uploaded artifact, `sha256:<hex>`.
+    pub artifact: Digest,
+    /// How the artifact is run; detected from the artifact at deploy time.
+    pub kind: FunctionKind,
+    /// Environment variables the handler sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Free-form labels and annotations, kept for the control API.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub limits: Limits,
+    /// Hosts the function may send HTTP requests to (`*` = any); empty = none.
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
+}
+
+impl FunctionSpec {
+    /// Whether outbound HTTP to `authority` (host or host:port) is allowed.
+    pub fn allows_outbound(&self, authority: &str) -> bool {
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority, |(host, _)| host);
+        self.allow_outbound
+            .iter()
+            .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(host))
+    }
+}
+
+/// The ABI a function's artifact speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FunctionKind {
+    /// A component exporting `wasi:http/incoming-handler` (the `wasi:http/proxy` world).
+    WasmHttp,
+    /// A WASI preview1 command module run CGI-style, as WAGI does.
+    WasmCgi,
+}
+
+impl FunctionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionKind::WasmHttp => "wasm-http",
+            FunctionKind::WasmCgi => "wasm-cgi",
+        }
+    }
+}
+
+/// Resource limits of one function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory cap of one instance, in bytes.
+    pub memory_bytes: u64,
+    /// Deadline of one request, in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Checks the limits against wisp's bounds.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.memory_bytes < 1024 * 1024 || self.memory_bytes > MAX_MEMORY_BYTES {
+            return Err(SpecError::OutOfRange {
+                what: "memory limit",
+                value: self.memory_bytes.to_string(),
+                range: "1Mi..=4Gi",
+            });
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(SpecError::OutOfRange {
+                what: "timeout",
+                value: format!("{}ms", self.timeout_ms),
+                range: "1ms..=15m",
+            });
+        }
+        if self.max_body_bytes == 0 {
+            return Err(SpecError::OutOfRange {
+                what: "body limit",
+                value: "0".into(),
+                range: "at least 1 byte",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A validated function name: 1–63 characters of `[a-z0-9-_.]`, starting
+/// with a letter or digit, so it is safe in URLs, file names and metric labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FunctionName(String);
+
+impl FunctionName {
+    pub fn new(name: &str) -> Result<Self, SpecError> {
+        let invalid = |reason: &'static str| SpecError::InvalidName {
+            name: name.chars().take(80).collect(),
+            reason,
+        };
+        if name.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(invalid("it is longer than 63 characters"));
+        }
+        if name.contains('/') || name.contains('\\') {
+            return Err(invalid("it contains a path separator"));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(invalid(
+                "only lower-case letters, digits, '-', '_' and '.' are allowed",
+            ));
+        }
+        if !name.as_bytes()[0].is_ascii_alphanumeric() {
+            return Err(invalid("it must start with a letter or a digit"));
+        }
+        Ok(FunctionName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FunctionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for FunctionName {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        FunctionName::new(&s)
+    }
+}
+
+impl From<FunctionName> for String {
+    fn from(n: FunctionName) -> String {
+        n.0
+    }
+}
+
+/// A sha256 content address, `sha256:<64 lower-case hex digits>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| SpecError::InvalidDigest {
+            digest: s.chars().take(80).collect(),
+        })?;
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(SpecError::InvalidDigest {
+                digest: s.chars().take(80).collect(),
+            });
+        }
+        Ok(Digest(s.to_owned()))
+    }
+
+    pub fn from_sha256(bytes: &[u8]) -> Self {
+        Digest(format!("sha256:{}", hex::encode(bytes)))
+    }
+
+    /// The 64 hex digits, for file names.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        Digest::parse(&s)
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
+
+/// Why a function's description was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid function name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("invalid digest {digest:?}: expected sha256:<64 hex digits>")]
+    InvalidDigest { digest: String },
+    #[error("invalid {what} {value:?}: {expected}")]
+    InvalidQuantity {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{what} {value} is out of range ({range})")]
+    OutOfRange {
+        what: &'static str,
+        value: String,
+        range: &'static str,
+    },
+    #[error("invalid environment variable {name:?}: {reason}")]
+    InvalidEnv { name: String, reason: &'static str },
+}
+
+/// Parses a byte quantity as Kubernetes and OpenFaaS write them: `134217728`,
+/// `128M` (10^6), `128Mi` (2^20), `1G`, `1Gi`, `512k`, `512Ki`.
+pub fn parse_bytes(what: &'static str, s: &str) -> Result<u64, SpecError> {
+    let err = || SpecError::InvalidQuantity {
+        what,
+        value: s.chars().take(80).collect(),
+        expected: "a byte count such as 134217728, 128Mi or 128M",
+    };
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return Err(err());
+    }
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "k" | "K" | "kB" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        _ => return Err(err()),
+    };
+    n.checked_mul(mult).ok_or_else(err)
+}
+
+/// Parses a duration: `250ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(what: &'static str, s: &str) -> Result<Duration, SpecError> {
+    let err = || SpecError::InvalidQuantity {
+        what,
+        value: s.chars().take(80).collect(),
+        expected: "a duration such as 500ms, 30s or 2m",
+    };
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return Err(err());
+    }
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(err()),
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(err)
+}
+
+/// Checks that an environment variable name is usable (POSIX-ish, no `=`).
+pub fn validate_env_name(name: &str) -> Result<(), SpecError> {
+    let invalid = |reason| SpecError::InvalidEnv {
+        name: name.chars().take(80).collect(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("the name is empty"));
+    }
+    if name.contains('=') || name.contains('\0') {
+        return Err(invalid("the name contains '=' or NUL"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names() {
+        assert!(FunctionName::new("hello").is_ok());
+        assert!(FunctionName::new("cgi-echo.v2_a").is_ok());
+        assert!(FunctionName::new(&"a".repeat(63)).is_ok());
+        for bad in ["", "a/b", "..", ".hidden", "-x", "UPPER", "a b", "a\\b", "é"] {
+            assert!(FunctionName::new(bad).is_err(), "{bad:?} accepted");
+        }
+        let long = FunctionName::new(&"a".repeat(64)).unwrap_err();
+        assert!(long.to_string().contains("longer than 63"), "{long}");
+        let sep = FunctionName::new("a/b").unwrap_err();
+        assert!(sep.to_string().contains("path separator"), "{sep}");
+    }
+
+    #[test]
+    fn digests() {
+        let hex = "a".repeat(64);
+        let d = Digest::parse(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(d.hex(), hex);
+        assert!(Digest::parse(&hex).is_err());
+        assert!(Digest::parse("sha256:abc").is_err());
+        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(Digest::parse(&format!("sha256:{}/..", "a".repeat(62))).is_err());
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_bytes("m", "128Mi"), Ok(128 << 20));
+        assert_eq!(parse_bytes("m", "128M"), Ok(128_000_000));
+        assert_eq!(parse_bytes("m", "42"), Ok(42));
+        assert_eq!(parse_bytes("m", "1Gi"), Ok(1 << 30));
+        assert!(parse_bytes("m", "Mi").is_err());
+        assert!(parse_bytes("m", "12Xi").is_err());
+        assert!(parse_bytes("m", "99999999999999999999Gi").is_err());
+        assert_eq!(parse_duration("t", "250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("t", "30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("t", "2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("t", "5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("t", "5d").is_err());
+        assert!(parse_duration("t", "").is_err());
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        assert!(Limits::default().validate().is_ok());
+        let too_big = Limits {
+            memory_bytes: MAX_MEMORY_BYTES + 1,
+            ..Limits::default()
+        };
+        assert!(too_big.validate().is_err());
+        let no_time = Limits {
+            timeout_ms: 0,
+            ..Limits::default()
+        };
+        assert!(no_time.validate().is_err());
+    }
+
+    #[test]
+    fn outbound_allow_list() {
+        let mut spec = FunctionSpec {
+            name: FunctionName::new("f").unwrap(),
+            artifact: Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap(),
+            kind: FunctionKind::WasmHttp,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            limits: Limits::default(),
+            allow_outbound: vec![],
+        };
+        assert!(!spec.allows_outbound("example.com"));
+        spec.allow_outbound = vec!["example.com".into()];
+        assert!(spec.allows_outbound("example.com:443"));
+        assert!(spec.allows_outbound("EXAMPLE.com"));
+        assert!(!spec.allows_outbound("evil.com"));
+        spec.allow_outbound = vec!["*".into()];
+        assert!(spec.allows_outbound("evil.com"));
+    }
+
+    proptest! {
+        #[test]
+        fn name_parser_never_panics_and_accepts_only_safe_names(s in "\\PC{0,80}") {
+            if let Ok(name) = FunctionName::new(&s) {
+                prop_assert!(!name.as_str().contains('/'));
+                prop_assert!(name.as_str().len() <= MAX_NAME_LEN);
+                prop_assert!(!name.as_str().starts_with('.'));
+            }
+        }
+
+        #[test]
+        fn quantity_parsers_never_panic(s in "\\PC{0,30}") {
+            let _ = parse_bytes("m", &s);
+            let _ = parse_duration("t", &s);
+        }
+    }
+}

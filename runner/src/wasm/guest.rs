@@ -1,0 +1,206 @@
+//! What every guest store gets, whatever its ABI: the memory cap, the
+//! deadline, the capture of stdout/stderr, the WASI context without network
+//! or files, and the one place that turns a wasmtime error into an
+//! [`InvokeError`].
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use tokio::time::Instant;
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+use crate::backend::InvokeError;
+use crate::spec::FunctionSpec;
+
+/// Bytes of a guest's stderr (and, for wasi:http, stdout) kept for the log.
+pub const LOG_TAIL_BYTES: usize = 16 * 1024;
+/// Largest table a guest may grow.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The memory cap of one store. Growth past the cap fails inside the guest
+/// (as `memory.grow` returning -1, which WASI programs may handle); if the
+/// guest then dies, the flag lets us say "out of memory" instead of a bare trap.
+pub struct MemoryCap {
+    limit: usize,
+    hit: Arc<AtomicBool>,
+}
+
+impl MemoryCap {
+    pub fn new(limit_bytes: u64) -> (Self, Arc<AtomicBool>) {
+        let hit = Arc::new(AtomicBool::new(false));
+        let cap = MemoryCap {
+            limit: usize::try_from(limit_bytes).unwrap_or(usize::MAX),
+            hit: hit.clone(),
+        };
+        (cap, hit)
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Arms the store's deadline: the guest yields to tokio at every epoch tick
+/// and is interrupted (`Trap::Interrupt`) once `deadline` has passed.
+pub fn arm_deadline<T: Send>(store: &mut Store<T>, deadline: Instant) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+/// A WASI context with the function's environment and nothing else: no
+/// preopened directories, no sockets, no name lookups, no inherited stdio.
+pub fn wasi_builder(spec: &FunctionSpec) -> WasiCtxBuilder {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&[spec.name.as_str()])
+        .envs(&spec.env.iter().collect::<Vec<_>>())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder
+}
+
+/// Turns the error a guest call ended with into what the caller is told.
+pub fn classify(
+    spec: &FunctionSpec,
+    error: &wasmtime::Error,
+    memory_hit: &AtomicBool,
+) -> InvokeError {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return InvokeError::Timeout {
+            function: spec.name.clone(),
+            timeout: spec.limits.timeout(),
+        };
+    }
+    if memory_hit.load(Ordering::Relaxed) {
+        return InvokeError::OutOfMemory {
+            function: spec.name.clone(),
+            limit_bytes: spec.limits.memory_bytes,
+        };
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return InvokeError::Trap {
+            function: spec.name.clone(),
+            detail: format!("exited with status {}", exit.0),
+        };
+    }
+    if error.is::<wasmtime::PoolConcurrencyLimitError>() {
+        return InvokeError::Capacity {
+            function: spec.name.clone(),
+            detail: format!("{error:#}"),
+        };
+    }
+    InvokeError::Trap {
+        function: spec.name.clone(),
+        detail: format!("{error:?}"),
+    }
+}
+
+/// Keeps the last [`LOG_TAIL_BYTES`] a guest wrote to a stream; older bytes
+/// are dropped, so a chatty guest can neither fill memory nor trap on it.
+#[derive(Clone, Default)]
+pub struct TailPipe(Arc<Mutex<VecDeque<u8>>>);
+
+impl TailPipe {
+    /// What the guest wrote (its tail), lossily as text.
+    pub fn contents(&self) -> String {
+        let buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (a, b) = buf.as_slices();
+        let mut bytes = Vec::with_capacity(a.len() + b.len());
+        bytes.extend_from_slice(a);
+        bytes.extend_from_slice(b);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Logs what the guest wrote, one event per line.
+    pub fn log(&self, spec: &FunctionSpec, stream: &'static str) {
+        let text = self.contents();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            tracing::info!(target: "wisp::guest", function = %spec.name, stream, "{line}");
+        }
+    }
+}
+
+impl AsyncWrite for TailPipe {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let data_tail = &data[data.len().saturating_sub(LOG_TAIL_BYTES)..];
+        let overflow = (buf.len() + data_tail.len()).saturating_sub(LOG_TAIL_BYTES);
+        let drop_front = overflow.min(buf.len());
+        buf.drain(..drop_front);
+        buf.extend(data_tail);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for TailPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for TailPipe {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn tail_pipe_keeps_only_the_tail() {
+        let pipe = TailPipe::default();
+        let mut w = pipe.clone();
+        w.write_all(b"first line\n").await.unwrap();
+        w.write_all(&vec![b'x'; LOG_TAIL_BYTES]).await.unwrap();
+        w.write_all(b"\nlast").await.unwrap();
+        let text = pipe.contents();
+        assert_eq!(text.len(), LOG_TAIL_BYTES);
+        assert!(text.ends_with("\nlast"));
+        assert!(!text.contains("first"));
+    }
+}

@@ -1,0 +1,252 @@
+//! `wasi:http/proxy` components, the world `wasmtime serve`, Spin and Fastly
+//! host. Besides `wasi:http`, the whole of WASI 0.2 is linked (cli,
+//! filesystem without preopens, random, clocks, sockets that may reach
+//! nothing), as `wasmtime serve -S cli=y` does, so that components built by
+//! cargo, componentize-py or componentize-js run unchanged.
+//!
+//! Request and response bodies stream in both directions: the guest runs in
+//! its own task and keeps writing the response body after its headers have
+//! gone out, bounded by the request's deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use super::guest::{MemoryCap, TailPipe, arm_deadline, classify, wasi_builder};
+use crate::backend::{Body, BodyError, Instance, InvokeError};
+use crate::spec::FunctionSpec;
+
+pub type HttpLinker = Linker<HttpState>;
+
+/// The data of one request's store.
+pub struct HttpState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundPolicy,
+    memory: MemoryCap,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Links every WASI 0.2 interface and `wasi:http`.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<HttpLinker> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Outbound HTTP is denied unless the function's spec names the host.
+struct OutboundPolicy {
+    spec: Arc<FunctionSpec>,
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        if !self.spec.allows_outbound(&authority) {
+            tracing::warn!(function = %self.spec.name, %authority, "outbound HTTP request denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        drop(fut);
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// A pre-linked `wasi:http/proxy` component; each request instantiates it
+/// into a fresh store.
+pub struct HttpInstance {
+    pre: ProxyPre<HttpState>,
+    spec: Arc<FunctionSpec>,
+}
+
+impl HttpInstance {
+    pub fn new(
+        linker: &HttpLinker,
+        component: &Component,
+        spec: &FunctionSpec,
+    ) -> wasmtime::Result<Self> {
+        let pre = ProxyPre::new(linker.instantiate_pre(component)?)?;
+        Ok(HttpInstance {
+            pre,
+            spec: Arc::new(spec.clone()),
+        })
+    }
+}
+
+#[async_trait]
+impl Instance for HttpInstance {
+    async fn invoke(&self, req: Request<Body>) -> Result<Response<Body>, InvokeError> {
+        let spec = &self.spec;
+        let deadline = Instant::now() + spec.limits.timeout();
+        let stdout = TailPipe::default();
+        let stderr = TailPipe::default();
+        let wasi = wasi_builder(spec)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let (memory, memory_hit) = MemoryCap::new(spec.limits.memory_bytes);
+        let mut store = Store::new(
+            self.pre.engine(),
+            HttpState {
+                wasi,
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                outbound: OutboundPolicy { spec: spec.clone() },
+                memory,
+            },
+        );
+        store.limiter(|state| &mut state.memory);
+        arm_deadline(&mut store, deadline);
+
+        let req = req.map(|body| body.map_err(body_error_to_wasi));
+        let internal = |e: wasmtime::Error| InvokeError::BadRequest {
+            function: spec.name.clone(),
+            detail: format!("{e:#}"),
+        };
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(internal)?;
+        let responded = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let out = {
+            let responded = responded.clone();
+            store
+                .data_mut()
+                .http()
+                .new_response_outparam_from_callback(move |response| {
+                    responded.store(true, Ordering::Release);
+                    let _ = tx.send(response);
+                })
+                .map_err(internal)?
+        };
+
+        let pre = self.pre.clone();
+        let task_spec = spec.clone();
+        let task_memory_hit = memory_hit.clone();
+        let guest = tokio::spawn(async move {
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            }
+            .await;
+            stdout.log(&task_spec, "stdout");
+            stderr.log(&task_spec, "stderr");
+            match result {
+                Err(e) if responded.load(Ordering::Acquire) => {
+                    // The caller already has the status line; all we can do
+                    // is cut the body short (the guest's body stream errors)
+                    // and say why in the log.
+                    let error = classify(&task_spec, &e, &task_memory_hit);
+                    tracing::warn!(function = %task_spec.name, error = %error, detail = ?e, "guest failed after responding");
+                    Ok(())
+                }
+                other => other,
+            }
+        });
+
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(response))) => Ok(response.map(|body| body.map_err(BodyError::from).boxed_unsync())),
+            Ok(Ok(Err(code))) => Err(InvokeError::BadResponse {
+                function: spec.name.clone(),
+                detail: format!("the guest answered with error code {code:?}"),
+            }),
+            Ok(Err(_)) => {
+                // The guest returned (or died) without setting a response.
+                match tokio::time::timeout_at(deadline, guest).await {
+                    Ok(Ok(Ok(()))) => Err(InvokeError::BadResponse {
+                        function: spec.name.clone(),
+                        detail: "the guest returned without setting a response".into(),
+                    }),
+                    Ok(Ok(Err(e))) => Err(classify(spec, &e, &memory_hit)),
+                    Ok(Err(join)) => Err(InvokeError::Trap {
+                        function: spec.name.clone(),
+                        detail: format!("guest task failed: {join}"),
+                    }),
+                    Err(_) => Err(timeout(spec)),
+                }
+            }
+            Err(_) => {
+                guest.abort();
+                Err(timeout(spec))
+            }
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        // Every request gets its own store; the engine's instance pool is the limit.
+        usize::MAX
+    }
+
+    async fn stop(self: Box<Self>) {}
+}
+
+fn timeout(spec: &FunctionSpec) -> InvokeError {
+    InvokeError::Timeout {
+        function: spec.name.clone(),
+        timeout: spec.limits.timeout(),
+    }
+}
+
+fn body_error_to_wasi(e: BodyError) -> wasmtime_wasi_http::Error {
+    match e.downcast_ref::<crate::body::BodyTooLarge>() {
+        Some(too_large) => wasmtime_wasi_http::Error::HttpRequestBodySize(Some(too_large.limit)),
+        None => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+    }
+}

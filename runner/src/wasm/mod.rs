@@ -1,0 +1,254 @@
+//! The WebAssembly backend (wasmtime).
+//!
+//! One [`Engine`] per process, with the pooling instance allocator,
+//! copy-on-write memory images and epoch interruption. Artifacts are compiled
+//! once at deploy time and the machine code is kept in the artifact store;
+//! [`WasmBackend::start`] maps it back in with `deserialize_file` and
+//! pre-links it, so a restart recompiles nothing. A warm "instance" is an
+//! `InstancePre`: every request gets a fresh `Store`, so no state leaks from
+//! one request to the next.
+//!
+//! Two ABIs: `wasi:http/proxy` components ([`http`]) and WASI preview1
+//! command modules run CGI-style ([`cgi`]). Limits: a per-store memory cap
+//! (a [`wasmtime::ResourceLimiter`]), a deadline enforced with epochs (a
+//! guest spinning in a loop is interrupted), and no network: no sockets, no
+//! name lookups, outbound HTTP only to hosts the function's spec allows.
+
+mod cgi;
+mod guest;
+mod http;
+
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
+
+use crate::artifact::ArtifactStore;
+use crate::backend::{Backend, Instance, PrepareError, StartError};
+use crate::spec::{FunctionKind, FunctionSpec, MAX_MEMORY_BYTES};
+
+pub use cgi::parse_cgi_response;
+
+/// How often the epoch ticks; a guest's deadline is checked at this granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Operator settings of the wasm backend.
+#[derive(Debug, Clone)]
+pub struct WasmConfig {
+    /// Instances (stores) that may exist at once across all functions.
+    pub max_instances: u32,
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        WasmConfig { max_instances: 256 }
+    }
+}
+
+/// Runs WebAssembly functions. Cloning is cheap: clones share the engine.
+#[derive(Clone)]
+pub struct WasmBackend {
+    engine: Engine,
+    artifacts: ArtifactStore,
+    http_linker: Arc<http::HttpLinker>,
+    cgi_linker: Arc<cgi::CgiLinker>,
+    /// File-name suffix of precompiled code: changes when the engine does.
+    compiled_suffix: Arc<str>,
+}
+
+impl WasmBackend {
+    pub fn new(artifacts: ArtifactStore, config: &WasmConfig) -> wasmtime::Result<Self> {
+        let engine = Engine::new(&engine_config(config))?;
+        let ticker = engine.weak();
+        // The epoch clock. A plain thread: it must keep ticking even when
+        // every tokio worker is busy running guests.
+        std::thread::Builder::new()
+            .name("wisp-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compiled_suffix: Arc<str> = format!("{:016x}.cwasm", hasher.finish()).into();
+        Ok(WasmBackend {
+            http_linker: Arc::new(http::linker(&engine)?),
+            cgi_linker: Arc::new(cgi::linker(&engine)?),
+            engine,
+            artifacts,
+            compiled_suffix,
+        })
+    }
+
+    /// Compiles the artifact if its machine code is not on disk yet.
+    fn compile(&self, spec: &FunctionSpec, kind: FunctionKind) -> Result<(), PrepareError> {
+        let digest = spec.artifact.as_str().to_owned();
+        let out = self.artifacts.compiled_path(&spec.artifact, &self.compiled_suffix);
+        if out.is_file() {
+            return Ok(());
+        }
+        let storage = |e: std::io::Error| PrepareError::Storage {
+            digest: digest.clone(),
+            detail: e.to_string(),
+        };
+        let bytes = std::fs::read(self.artifacts.blob_path(&spec.artifact)).map_err(storage)?;
+        let compiled = match kind {
+            FunctionKind::WasmHttp => self.engine.precompile_component(&bytes),
+            FunctionKind::WasmCgi => self.engine.precompile_module(&bytes),
+        }
+        .map_err(|e| PrepareError::Compile {
+            digest: digest.clone(),
+            detail: format!("{e:#}"),
+        })?;
+        self.artifacts.write_compiled(&out, &compiled).map_err(storage)
+    }
+
+    /// Loads precompiled code and links it against the host's imports.
+    fn load(&self, spec: &FunctionSpec) -> wasmtime::Result<Box<dyn Instance>> {
+        let path = self.artifacts.compiled_path(&spec.artifact, &self.compiled_suffix);
+        Ok(match spec.kind {
+            FunctionKind::WasmHttp => {
+                let component = load_component(&self.engine, &path)?;
+                Box::new(http::HttpInstance::new(&self.http_linker, &component, spec)?)
+            }
+            FunctionKind::WasmCgi => {
+                let module = load_module(&self.engine, &path)?;
+                Box::new(cgi::CgiInstance::new(&self.cgi_linker, &module, spec)?)
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for WasmBackend {
+    async fn prepare(&self, spec: &FunctionSpec) -> Result<FunctionKind, PrepareError> {
+        let digest = spec.artifact.as_str().to_owned();
+        let blob = self.artifacts.blob_path(&spec.artifact);
+        let kind = match detect_kind(&blob) {
+            Ok(Some(kind)) => kind,
+            Ok(None) => return Err(PrepareError::NotWasm { digest }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PrepareError::MissingArtifact { digest });
+            }
+            Err(e) => {
+                return Err(PrepareError::Storage {
+                    digest,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let spec = FunctionSpec {
+            kind,
+            ..spec.clone()
+        };
+        let backend = self.clone();
+        tokio::task::spawn_blocking(move || {
+            backend.compile(&spec, kind)?;
+            // Linking checks the world: missing exports or imports we do not
+            // provide are refused here, before the function is stored.
+            backend
+                .load(&spec)
+                .map_err(|e| PrepareError::WrongWorld {
+                    digest: spec.artifact.as_str().to_owned(),
+                    detail: format!("{e:#}"),
+                })?;
+            Ok(kind)
+        })
+        .await
+        .map_err(|e| PrepareError::Storage {
+            digest: String::new(),
+            detail: format!("compile task failed: {e}"),
+        })?
+    }
+
+    async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError> {
+        let backend = self.clone();
+        let spec = spec.clone();
+        let function = spec.name.clone();
+        tokio::task::spawn_blocking(move || {
+            // Precompiled code can be missing after a wasmtime upgrade or a
+            // wiped cache: compile again from the stored artifact.
+            backend
+                .compile(&spec, spec.kind)
+                .map_err(|e| StartError::Artifact {
+                    function: spec.name.clone(),
+                    detail: e.to_string(),
+                })?;
+            backend.load(&spec).map_err(|e| StartError::Instantiate {
+                function: spec.name.clone(),
+                detail: format!("{e:#}"),
+            })
+        })
+        .await
+        .map_err(|e| StartError::Instantiate {
+            function,
+            detail: format!("start task failed: {e}"),
+        })?
+    }
+}
+
+fn engine_config(config: &WasmConfig) -> Config {
+    let n = config.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        // Components made by real toolchains (the preview1 adapter, Python
+        // and JS runtimes) carry several core instances, memories and tables.
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(8)
+        .max_tables_per_component(16)
+        .max_memory_size(MAX_MEMORY_BYTES as usize)
+        .max_core_instance_size(4 << 20)
+        .max_component_instance_size(4 << 20);
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    cfg
+}
+
+/// Reads the 8-byte preamble: `\0asm` then the version/layer word, which
+/// tells a core module (version 1) from a component (layer 1).
+fn detect_kind(path: &Path) -> std::io::Result<Option<FunctionKind>> {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path)?;
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..])? {
+            0 => return Ok(None),
+            n => got += n,
+        }
+    }
+    Ok(match head {
+        [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(FunctionKind::WasmCgi),
+        [0, b'a', b's', b'm', _, _, 1, 0] => Some(FunctionKind::WasmHttp),
+        _ => None,
+    })
+}
+
+fn load_component(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file was written by `Engine::precompile_component` of an
+    // engine with the same compatibility hash (it is in the file name), into
+    // wisp's own data directory, through a temporary file and an atomic
+    // rename; nothing else writes there, and it is never modified in place
+    // while mapped.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+fn load_module(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
+    // SAFETY: as for `load_component`: written by `Engine::precompile_module`
+    // of a compatible engine, atomically, and never modified in place.
+    unsafe { Module::deserialize_file(engine, path) }
+}
