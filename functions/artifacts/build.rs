@@ -25,9 +25,15 @@ fn main() {
         .unwrap_or_else(|| out_dir.join("wasm-guests"));
 
     for (package, _, _, _) in GUESTS {
-        println!("cargo:rerun-if-changed={}", functions.join(package).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            functions.join(package).display()
+        );
     }
-    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.lock").display()
+    );
 
     let mut paths = String::new();
     for target in ["wasm32-wasip2", "wasm32-wasip1"] {
@@ -52,10 +58,20 @@ fn main() {
             "building the example functions for {target} failed; is the target installed? (rustup target add {target})"
         );
         for (_, target, file, constant) in packages {
-            let path = target_dir.join(target).join("release").join(file.replace('-', "_"));
-            let path = if path.exists() { path } else { target_dir.join(target).join("release").join(file) };
+            let path = target_dir
+                .join(target)
+                .join("release")
+                .join(file.replace('-', "_"));
+            let path = if path.exists() {
+                path
+            } else {
+                target_dir.join(target).join("release").join(file)
+            };
             assert!(path.exists(), "missing {}", path.display());
-            paths.push_str(&format!("pub const {constant}: &str = {:?};\n", path.display().to_string()));
+            paths.push_str(&format!(
+                "pub const {constant}: &str = {:?};\n",
+                path.display().to_string()
+            ));
         }
     }
     std::fs::write(out_dir.join("paths.rs"), paths).expect("write paths.rs");
@@ -64,4 +80,3 @@ fn main() {
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
 }
-

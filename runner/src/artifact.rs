@@ -172,7 +172,15 @@ mod tests {
             store.put(Bytes::new()).await.unwrap_err(),
             UploadError::Empty
         ));
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        assert_eq!(std::fs::read_dir(dir.path().join("sha256")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

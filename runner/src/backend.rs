@@ -11,7 +11,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::spec::{FunctionKind, FunctionName, FunctionSpec};
+use crate::spec::{Digest, FunctionKind, FunctionName, FunctionSpec};
 
 /// Error type carried by streamed bodies.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,7 +38,7 @@ pub trait Backend: Send + Sync + 'static {
     /// every later start shares (compiling, unpacking). Runs at deploy time,
     /// before the function is stored, so a bad artifact never reaches the
     /// registry. Returns the kind of function the artifact is.
-    async fn prepare(&self, spec: &FunctionSpec) -> Result<FunctionKind, PrepareError>;
+    async fn prepare(&self, artifact: &Digest) -> Result<FunctionKind, PrepareError>;
 
     /// Makes a sandbox that is ready to take requests (a cold start).
     async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError>;
@@ -60,7 +60,9 @@ pub trait Instance: Send + Sync {
 /// Why an artifact was refused at deploy time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrepareError {
-    #[error("artifact {digest} is not a WebAssembly binary (expected a component or a core module)")]
+    #[error(
+        "artifact {digest} is not a WebAssembly binary (expected a component or a core module)"
+    )]
     NotWasm { digest: String },
     #[error(
         "artifact {digest} is not a function wisp can run: {detail} (expected a component of the wasi:http/proxy world, or a WASI preview1 command module)"
@@ -68,7 +70,9 @@ pub enum PrepareError {
     WrongWorld { digest: String, detail: String },
     #[error("artifact {digest} failed to compile: {detail}")]
     Compile { digest: String, detail: String },
-    #[error("artifact {digest} is not in the artifact store; upload it with POST /system/artifacts")]
+    #[error(
+        "artifact {digest} is not in the artifact store; upload it with POST /system/artifacts"
+    )]
     MissingArtifact { digest: String },
     #[error("storage error while preparing artifact {digest}: {detail}")]
     Storage { digest: String, detail: String },
@@ -85,32 +89,62 @@ impl PrepareError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StartError {
     #[error("function {function}: compiled artifact is missing or unreadable: {detail}")]
-    Artifact { function: FunctionName, detail: String },
+    Artifact {
+        function: FunctionName,
+        detail: String,
+    },
     #[error("function {function}: instantiation failed: {detail}")]
-    Instantiate { function: FunctionName, detail: String },
+    Instantiate {
+        function: FunctionName,
+        detail: String,
+    },
     #[error("function {function}: no backend runs {kind} functions")]
-    Unsupported { function: FunctionName, kind: &'static str },
+    Unsupported {
+        function: FunctionName,
+        kind: &'static str,
+    },
 }
 
 /// Why one request to a function failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvokeError {
     #[error("function {function} did not answer within {timeout:?}")]
-    Timeout { function: FunctionName, timeout: Duration },
+    Timeout {
+        function: FunctionName,
+        timeout: Duration,
+    },
     #[error("function {function} ran out of memory (limit {limit_bytes} bytes)")]
-    OutOfMemory { function: FunctionName, limit_bytes: u64 },
+    OutOfMemory {
+        function: FunctionName,
+        limit_bytes: u64,
+    },
     #[error("function {function} failed: {detail}")]
-    Trap { function: FunctionName, detail: String },
+    Trap {
+        function: FunctionName,
+        detail: String,
+    },
     #[error("request body to function {function} is larger than its limit of {limit_bytes} bytes")]
-    BodyTooLarge { function: FunctionName, limit_bytes: u64 },
+    BodyTooLarge {
+        function: FunctionName,
+        limit_bytes: u64,
+    },
     #[error("function {function} sent an invalid response: {detail}")]
-    BadResponse { function: FunctionName, detail: String },
+    BadResponse {
+        function: FunctionName,
+        detail: String,
+    },
     #[error("function {function} has no capacity left: {detail}")]
-    Capacity { function: FunctionName, detail: String },
+    Capacity {
+        function: FunctionName,
+        detail: String,
+    },
     #[error("function {function} could not be started: {0}", function = .0.function())]
     Start(#[from] StartError),
     #[error("request to function {function} failed: {detail}")]
-    BadRequest { function: FunctionName, detail: String },
+    BadRequest {
+        function: FunctionName,
+        detail: String,
+    },
 }
 
 impl StartError {

@@ -96,7 +96,9 @@ impl Pool {
             self.started.store(0, Ordering::Release);
             match Arc::try_unwrap(instance) {
                 Ok(instance) => instance.stop().await,
-                Err(_) => tracing::warn!(function = %self.spec.name, "instance still shared at retirement"),
+                Err(_) => {
+                    tracing::warn!(function = %self.spec.name, "instance still shared at retirement")
+                }
             }
         }
     }

@@ -156,10 +156,9 @@ impl FunctionName {
         if name.contains('/') || name.contains('\\') {
             return Err(invalid("it contains a path separator"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
-        {
+        if !name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        }) {
             return Err(invalid(
                 "only lower-case letters, digits, '-', '_' and '.' are allowed",
             ));
@@ -201,9 +200,11 @@ pub struct Digest(String);
 
 impl Digest {
     pub fn parse(s: &str) -> Result<Self, SpecError> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| SpecError::InvalidDigest {
-            digest: s.chars().take(80).collect(),
-        })?;
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| SpecError::InvalidDigest {
+                digest: s.chars().take(80).collect(),
+            })?;
         if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(SpecError::InvalidDigest {
                 digest: s.chars().take(80).collect(),
@@ -347,7 +348,9 @@ mod tests {
         assert!(FunctionName::new("hello").is_ok());
         assert!(FunctionName::new("cgi-echo.v2_a").is_ok());
         assert!(FunctionName::new(&"a".repeat(63)).is_ok());
-        for bad in ["", "a/b", "..", ".hidden", "-x", "UPPER", "a b", "a\\b", "é"] {
+        for bad in [
+            "", "a/b", "..", ".hidden", "-x", "UPPER", "a b", "a\\b", "é",
+        ] {
             assert!(FunctionName::new(bad).is_err(), "{bad:?} accepted");
         }
         let long = FunctionName::new(&"a".repeat(64)).unwrap_err();

@@ -5,5 +5,9 @@ include!(concat!(env!("OUT_DIR"), "/paths.rs"));
 
 /// Every example function: (name, path).
 pub fn all() -> [(&'static str, &'static str); 3] {
-    [("hello", HELLO), ("cgi-echo", CGI_ECHO), ("misbehave", MISBEHAVE)]
+    [
+        ("hello", HELLO),
+        ("cgi-echo", CGI_ECHO),
+        ("misbehave", MISBEHAVE),
+    ]
 }

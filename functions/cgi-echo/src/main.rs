@@ -18,12 +18,24 @@ fn main() {
     let _ = std::io::stdin().read_to_end(&mut body);
 
     let mut out = std::io::stdout().lock();
-    let _ = write!(out, "Status: {status}\r\nContent-Type: text/plain; charset=utf-8\r\nX-Cgi: wisp\r\n\r\n");
+    let _ = write!(
+        out,
+        "Status: {status}\r\nContent-Type: text/plain; charset=utf-8\r\nX-Cgi: wisp\r\n\r\n"
+    );
     let _ = writeln!(out, "cgi-echo");
-    for name in ["REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH"] {
+    for name in [
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "QUERY_STRING",
+        "CONTENT_TYPE",
+        "CONTENT_LENGTH",
+    ] {
         let _ = writeln!(out, "{name}={}", var(name));
     }
-    let mut headers: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("HTTP_")).collect();
+    let mut headers: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HTTP_"))
+        .collect();
     headers.sort();
     for (name, value) in headers {
         let _ = writeln!(out, "{name}={value}");

@@ -7,7 +7,7 @@
 use std::io::Write as _;
 
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasip2::io::streams::StreamError;
 
@@ -29,14 +29,29 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             .unwrap_or("world")
             .to_owned();
         let greeting = std::env::var("GREETING").unwrap_or_else(|_| "Hello".into());
-        let method = format!("{:?}", request.method()).to_uppercase();
+        let method = match request.method() {
+            Method::Get => "GET".to_owned(),
+            Method::Head => "HEAD".to_owned(),
+            Method::Post => "POST".to_owned(),
+            Method::Put => "PUT".to_owned(),
+            Method::Delete => "DELETE".to_owned(),
+            Method::Connect => "CONNECT".to_owned(),
+            Method::Options => "OPTIONS".to_owned(),
+            Method::Trace => "TRACE".to_owned(),
+            Method::Patch => "PATCH".to_owned(),
+            Method::Other(other) => other,
+        };
 
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain; charset=utf-8".to_vec()]);
         let response = OutgoingResponse::new(headers);
-        let Ok(out_body) = response.body() else { return };
+        let Ok(out_body) = response.body() else {
+            return;
+        };
         ResponseOutparam::set(response_out, Ok(response));
-        let Ok(mut out) = out_body.write() else { return };
+        let Ok(mut out) = out_body.write() else {
+            return;
+        };
         let head = format!(
             "{greeting}, {name}! (from wisp's hello function)\nmethod: {method}\npath: {path}\nquery: {query}\nbody: "
         );

@@ -82,7 +82,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
         let pq = request.path_with_query().unwrap_or_default();
         let (path, query) = pq.split_once('?').unwrap_or((pq.as_str(), ""));
         let num = |key: &str, default: u64| {
-            param(query, key).and_then(|v| v.parse().ok()).unwrap_or(default)
+            param(query, key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
         };
         match path {
             "/trap" => panic!("misbehave was asked to trap"),
@@ -106,7 +108,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 respond(out, 200, &[b"slept\n"], 0);
             }
             "/stream" => {
-                let chunks: Vec<String> = (0..num("chunks", 3)).map(|i| format!("chunk {i}\n")).collect();
+                let chunks: Vec<String> = (0..num("chunks", 3))
+                    .map(|i| format!("chunk {i}\n"))
+                    .collect();
                 let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_bytes()).collect();
                 respond(out, 200, &refs, num("ms", 100));
             }

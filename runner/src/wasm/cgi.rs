@@ -44,15 +44,20 @@ pub struct CgiInstance {
     spec: Arc<FunctionSpec>,
 }
 
+pub type CgiPre = wasmtime::InstancePre<CgiState>;
+
+/// Links a module; fails unless it is a WASI command (exports `_start`) and
+/// imports nothing beyond `wasi_snapshot_preview1`.
+pub fn pre(linker: &CgiLinker, module: &Module) -> wasmtime::Result<CgiPre> {
+    if module.get_export("_start").is_none() {
+        wasmtime::bail!("the module exports no `_start` function (it is not a WASI command)");
+    }
+    linker.instantiate_pre(module)
+}
+
 impl CgiInstance {
-    pub fn new(linker: &CgiLinker, module: &Module, spec: &FunctionSpec) -> wasmtime::Result<Self> {
-        if module.get_export("_start").is_none() {
-            wasmtime::bail!("the module exports no `_start` function (it is not a WASI command)");
-        }
-        Ok(CgiInstance {
-            pre: linker.instantiate_pre(module)?,
-            spec: Arc::new(spec.clone()),
-        })
+    pub fn new(pre: CgiPre, spec: Arc<FunctionSpec>) -> Self {
+        CgiInstance { pre, spec }
     }
 
     async fn run(&self, req: Request<Body>, deadline: Instant) -> Result<Bytes, InvokeError> {
@@ -70,7 +75,11 @@ impl CgiInstance {
                     detail: format!("reading the request body: {e}"),
                 },
             })?;
-        let info = parts.extensions.get::<RequestInfo>().cloned().unwrap_or_default();
+        let info = parts
+            .extensions
+            .get::<RequestInfo>()
+            .cloned()
+            .unwrap_or_default();
         let vars = cgi_variables(&parts, &info, body.len());
         let stdout = MemoryOutputPipe::new(MAX_CGI_OUTPUT_BYTES);
         let stderr = TailPipe::default();
@@ -158,7 +167,10 @@ fn cgi_variables(
     };
     let mut vars = vec![
         ("GATEWAY_INTERFACE".to_owned(), "CGI/1.1".to_owned()),
-        ("SERVER_SOFTWARE".to_owned(), concat!("wisp/", env!("CARGO_PKG_VERSION")).to_owned()),
+        (
+            "SERVER_SOFTWARE".to_owned(),
+            concat!("wisp/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
         ("SERVER_PROTOCOL".to_owned(), protocol.to_owned()),
         ("SERVER_NAME".to_owned(), server_name.to_owned()),
         ("SERVER_PORT".to_owned(), server_port.to_owned()),
@@ -171,7 +183,11 @@ fn cgi_variables(
         ("X_RAW_PATH_INFO".to_owned(), path.to_owned()),
         (
             "X_FULL_URL".to_owned(),
-            format!("http://{host}{}{}", info.script_name, parts.uri.path_and_query().map_or("", |pq| pq.as_str())),
+            format!(
+                "http://{host}{}{}",
+                info.script_name,
+                parts.uri.path_and_query().map_or("", |pq| pq.as_str())
+            ),
         ),
     ];
     if let Some(addr) = info.remote_addr {
@@ -201,7 +217,9 @@ pub fn parse_cgi_response(out: &[u8]) -> Result<(StatusCode, HeaderMap, usize), 
     let mut pos = 0;
     loop {
         if pos >= MAX_CGI_HEADER_BYTES {
-            return Err(format!("the CGI header block is longer than {MAX_CGI_HEADER_BYTES} bytes"));
+            return Err(format!(
+                "the CGI header block is longer than {MAX_CGI_HEADER_BYTES} bytes"
+            ));
         }
         let Some(nl) = out[pos..].iter().position(|&b| b == b'\n') else {
             return Err(if out.is_empty() {
@@ -216,7 +234,8 @@ pub fn parse_cgi_response(out: &[u8]) -> Result<(StatusCode, HeaderMap, usize), 
         if line.is_empty() {
             break;
         }
-        let text = std::str::from_utf8(line).map_err(|_| "a CGI header line is not UTF-8".to_owned())?;
+        let text =
+            std::str::from_utf8(line).map_err(|_| "a CGI header line is not UTF-8".to_owned())?;
         let (name, value) = text
             .split_once(':')
             .ok_or_else(|| format!("CGI header line {:?} has no ':'", truncate(text)))?;
@@ -282,9 +301,21 @@ mod tests {
     #[test]
     fn refuses_malformed_output() {
         assert!(parse_cgi_response(b"").unwrap_err().contains("nothing"));
-        assert!(parse_cgi_response(b"hello world").unwrap_err().contains("blank line"));
-        assert!(parse_cgi_response(b"no colon here\n\n").unwrap_err().contains("no ':'"));
-        assert!(parse_cgi_response(b"Status: abc\n\n").unwrap_err().contains("Status"));
+        assert!(
+            parse_cgi_response(b"hello world")
+                .unwrap_err()
+                .contains("blank line")
+        );
+        assert!(
+            parse_cgi_response(b"no colon here\n\n")
+                .unwrap_err()
+                .contains("no ':'")
+        );
+        assert!(
+            parse_cgi_response(b"Status: abc\n\n")
+                .unwrap_err()
+                .contains("Status")
+        );
         assert!(parse_cgi_response(b"Status: 99\n\n").is_err());
         assert!(parse_cgi_response(b"\nbody").is_err());
         assert!(parse_cgi_response(b"Bad Name: x\n\n").is_err());

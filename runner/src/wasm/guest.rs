@@ -155,7 +155,11 @@ impl TailPipe {
 }
 
 impl AsyncWrite for TailPipe {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let data_tail = &data[data.len().saturating_sub(LOG_TAIL_BYTES)..];
         let overflow = (buf.len() + data_tail.len()).saturating_sub(LOG_TAIL_BYTES);

@@ -111,17 +111,17 @@ pub struct HttpInstance {
     spec: Arc<FunctionSpec>,
 }
 
+pub type HttpPre = ProxyPre<HttpState>;
+
+/// Links a component; fails unless it exports `wasi:http/incoming-handler`
+/// and imports nothing beyond WASI 0.2 and `wasi:http`.
+pub fn pre(linker: &HttpLinker, component: &Component) -> wasmtime::Result<HttpPre> {
+    ProxyPre::new(linker.instantiate_pre(component)?)
+}
+
 impl HttpInstance {
-    pub fn new(
-        linker: &HttpLinker,
-        component: &Component,
-        spec: &FunctionSpec,
-    ) -> wasmtime::Result<Self> {
-        let pre = ProxyPre::new(linker.instantiate_pre(component)?)?;
-        Ok(HttpInstance {
-            pre,
-            spec: Arc::new(spec.clone()),
-        })
+    pub fn new(pre: HttpPre, spec: Arc<FunctionSpec>) -> Self {
+        HttpInstance { pre, spec }
     }
 }
 
@@ -202,7 +202,9 @@ impl Instance for HttpInstance {
         });
 
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Ok(response))) => Ok(response.map(|body| body.map_err(BodyError::from).boxed_unsync())),
+            Ok(Ok(Ok(response))) => {
+                Ok(response.map(|body| body.map_err(BodyError::from).boxed_unsync()))
+            }
             Ok(Ok(Err(code))) => Err(InvokeError::BadResponse {
                 function: spec.name.clone(),
                 detail: format!("the guest answered with error code {code:?}"),

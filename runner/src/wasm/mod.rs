@@ -29,7 +29,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAlloca
 
 use crate::artifact::ArtifactStore;
 use crate::backend::{Backend, Instance, PrepareError, StartError};
-use crate::spec::{FunctionKind, FunctionSpec, MAX_MEMORY_BYTES};
+use crate::spec::{Digest, FunctionKind, FunctionSpec, MAX_MEMORY_BYTES};
 
 pub use cgi::parse_cgi_response;
 
@@ -88,9 +88,11 @@ impl WasmBackend {
     }
 
     /// Compiles the artifact if its machine code is not on disk yet.
-    fn compile(&self, spec: &FunctionSpec, kind: FunctionKind) -> Result<(), PrepareError> {
-        let digest = spec.artifact.as_str().to_owned();
-        let out = self.artifacts.compiled_path(&spec.artifact, &self.compiled_suffix);
+    fn compile(&self, artifact: &Digest, kind: FunctionKind) -> Result<(), PrepareError> {
+        let digest = artifact.as_str().to_owned();
+        let out = self
+            .artifacts
+            .compiled_path(artifact, &self.compiled_suffix);
         if out.is_file() {
             return Ok(());
         }
@@ -98,7 +100,7 @@ impl WasmBackend {
             digest: digest.clone(),
             detail: e.to_string(),
         };
-        let bytes = std::fs::read(self.artifacts.blob_path(&spec.artifact)).map_err(storage)?;
+        let bytes = std::fs::read(self.artifacts.blob_path(artifact)).map_err(storage)?;
         let compiled = match kind {
             FunctionKind::WasmHttp => self.engine.precompile_component(&bytes),
             FunctionKind::WasmCgi => self.engine.precompile_module(&bytes),
@@ -107,30 +109,41 @@ impl WasmBackend {
             digest: digest.clone(),
             detail: format!("{e:#}"),
         })?;
-        self.artifacts.write_compiled(&out, &compiled).map_err(storage)
+        self.artifacts
+            .write_compiled(&out, &compiled)
+            .map_err(storage)
     }
 
-    /// Loads precompiled code and links it against the host's imports.
-    fn load(&self, spec: &FunctionSpec) -> wasmtime::Result<Box<dyn Instance>> {
-        let path = self.artifacts.compiled_path(&spec.artifact, &self.compiled_suffix);
-        Ok(match spec.kind {
-            FunctionKind::WasmHttp => {
-                let component = load_component(&self.engine, &path)?;
-                Box::new(http::HttpInstance::new(&self.http_linker, &component, spec)?)
-            }
-            FunctionKind::WasmCgi => {
-                let module = load_module(&self.engine, &path)?;
-                Box::new(cgi::CgiInstance::new(&self.cgi_linker, &module, spec)?)
-            }
+    /// Maps precompiled code in and links it against the host's imports;
+    /// this is where a component of the wrong world is refused.
+    fn link(&self, artifact: &Digest, kind: FunctionKind) -> wasmtime::Result<Linked> {
+        let path = self
+            .artifacts
+            .compiled_path(artifact, &self.compiled_suffix);
+        Ok(match kind {
+            FunctionKind::WasmHttp => Linked::Http(http::pre(
+                &self.http_linker,
+                &load_component(&self.engine, &path)?,
+            )?),
+            FunctionKind::WasmCgi => Linked::Cgi(cgi::pre(
+                &self.cgi_linker,
+                &load_module(&self.engine, &path)?,
+            )?),
         })
     }
 }
 
+/// A function's code, compiled and linked, ready to instantiate per request.
+enum Linked {
+    Http(http::HttpPre),
+    Cgi(cgi::CgiPre),
+}
+
 #[async_trait]
 impl Backend for WasmBackend {
-    async fn prepare(&self, spec: &FunctionSpec) -> Result<FunctionKind, PrepareError> {
-        let digest = spec.artifact.as_str().to_owned();
-        let blob = self.artifacts.blob_path(&spec.artifact);
+    async fn prepare(&self, artifact: &Digest) -> Result<FunctionKind, PrepareError> {
+        let digest = artifact.as_str().to_owned();
+        let blob = self.artifacts.blob_path(artifact);
         let kind = match detect_kind(&blob) {
             Ok(Some(kind)) => kind,
             Ok(None) => return Err(PrepareError::NotWasm { digest }),
@@ -144,46 +157,50 @@ impl Backend for WasmBackend {
                 });
             }
         };
-        let spec = FunctionSpec {
-            kind,
-            ..spec.clone()
-        };
         let backend = self.clone();
+        let artifact = artifact.clone();
         tokio::task::spawn_blocking(move || {
-            backend.compile(&spec, kind)?;
-            // Linking checks the world: missing exports or imports we do not
-            // provide are refused here, before the function is stored.
+            backend.compile(&artifact, kind)?;
             backend
-                .load(&spec)
+                .link(&artifact, kind)
                 .map_err(|e| PrepareError::WrongWorld {
-                    digest: spec.artifact.as_str().to_owned(),
+                    digest: artifact.as_str().to_owned(),
                     detail: format!("{e:#}"),
                 })?;
             Ok(kind)
         })
         .await
         .map_err(|e| PrepareError::Storage {
-            digest: String::new(),
+            digest,
             detail: format!("compile task failed: {e}"),
         })?
     }
 
     async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError> {
         let backend = self.clone();
-        let spec = spec.clone();
+        let spec = Arc::new(spec.clone());
         let function = spec.name.clone();
         tokio::task::spawn_blocking(move || {
             // Precompiled code can be missing after a wasmtime upgrade or a
             // wiped cache: compile again from the stored artifact.
             backend
-                .compile(&spec, spec.kind)
+                .compile(&spec.artifact, spec.kind)
                 .map_err(|e| StartError::Artifact {
                     function: spec.name.clone(),
                     detail: e.to_string(),
                 })?;
-            backend.load(&spec).map_err(|e| StartError::Instantiate {
-                function: spec.name.clone(),
-                detail: format!("{e:#}"),
+            let linked =
+                backend
+                    .link(&spec.artifact, spec.kind)
+                    .map_err(|e| StartError::Instantiate {
+                        function: spec.name.clone(),
+                        detail: format!("{e:#}"),
+                    })?;
+            Ok(match linked {
+                Linked::Http(pre) => {
+                    Box::new(http::HttpInstance::new(pre, spec)) as Box<dyn Instance>
+                }
+                Linked::Cgi(pre) => Box::new(cgi::CgiInstance::new(pre, spec)),
             })
         })
         .await

@@ -1,0 +1,370 @@
+//! The control API's wire types, shaped like the OpenFaaS gateway API
+//! (`FunctionDeployment`, `FunctionStatus`, `GatewayInfo`,
+//! `DeleteFunctionRequest`) so that its clients work, plus wisp's own
+//! optional fields (`timeout`, `maxBodySize`, `allowOutbound`). Conversion to
+//! a [`FunctionSpec`] validates everything and says what is wrong.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use wisp_runner::spec::{
+    self, Digest, FunctionKind, FunctionName, FunctionSpec, Limits, SpecError,
+};
+
+use crate::registry::StoredFunction;
+
+/// The namespace wisp reports; it has only one.
+pub const NAMESPACE: &str = "openfaas-fn";
+
+/// `POST`/`PUT /system/functions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FunctionDeployment {
+    pub service: String,
+    /// An artifact digest, `sha256:<hex>`, from `POST /system/artifacts`.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_process: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_root_filesystem: Option<bool>,
+    /// Deprecated in OpenFaaS and ignored there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<String>,
+    /// Deprecated in OpenFaaS and ignored there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// wisp: the deadline of one request, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// wisp: the largest request body, e.g. `6Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<String>,
+    /// wisp: hosts the function may call over HTTP (`*` for any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_outbound: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+}
+
+/// `DELETE /system/functions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteFunctionRequest {
+    pub function_name: String,
+}
+
+/// One entry of `GET /system/functions`, and `GET /system/function/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    pub name: String,
+    pub image: String,
+    pub namespace: String,
+    pub env_vars: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub limits: FunctionResources,
+    pub invocation_count: u64,
+    pub replicas: u64,
+    pub available_replicas: u64,
+    pub created_at: String,
+    /// wisp: how the artifact runs (`wasm-http`, `wasm-cgi`).
+    pub kind: FunctionKind,
+    /// wisp: the request deadline.
+    pub timeout: String,
+    /// wisp: the request body limit in bytes.
+    pub max_body_size: u64,
+    pub allow_outbound: Vec<String>,
+}
+
+/// `GET /system/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    pub provider: ProviderInfo,
+    pub version: VersionInfo,
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    pub provider: String,
+    pub orchestration: String,
+    pub version: VersionInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub sha: String,
+    pub release: String,
+}
+
+/// `POST /system/artifacts` answers this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactUploaded {
+    pub digest: String,
+    pub size: u64,
+}
+
+impl GatewayInfo {
+    pub fn current() -> Self {
+        let version = VersionInfo {
+            sha: option_env!("WISP_GIT_SHA").unwrap_or("unknown").to_owned(),
+            release: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        GatewayInfo {
+            provider: ProviderInfo {
+                provider: "wisp".into(),
+                orchestration: "wisp".into(),
+                version: version.clone(),
+            },
+            version,
+            arch: std::env::consts::ARCH.into(),
+        }
+    }
+}
+
+/// Why a deployment was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeploymentError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(
+        "image {image:?} is not an artifact digest: upload the file with POST /system/artifacts (or `wisp deploy`) and deploy its sha256:<hex> digest"
+    )]
+    NotAnArtifact { image: String },
+    #[error("namespace {namespace:?} does not exist: wisp has only {NAMESPACE:?}")]
+    Namespace { namespace: String },
+    #[error("secrets are not supported by wisp; pass configuration in envVars")]
+    Secrets,
+    #[error("envProcess is not supported by wasm functions")]
+    EnvProcess,
+}
+
+impl FunctionDeployment {
+    /// Validates the request into a spec of the given kind.
+    pub fn to_spec(&self, kind: FunctionKind) -> Result<FunctionSpec, DeploymentError> {
+        let name = FunctionName::new(&self.service)?;
+        let artifact = self.artifact()?;
+        if let Some(ns) = self.namespace.as_deref()
+            && !ns.is_empty()
+            && ns != NAMESPACE
+        {
+            return Err(DeploymentError::Namespace {
+                namespace: ns.to_owned(),
+            });
+        }
+        if self.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(DeploymentError::Secrets);
+        }
+        if self.env_process.as_ref().is_some_and(|p| !p.is_empty()) {
+            return Err(DeploymentError::EnvProcess);
+        }
+        let env = self.env_vars.clone().unwrap_or_default();
+        for key in env.keys() {
+            spec::validate_env_name(key)?;
+        }
+        let mut limits = Limits::default();
+        if let Some(memory) = self.limits.as_ref().and_then(|l| l.memory.as_deref()) {
+            limits.memory_bytes = spec::parse_bytes("memory limit", memory)?;
+        }
+        if let Some(timeout) = self.timeout.as_deref() {
+            limits.timeout_ms = spec::parse_duration("timeout", timeout)?
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX);
+        }
+        if let Some(max_body) = self.max_body_size.as_deref() {
+            limits.max_body_bytes = spec::parse_bytes("body limit", max_body)?;
+        }
+        limits.validate()?;
+        Ok(FunctionSpec {
+            name,
+            artifact,
+            kind,
+            env,
+            labels: self.labels.clone().unwrap_or_default(),
+            annotations: self.annotations.clone().unwrap_or_default(),
+            limits,
+            allow_outbound: self.allow_outbound.clone().unwrap_or_default(),
+        })
+    }
+
+    /// The artifact the deployment names.
+    pub fn artifact(&self) -> Result<Digest, DeploymentError> {
+        Digest::parse(&self.image).map_err(|_| DeploymentError::NotAnArtifact {
+            image: self.image.chars().take(100).collect(),
+        })
+    }
+}
+
+impl FunctionStatus {
+    pub fn new(stored: &StoredFunction, invocation_count: u64, replicas: u64) -> Self {
+        let spec = &stored.spec;
+        FunctionStatus {
+            name: spec.name.to_string(),
+            image: spec.artifact.to_string(),
+            namespace: NAMESPACE.into(),
+            env_vars: spec.env.clone(),
+            labels: spec.labels.clone(),
+            annotations: spec.annotations.clone(),
+            limits: FunctionResources {
+                memory: Some(spec.limits.memory_bytes.to_string()),
+                cpu: None,
+            },
+            invocation_count,
+            replicas,
+            available_replicas: replicas,
+            created_at: rfc3339(stored.created_at),
+            kind: spec.kind,
+            timeout: format!("{}ms", spec.limits.timeout_ms),
+            max_body_size: spec.limits.max_body_bytes,
+            allow_outbound: spec.allow_outbound.clone(),
+        }
+    }
+}
+
+/// Formats seconds since the Unix epoch as an RFC 3339 UTC timestamp.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest() -> String {
+        format!("sha256:{}", "a".repeat(64))
+    }
+
+    #[test]
+    fn openfaas_json_parses() {
+        let json = format!(
+            r#"{{"service":"hello","image":"{}","namespace":"openfaas-fn","envVars":{{"A":"1"}},
+               "labels":{{"com.openfaas.scale.min":"1"}},"annotations":{{"x":"y"}},
+               "limits":{{"memory":"64Mi","cpu":"0.5"}},"requests":{{"memory":"32Mi"}},
+               "readOnlyRootFilesystem":true,"timeout":"5s","maxBodySize":"1Mi"}}"#,
+            digest()
+        );
+        let d: FunctionDeployment = serde_json::from_str(&json).unwrap();
+        let spec = d.to_spec(FunctionKind::WasmHttp).unwrap();
+        assert_eq!(spec.limits.memory_bytes, 64 << 20);
+        assert_eq!(spec.limits.timeout_ms, 5000);
+        assert_eq!(spec.limits.max_body_bytes, 1 << 20);
+        assert_eq!(spec.env["A"], "1");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let json = format!(
+            r#"{{"service":"hello","image":"{}","imgae":"x"}}"#,
+            digest()
+        );
+        let err = serde_json::from_str::<FunctionDeployment>(&json).unwrap_err();
+        assert!(err.to_string().contains("imgae"), "{err}");
+    }
+
+    #[test]
+    fn bad_deployments_say_why() {
+        let base = FunctionDeployment {
+            service: "hello".into(),
+            image: digest(),
+            ..Default::default()
+        };
+        let kind = FunctionKind::WasmHttp;
+        let bad_name = FunctionDeployment {
+            service: "a/b".into(),
+            ..base.clone()
+        };
+        assert!(matches!(
+            bad_name.to_spec(kind),
+            Err(DeploymentError::Spec(SpecError::InvalidName { .. }))
+        ));
+        let registry_image = FunctionDeployment {
+            image: "functions/nodeinfo:latest".into(),
+            ..base.clone()
+        };
+        assert!(matches!(
+            registry_image.to_spec(kind),
+            Err(DeploymentError::NotAnArtifact { .. })
+        ));
+        let secrets = FunctionDeployment {
+            secrets: Some(vec!["s".into()]),
+            ..base.clone()
+        };
+        assert_eq!(secrets.to_spec(kind), Err(DeploymentError::Secrets));
+        let ns = FunctionDeployment {
+            namespace: Some("other".into()),
+            ..base.clone()
+        };
+        assert!(matches!(
+            ns.to_spec(kind),
+            Err(DeploymentError::Namespace { .. })
+        ));
+        let memory = FunctionDeployment {
+            limits: Some(FunctionResources {
+                memory: Some("lots".into()),
+                cpu: None,
+            }),
+            ..base.clone()
+        };
+        assert!(
+            memory
+                .to_spec(kind)
+                .unwrap_err()
+                .to_string()
+                .contains("memory limit")
+        );
+        let env = FunctionDeployment {
+            env_vars: Some([("A=B".to_owned(), "x".to_owned())].into()),
+            ..base
+        };
+        assert!(env.to_spec(kind).is_err());
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+    }
+}

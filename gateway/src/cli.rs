@@ -1,0 +1,366 @@
+//! The `wisp` command line: `serve` runs the gateway; `deploy`, `invoke`,
+//! `ls` and `rm` talk to a running gateway over HTTP. Every flag can also be
+//! set by an environment variable, shown in `--help` with its default.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http_body_util::BodyExt;
+use wisp_runner::spec;
+use wisp_runner::wasm::WasmConfig;
+
+use crate::api::{FunctionDeployment, FunctionResources};
+use crate::client::{Client, ClientError};
+use crate::server::{ServeConfig, serve, shutdown_signal};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wisp",
+    version,
+    about = "wisp: a Function-as-a-Service runtime for WebAssembly components"
+)]
+pub struct Cli {
+    /// Log filter (tracing's env-filter syntax, e.g. `info`, `wisp=debug`).
+    #[arg(long, env = "WISP_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "WISP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Upload a function's artifact and deploy it (replacing a function of the same name).
+    Deploy(DeployArgs),
+    /// Call a function and print its response body.
+    Invoke(InvokeArgs),
+    /// List deployed functions.
+    Ls(ConnectArgs),
+    /// Remove a function.
+    Rm(RmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WISP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the registry, artifacts and token live [default: /var/lib/wisp as root, ./.wisp otherwise].
+    #[arg(long, env = "WISP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, env = "WISP_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+    /// Largest artifact that may be uploaded.
+    #[arg(long, env = "WISP_MAX_ARTIFACT_SIZE", default_value = "512Mi", value_parser = bytes)]
+    pub max_artifact_size: u64,
+    /// WebAssembly instances that may run at once, across all functions.
+    #[arg(long, env = "WISP_MAX_WASM_INSTANCES", default_value_t = 256)]
+    pub max_wasm_instances: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Base URL of the gateway.
+    #[arg(long, env = "WISP_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    pub gateway: String,
+    /// Control API token [default: read from <data dir>/token].
+    #[arg(long, env = "WISP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data dir of a local gateway, to read its token from [default: /var/lib/wisp as root, ./.wisp otherwise].
+    #[arg(long, env = "WISP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Function name (lower-case letters, digits, '-', '_', '.'; at most 63).
+    pub name: String,
+    /// The artifact: a wasi:http component or a WASI preview1 CGI module (.wasm).
+    pub file: PathBuf,
+    /// Environment variable for the function, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Request deadline [default: 30s].
+    #[arg(long, env = "WISP_DEPLOY_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// Memory cap of one instance [default: 128Mi].
+    #[arg(long, env = "WISP_DEPLOY_MEMORY")]
+    pub memory: Option<String>,
+    /// Largest request body [default: 6Mi].
+    #[arg(long, env = "WISP_DEPLOY_MAX_BODY")]
+    pub max_body: Option<String>,
+    /// Host the function may call over HTTP, or `*` (repeatable) [default: none].
+    #[arg(long = "allow-outbound", value_name = "HOST")]
+    pub allow_outbound: Vec<String>,
+    /// Label, KEY=VALUE (repeatable).
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// Function name.
+    pub name: String,
+    /// Path below the function, e.g. `/items/1?x=2` [default: /].
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// HTTP method [default: POST with --data, GET without].
+    #[arg(long, short = 'X')]
+    pub method: Option<String>,
+    /// Request body: literal text, `@FILE`, or `-` for stdin.
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// Request header, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Print the status line and response headers to stderr.
+    #[arg(long, short = 'i')]
+    pub include: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Function name.
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    spec::parse_duration("duration", s).map_err(|e| e.to_string())
+}
+
+fn bytes(s: &str) -> Result<u64, String> {
+    spec::parse_bytes("size", s).map_err(|e| e.to_string())
+}
+
+/// `/var/lib/wisp` when running as root, `./.wisp` otherwise.
+pub fn default_data_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        PathBuf::from("/var/lib/wisp")
+    } else {
+        PathBuf::from(".wisp")
+    }
+}
+
+pub fn init_logging(filter: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = ServeConfig {
+                listen: args.listen,
+                data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+                shutdown_grace: args.shutdown_grace,
+                max_artifact_bytes: args.max_artifact_size,
+                wasm: WasmConfig {
+                    max_instances: args.max_wasm_instances,
+                },
+            };
+            serve(config, shutdown_signal()).await
+        }
+        Command::Deploy(args) => deploy(args).await,
+        Command::Invoke(args) => invoke(args).await,
+        Command::Ls(args) => ls(args).await,
+        Command::Rm(args) => {
+            let client = connect(&args.connect)?;
+            client.delete(&args.name).await?;
+            println!("removed {}", args.name);
+            Ok(())
+        }
+    }
+}
+
+fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+    let token = match &args.token {
+        Some(token) => Some(token.clone()),
+        None => {
+            let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+            crate::auth::read(&dir).ok()
+        }
+    };
+    Ok(Client::new(&args.gateway, token))
+}
+
+fn key_values(what: &str, items: &[String]) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut map = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("invalid {what} {item:?}: expected KEY=VALUE");
+        };
+        map.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(Some(map))
+}
+
+async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let client = connect(&args.connect)?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let uploaded = client.upload_artifact(bytes).await?;
+    let deployment = FunctionDeployment {
+        service: args.name.clone(),
+        image: uploaded.digest.clone(),
+        env_vars: key_values("--env", &args.env)?,
+        labels: key_values("--label", &args.labels)?,
+        limits: args.memory.map(|memory| FunctionResources {
+            memory: Some(memory),
+            cpu: None,
+        }),
+        timeout: args.timeout,
+        max_body_size: args.max_body,
+        allow_outbound: (!args.allow_outbound.is_empty()).then_some(args.allow_outbound),
+        ..FunctionDeployment::default()
+    };
+    client.deploy(&deployment).await?;
+    let status = client.function(&args.name).await?;
+    println!(
+        "deployed {} ({}, {}, {} bytes)\ninvoke: curl {}/function/{}",
+        args.name,
+        status.kind.as_str(),
+        uploaded.digest,
+        uploaded.size,
+        client.gateway(),
+        args.name
+    );
+    Ok(())
+}
+
+async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
+    let client = connect(&args.connect)?;
+    let body = match args.data.as_deref() {
+        None => Vec::new(),
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading stdin")?;
+            buf
+        }
+        Some(d) if d.starts_with('@') => read_file(Path::new(&d[1..]))?,
+        Some(d) => d.as_bytes().to_vec(),
+    };
+    let method = match &args.method {
+        Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .with_context(|| format!("invalid method {m:?}"))?,
+        None if args.data.is_some() => Method::POST,
+        None => Method::GET,
+    };
+    let mut headers = HeaderMap::new();
+    for h in &args.headers {
+        let Some((name, value)) = h.split_once(':') else {
+            bail!("invalid header {h:?}: expected `Name: value`");
+        };
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("invalid header name in {h:?}"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .with_context(|| format!("invalid header value in {h:?}"))?;
+        headers.append(name, value);
+    }
+    let path = if args.path.starts_with('/') {
+        args.path.clone()
+    } else {
+        format!("/{}", args.path)
+    };
+    let response = client
+        .send(
+            method,
+            &format!("/function/{}{}", args.name, path),
+            headers,
+            wisp_runner::backend::full_body(body),
+        )
+        .await?;
+    let status = response.status();
+    if args.include {
+        eprintln!("{:?} {}", response.version(), status);
+        for (name, value) in response.headers() {
+            eprintln!("{name}: {}", value.to_str().unwrap_or("<binary>"));
+        }
+        eprintln!();
+    }
+    // Stream the body out as it arrives.
+    let mut body = response.into_body();
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the response body")?;
+        if let Some(data) = frame.data_ref() {
+            if status.is_success() || status.is_redirection() {
+                out.write_all(data)?;
+                out.flush()?;
+            } else {
+                err.write_all(data)?;
+            }
+        }
+    }
+    if !(status.is_success() || status.is_redirection()) {
+        bail!("function {} answered {status}", args.name);
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+async fn ls(args: ConnectArgs) -> anyhow::Result<()> {
+    let client = connect(&args)?;
+    let functions = client.list().await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<24} {:<10} {:>12} {:>9}  {}",
+        "NAME", "KIND", "INVOCATIONS", "INSTANCES", "IMAGE"
+    )?;
+    for f in functions {
+        let image: String = f.image.chars().take(19).collect();
+        writeln!(
+            out,
+            "{:<24} {:<10} {:>12} {:>9}  {image}",
+            f.name,
+            f.kind.as_str(),
+            f.invocation_count,
+            f.replicas
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether an error came from the gateway being unreachable (for exit codes).
+pub fn is_unreachable(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ClientError>(),
+        Some(ClientError::Unreachable { .. })
+    )
+}

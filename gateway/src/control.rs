@@ -1,0 +1,183 @@
+//! The control API under `/system/*` (the caller is already authorized):
+//! deploy, update, list, inspect and delete functions, upload artifacts,
+//! report the gateway's version. Deploys are atomic: the artifact is checked
+//! and compiled first, then the registry is written in one transaction,
+//! then routing switches to the new version while the old one drains.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wisp_runner::backend::{Body, full_body};
+use wisp_runner::pool::Pool;
+use wisp_runner::spec::{FunctionKind, FunctionSpec};
+
+use crate::api::{
+    ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
+};
+use crate::registry::StoredFunction;
+use crate::rescue::GatewayError;
+use crate::route::Route;
+use crate::server::{App, Function, text};
+
+/// Largest JSON body the control API reads.
+const MAX_JSON_BYTES: u64 = 1024 * 1024;
+
+impl App {
+    pub(crate) async fn control(
+        &self,
+        route: Route<'_>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let method = req.method().clone();
+        match (route, method) {
+            (Route::SystemInfo, Method::GET) => json(StatusCode::OK, &GatewayInfo::current()),
+            (Route::SystemInfo, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (Route::Functions, Method::GET) => {
+                let mut list: Vec<FunctionStatus> =
+                    self.functions.iter().map(|f| status(f.value())).collect();
+                list.sort_by(|a, b| a.name.cmp(&b.name));
+                json(StatusCode::OK, &list)
+            }
+            (Route::Functions, Method::POST) => self.deploy(req, false).await,
+            (Route::Functions, Method::PUT) => self.deploy(req, true).await,
+            (Route::Functions, Method::DELETE) => {
+                let request: DeleteFunctionRequest = read_json(req).await?;
+                self.delete(&request.function_name).await
+            }
+            (Route::Functions, _) => Err(GatewayError::MethodNotAllowed {
+                allow: "GET, POST, PUT, DELETE",
+            }),
+            (Route::Function(name), Method::GET) => {
+                let function = self
+                    .functions
+                    .get(name)
+                    .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
+                json(StatusCode::OK, &status(function.value()))
+            }
+            (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (Route::Artifacts, Method::POST) => self.upload(req).await,
+            (Route::Artifacts, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
+            (_, _) => Err(GatewayError::NotFound(req.uri().path().to_owned())),
+        }
+    }
+
+    async fn deploy(
+        &self,
+        req: Request<Body>,
+        update: bool,
+    ) -> Result<Response<Body>, GatewayError> {
+        let deployment: FunctionDeployment = read_json(req).await?;
+        // Validate everything cheap before compiling anything.
+        let draft = deployment.to_spec(FunctionKind::WasmHttp)?;
+        let kind = self.backend.prepare(&draft.artifact).await?;
+        let spec = FunctionSpec { kind, ..draft };
+        let name = spec.name.to_string();
+
+        let _serial = self.deploy_lock.lock().await;
+        let previous = self.functions.get(&name).map(|f| f.clone());
+        if update && previous.is_none() {
+            return Err(GatewayError::UnknownFunction(name));
+        }
+        let stored = StoredFunction::new(spec);
+        self.registry.put(&stored)?;
+        let carried = previous
+            .as_ref()
+            .map_or(0, |f| f.invocations.load(Ordering::Relaxed));
+        let function = Arc::new(Function {
+            pool: Pool::new(stored.spec.clone(), self.backend.clone()),
+            stored,
+            invocations: AtomicU64::new(carried),
+        });
+        tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), "deployed");
+        self.functions.insert(name.clone(), function);
+        if let Some(old) = previous {
+            // Requests already routed to the old version finish on it.
+            tokio::spawn(async move { old.pool.retire().await });
+        }
+        let status = if update {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        Ok(text(status, format!("deployed {name}\n")))
+    }
+
+    async fn delete(&self, name: &str) -> Result<Response<Body>, GatewayError> {
+        let _serial = self.deploy_lock.lock().await;
+        if !self.functions.contains_key(name) {
+            return Err(GatewayError::UnknownFunction(name.to_owned()));
+        }
+        self.registry.remove(name)?;
+        if let Some((_, old)) = self.functions.remove(name) {
+            tokio::spawn(async move { old.pool.retire().await });
+        }
+        tracing::info!(function = %name, "deleted");
+        Ok(text(StatusCode::OK, format!("deleted {name}\n")))
+    }
+
+    async fn upload(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let limit = self.max_artifact_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        let stream = req
+            .into_body()
+            .into_data_stream()
+            .map(|chunk| chunk.map_err(|e| e.to_string()));
+        let digest = self.artifacts.put_stream(stream, limit).await?;
+        let size = std::fs::metadata(self.artifacts.blob_path(&digest)).map_or(0, |m| m.len());
+        tracing::info!(%digest, size, "artifact stored");
+        json(
+            StatusCode::CREATED,
+            &ArtifactUploaded {
+                digest: digest.to_string(),
+                size,
+            },
+        )
+    }
+}
+
+fn status(function: &Function) -> FunctionStatus {
+    FunctionStatus::new(
+        &function.stored,
+        function.invocations.load(Ordering::Relaxed),
+        function.pool.instances() as u64,
+    )
+}
+
+async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, GatewayError> {
+    let bytes = wisp_runner::body::collect(req.into_body(), MAX_JSON_BYTES)
+        .await
+        .map_err(
+            |e| match e.downcast_ref::<wisp_runner::body::BodyTooLarge>() {
+                Some(_) => GatewayError::PayloadTooLarge {
+                    limit: MAX_JSON_BYTES,
+                },
+                None => GatewayError::BadRequest(format!("reading the body: {e}")),
+            },
+        )?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, GatewayError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| GatewayError::BadRequest(format!("encoding the response: {e}")))?;
+    let mut response = Response::new(full_body(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,156 @@
+//! The function registry: one redb file in the data dir, one table mapping a
+//! function name to its JSON-encoded [`StoredFunction`]. Every write is a
+//! transaction, so a crash leaves either the old or the new function, never
+//! half of one; redb's file lock keeps a second server off the same data dir.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use wisp_runner::spec::FunctionSpec;
+
+const FUNCTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("functions");
+
+/// What the registry keeps per function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFunction {
+    pub spec: FunctionSpec,
+    /// When this version was deployed, in seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+impl StoredFunction {
+    pub fn new(spec: FunctionSpec) -> Self {
+        let created_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        StoredFunction { spec, created_at }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry database {path}: {detail}")]
+    Open { path: String, detail: String },
+    #[error("registry: {0}")]
+    Storage(String),
+    #[error("registry entry {name:?} is corrupt: {detail}")]
+    Corrupt { name: String, detail: String },
+}
+
+fn storage(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Storage(e.to_string())
+}
+
+pub struct Registry {
+    db: Database,
+}
+
+impl Registry {
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        let db = Database::create(path).map_err(|e| RegistryError::Open {
+            path: path.display().to_string(),
+            detail: match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "already open: is another wisp serving this data dir?".to_owned()
+                }
+                other => other.to_string(),
+            },
+        })?;
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(FUNCTIONS).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(Registry { db })
+    }
+
+    /// Inserts or replaces a function.
+    pub fn put(&self, function: &StoredFunction) -> Result<(), RegistryError> {
+        let json = serde_json::to_vec(function).map_err(storage)?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
+            table
+                .insert(function.spec.name.as_str(), json.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Removes a function; returns whether it existed.
+    pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let existed = {
+            let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
+            table.remove(name).map_err(storage)?.is_some()
+        };
+        txn.commit().map_err(storage)?;
+        Ok(existed)
+    }
+
+    /// Every stored function, by name.
+    pub fn list(&self) -> Result<Vec<StoredFunction>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(FUNCTIONS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (name, value) = entry.map_err(storage)?;
+            let function: StoredFunction =
+                serde_json::from_slice(value.value()).map_err(|e| RegistryError::Corrupt {
+                    name: name.value().to_owned(),
+                    detail: e.to_string(),
+                })?;
+            out.push(function);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wisp_runner::spec::{Digest, FunctionKind, FunctionName, Limits};
+
+    fn spec(name: &str) -> FunctionSpec {
+        FunctionSpec {
+            name: FunctionName::new(name).unwrap(),
+            artifact: Digest::parse(&format!("sha256:{}", "1".repeat(64))).unwrap(),
+            kind: FunctionKind::WasmHttp,
+            env: [("A".to_owned(), "1".to_owned())].into(),
+            labels: Default::default(),
+            annotations: Default::default(),
+            limits: Limits::default(),
+            allow_outbound: vec![],
+        }
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.redb");
+        {
+            let registry = Registry::open(&path).unwrap();
+            registry.put(&StoredFunction::new(spec("a"))).unwrap();
+            registry.put(&StoredFunction::new(spec("b"))).unwrap();
+            assert!(registry.remove("b").unwrap());
+            assert!(!registry.remove("b").unwrap());
+        }
+        let registry = Registry::open(&path).unwrap();
+        let names: Vec<_> = registry
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.spec.name.to_string())
+            .collect();
+        assert_eq!(names, ["a"]);
+    }
+
+    #[test]
+    fn second_open_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.redb");
+        let _first = Registry::open(&path).unwrap();
+        let err = Registry::open(&path).err().unwrap();
+        assert!(err.to_string().contains("already open"), "{err}");
+    }
+}

@@ -1,0 +1,171 @@
+//! Every error the gateway can answer with, and the one function that turns
+//! each into an HTTP status and a plain-text body. Host-side details (a
+//! guest's trap, a storage fault) go to the server log; the client gets a
+//! message that names the function and says what happened, without them.
+
+use http::{HeaderValue, Response, StatusCode};
+use wisp_runner::artifact::UploadError;
+use wisp_runner::backend::{Body, InvokeError, PrepareError, full_body};
+
+use crate::api::DeploymentError;
+use crate::registry::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("function {0:?} not found")]
+    UnknownFunction(String),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error(
+        "missing or invalid token: send Authorization: Bearer <token> (the token is in the server's data dir)"
+    )]
+    Unauthorized,
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("{0}")]
+    Deployment(#[from] DeploymentError),
+    #[error("{0}")]
+    Prepare(#[from] PrepareError),
+    #[error("{0}")]
+    Upload(#[from] UploadError),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Invoke(#[from] InvokeError),
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        use GatewayError as E;
+        match self {
+            E::UnknownFunction(_) | E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            E::Unauthorized => StatusCode::UNAUTHORIZED,
+            E::BadRequest(_) | E::Deployment(_) => StatusCode::BAD_REQUEST,
+            E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::Prepare(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
+            E::Prepare(_) | E::Registry(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            E::Upload(UploadError::Empty | UploadError::Body(_)) => StatusCode::BAD_REQUEST,
+            E::Upload(UploadError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::Invoke(e) => match e {
+                InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                InvokeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                InvokeError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+                InvokeError::Trap { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                InvokeError::OutOfMemory { .. } | InvokeError::BadResponse { .. } => {
+                    StatusCode::BAD_GATEWAY
+                }
+                InvokeError::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                InvokeError::Start(_) => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    /// What the client is told: the message, minus host-side details.
+    fn public_message(&self) -> String {
+        match self {
+            GatewayError::Invoke(InvokeError::Trap { function, .. }) => {
+                format!(
+                    "function {function} failed: its handler crashed (details are in the server log)"
+                )
+            }
+            GatewayError::Invoke(InvokeError::Start(e)) => {
+                format!(
+                    "function {} could not be started (details are in the server log)",
+                    e.function()
+                )
+            }
+            GatewayError::Registry(_) | GatewayError::Upload(UploadError::Io { .. }) => {
+                "internal storage error (details are in the server log)".into()
+            }
+            GatewayError::Prepare(e) if !e.is_user_error() => {
+                "internal error while preparing the artifact (details are in the server log)".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Turns an error into the response the client gets, logging the details.
+pub fn rescue(error: &GatewayError) -> Response<Body> {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), error = %error, detail = ?error, "request failed");
+    } else {
+        tracing::debug!(status = status.as_u16(), error = %error, "request refused");
+    }
+    let mut response = Response::new(full_body(format!("{}\n", error.public_message())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match error {
+        GatewayError::MethodNotAllowed { allow } => {
+            headers.insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        GatewayError::Unauthorized => {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wisp\", Basic realm=\"wisp\""),
+            );
+        }
+        GatewayError::ShuttingDown | GatewayError::Invoke(InvokeError::Capacity { .. }) => {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        _ => {}
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use wisp_runner::spec::FunctionName;
+
+    #[test]
+    fn traps_do_not_leak_details() {
+        let e = GatewayError::Invoke(InvokeError::Trap {
+            function: FunctionName::new("f").unwrap(),
+            detail: "wasm backtrace: secret host path".into(),
+        });
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.public_message().contains("secret"));
+        assert!(e.public_message().contains("function f"));
+    }
+
+    #[test]
+    fn statuses() {
+        let f = FunctionName::new("f").unwrap();
+        let timeout = GatewayError::Invoke(InvokeError::Timeout {
+            function: f.clone(),
+            timeout: Duration::from_secs(1),
+        });
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        let oom = GatewayError::Invoke(InvokeError::OutOfMemory {
+            function: f,
+            limit_bytes: 1,
+        });
+        assert_eq!(oom.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            GatewayError::Unauthorized.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            GatewayError::UnknownFunction("x".into()).status(),
+            StatusCode::NOT_FOUND
+        );
+        let resp = rescue(&GatewayError::MethodNotAllowed { allow: "GET" });
+        assert_eq!(resp.headers()["allow"], "GET");
+    }
+}

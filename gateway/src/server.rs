@@ -1,0 +1,385 @@
+//! `wisp serve`: the HTTP server (hyper 1, HTTP/1.1 and h2 on one port),
+//! the application state it serves from, and the invocation path
+//! `/function/{name}/{rest...}` → [`Pool`] → instance → handler.
+//!
+//! Shutdown: on SIGINT/SIGTERM the listener closes, connections finish the
+//! requests they have in flight (up to a grace period), then every pool is
+//! retired so its instances stop.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use wisp_runner::artifact::ArtifactStore;
+use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, full_body};
+use wisp_runner::pool::Pool;
+use wisp_runner::wasm::{WasmBackend, WasmConfig};
+
+use crate::registry::{Registry, StoredFunction};
+use crate::rescue::{GatewayError, rescue};
+use crate::route::{Route, route};
+
+/// Operator settings of `wisp serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// Largest artifact `POST /system/artifacts` accepts.
+    pub max_artifact_bytes: u64,
+    pub wasm: WasmConfig,
+}
+
+/// A deployed function: what the registry holds and the pool serving it.
+pub struct Function {
+    pub stored: StoredFunction,
+    pub pool: Pool,
+    pub invocations: AtomicU64,
+}
+
+/// Everything a request may need.
+pub struct App {
+    pub(crate) registry: Registry,
+    pub(crate) artifacts: ArtifactStore,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) functions: DashMap<String, Arc<Function>>,
+    pub(crate) token: String,
+    /// Deploys and deletes run one at a time, so registry and routing agree.
+    pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+    pub(crate) max_artifact_bytes: u64,
+}
+
+impl App {
+    /// Opens the data dir and brings back every stored function.
+    pub fn open(config: &ServeConfig) -> anyhow::Result<(Arc<App>, Option<String>)> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let (token, fresh) = crate::auth::load_or_create(&config.data_dir)
+            .with_context(|| format!("reading the token in {}", config.data_dir.display()))?;
+        let artifacts =
+            ArtifactStore::open(config.data_dir.join("artifacts")).with_context(|| {
+                format!(
+                    "opening the artifact store in {}",
+                    config.data_dir.display()
+                )
+            })?;
+        let registry = Registry::open(&config.data_dir.join("wisp.redb"))?;
+        let wasm = WasmBackend::new(artifacts.clone(), &config.wasm)
+            .map_err(|e| anyhow::anyhow!("starting wasmtime: {e:#}"))?;
+        let backend: Arc<dyn Backend> = Arc::new(wasm);
+        let functions = DashMap::new();
+        for stored in registry.list()? {
+            let name = stored.spec.name.to_string();
+            let pool = Pool::new(stored.spec.clone(), backend.clone());
+            functions.insert(
+                name,
+                Arc::new(Function {
+                    stored,
+                    pool,
+                    invocations: AtomicU64::new(0),
+                }),
+            );
+        }
+        tracing::info!(functions = functions.len(), data_dir = %config.data_dir.display(), "registry loaded");
+        let app = App {
+            registry,
+            artifacts,
+            backend,
+            functions,
+            token: token.clone(),
+            deploy_lock: tokio::sync::Mutex::new(()),
+            max_artifact_bytes: config.max_artifact_bytes,
+        };
+        Ok((Arc::new(app), fresh.then_some(token)))
+    }
+
+    /// Answers one request; never fails (errors become responses).
+    pub async fn handle(self: Arc<Self>, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let started = std::time::Instant::now();
+        let result = match route(&path) {
+            Route::Healthz => Ok(text(StatusCode::OK, "ok\n")),
+            Route::Invoke { name, rest } => {
+                let (name, rest) = (name.to_owned(), rest.to_owned());
+                self.invoke(&name, &rest, req, remote).await
+            }
+            Route::NotFound | Route::Metrics => Err(GatewayError::NotFound(path.clone())),
+            system => {
+                if crate::auth::is_authorized(req.headers(), &self.token) {
+                    self.control(system, req).await
+                } else {
+                    Err(GatewayError::Unauthorized)
+                }
+            }
+        };
+        let response = result.unwrap_or_else(|e| rescue(&e));
+        tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    async fn invoke(
+        &self,
+        name: &str,
+        rest: &str,
+        req: Request<Body>,
+        remote: SocketAddr,
+    ) -> Result<Response<Body>, GatewayError> {
+        let function = self
+            .functions
+            .get(name)
+            .map(|f| f.clone())
+            .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
+        let spec = function.pool.spec();
+        let limit = spec.limits.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(GatewayError::Invoke(InvokeError::BodyTooLarge {
+                function: spec.name.clone(),
+                limit_bytes: limit,
+            }));
+        }
+        let (mut parts, body) = req.into_parts();
+        parts.uri = function_uri(&parts.uri, &parts.headers, rest)?;
+        strip_hop_by_hop(&mut parts.headers);
+        let forwarded = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prior) => format!("{prior}, {}", remote.ip()),
+            None => remote.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            parts.headers.insert("x-forwarded-for", value);
+        }
+        parts.extensions.insert(RequestInfo {
+            script_name: format!("/function/{name}"),
+            remote_addr: Some(remote),
+        });
+        let (body, too_large) = wisp_runner::body::cap(body, limit);
+        function.invocations.fetch_add(1, Ordering::Relaxed);
+        let result = function.pool.invoke(Request::from_parts(parts, body)).await;
+        if too_large.load(Ordering::Acquire) {
+            return Err(GatewayError::Invoke(InvokeError::BodyTooLarge {
+                function: spec.name.clone(),
+                limit_bytes: limit,
+            }));
+        }
+        let served = result?;
+        let mut response = served.response;
+        strip_hop_by_hop(response.headers_mut());
+        let timing = match served.cold_start {
+            Some(cold) => format!(
+                "cold;desc=\"cold start\", start;dur={:.3}",
+                cold.as_secs_f64() * 1e3
+            ),
+            None => "warm".to_owned(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&timing) {
+            response.headers_mut().insert("server-timing", value);
+        }
+        Ok(response)
+    }
+}
+
+/// The URI the handler sees: its own path (`rest`) and the original query,
+/// with an authority so that handlers that need one (wasi:http) have it.
+fn function_uri(uri: &Uri, headers: &HeaderMap, rest: &str) -> Result<Uri, GatewayError> {
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    let path_and_query = PathAndQuery::try_from(path_and_query)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid path: {e}")))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        })
+        .unwrap_or_else(|| Authority::from_static("localhost"));
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| GatewayError::BadRequest(format!("invalid URI: {e}")))
+}
+
+/// Removes the connection-scoped headers a proxy must not forward (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut response = Response::new(full_body(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Runs the server until `shutdown` resolves, then drains and stops.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (app, fresh_token) = App::open(&config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let local = listener.local_addr()?;
+    if let Some(token) = fresh_token {
+        println!(
+            "wisp: control API token (shown once, kept in {}): {token}",
+            crate::auth::token_path(&config.data_dir).display()
+        );
+    }
+    println!("wisp: listening on http://{local}");
+    tracing::info!(%local, "listening");
+
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let app = app.clone();
+                    async move {
+                        let req = req.map(|b| b.map_err(BodyError::from).boxed_unsync());
+                        Ok::<_, Infallible>(app.handle(req, remote).await)
+                    }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down: finishing in-flight requests");
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+    let pools: Vec<_> = app.functions.iter().map(|f| f.value().clone()).collect();
+    for function in pools {
+        function.pool.retire().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop wisp with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_uri_keeps_rest_and_query() {
+        let uri: Uri = "/function/hello/a/b?x=1&y=2".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("example.com:8080"));
+        let out = function_uri(&uri, &headers, "/a/b").unwrap();
+        assert_eq!(out.to_string(), "http://example.com:8080/a/b?x=1&y=2");
+        let out =
+            function_uri(&"/function/hello".parse().unwrap(), &HeaderMap::new(), "/").unwrap();
+        assert_eq!(out.to_string(), "http://localhost/");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+}
