@@ -9,6 +9,14 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
     ("hello", "wasm32-wasip2", "hello.wasm", "HELLO"),
     ("misbehave", "wasm32-wasip2", "misbehave.wasm", "MISBEHAVE"),
     ("cgi-echo", "wasm32-wasip1", "cgi-echo.wasm", "CGI_ECHO"),
+    // The same program as a wasi:cli command component: a component of the
+    // wrong world, which deploy must refuse.
+    (
+        "cgi-echo",
+        "wasm32-wasip2",
+        "cgi-echo.wasm",
+        "CLI_COMPONENT",
+    ),
 ];
 
 fn main() {

@@ -7,6 +7,7 @@
 //!   chunks M ms apart;
 //! - `/fetch?url=U` makes an outbound HTTP GET and reports what happened;
 //! - `/env?name=K` prints an environment variable; `/stderr` writes to stderr;
+//! - `/headers` echoes the request headers;
 //! - `/silent` returns without setting a response.
 
 use std::io::Write as _;
@@ -127,6 +128,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 respond(out, 200, &[b"wrote to stderr\n"], 0);
             }
             "/silent" => drop(out),
+            "/headers" => {
+                let mut text = String::new();
+                for (name, value) in request.headers().entries() {
+                    text.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(&value)));
+                }
+                respond(out, 200, &[text.as_bytes()], 0);
+            }
             _ => respond(out, 404, &[b"unknown misbehaviour\n"], 0),
         }
     }

@@ -1,0 +1,299 @@
+//! The control API: auth, validation, OpenFaaS shapes, atomic deploys.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, header};
+use wisp_e2e::{Client, FunctionDeployment, Wisp, artifacts};
+
+fn digest_of_nothing() -> String {
+    format!("sha256:{}", "0".repeat(64))
+}
+
+#[tokio::test]
+async fn system_routes_need_the_token() {
+    let wisp = Wisp::start();
+    let anonymous = Client::new(&wisp.addr, None);
+    let answer = anonymous
+        .call(
+            Method::GET,
+            "/system/functions",
+            HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert!(answer.headers.contains_key(header::WWW_AUTHENTICATE));
+    let wrong = Client::new(&wisp.addr, Some("nope".into()));
+    let answer = wrong
+        .call(Method::POST, "/system/artifacts", HeaderMap::new(), "x")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    // faas-cli style: HTTP Basic with the token as password.
+    let mut headers = HeaderMap::new();
+    let basic = base64_basic("admin", &wisp.token);
+    headers.insert(
+        header::AUTHORIZATION,
+        format!("Basic {basic}").parse().unwrap(),
+    );
+    let answer = anonymous
+        .call(Method::GET, "/system/functions", headers, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    // Health and invocations are public.
+    let health = anonymous
+        .call(Method::GET, "/healthz", HeaderMap::new(), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(health.status, StatusCode::OK);
+}
+
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[tokio::test]
+async fn info_health_and_openfaas_shapes() {
+    let wisp = Wisp::start();
+    let info = wisp.client.info().await.unwrap();
+    assert_eq!(info.provider.provider, "wisp");
+    assert!(!info.version.release.is_empty());
+    wisp.deploy_with("hello", artifacts::HELLO, |d| {
+        d.labels = Some([("com.openfaas.scale.min".to_owned(), "0".to_owned())].into());
+        d.env_vars = Some([("A".to_owned(), "1".to_owned())].into());
+    })
+    .await
+    .unwrap();
+    let raw = wisp
+        .client
+        .call(
+            Method::GET,
+            "/system/function/hello",
+            HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await;
+    // The client adds the token only for /system/ paths; this one is one.
+    let raw = raw.unwrap();
+    assert_eq!(raw.status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+    for field in [
+        "name",
+        "image",
+        "namespace",
+        "envVars",
+        "labels",
+        "invocationCount",
+        "replicas",
+        "availableReplicas",
+        "createdAt",
+    ] {
+        assert!(json.get(field).is_some(), "missing {field} in {json}");
+    }
+    assert_eq!(json["envVars"]["A"], "1");
+    assert_eq!(json["kind"], "wasm-http");
+    let list = wisp.client.list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].name, "hello");
+}
+
+#[tokio::test]
+async fn bad_deployments_are_400_and_change_nothing() {
+    let wisp = Wisp::start();
+    wisp.deploy("hello", artifacts::HELLO).await;
+    let before = wisp.client.list().await.unwrap();
+
+    let not_wasm = wisp
+        .client
+        .upload_artifact(Bytes::from_static(b"#!/bin/sh\necho hi\n"))
+        .await
+        .unwrap();
+    let empty_module = wisp
+        .client
+        .upload_artifact(Bytes::from_static(b"\0asm\x01\0\0\0"))
+        .await
+        .unwrap();
+    let cli_bytes = std::fs::read(artifacts::CLI_COMPONENT).unwrap();
+    let cli_component = wisp.client.upload_artifact(cli_bytes).await.unwrap();
+    let truncated_bytes = std::fs::read(artifacts::HELLO).unwrap()[..5000].to_vec();
+    let truncated = wisp.client.upload_artifact(truncated_bytes).await.unwrap();
+
+    let long_name = "x".repeat(64);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("hello", not_wasm.digest.clone(), "not a WebAssembly binary"),
+        ("hello", empty_module.digest.clone(), "_start"),
+        ("hello", cli_component.digest.clone(), "wasi:http/proxy"),
+        ("hello", truncated.digest.clone(), "failed to compile"),
+        ("hello", digest_of_nothing(), "not in the artifact store"),
+        (
+            "hello",
+            "docker.io/library/nginx:latest".into(),
+            "not an artifact digest",
+        ),
+        ("", not_wasm.digest.clone(), "empty"),
+        ("a/b", not_wasm.digest.clone(), "path separator"),
+        ("Hello", not_wasm.digest.clone(), "lower-case"),
+        (&long_name, not_wasm.digest.clone(), "longer than 63"),
+    ];
+    for (name, image, expected) in cases {
+        let deployment = FunctionDeployment {
+            service: name.to_owned(),
+            image,
+            ..Default::default()
+        };
+        let err = wisp
+            .client
+            .deploy(&deployment)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("400"), "{name}: {err}");
+        assert!(
+            err.contains(expected),
+            "{name}: expected {expected:?} in {err}"
+        );
+    }
+
+    // Malformed JSON and unknown fields.
+    for body in ["{", r#"{"service":"hello","image":"x","imagee":"y"}"#, "[]"] {
+        let answer = wisp
+            .client
+            .call(Method::POST, "/system/functions", HeaderMap::new(), body)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            answer.text()
+        );
+    }
+    assert_eq!(wisp.client.list().await.unwrap(), before);
+    let still = wisp.invoke("GET", "/function/hello", "").await;
+    assert_eq!(still.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_functions_and_routes_are_404() {
+    let wisp = Wisp::start();
+    let answer = wisp.invoke("GET", "/function/ghost/x", "").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(answer.text().contains("\"ghost\""), "{}", answer.text());
+    assert_eq!(
+        wisp.invoke("GET", "/nothing-here", "").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let err = wisp.client.function("ghost").await.unwrap_err().to_string();
+    assert!(err.starts_with("404"), "{err}");
+    let err = wisp.client.delete("ghost").await.unwrap_err().to_string();
+    assert!(err.starts_with("404"), "{err}");
+    let update = FunctionDeployment {
+        service: "ghost".into(),
+        image: digest_of_nothing(),
+        ..Default::default()
+    };
+    let body = serde_json::to_vec(&update).unwrap();
+    let hello = wisp
+        .client
+        .upload_artifact(std::fs::read(artifacts::HELLO).unwrap())
+        .await
+        .unwrap();
+    let update = FunctionDeployment {
+        image: hello.digest,
+        ..update
+    };
+    let answer = wisp
+        .client
+        .call(
+            Method::PUT,
+            "/system/functions",
+            HeaderMap::new(),
+            serde_json::to_vec(&update).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.text());
+    let _ = body;
+    let answer = wisp
+        .client
+        .call(
+            Method::PATCH,
+            "/system/functions",
+            HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(answer.headers.contains_key(header::ALLOW));
+}
+
+#[tokio::test]
+async fn update_and_delete() {
+    let wisp = Wisp::start();
+    wisp.deploy("fn", artifacts::HELLO).await;
+    assert!(
+        wisp.invoke("GET", "/function/fn", "")
+            .await
+            .text()
+            .contains("Hello")
+    );
+    let cgi = wisp
+        .client
+        .upload_artifact(std::fs::read(artifacts::CGI_ECHO).unwrap())
+        .await
+        .unwrap();
+    let update = FunctionDeployment {
+        service: "fn".into(),
+        image: cgi.digest,
+        ..Default::default()
+    };
+    let answer = wisp
+        .client
+        .call(
+            Method::PUT,
+            "/system/functions",
+            HeaderMap::new(),
+            serde_json::to_vec(&update).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(
+        wisp.invoke("GET", "/function/fn", "")
+            .await
+            .text()
+            .contains("cgi-echo")
+    );
+    wisp.client.delete("fn").await.unwrap();
+    assert_eq!(
+        wisp.invoke("GET", "/function/fn", "").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(wisp.client.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn oversized_artifacts_are_413() {
+    let wisp = Wisp::builder()
+        .arg("--max-artifact-size")
+        .arg("1Ki")
+        .start()
+        .unwrap();
+    let err = wisp
+        .client
+        .upload_artifact(vec![0u8; 4096])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("413"), "{err}");
+    let err = wisp
+        .client
+        .upload_artifact(Bytes::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("400") && err.contains("empty"), "{err}");
+}

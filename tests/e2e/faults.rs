@@ -1,0 +1,209 @@
+//! Misbehaving guests are contained: the caller gets a clear 4xx/5xx, the
+//! server keeps serving.
+
+use bytes::Bytes;
+use futures::SinkExt;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use wisp_e2e::{Wisp, artifacts};
+
+async fn misbehave(wisp: &Wisp) {
+    wisp.deploy_with("misbehave", artifacts::MISBEHAVE, |d| {
+        d.timeout = Some("1s".into());
+        d.limits = Some(wisp::api::FunctionResources {
+            memory: Some("64Mi".into()),
+            cpu: None,
+        });
+        d.max_body_size = Some("1Ki".into());
+    })
+    .await
+    .unwrap();
+}
+
+async fn still_serves(wisp: &Wisp) {
+    let ok = wisp
+        .invoke("GET", "/function/misbehave/sleep?ms=1", "")
+        .await;
+    assert_eq!(
+        ok.status,
+        StatusCode::OK,
+        "server no longer serves: {}",
+        ok.text()
+    );
+}
+
+#[tokio::test]
+async fn a_spinning_guest_is_stopped_at_its_timeout() {
+    let wisp = Wisp::start();
+    misbehave(&wisp).await;
+    let answer = wisp.invoke("GET", "/function/misbehave/loop", "").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        answer.text()
+    );
+    assert!(
+        answer.text().contains("misbehave") && answer.text().contains("1s"),
+        "{}",
+        answer.text()
+    );
+    let slow = wisp
+        .invoke("GET", "/function/misbehave/sleep?ms=3000", "")
+        .await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
+    still_serves(&wisp).await;
+}
+
+#[tokio::test]
+async fn a_memory_hungry_guest_fails_cleanly() {
+    let wisp = Wisp::start();
+    misbehave(&wisp).await;
+    let small = wisp
+        .invoke("GET", "/function/misbehave/alloc?mb=8", "")
+        .await;
+    assert_eq!(small.status, StatusCode::OK, "{}", small.text());
+    let big = wisp
+        .invoke("GET", "/function/misbehave/alloc?mb=200", "")
+        .await;
+    assert_eq!(big.status, StatusCode::BAD_GATEWAY, "{}", big.text());
+    assert!(big.text().contains("out of memory"), "{}", big.text());
+    still_serves(&wisp).await;
+}
+
+#[tokio::test]
+async fn a_trap_is_a_500_with_details_only_in_the_log() {
+    let wisp = Wisp::start();
+    misbehave(&wisp).await;
+    let answer = wisp.invoke("GET", "/function/misbehave/trap", "").await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        answer.text().contains("function misbehave failed"),
+        "{}",
+        answer.text()
+    );
+    assert!(
+        !answer.text().contains("asked to trap"),
+        "trap details leaked: {}",
+        answer.text()
+    );
+    // The panic message reaches the server log (guest stderr and the trap).
+    let log = wisp.log();
+    assert!(log.contains("misbehave was asked to trap"), "{log}");
+    still_serves(&wisp).await;
+}
+
+#[tokio::test]
+async fn a_guest_that_never_responds_is_a_502() {
+    let wisp = Wisp::start();
+    misbehave(&wisp).await;
+    let answer = wisp.invoke("GET", "/function/misbehave/silent", "").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        answer.text().contains("without setting a response"),
+        "{}",
+        answer.text()
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_declared_or_streamed() {
+    let wisp = Wisp::start();
+    misbehave(&wisp).await;
+    wisp.deploy_with("cgi", artifacts::CGI_ECHO, |d| {
+        d.max_body_size = Some("1Ki".into())
+    })
+    .await
+    .unwrap();
+    let big = "x".repeat(4096);
+    for path in ["/function/misbehave/headers", "/function/cgi"] {
+        let declared = wisp.invoke("POST", path, &big).await;
+        assert_eq!(
+            declared.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{path}: {}",
+            declared.text()
+        );
+        assert!(declared.text().contains("1024"), "{}", declared.text());
+    }
+    // Chunked, without Content-Length: caught while streaming.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
+    let client = HyperClient::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(format!("{}/function/cgi", wisp.addr))
+        .body(StreamBody::new(rx))
+        .unwrap();
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(vec![b'y'; 1000]))))
+                .await;
+        }
+    });
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let _ = response.into_body().collect().await;
+    let small = wisp.invoke("POST", "/function/cgi", "small").await;
+    assert_eq!(small.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn outbound_http_is_denied_unless_allowed() {
+    let wisp = Wisp::start();
+    misbehave(&wisp).await;
+    // Something that would answer if the request were let through: wisp itself.
+    let target = format!("{}/healthz", wisp.addr);
+    let denied = wisp
+        .invoke(
+            "GET",
+            &format!("/function/misbehave/fetch?url={target}"),
+            "",
+        )
+        .await;
+    assert!(
+        denied.text().contains("HttpRequestDenied"),
+        "{}",
+        denied.text()
+    );
+
+    wisp.deploy_with("caller", artifacts::MISBEHAVE, |d| {
+        d.allow_outbound = Some(vec!["127.0.0.1".into()]);
+    })
+    .await
+    .unwrap();
+    let allowed = wisp
+        .invoke("GET", &format!("/function/caller/fetch?url={target}"), "")
+        .await;
+    assert_eq!(allowed.text(), "status: 200", "{}", allowed.text());
+}
+
+#[tokio::test]
+async fn many_concurrent_requests_all_succeed() {
+    let wisp = Wisp::start();
+    wisp.deploy("hello", artifacts::HELLO).await;
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let client = wisp.client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/function/hello?name=n{i}"),
+                    Default::default(),
+                    format!("body {i}"),
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let answer = task.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            answer.text().contains(&format!("Hello, n{i}!"))
+                && answer.text().contains(&format!("body: body {i}\n"))
+        );
+    }
+}

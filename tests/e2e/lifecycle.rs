@@ -1,0 +1,123 @@
+//! What survives a restart, a crash, a redeploy and a shutdown.
+
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use wisp_e2e::{Wisp, artifacts};
+
+fn compiled_files(wisp: &Wisp) -> Vec<(std::path::PathBuf, SystemTime)> {
+    let dir = wisp.data_dir.join("artifacts").join("compiled");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path(), e.metadata().unwrap().modified().unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn functions_survive_a_crash_without_recompiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    first.deploy("hello", artifacts::HELLO).await;
+    first.deploy("cgi-echo", artifacts::CGI_ECHO).await;
+    let token = first.token.clone();
+    let compiled = compiled_files(&first);
+    assert_eq!(compiled.len(), 2);
+    first.kill();
+
+    let second = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    assert_eq!(second.token, token, "the token is kept");
+    let names: Vec<_> = second
+        .client
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["cgi-echo", "hello"]);
+    let hello = second.invoke("GET", "/function/hello?name=again", "").await;
+    assert_eq!(hello.status, StatusCode::OK);
+    assert!(hello.text().contains("Hello, again!"));
+    let cgi = second.invoke("POST", "/function/cgi-echo", "x").await;
+    assert_eq!(cgi.status, StatusCode::OK);
+    assert_eq!(
+        compiled_files(&second),
+        compiled,
+        "precompiled code was reused, not rebuilt"
+    );
+    // The token was printed once, by the first server only.
+    assert_eq!(second.log().matches("listening").count(), 2);
+}
+
+#[tokio::test]
+async fn redeploy_lets_in_flight_requests_finish_on_the_old_version() {
+    let wisp = Wisp::start();
+    wisp.deploy("fn", artifacts::MISBEHAVE).await;
+    let client = wisp.client.clone();
+    let slow = tokio::spawn(async move {
+        client
+            .call(
+                http::Method::GET,
+                "/function/fn/sleep?ms=1500",
+                Default::default(),
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wisp.deploy("fn", artifacts::HELLO).await;
+    let new = wisp.invoke("GET", "/function/fn", "").await;
+    assert!(
+        new.text().contains("Hello, world!"),
+        "new requests go to the new version: {}",
+        new.text()
+    );
+    let old = slow.await.unwrap();
+    assert_eq!(old.status, StatusCode::OK);
+    assert_eq!(old.text(), "slept\n");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits() {
+    let mut wisp = Wisp::start();
+    wisp.deploy("fn", artifacts::MISBEHAVE).await;
+    let client = wisp.client.clone();
+    let slow = tokio::spawn(async move {
+        client
+            .call(
+                http::Method::GET,
+                "/function/fn/sleep?ms=1000",
+                Default::default(),
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wisp.signal("TERM");
+    let answer = slow.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "slept\n");
+    let status = wisp.wait(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status}");
+    assert!(wisp.log().contains("SIGTERM received"));
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    let err = Wisp::builder()
+        .data_dir(dir.path())
+        .start()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("already open"), "{err}");
+}
