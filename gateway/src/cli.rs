@@ -340,8 +340,8 @@ async fn ls(args: ConnectArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<24} {:<10} {:>12} {:>9}  {}",
-        "NAME", "KIND", "INVOCATIONS", "INSTANCES", "IMAGE"
+        "{:<24} {:<10} {:>12} {:>9}  IMAGE",
+        "NAME", "KIND", "INVOCATIONS", "INSTANCES"
     )?;
     for f in functions {
         let image: String = f.image.chars().take(19).collect();

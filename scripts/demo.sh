@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The main job: builds wisp and the example functions, starts `wisp serve`
+# with them deployed, invokes them, and shows how to call them. The server
+# keeps running in the foreground; Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+cargo build --release --locked -p wisp -p wisp-function-artifacts
+wisp=target/release/wisp
+export WISP_LISTEN=${WISP_LISTEN:-127.0.0.1:8080}
+export WISP_GATEWAY="http://$WISP_LISTEN"
+export WISP_DATA_DIR=${WISP_DATA_DIR:-$PWD/.wisp-demo}
+
+"$wisp" serve &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
+for _ in $(seq 100); do
+  curl -fs "$WISP_GATEWAY/healthz" >/dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { echo "wisp serve exited; see the log above" >&2; exit 1; }
+  sleep 0.1
+done
+
+while read -r name path; do
+  case "$name" in
+    hello) "$wisp" deploy hello "$path" --env GREETING=Hello ;;
+    cgi-echo) "$wisp" deploy cgi-echo "$path" ;;
+  esac
+done < <(target/release/wisp-function-artifacts)
+
+echo
+echo "== wisp invoke hello --path '/demo?name=you' --data 'a body'"
+"$wisp" invoke hello --path '/demo?name=you' --data 'a body'
+echo
+echo "== wisp invoke cgi-echo --path '/x?status=201' --data 'cgi body' -i"
+"$wisp" invoke cgi-echo --path '/x?status=201' --data 'cgi body' -i
+echo
+echo "== wisp ls"
+"$wisp" ls
+cat <<MSG
+
+wisp is serving on $WISP_GATEWAY (data in $WISP_DATA_DIR). Try:
+  curl '$WISP_GATEWAY/function/hello/anything?name=curl' -d 'hi there'
+  curl -i '$WISP_GATEWAY/function/cgi-echo/path?status=404'
+  WISP_DATA_DIR=$WISP_DATA_DIR $wisp ls
+  WISP_DATA_DIR=$WISP_DATA_DIR $wisp deploy NAME your-component.wasm
+Press Ctrl-C to stop.
+MSG
+wait $server

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what building wisp needs on a fresh machine: the wasm targets the
+# example functions compile to. Sourced by demo.sh and test.sh.
+set -euo pipefail
+need_targets=()
+installed=$(rustup target list --installed)
+for target in wasm32-wasip1 wasm32-wasip2; do
+  grep -qx "$target" <<<"$installed" || need_targets+=("$target")
+done
+if [ ${#need_targets[@]} -gt 0 ]; then
+  echo "setup: rustup target add ${need_targets[*]}"
+  rustup target add "${need_targets[@]}"
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+done
