@@ -12,12 +12,13 @@ export WISP_LISTEN=${WISP_LISTEN:-127.0.0.1:8080}
 export WISP_GATEWAY="http://$WISP_LISTEN"
 export WISP_DATA_DIR=${WISP_DATA_DIR:-$PWD/.wisp-demo}
 
-"$wisp" serve &
+log="$WISP_DATA_DIR.log"
+"$wisp" serve >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
 for _ in $(seq 100); do
   curl -fs "$WISP_GATEWAY/healthz" >/dev/null 2>&1 && break
-  kill -0 $server 2>/dev/null || { echo "wisp serve exited; see the log above" >&2; exit 1; }
+  kill -0 $server 2>/dev/null || { cat "$log" >&2; echo "wisp serve exited" >&2; exit 1; }
   sleep 0.1
 done
 
@@ -28,6 +29,13 @@ while read -r name path; do
   esac
 done < <(target/release/wisp-function-artifacts)
 
+# A component from another toolchain: Python, built with componentize-py.
+pybuild=$(mktemp -d)
+PYTHONDONTWRITEBYTECODE=1 componentize-py -d functions/hello-py/wit -w wisp:examples/hello-py \
+  componentize -p functions/hello-py app -o "$pybuild/hello-py.wasm" >/dev/null
+"$wisp" deploy hello-py "$pybuild/hello-py.wasm"
+rm -rf "$pybuild"
+
 echo
 echo "== wisp invoke hello --path '/demo?name=you' --data 'a body'"
 "$wisp" invoke hello --path '/demo?name=you' --data 'a body'
@@ -35,15 +43,20 @@ echo
 echo "== wisp invoke cgi-echo --path '/x?status=201' --data 'cgi body' -i"
 "$wisp" invoke cgi-echo --path '/x?status=201' --data 'cgi body' -i
 echo
+echo "== curl $WISP_GATEWAY/function/hello-py/from-curl -d 'hi'"
+curl -s "$WISP_GATEWAY/function/hello-py/from-curl" -d 'hi'
+echo
 echo "== wisp ls"
 "$wisp" ls
 cat <<MSG
 
-wisp is serving on $WISP_GATEWAY (data in $WISP_DATA_DIR). Try:
+wisp is serving on $WISP_GATEWAY (data in $WISP_DATA_DIR, log in $log). Try:
   curl '$WISP_GATEWAY/function/hello/anything?name=curl' -d 'hi there'
   curl -i '$WISP_GATEWAY/function/cgi-echo/path?status=404'
+  curl '$WISP_GATEWAY/function/hello-py/any/path' -d 'from curl'
   WISP_DATA_DIR=$WISP_DATA_DIR $wisp ls
   WISP_DATA_DIR=$WISP_DATA_DIR $wisp deploy NAME your-component.wasm
+The control API token is in $WISP_DATA_DIR/token (the CLI reads it from there).
 Press Ctrl-C to stop.
 MSG
 wait $server

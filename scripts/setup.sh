@@ -14,3 +14,10 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed | grep -q "^$component" || rustup component add "$component"
 done
+# componentize-py builds the Python example (a component from another
+# toolchain, which the end-to-end tests deploy).
+if ! command -v componentize-py >/dev/null 2>&1; then
+  echo "setup: pip install componentize-py"
+  python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
+  hash -r
+fi

@@ -7,4 +7,5 @@ mod cli;
 mod control;
 mod faults;
 mod lifecycle;
+mod python;
 mod wasm_http;
