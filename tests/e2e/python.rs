@@ -23,7 +23,9 @@ async fn a_componentize_py_component_runs_unchanged() {
         .args(["app", "-o"])
         .arg(&wasm)
         .status()
-        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}): run ./scripts/setup.sh, which installs it"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} ({e}): run ./scripts/setup.sh, which installs it")
+        });
     assert!(status.success(), "componentize-py failed");
 
     let wisp = Wisp::start();
@@ -32,7 +34,9 @@ async fn a_componentize_py_component_runs_unchanged() {
     })
     .await
     .unwrap();
-    let answer = wisp.invoke("POST", "/function/hello-py/snake?x=1", "hiss").await;
+    let answer = wisp
+        .invoke("POST", "/function/hello-py/snake?x=1", "hiss")
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_eq!(
         answer.text(),
