@@ -1,6 +1,9 @@
 //! End-to-end tests: each starts the real `wisp` binary and talks HTTP to it.
 
-#![expect(clippy::unwrap_used, reason = "test helpers panic on failure by design")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure by design"
+)]
 
 mod cgi;
 mod cli;
