@@ -6,6 +6,7 @@
 pub mod artifact;
 pub mod backend;
 pub mod body;
+pub mod image;
 pub mod pool;
 pub mod spec;
 pub mod wasm;

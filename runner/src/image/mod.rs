@@ -1,0 +1,357 @@
+//! The image store: OCI images imported from layout directories, OCI
+//! archives and `docker save` tarballs ([`ImageStore::import`]), kept by
+//! content address under one root, with each layer unpacked once.
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>         manifests, configs and layers as shipped
+//! <root>/layers/<diff id hex>/diff  an unpacked layer: an overlayfs lower dir
+//! <root>/layers/<diff id hex>/complete   written last: the layer is whole
+//! <root>/images/<manifest hex>.json the image: its config and its layers
+//! <root>/tmp/                       staging, emptied by `open`
+//! ```
+//!
+//! Everything reaches its final name by a rename out of `tmp/` once the
+//! whole image is verified, and the image's record is renamed last, so a
+//! crash leaves at most blobs and layers that no image references, which
+//! [`ImageStore::remove_unreferenced`] removes. Whiteouts stay in the layers
+//! as overlayfs whiteouts: they are applied when the layers are mounted.
+//!
+//! Limits: the API blocks (plain `std::fs`; call it from a blocking
+//! thread). Imports and prunes of one store take an advisory lock on
+//! `<root>/lock`, so they run one at a time, even across processes. Layers
+//! are unpacked for one uid/gid shift ([`UnpackOptions`]); a store opened
+//! with another finds them unusable. The root is made 0700 because unpacked
+//! layers hold setuid files, so whatever mounts the layers must reach them
+//! as host root. `remove_unreferenced` does not know which layers are
+//! mounted: its caller names every image still in use.
+
+mod import;
+mod sys;
+pub mod unpack;
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use import::ImportError;
+pub use unpack::{UnpackError, UnpackOptions, UnpackStats};
+
+use crate::spec::Digest;
+
+/// A content-addressed store of images and their unpacked layers.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+    unpack: UnpackOptions,
+}
+
+/// An imported image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The digest of its OCI manifest (made up from `manifest.json` for a
+    /// docker archive, which has none).
+    pub manifest_digest: Digest,
+    pub config: ImageConfig,
+    /// Bottom layer first.
+    pub layers: Vec<LayerRef>,
+}
+
+/// What the image says about how to run it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `NAME=value` entries.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`, resolved in the rootfs.
+    pub user: Option<String>,
+    /// TCP ports, sorted; UDP ports are left out.
+    pub exposed_ports: Vec<u16>,
+}
+
+/// One unpacked layer of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRef {
+    /// sha256 of the uncompressed layer tar.
+    pub diff_id: Digest,
+    /// The unpacked directory, ready to be an overlayfs lower dir.
+    pub path: PathBuf,
+    /// Bytes of regular files in it.
+    pub size: u64,
+}
+
+/// What [`ImageStore::remove_unreferenced`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub images: usize,
+    pub blobs: usize,
+    pub layers: usize,
+}
+
+/// Why opening, listing or pruning the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("image store {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("image record {path} is unreadable: {source}")]
+    Record {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn store_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + use<> {
+    let path = path.to_owned();
+    move |source| StoreError::Io { path, source }
+}
+
+/// An image as written to `images/<manifest hex>.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct ImageRecord {
+    manifest_digest: Digest,
+    config: ImageConfig,
+    /// Every blob the image needs: manifest, config and layers.
+    blobs: Vec<Digest>,
+    layers: Vec<LayerRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LayerRecord {
+    diff_id: Digest,
+    size: u64,
+}
+
+impl ImageStore {
+    /// Opens (and creates) the store under `root` with the default
+    /// [`UnpackOptions`], removing what a crashed import left in `tmp/`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        for dir in ["blobs/sha256", "layers", "images", "tmp"] {
+            let dir = root.join(dir);
+            fs::create_dir_all(&dir).map_err(store_error(&dir))?;
+        }
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+            .map_err(store_error(&root))?;
+        let store = ImageStore {
+            root,
+            unpack: UnpackOptions::default(),
+        };
+        let _lock = store.lock().map_err(store_error(&store.root))?;
+        let tmp = store.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(store_error(&tmp))? {
+            let path = entry.map_err(store_error(&tmp))?.path();
+            unpack::remove_existing(&path).map_err(store_error(&path))?;
+        }
+        Ok(store)
+    }
+
+    /// Unpacks layers with `options` (ownership shift, size limits).
+    pub fn with_unpack_options(mut self, options: UnpackOptions) -> Self {
+        self.unpack = options;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob `digest` is stored.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// The unpacked layer `diff_id` (an overlayfs lower dir).
+    pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+        self.layer_dir(diff_id).join("diff")
+    }
+
+    fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(diff_id.hex())
+    }
+
+    fn record_path(&self, manifest_digest: &Digest) -> PathBuf {
+        self.root
+            .join("images")
+            .join(format!("{}.json", manifest_digest.hex()))
+    }
+
+    /// The image imported with this manifest digest, if any.
+    pub fn image(&self, manifest_digest: &Digest) -> Result<Option<Image>, StoreError> {
+        let path = self.record_path(manifest_digest);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(self.image_of(read_record(&path, &bytes)?))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(store_error(&path)(e)),
+        }
+    }
+
+    /// Every imported image, by manifest digest.
+    pub fn list(&self) -> Result<Vec<Image>, StoreError> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .map(|(_, record)| self.image_of(record))
+            .collect())
+    }
+
+    /// Removes every image not named in `keep`, then every blob and layer
+    /// that no remaining image references.
+    pub fn remove_unreferenced(&self, keep: &[Digest]) -> Result<Pruned, StoreError> {
+        let _lock = self.lock().map_err(store_error(&self.root))?;
+        let mut pruned = Pruned::default();
+        let mut blobs = HashSet::new();
+        let mut layers = HashSet::new();
+        for (path, record) in self.records()? {
+            if keep.contains(&record.manifest_digest) {
+                blobs.extend(record.blobs.iter().map(|d| d.hex().to_owned()));
+                layers.extend(record.layers.iter().map(|l| l.diff_id.hex().to_owned()));
+            } else {
+                fs::remove_file(&path).map_err(store_error(&path))?;
+                pruned.images += 1;
+            }
+        }
+        for (dir, keep, count) in [
+            ("blobs/sha256", &blobs, &mut pruned.blobs),
+            ("layers", &layers, &mut pruned.layers),
+        ] {
+            let dir = self.root.join(dir);
+            for entry in fs::read_dir(&dir).map_err(store_error(&dir))? {
+                let path = entry.map_err(store_error(&dir))?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if !keep.contains(name) {
+                    unpack::remove_existing(&path).map_err(store_error(&path))?;
+                    *count += 1;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
+    fn records(&self) -> Result<Vec<(PathBuf, ImageRecord)>, StoreError> {
+        let dir = self.root.join("images");
+        let mut records = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(store_error(&dir))? {
+            let path = entry.map_err(store_error(&dir))?.path();
+            let bytes = fs::read(&path).map_err(store_error(&path))?;
+            let record = read_record(&path, &bytes)?;
+            records.push((path, record));
+        }
+        records.sort_by(|a, b| a.1.manifest_digest.cmp(&b.1.manifest_digest));
+        Ok(records)
+    }
+
+    fn image_of(&self, record: ImageRecord) -> Image {
+        Image {
+            manifest_digest: record.manifest_digest,
+            config: record.config,
+            layers: record
+                .layers
+                .into_iter()
+                .map(|layer| LayerRef {
+                    path: self.layer_path(&layer.diff_id),
+                    diff_id: layer.diff_id,
+                    size: layer.size,
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes the store's lock (`flock`), released when the file is dropped.
+    fn lock(&self) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("lock"))?;
+        file.lock()?;
+        Ok(file)
+    }
+}
+
+fn read_record(path: &Path, bytes: &[u8]) -> Result<ImageRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Record {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::import::tests::{Fixture, docker_archive};
+    use super::*;
+
+    #[test]
+    fn list_and_remove_unreferenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("store")).unwrap();
+        let fixture = Fixture::new();
+        let layout = fixture.write_layout(&dir.path().join("layout"));
+        let oci = store.import(&layout.path).unwrap();
+        let archive = dir.path().join("docker.tar");
+        fs::write(&archive, docker_archive(&fixture)).unwrap();
+        let docker = store.import(&archive).unwrap();
+
+        let mut listed = store.list().unwrap();
+        listed.sort_by_key(|i| i.layers.len());
+        assert_eq!(listed, [oci.clone(), docker.clone()]);
+        let sizes: Vec<u64> = docker.layers.iter().map(|l| l.size).collect();
+        assert_eq!(sizes, [5, 6, 5]);
+        assert_eq!(
+            store.image(&oci.manifest_digest).unwrap(),
+            Some(oci.clone())
+        );
+
+        // The docker image's own blobs go; the layers it shares stay.
+        let pruned = store
+            .remove_unreferenced(std::slice::from_ref(&oci.manifest_digest))
+            .unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                images: 1,
+                blobs: 4,
+                layers: 0
+            }
+        );
+        assert_eq!(store.list().unwrap(), std::slice::from_ref(&oci));
+        assert_eq!(store.image(&docker.manifest_digest).unwrap(), None);
+        assert!(oci.layers.iter().all(|l| l.path.join("app").is_dir()));
+
+        let pruned = store.remove_unreferenced(&[]).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                images: 1,
+                blobs: 4,
+                layers: 2
+            }
+        );
+        for sub in ["blobs/sha256", "layers", "images"] {
+            assert_eq!(fs::read_dir(store.root().join(sub)).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn open_clears_leftovers_and_locks_out_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = ImageStore::open(&root).unwrap();
+        fs::create_dir(root.join("tmp/half-import")).unwrap();
+        fs::write(root.join("tmp/half-import/blob"), b"x").unwrap();
+        let again = ImageStore::open(&root).unwrap();
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        let mode = fs::metadata(&root).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        let held = store.lock().unwrap();
+        let other = File::open(root.join("lock")).unwrap();
+        assert!(other.try_lock().is_err(), "the lock is exclusive");
+        drop(held);
+        assert!(again.lock().is_ok());
+    }
+}

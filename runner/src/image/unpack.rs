@@ -1,0 +1,830 @@
+//! Safe unpacking of one image layer (an uncompressed tar stream) into a
+//! directory of its own, ready to be an overlayfs lower layer.
+//!
+//! This module walks the entries itself instead of trusting
+//! `tar::Entry::unpack_in`. An entry whose path is absolute or contains `..`
+//! is refused; parent directories are created one component at a time and an
+//! existing symlink (or non-directory) on the way is refused; files are
+//! created with `create_new` and `O_NOFOLLOW`, and an existing entry of the
+//! same name is removed first, so nothing is ever written through a symlink.
+//! Symlinks themselves may point anywhere: they are resolved inside the
+//! container's rootfs, never here. A hard link must name a regular file
+//! already unpacked in the same layer. OCI whiteouts become overlayfs ones
+//! (`.wh.NAME` → a 0:0 character device `NAME`, `.wh..wh..opq` → the
+//! `trusted.overlay.opaque` xattr on its directory).
+//!
+//! Limits: device nodes and FIFOs are refused (a container gets its own
+//! minimal `/dev`); entries' xattrs, ACLs and PAX-only uids are dropped and
+//! only regular files keep their mtime. Mode bits are kept, setuid and setgid
+//! included: the container runs with `no_new_privs`, and the store keeps
+//! layers in a 0700 directory that host users cannot enter. Ownership is
+//! shifted by [`UnpackOptions`] into the user namespace's range. The
+//! destination must be private to the caller while it runs: the checks are
+//! made path by path, so a concurrent writer could swap a checked directory
+//! for a symlink. Needs root (chown, mknod, `trusted.*` xattrs).
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tar::EntryType;
+
+use super::sys;
+
+/// Default cap on the bytes of regular files in one layer.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 4 << 30;
+/// Default cap on the number of entries in one layer.
+pub const DEFAULT_MAX_LAYER_ENTRIES: u64 = 1_000_000;
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
+
+/// How a layer is unpacked: the ownership shift and the size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpackOptions {
+    /// Added to every entry's uid: the host uid that the container's uid 0
+    /// maps to.
+    pub uid_offset: u32,
+    /// Added to every entry's gid.
+    pub gid_offset: u32,
+    /// Cap on the total size of the regular files.
+    pub max_bytes: u64,
+    /// Cap on the number of entries.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        UnpackOptions {
+            uid_offset: 0,
+            gid_offset: 0,
+            max_bytes: DEFAULT_MAX_LAYER_BYTES,
+            max_entries: DEFAULT_MAX_LAYER_ENTRIES,
+        }
+    }
+}
+
+/// What one unpacked layer holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Bytes of regular files.
+    pub bytes: u64,
+    /// Entries of the archive, of every type.
+    pub entries: u64,
+}
+
+/// Why a layer could not be unpacked. Every refused entry is named by its
+/// path as written in the archive.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum UnpackError {
+    #[error("refusing {entry:?}: absolute path")]
+    AbsolutePath { entry: PathBuf },
+    #[error("refusing {entry:?}: path contains `..`")]
+    ParentDir { entry: PathBuf },
+    #[error("refusing {entry:?}: only a directory entry may name the layer root")]
+    RootPath { entry: PathBuf },
+    #[error("refusing {entry:?}: {component:?} on its way is a symlink")]
+    SymlinkInPath { entry: PathBuf, component: PathBuf },
+    #[error("refusing {entry:?}: {component:?} on its way is not a directory")]
+    NotADirectory { entry: PathBuf, component: PathBuf },
+    #[error(
+        "refusing hard link {entry:?}: its target {target:?} is not a regular file in this layer"
+    )]
+    HardLinkTarget { entry: PathBuf, target: PathBuf },
+    #[error("refusing {entry:?}: {kind} entries are not allowed in a layer")]
+    Unsupported { entry: PathBuf, kind: &'static str },
+    #[error("refusing whiteout {entry:?}: it names no file")]
+    InvalidWhiteout { entry: PathBuf },
+    #[error("refusing {entry:?}: owner {uid}:{gid} is out of range")]
+    Owner { entry: PathBuf, uid: u64, gid: u64 },
+    #[error("layer is larger than the limit of {limit} bytes (at {entry:?})")]
+    TooLarge { entry: PathBuf, limit: u64 },
+    #[error("layer has more than the limit of {limit} entries")]
+    TooManyEntries { limit: u64 },
+    #[error("reading the layer archive: {source}")]
+    Read { source: IoCause },
+    #[error("unpacking {entry:?}: {source}")]
+    Write { entry: PathBuf, source: IoCause },
+}
+
+/// An I/O error that equals another of the same kind, so that
+/// [`UnpackError`] can derive `PartialEq` for tests.
+#[derive(Debug)]
+pub struct IoCause(pub io::Error);
+
+impl PartialEq for IoCause {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind()
+    }
+}
+
+impl fmt::Display for IoCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl UnpackError {
+    pub(crate) fn read(source: io::Error) -> Self {
+        UnpackError::Read {
+            source: IoCause(source),
+        }
+    }
+}
+
+/// Unpacks the tar stream `layer` into `dest`, an existing empty directory
+/// private to the caller, which becomes the layer's root: owned by the
+/// container's root (the offsets) with mode 0755 unless the archive has an
+/// entry for `./`. On error `dest` holds part of the layer and should be
+/// removed; nothing is ever written outside it.
+pub fn unpack(
+    layer: impl Read,
+    dest: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let mut stats = UnpackStats::default();
+    let root = Unpacker {
+        dest,
+        options,
+        entry: Path::new("."),
+    };
+    root.set_owner_and_mode(dest, 0, 0, 0o755)?;
+
+    let mut archive = tar::Archive::new(layer);
+    for entry in archive.entries().map_err(UnpackError::read)? {
+        let mut entry = entry.map_err(UnpackError::read)?;
+        stats.entries += 1;
+        if stats.entries > options.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                limit: options.max_entries,
+            });
+        }
+        let raw_path = entry.path_bytes().into_owned();
+        let name = PathBuf::from(OsStr::from_bytes(&raw_path));
+        let unpacker = Unpacker {
+            dest,
+            options,
+            entry: &name,
+        };
+        unpacker.entry(&mut entry, &raw_path, &mut stats)?;
+    }
+    Ok(stats)
+}
+
+/// Unpacks one entry; `entry` is its path as written, for errors.
+struct Unpacker<'a> {
+    dest: &'a Path,
+    options: &'a UnpackOptions,
+    entry: &'a Path,
+}
+
+impl Unpacker<'_> {
+    fn entry<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        raw_path: &[u8],
+        stats: &mut UnpackStats,
+    ) -> Result<(), UnpackError> {
+        let kind = entry.header().entry_type();
+        let refuse = |kind| UnpackError::Unsupported {
+            entry: self.entry.to_owned(),
+            kind,
+        };
+        match kind {
+            EntryType::XGlobalHeader => return Ok(()),
+            EntryType::Char => return Err(refuse("character device")),
+            EntryType::Block => return Err(refuse("block device")),
+            EntryType::Fifo => return Err(refuse("fifo")),
+            _ => {}
+        }
+        let parts = self.components(raw_path)?;
+        let header = entry.header();
+        let (uid, gid) = (
+            header.uid().map_err(UnpackError::read)?,
+            header.gid().map_err(UnpackError::read)?,
+        );
+        let mode = header.mode().map_err(UnpackError::read)? & 0o7777;
+
+        let Some((last, parents)) = parts.split_last() else {
+            return match kind {
+                EntryType::Directory => self.set_owner_and_mode(self.dest, uid, gid, mode),
+                _ => Err(UnpackError::RootPath {
+                    entry: self.entry.to_owned(),
+                }),
+            };
+        };
+        let parent = self.make_parents(parents)?;
+        let last = last.as_bytes();
+
+        if let Some(hidden) = last.strip_prefix(WHITEOUT_PREFIX) {
+            if last == OPAQUE_WHITEOUT {
+                return sys::make_opaque(&parent).map_err(|e| self.write_error(e));
+            }
+            if matches!(hidden, b"" | b"." | b"..") {
+                return Err(UnpackError::InvalidWhiteout {
+                    entry: self.entry.to_owned(),
+                });
+            }
+            let path = parent.join(OsStr::from_bytes(hidden));
+            remove_existing(&path).map_err(|e| self.write_error(e))?;
+            sys::make_whiteout(&path).map_err(|e| self.write_error(e))?;
+            return self.set_owner(&path, 0, 0);
+        }
+
+        let path = parent.join(OsStr::from_bytes(last));
+        match kind {
+            EntryType::Directory => {
+                match fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_dir() => {}
+                    _ => {
+                        remove_existing(&path).map_err(|e| self.write_error(e))?;
+                        fs::create_dir(&path).map_err(|e| self.write_error(e))?;
+                    }
+                }
+                self.set_owner_and_mode(&path, uid, gid, mode)
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                stats.bytes = stats.bytes.saturating_add(entry.size());
+                if stats.bytes > self.options.max_bytes {
+                    return Err(UnpackError::TooLarge {
+                        entry: self.entry.to_owned(),
+                        limit: self.options.max_bytes,
+                    });
+                }
+                let mtime = entry.header().mtime().ok();
+                self.write_file(&path, entry, uid, gid, mode, mtime)
+            }
+            EntryType::Symlink => {
+                let target = entry.link_name_bytes().map(|t| t.into_owned());
+                let target = target.unwrap_or_default();
+                remove_existing(&path).map_err(|e| self.write_error(e))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(|e| self.write_error(e))?;
+                self.set_owner(&path, uid, gid)
+            }
+            EntryType::Link => {
+                let target = entry.link_name_bytes().map(|t| t.into_owned());
+                let source = self.hard_link_source(&target.unwrap_or_default())?;
+                if source == path {
+                    return Ok(());
+                }
+                remove_existing(&path).map_err(|e| self.write_error(e))?;
+                fs::hard_link(&source, &path).map_err(|e| self.write_error(e))
+            }
+            _ => Err(refuse("unknown")),
+        }
+    }
+
+    /// The path's components, refusing absolute paths and `..`. Empty and
+    /// `.` components are dropped.
+    fn components<'p>(&self, raw: &'p [u8]) -> Result<Vec<&'p OsStr>, UnpackError> {
+        if raw.first() == Some(&b'/') {
+            return Err(UnpackError::AbsolutePath {
+                entry: self.entry.to_owned(),
+            });
+        }
+        let mut parts = Vec::new();
+        for part in raw.split(|&b| b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => {
+                    return Err(UnpackError::ParentDir {
+                        entry: self.entry.to_owned(),
+                    });
+                }
+                _ => parts.push(OsStr::from_bytes(part)),
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Creates the missing directories of `parts` under the layer root, one
+    /// at a time, refusing symlinks and non-directories on the way; returns
+    /// the last one's path. A created directory is 0755, owned by root.
+    fn make_parents(&self, parts: &[&OsStr]) -> Result<PathBuf, UnpackError> {
+        let mut path = self.dest.to_path_buf();
+        let mut inside = PathBuf::new();
+        for part in parts {
+            path.push(part);
+            inside.push(part);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(UnpackError::SymlinkInPath {
+                        entry: self.entry.to_owned(),
+                        component: inside,
+                    });
+                }
+                Ok(_) => {
+                    return Err(UnpackError::NotADirectory {
+                        entry: self.entry.to_owned(),
+                        component: inside,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    DirBuilder::new()
+                        .mode(0o755)
+                        .create(&path)
+                        .map_err(|e| self.write_error(e))?;
+                    self.set_owner_and_mode(&path, 0, 0, 0o755)?;
+                }
+                Err(e) => return Err(self.write_error(e)),
+            }
+        }
+        Ok(path)
+    }
+
+    /// Where the hard link's target is: a regular file already unpacked in
+    /// this layer, reached through directories only.
+    fn hard_link_source(&self, target: &[u8]) -> Result<PathBuf, UnpackError> {
+        let refuse = || UnpackError::HardLinkTarget {
+            entry: self.entry.to_owned(),
+            target: PathBuf::from(OsStr::from_bytes(target)),
+        };
+        let parts = self.components(target).map_err(|_| refuse())?;
+        if parts.is_empty() {
+            return Err(refuse());
+        }
+        let mut path = self.dest.to_path_buf();
+        for (i, part) in parts.iter().enumerate() {
+            path.push(part);
+            let meta = fs::symlink_metadata(&path).map_err(|_| refuse())?;
+            let last = i + 1 == parts.len();
+            if (last && !meta.is_file()) || (!last && !meta.is_dir()) {
+                return Err(refuse());
+            }
+        }
+        Ok(path)
+    }
+
+    fn write_file(
+        &self,
+        path: &Path,
+        content: &mut impl Read,
+        uid: u64,
+        gid: u64,
+        mode: u32,
+        mtime: Option<u64>,
+    ) -> Result<(), UnpackError> {
+        let write = |e| self.write_error(e);
+        remove_existing(path).map_err(write)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(write)?;
+        io::copy(content, &mut file).map_err(write)?;
+        let (uid, gid) = self.shifted(uid, gid)?;
+        // chown before chmod: chown clears the setuid and setgid bits.
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(write)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(write)?;
+        if let Some(mtime) =
+            mtime.and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+        {
+            file.set_modified(mtime).map_err(write)?;
+        }
+        Ok(())
+    }
+
+    /// Owner and mode of a directory that was checked not to be a symlink.
+    fn set_owner_and_mode(
+        &self,
+        path: &Path,
+        uid: u64,
+        gid: u64,
+        mode: u32,
+    ) -> Result<(), UnpackError> {
+        self.set_owner(path, uid, gid)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| self.write_error(e))
+    }
+
+    /// Shifted ownership, without following a symlink at `path`.
+    fn set_owner(&self, path: &Path, uid: u64, gid: u64) -> Result<(), UnpackError> {
+        let (uid, gid) = self.shifted(uid, gid)?;
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| self.write_error(e))
+    }
+
+    fn shifted(&self, uid: u64, gid: u64) -> Result<(u32, u32), UnpackError> {
+        let shift = |id: u64, offset: u32| {
+            u32::try_from(id)
+                .ok()
+                .and_then(|id| id.checked_add(offset))
+                .filter(|&id| id != u32::MAX)
+        };
+        match (
+            shift(uid, self.options.uid_offset),
+            shift(gid, self.options.gid_offset),
+        ) {
+            (Some(uid), Some(gid)) => Ok((uid, gid)),
+            _ => Err(UnpackError::Owner {
+                entry: self.entry.to_owned(),
+                uid,
+                gid,
+            }),
+        }
+    }
+
+    fn write_error(&self, source: io::Error) -> UnpackError {
+        UnpackError::Write {
+            entry: self.entry.to_owned(),
+            source: IoCause(source),
+        }
+    }
+}
+
+/// Removes whatever is at `path` (a later entry replaces an earlier one of
+/// the same name), without following a symlink there.
+pub(crate) fn remove_existing(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Appends an entry whose name and link name are written into the header
+    /// as raw bytes, bypassing the `tar` crate's path checks.
+    pub(crate) fn raw_entry(
+        tar: &mut tar::Builder<Vec<u8>>,
+        kind: EntryType,
+        name: &str,
+        link: &str,
+        data: &[u8],
+    ) {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        let old = header.as_old_mut();
+        old.name = [0; 100];
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname = [0; 100];
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_cksum();
+        tar.append(&header, data).unwrap();
+    }
+
+    /// A raw entry: type, name, link name, content.
+    pub(crate) type RawEntry<'a> = (EntryType, &'a str, &'a str, &'a [u8]);
+
+    /// A tar archive of raw entries.
+    pub(crate) fn archive(entries: &[RawEntry<'_>]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (kind, name, link, data) in entries {
+            raw_entry(&mut tar, *kind, name, link, data);
+        }
+        tar.into_inner().unwrap()
+    }
+
+    /// A scratch directory holding the layer dir `layer` and a sibling
+    /// `outside` that must stay empty, four directories deep so that a
+    /// `..` chain in a test could not reach past the scratch directory.
+    struct Scratch {
+        dir: tempfile::TempDir,
+    }
+
+    const DEPTH: &str = "d/d/d/d";
+
+    impl Scratch {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir_all(dir.path().join(DEPTH).join("layer")).unwrap();
+            fs::create_dir(dir.path().join(DEPTH).join("outside")).unwrap();
+            Scratch { dir }
+        }
+        fn layer(&self) -> PathBuf {
+            self.dir.path().join(DEPTH).join("layer")
+        }
+        fn outside(&self) -> PathBuf {
+            self.dir.path().join(DEPTH).join("outside")
+        }
+        fn unpack(&self, tar: &[u8]) -> Result<UnpackStats, UnpackError> {
+            unpack(tar, &self.layer(), &UnpackOptions::default())
+        }
+        /// Everything in the scratch directory but the layer's content is
+        /// what `new` made.
+        fn assert_nothing_outside(&self) {
+            let mut found = Vec::new();
+            let mut dirs = vec![self.dir.path().to_owned()];
+            while let Some(dir) = dirs.pop() {
+                for entry in fs::read_dir(&dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path == self.layer() {
+                        continue;
+                    }
+                    if fs::symlink_metadata(&path).unwrap().is_dir() {
+                        dirs.push(path.clone());
+                    }
+                    found.push(path.strip_prefix(self.dir.path()).unwrap().to_owned());
+                }
+            }
+            found.sort();
+            let expected = ["d", "d/d", "d/d/d", "d/d/d/d", "d/d/d/d/outside"];
+            assert_eq!(found, expected.map(PathBuf::from));
+        }
+    }
+
+    use EntryType::{Block, Char, Directory, Fifo, Link, Regular, Symlink};
+
+    #[test]
+    fn unpacks_files_dirs_links_with_shifted_owners_and_modes() {
+        let scratch = Scratch::new();
+        let mut tar = tar::Builder::new(Vec::new());
+        raw_entry(&mut tar, Directory, "./", "", b"");
+        raw_entry(&mut tar, Directory, "./usr/", "", b"");
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o4755);
+        header.set_uid(1000);
+        header.set_gid(1001);
+        header.set_mtime(1_600_000_000);
+        tar.append_data(&mut header, "usr/bin/tool", &b"hello"[..])
+            .unwrap();
+        raw_entry(&mut tar, Symlink, "usr/abs", "/etc/passwd", b"");
+        raw_entry(&mut tar, Link, "usr/hard", "usr/bin/tool", b"");
+        let tar = tar.into_inner().unwrap();
+        let options = UnpackOptions {
+            uid_offset: 100_000,
+            gid_offset: 200_000,
+            ..UnpackOptions::default()
+        };
+        let stats = unpack(&tar[..], &scratch.layer(), &options).unwrap();
+        assert_eq!(
+            stats,
+            UnpackStats {
+                bytes: 5,
+                entries: 5
+            }
+        );
+
+        let layer = scratch.layer();
+        let tool = fs::metadata(layer.join("usr/bin/tool")).unwrap();
+        assert_eq!(fs::read(layer.join("usr/bin/tool")).unwrap(), b"hello");
+        assert_eq!(tool.mode() & 0o7777, 0o4755, "setuid survives the chown");
+        assert_eq!((tool.uid(), tool.gid()), (101_000, 201_001));
+        assert_eq!(tool.mtime(), 1_600_000_000);
+        assert_eq!(tool.nlink(), 2);
+        // The implicit parent `usr/bin` belongs to the container's root.
+        let bin = fs::metadata(layer.join("usr/bin")).unwrap();
+        assert_eq!(
+            (bin.uid(), bin.gid(), bin.mode() & 0o7777),
+            (100_000, 200_000, 0o755)
+        );
+        let root = fs::metadata(&layer).unwrap();
+        assert_eq!((root.uid(), root.gid()), (100_000, 200_000));
+        let link = fs::symlink_metadata(layer.join("usr/abs")).unwrap();
+        assert!(link.file_type().is_symlink());
+        assert_eq!((link.uid(), link.gid()), (100_000, 200_000));
+        assert_eq!(
+            fs::read_link(layer.join("usr/abs")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        scratch.assert_nothing_outside();
+    }
+
+    #[test]
+    fn hostile_entries_are_refused_by_name_and_write_nothing_outside() {
+        let scratch = Scratch::new();
+        let outside = scratch.outside();
+        // `link -> /`, then a path through it that names `outside`.
+        let through_root = format!("link{}/passwd", outside.display());
+        let entry = |s: &str| PathBuf::from(s);
+        let cases: Vec<(Vec<RawEntry<'_>>, UnpackError)> = vec![
+            (
+                vec![(Regular, "../escape", "", b"x")],
+                UnpackError::ParentDir {
+                    entry: entry("../escape"),
+                },
+            ),
+            (
+                vec![(Regular, "/abs", "", b"x")],
+                UnpackError::AbsolutePath {
+                    entry: entry("/abs"),
+                },
+            ),
+            (
+                vec![(Regular, "a/../../x", "", b"x")],
+                UnpackError::ParentDir {
+                    entry: entry("a/../../x"),
+                },
+            ),
+            (
+                vec![
+                    (Symlink, "link", "/", b""),
+                    (Regular, through_root.as_str(), "", b"x"),
+                ],
+                UnpackError::SymlinkInPath {
+                    entry: entry(&through_root),
+                    component: entry("link"),
+                },
+            ),
+            (
+                vec![(Link, "hard", "../../outside", b"")],
+                UnpackError::HardLinkTarget {
+                    entry: entry("hard"),
+                    target: entry("../../outside"),
+                },
+            ),
+            (
+                vec![
+                    (Symlink, "out", "/etc/passwd", b""),
+                    (Link, "hard", "out", b""),
+                ],
+                UnpackError::HardLinkTarget {
+                    entry: entry("hard"),
+                    target: entry("out"),
+                },
+            ),
+            (
+                vec![(Char, "dev/null", "", b"")],
+                UnpackError::Unsupported {
+                    entry: entry("dev/null"),
+                    kind: "character device",
+                },
+            ),
+            (
+                vec![(Block, "dev/sda", "", b"")],
+                UnpackError::Unsupported {
+                    entry: entry("dev/sda"),
+                    kind: "block device",
+                },
+            ),
+            (
+                vec![(Fifo, "pipe", "", b"")],
+                UnpackError::Unsupported {
+                    entry: entry("pipe"),
+                    kind: "fifo",
+                },
+            ),
+            (
+                vec![
+                    (Regular, "file", "", b"x"),
+                    (Regular, "file/below", "", b"x"),
+                ],
+                UnpackError::NotADirectory {
+                    entry: entry("file/below"),
+                    component: entry("file"),
+                },
+            ),
+            (
+                vec![(Regular, "d/.wh..", "", b"")],
+                UnpackError::InvalidWhiteout {
+                    entry: entry("d/.wh.."),
+                },
+            ),
+            (
+                vec![(Regular, ".", "", b"x")],
+                UnpackError::RootPath { entry: entry(".") },
+            ),
+        ];
+        for (entries, expected) in cases {
+            let layer = scratch.layer();
+            fs::remove_dir_all(&layer).unwrap();
+            fs::create_dir(&layer).unwrap();
+            let err = scratch.unpack(&archive(&entries)).unwrap_err();
+            assert_eq!(err, expected);
+            let bad = entries.last().unwrap().1;
+            assert!(err.to_string().contains(bad), "{err} names {bad}");
+            scratch.assert_nothing_outside();
+        }
+    }
+
+    #[test]
+    fn a_later_entry_replaces_a_symlink_instead_of_writing_through_it() {
+        let scratch = Scratch::new();
+        let outside = scratch.outside().join("victim");
+        let outside = outside.to_str().unwrap();
+        let tar = archive(&[
+            (Symlink, "f", outside, b""),
+            (Regular, "f", "", b"mine"),
+            (Symlink, "d", scratch.outside().to_str().unwrap(), b""),
+            (Directory, "d", "", b""),
+        ]);
+        scratch.unpack(&tar).unwrap();
+        assert_eq!(fs::read(scratch.layer().join("f")).unwrap(), b"mine");
+        assert!(
+            fs::symlink_metadata(scratch.layer().join("d"))
+                .unwrap()
+                .is_dir()
+        );
+        scratch.assert_nothing_outside();
+    }
+
+    #[test]
+    fn whiteouts_become_overlayfs_whiteouts() {
+        let scratch = Scratch::new();
+        let tar = archive(&[
+            (Regular, "etc/.wh.gone", "", b""),
+            (Directory, "var/", "", b""),
+            (Regular, "var/.wh..wh..opq", "", b""),
+        ]);
+        scratch.unpack(&tar).unwrap();
+        let layer = scratch.layer();
+        let gone = fs::symlink_metadata(layer.join("etc/gone")).unwrap();
+        assert!(gone.file_type().is_char_device());
+        assert_eq!(gone.rdev(), 0);
+        assert!(!layer.join("etc/.wh.gone").exists());
+        assert_eq!(
+            xattr::get(layer.join("var"), sys::OPAQUE_XATTR).unwrap(),
+            Some(b"y".to_vec())
+        );
+        assert!(!layer.join("var/.wh..wh..opq").exists());
+    }
+
+    #[test]
+    fn size_and_entry_limits_are_enforced() {
+        let scratch = Scratch::new();
+        let tar = archive(&[(Regular, "a", "", b"1234"), (Regular, "b", "", b"5678")]);
+        let small = UnpackOptions {
+            max_bytes: 6,
+            ..UnpackOptions::default()
+        };
+        assert_eq!(
+            unpack(&tar[..], &scratch.layer(), &small).unwrap_err(),
+            UnpackError::TooLarge {
+                entry: PathBuf::from("b"),
+                limit: 6
+            }
+        );
+        let few = UnpackOptions {
+            max_entries: 1,
+            ..UnpackOptions::default()
+        };
+        assert_eq!(
+            unpack(&tar[..], &scratch.layer(), &few).unwrap_err(),
+            UnpackError::TooManyEntries { limit: 1 }
+        );
+    }
+
+    fn arb_path() -> impl Strategy<Value = String> {
+        let part = prop::sample::select(vec!["a", "b", "..", ".", "", "link", "/", ".wh.a"]);
+        prop::collection::vec(part, 1..5).prop_map(|parts| parts.join("/"))
+    }
+
+    fn arb_entry() -> impl Strategy<Value = (EntryType, String, String)> {
+        let kind = prop::sample::select(vec![Regular, Directory, Symlink, Link]);
+        let link = prop_oneof![
+            Just("..".to_owned()),
+            Just("../outside".to_owned()),
+            arb_path(),
+        ];
+        (kind, arb_path(), link)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn random_entries_never_escape_the_layer(
+            entries in prop::collection::vec(arb_entry(), 1..8),
+        ) {
+            let scratch = Scratch::new();
+            // Absolute link targets point into `outside`, never at the host's
+            // own files, even if a bug followed them.
+            let outside = scratch.outside();
+            let entries: Vec<(EntryType, String, String)> = entries
+                .into_iter()
+                .map(|(kind, name, link)| match link.strip_prefix('/') {
+                    Some(rest) => (kind, name, format!("{}/{rest}", outside.display())),
+                    None => (kind, name, link),
+                })
+                .collect();
+            let entries: Vec<RawEntry<'_>> = entries
+                .iter()
+                .map(|(kind, name, link)| (*kind, name.as_str(), link.as_str(), &b"x"[..]))
+                .collect();
+            let _ = scratch.unpack(&archive(&entries));
+            scratch.assert_nothing_outside();
+        }
+    }
+}
