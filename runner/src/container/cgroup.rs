@@ -1,0 +1,677 @@
+//! cgroup limits for sandboxes — memory, CPU and pids — on cgroup v2
+//! (one unified hierarchy) and v1 (one hierarchy per controller, as on hybrid
+//! hosts where only an empty v2 tree is mounted) alike, by writing cgroupfs
+//! directly.
+//!
+//! Plan, then act: [`Layout::from_mountinfo`] and [`limit_writes`] are pure
+//! (unit-tested without root); [`Cgroups`] carries them out through the
+//! [`CgroupFs`] trait, whose real implementation is `std::fs` on cgroupfs and
+//! whose test double records what would be written.
+//!
+//! Where sandboxes go: `<hierarchy>/<wisp's own cgroup>/wisp/<name>`, i.e.
+//! nested under the cgroup wisp itself runs in, so the host's accounting of
+//! wisp (a systemd unit, a container) covers its sandboxes too. On v2 the
+//! parent must allow controllers for its children; wisp enables them in
+//! `cgroup.subtree_control` of its `wisp` directory, which needs the cgroup
+//! wisp runs in to be delegated (or the root cgroup). Limits: no I/O
+//! limits; CPU is a CFS quota, not shares.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Default CFS period: 100 ms, the kernel's default.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The limits of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// Memory cap (no swap beyond it).
+    pub memory_bytes: u64,
+    /// CPU cap in thousandths of a CPU (1000 = one full CPU); `None` = no cap.
+    pub cpu_millis: Option<u32>,
+    /// Most processes and threads at once.
+    pub pids: u64,
+}
+
+/// A cgroup controller wisp uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Controller {
+    Memory,
+    Cpu,
+    Pids,
+}
+
+impl Controller {
+    pub const ALL: [Controller; 3] = [Controller::Memory, Controller::Cpu, Controller::Pids];
+
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Cpu => "cpu",
+            Controller::Pids => "pids",
+        }
+    }
+}
+
+/// How the host mounts cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// One unified hierarchy with every controller wisp needs.
+    V2 { mount: PathBuf },
+    /// A hierarchy per controller.
+    V1 {
+        memory: PathBuf,
+        cpu: PathBuf,
+        pids: PathBuf,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no usable cgroup hierarchy: {0}")]
+    NoHierarchy(String),
+    #[error("cgroup {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("invalid cgroup name {0:?}")]
+    InvalidName(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Layout {
+    /// Reads the host's layout from `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Layout, CgroupError> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io_err(Path::new("/proc/self/mountinfo")))?;
+        Layout::from_mountinfo(&mountinfo, |mount| {
+            std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default()
+        })
+    }
+
+    /// Picks the layout from mountinfo text. A v2 mount is used when its
+    /// `cgroup.controllers` (read with `controllers`) offers memory, cpu and
+    /// pids; otherwise the v1 hierarchies of those controllers.
+    pub fn from_mountinfo(
+        mountinfo: &str,
+        controllers: impl Fn(&Path) -> String,
+    ) -> Result<Layout, CgroupError> {
+        let mut v1 = [None, None, None];
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mount) = left.split(' ').nth(4) else {
+                continue;
+            };
+            let mut right = right.split(' ');
+            let fstype = right.next().unwrap_or("");
+            let options = right.nth(1).unwrap_or("");
+            let mount = PathBuf::from(unescape_mountinfo(mount));
+            match fstype {
+                "cgroup2" => {
+                    let offered = controllers(&mount);
+                    let offered: Vec<&str> = offered.split_whitespace().collect();
+                    if Controller::ALL.iter().all(|c| offered.contains(&c.name())) {
+                        return Ok(Layout::V2 { mount });
+                    }
+                }
+                "cgroup" => {
+                    for (i, c) in Controller::ALL.iter().enumerate() {
+                        if options.split(',').any(|o| o == c.name()) {
+                            v1[i] = Some(mount.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        match v1 {
+            [Some(memory), Some(cpu), Some(pids)] => Ok(Layout::V1 { memory, cpu, pids }),
+            _ => Err(CgroupError::NoHierarchy(
+                "neither a cgroup2 mount with the memory, cpu and pids controllers nor v1 hierarchies for all three are mounted".into(),
+            )),
+        }
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Layout::V2 { .. })
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// The files to write for `limits`, per controller, in order.
+pub fn limit_writes(v2: bool, limits: &CgroupLimits) -> Vec<(Controller, &'static str, String)> {
+    let memory = limits.memory_bytes.to_string();
+    let cpu = limits
+        .cpu_millis
+        .map(|m| u64::from(m) * CPU_PERIOD_US / 1000);
+    let pids = limits.pids.to_string();
+    if v2 {
+        vec![
+            (Controller::Memory, "memory.max", memory),
+            (Controller::Memory, "memory.swap.max", "0".into()),
+            (
+                Controller::Cpu,
+                "cpu.max",
+                match cpu {
+                    Some(quota) => format!("{quota} {CPU_PERIOD_US}"),
+                    None => format!("max {CPU_PERIOD_US}"),
+                },
+            ),
+            (Controller::Pids, "pids.max", pids),
+        ]
+    } else {
+        vec![
+            (Controller::Memory, "memory.limit_in_bytes", memory.clone()),
+            // Memory + swap at the same cap: no swap. Absent without swap accounting.
+            (Controller::Memory, "memory.memsw.limit_in_bytes", memory),
+            (
+                Controller::Cpu,
+                "cpu.cfs_period_us",
+                CPU_PERIOD_US.to_string(),
+            ),
+            (
+                Controller::Cpu,
+                "cpu.cfs_quota_us",
+                cpu.map_or_else(|| "-1".to_owned(), |q| q.to_string()),
+            ),
+            (Controller::Pids, "pids.max", pids),
+        ]
+    }
+}
+
+/// The file operations cgroup management needs.
+pub trait CgroupFs: Send + Sync {
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    fn write(&self, path: &Path, value: &str) -> io::Result<()>;
+    fn read(&self, path: &Path) -> io::Result<String>;
+    fn exists(&self, path: &Path) -> bool;
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    fn list_dirs(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+}
+
+/// cgroupfs through `std::fs`.
+pub struct RealFs;
+
+impl CgroupFs for RealFs {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        match std::fs::create_dir(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+    fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+        std::fs::write(path, value)
+    }
+    fn read(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+    fn list_dirs(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut dirs = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+        Ok(dirs)
+    }
+}
+
+/// wisp's cgroups: the parent directory in each hierarchy and the sandboxes below it.
+pub struct Cgroups {
+    layout: Layout,
+    /// `wisp`'s directory per hierarchy (one entry on v2).
+    parents: Vec<(Option<Controller>, PathBuf)>,
+    fs: Box<dyn CgroupFs>,
+}
+
+/// One sandbox's cgroup (a directory per hierarchy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    dirs: Vec<(Option<Controller>, PathBuf)>,
+}
+
+impl Cgroups {
+    /// Uses `layout`, with wisp's directory `wisp` below the cgroup this
+    /// process runs in (read from `/proc/self/cgroup`).
+    pub fn new(layout: Layout, fs: Box<dyn CgroupFs>) -> Result<Cgroups, CgroupError> {
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(io_err(Path::new("/proc/self/cgroup")))?;
+        Cgroups::with_own_cgroups(layout, fs, &own)
+    }
+
+    /// As [`Cgroups::new`], with the text of `/proc/self/cgroup` given.
+    pub fn with_own_cgroups(
+        layout: Layout,
+        fs: Box<dyn CgroupFs>,
+        proc_self_cgroup: &str,
+    ) -> Result<Cgroups, CgroupError> {
+        let own = |controller: Option<Controller>| -> PathBuf {
+            // Lines are `id:controllers:path`; v2 is `0::path`.
+            let path = proc_self_cgroup.lines().find_map(|line| {
+                let mut parts = line.splitn(3, ':');
+                let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+                let matches = match controller {
+                    None => names.is_empty(),
+                    Some(c) => names.split(',').any(|n| n == c.name()),
+                };
+                matches.then(|| path.trim_start_matches('/').to_owned())
+            });
+            PathBuf::from(path.unwrap_or_default())
+        };
+        let parents = match &layout {
+            Layout::V2 { mount } => vec![(None, mount.join(own(None)).join("wisp"))],
+            Layout::V1 { memory, cpu, pids } => vec![
+                (
+                    Some(Controller::Memory),
+                    memory.join(own(Some(Controller::Memory))).join("wisp"),
+                ),
+                (
+                    Some(Controller::Cpu),
+                    cpu.join(own(Some(Controller::Cpu))).join("wisp"),
+                ),
+                (
+                    Some(Controller::Pids),
+                    pids.join(own(Some(Controller::Pids))).join("wisp"),
+                ),
+            ],
+        };
+        let cgroups = Cgroups {
+            layout,
+            parents,
+            fs,
+        };
+        for (_, parent) in &cgroups.parents {
+            cgroups.fs.create_dir(parent).map_err(io_err(parent))?;
+        }
+        if cgroups.layout.is_v2() {
+            for (_, parent) in &cgroups.parents {
+                let control = parent.join("cgroup.subtree_control");
+                cgroups
+                    .fs
+                    .write(&control, "+memory +cpu +pids")
+                    .map_err(io_err(&control))?;
+            }
+        }
+        Ok(cgroups)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Makes the cgroup `name` with `limits`.
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(CgroupError::InvalidName(name.to_owned()));
+        }
+        let cgroup = Cgroup {
+            dirs: self
+                .parents
+                .iter()
+                .map(|(c, parent)| (*c, parent.join(name)))
+                .collect(),
+        };
+        for (_, dir) in &cgroup.dirs {
+            self.fs.create_dir(dir).map_err(io_err(dir))?;
+        }
+        for (controller, file, value) in limit_writes(self.layout.is_v2(), limits) {
+            let dir = cgroup.dir(controller);
+            let path = dir.join(file);
+            if file == "memory.memsw.limit_in_bytes" || file == "memory.swap.max" {
+                // Optional: absent when the kernel has no swap accounting.
+                if !self.fs.exists(&path) {
+                    continue;
+                }
+            }
+            if let Err(e) = self.fs.write(&path, &value) {
+                let _ = self.remove(&cgroup);
+                return Err(io_err(&path)(e));
+            }
+        }
+        Ok(cgroup)
+    }
+
+    /// Moves process `pid` into the cgroup (in every hierarchy).
+    pub fn add_process(&self, cgroup: &Cgroup, pid: u32) -> Result<(), CgroupError> {
+        for (_, dir) in &cgroup.dirs {
+            let procs = dir.join("cgroup.procs");
+            self.fs
+                .write(&procs, &pid.to_string())
+                .map_err(io_err(&procs))?;
+        }
+        Ok(())
+    }
+
+    /// The processes in the cgroup.
+    pub fn processes(&self, cgroup: &Cgroup) -> Result<Vec<u32>, CgroupError> {
+        let mut pids = Vec::new();
+        for (_, dir) in &cgroup.dirs {
+            let procs = dir.join("cgroup.procs");
+            match self.fs.read(&procs) {
+                Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&procs)(e)),
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(pids)
+    }
+
+    /// Whether the kernel's OOM killer has killed a process of the cgroup.
+    pub fn oom_killed(&self, cgroup: &Cgroup) -> Result<bool, CgroupError> {
+        let dir = cgroup.dir(Controller::Memory);
+        let file = if self.layout.is_v2() {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        let path = dir.join(file);
+        let text = self.fs.read(&path).map_err(io_err(&path))?;
+        Ok(text.lines().any(|line| {
+            line.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        }))
+    }
+
+    /// Removes the cgroup's directories. Its processes must be gone
+    /// (the kernel refuses to remove a cgroup with members: `EBUSY`).
+    pub fn remove(&self, cgroup: &Cgroup) -> Result<(), CgroupError> {
+        let mut first_error = None;
+        for (_, dir) in &cgroup.dirs {
+            match self.fs.remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_error.get_or_insert(io_err(dir)(e));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The sandboxes' cgroups that exist now (e.g. left by a crashed server).
+    pub fn existing(&self) -> Result<Vec<Cgroup>, CgroupError> {
+        let mut names: Vec<String> = Vec::new();
+        for (_, parent) in &self.parents {
+            for dir in self.fs.list_dirs(parent).map_err(io_err(parent))? {
+                if let Some(name) = dir.file_name().and_then(|n| n.to_str())
+                    && !names.iter().any(|n| n == name)
+                {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| Cgroup {
+                dirs: self
+                    .parents
+                    .iter()
+                    .map(|(c, parent)| (*c, parent.join(&name)))
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+impl Cgroup {
+    /// The directory holding `controller`'s files.
+    fn dir(&self, controller: Controller) -> &Path {
+        self.dirs
+            .iter()
+            .find(|(c, _)| c.is_none() || *c == Some(controller))
+            .map_or_else(|| Path::new("/nonexistent"), |(_, d)| d.as_path())
+    }
+
+    /// The directories of the cgroup, one per hierarchy.
+    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+        self.dirs.iter().map(|(_, d)| d.as_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const PURE_V2: &str = "25 20 0:23 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    #[test]
+    fn hybrid_hosts_use_v1() {
+        let layout = Layout::from_mountinfo(HYBRID, |_| "hugetlb\n".into()).unwrap();
+        assert_eq!(
+            layout,
+            Layout::V1 {
+                memory: "/sys/fs/cgroup/memory".into(),
+                cpu: "/sys/fs/cgroup/cpu".into(),
+                pids: "/sys/fs/cgroup/pids".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn v2_hosts_use_the_unified_tree() {
+        let layout =
+            Layout::from_mountinfo(PURE_V2, |_| "cpuset cpu io memory pids\n".into()).unwrap();
+        assert_eq!(
+            layout,
+            Layout::V2 {
+                mount: "/sys/fs/cgroup".into()
+            }
+        );
+        let err = Layout::from_mountinfo(PURE_V2, |_| "io\n".into()).unwrap_err();
+        assert!(err.to_string().contains("memory, cpu and pids"));
+        // Combined v1 mounts ("cpu,cpuacct") count for cpu.
+        let combined = HYBRID.replace("rw,cpu\n", "rw,cpu,cpuacct\n");
+        assert!(Layout::from_mountinfo(&combined, |_| String::new()).is_ok());
+    }
+
+    #[test]
+    fn limits_become_the_right_files() {
+        let limits = CgroupLimits {
+            memory_bytes: 64 << 20,
+            cpu_millis: Some(500),
+            pids: 64,
+        };
+        let v2 = limit_writes(true, &limits);
+        assert!(v2.contains(&(Controller::Memory, "memory.max", "67108864".into())));
+        assert!(v2.contains(&(Controller::Cpu, "cpu.max", "50000 100000".into())));
+        assert!(v2.contains(&(Controller::Pids, "pids.max", "64".into())));
+        let v1 = limit_writes(false, &limits);
+        assert!(v1.contains(&(
+            Controller::Memory,
+            "memory.limit_in_bytes",
+            "67108864".into()
+        )));
+        assert!(v1.contains(&(Controller::Cpu, "cpu.cfs_quota_us", "50000".into())));
+        let uncapped = limit_writes(
+            false,
+            &CgroupLimits {
+                cpu_millis: None,
+                ..limits
+            },
+        );
+        assert!(uncapped.contains(&(Controller::Cpu, "cpu.cfs_quota_us", "-1".into())));
+    }
+
+    /// Records what would be written.
+    #[derive(Default)]
+    struct Recording {
+        files: Mutex<BTreeMap<PathBuf, String>>,
+        dirs: Mutex<Vec<PathBuf>>,
+    }
+
+    impl CgroupFs for std::sync::Arc<Recording> {
+        fn create_dir(&self, path: &Path) -> io::Result<()> {
+            self.dirs.lock().unwrap().push(path.to_owned());
+            Ok(())
+        }
+        fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+            self.files
+                .lock()
+                .unwrap()
+                .insert(path.to_owned(), value.to_owned());
+            Ok(())
+        }
+        fn read(&self, path: &Path) -> io::Result<String> {
+            self.files
+                .lock()
+                .unwrap()
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        }
+        fn exists(&self, _: &Path) -> bool {
+            true
+        }
+        fn remove_dir(&self, path: &Path) -> io::Result<()> {
+            self.dirs.lock().unwrap().retain(|d| d != path);
+            Ok(())
+        }
+        fn list_dirs(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+            Ok(self
+                .dirs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|d| d.parent() == Some(path))
+                .cloned()
+                .collect())
+        }
+    }
+
+    #[test]
+    fn v2_plan_is_carried_out_under_wisps_own_cgroup() {
+        let fs = std::sync::Arc::new(Recording::default());
+        let layout = Layout::V2 {
+            mount: "/cg".into(),
+        };
+        let cgroups = Cgroups::with_own_cgroups(
+            layout,
+            Box::new(fs.clone()),
+            "0::/system.slice/wisp.service\n",
+        )
+        .unwrap();
+        let limits = CgroupLimits {
+            memory_bytes: 1 << 20,
+            cpu_millis: None,
+            pids: 10,
+        };
+        let cg = cgroups.create("sb-1", &limits).unwrap();
+        let files = fs.files.lock().unwrap().clone();
+        let base = Path::new("/cg/system.slice/wisp.service/wisp");
+        assert_eq!(
+            files[&base.join("cgroup.subtree_control")],
+            "+memory +cpu +pids"
+        );
+        assert_eq!(files[&base.join("sb-1/memory.max")], "1048576");
+        assert_eq!(files[&base.join("sb-1/pids.max")], "10");
+        cgroups.add_process(&cg, 42).unwrap();
+        assert_eq!(
+            fs.files.lock().unwrap()[&base.join("sb-1/cgroup.procs")],
+            "42"
+        );
+        assert_eq!(cgroups.existing().unwrap(), vec![cg.clone()]);
+        cgroups.remove(&cg).unwrap();
+        assert!(cgroups.existing().unwrap().is_empty());
+        assert!(cgroups.create("../escape", &limits).is_err());
+    }
+
+    #[test]
+    fn v1_uses_each_controllers_own_path() {
+        let fs = std::sync::Arc::new(Recording::default());
+        let layout = Layout::V1 {
+            memory: "/m".into(),
+            cpu: "/c".into(),
+            pids: "/p".into(),
+        };
+        let own = "4:memory:/process_api/abc\n2:cpu,cpuacct:/\n8:pids:/x\n0::/\n";
+        let cgroups = Cgroups::with_own_cgroups(layout, Box::new(fs.clone()), own).unwrap();
+        let limits = CgroupLimits {
+            memory_bytes: 2 << 20,
+            cpu_millis: Some(250),
+            pids: 5,
+        };
+        cgroups.create("s", &limits).unwrap();
+        let files = fs.files.lock().unwrap().clone();
+        assert_eq!(
+            files[Path::new("/m/process_api/abc/wisp/s/memory.limit_in_bytes")],
+            "2097152"
+        );
+        assert_eq!(files[Path::new("/c/wisp/s/cpu.cfs_quota_us")], "25000");
+        assert_eq!(files[Path::new("/p/x/wisp/s/pids.max")], "5");
+    }
+
+    /// On the real host (CI runs as root): limits apply, a process joins, the
+    /// OOM killer is seen, and nothing is left behind.
+    #[test]
+    fn real_cgroups_limit_a_memory_hog_and_leave_nothing() {
+        let cgroups = Cgroups::new(Layout::detect().unwrap(), Box::new(RealFs)).unwrap();
+        let name = format!("test-{}", std::process::id());
+        let limits = CgroupLimits {
+            memory_bytes: 32 << 20,
+            cpu_millis: Some(500),
+            pids: 16,
+        };
+        let cg = cgroups.create(&name, &limits).unwrap();
+        // A shell that waits for a line, then hogs memory: `tail` keeps a
+        // whole newline-free stream in memory.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("read go; head -c 200000000 /dev/zero | tail -c 150000000 > /dev/null")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        cgroups.add_process(&cg, child.id()).unwrap();
+        assert!(cgroups.processes(&cg).unwrap().contains(&child.id()));
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let _ = child.wait().unwrap();
+        assert!(
+            cgroups.oom_killed(&cg).unwrap(),
+            "the hog was not OOM-killed at 32 MiB"
+        );
+        for _ in 0..100 {
+            if cgroups.processes(&cg).unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        cgroups.remove(&cg).unwrap();
+        for dir in cg.dirs() {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    }
+}
