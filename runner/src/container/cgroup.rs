@@ -652,6 +652,7 @@ mod tests {
             .arg("-c")
             .arg("read go; head -c 200000000 /dev/zero | tail -c 150000000 > /dev/null")
             .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         cgroups.add_process(&cg, child.id()).unwrap();

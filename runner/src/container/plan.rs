@@ -1,0 +1,528 @@
+//! The set-up of one sandbox as a plain value: which namespaces, which uid
+//! and gid mapping, which layers under which overlay, which mounts in which
+//! order, which devices, which process with which environment, which cgroup
+//! limits. [`plan`] computes it from the function's container settings and
+//! its image without touching the system, so it is unit-tested without root;
+//! the executor (still to come, in `container::sys`) only carries it out.
+//!
+//! Security defaults decided here: every namespace including a user
+//! namespace (container root = an unprivileged host uid), a network
+//! namespace with loopback only, no capabilities, `no_new_privs`, the
+//! seccomp profile modelled on Docker's, read-only image layers (they are
+//! overlay lower dirs; writes land in a size-capped tmpfs), a minimal `/dev`
+//! bind-mounted from the host's device nodes (a user namespace may not
+//! `mknod`), and no host paths at all.
+
+use std::path::PathBuf;
+
+use crate::container::cgroup::CgroupLimits;
+use crate::image::ImageConfig;
+
+/// Port a `http` handler listens on inside its network namespace.
+pub const DEFAULT_PORT: u16 = 8080;
+/// Default size cap of a sandbox's writable layer (the overlay upper tmpfs).
+pub const DEFAULT_SCRATCH_BYTES: u64 = 64 * 1024 * 1024;
+/// Default process limit of a sandbox.
+pub const DEFAULT_PIDS: u64 = 128;
+/// `PATH` when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How wisp talks to a container's handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The handler serves HTTP on `$PORT` inside the sandbox.
+    Http { port: u16 },
+    /// One process per request: request on stdin, response on stdout.
+    Cgi,
+}
+
+/// What the function asks for, beyond its image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSettings {
+    /// Function name; becomes the hostname.
+    pub name: String,
+    /// Replaces the image's Entrypoint + Cmd when non-empty.
+    pub command: Vec<String>,
+    /// `NAME=value` pairs added to (and overriding) the image's.
+    pub env: Vec<(String, String)>,
+    pub protocol: Protocol,
+    pub memory_bytes: u64,
+    /// Thousandths of a CPU; `None` = no cap.
+    pub cpu_millis: Option<u32>,
+    pub pids: u64,
+    pub scratch_bytes: u64,
+}
+
+/// Operator settings: where the container's root maps to on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    /// Host uid that container uid 0 maps to.
+    pub host_uid: u32,
+    /// Host gid that container gid 0 maps to.
+    pub host_gid: u32,
+    /// How many ids are mapped (container ids `0..size`).
+    pub size: u32,
+}
+
+impl Default for IdMap {
+    fn default() -> Self {
+        // The range rootless podman conventionally gives its first user.
+        IdMap {
+            host_uid: 100_000,
+            host_gid: 100_000,
+            size: 65_536,
+        }
+    }
+}
+
+/// The namespaces a sandbox gets (all of them: the fields exist so that
+/// tests and a later `--network host`-like option can see the choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Namespaces {
+    pub user: bool,
+    pub mount: bool,
+    pub pid: bool,
+    pub net: bool,
+    pub uts: bool,
+    pub ipc: bool,
+    pub cgroup: bool,
+}
+
+/// One mount, inside the new root, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Host path for bind mounts, or the filesystem's source name.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub fstype: Option<&'static str>,
+    pub bind: bool,
+    pub read_only: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    /// Filesystem options, e.g. `size=…,mode=…`.
+    pub data: String,
+}
+
+/// The root filesystem: the image's layers under an overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootfs {
+    /// Lower dirs, top layer first (overlayfs `lowerdir=` order).
+    pub lower: Vec<PathBuf>,
+    /// Size cap of the tmpfs holding the overlay's upper and work dirs.
+    pub scratch_bytes: u64,
+}
+
+/// The handler process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub argv: Vec<String>,
+    /// `NAME=value`, sorted by name, unique.
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// Container uid and gid the handler runs as.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Everything needed to build one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPlan {
+    pub hostname: String,
+    pub namespaces: Namespaces,
+    pub id_map: IdMap,
+    pub rootfs: Rootfs,
+    /// After the overlay is the new root, before `pivot_root`'s old root goes.
+    pub mounts: Vec<Mount>,
+    /// Host device nodes bind-mounted into `/dev`.
+    pub devices: Vec<&'static str>,
+    pub process: Process,
+    pub protocol: Protocol,
+    pub cgroup: CgroupLimits,
+    pub no_new_privs: bool,
+    /// Capabilities kept (none).
+    pub capabilities: Vec<&'static str>,
+}
+
+/// Why a sandbox cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("function {function}: the image has no Entrypoint or Cmd and none was given")]
+    NoCommand { function: String },
+    #[error("function {function}: image user {user:?} cannot be resolved: {reason}")]
+    User {
+        function: String,
+        user: String,
+        reason: String,
+    },
+    #[error("function {function}: the image has no layers")]
+    NoLayers { function: String },
+    #[error("function {function}: working directory {dir:?} is not an absolute path")]
+    WorkingDir { function: String, dir: String },
+}
+
+/// Looks a user or group name up in the image (its `/etc/passwd` and
+/// `/etc/group`): `(kind, name) → id`, where kind is `"user"` or `"group"`.
+pub type NameLookup<'a> = &'a dyn Fn(&str, &str) -> Option<u32>;
+
+/// Plans a sandbox for a function with `settings`, running `image` whose
+/// unpacked layers are `layers` (bottom first, as the image lists them).
+pub fn plan(
+    settings: &ContainerSettings,
+    image: &ImageConfig,
+    layers: &[PathBuf],
+    id_map: IdMap,
+    lookup: NameLookup<'_>,
+) -> Result<SandboxPlan, PlanError> {
+    let function = settings.name.clone();
+    if layers.is_empty() {
+        return Err(PlanError::NoLayers { function });
+    }
+    let argv = if settings.command.is_empty() {
+        image
+            .entrypoint
+            .iter()
+            .chain(&image.cmd)
+            .cloned()
+            .collect::<Vec<_>>()
+    } else {
+        settings.command.clone()
+    };
+    if argv.is_empty() {
+        return Err(PlanError::NoCommand { function });
+    }
+    let cwd = match image.working_dir.as_deref() {
+        None | Some("") => "/".to_owned(),
+        Some(dir) if dir.starts_with('/') => dir.to_owned(),
+        Some(dir) => {
+            return Err(PlanError::WorkingDir {
+                function,
+                dir: dir.to_owned(),
+            });
+        }
+    };
+    let (uid, gid) = resolve_user(&function, image.user.as_deref(), lookup, id_map)?;
+
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |name: &str, value: &str| match env.iter_mut().find(|(n, _)| n == name) {
+        Some(entry) => entry.1 = value.to_owned(),
+        None => env.push((name.to_owned(), value.to_owned())),
+    };
+    set("PATH", DEFAULT_PATH);
+    set("HOSTNAME", &settings.name);
+    set("HOME", if uid == 0 { "/root" } else { "/" });
+    for entry in &image.env {
+        if let Some((name, value)) = entry.split_once('=') {
+            set(name, value);
+        }
+    }
+    for (name, value) in &settings.env {
+        set(name, value);
+    }
+    if let Protocol::Http { port } = settings.protocol {
+        set("PORT", &port.to_string());
+    }
+    env.sort();
+    let env = env.into_iter().map(|(n, v)| format!("{n}={v}")).collect();
+
+    Ok(SandboxPlan {
+        hostname: settings.name.clone(),
+        namespaces: Namespaces {
+            user: true,
+            mount: true,
+            pid: true,
+            net: true,
+            uts: true,
+            ipc: true,
+            cgroup: true,
+        },
+        id_map,
+        rootfs: Rootfs {
+            lower: layers.iter().rev().cloned().collect(),
+            scratch_bytes: settings.scratch_bytes,
+        },
+        mounts: standard_mounts(),
+        devices: vec!["null", "zero", "full", "random", "urandom", "tty"],
+        process: Process {
+            argv,
+            env,
+            cwd,
+            uid,
+            gid,
+        },
+        protocol: settings.protocol,
+        cgroup: CgroupLimits {
+            memory_bytes: settings.memory_bytes,
+            cpu_millis: settings.cpu_millis,
+            pids: settings.pids,
+        },
+        no_new_privs: true,
+        capabilities: Vec::new(),
+    })
+}
+
+/// `/proc`, a minimal `/dev` (tmpfs + pts + shm) and a writable `/tmp`.
+fn standard_mounts() -> Vec<Mount> {
+    let fs = |source: &str, target: &str, fstype, data: &str| Mount {
+        source: source.to_owned(),
+        target: target.to_owned(),
+        fstype: Some(fstype),
+        bind: false,
+        read_only: false,
+        nosuid: true,
+        nodev: true,
+        noexec: false,
+        data: data.to_owned(),
+    };
+    vec![
+        Mount {
+            noexec: true,
+            ..fs("proc", "/proc", "proc", "")
+        },
+        // /dev is a tmpfs so the device binds need no host path beyond the
+        // nodes themselves; nodev does not apply to it (the binds carry the
+        // host nodes' own flags).
+        Mount {
+            nodev: false,
+            noexec: true,
+            ..fs("tmpfs", "/dev", "tmpfs", "mode=755,size=65536k")
+        },
+        Mount {
+            noexec: true,
+            ..fs(
+                "devpts",
+                "/dev/pts",
+                "devpts",
+                "newinstance,ptmxmode=0666,mode=620",
+            )
+        },
+        Mount {
+            noexec: true,
+            ..fs("shm", "/dev/shm", "tmpfs", "mode=1777,size=65536k")
+        },
+        fs("tmpfs", "/tmp", "tmpfs", "mode=1777,size=65536k"),
+    ]
+}
+
+/// Resolves an image's `User` (`name`, `uid`, `name:group`, `uid:gid`) to
+/// container ids within the mapped range.
+fn resolve_user(
+    function: &str,
+    user: Option<&str>,
+    lookup: NameLookup<'_>,
+    id_map: IdMap,
+) -> Result<(u32, u32), PlanError> {
+    let Some(spec) = user.filter(|u| !u.is_empty()) else {
+        return Ok((0, 0));
+    };
+    let fail = |reason: &str| PlanError::User {
+        function: function.to_owned(),
+        user: spec.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let id = |kind: &str, name: &str| -> Result<u32, PlanError> {
+        match name.parse::<u32>() {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                lookup(kind, name).ok_or_else(|| fail(&format!("no {kind} {name:?} in the image")))
+            }
+        }
+    };
+    let uid = id("user", user)?;
+    let gid = match group {
+        Some(g) => id("group", g)?,
+        // A bare name or uid takes its primary group from /etc/passwd, else gid 0.
+        None => lookup("primary-group", user).unwrap_or(0),
+    };
+    if uid >= id_map.size || gid >= id_map.size {
+        return Err(fail(&format!(
+            "ids above {} are not mapped",
+            id_map.size - 1
+        )));
+    }
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ContainerSettings {
+        ContainerSettings {
+            name: "ping".into(),
+            command: vec![],
+            env: vec![
+                ("GREETING".into(), "hi".into()),
+                ("PATH".into(), "/custom".into()),
+            ],
+            protocol: Protocol::Http { port: DEFAULT_PORT },
+            memory_bytes: 64 << 20,
+            cpu_millis: Some(500),
+            pids: DEFAULT_PIDS,
+            scratch_bytes: DEFAULT_SCRATCH_BYTES,
+        }
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/ping".into()],
+            cmd: vec!["--verbose".into()],
+            env: vec!["A=1".into(), "GREETING=from-image".into()],
+            working_dir: Some("/srv".into()),
+            user: None,
+            exposed_ports: vec![8080],
+        }
+    }
+
+    fn no_names(_: &str, _: &str) -> Option<u32> {
+        None
+    }
+
+    #[test]
+    fn ping_gets_every_namespace_no_privileges_and_its_command() {
+        let layers = vec![PathBuf::from("/l/bottom"), PathBuf::from("/l/top")];
+        let plan = plan(&settings(), &image(), &layers, IdMap::default(), &no_names).unwrap();
+        assert_eq!(plan.hostname, "ping");
+        let ns = plan.namespaces;
+        assert!(ns.user && ns.mount && ns.pid && ns.net && ns.uts && ns.ipc && ns.cgroup);
+        assert!(plan.capabilities.is_empty() && plan.no_new_privs);
+        assert_eq!(
+            plan.rootfs.lower,
+            vec![PathBuf::from("/l/top"), PathBuf::from("/l/bottom")]
+        );
+        assert_eq!(plan.process.argv, ["/ping", "--verbose"]);
+        assert_eq!(plan.process.cwd, "/srv");
+        assert_eq!((plan.process.uid, plan.process.gid), (0, 0));
+        assert_eq!(
+            plan.process.env,
+            [
+                "A=1",
+                "GREETING=hi",
+                "HOME=/root",
+                "HOSTNAME=ping",
+                "PATH=/custom",
+                "PORT=8080"
+            ]
+        );
+        assert_eq!(plan.cgroup.memory_bytes, 64 << 20);
+        let targets: Vec<_> = plan.mounts.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(targets, ["/proc", "/dev", "/dev/pts", "/dev/shm", "/tmp"]);
+        assert!(
+            plan.mounts.iter().all(|m| m.nosuid && !m.bind),
+            "no host paths are mounted"
+        );
+        assert!(plan.devices.contains(&"null") && !plan.devices.iter().any(|d| d.contains('/')));
+    }
+
+    #[test]
+    fn command_overrides_and_cgi_has_no_port() {
+        let s = ContainerSettings {
+            command: vec!["/bin/sh".into(), "-c".into(), "echo".into()],
+            protocol: Protocol::Cgi,
+            ..settings()
+        };
+        let plan = plan(
+            &s,
+            &image(),
+            &[PathBuf::from("/l")],
+            IdMap::default(),
+            &no_names,
+        )
+        .unwrap();
+        assert_eq!(plan.process.argv, ["/bin/sh", "-c", "echo"]);
+        assert!(!plan.process.env.iter().any(|e| e.starts_with("PORT=")));
+    }
+
+    #[test]
+    fn refusals_name_the_function_and_the_problem() {
+        let empty = ImageConfig::default();
+        let err = plan(
+            &settings(),
+            &empty,
+            &[PathBuf::from("/l")],
+            IdMap::default(),
+            &no_names,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::NoCommand {
+                function: "ping".into()
+            }
+        );
+        assert!(matches!(
+            plan(&settings(), &image(), &[], IdMap::default(), &no_names),
+            Err(PlanError::NoLayers { .. })
+        ));
+        let relative = ImageConfig {
+            working_dir: Some("srv".into()),
+            ..image()
+        };
+        assert!(matches!(
+            plan(
+                &settings(),
+                &relative,
+                &[PathBuf::from("/l")],
+                IdMap::default(),
+                &no_names
+            ),
+            Err(PlanError::WorkingDir { .. })
+        ));
+        let named = ImageConfig {
+            user: Some("nobody".into()),
+            ..image()
+        };
+        let err = plan(
+            &settings(),
+            &named,
+            &[PathBuf::from("/l")],
+            IdMap::default(),
+            &no_names,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no user \"nobody\""), "{err}");
+        let huge = ImageConfig {
+            user: Some("70000".into()),
+            ..image()
+        };
+        assert!(
+            plan(
+                &settings(),
+                &huge,
+                &[PathBuf::from("/l")],
+                IdMap::default(),
+                &no_names
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn users_resolve_by_number_or_name() {
+        let lookup = |kind: &str, name: &str| match (kind, name) {
+            ("user", "app") => Some(1000),
+            ("primary-group", "app") => Some(1001),
+            ("group", "staff") => Some(50),
+            _ => None,
+        };
+        let layers = [PathBuf::from("/l")];
+        for (user, expected) in [
+            ("app", (1000, 1001)),
+            ("app:staff", (1000, 50)),
+            ("7:8", (7, 8)),
+            ("9", (9, 0)),
+        ] {
+            let image = ImageConfig {
+                user: Some(user.into()),
+                ..image()
+            };
+            let plan = plan(&settings(), &image, &layers, IdMap::default(), &lookup).unwrap();
+            assert_eq!((plan.process.uid, plan.process.gid), expected, "{user}");
+        }
+    }
+}
