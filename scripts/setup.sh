@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs what building wisp needs on a fresh machine: the wasm targets the
-# example functions compile to. Sourced by demo.sh and test.sh.
+# Installs what building wisp needs on a fresh machine: the wasm and static
+# musl targets the example functions compile to. Sourced by demo.sh and test.sh.
 set -euo pipefail
 need_targets=()
 installed=$(rustup target list --installed)
-for target in wasm32-wasip1 wasm32-wasip2; do
+for target in wasm32-wasip1 wasm32-wasip2 x86_64-unknown-linux-musl; do
   grep -qx "$target" <<<"$installed" || need_targets+=("$target")
 done
 if [ ${#need_targets[@]} -gt 0 ]; then

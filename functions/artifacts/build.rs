@@ -1,7 +1,13 @@
-//! Builds the example functions for their wasm targets with a nested cargo,
-//! into `target/wasm-guests`, and writes their paths into `$OUT_DIR/paths.rs`.
+//! Builds the example functions with a nested cargo and writes their paths
+//! into `$OUT_DIR/paths.rs`: the wasm guests into `target/wasm-guests`, the
+//! static `x86_64-unknown-linux-musl` programs into `target/native-guests`,
+//! and from each of those an OCI image layout directory and a `docker save`
+//! archive under `$OUT_DIR/images` (see `build/oci.rs`).
 
-use std::path::PathBuf;
+#[path = "build/oci.rs"]
+mod oci;
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (package, target, artifact file name, constant name)
@@ -19,6 +25,31 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
+/// The target of the container examples: static, so an image needs nothing
+/// but the binary.
+const NATIVE_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// A container example: a static program and the images made of it.
+struct Native {
+    package: &'static str,
+    /// Prefix of its constants: `<PREFIX>_BIN`, `_OCI_LAYOUT`, `_DOCKER_ARCHIVE`.
+    constant: &'static str,
+    exposed_ports: &'static [&'static str],
+}
+
+const NATIVES: &[Native] = &[
+    Native {
+        package: "ping",
+        constant: "PING",
+        exposed_ports: &["8080/tcp"],
+    },
+    Native {
+        package: "cgi-echo-native",
+        constant: "CGI_NATIVE",
+        exposed_ports: &[],
+    },
+];
+
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let functions = manifest_dir.parent().expect("functions/ dir");
@@ -26,13 +57,13 @@ fn main() {
     let out_dir = PathBuf::from(env("OUT_DIR"));
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: share one guest
     // target dir across profiles so each guest is compiled once.
-    let target_dir = out_dir
-        .ancestors()
-        .nth(4)
-        .map(|t| t.join("wasm-guests"))
-        .unwrap_or_else(|| out_dir.join("wasm-guests"));
+    let target_root = out_dir.ancestors().nth(4).unwrap_or(&out_dir);
 
-    for (package, _, _, _) in GUESTS {
+    let packages = GUESTS
+        .iter()
+        .map(|g| g.0)
+        .chain(NATIVES.iter().map(|n| n.package));
+    for package in packages {
         println!(
             "cargo:rerun-if-changed={}",
             functions.join(package).display()
@@ -44,45 +75,83 @@ fn main() {
     );
 
     let mut paths = String::new();
+    let wasm_dir = target_root.join("wasm-guests");
     for target in ["wasm32-wasip2", "wasm32-wasip1"] {
         let packages: Vec<_> = GUESTS.iter().filter(|g| g.1 == target).collect();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace)
-            .args(["build", "--release", "--locked", "--target", target])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTFLAGS")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("CARGO_BUILD_TARGET");
-        for (package, ..) in &packages {
-            cmd.args(["-p", package]);
-        }
-        let status = cmd.status().expect("run cargo for the example functions");
-        assert!(
-            status.success(),
-            "building the example functions for {target} failed; is the target installed? (rustup target add {target})"
-        );
+        let names: Vec<_> = packages.iter().map(|g| g.0).collect();
+        nested_cargo(workspace, &wasm_dir, target, &names, "debuginfo");
         for (_, target, file, constant) in packages {
-            let path = target_dir
+            let path = wasm_dir
                 .join(target)
                 .join("release")
                 .join(file.replace('-', "_"));
             let path = if path.exists() {
                 path
             } else {
-                target_dir.join(target).join("release").join(file)
+                wasm_dir.join(target).join("release").join(file)
             };
             assert!(path.exists(), "missing {}", path.display());
-            paths.push_str(&format!(
-                "pub const {constant}: &str = {:?};\n",
-                path.display().to_string()
-            ));
+            push_const(&mut paths, constant, &path);
         }
     }
+
+    let native_dir = target_root.join("native-guests");
+    let names: Vec<_> = NATIVES.iter().map(|n| n.package).collect();
+    nested_cargo(workspace, &native_dir, NATIVE_TARGET, &names, "symbols");
+    let images = out_dir.join("images");
+    std::fs::create_dir_all(&images).unwrap_or_else(|e| panic!("create {}: {e}", images.display()));
+    for native in NATIVES {
+        let package = native.package;
+        let bin = native_dir.join(NATIVE_TARGET).join("release").join(package);
+        assert!(bin.exists(), "missing {}", bin.display());
+        let image = oci::Image::build(&oci::ImageSpec {
+            repository: &format!("wisp/{package}"),
+            tag: "latest",
+            binary: &bin,
+            entrypoint: &format!("/{package}"),
+            exposed_ports: native.exposed_ports,
+        });
+        let layout = images.join(format!("{package}-oci"));
+        let archive = images.join(format!("{package}-docker.tar"));
+        image.write_oci_layout(&layout);
+        image.write_docker_archive(&archive);
+        let constant = native.constant;
+        push_const(&mut paths, &format!("{constant}_BIN"), &bin);
+        push_const(&mut paths, &format!("{constant}_OCI_LAYOUT"), &layout);
+        push_const(&mut paths, &format!("{constant}_DOCKER_ARCHIVE"), &archive);
+    }
     std::fs::write(out_dir.join("paths.rs"), paths).expect("write paths.rs");
+}
+
+/// Runs `cargo build --release` for `packages` on `target` into `target_dir`,
+/// isolated from the outer build's flags and wrappers.
+fn nested_cargo(workspace: &Path, target_dir: &Path, target: &str, packages: &[&str], strip: &str) {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace)
+        .args(["build", "--release", "--locked", "--target", target])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", strip)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_BUILD_TARGET");
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    let status = cmd.status().expect("run cargo for the example functions");
+    assert!(
+        status.success(),
+        "building the example functions for {target} failed; is the target installed? (rustup target add {target})"
+    );
+}
+
+fn push_const(paths: &mut String, constant: &str, path: &Path) {
+    paths.push_str(&format!(
+        "pub const {constant}: &str = {:?};\n",
+        path.display().to_string()
+    ));
 }
 
 fn env(name: &str) -> String {

@@ -1,13 +1,22 @@
-//! Paths of the example functions, built for their wasm targets by this
-//! crate's `build.rs`: depend on it and the guests are fresh.
+//! Paths of the example functions, built by this crate's `build.rs`: the
+//! wasm guests, the static `x86_64-unknown-linux-musl` programs of the
+//! container examples, and their images as an OCI layout directory and a
+//! `docker save` archive. Depend on it and they are all fresh.
 
 include!(concat!(env!("OUT_DIR"), "/paths.rs"));
 
-/// Every example function: (name, path).
-pub fn all() -> [(&'static str, &'static str); 3] {
-    [
+/// Every example function and image: (name, path). `hello` and `cgi-echo`
+/// are the names the demo script deploys.
+pub fn all() -> &'static [(&'static str, &'static str)] {
+    &[
         ("hello", HELLO),
         ("cgi-echo", CGI_ECHO),
         ("misbehave", MISBEHAVE),
+        ("ping", PING_BIN),
+        ("ping-oci", PING_OCI_LAYOUT),
+        ("ping-docker", PING_DOCKER_ARCHIVE),
+        ("cgi-echo-native", CGI_NATIVE_BIN),
+        ("cgi-echo-native-oci", CGI_NATIVE_OCI_LAYOUT),
+        ("cgi-echo-native-docker", CGI_NATIVE_DOCKER_ARCHIVE),
     ]
 }

@@ -354,4 +354,41 @@ mod tests {
         drop(held);
         assert!(again.lock().is_ok());
     }
+
+    /// The example images the project's build makes (functions/artifacts)
+    /// import, in both formats, to the same layer and config.
+    #[test]
+    fn the_projects_own_ping_images_import() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("store"))
+            .unwrap()
+            .with_unpack_options(UnpackOptions {
+                uid_offset: 100_000,
+                gid_offset: 100_000,
+                ..UnpackOptions::default()
+            });
+        let oci = store
+            .import(Path::new(wisp_function_artifacts::PING_OCI_LAYOUT))
+            .unwrap();
+        let docker = store
+            .import(Path::new(wisp_function_artifacts::PING_DOCKER_ARCHIVE))
+            .unwrap();
+        for image in [&oci, &docker] {
+            assert_eq!(image.config.entrypoint, ["/ping"]);
+            assert_eq!(image.config.exposed_ports, [8080]);
+            assert_eq!(image.layers.len(), 1);
+        }
+        assert_eq!(oci.layers[0].diff_id, docker.layers[0].diff_id);
+        let binary = oci.layers[0].path.join("ping");
+        let meta = fs::metadata(&binary).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        assert_eq!((meta.uid(), meta.gid()), (100_000, 100_000));
+        let cgi = store
+            .import(Path::new(
+                wisp_function_artifacts::CGI_NATIVE_DOCKER_ARCHIVE,
+            ))
+            .unwrap();
+        assert_eq!(cgi.config.entrypoint, ["/cgi-echo-native"]);
+    }
 }
