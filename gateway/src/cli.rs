@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, env = "WISP_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
+    /// Time a client has to send a request's head before it is disconnected.
+    #[arg(long, env = "WISP_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub header_read_timeout: Duration,
     /// Largest artifact that may be uploaded.
     #[arg(long, env = "WISP_MAX_ARTIFACT_SIZE", default_value = "512Mi", value_parser = bytes)]
     pub max_artifact_size: u64,
@@ -180,6 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 data_dir: args.data_dir.unwrap_or_else(default_data_dir),
                 shutdown_grace: args.shutdown_grace,
+                header_read_timeout: args.header_read_timeout,
                 max_artifact_bytes: args.max_artifact_size,
                 wasm: WasmConfig {
                     max_instances: args.max_wasm_instances,

@@ -19,7 +19,7 @@ use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use wisp_runner::artifact::ArtifactStore;
@@ -31,6 +31,11 @@ use crate::registry::{Registry, StoredFunction};
 use crate::rescue::{GatewayError, rescue};
 use crate::route::{Route, route};
 
+/// Interval of h2 keep-alive pings.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Concurrent streams per h2 connection.
+const H2_MAX_STREAMS: u32 = 256;
+
 /// Operator settings of `wisp serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -38,6 +43,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// How long in-flight requests may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Time a client has to send a request's head (slowloris guard).
+    pub header_read_timeout: Duration,
     /// Largest artifact `POST /system/artifacts` accepts.
     pub max_artifact_bytes: u64,
     pub wasm: WasmConfig,
@@ -282,7 +289,19 @@ pub async fn serve(
     println!("wisp: listening on http://{local}");
     tracing::info!(%local, "listening");
 
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client gets `header_read_timeout` to send its request head, so idle or
+    // trickling (slowloris) connections cannot pile up; h2 connections are
+    // pinged so dead peers are noticed.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -207,3 +207,28 @@ async fn many_concurrent_requests_all_succeed() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wisp = Wisp::builder()
+        .arg("--header-read-timeout")
+        .arg("1s")
+        .start()
+        .unwrap();
+    let addr = wisp.addr.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The server closes the connection (possibly after a 408) instead of waiting forever.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    let health = wisp.invoke("GET", "/healthz", "").await;
+    assert_eq!(health.status, StatusCode::OK);
+}
