@@ -116,6 +116,7 @@ impl App {
         if let Some((_, old)) = self.functions.remove(name) {
             tokio::spawn(async move { old.pool.retire().await });
         }
+        self.metrics.forget(name);
         tracing::info!(function = %name, "deleted");
         Ok(text(StatusCode::OK, format!("deleted {name}\n")))
     }

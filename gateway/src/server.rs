@@ -27,6 +27,7 @@ use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, f
 use wisp_runner::pool::Pool;
 use wisp_runner::wasm::{WasmBackend, WasmConfig};
 
+use crate::metrics::Metrics;
 use crate::registry::{Registry, StoredFunction};
 use crate::rescue::{GatewayError, rescue};
 use crate::route::{Route, route};
@@ -67,6 +68,7 @@ pub struct App {
     /// Deploys and deletes run one at a time, so registry and routing agree.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
     pub(crate) max_artifact_bytes: u64,
+    pub(crate) metrics: Metrics,
 }
 
 impl App {
@@ -110,6 +112,7 @@ impl App {
             token: token.clone(),
             deploy_lock: tokio::sync::Mutex::new(()),
             max_artifact_bytes: config.max_artifact_bytes,
+            metrics: Metrics::new().map_err(|e| anyhow::anyhow!("registering metrics: {e}"))?,
         };
         Ok((Arc::new(app), fresh.then_some(token)))
     }
@@ -125,7 +128,15 @@ impl App {
                 let (name, rest) = (name.to_owned(), rest.to_owned());
                 self.invoke(&name, &rest, req, remote).await
             }
-            Route::NotFound | Route::Metrics => Err(GatewayError::NotFound(path.clone())),
+            Route::Metrics => {
+                let mut response = text(StatusCode::OK, self.metrics.render());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(response)
+            }
+            Route::NotFound => Err(GatewayError::NotFound(path.clone())),
             system => {
                 if crate::auth::is_authorized(req.headers(), &self.token) {
                     self.control(system, req).await
@@ -151,6 +162,26 @@ impl App {
             .get(name)
             .map(|f| f.clone())
             .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
+        let started = std::time::Instant::now();
+        let _in_flight = self.metrics.in_flight_guard(name);
+        let response = self
+            .invoke_function(&function, name, rest, req, remote)
+            .await
+            .unwrap_or_else(|e| rescue(&e));
+        self.metrics
+            .invoked(name, response.status().as_u16(), started.elapsed());
+        self.metrics.instances(name, function.pool.instances());
+        Ok(response)
+    }
+
+    async fn invoke_function(
+        &self,
+        function: &Function,
+        name: &str,
+        rest: &str,
+        req: Request<Body>,
+        remote: SocketAddr,
+    ) -> Result<Response<Body>, GatewayError> {
         let spec = function.pool.spec();
         let limit = spec.limits.max_body_bytes;
         let declared = req
@@ -194,6 +225,9 @@ impl App {
         let served = result?;
         let mut response = served.response;
         strip_hop_by_hop(response.headers_mut());
+        if let Some(cold) = served.cold_start {
+            self.metrics.cold_start(name, spec.kind.backend(), cold);
+        }
         let timing = match served.cold_start {
             Some(cold) => format!(
                 "cold;desc=\"cold start\", start;dur={:.3}",

@@ -79,6 +79,13 @@ impl FunctionKind {
             FunctionKind::WasmCgi => "wasm-cgi",
         }
     }
+
+    /// The backend that runs this kind (a metrics label).
+    pub fn backend(self) -> &'static str {
+        match self {
+            FunctionKind::WasmHttp | FunctionKind::WasmCgi => "wasm",
+        }
+    }
 }
 
 /// Resource limits of one function.

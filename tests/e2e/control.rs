@@ -297,3 +297,48 @@ async fn oversized_artifacts_are_413() {
         .to_string();
     assert!(err.starts_with("400") && err.contains("empty"), "{err}");
 }
+
+#[tokio::test]
+async fn metrics_count_invocations_and_cold_starts() {
+    let wisp = Wisp::start();
+    wisp.deploy("hello", artifacts::HELLO).await;
+    wisp.deploy_with("slow", artifacts::MISBEHAVE, |d| {
+        d.timeout = Some("1s".into())
+    })
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            wisp.invoke("GET", "/function/hello", "").await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        wisp.invoke("GET", "/function/slow/loop", "").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    let _ = wisp.invoke("GET", "/function/not-deployed-x", "").await;
+    let metrics = wisp.invoke("GET", "/metrics", "").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = metrics.text();
+    for expected in [
+        r#"gateway_function_invocation_total{code="200",function_name="hello"} 3"#,
+        r#"gateway_function_invocation_total{code="504",function_name="slow"} 1"#,
+        r#"gateway_functions_seconds_count{code="200",function_name="hello"} 3"#,
+        r#"wisp_cold_start_seconds_count{backend="wasm",function_name="hello",phase="total"} 1"#,
+        r#"gateway_service_count{function_name="hello"} 1"#,
+        r#"wisp_requests_in_flight{function_name="hello"} 0"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    assert!(
+        !text.contains("not-deployed-x"),
+        "unknown names must not become labels"
+    );
+}

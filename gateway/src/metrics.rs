@@ -1,0 +1,166 @@
+//! Prometheus metrics, served at `/metrics` in the text format. The names
+//! OpenFaaS uses are kept so that its dashboards work
+//! (`gateway_function_invocation_total`, `gateway_functions_seconds`,
+//! `gateway_service_count`); wisp adds cold-start and in-flight series.
+//! Labels come only from deployed function names, HTTP status codes and
+//! closed enums: a request for an unknown function is not counted under
+//! its (client-chosen) name.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets, in seconds: 100 µs to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    invocations: IntCounterVec,
+    duration: HistogramVec,
+    service_count: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    cold_start: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let invocations = IntCounterVec::new(
+            Opts::new(
+                "gateway_function_invocation_total",
+                "Invocations of each function, by HTTP status code.",
+            ),
+            &["function_name", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_functions_seconds",
+                "Time from receiving an invocation to the function's response headers, by status code.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["function_name", "code"],
+        )?;
+        let service_count = IntGaugeVec::new(
+            Opts::new(
+                "gateway_service_count",
+                "Running instances of each function.",
+            ),
+            &["function_name"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "wisp_requests_in_flight",
+                "Invocations of each function being served now.",
+            ),
+            &["function_name"],
+        )?;
+        let cold_start = HistogramVec::new(
+            HistogramOpts::new(
+                "wisp_cold_start_seconds",
+                "Time to start an instance for a request that found none, by backend and phase.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["function_name", "backend", "phase"],
+        )?;
+        registry.register(Box::new(invocations.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(service_count.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(cold_start.clone()))?;
+        Ok(Metrics {
+            registry,
+            invocations,
+            duration,
+            service_count,
+            in_flight,
+            cold_start,
+        })
+    }
+
+    /// Counts one finished invocation of a deployed function.
+    pub fn invoked(&self, function: &str, status: u16, elapsed: Duration) {
+        let code = status.to_string();
+        self.invocations.with_label_values(&[function, &code]).inc();
+        self.duration
+            .with_label_values(&[function, &code])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an invocation as in flight until the guard is dropped (also
+    /// when the client goes away and the request is cancelled).
+    pub fn in_flight_guard(&self, function: &str) -> impl Drop + use<> {
+        let gauge = self.in_flight.with_label_values(&[function]);
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    pub fn instances(&self, function: &str, count: usize) {
+        self.service_count
+            .with_label_values(&[function])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn cold_start(&self, function: &str, backend: &str, elapsed: Duration) {
+        self.cold_start
+            .with_label_values(&[function, backend, "total"])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Drops the gauges of a deleted function (its counters stay, as in OpenFaaS).
+    pub fn forget(&self, function: &str) {
+        let _ = self.service_count.remove_label_values(&[function]);
+        let _ = self.in_flight.remove_label_values(&[function]);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+struct InFlight(prometheus::IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_openfaas_names() {
+        let m = Metrics::new().unwrap();
+        m.invoked("hello", 200, Duration::from_millis(3));
+        m.cold_start("hello", "wasm", Duration::from_micros(600));
+        m.instances("hello", 1);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(
+                r#"gateway_function_invocation_total{code="200",function_name="hello"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gateway_functions_seconds_count{code="200",function_name="hello"} 1"#)
+        );
+        assert!(text.contains(
+            r#"wisp_cold_start_seconds_count{backend="wasm",function_name="hello",phase="total"} 1"#
+        ));
+        assert!(text.contains(r#"gateway_service_count{function_name="hello"} 1"#));
+        m.forget("hello");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("gateway_service_count{"));
+    }
+}
