@@ -22,7 +22,7 @@ use crate::api::{
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
 use crate::route::Route;
-use crate::server::{App, Function, text};
+use crate::server::{App, Function, declares_more_than, text};
 
 /// Largest JSON body the control API reads.
 const MAX_JSON_BYTES: u64 = 1024 * 1024;
@@ -123,12 +123,7 @@ impl App {
 
     async fn upload(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         let limit = self.max_artifact_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit) {
+        if declares_more_than(req.headers(), limit) {
             return Err(GatewayError::PayloadTooLarge { limit });
         }
         let stream = req

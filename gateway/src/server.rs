@@ -184,12 +184,7 @@ impl App {
     ) -> Result<Response<Body>, GatewayError> {
         let spec = function.pool.spec();
         let limit = spec.limits.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit) {
+        if declares_more_than(req.headers(), limit) {
             return Err(GatewayError::Invoke(InvokeError::BodyTooLarge {
                 function: spec.name.clone(),
                 limit_bytes: limit,
@@ -266,6 +261,16 @@ fn function_uri(uri: &Uri, headers: &HeaderMap, rest: &str) -> Result<Uri, Gatew
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| GatewayError::BadRequest(format!("invalid URI: {e}")))
+}
+
+/// Whether the request's `Content-Length` already exceeds `limit` (so it
+/// can be refused before a byte of the body is read).
+pub(crate) fn declares_more_than(headers: &HeaderMap, limit: u64) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > limit)
 }
 
 /// Removes the connection-scoped headers a proxy must not forward (RFC 9110 §7.6.1).
