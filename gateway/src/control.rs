@@ -89,6 +89,7 @@ impl App {
             .as_ref()
             .map_or(0, |f| f.invocations.load(Ordering::Relaxed));
         let function = Arc::new(Function {
+            metrics: self.metrics.function(&name),
             pool: Pool::new(stored.spec.clone(), self.backend.clone()),
             stored,
             invocations: AtomicU64::new(carried),

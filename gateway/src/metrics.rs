@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets, in seconds: 100 µs to 60 s.
@@ -82,27 +83,18 @@ impl Metrics {
         })
     }
 
-    /// Counts one finished invocation of a deployed function.
-    pub fn invoked(&self, function: &str, status: u16, elapsed: Duration) {
-        let code = status.to_string();
-        self.invocations.with_label_values(&[function, &code]).inc();
-        self.duration
-            .with_label_values(&[function, &code])
-            .observe(elapsed.as_secs_f64());
-    }
-
-    /// Counts an invocation as in flight until the guard is dropped (also
-    /// when the client goes away and the request is cancelled).
-    pub fn in_flight_guard(&self, function: &str) -> impl Drop + use<> {
-        let gauge = self.in_flight.with_label_values(&[function]);
-        gauge.inc();
-        InFlight(gauge)
-    }
-
-    pub fn instances(&self, function: &str, count: usize) {
-        self.service_count
-            .with_label_values(&[function])
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    /// The series of one deployed function, resolved once so that the
+    /// request path does no label lookups in the common case.
+    pub fn function(&self, function: &str) -> FunctionMetrics {
+        FunctionMetrics {
+            name: function.to_owned(),
+            in_flight: self.in_flight.with_label_values(&[function]),
+            instances: self.service_count.with_label_values(&[function]),
+            ok_count: self.invocations.with_label_values(&[function, "200"]),
+            ok_seconds: self.duration.with_label_values(&[function, "200"]),
+            invocations: self.invocations.clone(),
+            duration: self.duration.clone(),
+        }
     }
 
     pub fn cold_start(&self, function: &str, backend: &str, elapsed: Duration) {
@@ -127,7 +119,48 @@ impl Metrics {
     }
 }
 
-struct InFlight(prometheus::IntGauge);
+/// One function's series (see [`Metrics::function`]).
+#[derive(Clone)]
+pub struct FunctionMetrics {
+    name: String,
+    in_flight: IntGauge,
+    instances: IntGauge,
+    ok_count: IntCounter,
+    ok_seconds: Histogram,
+    invocations: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl FunctionMetrics {
+    /// Counts one finished invocation.
+    pub fn invoked(&self, status: u16, elapsed: Duration) {
+        if status == 200 {
+            self.ok_count.inc();
+            self.ok_seconds.observe(elapsed.as_secs_f64());
+            return;
+        }
+        let code = status.to_string();
+        self.invocations
+            .with_label_values(&[&self.name, &code])
+            .inc();
+        self.duration
+            .with_label_values(&[&self.name, &code])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an invocation as in flight until the guard is dropped (also
+    /// when the client goes away and the request is cancelled).
+    pub fn in_flight_guard(&self) -> impl Drop + use<> {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    pub fn instances(&self, count: usize) {
+        self.instances.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+}
+
+struct InFlight(IntGauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -142,9 +175,12 @@ mod tests {
     #[test]
     fn renders_openfaas_names() {
         let m = Metrics::new().unwrap();
-        m.invoked("hello", 200, Duration::from_millis(3));
+        let hello = m.function("hello");
+        hello.invoked(200, Duration::from_millis(3));
+        hello.invoked(504, Duration::from_secs(1));
         m.cold_start("hello", "wasm", Duration::from_micros(600));
-        m.instances("hello", 1);
+        hello.instances(1);
+        drop(hello.in_flight_guard());
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
             text.contains(

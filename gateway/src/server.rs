@@ -27,7 +27,7 @@ use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, f
 use wisp_runner::pool::Pool;
 use wisp_runner::wasm::{WasmBackend, WasmConfig};
 
-use crate::metrics::Metrics;
+use crate::metrics::{FunctionMetrics, Metrics};
 use crate::registry::{Registry, StoredFunction};
 use crate::rescue::{GatewayError, rescue};
 use crate::route::{Route, route};
@@ -56,6 +56,7 @@ pub struct Function {
     pub stored: StoredFunction,
     pub pool: Pool,
     pub invocations: AtomicU64,
+    pub metrics: FunctionMetrics,
 }
 
 /// Everything a request may need.
@@ -90,18 +91,17 @@ impl App {
         let wasm = WasmBackend::new(artifacts.clone(), &config.wasm)
             .map_err(|e| anyhow::anyhow!("starting wasmtime: {e:#}"))?;
         let backend: Arc<dyn Backend> = Arc::new(wasm);
+        let metrics = Metrics::new().map_err(|e| anyhow::anyhow!("registering metrics: {e}"))?;
         let functions = DashMap::new();
         for stored in registry.list()? {
             let name = stored.spec.name.to_string();
-            let pool = Pool::new(stored.spec.clone(), backend.clone());
-            functions.insert(
-                name,
-                Arc::new(Function {
-                    stored,
-                    pool,
-                    invocations: AtomicU64::new(0),
-                }),
-            );
+            let function = Function {
+                metrics: metrics.function(&name),
+                pool: Pool::new(stored.spec.clone(), backend.clone()),
+                stored,
+                invocations: AtomicU64::new(0),
+            };
+            functions.insert(name, Arc::new(function));
         }
         tracing::info!(functions = functions.len(), data_dir = %config.data_dir.display(), "registry loaded");
         let app = App {
@@ -112,7 +112,7 @@ impl App {
             token: token.clone(),
             deploy_lock: tokio::sync::Mutex::new(()),
             max_artifact_bytes: config.max_artifact_bytes,
-            metrics: Metrics::new().map_err(|e| anyhow::anyhow!("registering metrics: {e}"))?,
+            metrics,
         };
         Ok((Arc::new(app), fresh.then_some(token)))
     }
@@ -163,14 +163,15 @@ impl App {
             .map(|f| f.clone())
             .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
         let started = std::time::Instant::now();
-        let _in_flight = self.metrics.in_flight_guard(name);
+        let _in_flight = function.metrics.in_flight_guard();
         let response = self
             .invoke_function(&function, name, rest, req, remote)
             .await
             .unwrap_or_else(|e| rescue(&e));
-        self.metrics
-            .invoked(name, response.status().as_u16(), started.elapsed());
-        self.metrics.instances(name, function.pool.instances());
+        function
+            .metrics
+            .invoked(response.status().as_u16(), started.elapsed());
+        function.metrics.instances(function.pool.instances());
         Ok(response)
     }
 
