@@ -7,8 +7,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use wisp_runner::backend::Prepared;
 use wisp_runner::spec::{
-    self, Digest, FunctionKind, FunctionName, FunctionSpec, Limits, SpecError,
+    self, ContainerOptions, Digest, FunctionKind, FunctionName, FunctionSpec, HandlerProtocol,
+    Limits, SpecError,
 };
 
 use crate::registry::StoredFunction;
@@ -58,6 +60,15 @@ pub struct FunctionDeployment {
     /// wisp: hosts the function may call over HTTP (`*` for any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_outbound: Option<Vec<String>>,
+    /// wisp, images only: `http` (default) or `cgi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// wisp, images only: the port an `http` handler listens on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// wisp, images only: replaces the image's Entrypoint and Cmd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +109,12 @@ pub struct FunctionStatus {
     /// wisp: the request body limit in bytes.
     pub max_body_size: u64,
     pub allow_outbound: Vec<String>,
+    /// wisp, container functions: how the handler is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<HandlerProtocol>,
+    /// wisp, container functions: the image's manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
 }
 
 /// `GET /system/info`.
@@ -161,6 +178,12 @@ pub enum DeploymentError {
     Secrets,
     #[error("envProcess is not supported by wasm functions")]
     EnvProcess,
+    #[error("{field} applies only to container images, and this artifact is WebAssembly")]
+    NotAContainer { field: &'static str },
+    #[error(
+        "invalid cpu limit {value:?}: expected cores such as 0.5 or 2, or millicores such as 500m (10m..=64)"
+    )]
+    Cpu { value: String },
 }
 
 impl FunctionDeployment {
@@ -200,6 +223,10 @@ impl FunctionDeployment {
             limits.max_body_bytes = spec::parse_bytes("body limit", max_body)?;
         }
         limits.validate()?;
+        if let Some(p) = self.protocol.as_deref() {
+            HandlerProtocol::parse(p)?;
+        }
+        self.cpu_millis()?;
         Ok(FunctionSpec {
             name,
             artifact,
@@ -209,7 +236,64 @@ impl FunctionDeployment {
             annotations: self.annotations.clone().unwrap_or_default(),
             limits,
             allow_outbound: self.allow_outbound.clone().unwrap_or_default(),
+            container: None,
         })
+    }
+
+    /// Completes a validated draft with what the backend found the
+    /// artifact to be.
+    pub fn with_prepared(
+        &self,
+        draft: FunctionSpec,
+        prepared: Prepared,
+    ) -> Result<FunctionSpec, DeploymentError> {
+        let container = match (prepared.kind, prepared.image) {
+            (FunctionKind::Container, Some(image)) => Some(ContainerOptions {
+                image,
+                protocol: match self.protocol.as_deref() {
+                    Some(p) => HandlerProtocol::parse(p)?,
+                    None => HandlerProtocol::Http,
+                },
+                port: self.port,
+                command: self.command.clone().unwrap_or_default(),
+                cpu_millis: self.cpu_millis()?,
+            }),
+            _ => {
+                for (field, set) in [
+                    ("protocol", self.protocol.is_some()),
+                    ("port", self.port.is_some()),
+                    ("command", self.command.is_some()),
+                ] {
+                    if set {
+                        return Err(DeploymentError::NotAContainer { field });
+                    }
+                }
+                None
+            }
+        };
+        Ok(FunctionSpec {
+            kind: prepared.kind,
+            container,
+            ..draft
+        })
+    }
+
+    /// `limits.cpu` in thousandths of a CPU.
+    fn cpu_millis(&self) -> Result<Option<u32>, DeploymentError> {
+        let Some(cpu) = self.limits.as_ref().and_then(|l| l.cpu.as_deref()) else {
+            return Ok(None);
+        };
+        let bad = || DeploymentError::Cpu {
+            value: cpu.chars().take(40).collect(),
+        };
+        let millis = match cpu.strip_suffix('m') {
+            Some(m) => m.parse::<f64>().map_err(|_| bad())?,
+            None => cpu.parse::<f64>().map_err(|_| bad())? * 1000.0,
+        };
+        if !(10.0..=64_000.0).contains(&millis) {
+            return Err(bad());
+        }
+        Ok(Some(millis.round() as u32))
     }
 
     /// The artifact the deployment names.
@@ -232,7 +316,11 @@ impl FunctionStatus {
             annotations: spec.annotations.clone(),
             limits: FunctionResources {
                 memory: Some(spec.limits.memory_bytes.to_string()),
-                cpu: None,
+                cpu: spec
+                    .container
+                    .as_ref()
+                    .and_then(|c| c.cpu_millis)
+                    .map(|m| format!("{m}m")),
             },
             invocation_count,
             replicas,
@@ -242,6 +330,8 @@ impl FunctionStatus {
             timeout: format!("{}ms", spec.limits.timeout_ms),
             max_body_size: spec.limits.max_body_bytes,
             allow_outbound: spec.allow_outbound.clone(),
+            protocol: spec.container.as_ref().map(|c| c.protocol),
+            container_image: spec.container.as_ref().map(|c| c.image.to_string()),
         }
     }
 }

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::BodyExt;
+use wisp_runner::container::spawner::SpawnerHandle;
 use wisp_runner::spec;
 use wisp_runner::wasm::WasmConfig;
 
@@ -23,7 +24,7 @@ use crate::server::{ServeConfig, serve, shutdown_signal};
 #[command(
     name = "wisp",
     version,
-    about = "wisp: a Function-as-a-Service runtime for WebAssembly components"
+    about = "wisp: a Function-as-a-Service runtime for WebAssembly components and OCI images"
 )]
 pub struct Cli {
     /// Log filter (tracing's env-filter syntax, e.g. `info`, `wisp=debug`).
@@ -89,8 +90,32 @@ pub struct ConnectArgs {
 pub struct DeployArgs {
     /// Function name (lower-case letters, digits, '-', '_', '.'; at most 63).
     pub name: String,
-    /// The artifact: a wasi:http component or a WASI preview1 CGI module (.wasm).
-    pub file: PathBuf,
+    /// The artifact: a wasi:http component or WASI preview1 CGI module
+    /// (.wasm), or an OCI image (a `docker save` / OCI archive tar, or an
+    /// OCI image layout directory).
+    #[arg(required_unless_present_any = ["image", "rootfs", "binary"])]
+    pub file: Option<PathBuf>,
+    /// An OCI image: a `docker save` / `podman save` / OCI archive tar, or an OCI layout directory.
+    #[arg(long, conflicts_with_all = ["file", "rootfs", "binary"])]
+    pub image: Option<PathBuf>,
+    /// A root filesystem directory to run as a one-layer image (needs --cmd).
+    #[arg(long, conflicts_with_all = ["file", "image", "binary"])]
+    pub rootfs: Option<PathBuf>,
+    /// A static executable to run as a one-layer image.
+    #[arg(long, conflicts_with_all = ["file", "image", "rootfs"])]
+    pub binary: Option<PathBuf>,
+    /// Command (and arguments) replacing the image's Entrypoint and Cmd; repeat per word.
+    #[arg(long = "cmd", value_name = "WORD", num_args = 1.., allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+    /// Containers: how wisp reaches the handler, `http` (it listens on $PORT) or `cgi`.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Containers: the port an `http` handler listens on [default: the image's only exposed port, else 8080].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Containers: CPU cap, in cores (`0.5`) or millicores (`500m`) [default: none].
+    #[arg(long)]
+    pub cpu: Option<String>,
     /// Environment variable for the function, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -176,7 +201,9 @@ pub fn init_logging(filter: &str, format: &str) {
     }
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; `spawner` is the container spawner `main` forked for
+/// `serve` (or why it could not).
+pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = ServeConfig {
@@ -189,7 +216,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_instances: args.max_wasm_instances,
                 },
             };
-            serve(config, shutdown_signal()).await
+            let spawner = spawner.unwrap_or_else(|| Err("the spawner was not started".into()));
+            serve(config, spawner, shutdown_signal()).await
         }
         Command::Deploy(args) => deploy(args).await,
         Command::Invoke(args) => invoke(args).await,
@@ -230,18 +258,40 @@ fn key_values(what: &str, items: &[String]) -> anyhow::Result<Option<BTreeMap<St
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let client = connect(&args.connect)?;
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let mut command = args.cmd.clone();
+    let bytes = if let Some(rootfs) = &args.rootfs {
+        let bytes = crate::pack::rootfs_image(rootfs, &command)?;
+        command.clear();
+        bytes
+    } else if let Some(binary) = &args.binary {
+        let bytes = crate::pack::binary_image(binary, &command)?;
+        command.clear();
+        bytes
+    } else {
+        let path = args
+            .image
+            .as_ref()
+            .or(args.file.as_ref())
+            .context("name the artifact: FILE, --image, --rootfs or --binary")?;
+        if path.is_dir() {
+            crate::pack::tar_dir(path)?
+        } else {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+    };
     let uploaded = client.upload_artifact(bytes).await?;
     let deployment = FunctionDeployment {
         service: args.name.clone(),
         image: uploaded.digest.clone(),
         env_vars: key_values("--env", &args.env)?,
         labels: key_values("--label", &args.labels)?,
-        limits: args.memory.map(|memory| FunctionResources {
-            memory: Some(memory),
-            cpu: None,
+        limits: (args.memory.is_some() || args.cpu.is_some()).then(|| FunctionResources {
+            memory: args.memory.clone(),
+            cpu: args.cpu.clone(),
         }),
+        protocol: args.protocol.clone(),
+        port: args.port,
+        command: (!command.is_empty()).then_some(command),
         timeout: args.timeout,
         max_body_size: args.max_body,
         allow_outbound: (!args.allow_outbound.is_empty()).then_some(args.allow_outbound),

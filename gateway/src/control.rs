@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, full_body};
 use wisp_runner::pool::Pool;
-use wisp_runner::spec::{FunctionKind, FunctionSpec};
+use wisp_runner::spec::FunctionKind;
 
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
@@ -74,8 +74,9 @@ impl App {
         let deployment: FunctionDeployment = read_json(req).await?;
         // Validate everything cheap before compiling anything.
         let draft = deployment.to_spec(FunctionKind::WasmHttp)?;
-        let kind = self.backend.prepare(&draft.artifact).await?;
-        let spec = FunctionSpec { kind, ..draft };
+        let prepared = self.backend.prepare(&draft.artifact).await?;
+        let spec = deployment.with_prepared(draft, prepared)?;
+        let kind = spec.kind;
         let name = spec.name.to_string();
 
         let _serial = self.deploy_lock.lock().await;

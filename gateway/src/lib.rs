@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 mod control;
 pub mod metrics;
+pub mod pack;
 pub mod registry;
 pub mod rescue;
 pub mod route;

@@ -7,6 +7,17 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = wisp::cli::Cli::parse();
     wisp::cli::init_logging(&cli.log, &cli.log_format);
+    // Containers are cloned by a spawner process forked now, while this
+    // process still has one thread (the async runtime starts below).
+    let spawner = match &cli.command {
+        wisp::cli::Command::Serve(_) => Some(
+            wisp_runner::container::spawner::SpawnerHandle::launch(
+                wisp_runner::container::plan::IdMap::default(),
+            )
+            .map_err(|e| e.to_string()),
+        ),
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -17,7 +28,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(wisp::cli::run(cli)) {
+    match runtime.block_on(wisp::cli::run(cli, spawner)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wisp: {e:#}");

@@ -121,6 +121,7 @@ mod tests {
             annotations: Default::default(),
             limits: Limits::default(),
             allow_outbound: vec![],
+            container: None,
         }
     }
 

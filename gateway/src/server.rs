@@ -24,6 +24,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use wisp_runner::artifact::ArtifactStore;
 use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, full_body};
+use wisp_runner::container::ContainerBackend;
+use wisp_runner::container::spawner::SpawnerHandle;
+use wisp_runner::dispatch::Backends;
 use wisp_runner::pool::Pool;
 use wisp_runner::wasm::{WasmBackend, WasmConfig};
 
@@ -74,7 +77,10 @@ pub struct App {
 
 impl App {
     /// Opens the data dir and brings back every stored function.
-    pub fn open(config: &ServeConfig) -> anyhow::Result<(Arc<App>, Option<String>)> {
+    pub fn open(
+        config: &ServeConfig,
+        spawner: Result<SpawnerHandle, String>,
+    ) -> anyhow::Result<(Arc<App>, Option<String>)> {
         use anyhow::Context as _;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -90,7 +96,13 @@ impl App {
         let registry = Registry::open(&config.data_dir.join("wisp.redb"))?;
         let wasm = WasmBackend::new(artifacts.clone(), &config.wasm)
             .map_err(|e| anyhow::anyhow!("starting wasmtime: {e:#}"))?;
-        let backend: Arc<dyn Backend> = Arc::new(wasm);
+        let container = ContainerBackend::new(artifacts.clone(), &config.data_dir, spawner)
+            .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
+        let backend: Arc<dyn Backend> = Arc::new(Backends {
+            artifacts: artifacts.clone(),
+            wasm: Arc::new(wasm),
+            container: Arc::new(container),
+        });
         let metrics = Metrics::new().map_err(|e| anyhow::anyhow!("registering metrics: {e}"))?;
         let functions = DashMap::new();
         for stored in registry.list()? {
@@ -313,9 +325,10 @@ pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Respons
 /// Runs the server until `shutdown` resolves, then drains and stops.
 pub async fn serve(
     config: ServeConfig,
+    spawner: Result<SpawnerHandle, String>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (app, fresh_token) = App::open(&config)?;
+    let (app, fresh_token) = App::open(&config, spawner)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

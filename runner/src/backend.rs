@@ -38,10 +38,18 @@ pub trait Backend: Send + Sync + 'static {
     /// every later start shares (compiling, unpacking). Runs at deploy time,
     /// before the function is stored, so a bad artifact never reaches the
     /// registry. Returns the kind of function the artifact is.
-    async fn prepare(&self, artifact: &Digest) -> Result<FunctionKind, PrepareError>;
+    async fn prepare(&self, artifact: &Digest) -> Result<Prepared, PrepareError>;
 
     /// Makes a sandbox that is ready to take requests (a cold start).
     async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError>;
+}
+
+/// What [`Backend::prepare`] found an artifact to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub kind: FunctionKind,
+    /// For an OCI image: the digest of its manifest in the image store.
+    pub image: Option<Digest>,
 }
 
 /// One sandbox of one function.
@@ -55,6 +63,12 @@ pub trait Instance: Send + Sync {
 
     /// Tears the sandbox down and releases everything it holds.
     async fn stop(self: Box<Self>);
+
+    /// Whether the sandbox can still take requests (its handler has not
+    /// exited or been killed). The pool replaces instances that cannot.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }
 
 /// Why an artifact was refused at deploy time.
@@ -76,12 +90,19 @@ pub enum PrepareError {
     MissingArtifact { digest: String },
     #[error("storage error while preparing artifact {digest}: {detail}")]
     Storage { digest: String, detail: String },
+    #[error("artifact {digest} is not a usable image: {detail}")]
+    BadImage { digest: String, detail: String },
+    #[error("cannot run container functions: {detail}")]
+    ContainersUnavailable { detail: String },
 }
 
 impl PrepareError {
     /// Whether the caller sent something wisp cannot run (as opposed to a host fault).
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, PrepareError::Storage { .. })
+        !matches!(
+            self,
+            PrepareError::Storage { .. } | PrepareError::ContainersUnavailable { .. }
+        )
     }
 }
 
@@ -102,6 +123,26 @@ pub enum StartError {
     Unsupported {
         function: FunctionName,
         kind: &'static str,
+    },
+    #[error("function {function}: the handler exited before it was ready ({status}){stderr}")]
+    Exited {
+        function: FunctionName,
+        status: String,
+        /// `; stderr: …` or empty.
+        stderr: String,
+    },
+    #[error(
+        "function {function}: the handler did not accept connections on port {port} within {timeout:?}"
+    )]
+    NotReady {
+        function: FunctionName,
+        port: u16,
+        timeout: Duration,
+    },
+    #[error("function {function}: the sandbox could not be made: {detail}")]
+    Sandbox {
+        function: FunctionName,
+        detail: String,
     },
 }
 
@@ -152,7 +193,10 @@ impl StartError {
         match self {
             StartError::Artifact { function, .. }
             | StartError::Instantiate { function, .. }
-            | StartError::Unsupported { function, .. } => function,
+            | StartError::Unsupported { function, .. }
+            | StartError::Exited { function, .. }
+            | StartError::NotReady { function, .. }
+            | StartError::Sandbox { function, .. } => function,
         }
     }
 }

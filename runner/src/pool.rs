@@ -71,7 +71,13 @@ impl Pool {
     async fn acquire(&self) -> Result<(Shared, Option<Duration>), InvokeError> {
         let mut slot = self.instance.lock().await;
         if let Some(instance) = slot.as_ref() {
-            return Ok((instance.clone(), None));
+            if instance.is_healthy() {
+                return Ok((instance.clone(), None));
+            }
+            // Its handler died: the last request holding it releases it
+            // (a sandbox cleans up when dropped); start a replacement.
+            tracing::info!(function = %self.spec.name, "replacing an instance whose handler is gone");
+            *slot = None;
         }
         let started = Instant::now();
         let instance: Shared = Arc::new(self.backend.start(&self.spec).await?);

@@ -47,6 +47,52 @@ pub struct FunctionSpec {
     /// Hosts the function may send HTTP requests to (`*` = any); empty = none.
     #[serde(default)]
     pub allow_outbound: Vec<String>,
+    /// How a container function runs; `None` for wasm functions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerOptions>,
+}
+
+/// How a container function's image runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerOptions {
+    /// Manifest digest of the imported image (set at deploy).
+    pub image: Digest,
+    pub protocol: HandlerProtocol,
+    /// Port an `http` handler listens on [default: the image's only
+    /// exposed port, else 8080].
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Replaces the image's Entrypoint and Cmd when non-empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// CPU cap in thousandths of a CPU; `None` = no cap.
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+}
+
+/// How wisp talks to a container's handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HandlerProtocol {
+    /// The handler serves HTTP on `$PORT` inside its network namespace.
+    Http,
+    /// One process per request: request on stdin, response on stdout.
+    Cgi,
+}
+
+impl HandlerProtocol {
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "http" => Ok(HandlerProtocol::Http),
+            "cgi" => Ok(HandlerProtocol::Cgi),
+            other => Err(SpecError::OutOfRange {
+                what: "protocol",
+                value: other.chars().take(40).collect(),
+                range: "http or cgi",
+            }),
+        }
+    }
 }
 
 impl FunctionSpec {
@@ -70,6 +116,8 @@ pub enum FunctionKind {
     WasmHttp,
     /// A WASI preview1 command module run CGI-style, as WAGI does.
     WasmCgi,
+    /// An OCI image run in a microcontainer.
+    Container,
 }
 
 impl FunctionKind {
@@ -77,6 +125,7 @@ impl FunctionKind {
         match self {
             FunctionKind::WasmHttp => "wasm-http",
             FunctionKind::WasmCgi => "wasm-cgi",
+            FunctionKind::Container => "container",
         }
     }
 
@@ -84,6 +133,7 @@ impl FunctionKind {
     pub fn backend(self) -> &'static str {
         match self {
             FunctionKind::WasmHttp | FunctionKind::WasmCgi => "wasm",
+            FunctionKind::Container => "container",
         }
     }
 }

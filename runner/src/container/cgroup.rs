@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// The limits of one sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupLimits {
     /// Memory cap (no swap beyond it).
     pub memory_bytes: u64,

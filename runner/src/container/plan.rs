@@ -15,6 +15,8 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 use crate::container::cgroup::CgroupLimits;
 use crate::image::ImageConfig;
 
@@ -28,7 +30,8 @@ pub const DEFAULT_PIDS: u64 = 128;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How wisp talks to a container's handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     /// The handler serves HTTP on `$PORT` inside the sandbox.
     Http { port: u16 },
@@ -54,7 +57,7 @@ pub struct ContainerSettings {
 }
 
 /// Operator settings: where the container's root maps to on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdMap {
     /// Host uid that container uid 0 maps to.
     pub host_uid: u32,
@@ -77,7 +80,7 @@ impl Default for IdMap {
 
 /// The namespaces a sandbox gets (all of them: the fields exist so that
 /// tests and a later `--network host`-like option can see the choice).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespaces {
     pub user: bool,
     pub mount: bool,
@@ -89,13 +92,13 @@ pub struct Namespaces {
 }
 
 /// One mount, inside the new root, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
     /// Host path for bind mounts, or the filesystem's source name.
     pub source: String,
     /// Absolute path inside the container.
     pub target: String,
-    pub fstype: Option<&'static str>,
+    pub fstype: Option<String>,
     pub bind: bool,
     pub read_only: bool,
     pub nosuid: bool,
@@ -106,7 +109,7 @@ pub struct Mount {
 }
 
 /// The root filesystem: the image's layers under an overlay.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rootfs {
     /// Lower dirs, top layer first (overlayfs `lowerdir=` order).
     pub lower: Vec<PathBuf>,
@@ -115,7 +118,7 @@ pub struct Rootfs {
 }
 
 /// The handler process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
     pub argv: Vec<String>,
     /// `NAME=value`, sorted by name, unique.
@@ -127,7 +130,7 @@ pub struct Process {
 }
 
 /// Everything needed to build one sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxPlan {
     pub hostname: String,
     pub namespaces: Namespaces,
@@ -136,13 +139,13 @@ pub struct SandboxPlan {
     /// After the overlay is the new root, before `pivot_root`'s old root goes.
     pub mounts: Vec<Mount>,
     /// Host device nodes bind-mounted into `/dev`.
-    pub devices: Vec<&'static str>,
+    pub devices: Vec<String>,
     pub process: Process,
     pub protocol: Protocol,
     pub cgroup: CgroupLimits,
     pub no_new_privs: bool,
     /// Capabilities kept (none).
-    pub capabilities: Vec<&'static str>,
+    pub capabilities: Vec<String>,
 }
 
 /// Why a sandbox cannot be planned.
@@ -243,7 +246,9 @@ pub fn plan(
             scratch_bytes: settings.scratch_bytes,
         },
         mounts: standard_mounts(),
-        devices: vec!["null", "zero", "full", "random", "urandom", "tty"],
+        devices: ["null", "zero", "full", "random", "urandom", "tty"]
+            .map(String::from)
+            .to_vec(),
         process: Process {
             argv,
             env,
@@ -264,10 +269,10 @@ pub fn plan(
 
 /// `/proc`, a minimal `/dev` (tmpfs + pts + shm) and a writable `/tmp`.
 fn standard_mounts() -> Vec<Mount> {
-    let fs = |source: &str, target: &str, fstype, data: &str| Mount {
+    let fs = |source: &str, target: &str, fstype: &str, data: &str| Mount {
         source: source.to_owned(),
         target: target.to_owned(),
-        fstype: Some(fstype),
+        fstype: Some(fstype.to_owned()),
         bind: false,
         read_only: false,
         nosuid: true,
@@ -416,7 +421,10 @@ mod tests {
             plan.mounts.iter().all(|m| m.nosuid && !m.bind),
             "no host paths are mounted"
         );
-        assert!(plan.devices.contains(&"null") && !plan.devices.iter().any(|d| d.contains('/')));
+        assert!(
+            plan.devices.iter().any(|d| d == "null")
+                && !plan.devices.iter().any(|d| d.contains('/'))
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl Instance for CgiInstance {
 }
 
 /// The RFC 3875 meta-variables for one request, plus WAGI's `X_*` extras.
-fn cgi_variables(
+pub(crate) fn cgi_variables(
     parts: &http::request::Parts,
     info: &RequestInfo,
     content_length: usize,

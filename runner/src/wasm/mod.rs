@@ -14,7 +14,7 @@
 //! guest spinning in a loop is interrupted), and no network: no sockets, no
 //! name lookups, outbound HTTP only to hosts the function's spec allows.
 
-mod cgi;
+pub(crate) mod cgi;
 mod guest;
 mod http;
 
@@ -30,7 +30,7 @@ use wasmtime::{
 };
 
 use crate::artifact::ArtifactStore;
-use crate::backend::{Backend, Instance, PrepareError, StartError};
+use crate::backend::{Backend, Instance, PrepareError, Prepared, StartError};
 use crate::spec::{Digest, FunctionKind, FunctionSpec, MAX_MEMORY_BYTES};
 
 pub use cgi::parse_cgi_response;
@@ -113,6 +113,7 @@ impl WasmBackend {
         let compiled = match kind {
             FunctionKind::WasmHttp => self.engine.precompile_component(&bytes),
             FunctionKind::WasmCgi => self.engine.precompile_module(&bytes),
+            FunctionKind::Container => return Err(PrepareError::NotWasm { digest }),
         }
         .map_err(|e| PrepareError::Compile {
             digest: digest.clone(),
@@ -138,6 +139,9 @@ impl WasmBackend {
                 &self.cgi_linker,
                 &load_module(&self.engine, &path)?,
             )?),
+            FunctionKind::Container => {
+                return Err(wasmtime::Error::msg("a container function is not wasm"));
+            }
         })
     }
 }
@@ -150,7 +154,7 @@ enum Linked {
 
 #[async_trait]
 impl Backend for WasmBackend {
-    async fn prepare(&self, artifact: &Digest) -> Result<FunctionKind, PrepareError> {
+    async fn prepare(&self, artifact: &Digest) -> Result<Prepared, PrepareError> {
         let digest = artifact.as_str().to_owned();
         let blob = self.artifacts.blob_path(artifact);
         let kind = match detect_kind(&blob) {
@@ -176,7 +180,7 @@ impl Backend for WasmBackend {
                     digest: artifact.as_str().to_owned(),
                     detail: format!("{e:#}"),
                 })?;
-            Ok(kind)
+            Ok(Prepared { kind, image: None })
         })
         .await
         .map_err(|e| PrepareError::Storage {

@@ -1,0 +1,789 @@
+//! What runs inside a new container: the set-up of its sandbox (as host
+//! root, in the namespaces the spawner's `clone` made) and then wisp's own
+//! init, which stays PID 1 for the container's life.
+//!
+//! Set-up order (verified on the development machine, see
+//! docs/architecture.md): join the cgroup and make a cgroup namespace;
+//! hostname; loopback up; make `/` private; mount the scratch tmpfs and
+//! the overlay; `pivot_root` into it and detach the host's root; only then
+//! mount `/proc`, `/dev` and `/tmp`, so that no path the image controls
+//! (its symlinks) is ever resolved against the host's tree; finally enter
+//! the user namespace, where container root is an unprivileged host uid.
+//!
+//! Init then drops the capability bounding set, starts the handler (or,
+//! for CGI, one process per request), reaps every process reparented to
+//! it, forwards the handler's output to the gateway, and exits when the
+//! handler does, when asked to stop, or when the gateway goes away. Its
+//! exit ends the PID namespace: the kernel kills whatever is left.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, chdir, pivot_root, setresgid, setresuid};
+
+use crate::container::plan::{Mount, Protocol, SandboxPlan};
+use crate::container::proto::{
+    self, ExitReport, ExitStatus, FromInit, SpawnRequest, Timings, ToInit, monotonic_ns,
+};
+use crate::container::seccomp::Filters;
+use crate::container::sys;
+
+/// Bytes of the handler's stderr kept for its exit report.
+const STDERR_TAIL: usize = 4096;
+
+/// A failed set-up step.
+struct Failure {
+    stage: &'static str,
+    error: String,
+}
+
+fn at<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Failure {
+    move |e| Failure {
+        stage,
+        error: e.to_string(),
+    }
+}
+
+/// The container's process, from right after `clone` to its exit.
+/// Returns the exit code of the container's init.
+pub(crate) fn container_main(
+    req: &SpawnRequest,
+    control: BorrowedFd<'_>,
+    userns: BorrowedFd<'_>,
+    filters: &Filters,
+) -> isize {
+    let mut timings = Timings {
+        cloned: monotonic_ns(),
+        ..Timings::default()
+    };
+    if let Err(f) = set_up(req, userns, &mut timings) {
+        let _ = proto::send(
+            control,
+            &FromInit::SetupFailed {
+                stage: f.stage.to_owned(),
+                error: f.error,
+            },
+            &[],
+        );
+        return 1;
+    }
+    let mut init = Init {
+        plan: &req.plan,
+        control,
+        filters,
+        timings,
+        handler: None,
+        cgi: HashMap::new(),
+        stderr_tail: Vec::new(),
+        stop_deadline: None,
+    };
+    match init.run() {
+        Ok(()) => 0,
+        Err(f) => {
+            let _ = proto::send(
+                control,
+                &FromInit::SetupFailed {
+                    stage: f.stage.to_owned(),
+                    error: f.error,
+                },
+                &[],
+            );
+            1
+        }
+    }
+}
+
+fn set_up(
+    req: &SpawnRequest,
+    userns: BorrowedFd<'_>,
+    timings: &mut Timings,
+) -> Result<(), Failure> {
+    let plan = &req.plan;
+    umask(Mode::empty());
+    sys::reset_sigchld().map_err(at("signals"))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(at("pdeathsig"))?;
+
+    for dir in &req.cgroup_dirs {
+        let procs = dir.join("cgroup.procs");
+        fs::write(&procs, "0").map_err(|e| Failure {
+            stage: "cgroup",
+            error: format!("joining {}: {e}", dir.display()),
+        })?;
+    }
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at("cgroup namespace"))?;
+    nix::unistd::sethostname(&plan.hostname).map_err(at("hostname"))?;
+    sys::loopback_up().map_err(at("loopback"))?;
+    timings.sandbox = monotonic_ns();
+
+    mount_rootfs(plan, &req.scratch_mountpoint)?;
+    // Leaving the initial user namespace is the last step: from here on
+    // this process is container root, a plain uid on the host.
+    nix::unistd::setgroups(&[]).map_err(at("setgroups"))?;
+    setns(userns, CloneFlags::CLONE_NEWUSER).map_err(at("user namespace"))?;
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(at("setresgid"))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(at("setresuid"))?;
+    sys::drop_bounding_set().map_err(at("capability bounding set"))?;
+    timings.rootfs = monotonic_ns();
+    Ok(())
+}
+
+fn mount_rootfs(plan: &SandboxPlan, scratch: &Path) -> Result<(), Failure> {
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(at("making / private"))?;
+    let data = format!("size={},mode=0755", plan.rootfs.scratch_bytes);
+    mount(
+        Some("tmpfs"),
+        scratch,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(at("scratch tmpfs"))?;
+    let (upper, work, root) = (scratch.join("u"), scratch.join("w"), scratch.join("r"));
+    for (dir, mode) in [(&upper, 0o755), (&work, 0o700), (&root, 0o755)] {
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(dir)
+            .map_err(at("scratch dirs"))?;
+    }
+    // The top directory of the rootfs is the upper dir: owned by the
+    // container's root, so that it may create files in `/`.
+    let (host_uid, host_gid) = (plan.id_map.host_uid, plan.id_map.host_gid);
+    nix::unistd::chown(
+        &upper,
+        Some(Uid::from_raw(host_uid)),
+        Some(Gid::from_raw(host_gid)),
+    )
+    .map_err(at("scratch dirs"))?;
+
+    // lowerdir= holds at most a page: name the layers relative to their
+    // common parent (the image store's `layers/`), which is our cwd.
+    let base = common_parent(&plan.rootfs.lower).ok_or_else(|| Failure {
+        stage: "overlay",
+        error: "the layers share no parent directory".into(),
+    })?;
+    chdir(&base).map_err(at("overlay"))?;
+    let mut lower = String::new();
+    for layer in &plan.rootfs.lower {
+        let rel = layer.strip_prefix(&base).unwrap_or(layer);
+        let rel = rel
+            .to_str()
+            .filter(|s| !s.contains([',', ':']))
+            .ok_or_else(|| Failure {
+                stage: "overlay",
+                error: format!(
+                    "layer path {} is not usable in overlay options",
+                    layer.display()
+                ),
+            })?;
+        if !lower.is_empty() {
+            lower.push(':');
+        }
+        lower.push_str(rel);
+    }
+    let opts = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        plain(&upper)?,
+        plain(&work)?
+    );
+    mount(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        MsFlags::MS_NOSUID,
+        Some(opts.as_str()),
+    )
+    .map_err(at("overlay"))?;
+
+    chdir(&root).map_err(at("pivot_root"))?;
+    pivot_root(".", ".").map_err(at("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(at("detaching the host root"))?;
+    chdir("/").map_err(at("pivot_root"))?;
+
+    for m in &plan.mounts {
+        mount_one(m, plan)?;
+        if m.target == "/dev" {
+            make_devices(plan)?;
+        }
+    }
+    Ok(())
+}
+
+fn plain(path: &Path) -> Result<&str, Failure> {
+    path.to_str()
+        .filter(|s| !s.contains([',', ':']))
+        .ok_or_else(|| Failure {
+            stage: "overlay",
+            error: format!("{} is not usable in overlay options", path.display()),
+        })
+}
+
+fn common_parent(paths: &[PathBuf]) -> Option<PathBuf> {
+    let mut base = paths.first()?.parent()?.parent()?.to_path_buf();
+    while !paths.iter().all(|p| p.starts_with(&base)) {
+        base = base.parent()?.to_path_buf();
+    }
+    Some(base)
+}
+
+/// Mounts one of the plan's filesystems, inside the new root. tmpfs mounts
+/// belong to the container's root.
+fn mount_one(m: &Mount, plan: &SandboxPlan) -> Result<(), Failure> {
+    let fail = |e: &dyn std::fmt::Display| Failure {
+        stage: "mounts",
+        error: format!("{}: {e}", m.target),
+    };
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&m.target)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(&e)),
+    }
+    let mut flags = MsFlags::empty();
+    for (set, flag) in [
+        (m.bind, MsFlags::MS_BIND),
+        (m.read_only, MsFlags::MS_RDONLY),
+        (m.nosuid, MsFlags::MS_NOSUID),
+        (m.nodev, MsFlags::MS_NODEV),
+        (m.noexec, MsFlags::MS_NOEXEC),
+    ] {
+        if set {
+            flags |= flag;
+        }
+    }
+    let mut data = m.data.clone();
+    if m.fstype.as_deref() == Some("tmpfs") {
+        if !data.is_empty() {
+            data.push(',');
+        }
+        data.push_str(&format!(
+            "uid={},gid={}",
+            plan.id_map.host_uid, plan.id_map.host_gid
+        ));
+    }
+    mount(
+        Some(m.source.as_str()),
+        m.target.as_str(),
+        m.fstype.as_deref(),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| fail(&e))
+}
+
+/// Creates the plan's device nodes in the fresh `/dev` tmpfs (as host
+/// root, before the user namespace, which could not), plus the usual links.
+fn make_devices(plan: &SandboxPlan) -> Result<(), Failure> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| Failure {
+        stage: "devices",
+        error: format!("{what}: {e}"),
+    };
+    for name in &plan.devices {
+        let (major, minor) = match name.as_str() {
+            "null" => (1, 3),
+            "zero" => (1, 5),
+            "full" => (1, 7),
+            "random" => (1, 8),
+            "urandom" => (1, 9),
+            "tty" => (5, 0),
+            other => return Err(fail(other, &"unknown device")),
+        };
+        let path = format!("/dev/{name}");
+        mknod(
+            path.as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(|e| fail(&path, &e))?;
+        nix::unistd::chown(
+            path.as_str(),
+            Some(Uid::from_raw(plan.id_map.host_uid)),
+            Some(Gid::from_raw(plan.id_map.host_gid)),
+        )
+        .map_err(|e| fail(&path, &e))?;
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/core", "/proc/kcore"),
+    ] {
+        std::os::unix::fs::symlink(target, link).map_err(|e| fail(link, &e))?;
+    }
+    Ok(())
+}
+
+/// The container's PID 1 after set-up.
+struct Init<'a> {
+    plan: &'a SandboxPlan,
+    control: BorrowedFd<'a>,
+    filters: &'a Filters,
+    timings: Timings,
+    /// The `http` handler and its stdout/stderr pipes.
+    handler: Option<Handler>,
+    /// Running CGI processes, by pid.
+    cgi: HashMap<Pid, u64>,
+    stderr_tail: Vec<u8>,
+    stop_deadline: Option<Instant>,
+}
+
+struct Handler {
+    pid: Pid,
+    port: u16,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    ready: bool,
+    /// Next readiness probe and the current back-off.
+    next_probe: Instant,
+    backoff: Duration,
+}
+
+impl Init<'_> {
+    fn run(&mut self) -> Result<(), Failure> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block().map_err(at("signals"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(at("signals"))?;
+
+        match self.plan.protocol {
+            Protocol::Http { port } => {
+                let (out_r, out_w) = pipe()?;
+                let (err_r, err_w) = pipe()?;
+                let pid =
+                    spawn(self.plan, &[], None, out_w, err_w, self.filters).map_err(|error| {
+                        Failure {
+                            stage: "exec",
+                            error,
+                        }
+                    })?;
+                self.timings.exec = monotonic_ns();
+                self.handler = Some(Handler {
+                    pid,
+                    port,
+                    stdout: Some(out_r),
+                    stderr: Some(err_r),
+                    ready: false,
+                    next_probe: Instant::now(),
+                    backoff: Duration::from_micros(50),
+                });
+            }
+            Protocol::Cgi => {
+                self.timings.exec = monotonic_ns();
+                self.timings.ready = self.timings.exec;
+                self.send(&FromInit::Ready {
+                    timings: self.timings,
+                });
+            }
+        }
+        let mut buf = Vec::new();
+        loop {
+            self.probe_readiness();
+            let timeout = self.poll_timeout();
+            let (control_ev, signal_ev, out_ev, err_ev) = {
+                let handler = self.handler.as_ref();
+                let out = handler.and_then(|h| h.stdout.as_ref());
+                let err = handler.and_then(|h| h.stderr.as_ref());
+                let mut fds = vec![
+                    PollFd::new(self.control, PollFlags::POLLIN),
+                    PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Some(out) = out {
+                    fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(err) = err {
+                    fds.push(PollFd::new(err.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(at("poll")(e)),
+                }
+                let ev = |i: usize| {
+                    fds.get(i)
+                        .and_then(PollFd::revents)
+                        .is_some_and(|r| !r.is_empty())
+                };
+                let out_i = 2;
+                let err_i = if out.is_some() { 3 } else { 2 };
+                (
+                    ev(0),
+                    ev(1),
+                    out.is_some() && ev(out_i),
+                    err.is_some() && ev(err_i),
+                )
+            };
+            if out_ev {
+                self.drain(1);
+            }
+            if err_ev {
+                self.drain(2);
+            }
+            if signal_ev {
+                while let Ok(Some(info)) = signals.read_signal() {
+                    let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+                    if signo == Signal::SIGTERM as i32 || signo == Signal::SIGINT as i32 {
+                        self.stop(Duration::from_secs(2));
+                    }
+                }
+                if self.reap() {
+                    return Ok(());
+                }
+            }
+            if control_ev {
+                match proto::recv::<ToInit>(self.control, &mut buf) {
+                    Ok((msg, fds)) => self.handle(msg, fds),
+                    // The gateway dropped the sandbox, or died: PID 1's exit
+                    // takes every process of the container with it.
+                    Err(_) => return Ok(()),
+                }
+            }
+            if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> PollTimeout {
+        let now = Instant::now();
+        let mut until: Option<Instant> = self.stop_deadline;
+        if let Some(h) = &self.handler
+            && !h.ready
+        {
+            until = Some(until.map_or(h.next_probe, |u| u.min(h.next_probe)));
+        }
+        match until {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let ms = t.saturating_duration_since(now).as_millis();
+                PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX))
+                    .unwrap_or(PollTimeout::NONE)
+            }
+        }
+    }
+
+    /// Tries the handler's port while it is not ready yet, backing off
+    /// from 50 µs to 5 ms between tries.
+    fn probe_readiness(&mut self) {
+        let Some(h) = self.handler.as_mut() else {
+            return;
+        };
+        if h.ready || Instant::now() < h.next_probe {
+            return;
+        }
+        match TcpStream::connect(("127.0.0.1", h.port)) {
+            Ok(stream) => {
+                h.ready = true;
+                self.timings.ready = monotonic_ns();
+                let fd = OwnedFd::from(stream);
+                let _ = proto::send(
+                    self.control,
+                    &FromInit::Ready {
+                        timings: self.timings,
+                    },
+                    &[fd.as_fd()],
+                );
+            }
+            Err(_) => {
+                h.next_probe = Instant::now() + h.backoff;
+                h.backoff = (h.backoff * 2).min(Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: ToInit, fds: Vec<OwnedFd>) {
+        match msg {
+            ToInit::Connect => {
+                let port = self.handler.as_ref().map_or(0, |h| h.port);
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(stream) => {
+                        let fd = OwnedFd::from(stream);
+                        let _ = proto::send(self.control, &FromInit::Connection, &[fd.as_fd()]);
+                    }
+                    Err(e) => self.send(&FromInit::ConnectFailed {
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            ToInit::Cgi { id, env } => {
+                let mut fds = fds.into_iter();
+                let (Some(stdin), Some(stdout), Some(stderr)) =
+                    (fds.next(), fds.next(), fds.next())
+                else {
+                    self.send(&FromInit::CgiFailed {
+                        id,
+                        error: "CGI request without its three descriptors".into(),
+                    });
+                    return;
+                };
+                match spawn(self.plan, &env, Some(stdin), stdout, stderr, self.filters) {
+                    Ok(pid) => {
+                        self.cgi.insert(pid, id);
+                    }
+                    Err(error) => self.send(&FromInit::CgiFailed { id, error }),
+                }
+            }
+            ToInit::Stop { grace_ms } => self.stop(Duration::from_millis(grace_ms)),
+        }
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        if let Some(h) = &self.handler {
+            let _ = kill(h.pid, Signal::SIGTERM);
+        }
+        for pid in self.cgi.keys() {
+            let _ = kill(*pid, Signal::SIGTERM);
+        }
+        if self.handler.is_none() && self.cgi.is_empty() {
+            self.stop_deadline = Some(Instant::now());
+        } else {
+            self.stop_deadline.get_or_insert(Instant::now() + grace);
+        }
+    }
+
+    /// Reaps every exited child; returns whether init should exit.
+    fn reap(&mut self) -> bool {
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, ExitStatus::Signal(signal as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return false,
+                Ok(_) => continue,
+            };
+            let (pid, status) = status;
+            if let Some(id) = self.cgi.remove(&pid) {
+                self.send(&FromInit::CgiDone { id, status });
+                if self.stop_deadline.is_some() && self.cgi.is_empty() {
+                    return true;
+                }
+            } else if self.handler.as_ref().is_some_and(|h| h.pid == pid) {
+                // What it wrote last is still in the pipes.
+                self.drain(1);
+                self.drain(2);
+                let before_ready = self.handler.as_ref().is_some_and(|h| !h.ready);
+                let tail = String::from_utf8_lossy(&self.stderr_tail).into_owned();
+                self.send(&FromInit::Exited(ExitReport {
+                    status,
+                    stderr_tail: tail,
+                    before_ready,
+                }));
+                return true;
+            }
+        }
+    }
+
+    /// Forwards what the handler wrote on `stream` (1 or 2).
+    fn drain(&mut self, stream: u8) {
+        let Some(h) = self.handler.as_mut() else {
+            return;
+        };
+        let slot = if stream == 1 {
+            &mut h.stdout
+        } else {
+            &mut h.stderr
+        };
+        let Some(fd) = slot.as_ref() else { return };
+        let mut chunk = [0u8; 8192];
+        loop {
+            match nix::unistd::read(fd.as_fd(), &mut chunk) {
+                Ok(0) => {
+                    *slot = None;
+                    return;
+                }
+                Ok(n) => {
+                    let bytes = &chunk[..n];
+                    if stream == 2 {
+                        self.stderr_tail.extend_from_slice(bytes);
+                        let excess = self.stderr_tail.len().saturating_sub(STDERR_TAIL);
+                        self.stderr_tail.drain(..excess);
+                    }
+                    let text = String::from_utf8_lossy(bytes).into_owned();
+                    let _ = proto::send(self.control, &FromInit::Output { stream, text }, &[]);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn send(&self, msg: &FromInit) {
+        let _ = proto::send(self.control, msg, &[]);
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(at("pipes"))?;
+    nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(at("pipes"))?;
+    Ok((r, w))
+}
+
+/// Starts the handler's command with `extra_env` added, as the plan's
+/// user, with no capabilities, `no_new_privs` and the seccomp filter.
+/// Returns its pid, or why it could not be executed.
+fn spawn(
+    plan: &SandboxPlan,
+    extra_env: &[String],
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    filters: &Filters,
+) -> Result<Pid, String> {
+    let process = &plan.process;
+    let path = resolve(&process.argv, &process.env)?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+    let path = cstr(&path)?;
+    let argv = process
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = process
+        .env
+        .iter()
+        .chain(extra_env)
+        .map(|e| cstr(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cwd = cstr(&process.cwd)?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: init is single-threaded, so the child may allocate and run
+    // arbitrary code until it execs.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(err_r);
+            let error = exec_child(
+                &path, &argv, &env, &cwd, plan, stdin, stdout, stderr, filters,
+            );
+            let mut pipe = fs::File::from(err_w);
+            let _ = pipe.write_all(error.as_bytes());
+            std::process::exit(127);
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(err_w);
+            drop(stdout);
+            drop(stderr);
+            let mut why = String::new();
+            let _ = fs::File::from(err_r).read_to_string(&mut why);
+            if why.is_empty() {
+                Ok(child)
+            } else {
+                let _ = waitpid(child, None);
+                Err(why)
+            }
+        }
+    }
+}
+
+/// In the forked child: becomes the handler. Returns only on failure.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the child's whole set-up in one place"
+)]
+fn exec_child(
+    path: &CString,
+    argv: &[CString],
+    env: &[CString],
+    cwd: &CString,
+    plan: &SandboxPlan,
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    filters: &Filters,
+) -> String {
+    let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+    let run = || -> Result<(), String> {
+        step("signal mask", SigSet::all().thread_unblock())?;
+        let stdin = match stdin {
+            Some(fd) => fd,
+            None => fs::File::open("/dev/null")
+                .map_err(|e| format!("/dev/null: {e}"))?
+                .into(),
+        };
+        step("stdin", nix::unistd::dup2_stdin(&stdin))?;
+        step("stdout", nix::unistd::dup2_stdout(&stdout))?;
+        step("stderr", nix::unistd::dup2_stderr(&stderr))?;
+        step("setsid", nix::unistd::setsid().map(drop))?;
+        let (uid, gid) = (plan.process.uid, plan.process.gid);
+        step("setgroups", nix::unistd::setgroups(&[]))?;
+        step(
+            "setresgid",
+            setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid)),
+        )?;
+        step(
+            "setresuid",
+            setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid)),
+        )?;
+        step("capabilities", sys::clear_capabilities())?;
+        step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+        step(&format!("working directory {cwd:?}"), chdir(cwd.as_c_str()))?;
+        umask(Mode::from_bits_truncate(0o022));
+        filters.apply().map_err(|e| e.to_string())?;
+        let e = nix::unistd::execve(path, argv, env).err();
+        Err(format!(
+            "exec {path:?}: {}",
+            e.map_or_else(|| "failed".to_owned(), |e| e.desc().to_owned())
+        ))
+    };
+    run().err().unwrap_or_default()
+}
+
+/// The executable `argv[0]` names: itself if it has a `/`, else the first
+/// match along the plan's `PATH` (the image's, not the host's).
+fn resolve(argv: &[String], env: &[String]) -> Result<String, String> {
+    let name = argv.first().ok_or("empty command")?;
+    if name.contains('/') {
+        return Ok(name.clone());
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(crate::container::plan::DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(name);
+        if let Ok(meta) = fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return Ok(candidate.to_string_lossy().into_owned());
+        }
+    }
+    Err(format!("exec {name:?}: executable file not found in $PATH"))
+}
+
+/// Raw descriptor numbers the container must not keep (the spawner's).
+pub(crate) fn close_inherited(fds: &[i32]) {
+    for &fd in fds {
+        sys::close_raw(fd);
+    }
+    let _ = sys::cloexec_from(3);
+}

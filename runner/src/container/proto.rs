@@ -1,0 +1,198 @@
+//! The messages between the gateway, the spawner and each container's
+//! init: JSON documents, one per `SOCK_SEQPACKET` packet, with file
+//! descriptors riding along as `SCM_RIGHTS`. Both sides are wisp, built
+//! together, so there is no versioning.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::container::plan::SandboxPlan;
+
+/// Largest packet either side sends (a plan with a big environment).
+pub const MAX_PACKET: usize = 1 << 20;
+/// Most descriptors one packet carries.
+const MAX_FDS: usize = 4;
+
+/// Gateway → spawner: make this sandbox.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub plan: SandboxPlan,
+    /// The sandbox's cgroup directories, which the container joins itself.
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// An empty host directory the container mounts its scratch tmpfs on
+    /// (inside its own mount namespace, so every container uses the same).
+    pub scratch_mountpoint: PathBuf,
+    /// `CLOCK_MONOTONIC` nanoseconds when the gateway asked.
+    pub requested_ns: u64,
+}
+
+/// Spawner → gateway. With `Spawned`, the descriptors are the control
+/// socket to the container's init and a pidfd of it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SpawnReply {
+    Spawned { pid: i32 },
+    Failed { error: String },
+}
+
+/// Init → gateway.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromInit {
+    /// The sandbox is ready; for `http`, a connected socket rides along.
+    Ready { timings: Timings },
+    /// Setting the sandbox up failed.
+    SetupFailed { stage: String, error: String },
+    /// The handler (for `http`) exited; the sandbox is gone.
+    Exited(ExitReport),
+    /// A new connection to the handler's port rides along.
+    Connection,
+    /// No connection could be made.
+    ConnectFailed { error: String },
+    /// A CGI process ended.
+    CgiDone { id: u64, status: ExitStatus },
+    /// A CGI process could not be started.
+    CgiFailed { id: u64, error: String },
+    /// Output of the handler (`stream` 1 = stdout, 2 = stderr).
+    Output { stream: u8, text: String },
+}
+
+/// Gateway → init.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToInit {
+    /// Open a connection to the handler's port.
+    Connect,
+    /// Run one CGI process; its stdin, stdout and stderr ride along.
+    Cgi { id: u64, env: Vec<String> },
+    /// Ask the handler to stop (SIGTERM), kill it after `grace_ms`.
+    Stop { grace_ms: u64 },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signal(s) => {
+                let name = nix::sys::signal::Signal::try_from(*s)
+                    .map_or_else(|_| format!("signal {s}"), |sig| sig.as_str().to_owned());
+                write!(f, "killed by {name}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitReport {
+    pub status: ExitStatus,
+    /// The last bytes the handler wrote to stderr.
+    pub stderr_tail: String,
+    /// Whether it exited before it became ready.
+    pub before_ready: bool,
+}
+
+/// `CLOCK_MONOTONIC` nanoseconds at the steps of a start.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Timings {
+    /// The container process began (after the spawner's clone).
+    pub cloned: u64,
+    /// cgroup joined, namespaces, hostname and loopback done.
+    pub sandbox: u64,
+    /// Rootfs mounted, root pivoted, user namespace entered.
+    pub rootfs: u64,
+    /// The handler was exec'd.
+    pub exec: u64,
+    /// The handler accepted a connection (or, for CGI, init was ready).
+    pub ready: u64,
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("{0}")]
+    Sys(#[from] nix::Error),
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the peer closed the socket")]
+    Closed,
+    #[error("message of {0} bytes is too large")]
+    TooLarge(usize),
+}
+
+/// Sends `msg` with `fds` on a `SOCK_SEQPACKET` socket (blocking or not,
+/// as the socket is).
+pub fn send<T: Serialize>(
+    sock: BorrowedFd<'_>,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ProtoError> {
+    let bytes = serde_json::to_vec(msg)?;
+    if bytes.len() > MAX_PACKET {
+        return Err(ProtoError::TooLarge(bytes.len()));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let cmsgs = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
+    socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(&bytes)],
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one message and the descriptors that came with it. `buf` is
+/// grown to [`MAX_PACKET`] once and reused.
+pub fn recv<T: for<'de> Deserialize<'de>>(
+    sock: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<(T, Vec<OwnedFd>), ProtoError> {
+    if buf.len() < MAX_PACKET {
+        buf.resize(MAX_PACKET, 0);
+    }
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (len, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let msg = socket::recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                for fd in received {
+                    // SAFETY: the kernel just installed `fd` in this
+                    // process for us; nothing else owns it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if len == 0 {
+        return Err(ProtoError::Closed);
+    }
+    Ok((serde_json::from_slice(&buf[..len])?, fds))
+}

@@ -1,0 +1,364 @@
+//! The spawner: a small single-threaded process that `wisp serve` forks
+//! before its async runtime exists, and the only place containers are
+//! `clone`d from. Forking a multi-threaded process is unsafe (another
+//! thread may hold the allocator's lock at the instant of the fork), so the
+//! gateway never forks; it sends a [`SpawnRequest`] over a `SOCK_SEQPACKET`
+//! socket and gets back the new container's control socket and pidfd.
+//!
+//! At start the spawner compiles the seccomp filter once and makes the one
+//! user namespace every container enters (container root = host uid
+//! `IdMap::host_uid`, as with Docker's `userns-remap`): each container has
+//! its own mount, PID, network, UTS, IPC and cgroup namespaces, all owned
+//! by the host's user namespace, so sharing the user namespace gives one
+//! container no power over another's. The spawner dies with the gateway
+//! (`PR_SET_PDEATHSIG`), and every container's init with the spawner.
+//!
+//! Each request costs the spawner one `clone` (the namespaces are made
+//! there) and one `pidfd_open`; everything else happens in the new
+//! container, in parallel with the next request.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+use tokio::io::unix::AsyncFd;
+
+use crate::container::plan::IdMap;
+use crate::container::proto::{self, ProtoError, SpawnReply, SpawnRequest};
+use crate::container::seccomp::Filters;
+use crate::container::{init, sys};
+
+/// Stack of a container's first process until it forks the handler.
+const CHILD_STACK: usize = 1 << 20;
+
+/// The gateway's end of a running spawner, before the async runtime starts.
+#[derive(Debug)]
+pub struct SpawnerHandle {
+    sock: OwnedFd,
+    pid: Pid,
+}
+
+/// Why the spawner could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("containers need wisp serve to run as root (euid is {0})")]
+    NotRoot(u32),
+    #[error("the spawner must be started while the process has one thread (it has {0})")]
+    Threads(usize),
+    #[error("starting the spawner: {0}")]
+    Sys(#[from] nix::Error),
+}
+
+impl SpawnerHandle {
+    /// Forks the spawner. Call it first thing in `main`, before any thread
+    /// (the async runtime above all) exists; it refuses otherwise.
+    pub fn launch(id_map: IdMap) -> Result<SpawnerHandle, LaunchError> {
+        let euid = nix::unistd::geteuid();
+        if !euid.is_root() {
+            return Err(LaunchError::NotRoot(euid.as_raw()));
+        }
+        let threads = thread_count();
+        if threads != 1 {
+            return Err(LaunchError::Threads(threads));
+        }
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        let parent = nix::unistd::getpid();
+        // SAFETY: the process has exactly one thread (checked above), so the
+        // child inherits no lock held by another thread.
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the one fork outside a container: before any thread exists"
+        )]
+        let forked = unsafe { nix::unistd::fork() }?;
+        match forked {
+            ForkResult::Child => {
+                drop(ours);
+                let code = spawner_main(theirs, parent, id_map);
+                std::process::exit(code);
+            }
+            ForkResult::Parent { child } => {
+                drop(theirs);
+                Ok(SpawnerHandle {
+                    sock: ours,
+                    pid: child,
+                })
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+}
+
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The spawner's life. Returns its exit code.
+fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap) -> i32 {
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != parent
+    {
+        return 1;
+    }
+    let _ = nix::sys::prctl::set_name(c"wisp-spawner");
+    let refuse_all = |error: String| -> i32 {
+        // Answer every request with the reason, so deploys say it.
+        let mut buf = Vec::new();
+        while proto::recv::<SpawnRequest>(sock.as_fd(), &mut buf).is_ok() {
+            let _ = proto::send(
+                sock.as_fd(),
+                &SpawnReply::Failed {
+                    error: error.clone(),
+                },
+                &[],
+            );
+        }
+        0
+    };
+    let filters = match Filters::compile() {
+        Ok(f) => f,
+        Err(e) => return refuse_all(e.to_string()),
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    let userns = match make_userns(id_map, &mut stack) {
+        Ok(fd) => fd,
+        Err(e) => return refuse_all(format!("making the containers' user namespace: {e}")),
+    };
+    let mut buf = Vec::new();
+    loop {
+        reap();
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => return 1,
+        }
+        let req = match proto::recv::<SpawnRequest>(sock.as_fd(), &mut buf) {
+            Ok((req, _)) => req,
+            Err(ProtoError::Closed) => return 0,
+            Err(ProtoError::Json(e)) => {
+                let _ = proto::send(
+                    sock.as_fd(),
+                    &SpawnReply::Failed {
+                        error: format!("bad request: {e}"),
+                    },
+                    &[],
+                );
+                continue;
+            }
+            Err(_) => return 1,
+        };
+        let reply = spawn_one(&req, &sock, userns.as_fd(), &filters, &mut stack);
+        let sent = match reply {
+            Ok((pid, control, pidfd)) => proto::send(
+                sock.as_fd(),
+                &SpawnReply::Spawned { pid: pid.as_raw() },
+                &[control.as_fd(), pidfd.as_fd()],
+            ),
+            Err(error) => proto::send(sock.as_fd(), &SpawnReply::Failed { error }, &[]),
+        };
+        if sent.is_err() {
+            return 1;
+        }
+    }
+}
+
+/// Clones one container; returns its pid, the gateway's end of its control
+/// socket and a pidfd.
+fn spawn_one(
+    req: &SpawnRequest,
+    sock: &OwnedFd,
+    userns: BorrowedFd<'_>,
+    filters: &Filters,
+    stack: &mut [u8],
+) -> Result<(Pid, OwnedFd, OwnedFd), String> {
+    let (gateway_end, container_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    let inherited = [sock.as_raw_fd(), gateway_end.as_raw_fd()];
+    let flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET;
+    let control = container_end.as_fd();
+    let child = Box::new(|| {
+        init::close_inherited(&inherited);
+        init::container_main(req, control, userns, filters)
+    });
+    // SAFETY: the spawner is single-threaded; without CLONE_VM the child
+    // runs on its own copy of `stack` and of the whole address space.
+    let pid = unsafe { nix::sched::clone(child, stack, flags, Some(Signal::SIGCHLD as i32)) }
+        .map_err(|e| format!("clone: {e}"))?;
+    let pidfd = sys::pidfd_open(pid.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
+    Ok((pid, gateway_end, pidfd))
+}
+
+/// Makes the user namespace containers enter: a child is cloned into a new
+/// one, its maps are written from here (host root), and a descriptor of the
+/// namespace outlives the child.
+fn make_userns(id_map: IdMap, stack: &mut [u8]) -> Result<OwnedFd, String> {
+    let (wait_r, wait_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (wait_fd, write_fd) = (wait_r.as_raw_fd(), wait_w.as_raw_fd());
+    let child = Box::new(move || {
+        sys::close_raw(write_fd);
+        // Block until the parent closes its end.
+        let mut byte = [0u8; 1];
+        // SAFETY: the descriptor is valid in the child's copy of the table.
+        let fd = unsafe { BorrowedFd::borrow_raw(wait_fd) };
+        let _ = nix::unistd::read(fd, &mut byte);
+        0
+    });
+    // SAFETY: single-threaded; the child runs on its own copy of `stack`.
+    let pid = unsafe {
+        nix::sched::clone(
+            child,
+            stack,
+            CloneFlags::CLONE_NEWUSER,
+            Some(Signal::SIGCHLD as i32),
+        )
+    }
+    .map_err(|e| format!("clone: {e}"))?;
+    let result = (|| {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let map = |host: u32| format!("0 {host} {}\n", id_map.size);
+        std::fs::write(proc.join("uid_map"), map(id_map.host_uid))
+            .map_err(|e| format!("uid_map: {e}"))?;
+        std::fs::write(proc.join("gid_map"), map(id_map.host_gid))
+            .map_err(|e| format!("gid_map: {e}"))?;
+        std::fs::File::open(proc.join("ns/user"))
+            .map(OwnedFd::from)
+            .map_err(|e| format!("ns/user: {e}"))
+    })();
+    drop(wait_w);
+    drop(wait_r);
+    let _ = waitpid(pid, None);
+    result
+}
+
+/// Collects exited containers (their exit is reported to the gateway by
+/// the control socket closing; the spawner only frees the pids).
+fn reap() {
+    while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+        if matches!(status, WaitStatus::StillAlive) {
+            break;
+        }
+    }
+}
+
+/// The gateway's client of the spawner.
+pub struct Spawner {
+    sock: tokio::sync::Mutex<(AsyncFd<OwnedFd>, Vec<u8>)>,
+}
+
+/// A freshly cloned container.
+pub struct Spawned {
+    pub pid: i32,
+    pub control: OwnedFd,
+    pub pidfd: OwnedFd,
+}
+
+impl Spawner {
+    /// Takes over the handle; needs the tokio runtime.
+    pub fn new(handle: SpawnerHandle) -> std::io::Result<Spawner> {
+        set_nonblocking(&handle.sock)?;
+        Ok(Spawner {
+            sock: tokio::sync::Mutex::new((sys::async_fd(handle.sock)?, Vec::new())),
+        })
+    }
+
+    /// Asks for one container.
+    pub async fn spawn(&self, req: &SpawnRequest) -> Result<Spawned, String> {
+        let mut guard = self.sock.lock().await;
+        let (sock, buf) = &mut *guard;
+        send_async(sock, req, &[])
+            .await
+            .map_err(|e| format!("the spawner is gone: {e}"))?;
+        let (reply, fds) = recv_async::<SpawnReply>(sock, buf)
+            .await
+            .map_err(|e| format!("the spawner is gone: {e}"))?;
+        match reply {
+            SpawnReply::Spawned { pid } => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next()) {
+                    (Some(control), Some(pidfd)) => {
+                        set_nonblocking(&control).map_err(|e| e.to_string())?;
+                        Ok(Spawned {
+                            pid,
+                            control,
+                            pidfd,
+                        })
+                    }
+                    _ => Err("the spawner's reply lacks its descriptors".into()),
+                }
+            }
+            SpawnReply::Failed { error } => Err(error),
+        }
+    }
+}
+
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+fn would_block(e: ProtoError) -> std::io::Error {
+    match e {
+        ProtoError::Sys(errno) => std::io::Error::from(errno),
+        other => std::io::Error::other(other),
+    }
+}
+
+/// [`proto::send`] on a non-blocking socket, waiting for room.
+pub(crate) async fn send_async<T: serde::Serialize>(
+    sock: &AsyncFd<OwnedFd>,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    loop {
+        let mut guard = sock.writable().await?;
+        match guard.try_io(|fd| proto::send(fd.get_ref().as_fd(), msg, fds).map_err(would_block)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// [`proto::recv`] on a non-blocking socket, waiting for a message.
+pub(crate) async fn recv_async<T: for<'de> serde::Deserialize<'de>>(
+    sock: &AsyncFd<OwnedFd>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(T, Vec<OwnedFd>)> {
+    loop {
+        let mut guard = sock.readable().await?;
+        match guard.try_io(|fd| proto::recv(fd.get_ref().as_fd(), buf).map_err(would_block)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
