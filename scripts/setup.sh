@@ -21,3 +21,13 @@ if ! command -v componentize-py >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
   hash -r
 fi
+# The end-to-end tests build container root filesystems from a static
+# busybox (Debian's busybox-static).
+if [ ! -x /bin/busybox ] || ! file -L /bin/busybox 2>/dev/null | grep -q "statically linked"; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: apt-get install busybox-static"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static file >/dev/null
+  else
+    echo "setup: warning: static busybox missing (apt-get install busybox-static); container isolation tests will fail" >&2
+  fi
+fi

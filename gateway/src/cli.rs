@@ -42,7 +42,7 @@ pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
     /// Upload a function's artifact and deploy it (replacing a function of the same name).
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Call a function and print its response body.
     Invoke(InvokeArgs),
     /// List deployed functions.
@@ -219,7 +219,7 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
             let spawner = spawner.unwrap_or_else(|| Err("the spawner was not started".into()));
             serve(config, spawner, shutdown_signal()).await
         }
-        Command::Deploy(args) => deploy(args).await,
+        Command::Deploy(args) => deploy(*args).await,
         Command::Invoke(args) => invoke(args).await,
         Command::Ls(args) => ls(args).await,
         Command::Rm(args) => {

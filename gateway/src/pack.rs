@@ -71,8 +71,9 @@ pub fn binary_image(binary: &Path, command: &[String]) -> anyhow::Result<Vec<u8>
     )
 }
 
-/// An OCI image layout, as a tar, with `layer` and `command` as its Entrypoint.
-fn image(layer: Vec<u8>, command: &[String]) -> anyhow::Result<Vec<u8>> {
+/// An OCI image layout, as a tar, with `layer` (an uncompressed tar) and
+/// `command` as its Entrypoint.
+pub fn image(layer: Vec<u8>, command: &[String]) -> anyhow::Result<Vec<u8>> {
     let config = json!({
         "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
         "os": "linux",

@@ -5,7 +5,7 @@
 
 use http::{HeaderValue, Response, StatusCode};
 use wisp_runner::artifact::UploadError;
-use wisp_runner::backend::{Body, InvokeError, PrepareError, full_body};
+use wisp_runner::backend::{Body, InvokeError, PrepareError, StartError, full_body};
 
 use crate::api::DeploymentError;
 use crate::registry::RegistryError;
@@ -64,6 +64,7 @@ impl GatewayError {
                     StatusCode::BAD_GATEWAY
                 }
                 InvokeError::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                InvokeError::Start(StartError::NotReady { .. }) => StatusCode::GATEWAY_TIMEOUT,
                 InvokeError::Start(_) => StatusCode::BAD_GATEWAY,
             },
         }
@@ -77,12 +78,19 @@ impl GatewayError {
                     "function {function} failed: its handler crashed (details are in the server log)"
                 )
             }
-            GatewayError::Invoke(InvokeError::Start(e)) => {
-                format!(
+            GatewayError::Invoke(InvokeError::Start(e)) => match e {
+                // What the function's own handler did is the caller's business.
+                StartError::Exited {
+                    function, status, ..
+                } => format!(
+                    "function {function} could not be started: its handler exited before it was ready ({status}); its stderr is in the server log"
+                ),
+                StartError::NotReady { .. } => e.to_string(),
+                _ => format!(
                     "function {} could not be started (details are in the server log)",
                     e.function()
-                )
-            }
+                ),
+            },
             GatewayError::Registry(_) | GatewayError::Upload(UploadError::Io { .. }) => {
                 "internal storage error (details are in the server log)".into()
             }

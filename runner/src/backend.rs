@@ -90,7 +90,7 @@ pub enum PrepareError {
     MissingArtifact { digest: String },
     #[error("storage error while preparing artifact {digest}: {detail}")]
     Storage { digest: String, detail: String },
-    #[error("artifact {digest} is not a usable image: {detail}")]
+    #[error("artifact {digest} is neither a WebAssembly binary nor a usable OCI image: {detail}")]
     BadImage { digest: String, detail: String },
     #[error("cannot run container functions: {detail}")]
     ContainersUnavailable { detail: String },

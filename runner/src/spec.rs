@@ -470,6 +470,7 @@ mod tests {
             annotations: BTreeMap::new(),
             limits: Limits::default(),
             allow_outbound: vec![],
+            container: None,
         };
         assert!(!spec.allows_outbound("example.com"));
         spec.allow_outbound = vec!["example.com".into()];

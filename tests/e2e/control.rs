@@ -122,7 +122,11 @@ async fn bad_deployments_are_400_and_change_nothing() {
 
     let long_name = "x".repeat(64);
     let cases: Vec<(&str, String, &str)> = vec![
-        ("hello", not_wasm.digest.clone(), "not a WebAssembly binary"),
+        (
+            "hello",
+            not_wasm.digest.clone(),
+            "neither a WebAssembly binary nor",
+        ),
         ("hello", empty_module.digest.clone(), "_start"),
         ("hello", cli_component.digest.clone(), "wasi:http/proxy"),
         ("hello", truncated.digest.clone(), "failed to compile"),

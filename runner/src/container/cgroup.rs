@@ -380,6 +380,11 @@ impl Cgroups {
 
     /// Whether the kernel's OOM killer has killed a process of the cgroup.
     pub fn oom_killed(&self, cgroup: &Cgroup) -> Result<bool, CgroupError> {
+        Ok(self.oom_kills(cgroup)? > 0)
+    }
+
+    /// How many processes of the cgroup the kernel's OOM killer has killed.
+    pub fn oom_kills(&self, cgroup: &Cgroup) -> Result<u64, CgroupError> {
         let dir = cgroup.dir(Controller::Memory);
         let file = if self.layout.is_v2() {
             "memory.events"
@@ -388,11 +393,11 @@ impl Cgroups {
         };
         let path = dir.join(file);
         let text = self.fs.read(&path).map_err(io_err(&path))?;
-        Ok(text.lines().any(|line| {
-            line.strip_prefix("oom_kill ")
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .is_some_and(|n| n > 0)
-        }))
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0))
     }
 
     /// Removes the cgroup's directories. Its processes must be gone
@@ -444,6 +449,15 @@ impl Cgroup {
             .iter()
             .find(|(c, _)| c.is_none() || *c == Some(controller))
             .map_or_else(|| Path::new("/nonexistent"), |(_, d)| d.as_path())
+    }
+
+    /// The cgroup's name (its directories' last component).
+    pub fn name(&self) -> &str {
+        self.dirs
+            .first()
+            .and_then(|(_, d)| d.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
     }
 
     /// The directories of the cgroup, one per hierarchy.

@@ -677,7 +677,12 @@ fn spawn(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: init is single-threaded, so the child may allocate and run
     // arbitrary code until it execs.
-    match unsafe { nix::unistd::fork() } {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "init is single-threaded: it forks each handler"
+    )]
+    let forked = unsafe { nix::unistd::fork() };
+    match forked {
         Err(e) => Err(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
             drop(err_r);

@@ -132,16 +132,35 @@ impl ContainerBackend {
     }
 }
 
-/// Kills and removes the sandboxes' cgroups a crashed server left; returns
-/// how many there were.
+/// Kills and removes the sandboxes' cgroups that servers no longer running
+/// left (after a crash); returns how many there were. Cgroups are named
+/// `<function>-<server pid>-<n>`, so servers sharing a host (or a cgroup)
+/// leave each other's sandboxes alone.
 fn clean_up_leftovers(cgroups: &Cgroups) -> usize {
     let Ok(existing) = cgroups.existing() else {
         return 0;
     };
+    let mut removed = 0;
     for cgroup in &existing {
+        let owner = cgroup
+            .name()
+            .rsplit('-')
+            .nth(1)
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_some_and(server_is_running) {
+            continue;
+        }
         remove_cgroup(cgroups, cgroup);
+        removed += 1;
     }
-    existing.len()
+    removed
+}
+
+/// Whether `pid` is a live wisp process other than this one.
+fn server_is_running(pid: u32) -> bool {
+    pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "wisp")
 }
 
 /// Kills what is left in `cgroup` and removes it, retrying while the
@@ -221,7 +240,7 @@ impl Backend for ContainerBackend {
         let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
         let port = options
             .port
-            .or_else(|| match image.config.exposed_ports.as_slice() {
+            .or(match image.config.exposed_ports.as_slice() {
                 [only] => Some(*only),
                 _ => None,
             })
@@ -275,6 +294,7 @@ impl Backend for ContainerBackend {
             pidfd: spawned.pidfd,
             cgroup: guard,
             memory_bytes: spec.limits.memory_bytes,
+            oom_seen: AtomicU64::new(0),
         };
         let control = sys::async_fd(spawned.control).map_err(|e| sandbox_err(e.to_string()))?;
         let timeout = spec.limits.timeout().min(MAX_START);
@@ -322,11 +342,11 @@ impl Backend for ContainerBackend {
         );
         let control = Control::start(function.clone(), control, first_conn);
         let handler = match request.plan.protocol {
-            Protocol::Http { .. } => Handler::Http(
+            Protocol::Http { .. } => Handler::Http(Box::new(
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(None)
                     .build(NsConnector(control.clone())),
-            ),
+            )),
             Protocol::Cgi => Handler::Cgi {
                 env: request.plan.process.env.clone(),
             },
@@ -408,14 +428,19 @@ struct Sandbox {
     pidfd: OwnedFd,
     cgroup: CgroupGuard,
     memory_bytes: u64,
+    /// OOM kills already reported.
+    oom_seen: AtomicU64,
 }
 
 impl Sandbox {
+    /// Whether the OOM killer struck since the last call.
     fn oom_killed(&self) -> bool {
-        self.cgroup
+        let kills = self
+            .cgroup
             .cgroup
             .as_ref()
-            .is_some_and(|c| self.cgroup.cgroups.oom_killed(c).unwrap_or(false))
+            .map_or(0, |c| self.cgroup.cgroups.oom_kills(c).unwrap_or(0));
+        self.oom_seen.fetch_max(kills, Ordering::AcqRel) < kills
     }
 
     fn kill(&self) {
@@ -520,6 +545,18 @@ impl Control {
         self.dead.borrow().clone()
     }
 
+    /// Records that the sandbox is being killed, before init's socket
+    /// closes, so that no new request is sent its way.
+    fn mark_dead(&self, reason: &str) {
+        self.dead.send_if_modified(|dead| {
+            let fresh = dead.is_none();
+            if fresh {
+                *dead = Some(reason.to_owned());
+            }
+            fresh
+        });
+    }
+
     async fn send(&self, msg: &ToInit, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), String> {
         send_async(&self.fd, msg, fds)
             .await
@@ -579,7 +616,7 @@ impl tower_service::Service<Uri> for NsConnector {
 }
 
 enum Handler {
-    Http(Client<NsConnector, Body>),
+    Http(Box<Client<NsConnector, Body>>),
     Cgi { env: Vec<String> },
 }
 
@@ -594,15 +631,25 @@ pub struct ContainerInstance {
 }
 
 impl ContainerInstance {
+    /// The OOM killer struck: whatever else the sandbox holds may be what
+    /// filled it, so it is replaced rather than trusted with the next request.
+    fn out_of_memory(&self) -> InvokeError {
+        self.control
+            .mark_dead("the sandbox ran out of memory and was replaced");
+        let limit_bytes = self.sandbox.as_ref().map_or(0, |s| {
+            s.kill();
+            s.memory_bytes
+        });
+        InvokeError::OutOfMemory {
+            function: self.function.clone(),
+            limit_bytes,
+        }
+    }
+
     /// The error for a request that failed because the sandbox did.
     fn failure(&self, detail: String) -> InvokeError {
-        if let Some(sandbox) = &self.sandbox
-            && sandbox.oom_killed()
-        {
-            return InvokeError::OutOfMemory {
-                function: self.function.clone(),
-                limit_bytes: sandbox.memory_bytes,
-            };
+        if self.sandbox.as_ref().is_some_and(Sandbox::oom_killed) {
+            return self.out_of_memory();
         }
         let detail = self.control.dead_reason().unwrap_or(detail);
         InvokeError::BadResponse {
@@ -710,7 +757,13 @@ impl ContainerInstance {
             log_output(&function, 2, &err_text);
         }
         let status = status.map_err(|e| self.failure(e))?;
-        if status != ExitStatus::Code(0) && out.is_empty() {
+        let killed = matches!(status, ExitStatus::Signal(_));
+        let oom =
+            status != ExitStatus::Code(0) && self.sandbox.as_ref().is_some_and(Sandbox::oom_killed);
+        if oom {
+            return Err(self.out_of_memory());
+        }
+        if status != ExitStatus::Code(0) && (out.is_empty() || killed) {
             return Err(self.failure(format!(
                 "the CGI process failed ({status}){}",
                 stderr_suffix(&err_text)
@@ -746,6 +799,8 @@ impl Instance for ContainerInstance {
             Ok(result) => result,
             Err(_) => {
                 // The handler is stuck on this request: replace the sandbox.
+                self.control
+                    .mark_dead("a request timed out and the sandbox was replaced");
                 if let Some(sandbox) = &self.sandbox {
                     sandbox.kill();
                 }

@@ -210,6 +210,10 @@ fn spawn_one(
     });
     // SAFETY: the spawner is single-threaded; without CLONE_VM the child
     // runs on its own copy of `stack` and of the whole address space.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the spawner is where containers are cloned"
+    )]
     let pid = unsafe { nix::sched::clone(child, stack, flags, Some(Signal::SIGCHLD as i32)) }
         .map_err(|e| format!("clone: {e}"))?;
     let pidfd = sys::pidfd_open(pid.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
@@ -233,6 +237,10 @@ fn make_userns(id_map: IdMap, stack: &mut [u8]) -> Result<OwnedFd, String> {
         0
     });
     // SAFETY: single-threaded; the child runs on its own copy of `stack`.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the spawner is where containers are cloned"
+    )]
     let pid = unsafe {
         nix::sched::clone(
             child,

@@ -1,0 +1,414 @@
+//! Container functions, end to end: images imported from a `docker save`
+//! tar and an OCI layout, the `http` and `cgi` protocols, and the sandbox's
+//! isolation proven from inside it by a busybox probe. These need root
+//! (CI runs as root) and a static busybox (`scripts/setup.sh` installs it).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use wisp_e2e::{Wisp, artifacts};
+
+/// A root filesystem with a static busybox, its applets, a file to
+/// overwrite and the CGI probe `/probe.sh`.
+fn busybox_rootfs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("a static /bin/busybox (apt-get install busybox-static)");
+    for applet in [
+        "sh", "ls", "grep", "cat", "hostname", "wget", "awk", "sleep", "id", "echo", "pidof",
+        "kill", "printf", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/motd"), "original\n").unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("probe.sh"), PROBE).unwrap();
+    dir
+}
+
+const PROBE: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+case "$QUERY_STRING" in
+pids) for p in /proc/[0-9]*; do echo "${p#/proc/}"; done ;;
+caps) grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status ;;
+hostname) hostname ;;
+id) id -u; id -g ;;
+net)
+  if wget -q -T 2 -O /dev/null "http://127.0.0.1:$HOST_PORT/healthz" 2>/dev/null; then echo loopback:connected; else echo loopback:refused; fi
+  if wget -q -T 2 -O /dev/null "http://$HOST_IP:$HOST_PORT/healthz" 2>/dev/null; then echo host:connected; else echo host:refused; fi ;;
+write) echo pwned > /etc/motd && cat /etc/motd ;;
+read) cat /etc/motd ;;
+hog) awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }' ;;
+forkbomb)
+  # The bomb runs in a child shell: ash gives up when fork fails.
+  sh -c 'i=0; while [ $i -lt 400 ]; do sleep 20 >/dev/null 2>&1 & i=$((i+1)); done' 2>/dev/null
+  n=0; for p in /proc/[0-9]*; do n=$((n+1)); done
+  echo "processes: $n"
+  kill -9 -1 2>/dev/null ;;
+*) echo "unknown probe $QUERY_STRING" ;;
+esac
+"#;
+
+/// The host's first non-loopback IPv4 address, if it has one.
+fn host_ip() -> Option<String> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| a.contains('.') && !a.starts_with("127."))
+        .map(str::to_owned)
+}
+
+/// Deploys the busybox probe as the CGI function `name` through the CLI's
+/// `--rootfs`, with extra CLI arguments.
+fn deploy_probe(wisp: &Wisp, name: &str, rootfs: &Path, extra: &[&str]) {
+    let port = wisp.addr.rsplit(':').next().unwrap().to_owned();
+    let host_ip = host_ip().unwrap_or_else(|| "10.255.255.1".into());
+    let mut args = vec![
+        "deploy",
+        name,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--protocol",
+        "cgi",
+    ];
+    let host_port = format!("HOST_PORT={port}");
+    let host_ip = format!("HOST_IP={host_ip}");
+    args.extend(["--env", &host_port, "--env", &host_ip]);
+    args.extend(extra);
+    args.extend(["--cmd", "/bin/sh", "/probe.sh"]);
+    let (ok, out, err) = wisp.cli(&args);
+    assert!(ok, "deploy {name}: {out}{err}");
+}
+
+async fn probe(wisp: &Wisp, name: &str, check: &str) -> (StatusCode, String) {
+    let answer = wisp
+        .invoke("GET", &format!("/function/{name}/?{check}"), "")
+        .await;
+    (answer.status, answer.text())
+}
+
+/// The sandbox cgroups of the server with `pid`, by name.
+fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mut parents: Vec<PathBuf> = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        let (Some(controllers), Some(path)) = (controllers, path) else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            parents.push(Path::new("/sys/fs/cgroup/memory").join(path).join("wisp"));
+        } else if controllers.is_empty() {
+            parents.push(Path::new("/sys/fs/cgroup").join(path).join("wisp"));
+        }
+    }
+    let tag = format!("-{pid}-");
+    parents
+        .iter()
+        .filter_map(|p| std::fs::read_dir(p).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(&tag))
+        .collect()
+}
+
+fn mounts() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').skip(4).take(1).collect::<String>())
+        .collect()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn ping_runs_from_a_docker_archive_and_an_oci_layout() {
+    let wisp = Wisp::start();
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    let (ok, out, err) = wisp.cli(&["deploy", "ping-oci", "--image", artifacts::PING_OCI_LAYOUT]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("container"), "{out}");
+    for name in ["ping", "ping-oci"] {
+        let first = wisp
+            .invoke("GET", &format!("/function/{name}/ping"), "")
+            .await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+        assert_eq!(first.text(), "pong");
+        let timing = first.headers["server-timing"].to_str().unwrap().to_owned();
+        assert!(timing.starts_with("cold"), "{timing}");
+        let echo = wisp
+            .invoke(
+                "POST",
+                &format!("/function/{name}/echo?name=wisp"),
+                "payload",
+            )
+            .await;
+        assert_eq!(echo.status, StatusCode::OK);
+        let text = echo.text();
+        assert!(text.contains("Hello, wisp!"), "{text}");
+        assert!(text.contains("body: payload"), "{text}");
+        let warm = wisp
+            .invoke("GET", &format!("/function/{name}/ping"), "")
+            .await;
+        assert_eq!(warm.headers["server-timing"], "warm");
+    }
+    // The image's ExposedPorts and Entrypoint were honoured, and the
+    // handler's stderr reached the server log.
+    assert!(wisp.log().contains("ping: listening on"), "{}", wisp.log());
+}
+
+#[tokio::test]
+async fn cgi_containers_run_one_process_per_request() {
+    let wisp = Wisp::start();
+    wisp.deploy_with("cgi-native", artifacts::CGI_NATIVE_DOCKER_ARCHIVE, |d| {
+        d.protocol = Some("cgi".into());
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        let answer = wisp
+            .invoke("POST", &format!("/function/cgi-native/a/b?i={i}"), "hello")
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let text = answer.text();
+        assert!(text.contains("PATH_INFO=/a/b"), "{text}");
+        assert!(text.contains(&format!("QUERY_STRING=i={i}")), "{text}");
+        assert!(text.contains("body=hello"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_sandbox_is_isolated() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "probe", rootfs.path(), &[]);
+
+    let (status, pids) = probe(&wisp, "probe", "pids").await;
+    assert_eq!(status, StatusCode::OK, "{pids}");
+    let pids: Vec<u32> = pids.lines().filter_map(|l| l.parse().ok()).collect();
+    assert!(pids.contains(&1), "init is PID 1: {pids:?}");
+    assert!(pids.len() <= 4, "sees only its own processes: {pids:?}");
+    assert!(!pids.contains(&wisp.pid()), "{pids:?}");
+
+    let (_, caps) = probe(&wisp, "probe", "caps").await;
+    assert!(caps.contains("CapEff:\t0000000000000000"), "{caps}");
+    assert!(caps.contains("CapPrm:\t0000000000000000"), "{caps}");
+    assert!(caps.contains("CapBnd:\t0000000000000000"), "{caps}");
+    assert!(caps.contains("NoNewPrivs:\t1"), "{caps}");
+    assert!(caps.contains("Seccomp:\t2"), "{caps}");
+
+    assert_eq!(probe(&wisp, "probe", "hostname").await.1.trim(), "probe");
+    assert_eq!(probe(&wisp, "probe", "id").await.1, "0\n0\n");
+
+    let (_, net) = probe(&wisp, "probe", "net").await;
+    assert!(net.contains("loopback:refused"), "{net}");
+    assert!(net.contains("host:refused"), "{net}");
+
+    // Writes land in the sandbox's own scratch layer, never in the image's.
+    assert_eq!(probe(&wisp, "probe", "write").await.1, "pwned\n");
+    assert_eq!(probe(&wisp, "probe", "read").await.1, "pwned\n");
+    let layers = wisp.data_dir.join("images/layers");
+    for layer in std::fs::read_dir(&layers).unwrap() {
+        let motd = layer.unwrap().path().join("diff/etc/motd");
+        if motd.exists() {
+            assert_eq!(std::fs::read_to_string(&motd).unwrap(), "original\n");
+        }
+    }
+    // A second sandbox of the same image starts from the image again.
+    deploy_probe(&wisp, "probe2", rootfs.path(), &[]);
+    assert_eq!(probe(&wisp, "probe2", "read").await.1, "original\n");
+}
+
+#[tokio::test]
+async fn a_memory_hog_is_oom_killed_and_its_sandbox_replaced() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "hog", rootfs.path(), &["--memory", "32Mi"]);
+    assert_eq!(probe(&wisp, "hog", "id").await.0, StatusCode::OK);
+    let (status, body) = probe(&wisp, "hog", "hog").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("out of memory"), "{body}");
+    let (status, body) = probe(&wisp, "hog", "id").await;
+    assert_eq!(status, StatusCode::OK, "a new sandbox serves: {body}");
+}
+
+#[tokio::test]
+async fn a_fork_bomb_stops_at_the_pids_limit() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "bomb", rootfs.path(), &[]);
+    let (status, body) = probe(&wisp, "bomb", "forkbomb").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let n: u32 = body
+        .trim()
+        .strip_prefix("processes: ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!((50..=128).contains(&n), "stopped at the limit of 128: {n}");
+    let health = wisp.invoke("GET", "/healthz", "").await;
+    assert_eq!(health.status, StatusCode::OK, "the host is unaffected");
+}
+
+#[tokio::test]
+async fn handlers_that_exit_or_never_listen_get_clear_errors() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    let root = rootfs.path().to_str().unwrap();
+    let (ok, out, err) = wisp.cli(&[
+        "deploy",
+        "quits",
+        "--rootfs",
+        root,
+        "--cmd",
+        "/bin/sh",
+        "-c",
+        "echo boom >&2; exit 3",
+    ]);
+    assert!(ok, "{out}{err}");
+    let answer = wisp.invoke("GET", "/function/quits/", "").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert!(answer.text().contains("exit status 3"), "{}", answer.text());
+    assert!(wisp.log().contains("boom"), "stderr reaches the log");
+
+    let (ok, out, err) = wisp.cli(&[
+        "deploy",
+        "mute",
+        "--rootfs",
+        root,
+        "--timeout",
+        "1s",
+        "--cmd",
+        "/bin/sleep",
+        "60",
+    ]);
+    assert!(ok, "{out}{err}");
+    let answer = wisp.invoke("GET", "/function/mute/", "").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        answer.text()
+    );
+    assert!(answer.text().contains("port 8080"), "{}", answer.text());
+
+    let (ok, out, err) = wisp.cli(&["deploy", "nocmd", "--rootfs", root, "--cmd", "/no/such"]);
+    assert!(ok, "{out}{err}");
+    let answer = wisp.invoke("GET", "/function/nocmd/", "").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn broken_and_hostile_images_are_refused_at_deploy() {
+    let wisp = Wisp::start();
+    let garbage = wisp
+        .client
+        .upload_artifact(b"not an image".to_vec())
+        .await
+        .unwrap();
+    let d = wisp_e2e::FunctionDeployment {
+        service: "junk".into(),
+        image: garbage.digest,
+        ..Default::default()
+    };
+    let err = wisp.client.deploy(&d).await.unwrap_err().to_string();
+    assert!(
+        err.contains("400") || err.contains("not a usable image"),
+        "{err}"
+    );
+
+    // A layer with an entry that climbs out of it.
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(4);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    let name = b"../escaped";
+    header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    header.set_cksum();
+    layer.append(&header, &b"evil"[..]).unwrap();
+    let image = wisp::pack::image(layer.into_inner().unwrap(), &["/x".into()]).unwrap();
+    let uploaded = wisp.client.upload_artifact(image).await.unwrap();
+    let d = wisp_e2e::FunctionDeployment {
+        service: "hostile".into(),
+        image: uploaded.digest,
+        ..Default::default()
+    };
+    let err = wisp.client.deploy(&d).await.unwrap_err().to_string();
+    assert!(err.contains("escaped"), "the error names the entry: {err}");
+    assert!(!wisp.data_dir.join("images/escaped").exists());
+    assert!(!wisp.data_dir.join("images/layers/escaped").exists());
+    assert!(
+        wisp.client.list().await.unwrap().is_empty(),
+        "registry unchanged"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_left_behind_after_teardown_or_a_crash() {
+    let mounts_before = mounts();
+    let dir = tempfile::tempdir().unwrap();
+    let mut wisp = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    let pid = wisp.pid();
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    assert_eq!(
+        wisp.invoke("GET", "/function/ping/ping", "").await.text(),
+        "pong"
+    );
+    assert_eq!(
+        sandbox_cgroups(pid).len(),
+        1,
+        "one sandbox cgroup while running"
+    );
+    wisp.client.delete("ping").await.unwrap();
+    wait_until("the sandbox to go", Duration::from_secs(10), || {
+        sandbox_cgroups(pid).is_empty()
+    })
+    .await;
+    assert_eq!(mounts(), mounts_before, "no mount reached the host");
+
+    // A crash: the spawner and every container die with the server; the
+    // next server removes the cgroups the dead one left.
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    assert_eq!(
+        wisp.invoke("GET", "/function/ping/ping", "").await.text(),
+        "pong"
+    );
+    assert_eq!(sandbox_cgroups(pid).len(), 1);
+    wisp.kill();
+    let next = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    wait_until(
+        "the dead server's cgroups to go",
+        Duration::from_secs(10),
+        || sandbox_cgroups(pid).is_empty(),
+    )
+    .await;
+    assert_eq!(
+        next.invoke("GET", "/function/ping/ping", "").await.text(),
+        "pong"
+    );
+    assert_eq!(mounts(), mounts_before);
+}
