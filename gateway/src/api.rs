@@ -138,6 +138,37 @@ pub struct VersionInfo {
     pub release: String,
 }
 
+/// One entry of `GET /system/images`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSummary {
+    /// The manifest digest.
+    pub digest: String,
+    /// Bytes of regular files across its layers.
+    pub size: u64,
+    /// Bottom layer first.
+    pub layers: Vec<LayerSummary>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// Deployed functions that run it.
+    pub functions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerSummary {
+    pub diff_id: String,
+    pub size: u64,
+}
+
+/// `POST /system/images/prune` answers this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub images: usize,
+    pub layers: usize,
+    pub blobs: usize,
+}
+
 /// `POST /system/artifacts` answers this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactUploaded {

@@ -49,6 +49,10 @@ pub enum Command {
     Ls(ConnectArgs),
     /// Remove a function.
     Rm(RmArgs),
+    /// List container images, their layers and sizes, and the functions using them.
+    Images(ConnectArgs),
+    /// Remove the images (and layers) no deployed function uses.
+    Prune(ConnectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +226,15 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
         Command::Deploy(args) => deploy(*args).await,
         Command::Invoke(args) => invoke(args).await,
         Command::Ls(args) => ls(args).await,
+        Command::Images(args) => images(args).await,
+        Command::Prune(args) => {
+            let report = connect(&args)?.prune_images().await?;
+            println!(
+                "removed {} images, {} layers, {} blobs",
+                report.images, report.layers, report.blobs
+            );
+            Ok(())
+        }
         Command::Rm(args) => {
             let client = connect(&args.connect)?;
             client.delete(&args.name).await?;
@@ -409,6 +422,56 @@ async fn ls(args: ConnectArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+async fn images(args: ConnectArgs) -> anyhow::Result<()> {
+    let images = connect(&args)?.images().await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<23} {:>10}  {:<24} COMMAND",
+        "IMAGE", "SIZE", "FUNCTIONS"
+    )?;
+    for image in images {
+        let digest: String = image.digest.chars().take(23).collect();
+        let functions = if image.functions.is_empty() {
+            "-".to_owned()
+        } else {
+            image.functions.join(",")
+        };
+        let command = image
+            .entrypoint
+            .iter()
+            .chain(&image.cmd)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        writeln!(
+            out,
+            "{digest:<23} {:>10}  {functions:<24} {command}",
+            human(image.size)
+        )?;
+        for layer in image.layers.iter().rev() {
+            let id: String = layer.diff_id.chars().take(19).collect();
+            writeln!(out, "  layer {id:<17} {:>10}", human(layer.size))?;
+        }
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Whether an error came from the gateway being unreachable (for exit codes).

@@ -195,6 +195,20 @@ impl Client {
             .map(drop)
     }
 
+    pub async fn images(&self) -> Result<Vec<crate::api::ImageSummary>, ClientError> {
+        let answer = self
+            .system(Method::GET, "/system/images", Bytes::new())
+            .await?;
+        self.decode(&answer)
+    }
+
+    pub async fn prune_images(&self) -> Result<crate::api::PruneReport, ClientError> {
+        let answer = self
+            .system(Method::POST, "/system/images/prune", Bytes::new())
+            .await?;
+        self.decode(&answer)
+    }
+
     pub async fn info(&self) -> Result<GatewayInfo, ClientError> {
         let answer = self
             .system(Method::GET, "/system/info", Bytes::new())

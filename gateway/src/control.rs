@@ -14,10 +14,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, full_body};
 use wisp_runner::pool::Pool;
-use wisp_runner::spec::FunctionKind;
+use wisp_runner::spec::{Digest, FunctionKind};
 
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
+    ImageSummary, LayerSummary, PruneReport,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -62,6 +63,10 @@ impl App {
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
             (Route::Artifacts, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
+            (Route::Images, Method::GET) => json(StatusCode::OK, &self.images().await?),
+            (Route::Images, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (Route::PruneImages, Method::POST) => json(StatusCode::OK, &self.prune().await?),
+            (Route::PruneImages, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (_, _) => Err(GatewayError::NotFound(req.uri().path().to_owned())),
         }
     }
@@ -121,6 +126,74 @@ impl App {
         self.metrics.forget(name);
         tracing::info!(function = %name, "deleted");
         Ok(text(StatusCode::OK, format!("deleted {name}\n")))
+    }
+
+    /// The image each deployed container function runs, by function.
+    fn images_in_use(&self) -> Vec<(String, Digest)> {
+        self.functions
+            .iter()
+            .filter_map(|f| {
+                let image = f.stored.spec.container.as_ref()?.image.clone();
+                Some((f.key().clone(), image))
+            })
+            .collect()
+    }
+
+    async fn images(&self) -> Result<Vec<ImageSummary>, GatewayError> {
+        let store = self.images.clone();
+        let images = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|e| GatewayError::Images(e.to_string()))?
+            .map_err(|e| GatewayError::Images(e.to_string()))?;
+        let in_use = self.images_in_use();
+        Ok(images
+            .into_iter()
+            .map(|image| {
+                let mut functions: Vec<String> = in_use
+                    .iter()
+                    .filter(|(_, d)| *d == image.manifest_digest)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                functions.sort();
+                ImageSummary {
+                    digest: image.manifest_digest.to_string(),
+                    size: image.layers.iter().map(|l| l.size).sum(),
+                    layers: image
+                        .layers
+                        .iter()
+                        .map(|l| LayerSummary {
+                            diff_id: l.diff_id.to_string(),
+                            size: l.size,
+                        })
+                        .collect(),
+                    entrypoint: image.config.entrypoint,
+                    cmd: image.config.cmd,
+                    functions,
+                }
+            })
+            .collect())
+    }
+
+    /// Removes every image no deployed function runs. Deploys wait meanwhile.
+    async fn prune(&self) -> Result<PruneReport, GatewayError> {
+        let _serial = self.deploy_lock.lock().await;
+        let keep: Vec<Digest> = self.images_in_use().into_iter().map(|(_, d)| d).collect();
+        let store = self.images.clone();
+        let pruned = tokio::task::spawn_blocking(move || store.remove_unreferenced(&keep))
+            .await
+            .map_err(|e| GatewayError::Images(e.to_string()))?
+            .map_err(|e| GatewayError::Images(e.to_string()))?;
+        tracing::info!(
+            images = pruned.images,
+            layers = pruned.layers,
+            blobs = pruned.blobs,
+            "images pruned"
+        );
+        Ok(PruneReport {
+            images: pruned.images,
+            layers: pruned.layers,
+            blobs: pruned.blobs,
+        })
     }
 
     async fn upload(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {

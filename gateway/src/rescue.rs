@@ -38,6 +38,8 @@ pub enum GatewayError {
     Invoke(#[from] InvokeError),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("image store: {0}")]
+    Images(String),
 }
 
 impl GatewayError {
@@ -50,7 +52,7 @@ impl GatewayError {
             E::BadRequest(_) | E::Deployment(_) => StatusCode::BAD_REQUEST,
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             E::Prepare(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
-            E::Prepare(_) | E::Registry(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Prepare(_) | E::Registry(_) | E::Images(_) => StatusCode::INTERNAL_SERVER_ERROR,
             E::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             E::Upload(UploadError::Empty | UploadError::Body(_)) => StatusCode::BAD_REQUEST,
             E::Upload(UploadError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,

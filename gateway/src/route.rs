@@ -14,6 +14,10 @@ pub enum Route<'a> {
     Function(&'a str),
     /// `/system/artifacts`
     Artifacts,
+    /// `/system/images`
+    Images,
+    /// `/system/images/prune`
+    PruneImages,
     /// Any other `/system/...` path.
     UnknownSystem,
     /// `/function/{name}` and `/function/{name}/{rest...}`; `rest` starts
@@ -33,6 +37,8 @@ pub fn route(path: &str) -> Route<'_> {
         "/system/info" => return Route::SystemInfo,
         "/system/functions" => return Route::Functions,
         "/system/artifacts" => return Route::Artifacts,
+        "/system/images" => return Route::Images,
+        "/system/images/prune" => return Route::PruneImages,
         _ => {}
     }
     if let Some(name) = path.strip_prefix("/system/function/") {

@@ -66,6 +66,7 @@ pub struct Function {
 pub struct App {
     pub(crate) registry: Registry,
     pub(crate) artifacts: ArtifactStore,
+    pub(crate) images: wisp_runner::image::ImageStore,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) functions: DashMap<String, Arc<Function>>,
     pub(crate) token: String,
@@ -98,6 +99,7 @@ impl App {
             .map_err(|e| anyhow::anyhow!("starting wasmtime: {e:#}"))?;
         let container = ContainerBackend::new(artifacts.clone(), &config.data_dir, spawner)
             .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
+        let images = container.images().clone();
         let backend: Arc<dyn Backend> = Arc::new(Backends {
             artifacts: artifacts.clone(),
             wasm: Arc::new(wasm),
@@ -119,6 +121,7 @@ impl App {
         let app = App {
             registry,
             artifacts,
+            images,
             backend,
             functions,
             token: token.clone(),

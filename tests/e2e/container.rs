@@ -412,3 +412,29 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     );
     assert_eq!(mounts(), mounts_before);
 }
+
+#[tokio::test]
+async fn images_are_listed_and_pruned_when_unused() {
+    let wisp = Wisp::start();
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "probe", rootfs.path(), &[]);
+    let (ok, out, err) = wisp.cli(&["images"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("ping") && out.contains("probe"), "{out}");
+    assert!(out.contains("layer sha256:"), "{out}");
+    assert_eq!(wisp.client.images().await.unwrap().len(), 2);
+
+    wisp.client.delete("probe").await.unwrap();
+    let (ok, out, err) = wisp.cli(&["prune"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("removed 1 images"), "{out}");
+    let left = wisp.client.images().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].functions, ["ping"]);
+    assert_eq!(
+        wisp.invoke("GET", "/function/ping/ping", "").await.text(),
+        "pong",
+        "what a function uses is kept"
+    );
+}
