@@ -22,10 +22,14 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+# Container functions need root (namespaces, cgroups, overlayfs).
+containers=$([ "$(id -u)" = 0 ] && echo yes || echo no)
 while read -r name path; do
   case "$name" in
     hello) "$wisp" deploy hello "$path" --env GREETING=Hello ;;
     cgi-echo) "$wisp" deploy cgi-echo "$path" ;;
+    ping-docker) if [ "$containers" = yes ]; then "$wisp" deploy ping --image "$path" --env GREETING=Hi; fi ;;
+    cgi-echo-native-oci) if [ "$containers" = yes ]; then "$wisp" deploy cgi-echo-native --image "$path" --protocol cgi; fi ;;
   esac
 done < <(target/release/wisp-function-artifacts)
 
@@ -45,6 +49,20 @@ echo "== wisp invoke cgi-echo --path '/x?status=201' --data 'cgi body' -i"
 echo
 echo "== curl $WISP_GATEWAY/function/hello-py/from-curl -d 'hi'"
 curl -s "$WISP_GATEWAY/function/hello-py/from-curl" -d 'hi'
+if [ "$containers" = yes ]; then
+  echo
+  echo "== curl $WISP_GATEWAY/function/ping/ping   (an OCI image in a microcontainer)"
+  curl -s -D - "$WISP_GATEWAY/function/ping/ping" | grep -i -e '^server-timing' -e pong
+  echo
+  echo "== curl '$WISP_GATEWAY/function/cgi-echo-native/x?y=1' -d 'native cgi'"
+  curl -s "$WISP_GATEWAY/function/cgi-echo-native/x?y=1" -d 'native cgi'
+  echo
+  echo "== wisp images"
+  "$wisp" images
+else
+  echo
+  echo "(not root: container functions are skipped; run as root to see them)"
+fi
 echo
 echo "== wisp ls"
 "$wisp" ls
@@ -54,6 +72,9 @@ wisp is serving on $WISP_GATEWAY (data in $WISP_DATA_DIR, log in $log). Try:
   curl '$WISP_GATEWAY/function/hello/anything?name=curl' -d 'hi there'
   curl -i '$WISP_GATEWAY/function/cgi-echo/path?status=404'
   curl '$WISP_GATEWAY/function/hello-py/any/path' -d 'from curl'
+  curl '$WISP_GATEWAY/function/ping/echo?name=you' -d 'to a container'
+  $wisp deploy NAME --image image.tar     # docker save / OCI archive / OCI layout dir
+  $wisp deploy NAME --binary ./static-server --port 8080
   WISP_DATA_DIR=$WISP_DATA_DIR $wisp ls
   WISP_DATA_DIR=$WISP_DATA_DIR $wisp deploy NAME your-component.wasm
 The control API token is in $WISP_DATA_DIR/token (the CLI reads it from there).

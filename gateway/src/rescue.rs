@@ -52,6 +52,9 @@ impl GatewayError {
             E::BadRequest(_) | E::Deployment(_) => StatusCode::BAD_REQUEST,
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             E::Prepare(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
+            E::Prepare(PrepareError::ContainersUnavailable { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             E::Prepare(_) | E::Registry(_) | E::Images(_) => StatusCode::INTERNAL_SERVER_ERROR,
             E::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             E::Upload(UploadError::Empty | UploadError::Body(_)) => StatusCode::BAD_REQUEST,
@@ -96,6 +99,7 @@ impl GatewayError {
             GatewayError::Registry(_) | GatewayError::Upload(UploadError::Io { .. }) => {
                 "internal storage error (details are in the server log)".into()
             }
+            GatewayError::Prepare(e @ PrepareError::ContainersUnavailable { .. }) => e.to_string(),
             GatewayError::Prepare(e) if !e.is_user_error() => {
                 "internal error while preparing the artifact (details are in the server log)".into()
             }
