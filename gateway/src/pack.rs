@@ -51,11 +51,7 @@ pub fn binary_image(binary: &Path, command: &[String]) -> anyhow::Result<Vec<u8>
         .and_then(|n| n.to_str())
         .context("--binary needs a file name")?;
     let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(bytes.len() as u64);
-    header.set_mode(0o755);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
+    let mut header = file_header(bytes.len(), 0o755);
     builder
         .append_data(&mut header, name, bytes.as_slice())
         .context("packing")?;
@@ -98,11 +94,7 @@ pub fn image(layer: Vec<u8>, command: &[String]) -> anyhow::Result<Vec<u8>> {
     });
     let mut builder = tar::Builder::new(Vec::new());
     let mut add = |path: &str, data: &[u8]| -> anyhow::Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
+        let mut header = file_header(data.len(), 0o644);
         builder
             .append_data(&mut header, path, data)
             .context("packing")
@@ -113,6 +105,19 @@ pub fn image(layer: Vec<u8>, command: &[String]) -> anyhow::Result<Vec<u8>> {
         add(&format!("blobs/sha256/{}", hex_sha256(blob)), blob)?;
     }
     builder.into_inner().context("packing")
+}
+
+/// A regular file's header owned by 0:0, with mtime 0 (reproducible).
+fn file_header(size: usize, mode: u32) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size as u64);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    header
 }
 
 fn descriptor(media_type: &str, blob: &[u8]) -> Value {

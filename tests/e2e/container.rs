@@ -152,7 +152,9 @@ async fn ping_runs_from_a_docker_archive_and_an_oci_layout() {
     let (ok, out, err) = wisp.cli(&["deploy", "ping-oci", "--image", artifacts::PING_OCI_LAYOUT]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("container"), "{out}");
-    for name in ["ping", "ping-oci"] {
+    let (ok, out, err) = wisp.cli(&["deploy", "ping-bin", "--binary", artifacts::PING_BIN]);
+    assert!(ok, "a static binary becomes a one-layer image: {out}{err}");
+    for name in ["ping", "ping-oci", "ping-bin"] {
         let first = wisp
             .invoke("GET", &format!("/function/{name}/ping"), "")
             .await;
