@@ -51,12 +51,20 @@ pub struct Wisp {
 pub struct WispBuilder {
     data_dir: Option<PathBuf>,
     args: Vec<String>,
+    run_as: Option<u32>,
 }
 
 impl WispBuilder {
     /// Serve from this data dir (kept after the server stops).
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// Runs the server as this uid (and gid), through util-linux's
+    /// `setpriv`; the data dir is handed to that user.
+    pub fn run_as(mut self, uid: u32) -> Self {
+        self.run_as = Some(uid);
         self
     }
 
@@ -80,7 +88,21 @@ impl WispBuilder {
             .create(true)
             .append(true)
             .open(data_dir.join("server.log"))?;
-        let mut child = Command::new(wisp_bin())
+        let mut command = match self.run_as {
+            None => Command::new(wisp_bin()),
+            Some(uid) => {
+                std::os::unix::fs::chown(&data_dir, Some(uid), Some(uid))?;
+                std::os::unix::fs::chown(data_dir.join("server.log"), Some(uid), Some(uid))?;
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg(wisp_bin());
+                c
+            }
+        };
+        let mut child = command
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -440,3 +440,19 @@ async fn images_are_listed_and_pruned_when_unused() {
         "what a function uses is kept"
     );
 }
+
+#[tokio::test]
+async fn without_root_containers_are_refused_and_wasm_still_runs() {
+    let wisp = Wisp::builder().run_as(65534).start().unwrap();
+    let err = wisp
+        .deploy_with("ping", artifacts::PING_DOCKER_ARCHIVE, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("503"), "{err}");
+    assert!(err.contains("run as root"), "{err}");
+    wisp.deploy("hello", artifacts::HELLO).await;
+    let answer = wisp.invoke("GET", "/function/hello/", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(wisp.client.list().await.unwrap().len() == 1);
+}
