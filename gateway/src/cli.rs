@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// WebAssembly instances that may run at once, across all functions.
     #[arg(long, env = "WISP_MAX_WASM_INSTANCES", default_value_t = 256)]
     pub max_wasm_instances: u32,
+    /// Container sandboxes (namespaces, cgroup, init) kept made ahead of
+    /// demand, so a cold start only mounts the image and starts the handler.
+    #[arg(long, env = "WISP_PREMADE_SANDBOXES", default_value_t = wisp_runner::container::DEFAULT_PREMADE)]
+    pub premade_sandboxes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +223,7 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
                 wasm: WasmConfig {
                     max_instances: args.max_wasm_instances,
                 },
+                premade_sandboxes: args.premade_sandboxes,
             };
             let spawner = spawner.unwrap_or_else(|| Err("the spawner was not started".into()));
             serve(config, spawner, shutdown_signal()).await

@@ -52,6 +52,8 @@ pub struct ServeConfig {
     /// Largest artifact `POST /system/artifacts` accepts.
     pub max_artifact_bytes: u64,
     pub wasm: WasmConfig,
+    /// Container sandboxes made ahead of demand.
+    pub premade_sandboxes: usize,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -97,8 +99,13 @@ impl App {
         let registry = Registry::open(&config.data_dir.join("wisp.redb"))?;
         let wasm = WasmBackend::new(artifacts.clone(), &config.wasm)
             .map_err(|e| anyhow::anyhow!("starting wasmtime: {e:#}"))?;
-        let container = ContainerBackend::new(artifacts.clone(), &config.data_dir, spawner)
-            .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
+        let container = ContainerBackend::new(
+            artifacts.clone(),
+            &config.data_dir,
+            spawner,
+            config.premade_sandboxes,
+        )
+        .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
         let images = container.images().clone();
         let backend: Arc<dyn Backend> = Arc::new(Backends {
             artifacts: artifacts.clone(),
@@ -404,6 +411,7 @@ pub async fn serve(
     for function in pools {
         function.pool.retire().await;
     }
+    app.backend.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -42,6 +42,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Makes a sandbox that is ready to take requests (a cold start).
     async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError>;
+
+    /// Releases what the backend holds beyond its instances (sandboxes made
+    /// ahead of demand), at server shutdown.
+    async fn shutdown(&self) {}
 }
 
 /// What [`Backend::prepare`] found an artifact to be.

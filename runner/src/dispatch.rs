@@ -53,4 +53,9 @@ impl Backend for Backends {
             FunctionKind::Container => self.container.start(spec).await,
         }
     }
+
+    async fn shutdown(&self) {
+        self.wasm.shutdown().await;
+        self.container.shutdown().await;
+    }
 }

@@ -375,32 +375,56 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let mut wisp = Wisp::builder().data_dir(dir.path()).start().unwrap();
     let pid = wisp.pid();
+    // Two sandboxes are made ahead of demand (the default).
+    wait_until("the pre-made sandboxes", Duration::from_secs(10), || {
+        sandbox_cgroups(pid).len() == 2
+    })
+    .await;
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
     assert_eq!(
         wisp.invoke("GET", "/function/ping/ping", "").await.text(),
         "pong"
     );
-    assert_eq!(
-        sandbox_cgroups(pid).len(),
-        1,
-        "one sandbox cgroup while running"
-    );
+    wait_until(
+        "a replacement pre-made sandbox",
+        Duration::from_secs(10),
+        || sandbox_cgroups(pid).len() == 3,
+    )
+    .await;
     wisp.client.delete("ping").await.unwrap();
-    wait_until("the sandbox to go", Duration::from_secs(10), || {
-        sandbox_cgroups(pid).is_empty()
-    })
+    wait_until(
+        "the function's sandbox to go",
+        Duration::from_secs(10),
+        || sandbox_cgroups(pid).len() == 2,
+    )
     .await;
     assert_eq!(mounts(), mounts_before, "no mount reached the host");
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    assert_eq!(
+        wisp.invoke("GET", "/function/ping/ping", "").await.text(),
+        "pong"
+    );
+    wisp.signal("TERM");
+    assert!(wisp.wait(Duration::from_secs(20)).unwrap().success());
+    assert!(
+        sandbox_cgroups(pid).is_empty(),
+        "a stopped server leaves no cgroup: {:?}",
+        sandbox_cgroups(pid)
+    );
 
     // A crash: the spawner and every container die with the server; the
     // next server removes the cgroups the dead one left.
-    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    let mut crashed = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    let pid = crashed.pid();
     assert_eq!(
-        wisp.invoke("GET", "/function/ping/ping", "").await.text(),
+        crashed
+            .invoke("GET", "/function/ping/ping", "")
+            .await
+            .text(),
         "pong"
     );
-    assert_eq!(sandbox_cgroups(pid).len(), 1);
-    wisp.kill();
+    assert!(!sandbox_cgroups(pid).is_empty());
+    crashed.kill();
     let next = Wisp::builder().data_dir(dir.path()).start().unwrap();
     wait_until(
         "the dead server's cgroups to go",

@@ -321,6 +321,18 @@ impl Cgroups {
 
     /// Makes the cgroup `name` with `limits`.
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
+        let cgroup = self.create_unlimited(name)?;
+        if let Err(e) = self.apply_limits(&cgroup, limits) {
+            let _ = self.remove(&cgroup);
+            return Err(e);
+        }
+        Ok(cgroup)
+    }
+
+    /// Makes the cgroup `name` without limits (they come later, with
+    /// [`Cgroups::apply_limits`]: a pre-made sandbox learns its function's
+    /// limits only when it is given one).
+    pub fn create_unlimited(&self, name: &str) -> Result<Cgroup, CgroupError> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return Err(CgroupError::InvalidName(name.to_owned()));
         }
@@ -334,6 +346,11 @@ impl Cgroups {
         for (_, dir) in &cgroup.dirs {
             self.fs.create_dir(dir).map_err(io_err(dir))?;
         }
+        Ok(cgroup)
+    }
+
+    /// Writes `limits` into the cgroup.
+    pub fn apply_limits(&self, cgroup: &Cgroup, limits: &CgroupLimits) -> Result<(), CgroupError> {
         for (controller, file, value) in limit_writes(self.layout.is_v2(), limits) {
             let dir = cgroup.dir(controller);
             let path = dir.join(file);
@@ -343,12 +360,9 @@ impl Cgroups {
                     continue;
                 }
             }
-            if let Err(e) = self.fs.write(&path, &value) {
-                let _ = self.remove(&cgroup);
-                return Err(io_err(&path)(e));
-            }
+            self.fs.write(&path, &value).map_err(io_err(&path))?;
         }
-        Ok(cgroup)
+        Ok(())
     }
 
     /// Moves process `pid` into the cgroup (in every hierarchy).

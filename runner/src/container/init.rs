@@ -70,7 +70,7 @@ pub(crate) fn container_main(
         cloned: monotonic_ns(),
         ..Timings::default()
     };
-    if let Err(f) = set_up(req, userns, &mut timings) {
+    let report = |f: Failure| {
         let _ = proto::send(
             control,
             &FromInit::SetupFailed {
@@ -79,10 +79,32 @@ pub(crate) fn container_main(
             },
             &[],
         );
-        return 1;
+        1
+    };
+    if let Err(f) = prepare(req) {
+        return report(f);
     }
+    timings.sandbox = monotonic_ns();
+    // A pre-made sandbox: wait until the gateway gives it a function.
+    let mut buf = Vec::new();
+    let (plan, scratch) = match proto::recv::<ToInit>(control, &mut buf) {
+        Ok((
+            ToInit::Run {
+                plan,
+                scratch_mountpoint,
+            },
+            _,
+        )) => (plan, scratch_mountpoint),
+        // Never used: the gateway dropped it, or went away.
+        _ => return 0,
+    };
+    timings.assigned = monotonic_ns();
+    if let Err(f) = assign(&plan, &scratch, userns) {
+        return report(f);
+    }
+    timings.rootfs = monotonic_ns();
     let mut init = Init {
-        plan: &req.plan,
+        plan: &plan,
         control,
         filters,
         timings,
@@ -93,30 +115,15 @@ pub(crate) fn container_main(
     };
     match init.run() {
         Ok(()) => 0,
-        Err(f) => {
-            let _ = proto::send(
-                control,
-                &FromInit::SetupFailed {
-                    stage: f.stage.to_owned(),
-                    error: f.error,
-                },
-                &[],
-            );
-            1
-        }
+        Err(f) => report(f),
     }
 }
 
-fn set_up(
-    req: &SpawnRequest,
-    userns: BorrowedFd<'_>,
-    timings: &mut Timings,
-) -> Result<(), Failure> {
-    let plan = &req.plan;
+/// What does not depend on the function: cgroup, cgroup namespace, loopback.
+fn prepare(req: &SpawnRequest) -> Result<(), Failure> {
     umask(Mode::empty());
     sys::reset_sigchld().map_err(at("signals"))?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(at("pdeathsig"))?;
-
     for dir in &req.cgroup_dirs {
         let procs = dir.join("cgroup.procs");
         fs::write(&procs, "0").map_err(|e| Failure {
@@ -125,11 +132,15 @@ fn set_up(
         })?;
     }
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at("cgroup namespace"))?;
-    nix::unistd::sethostname(&plan.hostname).map_err(at("hostname"))?;
     sys::loopback_up().map_err(at("loopback"))?;
-    timings.sandbox = monotonic_ns();
+    Ok(())
+}
 
-    mount_rootfs(plan, &req.scratch_mountpoint)?;
+/// Makes the sandbox the function's: hostname, root filesystem, user
+/// namespace.
+fn assign(plan: &SandboxPlan, scratch: &Path, userns: BorrowedFd<'_>) -> Result<(), Failure> {
+    nix::unistd::sethostname(&plan.hostname).map_err(at("hostname"))?;
+    mount_rootfs(plan, scratch)?;
     // Leaving the initial user namespace is the last step: from here on
     // this process is container root, a plain uid on the host.
     nix::unistd::setgroups(&[]).map_err(at("setgroups"))?;
@@ -137,7 +148,6 @@ fn set_up(
     setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(at("setresgid"))?;
     setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(at("setresuid"))?;
     sys::drop_bounding_set().map_err(at("capability bounding set"))?;
-    timings.rootfs = monotonic_ns();
     Ok(())
 }
 
@@ -547,6 +557,7 @@ impl Init<'_> {
                 }
             }
             ToInit::Stop { grace_ms } => self.stop(Duration::from_millis(grace_ms)),
+            ToInit::Run { .. } => {}
         }
     }
 

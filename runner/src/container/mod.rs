@@ -56,14 +56,15 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Longest a sandbox may take to become ready, whatever the function's
 /// request timeout.
 const MAX_START: Duration = Duration::from_secs(30);
+/// Default number of pre-made sandboxes kept waiting for a function.
+pub const DEFAULT_PREMADE: usize = 2;
 
 /// Runs container functions.
 pub struct ContainerBackend {
     artifacts: ArtifactStore,
     images: ImageStore,
-    runtime: Result<Runtime, String>,
+    runtime: Result<Arc<Runtime>, String>,
     id_map: IdMap,
-    seq: AtomicU64,
 }
 
 /// What starting containers needs; absent when wisp cannot run them.
@@ -71,16 +72,32 @@ struct Runtime {
     spawner: Spawner,
     cgroups: Arc<Cgroups>,
     scratch: PathBuf,
+    seq: AtomicU64,
+    /// Sandboxes made ahead of demand, waiting for a function.
+    premade: Mutex<VecDeque<Premade>>,
+    /// How many to keep.
+    target: usize,
+    refill: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// A sandbox whose namespaces, cgroup and init exist, waiting for a plan.
+struct Premade {
+    sandbox: Sandbox,
+    control: OwnedFd,
+    pid: i32,
 }
 
 impl ContainerBackend {
     /// `spawner` is the spawner `main` forked, or why there is none (not
     /// root, …); without it deploying a container function is refused with
-    /// that reason, and wasm functions are unaffected.
+    /// that reason, and wasm functions are unaffected. `premade` sandboxes
+    /// are kept ready ahead of demand (needs a tokio runtime).
     pub fn new(
         artifacts: ArtifactStore,
         data_dir: &Path,
         spawner: Result<SpawnerHandle, String>,
+        premade: usize,
     ) -> Result<ContainerBackend, String> {
         let id_map = IdMap::default();
         let images = ImageStore::open(data_dir.join("images"))
@@ -105,21 +122,29 @@ impl ContainerBackend {
                     "removed what a previous wisp serve left behind"
                 );
             }
-            Ok(Runtime {
+            Ok(Arc::new(Runtime {
                 spawner,
                 cgroups: Arc::new(cgroups),
                 scratch,
-            })
+                seq: AtomicU64::new(0),
+                premade: Mutex::new(VecDeque::new()),
+                target: premade,
+                refill: tokio::sync::Notify::new(),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }))
         });
-        if let Err(reason) = &runtime {
-            tracing::warn!(%reason, "container functions are unavailable");
+        match &runtime {
+            Ok(runtime) if runtime.target > 0 => {
+                tokio::spawn(runtime.clone().keep_premade());
+            }
+            Ok(_) => {}
+            Err(reason) => tracing::warn!(%reason, "container functions are unavailable"),
         }
         Ok(ContainerBackend {
             artifacts,
             images,
             runtime,
             id_map,
-            seq: AtomicU64::new(0),
         })
     }
 
@@ -127,14 +152,79 @@ impl ContainerBackend {
         &self.images
     }
 
-    fn runtime(&self) -> Result<&Runtime, String> {
+    fn runtime(&self) -> Result<&Arc<Runtime>, String> {
         self.runtime.as_ref().map_err(Clone::clone)
+    }
+}
+
+impl Runtime {
+    /// Makes a sandbox that waits for a function.
+    async fn make(&self) -> Result<Premade, String> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("sandbox-{}-{seq}", std::process::id());
+        let cgroup = self
+            .cgroups
+            .create_unlimited(&name)
+            .map_err(|e| e.to_string())?;
+        let guard = CgroupGuard {
+            cgroups: self.cgroups.clone(),
+            cgroup: Some(cgroup),
+        };
+        let request = SpawnRequest {
+            cgroup_dirs: guard
+                .cgroup
+                .as_ref()
+                .map(|c| c.dirs().map(Path::to_path_buf).collect())
+                .unwrap_or_default(),
+        };
+        let spawned = self.spawner.spawn(&request).await?;
+        Ok(Premade {
+            sandbox: Sandbox {
+                pidfd: spawned.pidfd,
+                cgroup: guard,
+                oom_seen: AtomicU64::new(0),
+            },
+            control: spawned.control,
+            pid: spawned.pid,
+        })
+    }
+
+    /// A pre-made sandbox if one is waiting (and alive), else a new one.
+    async fn take(&self) -> Result<(Premade, bool), String> {
+        loop {
+            let next = lock(&self.premade).pop_front();
+            self.refill.notify_one();
+            match next {
+                Some(premade) if premade.sandbox.is_alive() => return Ok((premade, true)),
+                Some(_dead) => continue,
+                None => return Ok((self.make().await?, false)),
+            }
+        }
+    }
+
+    /// Keeps `target` sandboxes waiting, until the backend shuts down.
+    async fn keep_premade(self: Arc<Self>) {
+        loop {
+            while !self.closed.load(Ordering::Acquire) && lock(&self.premade).len() < self.target {
+                match self.make().await {
+                    Ok(premade) => lock(&self.premade).push_back(premade),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not pre-make a sandbox");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            self.refill.notified().await;
+        }
     }
 }
 
 /// Kills and removes the sandboxes' cgroups that servers no longer running
 /// left (after a crash); returns how many there were. Cgroups are named
-/// `<function>-<server pid>-<n>`, so servers sharing a host (or a cgroup)
+/// `sandbox-<server pid>-<n>`, so servers sharing a host (or a cgroup)
 /// leave each other's sandboxes alone.
 fn clean_up_leftovers(cgroups: &Cgroups) -> usize {
     let Ok(existing) = cgroups.existing() else {
@@ -223,85 +313,37 @@ impl Backend for ContainerBackend {
             detail,
         };
         let runtime = self.runtime().map_err(sandbox_err)?;
-        let options = spec
-            .container
-            .as_ref()
-            .ok_or_else(|| sandbox_err("the function has no container settings".into()))?;
-        let image = self
-            .images
-            .image(&options.image)
-            .map_err(|e| sandbox_err(e.to_string()))?
-            .ok_or_else(|| {
-                sandbox_err(format!(
-                    "image {} is no longer in the image store; deploy the function again",
-                    options.image
-                ))
-            })?;
-        let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
-        let port = options
-            .port
-            .or(match image.config.exposed_ports.as_slice() {
-                [only] => Some(*only),
-                _ => None,
-            })
-            .unwrap_or(plan::DEFAULT_PORT);
-        let settings = ContainerSettings {
-            name: spec.name.to_string(),
-            command: options.command.clone(),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            protocol: match options.protocol {
-                HandlerProtocol::Http => Protocol::Http { port },
-                HandlerProtocol::Cgi => Protocol::Cgi,
+        let plan = self.plan(spec).map_err(sandbox_err)?;
+        let (premade, was_premade) = runtime.take().await.map_err(sandbox_err)?;
+        let Premade {
+            sandbox,
+            control,
+            pid,
+        } = premade;
+        if let Some(cgroup) = &sandbox.cgroup.cgroup {
+            runtime
+                .cgroups
+                .apply_limits(cgroup, &plan.cgroup)
+                .map_err(|e| sandbox_err(e.to_string()))?;
+        }
+        let control = sys::async_fd(control).map_err(|e| sandbox_err(e.to_string()))?;
+        let protocol = plan.protocol;
+        let cgi_env = plan.process.env.clone();
+        send_async(
+            &control,
+            &ToInit::Run {
+                plan: Box::new(plan),
+                scratch_mountpoint: runtime.scratch.clone(),
             },
-            memory_bytes: spec.limits.memory_bytes,
-            cpu_millis: options.cpu_millis,
-            pids: plan::DEFAULT_PIDS,
-            scratch_bytes: plan::DEFAULT_SCRATCH_BYTES,
-        };
-        let lookup = NameLookup::read(&layers);
-        let plan = plan::plan(&settings, &image.config, &layers, self.id_map, &|k, n| {
-            lookup.find(k, n)
-        })
-        .map_err(|e| sandbox_err(e.to_string()))?;
-
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let cgroup_name = format!("{}-{}-{seq}", spec.name, std::process::id());
-        let cgroup = runtime
-            .cgroups
-            .create(&cgroup_name, &plan.cgroup)
-            .map_err(|e| sandbox_err(e.to_string()))?;
-        let guard = CgroupGuard {
-            cgroups: runtime.cgroups.clone(),
-            cgroup: Some(cgroup),
-        };
-        let request = SpawnRequest {
-            cgroup_dirs: guard
-                .cgroup
-                .as_ref()
-                .map(|c| c.dirs().map(Path::to_path_buf).collect())
-                .unwrap_or_default(),
-            plan,
-            scratch_mountpoint: runtime.scratch.clone(),
-            requested_ns: requested,
-        };
-        let spawned = runtime.spawner.spawn(&request).await.map_err(sandbox_err)?;
-        let sandbox = Sandbox {
-            function: function.clone(),
-            pidfd: spawned.pidfd,
-            cgroup: guard,
-            memory_bytes: spec.limits.memory_bytes,
-            oom_seen: AtomicU64::new(0),
-        };
-        let control = sys::async_fd(spawned.control).map_err(|e| sandbox_err(e.to_string()))?;
+            &[],
+        )
+        .await
+        .map_err(|e| sandbox_err(format!("the sandbox went away: {e}")))?;
         let timeout = spec.limits.timeout().min(MAX_START);
         let first = tokio::time::timeout(timeout, wait_ready(&function, &control))
             .await
             .map_err(|_| {
-                if let Protocol::Http { port } = request.plan.protocol {
+                if let Protocol::Http { port } = protocol {
                     StartError::NotReady {
                         function: function.clone(),
                         port,
@@ -331,34 +373,93 @@ impl Backend for ContainerBackend {
         let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
         tracing::info!(
             function = %function,
-            pid = spawned.pid,
-            spawn_ms = ms(requested, timings.cloned),
-            sandbox_ms = ms(timings.cloned, timings.sandbox),
-            rootfs_ms = ms(timings.sandbox, timings.rootfs),
+            pid,
+            premade = was_premade,
+            assign_ms = ms(requested, timings.assigned),
+            rootfs_ms = ms(timings.assigned, timings.rootfs),
             exec_ms = ms(timings.rootfs, timings.exec),
             ready_ms = ms(timings.exec, timings.ready),
             total_ms = ms(requested, proto::monotonic_ns()),
             "container started"
         );
         let control = Control::start(function.clone(), control, first_conn);
-        let handler = match request.plan.protocol {
+        let handler = match protocol {
             Protocol::Http { .. } => Handler::Http(Box::new(
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(None)
                     .build(NsConnector(control.clone())),
             )),
-            Protocol::Cgi => Handler::Cgi {
-                env: request.plan.process.env.clone(),
-            },
+            Protocol::Cgi => Handler::Cgi { env: cgi_env },
         };
         Ok(Box::new(ContainerInstance {
             function,
             timeout: spec.limits.timeout(),
+            memory_bytes: spec.limits.memory_bytes,
             control,
             handler,
             sandbox: Some(sandbox),
             cgi_seq: AtomicU64::new(0),
         }))
+    }
+
+    async fn shutdown(&self) {
+        let Ok(runtime) = self.runtime() else { return };
+        runtime.closed.store(true, Ordering::Release);
+        runtime.refill.notify_one();
+        let premade: Vec<Premade> = lock(&runtime.premade).drain(..).collect();
+        for premade in premade {
+            premade.sandbox.release().await;
+        }
+    }
+}
+
+impl ContainerBackend {
+    /// The sandbox plan of `spec`: its image, settings and limits.
+    fn plan(&self, spec: &FunctionSpec) -> Result<plan::SandboxPlan, String> {
+        let options = spec
+            .container
+            .as_ref()
+            .ok_or("the function has no container settings")?;
+        let image = self
+            .images
+            .image(&options.image)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "image {} is no longer in the image store; deploy the function again",
+                    options.image
+                )
+            })?;
+        let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
+        let port = options
+            .port
+            .or(match image.config.exposed_ports.as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            })
+            .unwrap_or(plan::DEFAULT_PORT);
+        let settings = ContainerSettings {
+            name: spec.name.to_string(),
+            command: options.command.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            protocol: match options.protocol {
+                HandlerProtocol::Http => Protocol::Http { port },
+                HandlerProtocol::Cgi => Protocol::Cgi,
+            },
+            memory_bytes: spec.limits.memory_bytes,
+            cpu_millis: options.cpu_millis,
+            pids: plan::DEFAULT_PIDS,
+            scratch_bytes: plan::DEFAULT_SCRATCH_BYTES,
+        };
+        let lookup = NameLookup::read(&layers);
+        plan::plan(&settings, &image.config, &layers, self.id_map, &|k, n| {
+            lookup.find(k, n)
+        })
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -422,12 +523,13 @@ impl Drop for CgroupGuard {
     }
 }
 
-/// What a running container holds on the host.
+/// What a container holds on the host: its init (by pidfd) and its cgroup.
+/// Dropping it kills init, which ends the PID namespace (the kernel kills
+/// the rest) and with the last process the mount namespace; the cgroup is
+/// then removed.
 struct Sandbox {
-    function: FunctionName,
     pidfd: OwnedFd,
     cgroup: CgroupGuard,
-    memory_bytes: u64,
     /// OOM kills already reported.
     oom_seen: AtomicU64,
 }
@@ -446,14 +548,27 @@ impl Sandbox {
     fn kill(&self) {
         let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), nix::sys::signal::Signal::SIGKILL);
     }
+
+    /// Whether init still runs (a pidfd polls readable once it exited).
+    fn is_alive(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
+    /// Kills the sandbox and waits until its cgroup is gone.
+    async fn release(mut self) {
+        self.kill();
+        if let Some(cgroup) = self.cgroup.cgroup.take() {
+            let cgroups = self.cgroup.cgroups.clone();
+            let _ = tokio::task::spawn_blocking(move || remove_cgroup(&cgroups, &cgroup)).await;
+        }
+    }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // Init's death ends the PID namespace; the cgroup guard then waits
-        // for the rest and removes the cgroup.
         self.kill();
-        tracing::debug!(function = %self.function, "sandbox released");
     }
 }
 
@@ -624,6 +739,7 @@ enum Handler {
 pub struct ContainerInstance {
     function: FunctionName,
     timeout: Duration,
+    memory_bytes: u64,
     control: Arc<Control>,
     handler: Handler,
     sandbox: Option<Sandbox>,
@@ -636,13 +752,12 @@ impl ContainerInstance {
     fn out_of_memory(&self) -> InvokeError {
         self.control
             .mark_dead("the sandbox ran out of memory and was replaced");
-        let limit_bytes = self.sandbox.as_ref().map_or(0, |s| {
-            s.kill();
-            s.memory_bytes
-        });
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.kill();
+        }
         InvokeError::OutOfMemory {
             function: self.function.clone(),
-            limit_bytes,
+            limit_bytes: self.memory_bytes,
         }
     }
 
@@ -839,8 +954,9 @@ impl Instance for ContainerInstance {
             )
             .await;
         }
-        // Dropping the sandbox kills init (if still there) and removes the cgroup.
-        drop(self.sandbox.take());
+        if let Some(sandbox) = self.sandbox.take() {
+            sandbox.release().await;
+        }
     }
 }
 

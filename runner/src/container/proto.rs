@@ -17,17 +17,12 @@ pub const MAX_PACKET: usize = 1 << 20;
 /// Most descriptors one packet carries.
 const MAX_FDS: usize = 4;
 
-/// Gateway → spawner: make this sandbox.
+/// Gateway → spawner: make a sandbox (namespaces, cgroup, loopback) that
+/// then waits for its function ([`ToInit::Run`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SpawnRequest {
-    pub plan: SandboxPlan,
     /// The sandbox's cgroup directories, which the container joins itself.
     pub cgroup_dirs: Vec<PathBuf>,
-    /// An empty host directory the container mounts its scratch tmpfs on
-    /// (inside its own mount namespace, so every container uses the same).
-    pub scratch_mountpoint: PathBuf,
-    /// `CLOCK_MONOTONIC` nanoseconds when the gateway asked.
-    pub requested_ns: u64,
 }
 
 /// Spawner → gateway. With `Spawned`, the descriptors are the control
@@ -62,6 +57,14 @@ pub enum FromInit {
 /// Gateway → init.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
+    /// Become this function's sandbox (sent once, to a waiting sandbox).
+    Run {
+        plan: Box<SandboxPlan>,
+        /// An empty host directory the container mounts its scratch tmpfs
+        /// on (inside its own mount namespace, so every container uses
+        /// the same one).
+        scratch_mountpoint: PathBuf,
+    },
     /// Open a connection to the handler's port.
     Connect,
     /// Run one CGI process; its stdin, stdout and stderr ride along.
@@ -104,8 +107,10 @@ pub struct ExitReport {
 pub struct Timings {
     /// The container process began (after the spawner's clone).
     pub cloned: u64,
-    /// cgroup joined, namespaces, hostname and loopback done.
+    /// cgroup joined, namespaces and loopback done: waiting for a function.
     pub sandbox: u64,
+    /// The function's plan arrived.
+    pub assigned: u64,
     /// Rootfs mounted, root pivoted, user namespace entered.
     pub rootfs: u64,
     /// The handler was exec'd.
