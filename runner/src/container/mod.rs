@@ -375,6 +375,7 @@ impl Backend for ContainerBackend {
             function = %function,
             pid,
             premade = was_premade,
+            cgroup_ns_ms = ms(timings.cloned, timings.sandbox),
             assign_ms = ms(requested, timings.assigned),
             rootfs_ms = ms(timings.assigned, timings.rootfs),
             exec_ms = ms(timings.rootfs, timings.exec),
