@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use wisp_runner::backend::Prepared;
 use wisp_runner::spec::{
     self, ContainerOptions, Digest, FunctionKind, FunctionName, FunctionSpec, HandlerProtocol,
-    Limits, SpecError,
+    Limits, ScalingSpec, SpecError,
 };
 
 use crate::registry::StoredFunction;
@@ -69,6 +69,24 @@ pub struct FunctionDeployment {
     /// wisp, images only: replaces the image's Entrypoint and Cmd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// wisp: instances kept running (also label `com.openfaas.scale.min`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    /// wisp: most instances (also label `com.openfaas.scale.max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// wisp: requests one instance takes at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// wisp: idle time before an instance stops, e.g. `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// wisp: requests that may wait once every instance is busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u32>,
+    /// wisp: longest wait in that queue, e.g. `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +133,45 @@ pub struct FunctionStatus {
     /// wisp, container functions: the image's manifest digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_image: Option<String>,
+    /// wisp: the scaling settings in effect.
+    #[serde(default)]
+    pub scaling: ScalingStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    pub min_instances: usize,
+    pub max_instances: usize,
+    pub concurrency: usize,
+    pub idle_timeout: String,
+    pub queue_size: usize,
+    pub queue_timeout: String,
+}
+
+/// `POST /system/scale-function/{name}` (OpenFaaS's `replicas` sets the
+/// minimum; wisp's fields change the rest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScaleRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
 }
 
 /// `GET /system/info`.
@@ -268,6 +325,7 @@ impl FunctionDeployment {
             limits,
             allow_outbound: self.allow_outbound.clone().unwrap_or_default(),
             container: None,
+            scaling: self.scaling()?,
         })
     }
 
@@ -307,6 +365,48 @@ impl FunctionDeployment {
             container,
             ..draft
         })
+    }
+
+    /// The scaling settings: wisp's fields, else OpenFaaS's labels.
+    pub fn scaling(&self) -> Result<ScalingSpec, DeploymentError> {
+        let label = |key: &str| -> Result<Option<u32>, DeploymentError> {
+            match self.labels.as_ref().and_then(|l| l.get(key)) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                    DeploymentError::Spec(SpecError::OutOfRange {
+                        what: "scale label",
+                        value: format!("{key}={}", v.chars().take(20).collect::<String>()),
+                        range: "a whole number",
+                    })
+                }),
+            }
+        };
+        let millis =
+            |what: &'static str, v: &Option<String>| -> Result<Option<u64>, DeploymentError> {
+                v.as_deref()
+                    .map(|d| {
+                        spec::parse_duration(what, d)
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    })
+                    .transpose()
+                    .map_err(DeploymentError::Spec)
+            };
+        let scaling = ScalingSpec {
+            min_instances: match self.min_instances {
+                Some(n) => Some(n),
+                None => label("com.openfaas.scale.min")?,
+            },
+            max_instances: match self.max_instances {
+                Some(n) => Some(n),
+                None => label("com.openfaas.scale.max")?,
+            },
+            concurrency: self.concurrency,
+            idle_timeout_ms: millis("idle timeout", &self.idle_timeout)?,
+            queue_size: self.queue_size,
+            queue_timeout_ms: millis("queue timeout", &self.queue_timeout)?,
+        };
+        scaling.validate()?;
+        Ok(scaling)
     }
 
     /// `limits.cpu` in thousandths of a CPU.
@@ -363,7 +463,71 @@ impl FunctionStatus {
             allow_outbound: spec.allow_outbound.clone(),
             protocol: spec.container.as_ref().map(|c| c.protocol),
             container_image: spec.container.as_ref().map(|c| c.image.to_string()),
+            scaling: {
+                let s = spec.scaling();
+                ScalingStatus {
+                    min_instances: s.min_instances,
+                    max_instances: s.max_instances,
+                    concurrency: s.concurrency,
+                    idle_timeout: format!("{}ms", s.idle_timeout.as_millis()),
+                    queue_size: s.queue_size,
+                    queue_timeout: format!("{}ms", s.queue_timeout.as_millis()),
+                }
+            },
         }
+    }
+}
+
+impl ScaleRequest {
+    /// Merges the request into `scaling` and validates the result.
+    pub fn apply(&self, scaling: &mut ScalingSpec) -> Result<(), DeploymentError> {
+        if let Some(ns) = self.namespace.as_deref()
+            && !ns.is_empty()
+            && ns != NAMESPACE
+        {
+            return Err(DeploymentError::Namespace {
+                namespace: ns.to_owned(),
+            });
+        }
+        let millis =
+            |what: &'static str, v: &Option<String>| -> Result<Option<u64>, DeploymentError> {
+                v.as_deref()
+                    .map(|d| {
+                        spec::parse_duration(what, d)
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    })
+                    .transpose()
+                    .map_err(DeploymentError::Spec)
+            };
+        let mut next = *scaling;
+        if let Some(n) = self.min_instances.or(self.replicas) {
+            next.min_instances = Some(n);
+        }
+        if let Some(n) = self.max_instances {
+            next.max_instances = Some(n);
+        }
+        if let Some(n) = self.concurrency {
+            next.concurrency = Some(n);
+        }
+        if let Some(n) = self.queue_size {
+            next.queue_size = Some(n);
+        }
+        if let Some(ms) = millis("idle timeout", &self.idle_timeout)? {
+            next.idle_timeout_ms = Some(ms);
+        }
+        if let Some(ms) = millis("queue timeout", &self.queue_timeout)? {
+            next.queue_timeout_ms = Some(ms);
+        }
+        // OpenFaaS's replicas may exceed the maximum: raise it to match.
+        if let (Some(min), Some(max)) = (next.min_instances, next.max_instances)
+            && self.max_instances.is_none()
+            && min > max
+        {
+            next.max_instances = Some(min);
+        }
+        next.validate()?;
+        *scaling = next;
+        Ok(())
     }
 }
 

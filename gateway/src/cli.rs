@@ -49,6 +49,8 @@ pub enum Command {
     Ls(ConnectArgs),
     /// Remove a function.
     Rm(RmArgs),
+    /// Change a function's scaling settings (live).
+    Scale(ScaleArgs),
     /// List container images, their layers and sizes, and the functions using them.
     Images(ConnectArgs),
     /// Remove the images (and layers) no deployed function uses.
@@ -124,6 +126,8 @@ pub struct DeployArgs {
     /// Containers: CPU cap, in cores (`0.5`) or millicores (`500m`) [default: none].
     #[arg(long)]
     pub cpu: Option<String>,
+    #[command(flatten)]
+    pub scaling: ScalingArgs,
     /// Environment variable for the function, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -142,6 +146,39 @@ pub struct DeployArgs {
     /// Label, KEY=VALUE (repeatable).
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Scaling flags, shared by `deploy` and `scale`.
+#[derive(Debug, Args, Default)]
+pub struct ScalingArgs {
+    /// Instances kept running (pre-warmed) [default: 0, scale to zero].
+    #[arg(long = "min")]
+    pub min_instances: Option<u32>,
+    /// Most instances [default: 10 for containers, 1 for wasm].
+    #[arg(long = "max")]
+    pub max_instances: Option<u32>,
+    /// Requests one instance takes at once [default: containers 8 (http) or 1 (cgi); wasm 1000].
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// Idle time before an instance stops, e.g. `60s` [default: 60s].
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
+    /// Requests that may wait once every instance is busy [default: 100].
+    #[arg(long)]
+    pub queue_size: Option<u32>,
+    /// Longest wait in that queue [default: the request timeout].
+    #[arg(long)]
+    pub queue_timeout: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Function name.
+    pub name: String,
+    #[command(flatten)]
+    pub scaling: ScalingArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -232,6 +269,22 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
         Command::Invoke(args) => invoke(args).await,
         Command::Ls(args) => ls(args).await,
         Command::Images(args) => images(args).await,
+        Command::Scale(args) => {
+            let s = &args.scaling;
+            let request = crate::api::ScaleRequest {
+                service_name: Some(args.name.clone()),
+                min_instances: s.min_instances,
+                max_instances: s.max_instances,
+                concurrency: s.concurrency,
+                idle_timeout: s.idle_timeout.clone(),
+                queue_size: s.queue_size,
+                queue_timeout: s.queue_timeout.clone(),
+                ..Default::default()
+            };
+            let answer = connect(&args.connect)?.scale(&args.name, &request).await?;
+            print!("{answer}");
+            Ok(())
+        }
         Command::Prune(args) => {
             let report = connect(&args)?.prune_images().await?;
             println!(
@@ -310,6 +363,12 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         protocol: args.protocol.clone(),
         port: args.port,
         command: (!command.is_empty()).then_some(command),
+        min_instances: args.scaling.min_instances,
+        max_instances: args.scaling.max_instances,
+        concurrency: args.scaling.concurrency,
+        idle_timeout: args.scaling.idle_timeout.clone(),
+        queue_size: args.scaling.queue_size,
+        queue_timeout: args.scaling.queue_timeout.clone(),
         timeout: args.timeout,
         max_body_size: args.max_body,
         allow_outbound: (!args.allow_outbound.is_empty()).then_some(args.allow_outbound),

@@ -195,6 +195,26 @@ impl Client {
             .map(drop)
     }
 
+    /// `POST /system/scale-function/{name}`; returns the gateway's summary.
+    pub async fn scale(
+        &self,
+        name: &str,
+        request: &crate::api::ScaleRequest,
+    ) -> Result<String, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Request {
+            gateway: self.gateway.clone(),
+            detail: e.to_string(),
+        })?;
+        let answer = self
+            .system(
+                Method::POST,
+                &format!("/system/scale-function/{name}"),
+                body,
+            )
+            .await?;
+        Ok(answer.text())
+    }
+
     pub async fn images(&self) -> Result<Vec<crate::api::ImageSummary>, ClientError> {
         let answer = self
             .system(Method::GET, "/system/images", Bytes::new())

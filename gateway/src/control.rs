@@ -13,12 +13,12 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, full_body};
-use wisp_runner::pool::Pool;
+use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::spec::{Digest, FunctionKind};
 
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
-    ImageSummary, LayerSummary, PruneReport,
+    ImageSummary, LayerSummary, PruneReport, ScaleRequest,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -63,6 +63,11 @@ impl App {
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
             (Route::Artifacts, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
+            (Route::ScaleFunction(name), Method::POST) => {
+                let request: ScaleRequest = read_json(req).await?;
+                self.scale(name, request).await
+            }
+            (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Images, Method::GET) => json(StatusCode::OK, &self.images().await?),
             (Route::Images, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::PruneImages, Method::POST) => json(StatusCode::OK, &self.prune().await?),
@@ -95,8 +100,12 @@ impl App {
             .as_ref()
             .map_or(0, |f| f.invocations.load(Ordering::Relaxed));
         let function = Arc::new(Function {
+            pool: Arc::new(Pool::new(
+                stored.spec.clone(),
+                self.backend.clone(),
+                Arc::new(self.metrics.function(&name)),
+            )),
             metrics: self.metrics.function(&name),
-            pool: Pool::new(stored.spec.clone(), self.backend.clone()),
             stored,
             invocations: AtomicU64::new(carried),
         });
@@ -104,7 +113,7 @@ impl App {
         self.functions.insert(name.clone(), function);
         if let Some(old) = previous {
             // Requests already routed to the old version finish on it.
-            tokio::spawn(async move { old.pool.retire().await });
+            tokio::spawn(async move { old.pool.retire(StopReason::Deleted).await });
         }
         let status = if update {
             StatusCode::OK
@@ -121,11 +130,55 @@ impl App {
         }
         self.registry.remove(name)?;
         if let Some((_, old)) = self.functions.remove(name) {
-            tokio::spawn(async move { old.pool.retire().await });
+            tokio::spawn(async move { old.pool.retire(StopReason::Deleted).await });
         }
         self.metrics.forget(name);
         tracing::info!(function = %name, "deleted");
         Ok(text(StatusCode::OK, format!("deleted {name}\n")))
+    }
+
+    /// Changes a function's scaling settings live (and in the registry).
+    async fn scale(
+        &self,
+        name: &str,
+        request: ScaleRequest,
+    ) -> Result<Response<Body>, GatewayError> {
+        if request.service_name.as_deref().is_some_and(|s| s != name) {
+            return Err(GatewayError::BadRequest(format!(
+                "serviceName {:?} does not match the path's {name:?}",
+                request.service_name.unwrap_or_default()
+            )));
+        }
+        let _serial = self.deploy_lock.lock().await;
+        let function = self
+            .functions
+            .get(name)
+            .map(|f| f.clone())
+            .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
+        let mut spec = function.stored.spec.clone();
+        request.apply(&mut spec.scaling)?;
+        let stored = StoredFunction {
+            spec,
+            created_at: function.stored.created_at,
+        };
+        self.registry.put(&stored)?;
+        function.pool.set_scaling(stored.spec.scaling());
+        let scaling = stored.spec.scaling();
+        let updated = Arc::new(Function {
+            stored,
+            pool: function.pool.clone(),
+            invocations: AtomicU64::new(function.invocations.load(Ordering::Relaxed)),
+            metrics: function.metrics.clone(),
+        });
+        self.functions.insert(name.to_owned(), updated);
+        tracing::info!(function = %name, min = scaling.min_instances, max = scaling.max_instances, "scaled");
+        Ok(text(
+            StatusCode::ACCEPTED,
+            format!(
+                "scaled {name}: min {} max {} concurrency {}\n",
+                scaling.min_instances, scaling.max_instances, scaling.concurrency
+            ),
+        ))
     }
 
     /// The image each deployed container function runs, by function.

@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use wisp_runner::pool::{ColdStart, PoolEvents, StopReason};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -26,6 +28,9 @@ pub struct Metrics {
     service_count: IntGaugeVec,
     in_flight: IntGaugeVec,
     cold_start: HistogramVec,
+    instances: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    stops: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +73,30 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["function_name", "backend", "phase"],
         )?;
+        let instances = IntGaugeVec::new(
+            Opts::new(
+                "wisp_instances",
+                "Instances of each function by state: starting, idle or busy.",
+            ),
+            &["function_name", "state"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "wisp_queue_depth",
+                "Requests of each function waiting for an instance.",
+            ),
+            &["function_name"],
+        )?;
+        let stops = IntCounterVec::new(
+            Opts::new(
+                "wisp_instance_stops_total",
+                "Instances stopped, by reason: idle, crash, timeout, oom, deleted, shutdown.",
+            ),
+            &["function_name", "reason"],
+        )?;
+        registry.register(Box::new(instances.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(stops.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(service_count.clone()))?;
@@ -80,6 +109,9 @@ impl Metrics {
             service_count,
             in_flight,
             cold_start,
+            instances,
+            queue_depth,
+            stops,
         })
     }
 
@@ -94,19 +126,37 @@ impl Metrics {
             ok_seconds: self.duration.with_label_values(&[function, "200"]),
             invocations: self.invocations.clone(),
             duration: self.duration.clone(),
+            starting: self.instances.with_label_values(&[function, "starting"]),
+            idle: self.instances.with_label_values(&[function, "idle"]),
+            busy: self.instances.with_label_values(&[function, "busy"]),
+            queue_depth: self.queue_depth.with_label_values(&[function]),
+            stops: StopReason::ALL
+                .iter()
+                .map(|r| (*r, self.stops.with_label_values(&[function, r.as_str()])))
+                .collect(),
         }
     }
 
-    pub fn cold_start(&self, function: &str, backend: &str, elapsed: Duration) {
+    /// Records a cold start: its total and each of the backend's phases.
+    pub fn cold_start(&self, function: &str, backend: &str, cold: &ColdStart) {
         self.cold_start
             .with_label_values(&[function, backend, "total"])
-            .observe(elapsed.as_secs_f64());
+            .observe(cold.total.as_secs_f64());
+        for (phase, took) in &cold.phases {
+            self.cold_start
+                .with_label_values(&[function, backend, phase])
+                .observe(took.as_secs_f64());
+        }
     }
 
     /// Drops the gauges of a deleted function (its counters stay, as in OpenFaaS).
     pub fn forget(&self, function: &str) {
         let _ = self.service_count.remove_label_values(&[function]);
         let _ = self.in_flight.remove_label_values(&[function]);
+        let _ = self.queue_depth.remove_label_values(&[function]);
+        for state in ["starting", "idle", "busy"] {
+            let _ = self.instances.remove_label_values(&[function, state]);
+        }
     }
 
     /// The text exposition of every metric.
@@ -129,6 +179,34 @@ pub struct FunctionMetrics {
     ok_seconds: Histogram,
     invocations: IntCounterVec,
     duration: HistogramVec,
+    starting: IntGauge,
+    idle: IntGauge,
+    busy: IntGauge,
+    queue_depth: IntGauge,
+    stops: Vec<(StopReason, IntCounter)>,
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl PoolEvents for FunctionMetrics {
+    fn instances(&self, starting: usize, idle: usize, busy: usize) {
+        self.starting.set(gauge(starting));
+        self.idle.set(gauge(idle));
+        self.busy.set(gauge(busy));
+        self.instances.set(gauge(idle + busy));
+    }
+
+    fn queue_depth(&self, depth: usize) {
+        self.queue_depth.set(gauge(depth));
+    }
+
+    fn stopped(&self, reason: StopReason) {
+        if let Some((_, counter)) = self.stops.iter().find(|(r, _)| *r == reason) {
+            counter.inc();
+        }
+    }
 }
 
 impl FunctionMetrics {
@@ -154,10 +232,6 @@ impl FunctionMetrics {
         self.in_flight.inc();
         InFlight(self.in_flight.clone())
     }
-
-    pub fn instances(&self, count: usize) {
-        self.instances.set(i64::try_from(count).unwrap_or(i64::MAX));
-    }
 }
 
 struct InFlight(IntGauge);
@@ -178,8 +252,17 @@ mod tests {
         let hello = m.function("hello");
         hello.invoked(200, Duration::from_millis(3));
         hello.invoked(504, Duration::from_secs(1));
-        m.cold_start("hello", "wasm", Duration::from_micros(600));
-        hello.instances(1);
+        m.cold_start(
+            "hello",
+            "container",
+            &ColdStart {
+                total: Duration::from_micros(2900),
+                phases: vec![("rootfs", Duration::from_micros(900))],
+            },
+        );
+        hello.instances(1, 0, 1);
+        hello.queue_depth(3);
+        hello.stopped(StopReason::Idle);
         drop(hello.in_flight_guard());
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
@@ -191,10 +274,17 @@ mod tests {
         assert!(
             text.contains(r#"gateway_functions_seconds_count{code="200",function_name="hello"} 1"#)
         );
-        assert!(text.contains(
-            r#"wisp_cold_start_seconds_count{backend="wasm",function_name="hello",phase="total"} 1"#
-        ));
-        assert!(text.contains(r#"gateway_service_count{function_name="hello"} 1"#));
+        for series in [
+            r#"wisp_cold_start_seconds_count{backend="container",function_name="hello",phase="total"} 1"#,
+            r#"wisp_cold_start_seconds_count{backend="container",function_name="hello",phase="rootfs"} 1"#,
+            r#"gateway_service_count{function_name="hello"} 1"#,
+            r#"wisp_instances{function_name="hello",state="starting"} 1"#,
+            r#"wisp_instances{function_name="hello",state="busy"} 1"#,
+            r#"wisp_queue_depth{function_name="hello"} 3"#,
+            r#"wisp_instance_stops_total{function_name="hello",reason="idle"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
         m.forget("hello");
         let text = String::from_utf8(m.render()).unwrap();
         assert!(!text.contains("gateway_service_count{"));

@@ -122,6 +122,7 @@ mod tests {
             limits: Limits::default(),
             allow_outbound: vec![],
             container: None,
+            scaling: wisp_runner::spec::ScalingSpec::default(),
         }
     }
 

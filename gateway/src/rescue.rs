@@ -69,6 +69,7 @@ impl GatewayError {
                     StatusCode::BAD_GATEWAY
                 }
                 InvokeError::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                InvokeError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
                 InvokeError::Start(StartError::NotReady { .. }) => StatusCode::GATEWAY_TIMEOUT,
                 InvokeError::Start(_) => StatusCode::BAD_GATEWAY,
             },
@@ -133,7 +134,8 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
                 HeaderValue::from_static("Bearer realm=\"wisp\", Basic realm=\"wisp\""),
             );
         }
-        GatewayError::ShuttingDown | GatewayError::Invoke(InvokeError::Capacity { .. }) => {
+        GatewayError::ShuttingDown
+        | GatewayError::Invoke(InvokeError::Capacity { .. } | InvokeError::QueueFull { .. }) => {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}

@@ -16,6 +16,8 @@ pub enum Route<'a> {
     Artifacts,
     /// `/system/images`
     Images,
+    /// `/system/scale-function/{name}`
+    ScaleFunction(&'a str),
     /// `/system/images/prune`
     PruneImages,
     /// Any other `/system/...` path.
@@ -43,6 +45,9 @@ pub fn route(path: &str) -> Route<'_> {
     }
     if let Some(name) = path.strip_prefix("/system/function/") {
         return Route::Function(name);
+    }
+    if let Some(name) = path.strip_prefix("/system/scale-function/") {
+        return Route::ScaleFunction(name);
     }
     if path.starts_with("/system/") {
         return Route::UnknownSystem;

@@ -27,7 +27,7 @@ use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, f
 use wisp_runner::container::ContainerBackend;
 use wisp_runner::container::spawner::SpawnerHandle;
 use wisp_runner::dispatch::Backends;
-use wisp_runner::pool::Pool;
+use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::wasm::{WasmBackend, WasmConfig};
 
 use crate::metrics::{FunctionMetrics, Metrics};
@@ -59,7 +59,7 @@ pub struct ServeConfig {
 /// A deployed function: what the registry holds and the pool serving it.
 pub struct Function {
     pub stored: StoredFunction,
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
     pub invocations: AtomicU64,
     pub metrics: FunctionMetrics,
 }
@@ -117,8 +117,12 @@ impl App {
         for stored in registry.list()? {
             let name = stored.spec.name.to_string();
             let function = Function {
+                pool: Arc::new(Pool::new(
+                    stored.spec.clone(),
+                    backend.clone(),
+                    Arc::new(metrics.function(&name)),
+                )),
                 metrics: metrics.function(&name),
-                pool: Pool::new(stored.spec.clone(), backend.clone()),
                 stored,
                 invocations: AtomicU64::new(0),
             };
@@ -193,7 +197,6 @@ impl App {
         function
             .metrics
             .invoked(response.status().as_u16(), started.elapsed());
-        function.metrics.instances(function.pool.instances());
         Ok(response)
     }
 
@@ -243,14 +246,11 @@ impl App {
         let served = result?;
         let mut response = served.response;
         strip_hop_by_hop(response.headers_mut());
-        if let Some(cold) = served.cold_start {
-            self.metrics.cold_start(name, spec.kind.backend(), cold);
-        }
-        let timing = match served.cold_start {
-            Some(cold) => format!(
-                "cold;desc=\"cold start\", start;dur={:.3}",
-                cold.as_secs_f64() * 1e3
-            ),
+        let timing = match &served.cold_start {
+            Some(cold) => {
+                self.metrics.cold_start(name, spec.kind.backend(), cold);
+                server_timing(cold)
+            }
             None => "warm".to_owned(),
         };
         if let Ok(value) = HeaderValue::from_str(&timing) {
@@ -258,6 +258,20 @@ impl App {
         }
         Ok(response)
     }
+}
+
+/// `Server-Timing` of a cold start: `cold`, the whole start, and the
+/// backend's phases (e.g. `cold;desc="cold start", start;dur=2.9,
+/// rootfs;dur=0.9, exec;dur=1.0, ready;dur=0.2`).
+fn server_timing(cold: &wisp_runner::pool::ColdStart) -> String {
+    let mut timing = format!(
+        "cold;desc=\"cold start\", start;dur={:.3}",
+        cold.total.as_secs_f64() * 1e3
+    );
+    for (phase, took) in &cold.phases {
+        timing.push_str(&format!(", {phase};dur={:.3}", took.as_secs_f64() * 1e3));
+    }
+    timing
 }
 
 /// The URI the handler sees: its own path (`rest`) and the original query,
@@ -409,7 +423,7 @@ pub async fn serve(
     }
     let pools: Vec<_> = app.functions.iter().map(|f| f.value().clone()).collect();
     for function in pools {
-        function.pool.retire().await;
+        function.pool.retire(StopReason::Shutdown).await;
     }
     app.backend.shutdown().await;
     tracing::info!("stopped");

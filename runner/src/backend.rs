@@ -68,6 +68,12 @@ pub trait Instance: Send + Sync {
     /// Tears the sandbox down and releases everything it holds.
     async fn stop(self: Box<Self>);
 
+    /// How long the phases of this instance's start took (for
+    /// `Server-Timing` and the cold-start histogram).
+    fn start_phases(&self) -> Vec<(&'static str, Duration)> {
+        Vec::new()
+    }
+
     /// Whether the sandbox can still take requests (its handler has not
     /// exited or been killed). The pool replaces instances that cannot.
     fn is_healthy(&self) -> bool {
@@ -175,6 +181,11 @@ pub enum InvokeError {
     },
     #[error("function {function} sent an invalid response: {detail}")]
     BadResponse {
+        function: FunctionName,
+        detail: String,
+    },
+    #[error("function {function} is at capacity: {detail}")]
+    QueueFull {
         function: FunctionName,
         detail: String,
     },

@@ -1,128 +1,630 @@
-//! The pool of one function's instances. It knows no backend: it asks the
-//! [`Backend`] for a sandbox on the first request (a cold start), hands
-//! requests to it, counts what is in flight, and on retirement (a redeploy
-//! or a delete) waits for those requests before stopping its instance.
+//! The pool of one function's instances: the policy every request goes
+//! through, written once for every backend (it sees only [`Backend`] and
+//! [`Instance`]).
 //!
-//! Limits of this first version: one instance per function, which is right
-//! for wasm (every request gets its own store inside it) but not yet for
-//! containers; no queue, no idle teardown, no pre-warming.
+//! - A request takes a free slot of a running instance (the busiest one
+//!   that still has room, so the others can idle out). Failing that it
+//!   waits in a FIFO queue, and the pool starts as many instances as the
+//!   queue needs (a cold start), counting the capacity of the instances
+//!   already starting, up to `max_instances`: a burst of N first requests
+//!   starts ⌈N / concurrency⌉ instances and shares them.
+//! - Past `max_instances` requests queue; a full queue answers 429 (with
+//!   `Retry-After`), a wait past `queue_timeout` 503.
+//! - One deadline per request (`limits.timeout`) covers queueing, cold
+//!   start and handling: past it, 504. Backends get it in the request's
+//!   extensions ([`Deadline`]) and interrupt or kill the handler.
+//! - Instances idle past `idle_timeout` stop, down to `min_instances`;
+//!   `min_instances` are started at once and replaced when they die. The
+//!   pool counts each instance's requests itself: a busy instance is never
+//!   stopped for idleness.
+//! - An instance that is no longer healthy after a request (crash, OOM,
+//!   timeout) is removed; cold starts that keep failing back off
+//!   exponentially (100 ms doubling to 30 s) and requests meanwhile get the
+//!   last start error.
+//! - `retire` drains: requests in flight and queued finish on this pool,
+//!   then every instance stops.
+//!
+//! The state is one `std::sync::Mutex`, never held across an `.await`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use http::{Request, Response};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
-use crate::backend::{Backend, Body, Instance, InvokeError};
-use crate::spec::FunctionSpec;
+use crate::backend::{Backend, Body, Instance, InvokeError, StartError};
+use crate::spec::{FunctionSpec, Scaling};
 
-type Shared = Arc<Box<dyn Instance>>;
+/// The instant a request must be answered by; in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
 
-pub struct Pool {
-    spec: Arc<FunctionSpec>,
-    backend: Arc<dyn Backend>,
-    instance: Mutex<Option<Shared>>,
-    in_flight: AtomicUsize,
-    idle: Notify,
-    /// Started instances, readable without waiting for a cold start.
-    started: AtomicUsize,
+/// Why an instance stopped (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    Idle,
+    Crash,
+    Timeout,
+    Oom,
+    Deleted,
+    Shutdown,
+}
+
+impl StopReason {
+    pub const ALL: [StopReason; 6] = [
+        StopReason::Idle,
+        StopReason::Crash,
+        StopReason::Timeout,
+        StopReason::Oom,
+        StopReason::Deleted,
+        StopReason::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Idle => "idle",
+            StopReason::Crash => "crash",
+            StopReason::Timeout => "timeout",
+            StopReason::Oom => "oom",
+            StopReason::Deleted => "deleted",
+            StopReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What the pool reports as it works (the gateway turns it into metrics).
+pub trait PoolEvents: Send + Sync {
+    /// Instances by state, after every change.
+    fn instances(&self, _starting: usize, _idle: usize, _busy: usize) {}
+    /// Requests waiting for an instance, after every change.
+    fn queue_depth(&self, _depth: usize) {}
+    fn stopped(&self, _reason: StopReason) {}
+}
+
+/// Reports nothing.
+pub struct NoEvents;
+impl PoolEvents for NoEvents {}
+
+/// How a cold start went, for the request that waited for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColdStart {
+    pub total: Duration,
+    /// The backend's own phases (e.g. `rootfs`, `exec`, `ready`).
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 /// A response and how it was served.
 pub struct Served {
     pub response: Response<Body>,
-    /// Time spent starting an instance, when this request had to.
-    pub cold_start: Option<Duration>,
+    /// Set when this request waited for an instance to start.
+    pub cold_start: Option<ColdStart>,
+}
+
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spec: Arc<FunctionSpec>,
+    backend: Arc<dyn Backend>,
+    events: Arc<dyn PoolEvents>,
+    state: Mutex<State>,
+    /// Wakes `retire` when the last request leaves, and the reaper on
+    /// scaling changes.
+    changed: Notify,
+}
+
+struct State {
+    scaling: Scaling,
+    slots: Vec<Slot>,
+    starting: usize,
+    queue: VecDeque<Waiter>,
+    next_id: u64,
+    /// Requests holding a lease.
+    leased: usize,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    last_error: Option<StartError>,
+    retired: bool,
+}
+
+struct Slot {
+    id: u64,
+    instance: Arc<Box<dyn Instance>>,
+    busy: usize,
+    capacity: usize,
+    idle_since: Instant,
+    /// The cold start, handed to the requests that waited for it.
+    cold: Option<ColdStart>,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Result<Lease, InvokeError>>,
+}
+
+/// A request's hold on one slot of one instance.
+struct Lease {
+    pool: Weak<Inner>,
+    slot: u64,
+    instance: Arc<Box<dyn Instance>>,
+    cold: Option<ColdStart>,
+    armed: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(inner) = self.pool.upgrade() {
+            inner.release(self.slot);
+        }
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Pool {
-    pub fn new(spec: FunctionSpec, backend: Arc<dyn Backend>) -> Self {
-        Pool {
+    /// A pool for `spec`; starts its `min_instances` and its idle reaper
+    /// (needs a tokio runtime).
+    pub fn new(spec: FunctionSpec, backend: Arc<dyn Backend>, events: Arc<dyn PoolEvents>) -> Self {
+        let scaling = spec.scaling();
+        let inner = Arc::new(Inner {
             spec: Arc::new(spec),
             backend,
-            instance: Mutex::new(None),
-            in_flight: AtomicUsize::new(0),
-            idle: Notify::new(),
-            started: AtomicUsize::new(0),
-        }
+            events,
+            state: Mutex::new(State {
+                scaling,
+                slots: Vec::new(),
+                starting: 0,
+                queue: VecDeque::new(),
+                next_id: 0,
+                leased: 0,
+                failures: 0,
+                backoff_until: None,
+                last_error: None,
+                retired: false,
+            }),
+            changed: Notify::new(),
+        });
+        inner.rebalance(lock(&inner.state));
+        tokio::spawn(reaper(Arc::downgrade(&inner)));
+        Pool { inner }
     }
 
     pub fn spec(&self) -> &FunctionSpec {
-        &self.spec
+        &self.inner.spec
     }
 
-    /// Number of started instances (for status reports).
+    /// Running instances (for status reports).
     pub fn instances(&self) -> usize {
-        self.started.load(Ordering::Acquire)
+        lock(&self.inner.state).slots.len()
     }
 
-    /// Serves one request, starting an instance first if there is none.
-    pub async fn invoke(&self, req: Request<Body>) -> Result<Served, InvokeError> {
-        let _guard = InFlight::enter(self);
-        let (instance, cold_start) = self.acquire().await?;
-        let response = instance.invoke(req).await?;
+    /// The scaling settings in effect.
+    pub fn scaling(&self) -> Scaling {
+        lock(&self.inner.state).scaling
+    }
+
+    /// Changes the scaling settings live: more `min_instances` start now,
+    /// instances beyond a lower limit stop as they become idle.
+    pub fn set_scaling(&self, scaling: Scaling) {
+        let mut state = lock(&self.inner.state);
+        state.scaling = scaling;
+        self.inner.rebalance(state);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Serves one request within the function's deadline.
+    pub async fn invoke(&self, mut req: Request<Body>) -> Result<Served, InvokeError> {
+        let timeout = self.inner.spec.limits.timeout();
+        let deadline = Instant::now() + timeout;
+        let timed_out = || InvokeError::Timeout {
+            function: self.inner.spec.name.clone(),
+            timeout,
+        };
+        let lease = self.inner.acquire(deadline).await?;
+        req.extensions_mut().insert(Deadline(deadline));
+        // The backend enforces the deadline itself (and kills what overran);
+        // this is the backstop.
+        let backstop = deadline + Duration::from_millis(250);
+        let result = match tokio::time::timeout_at(backstop, lease.instance.invoke(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out()),
+        };
+        if !lease.instance.is_healthy() {
+            let reason = match &result {
+                Err(InvokeError::OutOfMemory { .. }) => StopReason::Oom,
+                Err(InvokeError::Timeout { .. }) => StopReason::Timeout,
+                _ => StopReason::Crash,
+            };
+            self.inner.remove(lease.slot, reason);
+        }
+        let cold_start = lease.cold.clone();
+        drop(lease);
         Ok(Served {
-            response,
+            response: result?,
             cold_start,
         })
     }
 
-    async fn acquire(&self) -> Result<(Shared, Option<Duration>), InvokeError> {
-        let mut slot = self.instance.lock().await;
-        if let Some(instance) = slot.as_ref() {
-            if instance.is_healthy() {
-                return Ok((instance.clone(), None));
+    /// Drains: requests in flight and queued finish here, then every
+    /// instance stops with `reason`. Callers remove the pool from routing
+    /// first.
+    pub async fn retire(&self, reason: StopReason) {
+        loop {
+            let changed = self.inner.changed.notified();
+            {
+                let mut state = lock(&self.inner.state);
+                state.retired = true;
+                if state.leased == 0 && state.queue.is_empty() && state.starting == 0 {
+                    break;
+                }
             }
-            // Its handler died: the last request holding it releases it
-            // (a sandbox cleans up when dropped); start a replacement.
-            tracing::info!(function = %self.spec.name, "replacing an instance whose handler is gone");
-            *slot = None;
+            changed.await;
         }
-        let started = Instant::now();
-        let instance: Shared = Arc::new(self.backend.start(&self.spec).await?);
-        let cold = started.elapsed();
-        tracing::info!(function = %self.spec.name, cold_start_ms = cold.as_secs_f64() * 1e3, "instance started");
-        *slot = Some(instance.clone());
-        self.started.store(1, Ordering::Release);
-        Ok((instance, Some(cold)))
+        let slots: Vec<Slot> = std::mem::take(&mut lock(&self.inner.state).slots);
+        self.inner.report(&lock(&self.inner.state));
+        for slot in slots {
+            self.inner.stop(slot, reason).await;
+        }
+    }
+}
+
+impl Inner {
+    /// A lease on a free slot, waiting (and starting instances) as needed,
+    /// until `deadline`.
+    async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, InvokeError> {
+        let timed_out = || InvokeError::Timeout {
+            function: self.spec.name.clone(),
+            timeout: self.spec.limits.timeout(),
+        };
+        let (mut rx, queued_past_max, queue_timeout) = {
+            let mut state = lock(&self.state);
+            if let Some(lease) = self.lease_free(&mut state) {
+                self.report(&state);
+                return Ok(lease);
+            }
+            let at_max = state.slots.len() + state.starting >= state.scaling.max_instances;
+            let coming = state.starting * state.scaling.concurrency;
+            if at_max && state.queue.len() >= coming + state.scaling.queue_size {
+                return Err(InvokeError::QueueFull {
+                    function: self.spec.name.clone(),
+                    detail: format!(
+                        "all {} instances are busy and {} requests are queued",
+                        state.scaling.max_instances,
+                        state.queue.len()
+                    ),
+                });
+            }
+            // Waiting for an instance that is starting (or about to) is a
+            // cold start, bounded by the deadline; waiting because every
+            // instance is busy is queueing, bounded by the queue timeout too.
+            let queued_past_max = at_max && state.queue.len() >= coming;
+            let (tx, rx) = oneshot::channel();
+            state.queue.push_back(Waiter { tx });
+            let queue_timeout = state.scaling.queue_timeout;
+            self.rebalance(state);
+            (rx, queued_past_max, queue_timeout)
+        };
+        let until = if queued_past_max {
+            deadline.min(Instant::now() + queue_timeout)
+        } else {
+            deadline
+        };
+        let gone = || InvokeError::Capacity {
+            function: self.spec.name.clone(),
+            detail: "the function was removed while the request waited".into(),
+        };
+        match tokio::time::timeout_at(until, &mut rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(gone()),
+            Err(_) if until < deadline => Err(InvokeError::Capacity {
+                function: self.spec.name.clone(),
+                detail: format!(
+                    "no instance became free within the queue timeout of {queue_timeout:?}"
+                ),
+            }),
+            // A cold start that overran the deadline usually fails at the
+            // same moment, with a better reason than "timed out".
+            Err(_) => match tokio::time::timeout(Duration::from_millis(100), rx).await {
+                Ok(Ok(Err(start_error))) => Err(start_error),
+                // A lease that arrives now is dropped: the deadline passed.
+                _ => Err(timed_out()),
+            },
+        }
     }
 
-    /// Stops taking part: waits until no request is in flight, then stops
-    /// the instance. Callers remove the pool from routing first.
-    pub async fn retire(&self) {
+    /// Takes a slot of the busiest instance that still has room.
+    fn lease_free(self: &Arc<Self>, state: &mut State) -> Option<Lease> {
+        let slot = state
+            .slots
+            .iter_mut()
+            .filter(|s| s.busy < s.capacity)
+            .max_by_key(|s| (s.busy, s.idle_since))?;
+        slot.busy += 1;
+        let lease = Lease {
+            pool: Arc::downgrade(self),
+            slot: slot.id,
+            instance: slot.instance.clone(),
+            cold: None,
+            armed: true,
+        };
+        state.leased += 1;
+        Some(lease)
+    }
+
+    /// Hands free slots to queued requests, drops waiters that gave up,
+    /// starts the instances the queue (or `min_instances`) needs, fails
+    /// queued requests while cold starts back off, and reports.
+    fn rebalance(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
+        // Free slots go to the front of the queue.
         loop {
-            let idle = self.idle.notified();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
+            state.queue.retain(|w| !w.tx.is_closed());
+            if state.queue.is_empty() {
                 break;
             }
-            idle.await;
-        }
-        if let Some(instance) = self.instance.lock().await.take() {
-            self.started.store(0, Ordering::Release);
-            match Arc::try_unwrap(instance) {
-                Ok(instance) => instance.stop().await,
-                Err(_) => {
-                    tracing::warn!(function = %self.spec.name, "instance still shared at retirement")
+            let Some(slot_index) = state
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.busy < s.capacity)
+                .max_by_key(|(_, s)| (s.busy, s.idle_since))
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let Some(waiter) = state.queue.pop_front() else {
+                break;
+            };
+            let slot = &mut state.slots[slot_index];
+            slot.busy += 1;
+            let lease = Lease {
+                pool: Arc::downgrade(self),
+                slot: slot.id,
+                instance: slot.instance.clone(),
+                cold: slot.cold.clone(),
+                armed: true,
+            };
+            state.leased += 1;
+            if let Err(Ok(mut lease)) = waiter.tx.send(Ok(lease)) {
+                // It gave up just now: undo without re-entering the lock.
+                lease.armed = false;
+                state.leased -= 1;
+                if let Some(slot) = state.slots.iter_mut().find(|s| s.id == lease.slot) {
+                    slot.busy -= 1;
                 }
             }
         }
-    }
-}
 
-struct InFlight<'a>(&'a Pool);
-
-impl<'a> InFlight<'a> {
-    fn enter(pool: &'a Pool) -> Self {
-        pool.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(pool)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        // Start what the queue needs beyond the capacity already coming.
+        let scaling = state.scaling;
+        let mut starts = 0;
+        let now = Instant::now();
+        let backing_off = state.backoff_until.is_some_and(|t| now < t);
+        if !state.retired || !state.queue.is_empty() {
+            while !backing_off
+                && state.queue.len() > state.starting * scaling.concurrency
+                && state.slots.len() + state.starting < scaling.max_instances
+            {
+                state.starting += 1;
+                starts += 1;
+            }
+        }
+        if !state.retired {
+            while !backing_off && state.slots.len() + state.starting < scaling.min_instances {
+                state.starting += 1;
+                starts += 1;
+            }
+        }
+        // While backing off, requests that no coming instance will serve
+        // get the reason now rather than at their deadline.
+        if backing_off && state.slots.is_empty() {
+            let coming = state.starting * scaling.concurrency;
+            while state.queue.len() > coming {
+                let Some(waiter) = state.queue.pop_back() else {
+                    break;
+                };
+                let _ = waiter.tx.send(Err(self.backoff_error(&state, now)));
+            }
+        }
+        self.report(&state);
+        drop(state);
+        for _ in 0..starts {
+            tokio::spawn(self.clone().start_one());
+        }
+        if starts == 0 {
+            self.changed.notify_waiters();
         }
     }
+
+    fn backoff_error(&self, state: &State, now: Instant) -> InvokeError {
+        let retry_in = state
+            .backoff_until
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        let last = state
+            .last_error
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+        InvokeError::Capacity {
+            function: self.spec.name.clone(),
+            detail: format!(
+                "its cold starts keep failing (next try in {retry_in:?}); last error: {last}"
+            ),
+        }
+    }
+
+    /// One cold start, outside any request (a request that gives up does
+    /// not cancel an instance others may need).
+    async fn start_one(self: Arc<Self>) {
+        let started = Instant::now();
+        let result = self.backend.start(&self.spec).await;
+        let total = started.elapsed();
+        let unwanted = match result {
+            Ok(instance) => self.started(Arc::new(instance), total),
+            Err(error) => {
+                self.failed(error);
+                None
+            }
+        };
+        if let Some(instance) = unwanted {
+            self.stop_instance(instance, StopReason::Deleted).await;
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A cold start succeeded; returns the instance if nobody wants it
+    /// any more (the pool was retired meanwhile).
+    fn started(
+        self: &Arc<Self>,
+        instance: Arc<Box<dyn Instance>>,
+        total: Duration,
+    ) -> Option<Arc<Box<dyn Instance>>> {
+        let mut state = lock(&self.state);
+        state.starting -= 1;
+        state.failures = 0;
+        state.backoff_until = None;
+        let cold = ColdStart {
+            total,
+            phases: instance.start_phases(),
+        };
+        tracing::info!(function = %self.spec.name, cold_start_ms = total.as_secs_f64() * 1e3, "instance started");
+        if state.retired && state.queue.is_empty() {
+            return Some(instance);
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let capacity = state.scaling.concurrency.min(instance.concurrency()).max(1);
+        state.slots.push(Slot {
+            id,
+            instance,
+            busy: 0,
+            capacity,
+            idle_since: Instant::now(),
+            cold: Some(cold),
+        });
+        self.rebalance(state);
+        // Later requests to this instance are warm.
+        if let Some(slot) = lock(&self.state).slots.iter_mut().find(|s| s.id == id) {
+            slot.cold = None;
+        }
+        None
+    }
+
+    /// A cold start failed: back off, and fail the requests it was for.
+    fn failed(self: &Arc<Self>, error: StartError) {
+        let mut state = lock(&self.state);
+        state.starting -= 1;
+        state.failures += 1;
+        let exp = state.failures.saturating_sub(1).min(9);
+        let backoff = (Duration::from_millis(100) * 2u32.pow(exp)).min(Duration::from_secs(30));
+        state.backoff_until = Some(Instant::now() + backoff);
+        tracing::warn!(function = %self.spec.name, %error, ?backoff, "cold start failed");
+        let coming = state.starting * state.scaling.concurrency;
+        let free: usize = state.slots.iter().map(|s| s.capacity - s.busy).sum();
+        while state.queue.len() > coming + free {
+            let Some(waiter) = state.queue.pop_front() else {
+                break;
+            };
+            let _ = waiter.tx.send(Err(InvokeError::Start(error.clone())));
+        }
+        state.last_error = Some(error);
+        self.rebalance(state);
+    }
+
+    /// A lease ends.
+    fn release(self: &Arc<Self>, slot_id: u64) {
+        let mut state = lock(&self.state);
+        state.leased -= 1;
+        if let Some(slot) = state.slots.iter_mut().find(|s| s.id == slot_id) {
+            slot.busy -= 1;
+            if slot.busy == 0 {
+                slot.idle_since = Instant::now();
+            }
+        }
+        self.rebalance(state);
+    }
+
+    /// Takes an instance out of service (its handler died); it is freed
+    /// when its last request lets go of it.
+    fn remove(self: &Arc<Self>, slot_id: u64, reason: StopReason) {
+        let mut state = lock(&self.state);
+        let Some(i) = state.slots.iter().position(|s| s.id == slot_id) else {
+            return;
+        };
+        state.slots.remove(i);
+        tracing::info!(function = %self.spec.name, reason = reason.as_str(), "instance removed");
+        self.events.stopped(reason);
+        self.rebalance(state);
+    }
+
+    async fn stop(&self, slot: Slot, reason: StopReason) {
+        self.stop_instance(slot.instance, reason).await;
+    }
+
+    async fn stop_instance(&self, instance: Arc<Box<dyn Instance>>, reason: StopReason) {
+        self.events.stopped(reason);
+        // Still referenced by a request that is finishing, it is dropped
+        // (and its sandbox released) with that request instead.
+        if let Ok(instance) = Arc::try_unwrap(instance) {
+            instance.stop().await;
+        }
+    }
+
+    fn report(&self, state: &State) {
+        let busy = state.slots.iter().filter(|s| s.busy > 0).count();
+        self.events
+            .instances(state.starting, state.slots.len() - busy, busy);
+        self.events.queue_depth(state.queue.len());
+    }
 }
+
+/// Stops instances idle past `idle_timeout` (down to `min_instances`),
+/// while the pool exists.
+async fn reaper(pool: Weak<Inner>) {
+    loop {
+        let (tick, idle) = {
+            let Some(inner) = pool.upgrade() else { return };
+            let mut state = lock(&inner.state);
+            if state.retired {
+                return;
+            }
+            let scaling = state.scaling;
+            let now = Instant::now();
+            let mut idle = Vec::new();
+            // Oldest idle first; never one with a request.
+            state.slots.sort_by_key(|s| (s.busy, s.idle_since));
+            while state.slots.len() > scaling.min_instances {
+                let Some(first) = state.slots.first() else {
+                    break;
+                };
+                let over_max = state.slots.len() > scaling.max_instances;
+                if first.busy > 0
+                    || (!over_max && now.duration_since(first.idle_since) < scaling.idle_timeout)
+                {
+                    break;
+                }
+                idle.push(state.slots.remove(0));
+            }
+            let tick =
+                (scaling.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            inner.rebalance(state);
+            (tick, idle)
+        };
+        if let Some(inner) = pool.upgrade() {
+            for slot in idle {
+                tracing::info!(function = %inner.spec.name, "instance idle: stopping");
+                inner.stop(slot, StopReason::Idle).await;
+            }
+        }
+        tokio::time::sleep(tick).await;
+    }
+}
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

@@ -50,6 +50,146 @@ pub struct FunctionSpec {
     /// How a container function runs; `None` for wasm functions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerOptions>,
+    /// How many instances, how busy, how long idle; unset fields take the
+    /// defaults of the function's kind ([`FunctionSpec::scaling`]).
+    #[serde(default)]
+    pub scaling: ScalingSpec,
+}
+
+/// Scaling settings as the user gave them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// Requests one instance takes at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Requests that may wait for an instance once `max_instances` are busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u32>,
+    /// Longest a request waits in that queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
+}
+
+/// Scaling settings in effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scaling {
+    pub min_instances: usize,
+    pub max_instances: usize,
+    pub concurrency: usize,
+    pub idle_timeout: Duration,
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+}
+
+/// Default idle time before an instance is torn down.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default number of requests that may queue past `max_instances`.
+pub const DEFAULT_QUEUE_SIZE: u32 = 100;
+/// Most instances of one function.
+pub const MAX_INSTANCES: u32 = 1000;
+
+impl ScalingSpec {
+    /// Checks the values against wisp's bounds.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let range =
+            |what: &'static str, value: Option<u64>, lo: u64, hi: u64, text: &'static str| {
+                match value {
+                    Some(v) if v < lo || v > hi => Err(SpecError::OutOfRange {
+                        what,
+                        value: v.to_string(),
+                        range: text,
+                    }),
+                    _ => Ok(()),
+                }
+            };
+        range(
+            "min instances",
+            self.min_instances.map(u64::from),
+            0,
+            u64::from(MAX_INSTANCES),
+            "0..=1000",
+        )?;
+        range(
+            "max instances",
+            self.max_instances.map(u64::from),
+            1,
+            u64::from(MAX_INSTANCES),
+            "1..=1000",
+        )?;
+        range(
+            "concurrency",
+            self.concurrency.map(u64::from),
+            1,
+            10_000,
+            "1..=10000",
+        )?;
+        range(
+            "queue size",
+            self.queue_size.map(u64::from),
+            0,
+            100_000,
+            "0..=100000",
+        )?;
+        range(
+            "idle timeout (ms)",
+            self.idle_timeout_ms,
+            100,
+            86_400_000,
+            "100ms..=24h",
+        )?;
+        range(
+            "queue timeout (ms)",
+            self.queue_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+            "1ms..=15m",
+        )?;
+        if let (Some(min), Some(max)) = (self.min_instances, self.max_instances)
+            && min > max
+        {
+            return Err(SpecError::OutOfRange {
+                what: "min instances",
+                value: min.to_string(),
+                range: "at most max instances",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl FunctionSpec {
+    /// The scaling settings in effect: the user's, else the defaults of the
+    /// function's kind. A wasm instance is compiled code that gives every
+    /// request a fresh store, so one takes many requests at once; a CGI
+    /// container runs one request per instance; an `http` container a few.
+    pub fn scaling(&self) -> Scaling {
+        let s = &self.scaling;
+        let (max, concurrency) = match (self.kind, self.container.as_ref().map(|c| c.protocol)) {
+            (FunctionKind::Container, Some(HandlerProtocol::Cgi)) => (10, 1),
+            (FunctionKind::Container, _) => (10, 8),
+            (FunctionKind::WasmHttp | FunctionKind::WasmCgi, _) => (1, 1000),
+        };
+        let max_instances = s.max_instances.unwrap_or(max).max(1) as usize;
+        Scaling {
+            min_instances: (s.min_instances.unwrap_or(0) as usize).min(max_instances),
+            max_instances,
+            concurrency: s.concurrency.unwrap_or(concurrency).max(1) as usize,
+            idle_timeout: Duration::from_millis(
+                s.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+            ),
+            queue_size: s.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE) as usize,
+            queue_timeout: Duration::from_millis(
+                s.queue_timeout_ms.unwrap_or(self.limits.timeout_ms),
+            ),
+        }
+    }
 }
 
 /// How a container function's image runs.
@@ -471,6 +611,7 @@ mod tests {
             limits: Limits::default(),
             allow_outbound: vec![],
             container: None,
+            scaling: ScalingSpec::default(),
         };
         assert!(!spec.allows_outbound("example.com"));
         spec.allow_outbound = vec!["example.com".into()];

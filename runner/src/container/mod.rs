@@ -49,6 +49,7 @@ use crate::container::plan::{ContainerSettings, IdMap, Protocol};
 use crate::container::proto::{ExitReport, ExitStatus, FromInit, SpawnRequest, ToInit};
 use crate::container::spawner::{Spawner, SpawnerHandle, recv_async, send_async};
 use crate::image::{ImageStore, UnpackOptions};
+use crate::pool::Deadline;
 use crate::spec::{Digest, FunctionKind, FunctionName, FunctionSpec, HandlerProtocol};
 
 /// How long a stopping handler gets between SIGTERM and SIGKILL.
@@ -392,8 +393,16 @@ impl Backend for ContainerBackend {
             )),
             Protocol::Cgi => Handler::Cgi { env: cgi_env },
         };
+        let phase = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
+        let phases = vec![
+            ("sandbox", phase(requested, timings.assigned)),
+            ("rootfs", phase(timings.assigned, timings.rootfs)),
+            ("exec", phase(timings.rootfs, timings.exec)),
+            ("ready", phase(timings.exec, timings.ready)),
+        ];
         Ok(Box::new(ContainerInstance {
             function,
+            phases,
             timeout: spec.limits.timeout(),
             memory_bytes: spec.limits.memory_bytes,
             control,
@@ -739,6 +748,8 @@ enum Handler {
 /// One running container.
 pub struct ContainerInstance {
     function: FunctionName,
+    /// How its start went, by phase.
+    phases: Vec<(&'static str, Duration)>,
     timeout: Duration,
     memory_bytes: u64,
     control: Arc<Control>,
@@ -905,13 +916,17 @@ impl Instance for ContainerInstance {
         if let Some(reason) = self.control.dead_reason() {
             return Err(self.failure(reason));
         }
+        let deadline = req
+            .extensions()
+            .get::<Deadline>()
+            .map_or_else(|| tokio::time::Instant::now() + self.timeout, |d| d.0);
         let work = async {
             match &self.handler {
                 Handler::Http(client) => self.invoke_http(client, req).await,
                 Handler::Cgi { env } => self.invoke_cgi(env, req).await,
             }
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout_at(deadline, work).await {
             Ok(result) => result,
             Err(_) => {
                 // The handler is stuck on this request: replace the sandbox.
@@ -934,6 +949,10 @@ impl Instance for ContainerInstance {
 
     fn is_healthy(&self) -> bool {
         self.control.dead_reason().is_none()
+    }
+
+    fn start_phases(&self) -> Vec<(&'static str, Duration)> {
+        self.phases.clone()
     }
 
     async fn stop(mut self: Box<Self>) {

@@ -123,7 +123,10 @@ impl CgiInstance {
 #[async_trait]
 impl Instance for CgiInstance {
     async fn invoke(&self, req: Request<Body>) -> Result<Response<Body>, InvokeError> {
-        let deadline = Instant::now() + self.spec.limits.timeout();
+        let deadline = req
+            .extensions()
+            .get::<crate::pool::Deadline>()
+            .map_or_else(|| Instant::now() + self.spec.limits.timeout(), |d| d.0);
         let out = self.run(req, deadline).await?;
         let (status, headers, body_start) =
             parse_cgi_response(&out).map_err(|detail| InvokeError::BadResponse {

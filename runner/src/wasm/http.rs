@@ -129,7 +129,10 @@ impl HttpInstance {
 impl Instance for HttpInstance {
     async fn invoke(&self, req: Request<Body>) -> Result<Response<Body>, InvokeError> {
         let spec = &self.spec;
-        let deadline = Instant::now() + spec.limits.timeout();
+        let deadline = req
+            .extensions()
+            .get::<crate::pool::Deadline>()
+            .map_or_else(|| Instant::now() + spec.limits.timeout(), |d| d.0);
         let stdout = TailPipe::default();
         let stderr = TailPipe::default();
         let wasi = wasi_builder(spec)
