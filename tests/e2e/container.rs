@@ -12,7 +12,7 @@ use wisp_e2e::{Wisp, artifacts};
 
 /// A root filesystem with a static busybox, its applets, a file to
 /// overwrite and the CGI probe `/probe.sh`.
-fn busybox_rootfs() -> tempfile::TempDir {
+pub(crate) fn busybox_rootfs() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     for sub in ["bin", "etc", "tmp"] {

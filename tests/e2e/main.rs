@@ -12,4 +12,5 @@ mod control;
 mod faults;
 mod lifecycle;
 mod python;
+mod scaling;
 mod wasm_http;

@@ -1,0 +1,224 @@
+//! The pool's policy with the real backends: scale from zero, shared cold
+//! starts, the queue, idle teardown, pre-warming and live scaling.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use wisp_e2e::{Wisp, artifacts};
+
+use crate::container::busybox_rootfs;
+
+async fn replicas(wisp: &Wisp, name: &str) -> u64 {
+    wisp.client.function(name).await.unwrap().replicas
+}
+
+async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn metrics(wisp: &Wisp) -> String {
+    wisp.invoke("GET", "/metrics", "").await.text()
+}
+
+#[tokio::test]
+async fn a_burst_of_first_requests_shares_the_instances_it_starts() {
+    let wisp = Wisp::start();
+    wisp.deploy_with("ping", artifacts::PING_DOCKER_ARCHIVE, |d| {
+        d.concurrency = Some(4);
+        d.max_instances = Some(10);
+    })
+    .await
+    .unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let client = wisp.client.clone();
+            tokio::spawn(async move {
+                client
+                    .call(
+                        http::Method::GET,
+                        "/function/ping/ping",
+                        Default::default(),
+                        bytes::Bytes::new(),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut cold = 0;
+    for call in calls {
+        let answer = call.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(answer.text(), "pong");
+        if answer.headers["server-timing"]
+            .to_str()
+            .unwrap()
+            .starts_with("cold")
+        {
+            cold += 1;
+        }
+    }
+    let n = replicas(&wisp, "ping").await;
+    assert!(n <= 5, "{n} instances for 20 requests at concurrency 4");
+    assert!(cold >= 1);
+    let text = metrics(&wisp).await;
+    assert!(text.contains(r#"wisp_cold_start_seconds_count{backend="container",function_name="ping",phase="rootfs"}"#), "{text}");
+}
+
+#[tokio::test]
+async fn idle_instances_scale_to_zero_and_come_back_cold() {
+    let wisp = Wisp::start();
+    wisp.deploy_with("hello", artifacts::HELLO, |d| {
+        d.idle_timeout = Some("300ms".into());
+    })
+    .await
+    .unwrap();
+    wisp.deploy_with("ping", artifacts::PING_DOCKER_ARCHIVE, |d| {
+        d.idle_timeout = Some("300ms".into());
+    })
+    .await
+    .unwrap();
+    for (name, path) in [
+        ("hello", "/function/hello/"),
+        ("ping", "/function/ping/ping"),
+    ] {
+        let first = wisp.invoke("GET", path, "").await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert_eq!(replicas(&wisp, name).await, 1);
+        eventually("scale to zero", Duration::from_secs(10), async || {
+            replicas(&wisp, name).await == 0
+        })
+        .await;
+        let again = wisp.invoke("GET", path, "").await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert!(
+            again.headers["server-timing"]
+                .to_str()
+                .unwrap()
+                .starts_with("cold"),
+            "{name} starts again"
+        );
+    }
+    let text = metrics(&wisp).await;
+    assert!(
+        text.contains(r#"wisp_instance_stops_total{function_name="ping",reason="idle"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn min_instances_are_pre_warmed_and_scaling_changes_live() {
+    let wisp = Wisp::start();
+    // OpenFaaS's label sets the minimum.
+    wisp.deploy_with("ping", artifacts::PING_DOCKER_ARCHIVE, |d| {
+        d.labels = Some([("com.openfaas.scale.min".to_owned(), "2".to_owned())].into());
+    })
+    .await
+    .unwrap();
+    eventually(
+        "2 pre-warmed instances",
+        Duration::from_secs(10),
+        async || replicas(&wisp, "ping").await == 2,
+    )
+    .await;
+    let first = wisp.invoke("GET", "/function/ping/ping", "").await;
+    assert_eq!(
+        first.headers["server-timing"], "warm",
+        "the first request finds one"
+    );
+    let status = wisp.client.function("ping").await.unwrap();
+    assert_eq!(status.scaling.min_instances, 2);
+
+    // `wisp scale` changes it live, and it survives a restart.
+    let (ok, out, err) = wisp.cli(&["scale", "ping", "--min", "0", "--idle-timeout", "200ms"]);
+    assert!(ok, "{out}{err}");
+    eventually("scale down to zero", Duration::from_secs(10), async || {
+        replicas(&wisp, "ping").await == 0
+    })
+    .await;
+    // OpenFaaS's scale-function call sets the minimum too.
+    let answer = wisp
+        .client
+        .call(
+            http::Method::POST,
+            "/system/scale-function/ping",
+            [(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", wisp.token).parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+            r#"{"serviceName":"ping","replicas":1}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text());
+    eventually("one instance", Duration::from_secs(10), async || {
+        replicas(&wisp, "ping").await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn past_max_requests_queue_and_a_full_queue_answers_429() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    std::fs::write(
+        rootfs.path().join("slow.sh"),
+        "#!/bin/sh\nsleep 1\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow\\n'\n",
+    )
+    .unwrap();
+    let (ok, out, err) = wisp.cli(&[
+        "deploy",
+        "slow",
+        "--rootfs",
+        rootfs.path().to_str().unwrap(),
+        "--protocol",
+        "cgi",
+        "--max",
+        "1",
+        "--concurrency",
+        "1",
+        "--queue-size",
+        "1",
+        "--cmd",
+        "/bin/sh",
+        "/slow.sh",
+    ]);
+    assert!(ok, "{out}{err}");
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let client = wisp.client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100 * i)).await;
+                client
+                    .call(
+                        http::Method::GET,
+                        "/function/slow/",
+                        Default::default(),
+                        bytes::Bytes::new(),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        let answer = call.await.unwrap();
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(answer.headers["retry-after"], "1");
+        }
+        statuses.push(answer.status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "one runs, one queues, one is refused"
+    );
+}
