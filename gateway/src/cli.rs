@@ -49,6 +49,8 @@ pub enum Command {
     Ls(ConnectArgs),
     /// Remove a function.
     Rm(RmArgs),
+    /// Print a function's output (stdout and stderr of its handlers).
+    Logs(LogsArgs),
     /// Change a function's scaling settings (live).
     Scale(ScaleArgs),
     /// List container images, their layers and sizes, and the functions using them.
@@ -174,6 +176,20 @@ pub struct ScalingArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Function name.
+    pub name: String,
+    /// Keep printing new lines as they are written.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines kept.
+    #[arg(long)]
+    pub tail: Option<usize>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ScaleArgs {
     /// Function name.
     pub name: String,
@@ -269,6 +285,7 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
         Command::Invoke(args) => invoke(args).await,
         Command::Ls(args) => ls(args).await,
         Command::Images(args) => images(args).await,
+        Command::Logs(args) => logs(args).await,
         Command::Scale(args) => {
             let s = &args.scaling;
             let request = crate::api::ScaleRequest {
@@ -484,6 +501,57 @@ async fn ls(args: ConnectArgs) -> anyhow::Result<()> {
             f.invocation_count,
             f.replicas
         )?;
+    }
+    Ok(())
+}
+
+async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let client = connect(&args.connect)?;
+    let mut query = format!("/system/logs?name={}", args.name);
+    if let Some(tail) = args.tail {
+        query.push_str(&format!("&tail={tail}"));
+    }
+    if args.follow {
+        query.push_str("&follow=true");
+    }
+    let response = client
+        .send(
+            Method::GET,
+            &query,
+            HeaderMap::new(),
+            wisp_runner::backend::empty_body(),
+        )
+        .await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        bail!("{status}: {}", String::from_utf8_lossy(&bytes).trim());
+    }
+    let mut pending = Vec::new();
+    let mut out = std::io::stdout().lock();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the log stream")?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            match serde_json::from_slice::<wisp_runner::logs::LogLine>(&line) {
+                Ok(l) => writeln!(
+                    out,
+                    "{} {} {}: {}",
+                    l.timestamp, l.instance, l.stream, l.text
+                )?,
+                Err(_) => out.write_all(&line)?,
+            }
+            out.flush()?;
+        }
     }
     Ok(())
 }

@@ -62,6 +62,8 @@ impl App {
             }
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
+            (Route::Logs, Method::GET) => self.logs(req.uri().query().unwrap_or("")),
+            (Route::Logs, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::ScaleFunction(name), Method::POST) => {
                 let request: ScaleRequest = read_json(req).await?;
@@ -133,8 +135,81 @@ impl App {
             tokio::spawn(async move { old.pool.retire(StopReason::Deleted).await });
         }
         self.metrics.forget(name);
+        self.logs.remove(name);
         tracing::info!(function = %name, "deleted");
         Ok(text(StatusCode::OK, format!("deleted {name}\n")))
+    }
+
+    /// `GET /system/logs?name=&tail=&follow=`: the function's kept output
+    /// as NDJSON, then (with `follow`) new lines as they are written.
+    fn logs(&self, query: &str) -> Result<Response<Body>, GatewayError> {
+        let mut name = None;
+        let mut tail = None;
+        let mut follow = false;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "name" => name = Some(value.to_owned()),
+                "tail" => {
+                    tail = Some(value.parse::<usize>().map_err(|_| {
+                        GatewayError::BadRequest(format!("tail={value:?} is not a number"))
+                    })?)
+                }
+                "follow" => follow = matches!(value, "" | "true" | "1"),
+                "namespace" | "since" | "instance" => {}
+                other => {
+                    return Err(GatewayError::BadRequest(format!(
+                        "unknown log parameter {other:?}"
+                    )));
+                }
+            }
+        }
+        let name = name.ok_or_else(|| GatewayError::BadRequest("name= is required".into()))?;
+        if !self.functions.contains_key(&name) {
+            return Err(GatewayError::UnknownFunction(name));
+        }
+        // Subscribe first, so no line falls between the tail and the follow.
+        let live = follow.then(|| self.logs.follow(&name));
+        let kept = self
+            .logs
+            .tail(&name, tail)
+            .map_err(|e| GatewayError::BadRequest(format!("reading the log: {e}")))?;
+        let mut head = Vec::new();
+        for line in &kept {
+            if let Ok(json) = serde_json::to_vec(line) {
+                head.extend_from_slice(&json);
+                head.push(b'\n');
+            }
+        }
+        let body = match live {
+            None => full_body(head),
+            Some(rx) => {
+                let first = futures::stream::once(async move { bytes::Bytes::from(head) });
+                let rest = futures::stream::unfold(rx, |mut rx| async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(line) => {
+                                let mut json = serde_json::to_vec(&line).unwrap_or_default();
+                                json.push(b'\n');
+                                return Some((bytes::Bytes::from(json), rx));
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                });
+                let frames = first
+                    .chain(rest)
+                    .map(|b| Ok::<_, wisp_runner::backend::BodyError>(http_body::Frame::data(b)));
+                http_body_util::StreamBody::new(frames).boxed_unsync()
+            }
+        };
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        Ok(response)
     }
 
     /// Changes a function's scaling settings live (and in the registry).

@@ -16,6 +16,8 @@ pub enum Route<'a> {
     Artifacts,
     /// `/system/images`
     Images,
+    /// `/system/logs`
+    Logs,
     /// `/system/scale-function/{name}`
     ScaleFunction(&'a str),
     /// `/system/images/prune`
@@ -40,6 +42,7 @@ pub fn route(path: &str) -> Route<'_> {
         "/system/functions" => return Route::Functions,
         "/system/artifacts" => return Route::Artifacts,
         "/system/images" => return Route::Images,
+        "/system/logs" => return Route::Logs,
         "/system/images/prune" => return Route::PruneImages,
         _ => {}
     }

@@ -69,6 +69,7 @@ pub struct App {
     pub(crate) registry: Registry,
     pub(crate) artifacts: ArtifactStore,
     pub(crate) images: wisp_runner::image::ImageStore,
+    pub(crate) logs: Arc<wisp_runner::logs::LogStore>,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) functions: DashMap<String, Arc<Function>>,
     pub(crate) token: String,
@@ -107,6 +108,14 @@ impl App {
         )
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
         let images = container.images().clone();
+        let logs = Arc::new(
+            wisp_runner::logs::LogStore::open(
+                config.data_dir.join("logs"),
+                wisp_runner::logs::DEFAULT_MAX_BYTES,
+            )
+            .with_context(|| format!("opening the log store in {}", config.data_dir.display()))?,
+        );
+        wisp_runner::logs::install(logs.clone());
         let backend: Arc<dyn Backend> = Arc::new(Backends {
             artifacts: artifacts.clone(),
             wasm: Arc::new(wasm),
@@ -133,6 +142,7 @@ impl App {
             registry,
             artifacts,
             images,
+            logs,
             backend,
             functions,
             token: token.clone(),

@@ -11,6 +11,7 @@ pub mod body;
 pub mod container;
 pub mod dispatch;
 pub mod image;
+pub mod logs;
 pub mod pool;
 pub mod spec;
 pub mod wasm;

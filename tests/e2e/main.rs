@@ -11,6 +11,7 @@ mod container;
 mod control;
 mod faults;
 mod lifecycle;
+mod logs;
 mod python;
 mod scaling;
 mod wasm_http;

@@ -341,7 +341,7 @@ impl Backend for ContainerBackend {
         .await
         .map_err(|e| sandbox_err(format!("the sandbox went away: {e}")))?;
         let timeout = spec.limits.timeout().min(MAX_START);
-        let first = tokio::time::timeout(timeout, wait_ready(&function, &control))
+        let first = tokio::time::timeout(timeout, wait_ready(&function, pid, &control))
             .await
             .map_err(|_| {
                 if let Protocol::Http { port } = protocol {
@@ -384,7 +384,7 @@ impl Backend for ContainerBackend {
             total_ms = ms(requested, proto::monotonic_ns()),
             "container started"
         );
-        let control = Control::start(function.clone(), control, first_conn);
+        let control = Control::start(function.clone(), pid, control, first_conn);
         let handler = match protocol {
             Protocol::Http { .. } => Handler::Http(Box::new(
                 Client::builder(TokioExecutor::new())
@@ -491,6 +491,7 @@ enum Failure {
 /// Reads init's messages until it reports ready (or fails).
 async fn wait_ready(
     function: &FunctionName,
+    pid: i32,
     control: &AsyncFd<OwnedFd>,
 ) -> Result<(proto::Timings, Option<OwnedFd>), Failure> {
     let mut buf = Vec::new();
@@ -504,17 +505,20 @@ async fn wait_ready(
                 return Err(Failure::Setup(format!("{stage}: {error}")));
             }
             FromInit::Exited(report) => return Err(Failure::Exited(report)),
-            FromInit::Output { stream, text } => log_output(function, stream, &text),
+            FromInit::Output { stream, text } => log_output(function, pid, stream, &text),
             _ => {}
         }
     }
 }
 
-fn log_output(function: &FunctionName, stream: u8, text: &str) {
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let stream = if stream == 1 { "stdout" } else { "stderr" };
-        tracing::info!(target: "wisp::function", function = %function, stream, "{line}");
-    }
+fn log_output(function: &FunctionName, instance: i32, stream: u8, text: &str) {
+    let stream = if stream == 1 { "stdout" } else { "stderr" };
+    crate::logs::record(
+        function.as_str(),
+        &format!("container-{instance}"),
+        stream,
+        text,
+    );
 }
 
 /// Removes the cgroup when dropped (after the sandbox's processes).
@@ -586,6 +590,8 @@ impl Drop for Sandbox {
 /// init's messages and hands each to whoever waits for it.
 struct Control {
     function: FunctionName,
+    /// Host pid of the sandbox's init (names the instance in logs).
+    pid: i32,
     fd: AsyncFd<OwnedFd>,
     /// Serialises `Connect` requests with their FIFO of waiters.
     connect: tokio::sync::Mutex<()>,
@@ -599,11 +605,13 @@ struct Control {
 impl Control {
     fn start(
         function: FunctionName,
+        pid: i32,
         fd: AsyncFd<OwnedFd>,
         first_conn: Option<OwnedFd>,
     ) -> Arc<Control> {
         let control = Arc::new(Control {
             function,
+            pid,
             fd,
             connect: tokio::sync::Mutex::new(()),
             connects: Mutex::new(VecDeque::new()),
@@ -645,7 +653,9 @@ impl Control {
                         let _ = waiter.send(Err(error));
                     }
                 }
-                FromInit::Output { stream, text } => log_output(&self.function, stream, &text),
+                FromInit::Output { stream, text } => {
+                    log_output(&self.function, self.pid, stream, &text)
+                }
                 FromInit::Exited(report) => {
                     tracing::warn!(function = %self.function, status = %report.status, stderr = %report.stderr_tail, "handler exited");
                     break format!(
@@ -881,7 +891,7 @@ impl ContainerInstance {
         let err = err.unwrap_or_default();
         let err_text = String::from_utf8_lossy(&err);
         if !err_text.trim().is_empty() {
-            log_output(&function, 2, &err_text);
+            log_output(&function, self.control.pid, 2, &err_text);
         }
         let status = status.map_err(|e| self.failure(e))?;
         let killed = matches!(status, ExitStatus::Signal(_));

@@ -147,10 +147,7 @@ impl TailPipe {
 
     /// Logs what the guest wrote, one event per line.
     pub fn log(&self, spec: &FunctionSpec, stream: &'static str) {
-        let text = self.contents();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            tracing::info!(target: "wisp::guest", function = %spec.name, stream, "{line}");
-        }
+        crate::logs::record(spec.name.as_str(), "wasm", stream, &self.contents());
     }
 }
 

@@ -1,0 +1,260 @@
+//! Handler output, kept per function: what wasm guests and container
+//! handlers write to stdout and stderr, one JSON object per line (the
+//! shape OpenFaaS's `/system/logs` streams), in a bounded ring on disk —
+//! `<dir>/<function>.ndjson`, rotated to `<function>.ndjson.1` when it
+//! passes its size cap, so each function keeps between one and two caps of
+//! its latest output — and broadcast to followers.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Default cap of one log file.
+pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
+/// Longest line kept (longer ones are cut).
+const MAX_LINE: usize = 16 * 1024;
+
+/// One line of output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub name: String,
+    pub namespace: String,
+    /// Which instance wrote it (a backend-chosen id).
+    pub instance: String,
+    /// RFC 3339, UTC, with milliseconds.
+    pub timestamp: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub text: String,
+}
+
+pub struct LogStore {
+    dir: PathBuf,
+    max_bytes: u64,
+    functions: Mutex<HashMap<String, Arc<FunctionLog>>>,
+}
+
+struct FunctionLog {
+    file: Mutex<Option<(File, u64)>>,
+    tx: broadcast::Sender<LogLine>,
+}
+
+impl LogStore {
+    pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> io::Result<LogStore> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(LogStore {
+            dir,
+            max_bytes: max_bytes.max(1024),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn function(&self, name: &str) -> Arc<FunctionLog> {
+        let mut functions = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        functions
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(FunctionLog {
+                    file: Mutex::new(None),
+                    tx: broadcast::channel(1024).0,
+                })
+            })
+            .clone()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.ndjson"))
+    }
+
+    /// Appends each line of `text` that `function`'s `instance` wrote on
+    /// `stream`. Errors are logged, never returned: output must not fail a
+    /// request.
+    pub fn append(&self, function: &str, instance: &str, stream: &str, text: &str) {
+        let log = self.function(function);
+        let timestamp = now_rfc3339();
+        let mut file = log.file.lock().unwrap_or_else(PoisonError::into_inner);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut cut = line.len().min(MAX_LINE);
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let entry = LogLine {
+                name: function.to_owned(),
+                namespace: "openfaas-fn".to_owned(),
+                instance: instance.to_owned(),
+                timestamp: timestamp.clone(),
+                stream: stream.to_owned(),
+                text: line[..cut].to_owned(),
+            };
+            if let Err(e) = self.write(&mut file, function, &entry) {
+                tracing::warn!(function, error = %e, "writing the function's log failed");
+            }
+            let _ = log.tx.send(entry);
+        }
+    }
+
+    fn write(
+        &self,
+        file: &mut Option<(File, u64)>,
+        function: &str,
+        entry: &LogLine,
+    ) -> io::Result<()> {
+        let path = self.path(function);
+        if file.is_none() {
+            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            let size = f.metadata()?.len();
+            *file = Some((f, size));
+        }
+        let mut bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        if let Some((_, size)) = file.as_ref()
+            && *size + bytes.len() as u64 > self.max_bytes
+        {
+            fs::rename(&path, rotated(&path))?;
+            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            *file = Some((f, 0));
+        }
+        if let Some((f, size)) = file.as_mut() {
+            f.write_all(&bytes)?;
+            *size += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The last `tail` lines (all kept lines if `None`), oldest first.
+    pub fn tail(&self, function: &str, tail: Option<usize>) -> io::Result<Vec<LogLine>> {
+        let path = self.path(function);
+        let mut lines = Vec::new();
+        for file in [rotated(&path), path] {
+            match File::open(&file) {
+                Ok(f) => {
+                    for line in BufReader::new(f).lines() {
+                        if let Ok(entry) = serde_json::from_str::<LogLine>(&line?) {
+                            lines.push(entry);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(n) = tail {
+            let skip = lines.len().saturating_sub(n);
+            lines.drain(..skip);
+        }
+        Ok(lines)
+    }
+
+    /// New lines of `function` as they are written.
+    pub fn follow(&self, function: &str) -> broadcast::Receiver<LogLine> {
+        self.function(function).tx.subscribe()
+    }
+
+    /// Deletes a function's log (when the function is deleted).
+    pub fn remove(&self, function: &str) {
+        self.functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(function);
+        let path = self.path(function);
+        let _ = fs::remove_file(rotated(&path));
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// The server's log store, installed once at start. Backends write
+/// handler output through [`record`] rather than holding the store, so that
+/// every place that captures output (wasm pipes, container init messages)
+/// reaches it without plumbing; with none installed (unit tests), output
+/// goes only to the server's own log.
+static STORE: std::sync::OnceLock<Arc<LogStore>> = std::sync::OnceLock::new();
+
+/// Installs the store [`record`] writes to; the first call wins.
+pub fn install(store: Arc<LogStore>) {
+    let _ = STORE.set(store);
+}
+
+/// Records handler output (see [`LogStore::append`]) and mirrors it to the
+/// server's log at debug level.
+pub fn record(function: &str, instance: &str, stream: &str, text: &str) {
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        tracing::debug!(target: "wisp::function", function, instance, stream, "{line}");
+    }
+    if let Some(store) = STORE.get() {
+        store.append(function, instance, stream, text);
+    }
+}
+
+fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+fn now_rfc3339() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_kept_rotated_and_tailed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), 4096).unwrap();
+        let mut rx = store.follow("f");
+        store.append("f", "i1", "stderr", "first\n\nsecond\n");
+        assert_eq!(rx.try_recv().unwrap().text, "first");
+        let tail = store.tail("f", Some(1)).unwrap();
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].text, "second");
+        assert_eq!(tail[0].stream, "stderr");
+        for i in 0..200 {
+            store.append("f", "i1", "stdout", &format!("line {i}"));
+        }
+        let all = store.tail("f", None).unwrap();
+        assert!(all.len() < 200, "bounded: {}", all.len());
+        assert_eq!(all.last().unwrap().text, "line 199");
+        let on_disk: u64 = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(on_disk <= 2 * 4096, "{on_disk} bytes");
+        store.remove("f");
+        assert!(store.tail("f", None).unwrap().is_empty());
+    }
+}
