@@ -22,12 +22,18 @@ if ! command -v componentize-py >/dev/null 2>&1; then
   hash -r
 fi
 # The end-to-end tests build container root filesystems from a static
-# busybox (Debian's busybox-static).
-if [ ! -x /bin/busybox ] || ! file -L /bin/busybox 2>/dev/null | grep -q "statically linked"; then
+# busybox (Debian's busybox-static) and scrape wisp with a real Prometheus.
+need_debs=()
+if [ ! -x /bin/busybox ] || ! /bin/busybox ls /proc/self/ >/dev/null 2>&1 || ldd /bin/busybox >/dev/null 2>&1; then
+  need_debs+=(busybox-static)
+fi
+command -v prometheus >/dev/null 2>&1 || need_debs+=(prometheus)
+if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: apt-get install busybox-static"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static file >/dev/null
+    echo "setup: apt-get install ${need_debs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
   else
-    echo "setup: warning: static busybox missing (apt-get install busybox-static); container isolation tests will fail" >&2
+    echo "setup: warning: missing ${need_debs[*]} (apt-get install them as root); some end-to-end tests will fail" >&2
   fi
 fi

@@ -21,6 +21,19 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Every metric family wisp declares. A unit test checks that it matches
+/// what is registered; the end-to-end suite checks that each one moves.
+pub const DECLARED: &[&str] = &[
+    "gateway_function_invocation_total",
+    "gateway_functions_seconds",
+    "gateway_service_count",
+    "wisp_requests_in_flight",
+    "wisp_cold_start_seconds",
+    "wisp_instances",
+    "wisp_queue_depth",
+    "wisp_instance_stops_total",
+];
+
 pub struct Metrics {
     registry: Registry,
     invocations: IntCounterVec,
@@ -285,6 +298,19 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} in {text}");
         }
+        let mut registered: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        registered.sort();
+        let mut declared: Vec<String> = DECLARED.iter().map(|s| (*s).to_owned()).collect();
+        declared.sort();
+        assert_eq!(
+            registered, declared,
+            "DECLARED lists every registered family"
+        );
         m.forget("hello");
         let text = String::from_utf8(m.render()).unwrap();
         assert!(!text.contains("gateway_service_count{"));

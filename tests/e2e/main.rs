@@ -12,6 +12,7 @@ mod control;
 mod faults;
 mod lifecycle;
 mod logs;
+mod metrics;
 mod python;
 mod scaling;
 mod wasm_http;
