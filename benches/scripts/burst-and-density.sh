@@ -21,6 +21,8 @@ server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir" "$dir.log"' EXIT
 until curl -fs "$WISP_GATEWAY/healthz" >/dev/null; do sleep 0.01; done
 rss() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
+# Unique set size: pages only this process holds (what killing it frees).
+uss() { awk '/^Private_(Clean|Dirty):/{s+=$2} END{print s}' "/proc/$1/smaps_rollup"; }
 
 "$wisp" deploy ping --image "$(artifacts ping-docker)" >/dev/null
 "$wisp" deploy hello "$(artifacts hello)" >/dev/null
@@ -39,10 +41,13 @@ for d in $cg; do
   comms=$(for p in $procs; do cat /proc/$p/comm; done | tr '\n' ' ')
   case "$comms" in *ping*) ;; *) continue ;; esac
   usage=$(cat "$d/memory.usage_in_bytes" 2>/dev/null || cat "$d/memory.current")
-  total=0; for p in $procs; do total=$((total + $(rss "$p"))); done
-  handler=0; for p in $procs; do [ "$(cat /proc/$p/comm)" = ping ] && handler=$(rss "$p"); done
+  handler=0; init_uss=0; init_rss=0
+  for p in $procs; do
+    if [ "$(cat /proc/$p/comm)" = ping ]; then handler=$(rss "$p"); else init_uss=$(uss "$p"); init_rss=$(rss "$p"); fi
+  done
   echo "processes: $comms"
-  echo "cgroup memory charged: $((usage / 1024)) KiB; RSS of init + handler: $total KiB (handler $handler KiB, so $((total - handler)) KiB beyond it)"
+  echo "cgroup memory charged: $((usage / 1024)) KiB (handler, init, scratch tmpfs, kernel objects)"
+  echo "handler RSS $handler KiB; init: $init_uss KiB unique ($init_rss KiB RSS, the rest shared copy-on-write with the spawner)"
   break
 done
 

@@ -63,7 +63,16 @@ async fn main() -> std::process::ExitCode {
     };
     let statuses: Vec<String> = statuses
         .iter()
-        .map(|(s, c)| format!("{}: {c}", if *s == 0 { "error".to_owned() } else { s.to_string() }))
+        .map(|(s, c)| {
+            format!(
+                "{}: {c}",
+                if *s == 0 {
+                    "error".to_owned()
+                } else {
+                    s.to_string()
+                }
+            )
+        })
         .collect();
     println!(
         "{n} concurrent requests: {}; p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",

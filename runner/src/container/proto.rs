@@ -167,14 +167,23 @@ pub fn send<T: Serialize>(
 }
 
 /// Receives one message and the descriptors that came with it. `buf` is
-/// grown to [`MAX_PACKET`] once and reused.
+/// sized to the message (peeked first), so idle processes keep no
+/// megabyte buffers.
 pub fn recv<T: for<'de> Deserialize<'de>>(
     sock: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
 ) -> Result<(T, Vec<OwnedFd>), ProtoError> {
-    if buf.len() < MAX_PACKET {
-        buf.resize(MAX_PACKET, 0);
+    // SOCK_SEQPACKET with MSG_TRUNC reports the packet's real length.
+    let len = socket::recv(
+        sock.as_raw_fd(),
+        &mut [],
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+    )?;
+    if len > MAX_PACKET {
+        return Err(ProtoError::TooLarge(len));
     }
+    buf.clear();
+    buf.resize(len.max(1), 0);
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (len, fds) = {
         let mut iov = [std::io::IoSliceMut::new(buf)];
