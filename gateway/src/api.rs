@@ -87,6 +87,10 @@ pub struct FunctionDeployment {
     /// wisp: longest wait in that queue, e.g. `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<String>,
+    /// wisp, wasi:http components: requests one wasm instance serves
+    /// (default 1: a fresh instance per request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +340,17 @@ impl FunctionDeployment {
         draft: FunctionSpec,
         prepared: Prepared,
     ) -> Result<FunctionSpec, DeploymentError> {
+        if self.instance_reuse.is_some_and(|n| n > 1) && prepared.kind != FunctionKind::WasmHttp {
+            return Err(DeploymentError::Spec(SpecError::OutOfRange {
+                what: "instanceReuse",
+                value: format!(
+                    "{} for a {} function",
+                    self.instance_reuse.unwrap_or(1),
+                    prepared.kind.as_str()
+                ),
+                range: "only wasi:http components reuse instances",
+            }));
+        }
         let container = match (prepared.kind, prepared.image) {
             (FunctionKind::Container, Some(image)) => Some(ContainerOptions {
                 image,
@@ -404,6 +419,7 @@ impl FunctionDeployment {
             idle_timeout_ms: millis("idle timeout", &self.idle_timeout)?,
             queue_size: self.queue_size,
             queue_timeout_ms: millis("queue timeout", &self.queue_timeout)?,
+            instance_reuse: self.instance_reuse,
         };
         scaling.validate()?;
         Ok(scaling)

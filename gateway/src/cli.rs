@@ -130,6 +130,10 @@ pub struct DeployArgs {
     pub cpu: Option<String>,
     #[command(flatten)]
     pub scaling: ScalingArgs,
+    /// wasi:http components: requests one wasm instance serves before a
+    /// fresh one is made (like `wasmtime serve --max-instance-reuse-count`) [default: 1].
+    #[arg(long)]
+    pub instance_reuse: Option<u32>,
     /// Environment variable for the function, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -386,6 +390,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         idle_timeout: args.scaling.idle_timeout.clone(),
         queue_size: args.scaling.queue_size,
         queue_timeout: args.scaling.queue_timeout.clone(),
+        instance_reuse: args.instance_reuse,
         timeout: args.timeout,
         max_body_size: args.max_body,
         allow_outbound: (!args.allow_outbound.is_empty()).then_some(args.allow_outbound),

@@ -75,6 +75,11 @@ pub struct ScalingSpec {
     /// Longest a request waits in that queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_ms: Option<u64>,
+    /// wasi:http components: requests one wasm instance (store) serves
+    /// before it is dropped, as `wasmtime serve --max-instance-reuse-count`;
+    /// unset or 1 = a fresh instance per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
 }
 
 /// Scaling settings in effect.

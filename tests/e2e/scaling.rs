@@ -222,3 +222,58 @@ async fn past_max_requests_queue_and_a_full_queue_answers_429() {
         "one runs, one queues, one is refused"
     );
 }
+
+#[tokio::test]
+async fn wasm_instances_are_fresh_per_request_unless_reuse_is_asked_for() {
+    let wisp = Wisp::start();
+    wisp.deploy("fresh", artifacts::MISBEHAVE).await;
+    wisp.deploy_with("reused", artifacts::MISBEHAVE, |d| {
+        d.instance_reuse = Some(3);
+    })
+    .await
+    .unwrap();
+    let mut fresh = Vec::new();
+    let mut reused = Vec::new();
+    for _ in 0..6 {
+        fresh.push(wisp.invoke("GET", "/function/fresh/count", "").await.text());
+        reused.push(
+            wisp.invoke("GET", "/function/reused/count", "")
+                .await
+                .text(),
+        );
+    }
+    assert!(
+        fresh.iter().all(|c| c == "1\n"),
+        "no state survives: {fresh:?}"
+    );
+    assert_eq!(
+        reused,
+        ["1\n", "2\n", "3\n", "1\n", "2\n", "3\n"],
+        "3 requests per instance"
+    );
+
+    // A trap ends a reused instance: the trap takes the idle instance (its
+    // count at 1) and the next request gets a fresh one.
+    assert_eq!(
+        wisp.invoke("GET", "/function/reused/count", "")
+            .await
+            .text(),
+        "1\n"
+    );
+    let trapped = wisp.invoke("GET", "/function/reused/trap", "").await;
+    assert_eq!(trapped.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        wisp.invoke("GET", "/function/reused/count", "")
+            .await
+            .text(),
+        "1\n"
+    );
+
+    // Only wasi:http components reuse instances.
+    let err = wisp
+        .deploy_with("cgi", artifacts::CGI_ECHO, |d| d.instance_reuse = Some(2))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("400"), "{err}");
+}

@@ -128,6 +128,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
                 respond(out, 200, &[b"wrote to stderr\n"], 0);
             }
             "/silent" => drop(out),
+            "/count" => {
+                // Global state: 1 on every request with a fresh instance,
+                // 1, 2, … while an instance is reused.
+                static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                respond(out, 200, &[format!("{n}\n").as_bytes()], 0);
+            }
             "/headers" => {
                 let mut text = String::new();
                 for (name, value) in request.headers().entries() {

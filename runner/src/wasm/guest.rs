@@ -145,9 +145,11 @@ impl TailPipe {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Logs what the guest wrote, one event per line.
+    /// Logs what the guest wrote, one event per line, and forgets it (a
+    /// reused instance logs each request's output once).
     pub fn log(&self, spec: &FunctionSpec, stream: &'static str) {
         crate::logs::record(spec.name.as_str(), "wasm", stream, &self.contents());
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
@@ -105,10 +105,26 @@ impl WasiHttpHooks for OutboundPolicy {
 }
 
 /// A pre-linked `wasi:http/proxy` component; each request instantiates it
-/// into a fresh store.
+/// into a fresh store, unless the function opted in to reusing instances
+/// (`instance_reuse` = N): then a store whose handler returned cleanly goes
+/// back to an idle list and serves up to N requests, as
+/// `wasmtime serve --max-instance-reuse-count` does. A store that trapped,
+/// timed out or hit its memory cap is never reused.
 pub struct HttpInstance {
     pre: ProxyPre<HttpState>,
     spec: Arc<FunctionSpec>,
+    reuse: u32,
+    idle: Arc<std::sync::Mutex<Vec<Warm>>>,
+}
+
+/// An instantiated store waiting for its next request.
+struct Warm {
+    store: Store<HttpState>,
+    proxy: Proxy,
+    uses: u32,
+    stdout: TailPipe,
+    stderr: TailPipe,
+    memory_hit: Arc<AtomicBool>,
 }
 
 pub type HttpPre = ProxyPre<HttpState>;
@@ -121,18 +137,43 @@ pub fn pre(linker: &HttpLinker, component: &Component) -> wasmtime::Result<HttpP
 
 impl HttpInstance {
     pub fn new(pre: HttpPre, spec: Arc<FunctionSpec>) -> Self {
-        HttpInstance { pre, spec }
+        let reuse = spec.scaling.instance_reuse.unwrap_or(1).max(1);
+        HttpInstance {
+            pre,
+            spec,
+            reuse,
+            idle: Arc::new(std::sync::Mutex::new(Vec::new())),
+        }
     }
-}
 
-#[async_trait]
-impl Instance for HttpInstance {
-    async fn invoke(&self, req: Request<Body>) -> Result<Response<Body>, InvokeError> {
+    /// A store with a reused instance if one is idle, else a fresh store.
+    fn store(
+        &self,
+    ) -> (
+        Store<HttpState>,
+        Option<Proxy>,
+        u32,
+        TailPipe,
+        TailPipe,
+        Arc<AtomicBool>,
+    ) {
+        if self.reuse > 1
+            && let Some(warm) = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop()
+        {
+            return (
+                warm.store,
+                Some(warm.proxy),
+                warm.uses,
+                warm.stdout,
+                warm.stderr,
+                warm.memory_hit,
+            );
+        }
         let spec = &self.spec;
-        let deadline = req
-            .extensions()
-            .get::<crate::pool::Deadline>()
-            .map_or_else(|| Instant::now() + spec.limits.timeout(), |d| d.0);
         let stdout = TailPipe::default();
         let stderr = TailPipe::default();
         let wasi = wasi_builder(spec)
@@ -151,6 +192,19 @@ impl Instance for HttpInstance {
             },
         );
         store.limiter(|state| &mut state.memory);
+        (store, None, 0, stdout, stderr, memory_hit)
+    }
+}
+
+#[async_trait]
+impl Instance for HttpInstance {
+    async fn invoke(&self, req: Request<Body>) -> Result<Response<Body>, InvokeError> {
+        let spec = &self.spec;
+        let deadline = req
+            .extensions()
+            .get::<crate::pool::Deadline>()
+            .map_or_else(|| Instant::now() + spec.limits.timeout(), |d| d.0);
+        let (mut store, proxy, uses, stdout, stderr, memory_hit) = self.store();
         arm_deadline(&mut store, deadline);
 
         let req = req.map(|body| body.map_err(body_error_to_wasi));
@@ -180,18 +234,38 @@ impl Instance for HttpInstance {
         let pre = self.pre.clone();
         let task_spec = spec.clone();
         let task_memory_hit = memory_hit.clone();
+        let (reuse, idle) = (self.reuse, self.idle.clone());
         let guest = tokio::spawn(async move {
             let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
-                    .await
+                    .await?;
+                Ok::<_, wasmtime::Error>(proxy)
             }
             .await;
             stdout.log(&task_spec, "stdout");
             stderr.log(&task_spec, "stderr");
             match result {
+                Ok(proxy) => {
+                    if uses + 1 < reuse && !task_memory_hit.load(Ordering::Acquire) {
+                        idle.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(Warm {
+                                store,
+                                proxy,
+                                uses: uses + 1,
+                                stdout,
+                                stderr,
+                                memory_hit: task_memory_hit,
+                            });
+                    }
+                    Ok(())
+                }
                 Err(e) if responded.load(Ordering::Acquire) => {
                     // The caller already has the status line; all we can do
                     // is cut the body short (the guest's body stream errors)
@@ -200,7 +274,7 @@ impl Instance for HttpInstance {
                     tracing::warn!(function = %task_spec.name, error = %error, detail = ?e, "guest failed after responding");
                     Ok(())
                 }
-                other => other,
+                Err(e) => Err(e),
             }
         });
 
