@@ -231,6 +231,21 @@ impl Wisp {
         }
     }
 
+    /// Runs the `wisp` CLI against a gateway address nothing listens on.
+    pub fn cli_unreachable(args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(wisp_bin())
+            .args(args)
+            .env("WISP_GATEWAY", "http://127.0.0.1:9")
+            .env("WISP_TOKEN", "x")
+            .output()
+            .expect("run wisp");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Runs the `wisp` CLI against this server; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(wisp_bin())

@@ -140,6 +140,15 @@ pub struct FunctionStatus {
     /// wisp: the scaling settings in effect.
     #[serde(default)]
     pub scaling: ScalingStatus,
+    /// wisp, container functions: the port an `http` handler listens on, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// wisp, container functions: the command replacing Entrypoint+Cmd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// wisp, wasi:http functions: requests per wasm instance, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,6 +486,13 @@ impl FunctionStatus {
             timeout: format!("{}ms", spec.limits.timeout_ms),
             max_body_size: spec.limits.max_body_bytes,
             allow_outbound: spec.allow_outbound.clone(),
+            port: spec.container.as_ref().and_then(|c| c.port),
+            command: spec
+                .container
+                .as_ref()
+                .map(|c| c.command.clone())
+                .unwrap_or_default(),
+            instance_reuse: spec.scaling.instance_reuse,
             protocol: spec.container.as_ref().map(|c| c.protocol),
             container_image: spec.container.as_ref().map(|c| c.image.to_string()),
             scaling: {

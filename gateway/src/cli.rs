@@ -49,6 +49,8 @@ pub enum Command {
     Ls(ConnectArgs),
     /// Remove a function.
     Rm(RmArgs),
+    /// Load a function and measure it: warm, open-loop rate, cold starts, or a burst.
+    Bench(Box<BenchArgs>),
     /// Print a function's output (stdout and stderr of its handlers).
     Logs(LogsArgs),
     /// Change a function's scaling settings (live).
@@ -180,6 +182,43 @@ pub struct ScalingArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Function name.
+    pub name: String,
+    /// warm: closed loop; rate: open loop at --rate; cold: every request
+    /// finds zero instances (copies of the function); burst: concurrent
+    /// first requests.
+    #[arg(long, value_enum, default_value = "warm")]
+    pub mode: crate::bench::Mode,
+    /// Requests to measure [default: cold 20, burst --concurrency; warm and rate run for --duration].
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// How long warm and rate run, e.g. `10s` [default: 10s unless --requests].
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Requests at once [default: warm 16, burst 100].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Requests per second (rate mode).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Path below the function.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// HTTP method.
+    #[arg(long, short = 'X', default_value = "GET")]
+    pub method: String,
+    /// Request body (literal text).
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Function name.
     pub name: String,
@@ -290,6 +329,7 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
         Command::Ls(args) => ls(args).await,
         Command::Images(args) => images(args).await,
         Command::Logs(args) => logs(args).await,
+        Command::Bench(args) => bench(*args).await,
         Command::Scale(args) => {
             let s = &args.scaling;
             let request = crate::api::ScaleRequest {
@@ -507,6 +547,35 @@ async fn ls(args: ConnectArgs) -> anyhow::Result<()> {
             f.replicas
         )?;
     }
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use crate::bench::{BenchConfig, Mode};
+    let method: Method = args
+        .method
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid method {:?}", args.method))?;
+    let concurrency = args.concurrency.unwrap_or(match args.mode {
+        Mode::Warm => 16,
+        Mode::Burst => 100,
+        Mode::Rate | Mode::Cold => 1,
+    });
+    let config = BenchConfig {
+        function: args.name,
+        mode: args.mode,
+        requests: args.requests,
+        duration: args.duration,
+        concurrency,
+        rate: args.rate,
+        path: args.path,
+        method,
+        body: bytes::Bytes::from(args.data.unwrap_or_default()),
+        json: args.json,
+    };
+    let client = connect(&args.connect)?;
+    let report = crate::bench::run(&client, &config).await?;
+    print!("{}", crate::bench::render(&report));
     Ok(())
 }
 

@@ -110,3 +110,81 @@ fn help_states_defaults_and_env_vars() {
         "{help}"
     );
 }
+
+#[tokio::test]
+async fn wisp_bench_runs_every_mode_and_writes_json() {
+    let wisp = wisp_e2e::Wisp::start();
+    wisp.deploy("hello", wisp_e2e::artifacts::HELLO).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, extra, expected) in [
+        (
+            "warm",
+            vec!["--requests", "40", "--concurrency", "4"],
+            Some(40),
+        ),
+        ("rate", vec!["--rate", "50", "--duration", "1s"], None),
+        ("cold", vec!["--requests", "3"], Some(3)),
+        ("burst", vec!["--concurrency", "10"], Some(10)),
+    ] {
+        let json = dir.path().join(format!("{mode}.json"));
+        let mut args = vec![
+            "bench",
+            "hello",
+            "--mode",
+            mode,
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let (ok, out, err) = wisp.cli(&args);
+        assert!(ok, "{mode}: {out}{err}");
+        assert!(out.contains("latency ms: p50"), "{out}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(report["mode"], mode);
+        assert_eq!(report["errors"], 0, "{report}");
+        let requests = report["requests"].as_u64().unwrap();
+        match expected {
+            Some(n) => assert_eq!(requests, n, "{report}"),
+            // 50/s for 1 s, open loop.
+            None => assert!((45..=51).contains(&requests), "{report}"),
+        }
+        assert_eq!(report["statuses"]["200"].as_u64(), Some(requests));
+        for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"] {
+            assert!(
+                report["latency"][key].as_f64().unwrap() > 0.0,
+                "{key}: {report}"
+            );
+        }
+        if mode == "cold" {
+            assert_eq!(report["cold_starts"], 3, "every request was a cold start");
+            assert!(
+                report["phases"]["start"]["count"].as_u64() == Some(3),
+                "{report}"
+            );
+        }
+    }
+    // The copies it made are gone.
+    let names: Vec<_> = wisp
+        .client
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["hello"]);
+
+    // Bad input: one line, non-zero exit.
+    for args in [
+        vec!["bench", "nope"],
+        vec!["bench", "hello", "--duration", "0s"],
+        vec!["bench", "hello", "--mode", "rate"],
+    ] {
+        let (ok, out, err) = wisp.cli(&args);
+        assert!(!ok, "{args:?}: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let (ok, _, err) = wisp_e2e::Wisp::cli_unreachable(&["bench", "hello"]);
+    assert!(!ok && err.contains("cannot reach"), "{err}");
+}

@@ -1,0 +1,459 @@
+//! `wisp bench`: the load and cold-start benchmark, run against a gateway.
+//!
+//! - `warm`: a closed loop, `--concurrency` workers each sending its next
+//!   request when the last one answered, for `--duration` or `--requests`.
+//! - `rate`: an open loop at `--rate` requests per second; each latency is
+//!   measured from the request's due time ([`schedule`]).
+//! - `cold`: every measured request finds the function at zero instances:
+//!   the bench deploys `--requests` copies of it (same artifact and
+//!   settings, named `<name>-bench-<n>`), calls each once, and removes them.
+//! - `burst`: `--concurrency` concurrent first requests to a fresh copy.
+//!
+//! Latencies go into an HDR histogram; cold starts also record the phases
+//! the server reports in `Server-Timing`.
+
+pub mod schedule;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::api::{FunctionDeployment, FunctionResources, FunctionStatus};
+use crate::client::{Client, ClientError};
+use stats::{Recorder, Summary};
+
+/// How to load the function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Warm,
+    Rate,
+    Cold,
+    Burst,
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub function: String,
+    pub mode: Mode,
+    pub requests: Option<u64>,
+    pub duration: Option<Duration>,
+    pub concurrency: usize,
+    pub rate: Option<f64>,
+    pub path: String,
+    pub method: Method,
+    pub body: Bytes,
+    pub json: Option<PathBuf>,
+}
+
+/// What a run found, as `--json` writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub function: String,
+    pub mode: Mode,
+    pub requests: u64,
+    pub errors: u64,
+    /// Answers by status code (`"0"` = no answer: a transport error).
+    pub statuses: BTreeMap<String, u64>,
+    pub elapsed_s: f64,
+    pub throughput_rps: f64,
+    pub concurrency: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    pub latency: Summary,
+    pub cold_starts: u64,
+    /// Cold-start phases from `Server-Timing`, by name.
+    pub phases: BTreeMap<String, Summary>,
+}
+
+impl BenchConfig {
+    /// Checks the settings before anything is sent.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            bail!("--duration must be longer than zero");
+        }
+        if self.requests == Some(0) {
+            bail!("--requests must be at least 1");
+        }
+        if self.mode == Mode::Rate && !self.rate.is_some_and(|r| r.is_finite() && r > 0.0) {
+            bail!("--mode rate needs --rate R (requests per second, more than zero)");
+        }
+        if !self.path.starts_with('/') {
+            bail!("--path must start with '/'");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the benchmark and returns its report (also written to `--json`).
+pub async fn run(client: &Client, config: &BenchConfig) -> anyhow::Result<Report> {
+    config.validate()?;
+    let status = match client.function(&config.function).await {
+        Ok(status) => status,
+        Err(ClientError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => {
+            bail!("function {} is not deployed", config.function)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    let started = Instant::now();
+    let progress = progress_bar(config);
+    match config.mode {
+        Mode::Warm => warm(client, config, &recorder, &progress).await?,
+        Mode::Rate => rate(client, config, &recorder, &progress).await?,
+        Mode::Cold => cold(client, config, &status, &recorder, &progress).await?,
+        Mode::Burst => burst(client, config, &status, &recorder, &progress).await?,
+    }
+    progress.finish_and_clear();
+    let elapsed = started.elapsed();
+    let recorder = recorder
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let requests = recorder.latency.count();
+    let report = Report {
+        function: config.function.clone(),
+        mode: config.mode,
+        requests,
+        errors: recorder.errors(),
+        statuses: recorder
+            .statuses
+            .iter()
+            .map(|(s, n)| (s.to_string(), *n))
+            .collect(),
+        elapsed_s: elapsed.as_secs_f64(),
+        throughput_rps: requests as f64 / elapsed.as_secs_f64().max(1e-9),
+        concurrency: config.concurrency,
+        rate: config.rate.filter(|_| config.mode == Mode::Rate),
+        latency: recorder.latency.summary(),
+        cold_starts: recorder.cold_starts,
+        phases: recorder
+            .phases
+            .iter()
+            .map(|(name, l)| (name.clone(), l.summary()))
+            .collect(),
+    };
+    if let Some(path) = &config.json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+fn progress_bar(config: &BenchConfig) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match (config.requests, config.duration) {
+        (Some(n), _) => indicatif::ProgressBar::new(n),
+        (None, Some(d)) => indicatif::ProgressBar::new(d.as_secs().max(1)),
+        _ => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_message(format!("{:?} {}", config.mode, config.function).to_lowercase());
+    bar
+}
+
+/// One request; records its latency from `since` (its due time in `rate`).
+async fn send(
+    client: &Client,
+    config: &BenchConfig,
+    function: &str,
+    since: Instant,
+    recorder: &Mutex<Recorder>,
+) {
+    let path = format!("/function/{function}{}", config.path);
+    let answer = client
+        .call(
+            config.method.clone(),
+            &path,
+            HeaderMap::new(),
+            config.body.clone(),
+        )
+        .await;
+    let latency = since.elapsed();
+    let mut recorder = recorder
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match answer {
+        Ok(answer) => {
+            let timing = answer
+                .headers
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok());
+            recorder.record(answer.status.as_u16(), latency, timing);
+        }
+        Err(_) => recorder.record(0, latency, None),
+    }
+}
+
+async fn warm(
+    client: &Client,
+    config: &BenchConfig,
+    recorder: &Arc<Mutex<Recorder>>,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    // One unmeasured request, so that no instance starts while measuring.
+    let scratch = Mutex::new(Recorder::default());
+    send(client, config, &config.function, Instant::now(), &scratch).await;
+    let end = config.duration.map(|d| Instant::now() + d).or(config
+        .requests
+        .is_none()
+        .then(|| Instant::now() + Duration::from_secs(10)));
+    let left = Arc::new(std::sync::atomic::AtomicU64::new(
+        config.requests.unwrap_or(u64::MAX),
+    ));
+    let workers: Vec<_> = (0..config.concurrency)
+        .map(|_| {
+            let (client, config, recorder, left, progress) = (
+                client.clone(),
+                config.clone(),
+                recorder.clone(),
+                left.clone(),
+                progress.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    if end.is_some_and(|e| Instant::now() >= e) {
+                        break;
+                    }
+                    let took = left.fetch_update(
+                        std::sync::atomic::Ordering::AcqRel,
+                        std::sync::atomic::Ordering::Acquire,
+                        |n| n.checked_sub(1),
+                    );
+                    if took.is_err() {
+                        break;
+                    }
+                    send(
+                        &client,
+                        &config,
+                        &config.function,
+                        Instant::now(),
+                        &recorder,
+                    )
+                    .await;
+                    if config.requests.is_some() {
+                        progress.inc(1);
+                    }
+                }
+            })
+        })
+        .collect();
+    let ticker = tick_seconds(config, progress);
+    for worker in workers {
+        worker.await?;
+    }
+    ticker.abort();
+    Ok(())
+}
+
+/// Advances a duration-based progress bar once a second.
+fn tick_seconds(
+    config: &BenchConfig,
+    progress: &indicatif::ProgressBar,
+) -> tokio::task::JoinHandle<()> {
+    let progress = progress.clone();
+    let by_time = config.requests.is_none();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if by_time {
+                progress.inc(1);
+            } else {
+                progress.tick();
+            }
+        }
+    })
+}
+
+async fn rate(
+    client: &Client,
+    config: &BenchConfig,
+    recorder: &Arc<Mutex<Recorder>>,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let scratch = Mutex::new(Recorder::default());
+    send(client, config, &config.function, Instant::now(), &scratch).await;
+    let start = Instant::now();
+    let schedule = schedule::Schedule::new(start, config.rate.unwrap_or(1.0));
+    let end = start + config.duration.unwrap_or(Duration::from_secs(10));
+    let end = if config.requests.is_some() && config.duration.is_none() {
+        start + Duration::from_secs(24 * 3600)
+    } else {
+        end
+    };
+    let ticker = tick_seconds(config, progress);
+    schedule::run_open_loop(schedule, end, config.requests, |due| {
+        let (client, config, recorder, progress) = (
+            client.clone(),
+            config.clone(),
+            recorder.clone(),
+            progress.clone(),
+        );
+        async move {
+            send(&client, &config, &config.function, due, &recorder).await;
+            if config.requests.is_some() {
+                progress.inc(1);
+            }
+        }
+    })
+    .await;
+    ticker.abort();
+    Ok(())
+}
+
+/// A deployment identical to `status`'s function, under `name`, at zero
+/// instances.
+fn copy_of(status: &FunctionStatus, name: String) -> FunctionDeployment {
+    FunctionDeployment {
+        service: name,
+        image: status.image.clone(),
+        env_vars: Some(status.env_vars.clone()),
+        limits: Some(FunctionResources {
+            memory: status.limits.memory.clone(),
+            cpu: status.limits.cpu.clone(),
+        }),
+        timeout: Some(status.timeout.clone()),
+        max_body_size: Some(status.max_body_size.to_string()),
+        allow_outbound: Some(status.allow_outbound.clone()),
+        protocol: status.protocol.map(|p| match p {
+            wisp_runner::spec::HandlerProtocol::Http => "http".to_owned(),
+            wisp_runner::spec::HandlerProtocol::Cgi => "cgi".to_owned(),
+        }),
+        port: status.port,
+        command: (!status.command.is_empty()).then(|| status.command.clone()),
+        min_instances: Some(0),
+        max_instances: Some(status.scaling.max_instances.try_into().unwrap_or(u32::MAX)),
+        concurrency: Some(status.scaling.concurrency.try_into().unwrap_or(u32::MAX)),
+        instance_reuse: status.instance_reuse,
+        ..FunctionDeployment::default()
+    }
+}
+
+/// Deploys `count` copies named `<function>-bench-<i>`; returns their names.
+async fn deploy_copies(
+    client: &Client,
+    status: &FunctionStatus,
+    count: u64,
+) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for i in 0..count {
+        let name = format!("{}-bench-{i}", status.name);
+        client
+            .deploy(&copy_of(status, name.clone()))
+            .await
+            .with_context(|| format!("deploying the copy {name}"))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+async fn remove_copies(client: &Client, names: &[String]) {
+    for name in names {
+        let _ = client.delete(name).await;
+    }
+}
+
+async fn cold(
+    client: &Client,
+    config: &BenchConfig,
+    status: &FunctionStatus,
+    recorder: &Arc<Mutex<Recorder>>,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let count = config.requests.unwrap_or(20);
+    let names = deploy_copies(client, status, count).await?;
+    for name in &names {
+        send(client, config, name, Instant::now(), recorder).await;
+        progress.inc(1);
+        // The copy has served its one request.
+        let _ = client.delete(name).await;
+    }
+    remove_copies(client, &names).await;
+    Ok(())
+}
+
+async fn burst(
+    client: &Client,
+    config: &BenchConfig,
+    status: &FunctionStatus,
+    recorder: &Arc<Mutex<Recorder>>,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let names = deploy_copies(client, status, 1).await?;
+    let name = names.first().cloned().unwrap_or_default();
+    let n = config.requests.unwrap_or(config.concurrency as u64);
+    let barrier = Arc::new(tokio::sync::Barrier::new(usize::try_from(n).unwrap_or(1)));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, config, recorder, barrier, name, progress) = (
+                client.clone(),
+                config.clone(),
+                recorder.clone(),
+                barrier.clone(),
+                name.clone(),
+                progress.clone(),
+            );
+            tokio::spawn(async move {
+                barrier.wait().await;
+                send(&client, &config, &name, Instant::now(), &recorder).await;
+                progress.inc(1);
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await?;
+    }
+    remove_copies(client, &names).await;
+    Ok(())
+}
+
+/// The report for people.
+pub fn render(report: &Report) -> String {
+    let l = &report.latency;
+    let mut out = format!(
+        "{} {:?}: {} requests in {:.2} s ({:.1} req/s), {} errors\n",
+        report.function,
+        report.mode,
+        report.requests,
+        report.elapsed_s,
+        report.throughput_rps,
+        report.errors
+    )
+    .to_lowercase();
+    let statuses: Vec<String> = report
+        .statuses
+        .iter()
+        .map(|(s, n)| format!("{}: {n}", if s == "0" { "no answer" } else { s }))
+        .collect();
+    out.push_str(&format!("statuses: {}\n", statuses.join(", ")));
+    out.push_str(&format!(
+        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}\n",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms
+    ));
+    if report.cold_starts > 0 {
+        out.push_str(&format!(
+            "cold starts: {} (server-reported phases, ms)\n",
+            report.cold_starts
+        ));
+        for (name, s) in &report.phases {
+            out.push_str(&format!(
+                "  {name:<8} p50 {:.3}  p99 {:.3}  max {:.3}\n",
+                s.p50_ms, s.p99_ms, s.max_ms
+            ));
+        }
+    }
+    out
+}
