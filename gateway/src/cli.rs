@@ -214,6 +214,9 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw the latency distribution (CDF and histogram) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -572,6 +575,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         method,
         body: bytes::Bytes::from(args.data.unwrap_or_default()),
         json: args.json,
+        plot: args.plot,
     };
     let client = connect(&args.connect)?;
     let report = crate::bench::run(&client, &config).await?;

@@ -127,6 +127,7 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
         ("burst", vec!["--concurrency", "10"], Some(10)),
     ] {
         let json = dir.path().join(format!("{mode}.json"));
+        let plot = dir.path().join(format!("{mode}.svg"));
         let mut args = vec![
             "bench",
             "hello",
@@ -134,6 +135,8 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
             mode,
             "--json",
             json.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
         ];
         args.extend(extra);
         let (ok, out, err) = wisp.cli(&args);
@@ -142,6 +145,11 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(report["mode"], mode);
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("CDF"),
+            "a plot is drawn"
+        );
         assert_eq!(report["errors"], 0, "{report}");
         let requests = report["requests"].as_u64().unwrap();
         match expected {

@@ -12,6 +12,7 @@
 //! Latencies go into an HDR histogram; cold starts also record the phases
 //! the server reports in `Server-Timing`.
 
+pub mod plot;
 pub mod schedule;
 pub mod stats;
 
@@ -54,6 +55,7 @@ pub struct BenchConfig {
     pub method: Method,
     pub body: Bytes,
     pub json: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
 }
 
 /// What a run found, as `--json` writes it.
@@ -93,6 +95,11 @@ impl BenchConfig {
         }
         if !self.path.starts_with('/') {
             bail!("--path must start with '/'");
+        }
+        if let Some(plot) = &self.plot
+            && plot.extension().and_then(|e| e.to_str()) != Some("svg")
+        {
+            bail!("--plot {} must name an .svg file", plot.display());
         }
         Ok(())
     }
@@ -148,6 +155,9 @@ pub async fn run(client: &Client, config: &BenchConfig) -> anyhow::Result<Report
     if let Some(path) = &config.json {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &config.plot {
+        plot::draw(path, &report, &recorder.latency)?;
     }
     Ok(report)
 }

@@ -67,6 +67,20 @@ impl Latencies {
         }
     }
 
+    /// Counts in `bins` equal-width bins from 0 to `upper_ms` (later
+    /// values go in the last bin), for a histogram plot.
+    pub fn bins(&self, upper_ms: f64, bins: usize) -> Vec<u64> {
+        let bins = bins.max(1);
+        let mut counts = vec![0u64; bins];
+        let width = (upper_ms / bins as f64).max(1e-9);
+        for v in self.0.iter_recorded() {
+            let ms = v.value_iterated_to() as f64 / 1000.0;
+            let i = ((ms / width) as usize).min(bins - 1);
+            counts[i] += v.count_at_value();
+        }
+        counts
+    }
+
     /// (latency ms, cumulative fraction) at each recorded value: the CDF.
     pub fn cdf(&self) -> Vec<(f64, f64)> {
         let total = self.count().max(1) as f64;
