@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# wisp beside its anchors, in one run on this machine: installs what it
+# needs (crun, runc, wrk from Debian; wasmtime-cli 48.0.8 with cargo),
+# builds wisp in release mode, runs every comparison REPEATS times (default
+# 3) and prints medians over the repeats (each repeat's p50 and p99) and the
+# ratio against the anchor measured in the same run. Needs root.
+#
+#   benches/compare.sh            REPEATS=5 benches/compare.sh
+#   SKIP_WASMTIME=1 benches/compare.sh   (no wasmtime install, no wasm anchor)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats=${REPEATS:-3}
+wasmtime_version=48.0.8
+
+./scripts/setup.sh
+need=()
+for tool in crun runc wrk; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ -z "${SKIP_WASMTIME:-}" ] && ! wasmtime --version 2>/dev/null | grep -q "$wasmtime_version"; then
+  echo "compare: cargo install wasmtime-cli@$wasmtime_version (once; takes a while)"
+  cargo install --quiet --locked "wasmtime-cli@$wasmtime_version"
+fi
+cargo build --quiet --release --locked -p wisp -p wisp-function-artifacts -p wisp-benches
+wisp=target/release/wisp
+artifact() { target/release/wisp-function-artifacts | awk -v k="$1" '$1==k{print $2}'; }
+
+work=$(mktemp -d)
+port=18940
+export WISP_GATEWAY=http://127.0.0.1:$port WISP_DATA_DIR=$work/wisp
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+WISP_LOG=warn "$wisp" serve --listen 127.0.0.1:$port >"$work/wisp.log" 2>&1 &
+pids+=($!)
+until curl -fs "$WISP_GATEWAY/healthz" >/dev/null; do sleep 0.05; done
+"$wisp" deploy hello "$(artifact hello)" >/dev/null
+"$wisp" deploy hello-reuse "$(artifact hello)" --instance-reuse 1000 >/dev/null
+"$wisp" deploy ping --image "$(artifact ping-docker)" --max 1 --concurrency 256 >/dev/null
+
+results="$work/results"
+: >"$results"
+# record COMPARISON SUBJECT P50_MS P99_MS [THROUGHPUT]
+record() {
+  if [ -n "$3" ] && [ -n "$4" ]; then echo "$1|$2|$3|$4|${5:-}" >>"$results"; else echo "compare: no result for $1 / $2" >&2; fi
+}
+pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p+0.999); if (i<1) i=1; if (i>NR) i=NR; print a[i]}'; }
+json() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['latency']['p50_ms'], r['latency']['p99_ms'], r['throughput_rps'])" "$1"; }
+# wrk_run URL CONNECTIONS → "p50_ms p99_ms req/s"
+wrk_run() {
+  wrk -t"$(( $2 < 2 ? $2 : 2 ))" -c"$2" -d5s --latency "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)} /Requests\/sec/ {rps=$2}
+    END {print p50, p99, rps}'
+}
+
+# Anchors for container start: crun and runc running /bin/true in ping's
+# rootfs (its layer plus a static busybox as /bin/true).
+bundle="$work/bundle"
+mkdir -p "$bundle/rootfs/bin"
+cp -a "$(ls -d "$WISP_DATA_DIR"/images/layers/*/diff | head -1)/." "$bundle/rootfs/"
+cp /bin/busybox "$bundle/rootfs/bin/busybox" && ln -sf busybox "$bundle/rootfs/bin/true"
+(cd "$bundle" && crun spec && sed -i 's/"sh"/"\/bin\/true"/; s/"terminal": true/"terminal": false/' config.json)
+# RUNTIME N → N lines of milliseconds. crun 1.8 refuses this host's hybrid
+# cgroup layout while hugetlb sits in the v2 mount: run where it is unmounted.
+runtime_times() {
+  unshare -m bash -c '
+    umount /sys/fs/cgroup/unified 2>/dev/null || true
+    cd "$1"
+    for i in $(seq "$3"); do
+      s=$EPOCHREALTIME; "$2" run "bench-$$-$i" >/dev/null 2>&1 </dev/null; e=$EPOCHREALTIME
+      "$2" delete -f "bench-$$-$i" >/dev/null 2>&1 || true
+      awk -v s="$s" -v e="$e" "BEGIN { printf \"%.3f\\n\", (e - s) * 1000 }"
+    done' _ "$bundle" "$1" "$2"
+}
+
+# The ping binary straight on the host, and the minimal proxy in front of it.
+PORT=18941 "$(artifact ping)" >/dev/null 2>&1 &
+pids+=($!)
+target/release/proxy 127.0.0.1:18942 http://127.0.0.1:18941 >/dev/null 2>&1 &
+pids+=($!)
+if command -v wasmtime >/dev/null && [ -z "${SKIP_WASMTIME:-}" ]; then
+  wasmtime serve -S cli=y --addr 127.0.0.1:18943 "$(artifact hello)" >/dev/null 2>&1 &
+  pids+=($!)
+  if wasmtime serve --help 2>/dev/null | grep -q max-instance-reuse-count; then
+    wasmtime serve -S cli=y --max-instance-reuse-count 1000 --addr 127.0.0.1:18944 "$(artifact hello)" >/dev/null 2>&1 &
+    pids+=($!)
+  fi
+fi
+sleep 1
+"$wisp" invoke ping --path /ping >/dev/null
+
+for r in $(seq "$repeats"); do
+  echo "compare: repeat $r of $repeats" >&2
+  "$wisp" bench ping --mode cold --requests 100 --path /ping --json "$work/cold.json" >/dev/null
+  read -r p50 p99 _ < <(json "$work/cold.json"); record "container cold start (ping)" wisp "$p50" "$p99"
+  t=$(runtime_times crun 100); record "container cold start (ping)" "crun run /bin/true" "$(pct 0.5 <<<"$t")" "$(pct 0.99 <<<"$t")"
+  t=$(runtime_times runc 100); record "container cold start (ping)" "runc run /bin/true" "$(pct 0.5 <<<"$t")" "$(pct 0.99 <<<"$t")"
+
+  "$wisp" bench hello --mode cold --requests 100 --json "$work/wcold.json" >/dev/null
+  read -r p50 p99 _ < <(json "$work/wcold.json"); record "wasm cold request (hello)" wisp "$p50" "$p99"
+
+  read -r p50 p99 rps < <(wrk_run "$WISP_GATEWAY/function/hello/" 64); record "wasm warm, fresh instance (hello)" wisp "$p50" "$p99" "$rps"
+  read -r p50 p99 rps < <(wrk_run "$WISP_GATEWAY/function/hello-reuse/" 64); record "wasm warm, instance reuse (hello)" wisp "$p50" "$p99" "$rps"
+  if curl -fs -o /dev/null http://127.0.0.1:18943/ 2>/dev/null; then
+    read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18943/ 64); record "wasm warm, fresh instance (hello)" "wasmtime serve" "$p50" "$p99" "$rps"
+  fi
+  if curl -fs -o /dev/null http://127.0.0.1:18944/ 2>/dev/null; then
+    read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18944/ 64); record "wasm warm, instance reuse (hello)" "wasmtime serve --max-instance-reuse-count" "$p50" "$p99" "$rps"
+  fi
+
+  read -r p50 p99 rps < <(wrk_run "$WISP_GATEWAY/function/ping/ping" 64); record "warm ping, 64 connections" "wisp → container" "$p50" "$p99" "$rps"
+  read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18942/ping 64); record "warm ping, 64 connections" "hyper proxy → ping" "$p50" "$p99" "$rps"
+  read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18941/ping 64); record "warm ping, 64 connections" "ping direct" "$p50" "$p99" "$rps"
+  read -r p50 p99 rps < <(wrk_run "$WISP_GATEWAY/function/ping/ping" 1); record "warm ping, 1 connection" "wisp → container" "$p50" "$p99" "$rps"
+  read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18942/ping 1); record "warm ping, 1 connection" "hyper proxy → ping" "$p50" "$p99" "$rps"
+  read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18941/ping 1); record "warm ping, 1 connection" "ping direct" "$p50" "$p99" "$rps"
+done
+
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    comp, subj, p50, p99, rps = line.rstrip("\n").split("|")
+    rows.setdefault(comp, {}).setdefault(subj, []).append(
+        (float(p50), float(p99), float(rps) if rps else None))
+
+def med(samples, i):
+    vals = [s[i] for s in samples if s[i] is not None]
+    return statistics.median(vals) if vals else None
+
+print(f"{'comparison':<34} {'subject':<42} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}  {'p50 spread':<15} wisp vs this")
+for comp, subjects in rows.items():
+    names = list(subjects)
+    wisp = subjects[names[0]]
+    for name in names:
+        s = subjects[name]
+        p50, p99, rps = med(s, 0), med(s, 1), med(s, 2)
+        spread = f"{min(x[0] for x in s):.3f}–{max(x[0] for x in s):.3f}"
+        ratio = ""
+        if name != names[0]:
+            if rps and med(wisp, 2):
+                ratio = f"{med(wisp, 2) / rps:.2f}× the req/s"
+            else:
+                ratio = f"{p50 / med(wisp, 0):.2f}× faster at p50, {p99 / med(wisp, 1):.2f}× at p99"
+        rps_s = f"{rps:8.0f}" if rps else " " * 8
+        print(f"{comp:<34} {name:<42} {p50:8.3f} {p99:8.3f} {rps_s}  {spread:<15} {ratio}")
+PY
