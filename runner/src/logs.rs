@@ -206,7 +206,12 @@ fn now_rfc3339() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs();
+    rfc3339(now.as_secs(), Some(now.subsec_millis()))
+}
+
+/// Seconds since the Unix epoch as an RFC 3339 UTC timestamp, with
+/// milliseconds when given.
+pub fn rfc3339(secs: u64, millis: Option<u32>) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -219,12 +224,12 @@ fn now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
+    let fraction = millis.map_or_else(String::new, |ms| format!(".{ms:03}"));
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
+        rem % 60
     )
 }
 
