@@ -405,16 +405,6 @@ impl FunctionDeployment {
                 }),
             }
         };
-        let millis =
-            |what: &'static str, v: &Option<String>| -> Result<Option<u64>, DeploymentError> {
-                v.as_deref()
-                    .map(|d| {
-                        spec::parse_duration(what, d)
-                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                    })
-                    .transpose()
-                    .map_err(DeploymentError::Spec)
-            };
         let scaling = ScalingSpec {
             min_instances: match self.min_instances {
                 Some(n) => Some(n),
@@ -425,9 +415,9 @@ impl FunctionDeployment {
                 None => label("com.openfaas.scale.max")?,
             },
             concurrency: self.concurrency,
-            idle_timeout_ms: millis("idle timeout", &self.idle_timeout)?,
+            idle_timeout_ms: optional_millis("idle timeout", &self.idle_timeout)?,
             queue_size: self.queue_size,
-            queue_timeout_ms: millis("queue timeout", &self.queue_timeout)?,
+            queue_timeout_ms: optional_millis("queue timeout", &self.queue_timeout)?,
             instance_reuse: self.instance_reuse,
         };
         scaling.validate()?;
@@ -521,16 +511,6 @@ impl ScaleRequest {
                 namespace: ns.to_owned(),
             });
         }
-        let millis =
-            |what: &'static str, v: &Option<String>| -> Result<Option<u64>, DeploymentError> {
-                v.as_deref()
-                    .map(|d| {
-                        spec::parse_duration(what, d)
-                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                    })
-                    .transpose()
-                    .map_err(DeploymentError::Spec)
-            };
         let mut next = *scaling;
         if let Some(n) = self.min_instances.or(self.replicas) {
             next.min_instances = Some(n);
@@ -544,10 +524,10 @@ impl ScaleRequest {
         if let Some(n) = self.queue_size {
             next.queue_size = Some(n);
         }
-        if let Some(ms) = millis("idle timeout", &self.idle_timeout)? {
+        if let Some(ms) = optional_millis("idle timeout", &self.idle_timeout)? {
             next.idle_timeout_ms = Some(ms);
         }
-        if let Some(ms) = millis("queue timeout", &self.queue_timeout)? {
+        if let Some(ms) = optional_millis("queue timeout", &self.queue_timeout)? {
             next.queue_timeout_ms = Some(ms);
         }
         // OpenFaaS's replicas may exceed the maximum: raise it to match.
@@ -561,6 +541,20 @@ impl ScaleRequest {
         *scaling = next;
         Ok(())
     }
+}
+
+/// An optional duration field (`"60s"`) in milliseconds.
+fn optional_millis(
+    what: &'static str,
+    value: &Option<String>,
+) -> Result<Option<u64>, DeploymentError> {
+    value
+        .as_deref()
+        .map(|d| {
+            spec::parse_duration(what, d).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
+        .transpose()
+        .map_err(DeploymentError::Spec)
 }
 
 /// Formats seconds since the Unix epoch as an RFC 3339 UTC timestamp.

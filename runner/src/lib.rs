@@ -2,8 +2,8 @@
 //! sits behind ([`backend`]), the pool that serves a function's requests
 //! ([`pool`]), the WebAssembly backend ([`wasm`]), the content-addressed
 //! artifact store ([`artifact`]), the OCI image store ([`image`]), the
-//! container backend ([`container`]) and the dispatch between the two
-//! backends ([`dispatch`]).
+//! container backend ([`container`]), the dispatch between the two
+//! backends ([`dispatch`]) and handlers' output ([`logs`]).
 
 pub mod artifact;
 pub mod backend;

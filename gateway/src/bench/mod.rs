@@ -208,15 +208,19 @@ async fn send(
     }
 }
 
+/// One unmeasured request, so that no instance starts while measuring.
+async fn warm_up(client: &Client, config: &BenchConfig) {
+    let scratch = Mutex::new(Recorder::default());
+    send(client, config, &config.function, Instant::now(), &scratch).await;
+}
+
 async fn warm(
     client: &Client,
     config: &BenchConfig,
     recorder: &Arc<Mutex<Recorder>>,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    // One unmeasured request, so that no instance starts while measuring.
-    let scratch = Mutex::new(Recorder::default());
-    send(client, config, &config.function, Instant::now(), &scratch).await;
+    warm_up(client, config).await;
     let end = config.duration.map(|d| Instant::now() + d).or(config
         .requests
         .is_none()
@@ -294,8 +298,7 @@ async fn rate(
     recorder: &Arc<Mutex<Recorder>>,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
-    let scratch = Mutex::new(Recorder::default());
-    send(client, config, &config.function, Instant::now(), &scratch).await;
+    warm_up(client, config).await;
     let start = Instant::now();
     let schedule = schedule::Schedule::new(start, config.rate.unwrap_or(1.0));
     let end = start + config.duration.unwrap_or(Duration::from_secs(10));

@@ -40,7 +40,6 @@ const CHILD_STACK: usize = 1 << 20;
 #[derive(Debug)]
 pub struct SpawnerHandle {
     sock: OwnedFd,
-    pid: Pid,
 }
 
 /// Why the spawner could not be started.
@@ -86,18 +85,11 @@ impl SpawnerHandle {
                 let code = spawner_main(theirs, parent, id_map);
                 std::process::exit(code);
             }
-            ForkResult::Parent { child } => {
+            ForkResult::Parent { .. } => {
                 drop(theirs);
-                Ok(SpawnerHandle {
-                    sock: ours,
-                    pid: child,
-                })
+                Ok(SpawnerHandle { sock: ours })
             }
         }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid.as_raw()
     }
 }
 
