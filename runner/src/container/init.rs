@@ -4,14 +4,17 @@
 //!
 //! Set-up order (verified on the development machine, see
 //! docs/architecture.md): join the cgroup and make a cgroup namespace;
-//! hostname; loopback up; make `/` private; mount the scratch tmpfs and
+//! loopback up; fork the zygote, the future handler, which enters the user
+//! namespace and installs the seccomp filter — a pre-made sandbox waits
+//! here for a function — then hostname; make `/` private; mount the scratch tmpfs and
 //! the overlay; `pivot_root` into it and detach the host's root; only then
 //! mount `/proc`, `/dev` and `/tmp`, so that no path the image controls
 //! (its symlinks) is ever resolved against the host's tree; finally enter
 //! the user namespace, where container root is an unprivileged host uid.
 //!
-//! Init then drops the capability bounding set, starts the handler (or,
-//! for CGI, one process per request), reaps every process reparented to
+//! Init then drops the capability bounding set, waits for the gateway's
+//! `Start` (the cgroup limits are written), gives the zygote its command
+//! (or, for CGI, kills it and forks one process per request), reaps every process reparented to
 //! it, forwards the handler's output to the gateway, and exits when the
 //! handler does, when asked to stop, or when the gateway goes away. Its
 //! exit ends the PID namespace: the kernel kills whatever is left.
@@ -21,8 +24,8 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,9 +84,19 @@ pub(crate) fn container_main(
         );
         1
     };
+    if req.background {
+        // Best effort: a sandbox at normal priority is only less polite.
+        let _ = sys::set_idle_priority(None, true);
+    }
     if let Err(f) = prepare(req) {
         return report(f);
     }
+    // The handler's process, forked now so that the fork, the user
+    // namespace and the seccomp filter are not paid during a cold start.
+    let zygote = match Zygote::fork(control, userns, filters) {
+        Ok(z) => z,
+        Err(f) => return report(f),
+    };
     timings.sandbox = monotonic_ns();
     // A pre-made sandbox: wait until the gateway gives it a function.
     let mut buf = Vec::new();
@@ -99,15 +112,25 @@ pub(crate) fn container_main(
         _ => return 0,
     };
     timings.assigned = monotonic_ns();
+    if req.background {
+        let _ = sys::set_idle_priority(None, false);
+        let _ = sys::set_idle_priority(Some(zygote.pid), false);
+    }
     if let Err(f) = assign(&plan, &scratch, userns) {
         return report(f);
     }
     timings.rootfs = monotonic_ns();
+    // Nothing of the image's runs before the gateway has limited the cgroup.
+    match proto::recv::<ToInit>(control, &mut buf) {
+        Ok((ToInit::Start, _)) => {}
+        _ => return 0,
+    }
     let mut init = Init {
         plan: &plan,
         control,
         filters,
         timings,
+        zygote: Some(zygote),
         handler: None,
         cgi: HashMap::new(),
         stderr_tail: Vec::new(),
@@ -219,7 +242,6 @@ fn mount_rootfs(plan: &SandboxPlan, scratch: &Path) -> Result<(), Failure> {
         Some(opts.as_str()),
     )
     .map_err(at("overlay"))?;
-
     chdir(&root).map_err(at("pivot_root"))?;
     pivot_root(".", ".").map_err(at("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(at("detaching the host root"))?;
@@ -350,6 +372,8 @@ struct Init<'a> {
     control: BorrowedFd<'a>,
     filters: &'a Filters,
     timings: Timings,
+    /// The forked process that becomes the `http` handler.
+    zygote: Option<Zygote>,
     /// The `http` handler and its stdout/stderr pipes.
     handler: Option<Handler>,
     /// Running CGI processes, by pid.
@@ -381,27 +405,34 @@ impl Init<'_> {
 
         match self.plan.protocol {
             Protocol::Http { port } => {
-                let (out_r, out_w) = pipe()?;
-                let (err_r, err_w) = pipe()?;
-                let pid =
-                    spawn(self.plan, &[], None, out_w, err_w, self.filters).map_err(|error| {
-                        Failure {
-                            stage: "exec",
-                            error,
-                        }
-                    })?;
+                let zygote = self.zygote.take().ok_or_else(|| Failure {
+                    stage: "exec",
+                    error: "the handler's process is gone".into(),
+                })?;
+                let command = Command::of(self.plan, &[]).map_err(|error| Failure {
+                    stage: "exec",
+                    error,
+                })?;
+                let (pid, stdout, stderr) = zygote.exec(&command).map_err(|error| Failure {
+                    stage: "exec",
+                    error,
+                })?;
                 self.timings.exec = monotonic_ns();
                 self.handler = Some(Handler {
                     pid,
                     port,
-                    stdout: Some(out_r),
-                    stderr: Some(err_r),
+                    stdout: Some(stdout),
+                    stderr: Some(stderr),
                     ready: false,
                     next_probe: Instant::now(),
                     backoff: Duration::from_micros(50),
                 });
             }
             Protocol::Cgi => {
+                // One process per request: the zygote is not needed.
+                if let Some(zygote) = self.zygote.take() {
+                    zygote.discard();
+                }
                 self.timings.exec = monotonic_ns();
                 self.timings.ready = self.timings.exec;
                 self.send(&FromInit::Ready {
@@ -557,7 +588,7 @@ impl Init<'_> {
                 }
             }
             ToInit::Stop { grace_ms } => self.stop(Duration::from_millis(grace_ms)),
-            ToInit::Run { .. } => {}
+            ToInit::Run { .. } | ToInit::Start => {}
         }
     }
 
@@ -657,9 +688,158 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
     Ok((r, w))
 }
 
-/// Starts the handler's command with `extra_env` added, as the plan's
-/// user, with no capabilities, `no_new_privs` and the seccomp filter.
-/// Returns its pid, or why it could not be executed.
+/// What a process needs to become the handler: everything resolved by
+/// init, so that the process only has to apply it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Command {
+    path: String,
+    argv: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    uid: u32,
+    gid: u32,
+    /// Device and inode of the container's `/`, which the process checks
+    /// is its root before it runs anything of the image's.
+    root: (u64, u64),
+}
+
+impl Command {
+    /// The plan's command with `extra_env` added, its executable found
+    /// along the image's `PATH`.
+    fn of(plan: &SandboxPlan, extra_env: &[String]) -> Result<Command, String> {
+        let process = &plan.process;
+        let root = fs::metadata("/").map_err(|e| format!("/: {e}"))?;
+        Ok(Command {
+            path: resolve(&process.argv, &process.env)?,
+            argv: process.argv.clone(),
+            env: process.env.iter().chain(extra_env).cloned().collect(),
+            cwd: process.cwd.clone(),
+            uid: process.uid,
+            gid: process.gid,
+            root: (root.dev(), root.ino()),
+        })
+    }
+}
+
+/// The handler's process before it is the handler: forked while the
+/// sandbox waits for a function, already in the user namespace, with
+/// `no_new_privs` and the seccomp filter, blocked until init sends it a
+/// [`Command`] (JSON, then end of file).
+struct Zygote {
+    pid: Pid,
+    /// init → zygote: the command.
+    command: OwnedFd,
+    /// zygote → init: why it could not exec; end of file when it did
+    /// (the pipe is close-on-exec).
+    failure: OwnedFd,
+    /// The read ends of its stdout and stderr.
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+impl Zygote {
+    fn fork(
+        control: BorrowedFd<'_>,
+        userns: BorrowedFd<'_>,
+        filters: &Filters,
+    ) -> Result<Zygote, Failure> {
+        let (command_r, command_w) = pipe()?;
+        let (failure_r, failure_w) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        // Blocking reads for the zygote, which has nothing else to do.
+        sys::set_blocking(command_r.as_fd()).map_err(at("pipes"))?;
+        // SAFETY: init is single-threaded, so the child may allocate and
+        // run arbitrary code until it execs.
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "init is single-threaded: it forks the handler's process"
+        )]
+        let forked = unsafe { nix::unistd::fork() };
+        match forked.map_err(at("fork"))? {
+            ForkResult::Child => {
+                drop((command_w, failure_r, out_r, err_r));
+                sys::close_raw(control.as_raw_fd());
+                let error = Zygote::wait_and_exec(command_r, out_w, err_w, userns, filters);
+                let _ = fs::File::from(failure_w).write_all(error.as_bytes());
+                std::process::exit(127);
+            }
+            ForkResult::Parent { child } => Ok(Zygote {
+                pid: child,
+                command: command_w,
+                failure: failure_r,
+                stdout: out_r,
+                stderr: err_r,
+            }),
+        }
+    }
+
+    /// In the zygote: everything that does not depend on the function,
+    /// then waits for the command. Returns only on failure (an empty
+    /// string when init dropped the sandbox without a function).
+    fn wait_and_exec(
+        command: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        userns: BorrowedFd<'_>,
+        filters: &Filters,
+    ) -> String {
+        let ready = || -> Result<Option<Command>, String> {
+            let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+            step("pdeathsig", nix::sys::prctl::set_pdeathsig(Signal::SIGKILL))?;
+            // At the host's `/` for now: pivot_root moves it to the container's.
+            step("working directory", chdir("/"))?;
+            step("user namespace", setns(userns, CloneFlags::CLONE_NEWUSER))?;
+            step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+            filters.apply().map_err(|e| e.to_string())?;
+            let mut text = Vec::new();
+            fs::File::from(command)
+                .read_to_end(&mut text)
+                .map_err(|e| format!("reading the command: {e}"))?;
+            if text.is_empty() {
+                return Ok(None);
+            }
+            serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| format!("the command: {e}"))
+        };
+        match ready() {
+            Ok(Some(command)) => become_handler(&command, None, stdout, stderr, None),
+            Ok(None) => String::new(),
+            Err(e) => e,
+        }
+    }
+
+    /// Gives the zygote its command; returns the handler's pid and the
+    /// read ends of its stdout and stderr once it has exec'd.
+    fn exec(self, command: &Command) -> Result<(Pid, OwnedFd, OwnedFd), String> {
+        let text = serde_json::to_vec(command).map_err(|e| e.to_string())?;
+        let sent = fs::File::from(self.command).write_all(&text);
+        let mut why = String::new();
+        sys::set_blocking(self.failure.as_fd()).map_err(|e| format!("pipe: {e}"))?;
+        let _ = fs::File::from(self.failure).read_to_string(&mut why);
+        if let Err(e) = sent {
+            why = format!("the handler's process is gone: {e}");
+        }
+        if why.is_empty() {
+            Ok((self.pid, self.stdout, self.stderr))
+        } else {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+            Err(why)
+        }
+    }
+
+    /// Ends the zygote unused.
+    fn discard(self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+/// Starts a CGI process: the plan's command with `extra_env` added, as
+/// the plan's user, with no capabilities, `no_new_privs` and the seccomp
+/// filter. Returns its pid, or why it could not be executed.
 fn spawn(
     plan: &SandboxPlan,
     extra_env: &[String],
@@ -668,40 +848,22 @@ fn spawn(
     stderr: OwnedFd,
     filters: &Filters,
 ) -> Result<Pid, String> {
-    let process = &plan.process;
-    let path = resolve(&process.argv, &process.env)?;
-    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
-    let path = cstr(&path)?;
-    let argv = process
-        .argv
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let env = process
-        .env
-        .iter()
-        .chain(extra_env)
-        .map(|e| cstr(e))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cwd = cstr(&process.cwd)?;
+    let command = Command::of(plan, extra_env)?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: init is single-threaded, so the child may allocate and run
     // arbitrary code until it execs.
     #[expect(
         clippy::disallowed_methods,
-        reason = "init is single-threaded: it forks each handler"
+        reason = "init is single-threaded: it forks each CGI process"
     )]
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Err(e) => Err(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
             drop(err_r);
-            let error = exec_child(
-                &path, &argv, &env, &cwd, plan, stdin, stdout, stderr, filters,
-            );
-            let mut pipe = fs::File::from(err_w);
-            let _ = pipe.write_all(error.as_bytes());
+            let error = become_handler(&command, stdin, stdout, stderr, Some(filters));
+            let _ = fs::File::from(err_w).write_all(error.as_bytes());
             std::process::exit(127);
         }
         Ok(ForkResult::Parent { child }) => {
@@ -720,24 +882,34 @@ fn spawn(
     }
 }
 
-/// In the forked child: becomes the handler. Returns only on failure.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the child's whole set-up in one place"
-)]
-fn exec_child(
-    path: &CString,
-    argv: &[CString],
-    env: &[CString],
-    cwd: &CString,
-    plan: &SandboxPlan,
+/// In a forked child: becomes `command`'s process. `filters` is the
+/// seccomp filter to install, unless the process has it already. Returns
+/// only on failure.
+fn become_handler(
+    command: &Command,
     stdin: Option<OwnedFd>,
     stdout: OwnedFd,
     stderr: OwnedFd,
-    filters: &Filters,
+    filters: Option<&Filters>,
 ) -> String {
     let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
     let run = || -> Result<(), String> {
+        let path = cstr(&command.path)?;
+        let argv = command
+            .argv
+            .iter()
+            .map(|a| cstr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = command
+            .env
+            .iter()
+            .map(|e| cstr(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let root = fs::metadata("/").map_err(|e| format!("/: {e}"))?;
+        if (root.dev(), root.ino()) != command.root {
+            return Err("refusing to run: this process's / is not the container's".into());
+        }
         step("signal mask", SigSet::all().thread_unblock())?;
         let stdin = match stdin {
             Some(fd) => fd,
@@ -749,7 +921,7 @@ fn exec_child(
         step("stdout", nix::unistd::dup2_stdout(&stdout))?;
         step("stderr", nix::unistd::dup2_stderr(&stderr))?;
         step("setsid", nix::unistd::setsid().map(drop))?;
-        let (uid, gid) = (plan.process.uid, plan.process.gid);
+        let (uid, gid) = (command.uid, command.gid);
         step("setgroups", nix::unistd::setgroups(&[]))?;
         step(
             "setresgid",
@@ -760,11 +932,16 @@ fn exec_child(
             setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid)),
         )?;
         step("capabilities", sys::clear_capabilities())?;
-        step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
-        step(&format!("working directory {cwd:?}"), chdir(cwd.as_c_str()))?;
+        step(
+            &format!("working directory {:?}", command.cwd),
+            chdir(command.cwd.as_str()),
+        )?;
         umask(Mode::from_bits_truncate(0o022));
-        filters.apply().map_err(|e| e.to_string())?;
-        let e = nix::unistd::execve(path, argv, env).err();
+        if let Some(filters) = filters {
+            step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+            filters.apply().map_err(|e| e.to_string())?;
+        }
+        let e = nix::unistd::execve(&path, &argv, &env).err();
         Err(format!(
             "exec {path:?}: {}",
             e.map_or_else(|| "failed".to_owned(), |e| e.desc().to_owned())

@@ -160,7 +160,7 @@ impl ContainerBackend {
 
 impl Runtime {
     /// Makes a sandbox that waits for a function.
-    async fn make(&self) -> Result<Premade, String> {
+    async fn make(&self, background: bool) -> Result<Premade, String> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!("sandbox-{}-{seq}", std::process::id());
         let cgroup = self
@@ -177,6 +177,7 @@ impl Runtime {
                 .as_ref()
                 .map(|c| c.dirs().map(Path::to_path_buf).collect())
                 .unwrap_or_default(),
+            background,
         };
         let spawned = self.spawner.spawn(&request).await?;
         Ok(Premade {
@@ -194,11 +195,13 @@ impl Runtime {
     async fn take(&self) -> Result<(Premade, bool), String> {
         loop {
             let next = lock(&self.premade).pop_front();
+            // Replace it now, while this start waits on its sandbox: the
+            // new one sets itself up at idle priority (see `background`).
             self.refill.notify_one();
             match next {
                 Some(premade) if premade.sandbox.is_alive() => return Ok((premade, true)),
                 Some(_dead) => continue,
-                None => return Ok((self.make().await?, false)),
+                None => return Ok((self.make(false).await?, false)),
             }
         }
     }
@@ -207,7 +210,7 @@ impl Runtime {
     async fn keep_premade(self: Arc<Self>) {
         loop {
             while !self.closed.load(Ordering::Acquire) && lock(&self.premade).len() < self.target {
-                match self.make().await {
+                match self.make(true).await {
                     Ok(premade) => lock(&self.premade).push_back(premade),
                     Err(error) => {
                         tracing::warn!(%error, "could not pre-make a sandbox");
@@ -307,6 +310,22 @@ impl Backend for ContainerBackend {
     }
 
     async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError> {
+        self.start_sandbox(spec).await
+    }
+    async fn shutdown(&self) {
+        let Ok(runtime) = self.runtime() else { return };
+        runtime.closed.store(true, Ordering::Release);
+        runtime.refill.notify_one();
+        let premade: Vec<Premade> = lock(&runtime.premade).drain(..).collect();
+        for premade in premade {
+            premade.sandbox.release().await;
+        }
+    }
+}
+
+impl ContainerBackend {
+    /// The sandbox plan of `spec`: its image, settings and limits.
+    async fn start_sandbox(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError> {
         let requested = proto::monotonic_ns();
         let function = spec.name.clone();
         let sandbox_err = |detail: String| StartError::Sandbox {
@@ -321,15 +340,11 @@ impl Backend for ContainerBackend {
             control,
             pid,
         } = premade;
-        if let Some(cgroup) = &sandbox.cgroup.cgroup {
-            runtime
-                .cgroups
-                .apply_limits(cgroup, &plan.cgroup)
-                .map_err(|e| sandbox_err(e.to_string()))?;
-        }
         let control = sys::async_fd(control).map_err(|e| sandbox_err(e.to_string()))?;
         let protocol = plan.protocol;
         let cgi_env = plan.process.env.clone();
+        let limits = plan.cgroup;
+        let gone = |e: std::io::Error| sandbox_err(format!("the sandbox went away: {e}"));
         send_async(
             &control,
             &ToInit::Run {
@@ -339,7 +354,18 @@ impl Backend for ContainerBackend {
             &[],
         )
         .await
-        .map_err(|e| sandbox_err(format!("the sandbox went away: {e}")))?;
+        .map_err(gone)?;
+        // While the sandbox mounts its root filesystem; it runs nothing of
+        // the image's until `Start`.
+        if let Some(cgroup) = &sandbox.cgroup.cgroup {
+            runtime
+                .cgroups
+                .apply_limits(cgroup, &limits)
+                .map_err(|e| sandbox_err(e.to_string()))?;
+        }
+        send_async(&control, &ToInit::Start, &[])
+            .await
+            .map_err(gone)?;
         let timeout = spec.limits.timeout().min(MAX_START);
         let first = tokio::time::timeout(timeout, wait_ready(&function, pid, &control))
             .await
@@ -412,19 +438,6 @@ impl Backend for ContainerBackend {
         }))
     }
 
-    async fn shutdown(&self) {
-        let Ok(runtime) = self.runtime() else { return };
-        runtime.closed.store(true, Ordering::Release);
-        runtime.refill.notify_one();
-        let premade: Vec<Premade> = lock(&runtime.premade).drain(..).collect();
-        for premade in premade {
-            premade.sandbox.release().await;
-        }
-    }
-}
-
-impl ContainerBackend {
-    /// The sandbox plan of `spec`: its image, settings and limits.
     fn plan(&self, spec: &FunctionSpec) -> Result<plan::SandboxPlan, String> {
         let options = spec
             .container

@@ -23,6 +23,11 @@ const MAX_FDS: usize = 4;
 pub struct SpawnRequest {
     /// The sandbox's cgroup directories, which the container joins itself.
     pub cgroup_dirs: Vec<PathBuf>,
+    /// Made ahead of demand: the sandbox sets itself up at `SCHED_IDLE`
+    /// priority, so that it never takes a CPU from a cold start in
+    /// progress, and returns to normal priority when it gets a function.
+    #[serde(default)]
+    pub background: bool,
 }
 
 /// Spawner → gateway. With `Spawned`, the descriptors are the control
@@ -65,6 +70,10 @@ pub enum ToInit {
         /// the same one).
         scratch_mountpoint: PathBuf,
     },
+    /// The sandbox's cgroup limits are in place: start the handler. Sent
+    /// after `Run`, so that the gateway writes the limits while the
+    /// sandbox mounts its root filesystem.
+    Start,
     /// Open a connection to the handler's port.
     Connect,
     /// Run one CGI process; its stdin, stdout and stderr ride along.

@@ -340,6 +340,12 @@ pub(crate) async fn send_async<T: serde::Serialize>(
     msg: &T,
     fds: &[BorrowedFd<'_>],
 ) -> std::io::Result<()> {
+    // A fresh socket is almost always writable: try before asking the
+    // reactor, which costs a trip through the event loop.
+    match proto::send(sock.get_ref().as_fd(), msg, fds).map_err(would_block) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        done => return done,
+    }
     loop {
         let mut guard = sock.writable().await?;
         match guard.try_io(|fd| proto::send(fd.get_ref().as_fd(), msg, fds).map_err(would_block)) {

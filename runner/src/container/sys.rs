@@ -153,3 +153,24 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
     // long as the `AsyncFd` owns it.
     Ok(unsafe { tokio::io::unix::AsyncFd::register(fd) }?)
 }
+
+/// Sets the scheduling policy of `pid` (this process when `None`):
+/// `SCHED_IDLE` when `idle`, else `SCHED_OTHER` (nice 0).
+pub(crate) fn set_idle_priority(pid: Option<nix::unistd::Pid>, idle: bool) -> nix::Result<()> {
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    let pid = pid.map_or(0, nix::unistd::Pid::as_raw);
+    // SAFETY: plain syscall with a valid parameter block.
+    Errno::result(unsafe { libc::sched_setscheduler(pid, policy, &param) }).map(drop)
+}
+
+/// Clears `O_NONBLOCK` on `fd`.
+pub(crate) fn set_blocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).map(drop)
+}
