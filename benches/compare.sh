@@ -75,6 +75,41 @@ runtime_times() {
     done' _ "$bundle" "$1" "$2"
 }
 
+# RUNTIME N → containers per second over N runs of /bin/true by 2 workers.
+runtime_rate2() {
+  local s e
+  s=$EPOCHREALTIME
+  runtime_times "$1" "$2" >/dev/null & runtime_times "$1" "$2" >/dev/null; wait $!
+  e=$EPOCHREALTIME
+  awk -v s="$s" -v e="$e" -v n="$2" 'BEGIN { printf "%.1f\n", 2 * n / (e - s) }'
+}
+rate_of() { awk '{s+=$1} END {printf "%.1f\n", NR * 1000 / s}'; }
+# extra METRIC VALUE: figures that are not latencies (rates, memory).
+extra() { echo "$1|$2" >>"$work/extra"; }
+: >"$work/extra"
+
+# Density: host memory per idle warm container (N copies of ping held at
+# --min 1) and per idle deployed wasm function, from MemAvailable and the
+# gateway's RSS.
+avail_kib() { awk '/^MemAvailable/{print $2}' /proc/meminfo; }
+density() {
+  local n=20 before after i rss_before rss_after handler=0 p
+  before=$(avail_kib)
+  for i in $(seq $n); do "$wisp" deploy "idle-$i" --image "$(artifact ping-docker)" --min 1 >/dev/null; done
+  sleep 3
+  after=$(avail_kib)
+  for p in $(pgrep -x ping); do handler=$(awk -v h="$handler" '/^VmRSS/{print ($2 > h ? $2 : h)}' "/proc/$p/status"); done
+  extra "idle warm container: host memory (KiB, MemAvailable drop / $n)" $(( (before - after) / n ))
+  extra "idle warm container: its handler's RSS (KiB)" "$handler"
+  for i in $(seq $n); do "$wisp" rm "idle-$i" >/dev/null; done
+  rss_before=$(awk '/^VmRSS/{print $2}' "/proc/${pids[0]}/status")
+  for i in $(seq 200); do "$wisp" deploy "w-$i" "$(artifact hello)" >/dev/null; curl -fs -o /dev/null "$WISP_GATEWAY/function/w-$i/"; done
+  sleep 1
+  rss_after=$(awk '/^VmRSS/{print $2}' "/proc/${pids[0]}/status")
+  extra "idle wasm function, invoked once: gateway memory (KiB, RSS growth / 200)" "$(awk -v a="$rss_after" -v b="$rss_before" 'BEGIN {printf "%.1f", (a - b) / 200}')"
+  for i in $(seq 200); do "$wisp" rm "w-$i" >/dev/null; done
+}
+
 # The ping binary straight on the host, and the minimal proxy in front of it.
 PORT=18941 "$(artifact ping)" >/dev/null 2>&1 &
 pids+=($!)
@@ -94,8 +129,14 @@ sleep 1
 for r in $(seq "$repeats"); do
   echo "compare: repeat $r of $repeats" >&2
   "$wisp" bench ping --mode cold --requests 100 --path /ping --json "$work/cold.json" >/dev/null
-  read -r p50 p99 _ < <(json "$work/cold.json"); record "container cold start (ping)" wisp "$p50" "$p99"
+  read -r p50 p99 rate < <(json "$work/cold.json"); record "container cold start (ping)" wisp "$p50" "$p99"
+  extra "container starts/s, sequential: wisp (cold requests to ping copies)" "$rate"
+  "$wisp" bench ping --mode cold --requests 100 --concurrency 2 --path /ping --json "$work/cold2.json" >/dev/null
+  read -r _ _ rate < <(json "$work/cold2.json")
+  extra "container starts/s, 2 workers: wisp (cold requests to ping copies)" "$rate"
   t=$(runtime_times crun 100); record "container cold start (ping)" "crun run /bin/true" "$(pct 0.5 <<<"$t")" "$(pct 0.99 <<<"$t")"
+  extra "container starts/s, sequential: crun run /bin/true" "$(rate_of <<<"$t")"
+  extra "container starts/s, 2 workers: crun run /bin/true" "$(runtime_rate2 crun 50)"
   t=$(runtime_times runc 100); record "container cold start (ping)" "runc run /bin/true" "$(pct 0.5 <<<"$t")" "$(pct 0.99 <<<"$t")"
 
   "$wisp" bench hello --mode cold --requests 100 --json "$work/wcold.json" >/dev/null
@@ -116,9 +157,10 @@ for r in $(seq "$repeats"); do
   read -r p50 p99 rps < <(wrk_run "$WISP_GATEWAY/function/ping/ping" 1); record "warm ping, 1 connection" "wisp → container" "$p50" "$p99" "$rps"
   read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18942/ping 1); record "warm ping, 1 connection" "hyper proxy → ping" "$p50" "$p99" "$rps"
   read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18941/ping 1); record "warm ping, 1 connection" "ping direct" "$p50" "$p99" "$rps"
+  density
 done
 
-python3 - "$results" <<'PY'
+python3 - "$results" "$work/extra" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -146,4 +188,13 @@ for comp, subjects in rows.items():
                 ratio = f"{p50 / med(wisp, 0):.2f}× faster at p50, {p99 / med(wisp, 1):.2f}× at p99"
         rps_s = f"{rps:8.0f}" if rps else " " * 8
         print(f"{comp:<34} {name:<42} {p50:8.3f} {p99:8.3f} {rps_s}  {spread:<15} {ratio}")
+
+extras = {}
+for line in open(sys.argv[2]):
+    name, value = line.rstrip("\n").split("|")
+    extras.setdefault(name, []).append(float(value))
+print()
+print(f"{'rates and memory':<78} {'median':>9}  spread")
+for name, vals in extras.items():
+    print(f"{name:<78} {statistics.median(vals):9.1f}  {min(vals):.1f}–{max(vals):.1f}")
 PY

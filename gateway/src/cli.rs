@@ -196,7 +196,7 @@ pub struct BenchArgs {
     /// How long warm and rate run, e.g. `10s` [default: 10s unless --requests].
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,
-    /// Requests at once [default: warm 16, burst 100].
+    /// Requests at once [default: warm 16, burst 100, rate and cold 1].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Requests per second (rate mode).

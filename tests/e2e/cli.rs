@@ -124,10 +124,17 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
         ),
         ("rate", vec!["--rate", "50", "--duration", "1s"], None),
         ("cold", vec!["--requests", "3"], Some(3)),
+        // Two workers share the copies: still one cold start each.
+        (
+            "cold",
+            vec!["--requests", "3", "--concurrency", "2"],
+            Some(3),
+        ),
         ("burst", vec!["--concurrency", "10"], Some(10)),
     ] {
-        let json = dir.path().join(format!("{mode}.json"));
-        let plot = dir.path().join(format!("{mode}.svg"));
+        let run = extra.join("");
+        let json = dir.path().join(format!("{mode}{run}.json"));
+        let plot = dir.path().join(format!("{mode}{run}.svg"));
         let mut args = vec![
             "bench",
             "hello",

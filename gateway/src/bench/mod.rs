@@ -6,7 +6,9 @@
 //!   measured from the request's due time ([`schedule`]).
 //! - `cold`: every measured request finds the function at zero instances:
 //!   the bench deploys `--requests` copies of it (same artifact and
-//!   settings, named `<name>-bench-<n>`), calls each once, and removes them.
+//!   settings, named `<name>-bench-<n>`), calls each once, and removes them;
+//!   `--concurrency` workers share the copies, so the throughput is the
+//!   rate of cold starts the server sustains.
 //! - `burst`: `--concurrency` concurrent first requests to a fresh copy.
 //!
 //! Latencies go into an HDR histogram; cold starts also record the phases
@@ -388,11 +390,37 @@ async fn cold(
 ) -> anyhow::Result<()> {
     let count = config.requests.unwrap_or(20);
     let names = deploy_copies(client, status, count).await?;
-    for name in &names {
-        send(client, config, name, Instant::now(), recorder).await;
-        progress.inc(1);
-        // The copy has served its one request.
-        let _ = client.delete(name).await;
+    // `--concurrency` workers take the next unused copy until none is left:
+    // throughput is then the rate of cold starts the server sustains.
+    let queue = Arc::new(Mutex::new(names.clone().into_iter()));
+    let workers: Vec<_> = (0..config.concurrency)
+        .map(|_| {
+            let (client, config, recorder, queue, progress) = (
+                client.clone(),
+                config.clone(),
+                recorder.clone(),
+                queue.clone(),
+                progress.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .next();
+                    let Some(name) = next else {
+                        break;
+                    };
+                    send(&client, &config, &name, Instant::now(), &recorder).await;
+                    progress.inc(1);
+                    // The copy has served its one request.
+                    let _ = client.delete(&name).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await?;
     }
     remove_copies(client, &names).await;
     Ok(())
