@@ -127,10 +127,14 @@ pub async fn run(client: &Client, config: &BenchConfig) -> anyhow::Result<Report
         Mode::Burst => burst(client, config, &status, &recorder, &progress).await?,
     }
     progress.finish_and_clear();
-    let elapsed = started.elapsed();
     let recorder = recorder
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Measured requests only: not cold mode's deploying and removing of
+    // copies, nor the warm-up.
+    let elapsed = recorder
+        .window
+        .map_or_else(|| started.elapsed(), |(first, last)| last - first);
     let requests = recorder.latency.count();
     let report = Report {
         function: config.function.clone(),
@@ -194,10 +198,12 @@ async fn send(
             config.body.clone(),
         )
         .await;
-    let latency = since.elapsed();
+    let done = Instant::now();
+    let latency = done.duration_since(since);
     let mut recorder = recorder
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    recorder.span(since, done);
     match answer {
         Ok(answer) => {
             let timing = answer
@@ -403,6 +409,7 @@ async fn cold(
                 progress.clone(),
             );
             tokio::spawn(async move {
+                let mut removals = Vec::new();
                 loop {
                     let next = queue
                         .lock()
@@ -413,14 +420,19 @@ async fn cold(
                     };
                     send(&client, &config, &name, Instant::now(), &recorder).await;
                     progress.inc(1);
-                    // The copy has served its one request.
-                    let _ = client.delete(&name).await;
+                    // The copy has served its one request: removed in the
+                    // background, as an idle instance would be reaped.
+                    let client = client.clone();
+                    removals.push(tokio::spawn(async move { client.delete(&name).await }));
                 }
+                removals
             })
         })
         .collect();
     for worker in workers {
-        worker.await?;
+        for removal in worker.await? {
+            let _ = removal.await;
+        }
     }
     remove_copies(client, &names).await;
     Ok(())

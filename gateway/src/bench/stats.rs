@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -116,9 +118,21 @@ pub struct Recorder {
     /// Cold starts only: each phase's latency.
     pub phases: BTreeMap<String, Latencies>,
     pub cold_starts: u64,
+    /// From the first measured request's send (or due) time to the last
+    /// answer: the span throughput is computed over.
+    pub window: Option<(Instant, Instant)>,
 }
 
 impl Recorder {
+    /// Widens the measured window to cover a request sent (or due) at
+    /// `sent` and answered at `done`.
+    pub fn span(&mut self, sent: Instant, done: Instant) {
+        self.window = Some(match self.window {
+            None => (sent, done),
+            Some((first, last)) => (first.min(sent), last.max(done)),
+        });
+    }
+
     /// Records one answer and its `Server-Timing` header, if any.
     pub fn record(&mut self, status: u16, latency: Duration, server_timing: Option<&str>) {
         self.latency.record(latency);
