@@ -4,13 +4,15 @@
 //!
 //! Set-up order (verified on the development machine, see
 //! docs/architecture.md): join the cgroup and make a cgroup namespace;
-//! loopback up; fork the zygote, the future handler, which enters the user
-//! namespace and installs the seccomp filter — a pre-made sandbox waits
-//! here for a function — then hostname; make `/` private; mount the scratch tmpfs and
-//! the overlay; `pivot_root` into it and detach the host's root; only then
-//! mount `/proc`, `/dev` and `/tmp`, so that no path the image controls
-//! (its symlinks) is ever resolved against the host's tree; finally enter
-//! the user namespace, where container root is an unprivileged host uid.
+//! loopback up; make `/` private; fork the zygote, the future handler,
+//! which enters the user namespace and installs the seccomp filter; make
+//! `/proc`, `/dev` (with its nodes) and `/tmp` as detached mounts — a
+//! pre-made sandbox waits here for a function — then hostname; mount the
+//! scratch tmpfs and the overlay; `pivot_root` into it and detach the
+//! host's root; only then attach `/proc`, `/dev` and `/tmp`, so that no
+//! path the image controls (its symlinks) is ever resolved against the
+//! host's tree; finally enter the user namespace, where container root is
+//! an unprivileged host uid.
 //!
 //! Init then drops the capability bounding set, waits for the gateway's
 //! `Start` (the cgroup limits are written), gives the zygote its command
@@ -34,7 +36,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
+use nix::sys::stat::{Mode, SFlag, makedev, umask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, chdir, pivot_root, setresgid, setresuid};
 
@@ -97,6 +99,9 @@ pub(crate) fn container_main(
         Ok(z) => z,
         Err(f) => return report(f),
     };
+    // The standard mounts, made now and attached after `pivot_root`;
+    // without them (an old kernel, say) they are mounted then instead.
+    let premounted = req.id_map.and_then(|ids| Premounted::make(ids).ok());
     timings.sandbox = monotonic_ns();
     // A pre-made sandbox: wait until the gateway gives it a function.
     let mut buf = Vec::new();
@@ -116,7 +121,7 @@ pub(crate) fn container_main(
         let _ = sys::set_idle_priority(None, false);
         let _ = sys::set_idle_priority(Some(zygote.pid), false);
     }
-    if let Err(f) = assign(&plan, &scratch, userns) {
+    if let Err(f) = assign(&plan, &scratch, userns, premounted) {
         return report(f);
     }
     timings.rootfs = monotonic_ns();
@@ -142,7 +147,8 @@ pub(crate) fn container_main(
     }
 }
 
-/// What does not depend on the function: cgroup, cgroup namespace, loopback.
+/// What does not depend on the function: cgroup, cgroup namespace,
+/// loopback, mount propagation.
 fn prepare(req: &SpawnRequest) -> Result<(), Failure> {
     umask(Mode::empty());
     sys::reset_sigchld().map_err(at("signals"))?;
@@ -156,14 +162,23 @@ fn prepare(req: &SpawnRequest) -> Result<(), Failure> {
     }
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at("cgroup namespace"))?;
     sys::loopback_up().map_err(at("loopback"))?;
+    // No mount event crosses between this namespace and the host's.
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(at("making / private"))?;
     Ok(())
 }
 
 /// Makes the sandbox the function's: hostname, root filesystem, user
 /// namespace.
-fn assign(plan: &SandboxPlan, scratch: &Path, userns: BorrowedFd<'_>) -> Result<(), Failure> {
+fn assign(
+    plan: &SandboxPlan,
+    scratch: &Path,
+    userns: BorrowedFd<'_>,
+    premounted: Option<Premounted>,
+) -> Result<(), Failure> {
     nix::unistd::sethostname(&plan.hostname).map_err(at("hostname"))?;
-    mount_rootfs(plan, scratch)?;
+    mount_rootfs(plan, scratch, premounted)?;
     // Leaving the initial user namespace is the last step: from here on
     // this process is container root, a plain uid on the host.
     nix::unistd::setgroups(&[]).map_err(at("setgroups"))?;
@@ -174,10 +189,11 @@ fn assign(plan: &SandboxPlan, scratch: &Path, userns: BorrowedFd<'_>) -> Result<
     Ok(())
 }
 
-fn mount_rootfs(plan: &SandboxPlan, scratch: &Path) -> Result<(), Failure> {
-    let none: Option<&str> = None;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(at("making / private"))?;
+fn mount_rootfs(
+    plan: &SandboxPlan,
+    scratch: &Path,
+    premounted: Option<Premounted>,
+) -> Result<(), Failure> {
     let data = format!("size={},mode=0755", plan.rootfs.scratch_bytes);
     mount(
         Some("tmpfs"),
@@ -247,13 +263,131 @@ fn mount_rootfs(plan: &SandboxPlan, scratch: &Path) -> Result<(), Failure> {
     umount2(".", MntFlags::MNT_DETACH).map_err(at("detaching the host root"))?;
     chdir("/").map_err(at("pivot_root"))?;
 
-    for m in &plan.mounts {
-        mount_one(m, plan)?;
-        if m.target == "/dev" {
-            make_devices(plan)?;
+    match premounted.filter(|p| p.fits(plan)) {
+        Some(premounted) => premounted.attach(),
+        None => {
+            let (uid, gid) = (plan.id_map.host_uid, plan.id_map.host_gid);
+            for m in &plan.mounts {
+                mount_one(m, plan)?;
+                if m.target == "/dev" {
+                    let dev = fs::File::open("/dev").map_err(at("devices"))?;
+                    make_devices(dev.as_fd(), &plan.devices, uid, gid)?;
+                }
+            }
+            Ok(())
         }
     }
-    Ok(())
+}
+
+/// The standard mounts (`plan::standard_mounts`: `/proc`, `/dev` with its
+/// nodes, `/dev/pts`, `/dev/shm`, `/tmp`), made while the sandbox waits for
+/// a function as detached mounts (the new mount API), in order. After
+/// `pivot_root` each is attached at its path inside the new root, so that,
+/// as when they are mounted then, no path of the image's is ever resolved
+/// against the host's tree.
+struct Premounted {
+    owner: (u32, u32),
+    mounts: Vec<(String, OwnedFd)>,
+}
+
+impl Premounted {
+    fn make(ids: crate::container::plan::IdMap) -> Result<Premounted, Failure> {
+        let (uid, gid) = (ids.host_uid, ids.host_gid);
+        let standard = crate::container::plan::standard_mounts();
+        let mut mounts: Vec<(String, OwnedFd)> = Vec::new();
+        for m in &standard {
+            let fail = |error: String| Failure {
+                stage: "mounts",
+                error: format!("{}: {error}", m.target),
+            };
+            let fstype =
+                m.fstype.as_deref().filter(|_| !m.bind).ok_or_else(|| {
+                    fail("only filesystems, not bind mounts, are made ahead".into())
+                })?;
+            let mut options = vec![format!("source={}", m.source)];
+            options.extend(m.data.split(',').map(str::to_owned));
+            if fstype == "tmpfs" {
+                options.extend([format!("uid={uid}"), format!("gid={gid}")]);
+            }
+            let mut attrs = 0;
+            for (set, attr) in [
+                (m.read_only, sys::MOUNT_ATTR_RDONLY),
+                (m.nosuid, sys::MOUNT_ATTR_NOSUID),
+                (m.nodev, sys::MOUNT_ATTR_NODEV),
+                (m.noexec, sys::MOUNT_ATTR_NOEXEC),
+            ] {
+                if set {
+                    attrs |= attr;
+                }
+            }
+            let options: Vec<&str> = options.iter().map(String::as_str).collect();
+            let mount = sys::detached_mount(fstype, &options, attrs).map_err(fail)?;
+            if m.target == "/dev" {
+                make_devices(
+                    mount.as_fd(),
+                    &crate::container::plan::standard_devices(),
+                    uid,
+                    gid,
+                )?;
+                // Mount points of what goes inside /dev.
+                for inner in standard
+                    .iter()
+                    .filter_map(|n| n.target.strip_prefix("/dev/"))
+                {
+                    nix::sys::stat::mkdirat(mount.as_fd(), inner, Mode::from_bits_truncate(0o755))
+                        .map_err(|e| fail(format!("{inner}: {e}")))?;
+                    nix::unistd::fchownat(
+                        mount.as_fd(),
+                        inner,
+                        Some(Uid::from_raw(uid)),
+                        Some(Gid::from_raw(gid)),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| fail(format!("{inner}: {e}")))?;
+                }
+            }
+            mounts.push((m.target.clone(), mount));
+        }
+        Ok(Premounted {
+            owner: (uid, gid),
+            mounts,
+        })
+    }
+
+    /// Whether these are the mounts `plan` asks for.
+    fn fits(&self, plan: &SandboxPlan) -> bool {
+        plan.mounts == crate::container::plan::standard_mounts()
+            && plan.devices == crate::container::plan::standard_devices()
+            && self.owner == (plan.id_map.host_uid, plan.id_map.host_gid)
+    }
+
+    /// Attaches every mount at its path (run after `pivot_root`).
+    fn attach(self) -> Result<(), Failure> {
+        for (target, mount) in &self.mounts {
+            mount_point(target)?;
+            sys::attach_mount(mount.as_fd(), target).map_err(|e| Failure {
+                stage: "mounts",
+                error: format!("{target}: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes the directory `target` (and its parents) if missing.
+fn mount_point(target: &str) -> Result<(), Failure> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(target)
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Failure {
+            stage: "mounts",
+            error: format!("{target}: {e}"),
+        }),
+    }
 }
 
 fn plain(path: &Path) -> Result<&str, Failure> {
@@ -280,15 +414,7 @@ fn mount_one(m: &Mount, plan: &SandboxPlan) -> Result<(), Failure> {
         stage: "mounts",
         error: format!("{}: {e}", m.target),
     };
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&m.target)
-    {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(fail(&e)),
-    }
+    mount_point(&m.target)?;
     let mut flags = MsFlags::empty();
     for (set, flag) in [
         (m.bind, MsFlags::MS_BIND),
@@ -321,14 +447,20 @@ fn mount_one(m: &Mount, plan: &SandboxPlan) -> Result<(), Failure> {
     .map_err(|e| fail(&e))
 }
 
-/// Creates the plan's device nodes in the fresh `/dev` tmpfs (as host
-/// root, before the user namespace, which could not), plus the usual links.
-fn make_devices(plan: &SandboxPlan) -> Result<(), Failure> {
+/// Creates `devices` in the fresh `/dev` tmpfs `dev` (as host root,
+/// before the user namespace, which could not), owned by container root,
+/// plus the usual links.
+fn make_devices(
+    dev: BorrowedFd<'_>,
+    devices: &[String],
+    uid: u32,
+    gid: u32,
+) -> Result<(), Failure> {
     let fail = |what: &str, e: &dyn std::fmt::Display| Failure {
         stage: "devices",
-        error: format!("{what}: {e}"),
+        error: format!("/dev/{what}: {e}"),
     };
-    for name in &plan.devices {
+    for name in devices {
         let (major, minor) = match name.as_str() {
             "null" => (1, 3),
             "zero" => (1, 5),
@@ -338,30 +470,32 @@ fn make_devices(plan: &SandboxPlan) -> Result<(), Failure> {
             "tty" => (5, 0),
             other => return Err(fail(other, &"unknown device")),
         };
-        let path = format!("/dev/{name}");
-        mknod(
-            path.as_str(),
+        nix::sys::stat::mknodat(
+            dev,
+            name.as_str(),
             SFlag::S_IFCHR,
             Mode::from_bits_truncate(0o666),
             makedev(major, minor),
         )
-        .map_err(|e| fail(&path, &e))?;
-        nix::unistd::chown(
-            path.as_str(),
-            Some(Uid::from_raw(plan.id_map.host_uid)),
-            Some(Gid::from_raw(plan.id_map.host_gid)),
+        .map_err(|e| fail(name, &e))?;
+        nix::unistd::fchownat(
+            dev,
+            name.as_str(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| fail(&path, &e))?;
+        .map_err(|e| fail(name, &e))?;
     }
     for (link, target) in [
-        ("/dev/fd", "/proc/self/fd"),
-        ("/dev/stdin", "/proc/self/fd/0"),
-        ("/dev/stdout", "/proc/self/fd/1"),
-        ("/dev/stderr", "/proc/self/fd/2"),
-        ("/dev/ptmx", "pts/ptmx"),
-        ("/dev/core", "/proc/kcore"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
     ] {
-        std::os::unix::fs::symlink(target, link).map_err(|e| fail(link, &e))?;
+        nix::unistd::symlinkat(target, dev, link).map_err(|e| fail(link, &e))?;
     }
     Ok(())
 }

@@ -73,6 +73,7 @@ struct Runtime {
     spawner: Spawner,
     cgroups: Arc<Cgroups>,
     scratch: PathBuf,
+    id_map: IdMap,
     seq: AtomicU64,
     /// Sandboxes made ahead of demand, waiting for a function.
     premade: Mutex<VecDeque<Premade>>,
@@ -127,6 +128,7 @@ impl ContainerBackend {
                 spawner,
                 cgroups: Arc::new(cgroups),
                 scratch,
+                id_map,
                 seq: AtomicU64::new(0),
                 premade: Mutex::new(VecDeque::new()),
                 target: premade,
@@ -178,6 +180,7 @@ impl Runtime {
                 .map(|c| c.dirs().map(Path::to_path_buf).collect())
                 .unwrap_or_default(),
             background,
+            id_map: Some(self.id_map),
         };
         let spawned = self.spawner.spawn(&request).await?;
         Ok(Premade {

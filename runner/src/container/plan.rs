@@ -246,9 +246,7 @@ pub fn plan(
             scratch_bytes: settings.scratch_bytes,
         },
         mounts: standard_mounts(),
-        devices: ["null", "zero", "full", "random", "urandom", "tty"]
-            .map(String::from)
-            .to_vec(),
+        devices: standard_devices(),
         process: Process {
             argv,
             env,
@@ -267,8 +265,15 @@ pub fn plan(
     })
 }
 
+/// The device nodes of every container's `/dev`.
+pub(crate) fn standard_devices() -> Vec<String> {
+    ["null", "zero", "full", "random", "urandom", "tty"]
+        .map(String::from)
+        .to_vec()
+}
+
 /// `/proc`, a minimal `/dev` (tmpfs + pts + shm) and a writable `/tmp`.
-fn standard_mounts() -> Vec<Mount> {
+pub(crate) fn standard_mounts() -> Vec<Mount> {
     let fs = |source: &str, target: &str, fstype: &str, data: &str| Mount {
         source: source.to_owned(),
         target: target.to_owned(),

@@ -28,6 +28,11 @@ pub struct SpawnRequest {
     /// progress, and returns to normal priority when it gets a function.
     #[serde(default)]
     pub background: bool,
+    /// Where container root maps to: with it the sandbox mounts its
+    /// standard `/proc`, `/dev` and `/tmp` ahead of the function, detached
+    /// until its root filesystem exists.
+    #[serde(default)]
+    pub id_map: Option<crate::container::plan::IdMap>,
 }
 
 /// Spawner → gateway. With `Spawned`, the descriptors are the control

@@ -174,3 +174,100 @@ pub(crate) fn set_blocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).map(drop)
 }
+
+// The new mount API (Linux 5.2): filesystems made as detached mounts,
+// attached later with `move_mount`. Constants from <linux/mount.h>.
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+pub(crate) const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+pub(crate) const MOUNT_ATTR_NOEXEC: libc::c_uint = 0x8;
+
+/// A new, detached mount of `fstype` with `options` (`key=value` sets a
+/// string, a bare `key` a flag) and mount attributes `attrs`; the
+/// descriptor refers to its root.
+pub(crate) fn detached_mount(
+    fstype: &str,
+    options: &[&str],
+    attrs: libc::c_uint,
+) -> Result<OwnedFd, String> {
+    let cstr = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("{s:?}: NUL byte"));
+    let fail = |what: &str| format!("{fstype}: {what}: {}", Errno::last());
+    let name = cstr(fstype)?;
+    // SAFETY: valid C string; the result is checked.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
+    let fs = owned(fs).ok_or_else(|| fail("fsopen"))?;
+    for option in options.iter().filter(|o| !o.is_empty()) {
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (cstr(k)?, Some(cstr(v)?)),
+            None => (cstr(option)?, None),
+        };
+        let (cmd, value_ptr) = match &value {
+            Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+            None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: valid descriptor and C strings; the result is checked.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                cmd,
+                key.as_ptr(),
+                value_ptr,
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(fail(option));
+        }
+    }
+    let null: *const libc::c_char = std::ptr::null();
+    // SAFETY: as above.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            null,
+            null,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(fail("create"));
+    }
+    // SAFETY: as above.
+    let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    owned(mnt).ok_or_else(|| fail("fsmount"))
+}
+
+/// Attaches the detached mount `mount` at `target` (resolved from this
+/// process's root and working directory).
+pub(crate) fn attach_mount(mount: BorrowedFd<'_>, target: &str) -> nix::Result<()> {
+    let target = std::ffi::CString::new(target).map_err(|_| Errno::EINVAL)?;
+    let empty = c"";
+    // SAFETY: valid descriptor and C strings; the result is checked.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// A descriptor returned by a raw system call, or `None` on failure.
+fn owned(fd: libc::c_long) -> Option<OwnedFd> {
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
