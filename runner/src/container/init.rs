@@ -40,7 +40,7 @@ use nix::sys::stat::{Mode, SFlag, makedev, umask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, chdir, pivot_root, setresgid, setresuid};
 
-use crate::container::plan::{Mount, Protocol, SandboxPlan};
+use crate::container::plan::{DEFAULT_SCRATCH_BYTES, Mount, Protocol, SandboxPlan};
 use crate::container::proto::{
     self, ExitReport, ExitStatus, FromInit, SpawnRequest, Timings, ToInit, monotonic_ns,
 };
@@ -101,7 +101,9 @@ pub(crate) fn container_main(
     };
     // The standard mounts, made now and attached after `pivot_root`;
     // without them (an old kernel, say) they are mounted then instead.
-    let premounted = req.id_map.and_then(|ids| Premounted::make(ids).ok());
+    let premounted = req
+        .id_map
+        .and_then(|ids| Premounted::make(ids, req.scratch.as_deref()).ok());
     timings.sandbox = monotonic_ns();
     // A pre-made sandbox: wait until the gateway gives it a function.
     let mut buf = Vec::new();
@@ -194,31 +196,25 @@ fn mount_rootfs(
     scratch: &Path,
     premounted: Option<Premounted>,
 ) -> Result<(), Failure> {
-    let data = format!("size={},mode=0755", plan.rootfs.scratch_bytes);
-    mount(
-        Some("tmpfs"),
-        scratch,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(data.as_str()),
-    )
-    .map_err(at("scratch tmpfs"))?;
-    let (upper, work, root) = (scratch.join("u"), scratch.join("w"), scratch.join("r"));
-    for (dir, mode) in [(&upper, 0o755), (&work, 0o700), (&root, 0o755)] {
-        fs::DirBuilder::new()
-            .mode(mode)
-            .create(dir)
-            .map_err(at("scratch dirs"))?;
+    let owner = (plan.id_map.host_uid, plan.id_map.host_gid);
+    match &premounted {
+        Some(p) if p.scratch.as_deref() == Some(scratch) && p.owner == owner => {
+            if plan.rootfs.scratch_bytes != DEFAULT_SCRATCH_BYTES {
+                let none: Option<&str> = None;
+                let size = format!("size={}", plan.rootfs.scratch_bytes);
+                mount(
+                    none,
+                    scratch,
+                    none,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(size.as_str()),
+                )
+                .map_err(at("scratch tmpfs"))?;
+            }
+        }
+        _ => make_scratch(scratch, plan.rootfs.scratch_bytes, owner)?,
     }
-    // The top directory of the rootfs is the upper dir: owned by the
-    // container's root, so that it may create files in `/`.
-    let (host_uid, host_gid) = (plan.id_map.host_uid, plan.id_map.host_gid);
-    nix::unistd::chown(
-        &upper,
-        Some(Uid::from_raw(host_uid)),
-        Some(Gid::from_raw(host_gid)),
-    )
-    .map_err(at("scratch dirs"))?;
+    let (upper, work, root) = (scratch.join("u"), scratch.join("w"), scratch.join("r"));
 
     // lowerdir= holds at most a page: name the layers relative to their
     // common parent (the image store's `layers/`), which is our cwd.
@@ -263,6 +259,8 @@ fn mount_rootfs(
     umount2(".", MntFlags::MNT_DETACH).map_err(at("detaching the host root"))?;
     chdir("/").map_err(at("pivot_root"))?;
 
+    // Only the standard mounts are made ahead; the scratch tmpfs was
+    // used above whatever the plan's mounts.
     match premounted.filter(|p| p.fits(plan)) {
         Some(premounted) => premounted.attach(),
         None => {
@@ -279,6 +277,35 @@ fn mount_rootfs(
     }
 }
 
+/// Mounts the scratch tmpfs (`bytes` big) on `dir`, with the overlay's
+/// upper (`u`), work (`w`) and root (`r`) directories in it.
+fn make_scratch(dir: &Path, bytes: u64, (uid, gid): (u32, u32)) -> Result<(), Failure> {
+    let data = format!("size={bytes},mode=0755");
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(at("scratch tmpfs"))?;
+    let upper = dir.join("u");
+    for (sub, mode) in [
+        (&upper, 0o755),
+        (&dir.join("w"), 0o700),
+        (&dir.join("r"), 0o755),
+    ] {
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(sub)
+            .map_err(at("scratch dirs"))?;
+    }
+    // The top directory of the rootfs is the upper dir: owned by the
+    // container's root, so that it may create files in `/`.
+    nix::unistd::chown(&upper, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .map_err(at("scratch dirs"))
+}
+
 /// The standard mounts (`plan::standard_mounts`: `/proc`, `/dev` with its
 /// nodes, `/dev/pts`, `/dev/shm`, `/tmp`), made while the sandbox waits for
 /// a function as detached mounts (the new mount API), in order. After
@@ -288,10 +315,15 @@ fn mount_rootfs(
 struct Premounted {
     owner: (u32, u32),
     mounts: Vec<(String, OwnedFd)>,
+    /// Where the scratch tmpfs (of the default size) is mounted already.
+    scratch: Option<PathBuf>,
 }
 
 impl Premounted {
-    fn make(ids: crate::container::plan::IdMap) -> Result<Premounted, Failure> {
+    fn make(
+        ids: crate::container::plan::IdMap,
+        scratch: Option<&Path>,
+    ) -> Result<Premounted, Failure> {
         let (uid, gid) = (ids.host_uid, ids.host_gid);
         let standard = crate::container::plan::standard_mounts();
         let mut mounts: Vec<(String, OwnedFd)> = Vec::new();
@@ -348,9 +380,13 @@ impl Premounted {
             }
             mounts.push((m.target.clone(), mount));
         }
+        if let Some(dir) = scratch {
+            make_scratch(dir, DEFAULT_SCRATCH_BYTES, (uid, gid))?;
+        }
         Ok(Premounted {
             owner: (uid, gid),
             mounts,
+            scratch: scratch.map(Path::to_path_buf),
         })
     }
 

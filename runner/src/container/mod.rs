@@ -181,6 +181,7 @@ impl Runtime {
                 .unwrap_or_default(),
             background,
             id_map: Some(self.id_map),
+            scratch: Some(self.scratch.clone()),
         };
         let spawned = self.spawner.spawn(&request).await?;
         Ok(Premade {

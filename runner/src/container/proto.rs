@@ -33,6 +33,10 @@ pub struct SpawnRequest {
     /// until its root filesystem exists.
     #[serde(default)]
     pub id_map: Option<crate::container::plan::IdMap>,
+    /// The directory the sandbox mounts its scratch tmpfs on (inside its
+    /// own mount namespace), ahead of the function when given here.
+    #[serde(default)]
+    pub scratch: Option<PathBuf>,
 }
 
 /// Spawner → gateway. With `Spawned`, the descriptors are the control
