@@ -873,7 +873,16 @@ struct Command {
     root: (u64, u64),
 }
 
+/// A command's path, argv and environment as C strings.
+type CStrings = (CString, Vec<CString>, Vec<CString>);
+
 impl Command {
+    fn c_strings(&self) -> Result<CStrings, String> {
+        let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+        let all = |v: &[String]| v.iter().map(|s| cstr(s)).collect::<Result<Vec<_>, _>>();
+        Ok((cstr(&self.path)?, all(&self.argv)?, all(&self.env)?))
+    }
+
     /// The plan's command with `extra_env` added, its executable found
     /// along the image's `PATH`.
     fn of(plan: &SandboxPlan, extra_env: &[String]) -> Result<Command, String> {
@@ -962,6 +971,7 @@ impl Zygote {
             step("user namespace", setns(userns, CloneFlags::CLONE_NEWUSER))?;
             step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
             filters.apply().map_err(|e| e.to_string())?;
+            warm_up();
             let mut text = Vec::new();
             fs::File::from(command)
                 .read_to_end(&mut text)
@@ -1005,6 +1015,27 @@ impl Zygote {
         let _ = kill(self.pid, Signal::SIGKILL);
         let _ = waitpid(self.pid, None);
     }
+}
+
+/// Runs, on a made-up command, the code the zygote runs on its real one,
+/// so that its pages are mapped (a fork maps none of the executable's) and
+/// its heap has grown before a cold start needs them.
+fn warm_up() {
+    let sample = Command {
+        path: "/bin/true".into(),
+        argv: vec!["true".into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        root: (0, 0),
+    };
+    if let Ok(text) = serde_json::to_vec(&sample)
+        && let Ok(parsed) = serde_json::from_slice::<Command>(&text)
+    {
+        let _ = parsed.c_strings();
+    }
+    let _ = fs::metadata("/");
 }
 
 /// Starts a CGI process: the plan's command with `extra_env` added, as
@@ -1063,19 +1094,8 @@ fn become_handler(
     filters: Option<&Filters>,
 ) -> String {
     let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
-    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
     let run = || -> Result<(), String> {
-        let path = cstr(&command.path)?;
-        let argv = command
-            .argv
-            .iter()
-            .map(|a| cstr(a))
-            .collect::<Result<Vec<_>, _>>()?;
-        let env = command
-            .env
-            .iter()
-            .map(|e| cstr(e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (path, argv, env) = command.c_strings()?;
         let root = fs::metadata("/").map_err(|e| format!("/: {e}"))?;
         if (root.dev(), root.ino()) != command.root {
             return Err("refusing to run: this process's / is not the container's".into());
