@@ -99,14 +99,16 @@ density() {
   sleep 3
   after=$(avail_kib)
   for p in $(pgrep -x ping); do handler=$(awk -v h="$handler" '/^VmRSS/{print ($2 > h ? $2 : h)}' "/proc/$p/status"); done
-  extra "idle warm container: host memory (KiB, MemAvailable drop / $n)" $(( (before - after) / n ))
+  extra "idle warm container, handler included: host memory (KiB, MemAvailable drop / $n)" $(( (before - after) / n ))
   extra "idle warm container: its handler's RSS (KiB)" "$handler"
   for i in $(seq $n); do "$wisp" rm "idle-$i" >/dev/null; done
-  rss_before=$(awk '/^VmRSS/{print $2}' "/proc/${pids[0]}/status")
+  # PSS, not RSS: each function maps the same compiled code, which RSS
+  # would count once per mapping.
+  rss_before=$(awk '/^Pss:/{print $2}' "/proc/${pids[0]}/smaps_rollup")
   for i in $(seq 200); do "$wisp" deploy "w-$i" "$(artifact hello)" >/dev/null; curl -fs -o /dev/null "$WISP_GATEWAY/function/w-$i/"; done
   sleep 1
-  rss_after=$(awk '/^VmRSS/{print $2}' "/proc/${pids[0]}/status")
-  extra "idle wasm function, invoked once: gateway memory (KiB, RSS growth / 200)" "$(awk -v a="$rss_after" -v b="$rss_before" 'BEGIN {printf "%.1f", (a - b) / 200}')"
+  rss_after=$(awk '/^Pss:/{print $2}' "/proc/${pids[0]}/smaps_rollup")
+  extra "idle wasm function, invoked once: gateway memory (KiB, PSS growth / 200)" "$(awk -v a="$rss_after" -v b="$rss_before" 'BEGIN {printf "%.1f", (a - b) / 200}')"
   for i in $(seq 200); do "$wisp" rm "w-$i" >/dev/null; done
 }
 
