@@ -42,6 +42,7 @@ case "$QUERY_STRING" in
 pids) for p in /proc/[0-9]*; do echo "${p#/proc/}"; done ;;
 caps) grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status ;;
 hostname) hostname ;;
+policy) awk '{print $41}' /proc/self/stat ;;
 id) id -u; id -g ;;
 net)
   if wget -q -T 2 -O /dev/null "http://127.0.0.1:$HOST_PORT/healthz" 2>/dev/null; then echo loopback:connected; else echo loopback:refused; fi
@@ -224,6 +225,9 @@ async fn the_sandbox_is_isolated() {
     assert!(caps.contains("Seccomp:\t2"), "{caps}");
 
     assert_eq!(probe(&wisp, "probe", "hostname").await.1.trim(), "probe");
+    // Sandboxes are made ahead at SCHED_IDLE; the function runs at the
+    // normal policy (SCHED_OTHER = 0).
+    assert_eq!(probe(&wisp, "probe", "policy").await.1.trim(), "0");
     assert_eq!(probe(&wisp, "probe", "id").await.1, "0\n0\n");
 
     let (_, net) = probe(&wisp, "probe", "net").await;

@@ -344,6 +344,12 @@ impl ContainerBackend {
             control,
             pid,
         } = premade;
+        if was_premade {
+            // Made at idle priority; one that has not finished setting up
+            // must not wait behind busy CPUs now that a request waits on it
+            // (init raises its zygote itself when it gets the plan).
+            let _ = sys::set_idle_priority(Some(nix::unistd::Pid::from_raw(pid)), false);
+        }
         let control = sys::async_fd(control).map_err(|e| sandbox_err(e.to_string()))?;
         let protocol = plan.protocol;
         let cgi_env = plan.process.env.clone();
