@@ -184,6 +184,12 @@ impl Wisp {
         self.deploy_with(name, file, |_| {}).await.expect("deploy");
     }
 
+    /// The deployed functions' names, as the control API lists them.
+    pub async fn function_names(&self) -> Vec<String> {
+        let list = self.client.list().await.expect("list functions");
+        list.into_iter().map(|f| f.name).collect()
+    }
+
     /// Sends a request to a function and reads the whole answer.
     pub async fn invoke(&self, method: &str, path: &str, body: &str) -> Answer {
         self.client

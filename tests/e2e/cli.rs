@@ -180,14 +180,7 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
         }
     }
     // The copies it made are gone.
-    let names: Vec<_> = wisp
-        .client
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
+    let names = wisp.function_names().await;
     assert_eq!(names, ["hello"]);
 
     // Bad input: one line, non-zero exit.

@@ -31,14 +31,7 @@ async fn functions_survive_a_crash_without_recompiling() {
 
     let second = Wisp::builder().data_dir(dir.path()).start().unwrap();
     assert_eq!(second.token, token, "the token is kept");
-    let names: Vec<_> = second
-        .client
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
+    let names = second.function_names().await;
     assert_eq!(names, ["cgi-echo", "hello"]);
     let hello = second.invoke("GET", "/function/hello?name=again", "").await;
     assert_eq!(hello.status, StatusCode::OK);

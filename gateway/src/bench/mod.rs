@@ -19,8 +19,11 @@ pub mod schedule;
 pub mod stats;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,17 +120,22 @@ pub async fn run(client: &Client, config: &BenchConfig) -> anyhow::Result<Report
         }
         Err(e) => return Err(e.into()),
     };
-    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    let bench = Bench {
+        client: client.clone(),
+        config: Arc::new(config.clone()),
+        recorder: Arc::new(Mutex::new(Recorder::default())),
+        progress: progress_bar(config),
+    };
     let started = Instant::now();
-    let progress = progress_bar(config);
     match config.mode {
-        Mode::Warm => warm(client, config, &recorder, &progress).await?,
-        Mode::Rate => rate(client, config, &recorder, &progress).await?,
-        Mode::Cold => cold(client, config, &status, &recorder, &progress).await?,
-        Mode::Burst => burst(client, config, &status, &recorder, &progress).await?,
+        Mode::Warm => warm(&bench).await?,
+        Mode::Rate => rate(&bench).await?,
+        Mode::Cold => cold(&bench, &status).await?,
+        Mode::Burst => burst(&bench, &status).await?,
     }
-    progress.finish_and_clear();
-    let recorder = recorder
+    bench.progress.finish_and_clear();
+    let recorder = bench
+        .recorder
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Measured requests only: not cold mode's deploying and removing of
@@ -181,6 +189,39 @@ fn progress_bar(config: &BenchConfig) -> indicatif::ProgressBar {
     bar
 }
 
+/// What every sending task shares; cheap to clone into each.
+#[derive(Clone)]
+struct Bench {
+    client: Client,
+    config: Arc<BenchConfig>,
+    recorder: Arc<Mutex<Recorder>>,
+    progress: indicatif::ProgressBar,
+}
+
+impl Bench {
+    /// One request to `function`; records its latency from `since` (its
+    /// due time in `rate`).
+    async fn send(&self, function: &str, since: Instant) {
+        send(&self.client, &self.config, function, since, &self.recorder).await;
+    }
+
+    /// Runs `n` copies of `task` at once, each with its own clone of the
+    /// bench, and returns their results once all are done.
+    async fn in_parallel<F, Fut, T>(&self, n: u64, task: F) -> anyhow::Result<Vec<T>>
+    where
+        F: Fn(Bench) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(task(self.clone()))).collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(task.await?);
+        }
+        Ok(results)
+    }
+}
+
 /// One request; records its latency from `since` (its due time in `rate`).
 async fn send(
     client: &Client,
@@ -217,77 +258,56 @@ async fn send(
 }
 
 /// One unmeasured request, so that no instance starts while measuring.
-async fn warm_up(client: &Client, config: &BenchConfig) {
+async fn warm_up(bench: &Bench) {
     let scratch = Mutex::new(Recorder::default());
-    send(client, config, &config.function, Instant::now(), &scratch).await;
+    let config = &bench.config;
+    send(
+        &bench.client,
+        config,
+        &config.function,
+        Instant::now(),
+        &scratch,
+    )
+    .await;
 }
 
-async fn warm(
-    client: &Client,
-    config: &BenchConfig,
-    recorder: &Arc<Mutex<Recorder>>,
-    progress: &indicatif::ProgressBar,
-) -> anyhow::Result<()> {
-    warm_up(client, config).await;
+async fn warm(bench: &Bench) -> anyhow::Result<()> {
+    warm_up(bench).await;
+    let config = &bench.config;
     let end = config.duration.map(|d| Instant::now() + d).or(config
         .requests
         .is_none()
         .then(|| Instant::now() + Duration::from_secs(10)));
-    let left = Arc::new(std::sync::atomic::AtomicU64::new(
-        config.requests.unwrap_or(u64::MAX),
-    ));
-    let workers: Vec<_> = (0..config.concurrency)
-        .map(|_| {
-            let (client, config, recorder, left, progress) = (
-                client.clone(),
-                config.clone(),
-                recorder.clone(),
-                left.clone(),
-                progress.clone(),
-            );
-            tokio::spawn(async move {
+    let left = Arc::new(AtomicU64::new(config.requests.unwrap_or(u64::MAX)));
+    let ticker = tick_seconds(bench);
+    bench
+        .in_parallel(config.concurrency as u64, |bench| {
+            let left = left.clone();
+            async move {
                 loop {
                     if end.is_some_and(|e| Instant::now() >= e) {
                         break;
                     }
-                    let took = left.fetch_update(
-                        std::sync::atomic::Ordering::AcqRel,
-                        std::sync::atomic::Ordering::Acquire,
-                        |n| n.checked_sub(1),
-                    );
+                    let took = left.fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
                     if took.is_err() {
                         break;
                     }
-                    send(
-                        &client,
-                        &config,
-                        &config.function,
-                        Instant::now(),
-                        &recorder,
-                    )
-                    .await;
-                    if config.requests.is_some() {
-                        progress.inc(1);
+                    bench.send(&bench.config.function, Instant::now()).await;
+                    if bench.config.requests.is_some() {
+                        bench.progress.inc(1);
                     }
                 }
-            })
+            }
         })
-        .collect();
-    let ticker = tick_seconds(config, progress);
-    for worker in workers {
-        worker.await?;
-    }
+        .await?;
     ticker.abort();
     Ok(())
 }
 
 /// Advances a duration-based progress bar once a second.
-fn tick_seconds(
-    config: &BenchConfig,
-    progress: &indicatif::ProgressBar,
-) -> tokio::task::JoinHandle<()> {
-    let progress = progress.clone();
-    let by_time = config.requests.is_none();
+fn tick_seconds(bench: &Bench) -> tokio::task::JoinHandle<()> {
+    let progress = bench.progress.clone();
+    let by_time = bench.config.requests.is_none();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -300,13 +320,9 @@ fn tick_seconds(
     })
 }
 
-async fn rate(
-    client: &Client,
-    config: &BenchConfig,
-    recorder: &Arc<Mutex<Recorder>>,
-    progress: &indicatif::ProgressBar,
-) -> anyhow::Result<()> {
-    warm_up(client, config).await;
+async fn rate(bench: &Bench) -> anyhow::Result<()> {
+    warm_up(bench).await;
+    let config = &bench.config;
     let start = Instant::now();
     let schedule = schedule::Schedule::new(start, config.rate.unwrap_or(1.0));
     let end = start + config.duration.unwrap_or(Duration::from_secs(10));
@@ -315,18 +331,13 @@ async fn rate(
     } else {
         end
     };
-    let ticker = tick_seconds(config, progress);
+    let ticker = tick_seconds(bench);
     schedule::run_open_loop(schedule, end, config.requests, |due| {
-        let (client, config, recorder, progress) = (
-            client.clone(),
-            config.clone(),
-            recorder.clone(),
-            progress.clone(),
-        );
+        let bench = bench.clone();
         async move {
-            send(&client, &config, &config.function, due, &recorder).await;
-            if config.requests.is_some() {
-                progress.inc(1);
+            bench.send(&bench.config.function, due).await;
+            if bench.config.requests.is_some() {
+                bench.progress.inc(1);
             }
         }
     })
@@ -387,28 +398,17 @@ async fn remove_copies(client: &Client, names: &[String]) {
     }
 }
 
-async fn cold(
-    client: &Client,
-    config: &BenchConfig,
-    status: &FunctionStatus,
-    recorder: &Arc<Mutex<Recorder>>,
-    progress: &indicatif::ProgressBar,
-) -> anyhow::Result<()> {
-    let count = config.requests.unwrap_or(20);
+async fn cold(bench: &Bench, status: &FunctionStatus) -> anyhow::Result<()> {
+    let client = &bench.client;
+    let count = bench.config.requests.unwrap_or(20);
     let names = deploy_copies(client, status, count).await?;
     // `--concurrency` workers take the next unused copy until none is left:
     // throughput is then the rate of cold starts the server sustains.
     let queue = Arc::new(Mutex::new(names.clone().into_iter()));
-    let workers: Vec<_> = (0..config.concurrency)
-        .map(|_| {
-            let (client, config, recorder, queue, progress) = (
-                client.clone(),
-                config.clone(),
-                recorder.clone(),
-                queue.clone(),
-                progress.clone(),
-            );
-            tokio::spawn(async move {
+    let removals = bench
+        .in_parallel(bench.config.concurrency as u64, |bench| {
+            let queue = queue.clone();
+            async move {
                 let mut removals = Vec::new();
                 loop {
                     let next = queue
@@ -418,58 +418,43 @@ async fn cold(
                     let Some(name) = next else {
                         break;
                     };
-                    send(&client, &config, &name, Instant::now(), &recorder).await;
-                    progress.inc(1);
+                    bench.send(&name, Instant::now()).await;
+                    bench.progress.inc(1);
                     // The copy has served its one request: removed in the
                     // background, as an idle instance would be reaped.
-                    let client = client.clone();
+                    let client = bench.client.clone();
                     removals.push(tokio::spawn(async move { client.delete(&name).await }));
                 }
                 removals
-            })
+            }
         })
-        .collect();
-    for worker in workers {
-        for removal in worker.await? {
-            let _ = removal.await;
-        }
+        .await?;
+    for removal in removals.into_iter().flatten() {
+        let _ = removal.await;
     }
     remove_copies(client, &names).await;
     Ok(())
 }
 
-async fn burst(
-    client: &Client,
-    config: &BenchConfig,
-    status: &FunctionStatus,
-    recorder: &Arc<Mutex<Recorder>>,
-    progress: &indicatif::ProgressBar,
-) -> anyhow::Result<()> {
-    let names = deploy_copies(client, status, 1).await?;
-    let name = names.first().cloned().unwrap_or_default();
-    let n = config.requests.unwrap_or(config.concurrency as u64);
+async fn burst(bench: &Bench, status: &FunctionStatus) -> anyhow::Result<()> {
+    let names = deploy_copies(&bench.client, status, 1).await?;
+    let name: Arc<str> = names.first().map_or("", String::as_str).into();
+    let n = bench
+        .config
+        .requests
+        .unwrap_or(bench.config.concurrency as u64);
     let barrier = Arc::new(tokio::sync::Barrier::new(usize::try_from(n).unwrap_or(1)));
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (client, config, recorder, barrier, name, progress) = (
-                client.clone(),
-                config.clone(),
-                recorder.clone(),
-                barrier.clone(),
-                name.clone(),
-                progress.clone(),
-            );
-            tokio::spawn(async move {
+    bench
+        .in_parallel(n, |bench| {
+            let (barrier, name) = (barrier.clone(), name.clone());
+            async move {
                 barrier.wait().await;
-                send(&client, &config, &name, Instant::now(), &recorder).await;
-                progress.inc(1);
-            })
+                bench.send(&name, Instant::now()).await;
+                bench.progress.inc(1);
+            }
         })
-        .collect();
-    for task in tasks {
-        task.await?;
-    }
-    remove_copies(client, &names).await;
+        .await?;
+    remove_copies(&bench.client, &names).await;
     Ok(())
 }
 

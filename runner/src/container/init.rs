@@ -99,31 +99,24 @@ pub(crate) fn container_main(
         Ok(z) => z,
         Err(f) => return report(f),
     };
-    // The standard mounts, made now and attached after `pivot_root`;
-    // without them (an old kernel, say) they are mounted then instead.
-    let premounted = req
-        .id_map
-        .and_then(|ids| Premounted::make(ids, req.scratch.as_deref()).ok());
+    // The standard mounts and the scratch tmpfs, made now and attached
+    // after `pivot_root`; without them (an old kernel, say) they are
+    // mounted then instead.
+    let premounted = Premounted::make(req.id_map, &req.scratch).ok();
     timings.sandbox = monotonic_ns();
     // A pre-made sandbox: wait until the gateway gives it a function.
     let mut buf = Vec::new();
-    let (plan, scratch) = match proto::recv::<ToInit>(control, &mut buf) {
-        Ok((
-            ToInit::Run {
-                plan,
-                scratch_mountpoint,
-            },
-            _,
-        )) => (plan, scratch_mountpoint),
+    let plan = match proto::recv::<ToInit>(control, &mut buf) {
+        Ok((ToInit::Run { plan }, _)) => plan,
         // Never used: the gateway dropped it, or went away.
         _ => return 0,
     };
     timings.assigned = monotonic_ns();
     if req.background {
-        let _ = sys::set_idle_priority(None, false);
+        // The gateway raised init when it took the sandbox.
         let _ = sys::set_idle_priority(Some(zygote.pid), false);
     }
-    if let Err(f) = assign(&plan, &scratch, userns, premounted) {
+    if let Err(f) = assign(&plan, &req.scratch, userns, premounted) {
         return report(f);
     }
     timings.rootfs = monotonic_ns();
@@ -198,7 +191,7 @@ fn mount_rootfs(
 ) -> Result<(), Failure> {
     let owner = (plan.id_map.host_uid, plan.id_map.host_gid);
     match &premounted {
-        Some(p) if p.scratch.as_deref() == Some(scratch) && p.owner == owner => {
+        Some(p) if p.owner == owner => {
             if plan.rootfs.scratch_bytes != DEFAULT_SCRATCH_BYTES {
                 let none: Option<&str> = None;
                 let size = format!("size={}", plan.rootfs.scratch_bytes);
@@ -308,22 +301,19 @@ fn make_scratch(dir: &Path, bytes: u64, (uid, gid): (u32, u32)) -> Result<(), Fa
 
 /// The standard mounts (`plan::standard_mounts`: `/proc`, `/dev` with its
 /// nodes, `/dev/pts`, `/dev/shm`, `/tmp`), made while the sandbox waits for
-/// a function as detached mounts (the new mount API), in order. After
-/// `pivot_root` each is attached at its path inside the new root, so that,
-/// as when they are mounted then, no path of the image's is ever resolved
+/// a function as detached mounts (the new mount API), in order, and the
+/// scratch tmpfs (at the default size, in place). After `pivot_root` each
+/// detached mount is attached at its path inside the new root, so that, as
+/// when they are mounted then, no path of the image's is ever resolved
 /// against the host's tree.
 struct Premounted {
     owner: (u32, u32),
+    /// Detached; `attach` puts them in place.
     mounts: Vec<(String, OwnedFd)>,
-    /// Where the scratch tmpfs (of the default size) is mounted already.
-    scratch: Option<PathBuf>,
 }
 
 impl Premounted {
-    fn make(
-        ids: crate::container::plan::IdMap,
-        scratch: Option<&Path>,
-    ) -> Result<Premounted, Failure> {
+    fn make(ids: crate::container::plan::IdMap, scratch: &Path) -> Result<Premounted, Failure> {
         let (uid, gid) = (ids.host_uid, ids.host_gid);
         let standard = crate::container::plan::standard_mounts();
         let mut mounts: Vec<(String, OwnedFd)> = Vec::new();
@@ -380,13 +370,11 @@ impl Premounted {
             }
             mounts.push((m.target.clone(), mount));
         }
-        if let Some(dir) = scratch {
-            make_scratch(dir, DEFAULT_SCRATCH_BYTES, (uid, gid))?;
-        }
+        // Mounted in place: the scratch tmpfs is outside the new root.
+        make_scratch(scratch, DEFAULT_SCRATCH_BYTES, (uid, gid))?;
         Ok(Premounted {
             owner: (uid, gid),
             mounts,
-            scratch: scratch.map(Path::to_path_buf),
         })
     }
 
@@ -848,7 +836,9 @@ impl Init<'_> {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
+/// A close-on-exec pipe for a handler's output: init polls the read end,
+/// which is non-blocking.
+fn output_pipe() -> Result<(OwnedFd, OwnedFd), Failure> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(at("pipes"))?;
     nix::fcntl::fcntl(
         &r,
@@ -922,12 +912,12 @@ impl Zygote {
         userns: BorrowedFd<'_>,
         filters: &Filters,
     ) -> Result<Zygote, Failure> {
-        let (command_r, command_w) = pipe()?;
-        let (failure_r, failure_w) = pipe()?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        // Blocking reads for the zygote, which has nothing else to do.
-        sys::set_blocking(command_r.as_fd()).map_err(at("pipes"))?;
+        // Blocking both ways: the zygote and init each wait on the other.
+        let control_pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(at("pipes"));
+        let (command_r, command_w) = control_pipe()?;
+        let (failure_r, failure_w) = control_pipe()?;
+        let (out_r, out_w) = output_pipe()?;
+        let (err_r, err_w) = output_pipe()?;
         // SAFETY: init is single-threaded, so the child may allocate and
         // run arbitrary code until it execs.
         #[expect(
@@ -996,7 +986,6 @@ impl Zygote {
         let text = serde_json::to_vec(command).map_err(|e| e.to_string())?;
         let sent = fs::File::from(self.command).write_all(&text);
         let mut why = String::new();
-        sys::set_blocking(self.failure.as_fd()).map_err(|e| format!("pipe: {e}"))?;
         let _ = fs::File::from(self.failure).read_to_string(&mut why);
         if let Err(e) = sent {
             why = format!("the handler's process is gone: {e}");

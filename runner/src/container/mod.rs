@@ -180,8 +180,8 @@ impl Runtime {
                 .map(|c| c.dirs().map(Path::to_path_buf).collect())
                 .unwrap_or_default(),
             background,
-            id_map: Some(self.id_map),
-            scratch: Some(self.scratch.clone()),
+            id_map: self.id_map,
+            scratch: self.scratch.clone(),
         };
         let spawned = self.spawner.spawn(&request).await?;
         Ok(Premade {
@@ -314,22 +314,6 @@ impl Backend for ContainerBackend {
     }
 
     async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError> {
-        self.start_sandbox(spec).await
-    }
-    async fn shutdown(&self) {
-        let Ok(runtime) = self.runtime() else { return };
-        runtime.closed.store(true, Ordering::Release);
-        runtime.refill.notify_one();
-        let premade: Vec<Premade> = lock(&runtime.premade).drain(..).collect();
-        for premade in premade {
-            premade.sandbox.release().await;
-        }
-    }
-}
-
-impl ContainerBackend {
-    /// The sandbox plan of `spec`: its image, settings and limits.
-    async fn start_sandbox(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError> {
         let requested = proto::monotonic_ns();
         let function = spec.name.clone();
         let sandbox_err = |detail: String| StartError::Sandbox {
@@ -359,7 +343,6 @@ impl ContainerBackend {
             &control,
             &ToInit::Run {
                 plan: Box::new(plan),
-                scratch_mountpoint: runtime.scratch.clone(),
             },
             &[],
         )
@@ -447,7 +430,19 @@ impl ContainerBackend {
             cgi_seq: AtomicU64::new(0),
         }))
     }
+    async fn shutdown(&self) {
+        let Ok(runtime) = self.runtime() else { return };
+        runtime.closed.store(true, Ordering::Release);
+        runtime.refill.notify_one();
+        let premade: Vec<Premade> = lock(&runtime.premade).drain(..).collect();
+        for premade in premade {
+            premade.sandbox.release().await;
+        }
+    }
+}
 
+impl ContainerBackend {
+    /// The sandbox plan of `spec`: its image, settings and limits.
     fn plan(&self, spec: &FunctionSpec) -> Result<plan::SandboxPlan, String> {
         let options = spec
             .container

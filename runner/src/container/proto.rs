@@ -25,18 +25,15 @@ pub struct SpawnRequest {
     pub cgroup_dirs: Vec<PathBuf>,
     /// Made ahead of demand: the sandbox sets itself up at `SCHED_IDLE`
     /// priority, so that it never takes a CPU from a cold start in
-    /// progress, and returns to normal priority when it gets a function.
-    #[serde(default)]
+    /// progress; the gateway raises it when it takes the sandbox.
     pub background: bool,
-    /// Where container root maps to: with it the sandbox mounts its
-    /// standard `/proc`, `/dev` and `/tmp` ahead of the function, detached
-    /// until its root filesystem exists.
-    #[serde(default)]
-    pub id_map: Option<crate::container::plan::IdMap>,
-    /// The directory the sandbox mounts its scratch tmpfs on (inside its
-    /// own mount namespace), ahead of the function when given here.
-    #[serde(default)]
-    pub scratch: Option<PathBuf>,
+    /// Where container root maps to: the owner of what the sandbox mounts
+    /// ahead of its function (its standard `/proc`, `/dev`, `/tmp`, kept
+    /// detached until its root filesystem exists, and its scratch tmpfs).
+    pub id_map: crate::container::plan::IdMap,
+    /// An empty host directory the sandbox mounts its scratch tmpfs on
+    /// (inside its own mount namespace, so every sandbox uses the same one).
+    pub scratch: PathBuf,
 }
 
 /// Spawner → gateway. With `Spawned`, the descriptors are the control
@@ -72,13 +69,7 @@ pub enum FromInit {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
     /// Become this function's sandbox (sent once, to a waiting sandbox).
-    Run {
-        plan: Box<SandboxPlan>,
-        /// An empty host directory the container mounts its scratch tmpfs
-        /// on (inside its own mount namespace, so every container uses
-        /// the same one).
-        scratch_mountpoint: PathBuf,
-    },
+    Run { plan: Box<SandboxPlan> },
     /// The sandbox's cgroup limits are in place: start the handler. Sent
     /// after `Run`, so that the gateway writes the limits while the
     /// sandbox mounts its root filesystem.

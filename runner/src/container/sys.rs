@@ -1,6 +1,8 @@
 //! The few system calls the container backend makes that neither `std` nor
-//! `nix` wraps safely: pidfds, bringing loopback up, capability sets and
-//! `close_range`. One small function each, with its `unsafe` justified.
+//! `nix` wraps safely: pidfds, bringing loopback up, capability sets,
+//! `close_range`, scheduling policy and the new mount API (detached
+//! mounts, `move_mount`). One small function each, with its `unsafe`
+//! justified.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -166,13 +168,6 @@ pub(crate) fn set_idle_priority(pid: Option<nix::unistd::Pid>, idle: bool) -> ni
     let pid = pid.map_or(0, nix::unistd::Pid::as_raw);
     // SAFETY: plain syscall with a valid parameter block.
     Errno::result(unsafe { libc::sched_setscheduler(pid, policy, &param) }).map(drop)
-}
-
-/// Clears `O_NONBLOCK` on `fd`.
-pub(crate) fn set_blocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).map(drop)
 }
 
 // The new mount API (Linux 5.2): filesystems made as detached mounts,
