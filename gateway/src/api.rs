@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use wisp_runner::backend::Prepared;
+use wisp_runner::protocol::Protocol;
 use wisp_runner::spec::{
-    self, ContainerOptions, Digest, FunctionKind, FunctionName, FunctionSpec, HandlerProtocol,
-    Limits, ScalingSpec, SpecError,
+    self, ContainerOptions, Digest, FunctionKind, FunctionName, FunctionSpec, Limits, ScalingSpec,
+    SpecError,
 };
 
 use crate::registry::StoredFunction;
@@ -133,7 +134,7 @@ pub struct FunctionStatus {
     pub allow_outbound: Vec<String>,
     /// wisp, container functions: how the handler is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<HandlerProtocol>,
+    pub protocol: Option<Protocol>,
     /// wisp, container functions: the image's manifest digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_image: Option<String>,
@@ -325,7 +326,7 @@ impl FunctionDeployment {
         }
         limits.validate()?;
         if let Some(p) = self.protocol.as_deref() {
-            HandlerProtocol::parse(p)?;
+            Protocol::parse(p)?;
         }
         self.cpu_millis()?;
         Ok(FunctionSpec {
@@ -364,8 +365,8 @@ impl FunctionDeployment {
             (FunctionKind::Container, Some(image)) => Some(ContainerOptions {
                 image,
                 protocol: match self.protocol.as_deref() {
-                    Some(p) => HandlerProtocol::parse(p)?,
-                    None => HandlerProtocol::Http,
+                    Some(p) => Protocol::parse(p)?,
+                    None => Protocol::Http,
                 },
                 port: self.port,
                 command: self.command.clone().unwrap_or_default(),
@@ -559,7 +560,7 @@ fn optional_millis(
 
 /// Formats seconds since the Unix epoch as an RFC 3339 UTC timestamp.
 fn rfc3339(secs: u64) -> String {
-    wisp_runner::logs::rfc3339(secs, None)
+    wisp_runner::store::logs::rfc3339(secs, None)
 }
 
 #[cfg(test)]

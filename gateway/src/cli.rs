@@ -620,7 +620,7 @@ async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         pending.extend_from_slice(data);
         while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=nl).collect();
-            match serde_json::from_slice::<wisp_runner::logs::LogLine>(&line) {
+            match serde_json::from_slice::<wisp_runner::store::logs::LogLine>(&line) {
                 Ok(l) => writeln!(
                     out,
                     "{} {} {}: {}",

@@ -4,8 +4,8 @@
 //! message that names the function and says what happened, without them.
 
 use http::{HeaderValue, Response, StatusCode};
-use wisp_runner::artifact::UploadError;
 use wisp_runner::backend::{Body, InvokeError, PrepareError, StartError, full_body};
+use wisp_runner::store::artifact::UploadError;
 
 use crate::api::DeploymentError;
 use crate::registry::RegistryError;

@@ -22,12 +22,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use wisp_runner::artifact::ArtifactStore;
 use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, full_body};
 use wisp_runner::container::ContainerBackend;
 use wisp_runner::container::spawner::SpawnerHandle;
-use wisp_runner::dispatch::Backends;
 use wisp_runner::pool::{Pool, StopReason};
+use wisp_runner::router::Router;
+use wisp_runner::store::artifact::ArtifactStore;
 use wisp_runner::wasm::{WasmBackend, WasmConfig};
 
 use crate::metrics::{FunctionMetrics, Metrics};
@@ -69,7 +69,7 @@ pub struct App {
     pub(crate) registry: Registry,
     pub(crate) artifacts: ArtifactStore,
     pub(crate) images: wisp_runner::image::ImageStore,
-    pub(crate) logs: Arc<wisp_runner::logs::LogStore>,
+    pub(crate) logs: Arc<wisp_runner::store::logs::LogStore>,
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) functions: DashMap<String, Arc<Function>>,
     pub(crate) token: String,
@@ -109,14 +109,14 @@ impl App {
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
         let images = container.images().clone();
         let logs = Arc::new(
-            wisp_runner::logs::LogStore::open(
+            wisp_runner::store::logs::LogStore::open(
                 config.data_dir.join("logs"),
-                wisp_runner::logs::DEFAULT_MAX_BYTES,
+                wisp_runner::store::logs::DEFAULT_MAX_BYTES,
             )
             .with_context(|| format!("opening the log store in {}", config.data_dir.display()))?,
         );
-        wisp_runner::logs::install(logs.clone());
-        let backend: Arc<dyn Backend> = Arc::new(Backends {
+        wisp_runner::store::logs::install(logs.clone());
+        let backend: Arc<dyn Backend> = Arc::new(Router {
             artifacts: artifacts.clone(),
             wasm: Arc::new(wasm),
             container: Arc::new(container),

@@ -3,6 +3,7 @@
 //! handler. Everything above this module (pool, gateway) sees only these
 //! traits and the error enums, each of which says which function failed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -102,8 +103,11 @@ pub enum PrepareError {
     Storage { digest: String, detail: String },
     #[error("artifact {digest} is neither a WebAssembly binary nor a usable OCI image: {detail}")]
     BadImage { digest: String, detail: String },
-    #[error("cannot run container functions: {detail}")]
-    ContainersUnavailable { detail: String },
+    #[error("cannot run container functions: {cause}")]
+    ContainersUnavailable {
+        #[source]
+        cause: Cause,
+    },
 }
 
 impl PrepareError {
@@ -149,10 +153,11 @@ pub enum StartError {
         port: u16,
         timeout: Duration,
     },
-    #[error("function {function}: the sandbox could not be made: {detail}")]
+    #[error("function {function}: the sandbox could not be made: {cause}")]
     Sandbox {
         function: FunctionName,
-        detail: String,
+        #[source]
+        cause: Cause,
     },
 }
 
@@ -215,6 +220,39 @@ impl StartError {
         }
     }
 }
+
+/// What a backend's own error was, kept whole (its chain of sources) behind
+/// the backend-neutral enums above. Shared, because the pool hands one
+/// start failure to every request that waited on it; two causes are equal
+/// when they read the same (for tests).
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(Arc::new(error))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
 
 /// Facts about a request that are not in the request itself; the gateway
 /// puts them in its extensions for handlers that want them (CGI).

@@ -1,17 +1,26 @@
-//! wisp's sandboxes: what a function is ([`spec`]), the seam every sandbox
-//! sits behind ([`backend`]), the pool that serves a function's requests
-//! ([`pool`]), the WebAssembly backend ([`wasm`]), the content-addressed
-//! artifact store ([`artifact`]), the OCI image store ([`image`]), the
-//! container backend ([`container`]), the dispatch between the two
-//! backends ([`dispatch`]) and handlers' output ([`logs`]).
+//! wisp's sandboxes, laid out along the data path of a request and, beside
+//! it, the stores:
+//!
+//! - [`spec`]: what a function is (serde types shared with the control API);
+//! - [`backend`]: the seam every sandbox sits behind, and its errors;
+//! - [`router`]: which backend runs an artifact;
+//! - [`pool`]: the instances serving one function's requests (policy; it
+//!   knows no backend);
+//! - [`protocol`]: how a request reaches a handler (HTTP, CGI), shared by
+//!   the executors;
+//! - the executors: [`wasm`] (wasmtime) and [`container`] (namespaces,
+//!   overlayfs, cgroups, seccomp, its own init);
+//! - [`body`]: streamed, capped bodies;
+//! - the stores: [`store`] (artifacts, handlers' logs) and [`image`] (OCI
+//!   images and their unpacked layers).
 
-pub mod artifact;
 pub mod backend;
 pub mod body;
 pub mod container;
-pub mod dispatch;
 pub mod image;
-pub mod logs;
 pub mod pool;
+pub mod protocol;
+pub mod router;
 pub mod spec;
+pub mod store;
 pub mod wasm;

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Protocol;
+
 /// Longest function name accepted (a DNS label, as OpenFaaS and Kubernetes use).
 pub const MAX_NAME_LEN: usize = 63;
 /// Default memory cap of one instance.
@@ -177,7 +179,7 @@ impl FunctionSpec {
     pub fn scaling(&self) -> Scaling {
         let s = &self.scaling;
         let (max, concurrency) = match (self.kind, self.container.as_ref().map(|c| c.protocol)) {
-            (FunctionKind::Container, Some(HandlerProtocol::Cgi)) => (10, 1),
+            (FunctionKind::Container, Some(Protocol::Cgi)) => (10, 1),
             (FunctionKind::Container, _) => (10, 8),
             (FunctionKind::WasmHttp | FunctionKind::WasmCgi, _) => (1, 1000),
         };
@@ -203,7 +205,7 @@ impl FunctionSpec {
 pub struct ContainerOptions {
     /// Manifest digest of the imported image (set at deploy).
     pub image: Digest,
-    pub protocol: HandlerProtocol,
+    pub protocol: Protocol,
     /// Port an `http` handler listens on [default: the image's only
     /// exposed port, else 8080].
     #[serde(default)]
@@ -214,30 +216,6 @@ pub struct ContainerOptions {
     /// CPU cap in thousandths of a CPU; `None` = no cap.
     #[serde(default)]
     pub cpu_millis: Option<u32>,
-}
-
-/// How wisp talks to a container's handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum HandlerProtocol {
-    /// The handler serves HTTP on `$PORT` inside its network namespace.
-    Http,
-    /// One process per request: request on stdin, response on stdout.
-    Cgi,
-}
-
-impl HandlerProtocol {
-    pub fn parse(s: &str) -> Result<Self, SpecError> {
-        match s {
-            "http" => Ok(HandlerProtocol::Http),
-            "cgi" => Ok(HandlerProtocol::Cgi),
-            other => Err(SpecError::OutOfRange {
-                what: "protocol",
-                value: other.chars().take(40).collect(),
-                range: "http or cgi",
-            }),
-        }
-    }
 }
 
 impl FunctionSpec {

@@ -360,10 +360,7 @@ fn copy_of(status: &FunctionStatus, name: String) -> FunctionDeployment {
         timeout: Some(status.timeout.clone()),
         max_body_size: Some(status.max_body_size.to_string()),
         allow_outbound: Some(status.allow_outbound.clone()),
-        protocol: status.protocol.map(|p| match p {
-            wisp_runner::spec::HandlerProtocol::Http => "http".to_owned(),
-            wisp_runner::spec::HandlerProtocol::Cgi => "cgi".to_owned(),
-        }),
+        protocol: status.protocol.map(|p| p.as_str().to_owned()),
         port: status.port,
         command: (!status.command.is_empty()).then(|| status.command.clone()),
         min_instances: Some(0),

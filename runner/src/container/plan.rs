@@ -3,22 +3,25 @@
 //! order, which devices, which process with which environment, which cgroup
 //! limits. [`plan`] computes it from the function's container settings and
 //! its image without touching the system, so it is unit-tested without root;
-//! the executor (still to come, in `container::sys`) only carries it out.
+//! the container's init (`container::init`) only carries it out.
 //!
 //! Security defaults decided here: every namespace including a user
 //! namespace (container root = an unprivileged host uid), a network
 //! namespace with loopback only, no capabilities, `no_new_privs`, the
 //! seccomp profile modelled on Docker's, read-only image layers (they are
 //! overlay lower dirs; writes land in a size-capped tmpfs), a minimal `/dev`
-//! bind-mounted from the host's device nodes (a user namespace may not
-//! `mknod`), and no host paths at all.
+//! on a tmpfs whose nodes init makes with `mknodat` as host root, before it
+//! enters the user namespace (which may not make device nodes), and no host
+//! paths at all.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::container::cgroup::CgroupLimits;
+use crate::container::users::IdKind;
 use crate::image::ImageConfig;
+use crate::protocol::Protocol;
 
 /// Port a `http` handler listens on inside its network namespace.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -28,16 +31,6 @@ pub const DEFAULT_SCRATCH_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_PIDS: u64 = 128;
 /// `PATH` when the image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// How wisp talks to a container's handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Protocol {
-    /// The handler serves HTTP on `$PORT` inside the sandbox.
-    Http { port: u16 },
-    /// One process per request: request on stdin, response on stdout.
-    Cgi,
-}
 
 /// What the function asks for, beyond its image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +42,8 @@ pub struct ContainerSettings {
     /// `NAME=value` pairs added to (and overriding) the image's.
     pub env: Vec<(String, String)>,
     pub protocol: Protocol,
+    /// Port an `http` handler listens on (`$PORT`).
+    pub port: u16,
     pub memory_bytes: u64,
     /// Thousandths of a CPU; `None` = no cap.
     pub cpu_millis: Option<u32>,
@@ -142,6 +137,8 @@ pub struct SandboxPlan {
     pub devices: Vec<String>,
     pub process: Process,
     pub protocol: Protocol,
+    /// Port an `http` handler listens on inside the sandbox.
+    pub port: u16,
     pub cgroup: CgroupLimits,
     pub no_new_privs: bool,
     /// Capabilities kept (none).
@@ -166,8 +163,8 @@ pub enum PlanError {
 }
 
 /// Looks a user or group name up in the image (its `/etc/passwd` and
-/// `/etc/group`): `(kind, name) → id`, where kind is `"user"` or `"group"`.
-pub type NameLookup<'a> = &'a dyn Fn(&str, &str) -> Option<u32>;
+/// `/etc/group`): `(kind, name) → id` ([`crate::container::users`]).
+pub type NameLookup<'a> = &'a dyn Fn(IdKind, &str) -> Option<u32>;
 
 /// Plans a sandbox for a function with `settings`, running `image` whose
 /// unpacked layers are `layers` (bottom first, as the image lists them).
@@ -223,8 +220,8 @@ pub fn plan(
     for (name, value) in &settings.env {
         set(name, value);
     }
-    if let Protocol::Http { port } = settings.protocol {
-        set("PORT", &port.to_string());
+    if settings.protocol == Protocol::Http {
+        set("PORT", &settings.port.to_string());
     }
     env.sort();
     let env = env.into_iter().map(|(n, v)| format!("{n}={v}")).collect();
@@ -255,6 +252,7 @@ pub fn plan(
             gid,
         },
         protocol: settings.protocol,
+        port: settings.port,
         cgroup: CgroupLimits {
             memory_bytes: settings.memory_bytes,
             cpu_millis: settings.cpu_millis,
@@ -335,7 +333,7 @@ fn resolve_user(
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let id = |kind: &str, name: &str| -> Result<u32, PlanError> {
+    let id = |kind: IdKind, name: &str| -> Result<u32, PlanError> {
         match name.parse::<u32>() {
             Ok(n) => Ok(n),
             Err(_) => {
@@ -343,11 +341,11 @@ fn resolve_user(
             }
         }
     };
-    let uid = id("user", user)?;
+    let uid = id(IdKind::User, user)?;
     let gid = match group {
-        Some(g) => id("group", g)?,
+        Some(g) => id(IdKind::Group, g)?,
         // A bare name or uid takes its primary group from /etc/passwd, else gid 0.
-        None => lookup("primary-group", user).unwrap_or(0),
+        None => lookup(IdKind::PrimaryGroup, user).unwrap_or(0),
     };
     if uid >= id_map.size || gid >= id_map.size {
         return Err(fail(&format!(
@@ -370,7 +368,8 @@ mod tests {
                 ("GREETING".into(), "hi".into()),
                 ("PATH".into(), "/custom".into()),
             ],
-            protocol: Protocol::Http { port: DEFAULT_PORT },
+            protocol: Protocol::Http,
+            port: DEFAULT_PORT,
             memory_bytes: 64 << 20,
             cpu_millis: Some(500),
             pids: DEFAULT_PIDS,
@@ -389,7 +388,7 @@ mod tests {
         }
     }
 
-    fn no_names(_: &str, _: &str) -> Option<u32> {
+    fn no_names(_: IdKind, _: &str) -> Option<u32> {
         None
     }
 
@@ -437,6 +436,7 @@ mod tests {
         let s = ContainerSettings {
             command: vec!["/bin/sh".into(), "-c".into(), "echo".into()],
             protocol: Protocol::Cgi,
+            port: DEFAULT_PORT,
             ..settings()
         };
         let plan = plan(
@@ -517,10 +517,10 @@ mod tests {
 
     #[test]
     fn users_resolve_by_number_or_name() {
-        let lookup = |kind: &str, name: &str| match (kind, name) {
-            ("user", "app") => Some(1000),
-            ("primary-group", "app") => Some(1001),
-            ("group", "staff") => Some(50),
+        let lookup = |kind: IdKind, name: &str| match (kind, name) {
+            (IdKind::User, "app") => Some(1000),
+            (IdKind::PrimaryGroup, "app") => Some(1001),
+            (IdKind::Group, "staff") => Some(50),
             _ => None,
         };
         let layers = [PathBuf::from("/l")];

@@ -49,8 +49,8 @@ pub enum SpawnReply {
 pub enum FromInit {
     /// The sandbox is ready; for `http`, a connected socket rides along.
     Ready { timings: Timings },
-    /// Setting the sandbox up failed.
-    SetupFailed { stage: String, error: String },
+    /// Setting the sandbox up failed at `stage`.
+    SetupFailed { stage: Stage, error: String },
     /// The handler (for `http`) exited; the sandbox is gone.
     Exited(ExitReport),
     /// A new connection to the handler's port rides along.
@@ -61,8 +61,83 @@ pub enum FromInit {
     CgiDone { id: u64, status: ExitStatus },
     /// A CGI process could not be started.
     CgiFailed { id: u64, error: String },
-    /// Output of the handler (`stream` 1 = stdout, 2 = stderr).
-    Output { stream: u8, text: String },
+    /// Output of the handler.
+    Output { stream: Stream, text: String },
+}
+
+/// Which of a handler's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// The name handlers' logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The steps of a sandbox's set-up, as init reports a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    Signals,
+    Pdeathsig,
+    Cgroup,
+    CgroupNamespace,
+    Loopback,
+    MakePrivate,
+    Hostname,
+    Setgroups,
+    UserNamespace,
+    Setresgid,
+    Setresuid,
+    BoundingSet,
+    ScratchTmpfs,
+    ScratchDirs,
+    Overlay,
+    PivotRoot,
+    DetachHostRoot,
+    Mounts,
+    Devices,
+    Pipes,
+    Fork,
+    Poll,
+    Exec,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Signals => "signals",
+            Stage::Pdeathsig => "pdeathsig",
+            Stage::Cgroup => "cgroup",
+            Stage::CgroupNamespace => "cgroup namespace",
+            Stage::Loopback => "loopback",
+            Stage::MakePrivate => "making / private",
+            Stage::Hostname => "hostname",
+            Stage::Setgroups => "setgroups",
+            Stage::UserNamespace => "user namespace",
+            Stage::Setresgid => "setresgid",
+            Stage::Setresuid => "setresuid",
+            Stage::BoundingSet => "capability bounding set",
+            Stage::ScratchTmpfs => "scratch tmpfs",
+            Stage::ScratchDirs => "scratch dirs",
+            Stage::Overlay => "overlay",
+            Stage::PivotRoot => "pivot_root",
+            Stage::DetachHostRoot => "detaching the host root",
+            Stage::Mounts => "mounts",
+            Stage::Devices => "devices",
+            Stage::Pipes => "pipes",
+            Stage::Fork => "fork",
+            Stage::Poll => "poll",
+            Stage::Exec => "exec",
+        })
+    }
 }
 
 /// Gateway → init.
@@ -218,4 +293,93 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
         return Err(ProtoError::Closed);
     }
     Ok((serde_json::from_slice(&buf[..len])?, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+    use super::*;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn messages_and_descriptors_round_trip() {
+        let (a, b) = pair();
+        let (pipe_r, pipe_w) = nix::unistd::pipe().unwrap();
+        let msg = FromInit::Output {
+            stream: Stream::Stderr,
+            text: "hello\n".into(),
+        };
+        send(a.as_fd(), &msg, &[pipe_w.as_fd()]).unwrap();
+        drop(pipe_w);
+        let mut buf = Vec::new();
+        let (got, fds) = recv::<FromInit>(b.as_fd(), &mut buf).unwrap();
+        assert!(matches!(
+            got,
+            FromInit::Output { stream: Stream::Stderr, ref text } if text == "hello\n"
+        ));
+        // The descriptor that rode along is the pipe's write end.
+        let [fd] = <[OwnedFd; 1]>::try_from(fds).unwrap();
+        std::fs::File::from(fd).write_all(b"through").unwrap();
+        let mut read = String::new();
+        std::fs::File::from(pipe_r)
+            .read_to_string(&mut read)
+            .unwrap();
+        assert_eq!(read, "through");
+        assert_eq!(buf.len(), serde_json::to_vec(&msg).unwrap().len());
+    }
+
+    #[test]
+    fn a_setup_failure_keeps_its_stage() {
+        let (a, b) = pair();
+        let msg = FromInit::SetupFailed {
+            stage: Stage::PivotRoot,
+            error: "EINVAL".into(),
+        };
+        send(a.as_fd(), &msg, &[]).unwrap();
+        let (got, fds) = recv::<FromInit>(b.as_fd(), &mut Vec::new()).unwrap();
+        assert!(fds.is_empty());
+        assert!(matches!(
+            got,
+            FromInit::SetupFailed { stage: Stage::PivotRoot, ref error } if error == "EINVAL"
+        ));
+        assert_eq!(Stage::PivotRoot.to_string(), "pivot_root");
+    }
+
+    #[test]
+    fn closed_and_oversized() {
+        let (a, b) = pair();
+        let big = "x".repeat(MAX_PACKET);
+        assert!(matches!(
+            send(a.as_fd(), &big, &[]),
+            Err(ProtoError::TooLarge(_))
+        ));
+        drop(a);
+        assert!(matches!(
+            recv::<ToInit>(b.as_fd(), &mut Vec::new()),
+            Err(ProtoError::Closed)
+        ));
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let (a, b) = pair();
+        nix::unistd::write(&a, b"{not json").unwrap();
+        assert!(matches!(
+            recv::<ToInit>(b.as_fd(), &mut Vec::new()),
+            Err(ProtoError::Json(_))
+        ));
+    }
 }

@@ -94,16 +94,30 @@ pub struct Filters {
     programs: Vec<BpfProgram>,
 }
 
+/// Why the filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
-#[error("building the seccomp filter: {0}")]
-pub struct SeccompError(String);
+pub enum SeccompError {
+    #[error("building the seccomp filter: architecture {arch}: {source}")]
+    Arch {
+        arch: &'static str,
+        #[source]
+        source: seccompiler::BackendError,
+    },
+    #[error("building the seccomp filter: {0}")]
+    Build(#[source] seccompiler::BackendError),
+    #[error("installing the seccomp filter: {0}")]
+    Apply(#[source] seccompiler::Error),
+}
 
 impl Filters {
     /// Compiles the filters for the host's architecture.
     pub fn compile() -> Result<Filters, SeccompError> {
-        let arch = TargetArch::try_from(std::env::consts::ARCH)
-            .map_err(|e| SeccompError(format!("architecture {}: {e}", std::env::consts::ARCH)))?;
-        let err = |e: seccompiler::BackendError| SeccompError(e.to_string());
+        let arch =
+            TargetArch::try_from(std::env::consts::ARCH).map_err(|source| SeccompError::Arch {
+                arch: std::env::consts::ARCH,
+                source,
+            })?;
+        let err = SeccompError::Build;
 
         let mut denied: BTreeMap<i64, Vec<SeccompRule>> =
             DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
@@ -148,7 +162,7 @@ impl Filters {
     /// Loads the filters into the calling thread. `no_new_privs` must be set.
     pub fn apply(&self) -> Result<(), SeccompError> {
         for program in &self.programs {
-            seccompiler::apply_filter(program).map_err(|e| SeccompError(e.to_string()))?;
+            seccompiler::apply_filter(program).map_err(SeccompError::Apply)?;
         }
         Ok(())
     }

@@ -42,6 +42,46 @@ pub struct SpawnerHandle {
     sock: OwnedFd,
 }
 
+/// Why the gateway got no container from the spawner.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("the spawner is gone: {0}")]
+    Gone(#[source] std::io::Error),
+    /// The spawner's own report (another process: its text).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the spawner's reply lacks its descriptors")]
+    NoDescriptors,
+    #[error("the container's control socket: {0}")]
+    Socket(#[source] std::io::Error),
+}
+
+/// Why the spawner could not make a container or the user namespace (in
+/// the spawner; sent to the gateway as text).
+#[derive(Debug, thiserror::Error)]
+enum CloneError {
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sys_at(what: &'static str) -> impl FnOnce(nix::Error) -> CloneError {
+    move |source| CloneError::Sys { what, source }
+}
+
+fn io_at(what: &'static str) -> impl FnOnce(std::io::Error) -> CloneError {
+    move |source| CloneError::Io { what, source }
+}
+
 /// Why the spawner could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -165,7 +205,13 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap) -> i32 {
                 &SpawnReply::Spawned { pid: pid.as_raw() },
                 &[control.as_fd(), pidfd.as_fd()],
             ),
-            Err(error) => proto::send(sock.as_fd(), &SpawnReply::Failed { error }, &[]),
+            Err(error) => proto::send(
+                sock.as_fd(),
+                &SpawnReply::Failed {
+                    error: error.to_string(),
+                },
+                &[],
+            ),
         };
         if sent.is_err() {
             return 1;
@@ -181,14 +227,14 @@ fn spawn_one(
     userns: BorrowedFd<'_>,
     filters: &Filters,
     stack: &mut [u8],
-) -> Result<(Pid, OwnedFd, OwnedFd), String> {
+) -> Result<(Pid, OwnedFd, OwnedFd), CloneError> {
     let (gateway_end, container_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| format!("socketpair: {e}"))?;
+    .map_err(sys_at("socketpair"))?;
     let inherited = [sock.as_raw_fd(), gateway_end.as_raw_fd()];
     let flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -207,17 +253,17 @@ fn spawn_one(
         reason = "the spawner is where containers are cloned"
     )]
     let pid = unsafe { nix::sched::clone(child, stack, flags, Some(Signal::SIGCHLD as i32)) }
-        .map_err(|e| format!("clone: {e}"))?;
-    let pidfd = sys::pidfd_open(pid.as_raw()).map_err(|e| format!("pidfd_open: {e}"))?;
+        .map_err(sys_at("clone"))?;
+    let pidfd = sys::pidfd_open(pid.as_raw()).map_err(sys_at("pidfd_open"))?;
     Ok((pid, gateway_end, pidfd))
 }
 
 /// Makes the user namespace containers enter: a child is cloned into a new
 /// one, its maps are written from here (host root), and a descriptor of the
 /// namespace outlives the child.
-fn make_userns(id_map: IdMap, stack: &mut [u8]) -> Result<OwnedFd, String> {
+fn make_userns(id_map: IdMap, stack: &mut [u8]) -> Result<OwnedFd, CloneError> {
     let (wait_r, wait_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_at("pipe"))?;
     let (wait_fd, write_fd) = (wait_r.as_raw_fd(), wait_w.as_raw_fd());
     let child = Box::new(move || {
         sys::close_raw(write_fd);
@@ -241,17 +287,15 @@ fn make_userns(id_map: IdMap, stack: &mut [u8]) -> Result<OwnedFd, String> {
             Some(Signal::SIGCHLD as i32),
         )
     }
-    .map_err(|e| format!("clone: {e}"))?;
+    .map_err(sys_at("clone"))?;
     let result = (|| {
         let proc = PathBuf::from(format!("/proc/{pid}"));
         let map = |host: u32| format!("0 {host} {}\n", id_map.size);
-        std::fs::write(proc.join("uid_map"), map(id_map.host_uid))
-            .map_err(|e| format!("uid_map: {e}"))?;
-        std::fs::write(proc.join("gid_map"), map(id_map.host_gid))
-            .map_err(|e| format!("gid_map: {e}"))?;
+        std::fs::write(proc.join("uid_map"), map(id_map.host_uid)).map_err(io_at("uid_map"))?;
+        std::fs::write(proc.join("gid_map"), map(id_map.host_gid)).map_err(io_at("gid_map"))?;
         std::fs::File::open(proc.join("ns/user"))
             .map(OwnedFd::from)
-            .map_err(|e| format!("ns/user: {e}"))
+            .map_err(io_at("ns/user"))
     })();
     drop(wait_w);
     drop(wait_r);
@@ -291,31 +335,29 @@ impl Spawner {
     }
 
     /// Asks for one container.
-    pub async fn spawn(&self, req: &SpawnRequest) -> Result<Spawned, String> {
+    pub async fn spawn(&self, req: &SpawnRequest) -> Result<Spawned, SpawnError> {
         let mut guard = self.sock.lock().await;
         let (sock, buf) = &mut *guard;
-        send_async(sock, req, &[])
-            .await
-            .map_err(|e| format!("the spawner is gone: {e}"))?;
+        send_async(sock, req, &[]).await.map_err(SpawnError::Gone)?;
         let (reply, fds) = recv_async::<SpawnReply>(sock, buf)
             .await
-            .map_err(|e| format!("the spawner is gone: {e}"))?;
+            .map_err(SpawnError::Gone)?;
         match reply {
             SpawnReply::Spawned { pid } => {
                 let mut fds = fds.into_iter();
                 match (fds.next(), fds.next()) {
                     (Some(control), Some(pidfd)) => {
-                        set_nonblocking(&control).map_err(|e| e.to_string())?;
+                        set_nonblocking(&control).map_err(SpawnError::Socket)?;
                         Ok(Spawned {
                             pid,
                             control,
                             pidfd,
                         })
                     }
-                    _ => Err("the spawner's reply lacks its descriptors".into()),
+                    _ => Err(SpawnError::NoDescriptors),
                 }
             }
-            SpawnReply::Failed { error } => Err(error),
+            SpawnReply::Failed { error } => Err(SpawnError::Refused(error)),
         }
     }
 }

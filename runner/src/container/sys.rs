@@ -183,6 +183,17 @@ pub(crate) const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
 pub(crate) const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
 pub(crate) const MOUNT_ATTR_NOEXEC: libc::c_uint = 0x8;
 
+/// A step of making a detached mount that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{fstype}: {step}: {source}")]
+pub(crate) struct MountApiError {
+    fstype: String,
+    /// The system call, or the option being set.
+    step: String,
+    #[source]
+    source: Errno,
+}
+
 /// A new, detached mount of `fstype` with `options` (`key=value` sets a
 /// string, a bare `key` a flag) and mount attributes `attrs`; the
 /// descriptor refers to its root.
@@ -190,9 +201,19 @@ pub(crate) fn detached_mount(
     fstype: &str,
     options: &[&str],
     attrs: libc::c_uint,
-) -> Result<OwnedFd, String> {
-    let cstr = |s: &str| std::ffi::CString::new(s).map_err(|_| format!("{s:?}: NUL byte"));
-    let fail = |what: &str| format!("{fstype}: {what}: {}", Errno::last());
+) -> Result<OwnedFd, MountApiError> {
+    let cstr = |s: &str| {
+        std::ffi::CString::new(s).map_err(|_| MountApiError {
+            fstype: fstype.to_owned(),
+            step: format!("{s:?}"),
+            source: Errno::EINVAL,
+        })
+    };
+    let fail = |what: &str| MountApiError {
+        fstype: fstype.to_owned(),
+        step: what.to_owned(),
+        source: Errno::last(),
+    };
     let name = cstr(fstype)?;
     // SAFETY: valid C string; the result is checked.
     let fs = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };

@@ -29,11 +29,9 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig,
 };
 
-use crate::artifact::ArtifactStore;
 use crate::backend::{Backend, Instance, PrepareError, Prepared, StartError};
 use crate::spec::{Digest, FunctionKind, FunctionSpec, MAX_MEMORY_BYTES};
-
-pub use cgi::parse_cgi_response;
+use crate::store::artifact::ArtifactStore;
 
 /// How often the epoch ticks; a guest's deadline is checked at this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

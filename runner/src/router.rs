@@ -1,19 +1,21 @@
-//! One [`Backend`] in front of the real ones: an artifact that starts with
-//! WebAssembly's magic goes to the wasm backend, anything else is taken for
-//! an OCI image; starts go by the function's kind.
+//! The router: one [`Backend`] in front of the real ones. An artifact that
+//! starts with WebAssembly's magic is prepared by the wasm backend, anything
+//! else is taken for an OCI image; starts go by the function's kind. It
+//! holds no state of its own.
 
 use std::io::Read;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::artifact::ArtifactStore;
 use crate::backend::{Backend, Instance, PrepareError, Prepared, StartError};
 use crate::container::ContainerBackend;
 use crate::spec::{Digest, FunctionKind, FunctionSpec};
+use crate::store::artifact::ArtifactStore;
 use crate::wasm::WasmBackend;
 
-pub struct Backends {
+/// Routes each call to the backend that runs the artifact.
+pub struct Router {
     pub artifacts: ArtifactStore,
     pub wasm: Arc<WasmBackend>,
     pub container: Arc<ContainerBackend>,
@@ -30,7 +32,7 @@ fn is_wasm(path: &std::path::Path) -> std::io::Result<bool> {
 }
 
 #[async_trait]
-impl Backend for Backends {
+impl Backend for Router {
     async fn prepare(&self, artifact: &Digest) -> Result<Prepared, PrepareError> {
         match is_wasm(&self.artifacts.blob_path(artifact)) {
             Ok(true) => self.wasm.prepare(artifact).await,

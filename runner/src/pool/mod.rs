@@ -626,5 +626,4 @@ async fn reaper(pool: Weak<Inner>) {
 }
 
 #[cfg(test)]
-#[path = "pool_tests.rs"]
 mod tests;

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::backend::{
-    Backend, Body, Instance, InvokeError, PrepareError, Prepared, StartError, empty_body,
+    Backend, Body, Cause, Instance, InvokeError, PrepareError, Prepared, StartError, empty_body,
 };
 use crate::spec::{Digest, FunctionKind, FunctionName, FunctionSpec, Limits, ScalingSpec};
 
@@ -55,7 +55,7 @@ impl Backend for Fake {
         {
             return Err(StartError::Sandbox {
                 function: spec.name.clone(),
-                detail: "the fake refuses".into(),
+                cause: Cause::new(std::io::Error::other("the fake refuses")),
             });
         }
         self.live.fetch_add(1, Ordering::SeqCst);

@@ -1,0 +1,323 @@
+//! The container backend as the router sees it: [`ContainerBackend`]
+//! imports an image at deploy time and, per cold start, derives the
+//! sandbox's plan from the function and its image, takes a pre-made
+//! sandbox, gives it the plan, writes its cgroup limits while it mounts
+//! its root, and waits until the handler is ready. The mechanism each step
+//! uses lives in its own module (premade, init_link, cgroup, plan).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::backend::{Backend, Cause, Instance, PrepareError, Prepared, StartError};
+use crate::container::cgroup::{Cgroups, Layout, RealFs};
+use crate::container::error::{SandboxError, UnavailableError};
+use crate::container::init_link::{InitLink, NotReady, NsConnector, stderr_suffix, wait_ready};
+use crate::container::instance::{ContainerInstance, Transport};
+use crate::container::plan::{self, ContainerSettings, IdMap, SandboxPlan};
+use crate::container::premade::{Premade, PremadePool};
+use crate::container::proto::{self, ToInit};
+use crate::container::sandbox::sweep_leftovers;
+use crate::container::spawner::{Spawner, SpawnerHandle, send_async};
+use crate::container::sys;
+use crate::container::users::ImageUsers;
+use crate::image::{ImageStore, StoreError, UnpackOptions};
+use crate::protocol::Protocol;
+use crate::spec::{Digest, FunctionKind, FunctionSpec};
+use crate::store::artifact::ArtifactStore;
+
+/// Longest a sandbox may take to become ready, whatever the function's
+/// request timeout.
+const MAX_START: Duration = Duration::from_secs(30);
+/// Default number of pre-made sandboxes kept waiting for a function.
+pub const DEFAULT_PREMADE: usize = 2;
+
+/// Runs container functions.
+pub struct ContainerBackend {
+    artifacts: ArtifactStore,
+    images: ImageStore,
+    premade: Result<Arc<PremadePool>, Arc<UnavailableError>>,
+    id_map: IdMap,
+}
+
+impl ContainerBackend {
+    /// `spawner` is the spawner `main` forked, or why there is none (not
+    /// root, …); without it deploying a container function is refused with
+    /// that reason, and wasm functions are unaffected. `premade` sandboxes
+    /// are kept ready ahead of demand (needs a tokio runtime).
+    pub fn new(
+        artifacts: ArtifactStore,
+        data_dir: &Path,
+        spawner: Result<SpawnerHandle, String>,
+        premade: usize,
+    ) -> Result<ContainerBackend, StoreError> {
+        let id_map = IdMap::default();
+        let images =
+            ImageStore::open(data_dir.join("images"))?.with_unpack_options(UnpackOptions {
+                uid_offset: id_map.host_uid,
+                gid_offset: id_map.host_gid,
+                ..UnpackOptions::default()
+            });
+        let pool = spawner
+            .map_err(UnavailableError::NoSpawner)
+            .and_then(|handle| premade_pool(handle, data_dir, id_map, premade))
+            .map_err(Arc::new);
+        match &pool {
+            Ok(pool) if pool.target() > 0 => {
+                tokio::spawn(pool.clone().keep_filled());
+            }
+            Ok(_) => {}
+            Err(reason) => tracing::warn!(%reason, "container functions are unavailable"),
+        }
+        Ok(ContainerBackend {
+            artifacts,
+            images,
+            premade: pool,
+            id_map,
+        })
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    fn premade(&self) -> Result<&Arc<PremadePool>, SandboxError> {
+        self.premade
+            .as_ref()
+            .map_err(|e| SandboxError::Unavailable(e.clone()))
+    }
+
+    /// The sandbox plan of `spec`: its image, settings and limits.
+    fn plan(&self, spec: &FunctionSpec) -> Result<SandboxPlan, SandboxError> {
+        let options = spec
+            .container
+            .as_ref()
+            .ok_or(SandboxError::NoContainerSettings)?;
+        let image = self
+            .images
+            .image(&options.image)
+            .map_err(SandboxError::Images)?
+            .ok_or_else(|| SandboxError::ImageMissing(options.image.clone()))?;
+        let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
+        let port = options
+            .port
+            .or(match image.config.exposed_ports.as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            })
+            .unwrap_or(plan::DEFAULT_PORT);
+        let settings = ContainerSettings {
+            name: spec.name.to_string(),
+            command: options.command.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            protocol: options.protocol,
+            port,
+            memory_bytes: spec.limits.memory_bytes,
+            cpu_millis: options.cpu_millis,
+            pids: plan::DEFAULT_PIDS,
+            scratch_bytes: plan::DEFAULT_SCRATCH_BYTES,
+        };
+        let users = ImageUsers::read(&layers);
+        plan::plan(
+            &settings,
+            &image.config,
+            &layers,
+            self.id_map,
+            &|kind, name| users.find(kind, name),
+        )
+        .map_err(SandboxError::Plan)
+    }
+}
+
+/// The pool of pre-made sandboxes, once the cgroups, the spawner and the
+/// scratch directory are there; removes what a crashed server left first.
+fn premade_pool(
+    handle: SpawnerHandle,
+    data_dir: &Path,
+    id_map: IdMap,
+    target: usize,
+) -> Result<Arc<PremadePool>, UnavailableError> {
+    let cgroups = Layout::detect()
+        .and_then(|layout| Cgroups::new(layout, Box::new(RealFs)))
+        .map_err(UnavailableError::Cgroups)?;
+    let spawner = Spawner::new(handle).map_err(UnavailableError::Spawner)?;
+    let scratch = data_dir.join("run").join("scratch");
+    std::fs::create_dir_all(&scratch).map_err(|source| UnavailableError::Scratch {
+        path: scratch.clone(),
+        source,
+    })?;
+    let removed = sweep_leftovers(&cgroups);
+    if removed > 0 {
+        tracing::info!(
+            sandboxes = removed,
+            "removed what a previous wisp serve left behind"
+        );
+    }
+    Ok(Arc::new(PremadePool::new(
+        spawner,
+        Arc::new(cgroups),
+        scratch,
+        id_map,
+        target,
+    )))
+}
+
+#[async_trait]
+impl Backend for ContainerBackend {
+    async fn prepare(&self, artifact: &Digest) -> Result<Prepared, PrepareError> {
+        let digest = artifact.to_string();
+        if let Err(e) = &self.premade {
+            return Err(PrepareError::ContainersUnavailable {
+                cause: Cause::new(SandboxError::Unavailable(e.clone())),
+            });
+        }
+        let blob = self.artifacts.blob_path(artifact);
+        if !blob.is_file() {
+            return Err(PrepareError::MissingArtifact { digest });
+        }
+        let images = self.images.clone();
+        let image = tokio::task::spawn_blocking(move || images.import(&blob))
+            .await
+            .map_err(|e| PrepareError::Storage {
+                digest: digest.clone(),
+                detail: format!("import task failed: {e}"),
+            })?
+            .map_err(|e| PrepareError::BadImage {
+                digest: digest.clone(),
+                detail: e.to_string(),
+            })?;
+        tracing::info!(artifact = %digest, image = %image.manifest_digest, layers = image.layers.len(), "image imported");
+        Ok(Prepared {
+            kind: FunctionKind::Container,
+            image: Some(image.manifest_digest),
+        })
+    }
+
+    async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError> {
+        let requested = proto::monotonic_ns();
+        let function = spec.name.clone();
+        let sandbox_err = |e: SandboxError| StartError::Sandbox {
+            function: function.clone(),
+            cause: Cause::new(e),
+        };
+        let pool = self.premade().map_err(sandbox_err)?;
+        let plan = self.plan(spec).map_err(sandbox_err)?;
+        let (premade, was_premade) = pool.take().await.map_err(sandbox_err)?;
+        let Premade {
+            sandbox,
+            control,
+            pid,
+        } = premade;
+        if was_premade {
+            // Made at idle priority; one that has not finished setting up
+            // must not wait behind busy CPUs now that a request waits on it
+            // (init raises its zygote itself when it gets the plan).
+            let _ = sys::set_idle_priority(Some(nix::unistd::Pid::from_raw(pid)), false);
+        }
+        let control = sys::async_fd(control).map_err(|e| sandbox_err(SandboxError::Control(e)))?;
+        let (protocol, port) = (plan.protocol, plan.port);
+        let cgi_env = plan.process.env.clone();
+        let limits = plan.cgroup;
+        let gone = |e: std::io::Error| sandbox_err(SandboxError::Gone(e));
+        send_async(
+            &control,
+            &ToInit::Run {
+                plan: Box::new(plan),
+            },
+            &[],
+        )
+        .await
+        .map_err(gone)?;
+        // While the sandbox mounts its root filesystem; it runs nothing of
+        // the image's until `Start`.
+        if let Some(cgroup) = &sandbox.cgroup.cgroup {
+            pool.cgroups
+                .apply_limits(cgroup, &limits)
+                .map_err(|e| sandbox_err(SandboxError::Cgroup(e)))?;
+        }
+        send_async(&control, &ToInit::Start, &[])
+            .await
+            .map_err(gone)?;
+        let timeout = spec.limits.timeout().min(MAX_START);
+        let first = tokio::time::timeout(timeout, wait_ready(&function, pid, &control))
+            .await
+            .map_err(|_| match protocol {
+                Protocol::Http => StartError::NotReady {
+                    function: function.clone(),
+                    port,
+                    timeout,
+                },
+                Protocol::Cgi => sandbox_err(SandboxError::NoReport(timeout)),
+            })?;
+        let (timings, first_conn) = match first {
+            Ok(ready) => ready,
+            Err(NotReady::Sandbox(e)) => return Err(sandbox_err(e)),
+            Err(NotReady::Exited(report)) => {
+                let status = if sandbox.oom_killed() {
+                    "killed by the OOM killer: out of memory".to_owned()
+                } else {
+                    report.status.to_string()
+                };
+                tracing::warn!(function = %function, %status, stderr = %report.stderr_tail, "handler exited before it was ready");
+                return Err(StartError::Exited {
+                    function,
+                    status,
+                    stderr: stderr_suffix(&report.stderr_tail),
+                });
+            }
+        };
+        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
+        tracing::info!(
+            function = %function,
+            pid,
+            premade = was_premade,
+            cgroup_ns_ms = ms(timings.cloned, timings.sandbox),
+            assign_ms = ms(requested, timings.assigned),
+            rootfs_ms = ms(timings.assigned, timings.rootfs),
+            exec_ms = ms(timings.rootfs, timings.exec),
+            ready_ms = ms(timings.exec, timings.ready),
+            total_ms = ms(requested, proto::monotonic_ns()),
+            "container started"
+        );
+        let link = InitLink::start(function.clone(), pid, control, first_conn);
+        let transport = match protocol {
+            Protocol::Http => Transport::Http(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(None)
+                    .build(NsConnector(link.clone())),
+            )),
+            Protocol::Cgi => Transport::Cgi { env: cgi_env },
+        };
+        let phase = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
+        let phases = vec![
+            ("sandbox", phase(requested, timings.assigned)),
+            ("rootfs", phase(timings.assigned, timings.rootfs)),
+            ("exec", phase(timings.rootfs, timings.exec)),
+            ("ready", phase(timings.exec, timings.ready)),
+        ];
+        Ok(Box::new(ContainerInstance {
+            function,
+            limits: spec.limits,
+            phases,
+            link,
+            transport,
+            sandbox: Some(sandbox),
+            cgi_seq: AtomicU64::new(0),
+        }))
+    }
+
+    async fn shutdown(&self) {
+        if let Ok(pool) = &self.premade {
+            pool.close().await;
+        }
+    }
+}

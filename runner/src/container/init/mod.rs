@@ -1,0 +1,145 @@
+//! What runs inside a new container: the set-up of its sandbox (as host
+//! root, in the namespaces the spawner's `clone` made) and then wisp's own
+//! init, which stays PID 1 for the container's life.
+//!
+//! Set-up order (verified on the development machine, see
+//! docs/architecture.md): join the cgroup and make a cgroup namespace;
+//! loopback up; make `/` private; fork the zygote, the future handler,
+//! which enters the user namespace and installs the seccomp filter; make
+//! `/proc`, `/dev` (with its nodes) and `/tmp` as detached mounts — a
+//! pre-made sandbox waits here for a function — then hostname; mount the
+//! scratch tmpfs and the overlay; `pivot_root` into it and detach the
+//! host's root; only then attach `/proc`, `/dev` and `/tmp`, so that no
+//! path the image controls (its symlinks) is ever resolved against the
+//! host's tree; finally enter the user namespace, where container root is
+//! an unprivileged host uid.
+//!
+//! Init then drops the capability bounding set, waits for the gateway's
+//! `Start` (the cgroup limits are written), gives the zygote its command
+//! (or, for CGI, kills it and forks one process per request), reaps every
+//! process reparented to it, forwards the handler's output to the gateway, and exits when the
+//! handler does, when asked to stop, or when the gateway goes away. Its
+//! exit ends the PID namespace: the kernel kills whatever is left.
+//!
+//! - [`setup`]: the steps before the function ([`setup::isolate`]) and
+//!   after its plan arrives ([`setup::take_function`]);
+//! - [`mounts`]: scratch tmpfs, overlay root, `pivot_root`, standard mounts;
+//! - [`zygote`]: the handler's process and CGI processes, up to `execve`;
+//! - [`supervisor`]: PID 1's loop once the sandbox is set up.
+
+mod mounts;
+mod setup;
+mod supervisor;
+mod zygote;
+
+use std::os::fd::BorrowedFd;
+
+use crate::container::proto::{self, FromInit, SpawnRequest, Stage, Timings, ToInit, monotonic_ns};
+use crate::container::seccomp::Filters;
+use crate::container::sys;
+
+use mounts::Premounted;
+use supervisor::Supervisor;
+use zygote::Zygote;
+
+/// A failed set-up step, with its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{stage}: {source}")]
+pub(crate) struct SetupError {
+    stage: Stage,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SetupError {
+    fn new(stage: Stage, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        SetupError {
+            stage,
+            source: source.into(),
+        }
+    }
+}
+
+/// Tags an error with the step it failed.
+fn at<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    stage: Stage,
+) -> impl FnOnce(E) -> SetupError {
+    move |e| SetupError::new(stage, e)
+}
+
+/// The container's process, from right after `clone` to its exit.
+/// Returns the exit code of the container's init.
+pub(crate) fn container_main(
+    req: &SpawnRequest,
+    control: BorrowedFd<'_>,
+    userns: BorrowedFd<'_>,
+    filters: &Filters,
+) -> isize {
+    let mut timings = Timings {
+        cloned: monotonic_ns(),
+        ..Timings::default()
+    };
+    let report = |f: SetupError| {
+        let _ = proto::send(
+            control,
+            &FromInit::SetupFailed {
+                stage: f.stage,
+                error: f.source.to_string(),
+            },
+            &[],
+        );
+        1
+    };
+    if req.background {
+        // Best effort: a sandbox at normal priority is only less polite.
+        let _ = sys::set_idle_priority(None, true);
+    }
+    if let Err(f) = setup::isolate(req) {
+        return report(f);
+    }
+    // The handler's process, forked now so that the fork, the user
+    // namespace and the seccomp filter are not paid during a cold start.
+    let zygote = match Zygote::fork(control, userns, filters) {
+        Ok(z) => z,
+        Err(f) => return report(f),
+    };
+    // The standard mounts and the scratch tmpfs, made now and attached
+    // after `pivot_root`; without them (an old kernel, say) they are
+    // mounted then instead.
+    let premounted = Premounted::make(req.id_map, &req.scratch).ok();
+    timings.sandbox = monotonic_ns();
+    // A pre-made sandbox: wait until the gateway gives it a function.
+    let mut buf = Vec::new();
+    let plan = match proto::recv::<ToInit>(control, &mut buf) {
+        Ok((ToInit::Run { plan }, _)) => plan,
+        // Never used: the gateway dropped it, or went away.
+        _ => return 0,
+    };
+    timings.assigned = monotonic_ns();
+    if req.background {
+        // The gateway raised init when it took the sandbox.
+        let _ = sys::set_idle_priority(Some(zygote.pid), false);
+    }
+    if let Err(f) = setup::take_function(&plan, &req.scratch, userns, premounted) {
+        return report(f);
+    }
+    timings.rootfs = monotonic_ns();
+    // Nothing of the image's runs before the gateway has limited the cgroup.
+    match proto::recv::<ToInit>(control, &mut buf) {
+        Ok((ToInit::Start, _)) => {}
+        _ => return 0,
+    }
+    let mut init = Supervisor::new(&plan, control, filters, timings, zygote);
+    match init.run() {
+        Ok(()) => 0,
+        Err(f) => report(f),
+    }
+}
+
+/// Raw descriptor numbers the container must not keep (the spawner's).
+pub(crate) fn close_inherited(fds: &[i32]) {
+    for &fd in fds {
+        sys::close_raw(fd);
+    }
+    let _ = sys::cloexec_from(3);
+}

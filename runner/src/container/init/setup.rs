@@ -1,0 +1,63 @@
+//! The sandbox's set-up steps, as host root in the namespaces the
+//! spawner's `clone` made: [`isolate`] does what no function needs (it runs
+//! while the sandbox is pre-made); [`take_function`] makes the sandbox the
+//! function's once its plan arrives.
+
+use std::fs;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::Signal;
+use nix::sys::stat::{Mode, umask};
+use nix::unistd::{Gid, Uid, setresgid, setresuid};
+
+use super::mounts::{Premounted, mount_rootfs};
+use super::{SetupError, at};
+use crate::container::plan::SandboxPlan;
+use crate::container::proto::{SpawnRequest, Stage};
+use crate::container::sys;
+
+/// What does not depend on the function: cgroup, cgroup namespace,
+/// loopback, mount propagation.
+pub(super) fn isolate(req: &SpawnRequest) -> Result<(), SetupError> {
+    umask(Mode::empty());
+    sys::reset_sigchld().map_err(at(Stage::Signals))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(at(Stage::Pdeathsig))?;
+    for dir in &req.cgroup_dirs {
+        let procs = dir.join("cgroup.procs");
+        fs::write(&procs, "0").map_err(|e| {
+            SetupError::new(Stage::Cgroup, format!("joining {}: {e}", dir.display()))
+        })?;
+    }
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at(Stage::CgroupNamespace))?;
+    sys::loopback_up().map_err(at(Stage::Loopback))?;
+    // No mount event crosses between this namespace and the host's.
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(at(Stage::MakePrivate))?;
+    Ok(())
+}
+
+/// Makes the sandbox the function's: hostname, root filesystem, user
+/// namespace.
+pub(super) fn take_function(
+    plan: &SandboxPlan,
+    scratch: &Path,
+    userns: BorrowedFd<'_>,
+    premounted: Option<Premounted>,
+) -> Result<(), SetupError> {
+    nix::unistd::sethostname(&plan.hostname).map_err(at(Stage::Hostname))?;
+    mount_rootfs(plan, scratch, premounted)?;
+    // Leaving the initial user namespace is the last step: from here on
+    // this process is container root, a plain uid on the host.
+    nix::unistd::setgroups(&[]).map_err(at(Stage::Setgroups))?;
+    setns(userns, CloneFlags::CLONE_NEWUSER).map_err(at(Stage::UserNamespace))?;
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+        .map_err(at(Stage::Setresgid))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+        .map_err(at(Stage::Setresuid))?;
+    sys::drop_bounding_set().map_err(at(Stage::BoundingSet))?;
+    Ok(())
+}

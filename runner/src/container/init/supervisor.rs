@@ -1,0 +1,361 @@
+//! The container's PID 1 once it is set up: starts the handler (the
+//! zygote's exec for `http`; one process per request for `cgi`), probes
+//! its port until it accepts, answers the gateway's requests (connections,
+//! CGI runs, stop), forwards the handler's output, reaps every process
+//! reparented to it, and returns when the handler exits, when asked to
+//! stop, or when the gateway goes away.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::zygote::{Command, Zygote, spawn_cgi};
+use super::{SetupError, at};
+use crate::container::plan::SandboxPlan;
+use crate::container::proto::{
+    self, ExitReport, ExitStatus, FromInit, Stage, Stream, Timings, ToInit, monotonic_ns,
+};
+use crate::container::seccomp::Filters;
+use crate::protocol::Protocol;
+
+/// Bytes of the handler's stderr kept for its exit report.
+const STDERR_TAIL: usize = 4096;
+
+/// The container's PID 1 after set-up.
+pub(super) struct Supervisor<'a> {
+    plan: &'a SandboxPlan,
+    control: BorrowedFd<'a>,
+    filters: &'a Filters,
+    timings: Timings,
+    /// The forked process that becomes the `http` handler.
+    zygote: Option<Zygote>,
+    /// The `http` handler and its stdout/stderr pipes.
+    handler: Option<RunningHandler>,
+    /// Running CGI processes, by pid.
+    cgi: HashMap<Pid, u64>,
+    stderr_tail: Vec<u8>,
+    stop_deadline: Option<Instant>,
+}
+
+/// The `http` handler's process.
+struct RunningHandler {
+    pid: Pid,
+    port: u16,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    ready: bool,
+    /// Next readiness probe and the current back-off.
+    next_probe: Instant,
+    backoff: Duration,
+}
+
+impl<'a> Supervisor<'a> {
+    pub(super) fn new(
+        plan: &'a SandboxPlan,
+        control: BorrowedFd<'a>,
+        filters: &'a Filters,
+        timings: Timings,
+        zygote: Zygote,
+    ) -> Supervisor<'a> {
+        Supervisor {
+            plan,
+            control,
+            filters,
+            timings,
+            zygote: Some(zygote),
+            handler: None,
+            cgi: HashMap::new(),
+            stderr_tail: Vec::new(),
+            stop_deadline: None,
+        }
+    }
+
+    /// Runs until the sandbox ends; an error is a failed start of the
+    /// handler.
+    pub(super) fn run(&mut self) -> Result<(), SetupError> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.add(Signal::SIGTERM);
+        mask.add(Signal::SIGINT);
+        mask.thread_block().map_err(at(Stage::Signals))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(at(Stage::Signals))?;
+
+        match self.plan.protocol {
+            Protocol::Http => {
+                let port = self.plan.port;
+                let zygote = self
+                    .zygote
+                    .take()
+                    .ok_or_else(|| SetupError::new(Stage::Exec, "the handler's process is gone"))?;
+                let command = Command::of(self.plan, &[]).map_err(at(Stage::Exec))?;
+                let (pid, stdout, stderr) = zygote.exec(&command).map_err(at(Stage::Exec))?;
+                self.timings.exec = monotonic_ns();
+                self.handler = Some(RunningHandler {
+                    pid,
+                    port,
+                    stdout: Some(stdout),
+                    stderr: Some(stderr),
+                    ready: false,
+                    next_probe: Instant::now(),
+                    backoff: Duration::from_micros(50),
+                });
+            }
+            Protocol::Cgi => {
+                // One process per request: the zygote is not needed.
+                if let Some(zygote) = self.zygote.take() {
+                    zygote.discard();
+                }
+                self.timings.exec = monotonic_ns();
+                self.timings.ready = self.timings.exec;
+                self.send(&FromInit::Ready {
+                    timings: self.timings,
+                });
+            }
+        }
+        let mut buf = Vec::new();
+        loop {
+            self.probe_readiness();
+            let timeout = self.poll_timeout();
+            let (control_ev, signal_ev, out_ev, err_ev) = {
+                let handler = self.handler.as_ref();
+                let out = handler.and_then(|h| h.stdout.as_ref());
+                let err = handler.and_then(|h| h.stderr.as_ref());
+                let mut fds = vec![
+                    PollFd::new(self.control, PollFlags::POLLIN),
+                    PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Some(out) = out {
+                    fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(err) = err {
+                    fds.push(PollFd::new(err.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(at(Stage::Poll)(e)),
+                }
+                let ev = |i: usize| {
+                    fds.get(i)
+                        .and_then(PollFd::revents)
+                        .is_some_and(|r| !r.is_empty())
+                };
+                let out_i = 2;
+                let err_i = if out.is_some() { 3 } else { 2 };
+                (
+                    ev(0),
+                    ev(1),
+                    out.is_some() && ev(out_i),
+                    err.is_some() && ev(err_i),
+                )
+            };
+            if out_ev {
+                self.drain(Stream::Stdout);
+            }
+            if err_ev {
+                self.drain(Stream::Stderr);
+            }
+            if signal_ev {
+                while let Ok(Some(info)) = signals.read_signal() {
+                    let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+                    if signo == Signal::SIGTERM as i32 || signo == Signal::SIGINT as i32 {
+                        self.stop(Duration::from_secs(2));
+                    }
+                }
+                if self.reap() {
+                    return Ok(());
+                }
+            }
+            if control_ev {
+                match proto::recv::<ToInit>(self.control, &mut buf) {
+                    Ok((msg, fds)) => self.handle(msg, fds),
+                    // The gateway dropped the sandbox, or died: PID 1's exit
+                    // takes every process of the container with it.
+                    Err(_) => return Ok(()),
+                }
+            }
+            if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> PollTimeout {
+        let now = Instant::now();
+        let mut until: Option<Instant> = self.stop_deadline;
+        if let Some(h) = &self.handler
+            && !h.ready
+        {
+            until = Some(until.map_or(h.next_probe, |u| u.min(h.next_probe)));
+        }
+        match until {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let ms = t.saturating_duration_since(now).as_millis();
+                PollTimeout::try_from(i32::try_from(ms).unwrap_or(i32::MAX))
+                    .unwrap_or(PollTimeout::NONE)
+            }
+        }
+    }
+
+    /// Tries the handler's port while it is not ready yet, backing off
+    /// from 50 µs to 5 ms between tries.
+    fn probe_readiness(&mut self) {
+        let Some(h) = self.handler.as_mut() else {
+            return;
+        };
+        if h.ready || Instant::now() < h.next_probe {
+            return;
+        }
+        match TcpStream::connect(("127.0.0.1", h.port)) {
+            Ok(stream) => {
+                h.ready = true;
+                self.timings.ready = monotonic_ns();
+                let fd = OwnedFd::from(stream);
+                let _ = proto::send(
+                    self.control,
+                    &FromInit::Ready {
+                        timings: self.timings,
+                    },
+                    &[fd.as_fd()],
+                );
+            }
+            Err(_) => {
+                h.next_probe = Instant::now() + h.backoff;
+                h.backoff = (h.backoff * 2).min(Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: ToInit, fds: Vec<OwnedFd>) {
+        match msg {
+            ToInit::Connect => {
+                let port = self.handler.as_ref().map_or(0, |h| h.port);
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(stream) => {
+                        let fd = OwnedFd::from(stream);
+                        let _ = proto::send(self.control, &FromInit::Connection, &[fd.as_fd()]);
+                    }
+                    Err(e) => self.send(&FromInit::ConnectFailed {
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            ToInit::Cgi { id, env } => {
+                let mut fds = fds.into_iter();
+                let (Some(stdin), Some(stdout), Some(stderr)) =
+                    (fds.next(), fds.next(), fds.next())
+                else {
+                    self.send(&FromInit::CgiFailed {
+                        id,
+                        error: "CGI request without its three descriptors".into(),
+                    });
+                    return;
+                };
+                match spawn_cgi(self.plan, &env, stdin, stdout, stderr, self.filters) {
+                    Ok(pid) => {
+                        self.cgi.insert(pid, id);
+                    }
+                    Err(error) => self.send(&FromInit::CgiFailed {
+                        id,
+                        error: error.to_string(),
+                    }),
+                }
+            }
+            ToInit::Stop { grace_ms } => self.stop(Duration::from_millis(grace_ms)),
+            ToInit::Run { .. } | ToInit::Start => {}
+        }
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        if let Some(h) = &self.handler {
+            let _ = kill(h.pid, Signal::SIGTERM);
+        }
+        for pid in self.cgi.keys() {
+            let _ = kill(*pid, Signal::SIGTERM);
+        }
+        if self.handler.is_none() && self.cgi.is_empty() {
+            self.stop_deadline = Some(Instant::now());
+        } else {
+            self.stop_deadline.get_or_insert(Instant::now() + grace);
+        }
+    }
+
+    /// Reaps every exited child; returns whether init should exit.
+    fn reap(&mut self) -> bool {
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, ExitStatus::Signal(signal as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return false,
+                Ok(_) => continue,
+            };
+            let (pid, status) = status;
+            if let Some(id) = self.cgi.remove(&pid) {
+                self.send(&FromInit::CgiDone { id, status });
+                if self.stop_deadline.is_some() && self.cgi.is_empty() {
+                    return true;
+                }
+            } else if self.handler.as_ref().is_some_and(|h| h.pid == pid) {
+                // What it wrote last is still in the pipes.
+                self.drain(Stream::Stdout);
+                self.drain(Stream::Stderr);
+                let before_ready = self.handler.as_ref().is_some_and(|h| !h.ready);
+                let tail = String::from_utf8_lossy(&self.stderr_tail).into_owned();
+                self.send(&FromInit::Exited(ExitReport {
+                    status,
+                    stderr_tail: tail,
+                    before_ready,
+                }));
+                return true;
+            }
+        }
+    }
+
+    /// Forwards what the handler wrote on `stream`.
+    fn drain(&mut self, stream: Stream) {
+        let Some(h) = self.handler.as_mut() else {
+            return;
+        };
+        let slot = match stream {
+            Stream::Stdout => &mut h.stdout,
+            Stream::Stderr => &mut h.stderr,
+        };
+        let Some(fd) = slot.as_ref() else { return };
+        let mut chunk = [0u8; 8192];
+        loop {
+            match nix::unistd::read(fd.as_fd(), &mut chunk) {
+                Ok(0) => {
+                    *slot = None;
+                    return;
+                }
+                Ok(n) => {
+                    let bytes = &chunk[..n];
+                    if stream == Stream::Stderr {
+                        self.stderr_tail.extend_from_slice(bytes);
+                        let excess = self.stderr_tail.len().saturating_sub(STDERR_TAIL);
+                        self.stderr_tail.drain(..excess);
+                    }
+                    let text = String::from_utf8_lossy(bytes).into_owned();
+                    let _ = proto::send(self.control, &FromInit::Output { stream, text }, &[]);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn send(&self, msg: &FromInit) {
+        let _ = proto::send(self.control, msg, &[]);
+    }
+}

@@ -1,0 +1,277 @@
+//! The gateway's side of one container's control socket. During a start,
+//! [`wait_ready`] reads init's reports until the sandbox is ready; after
+//! it, an [`InitLink`] task reads init's messages and hands each to
+//! whoever waits for it (a new connection to the handler, a CGI process's
+//! end, the handler's output for the logs, the handler's exit).
+//! [`NsConnector`] is hyper's connector on top: each new connection to the
+//! handler is a socket init made inside the sandbox's network namespace.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch};
+
+use crate::container::error::SandboxError;
+use crate::container::proto::{ExitReport, ExitStatus, FromInit, Stream, Timings, ToInit};
+use crate::container::spawner::{recv_async, send_async};
+use crate::spec::FunctionName;
+
+/// Why a request could not be passed to the handler through init.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    /// The sandbox is gone, or going: why.
+    #[error("{0}")]
+    Dead(String),
+    #[error("the sandbox is gone: {0}")]
+    Send(#[source] std::io::Error),
+    /// Init could not do what was asked (its own report).
+    #[error("{0}")]
+    Refused(String),
+    #[error("init's answer came without its descriptor")]
+    NoDescriptor,
+}
+
+/// One container's control socket, after its start.
+pub(crate) struct InitLink {
+    function: FunctionName,
+    /// Host pid of the sandbox's init (names the instance in logs).
+    pub(crate) pid: i32,
+    fd: AsyncFd<OwnedFd>,
+    /// Serialises `Connect` requests with their FIFO of waiters.
+    connect: tokio::sync::Mutex<()>,
+    connects: Mutex<VecDeque<oneshot::Sender<Result<OwnedFd, LinkError>>>>,
+    spare: Mutex<Option<OwnedFd>>,
+    cgi: Mutex<HashMap<u64, oneshot::Sender<Result<ExitStatus, LinkError>>>>,
+    /// Why the sandbox is gone, once it is.
+    dead: watch::Sender<Option<String>>,
+}
+
+impl InitLink {
+    /// Takes over the socket and starts reading it; `first_conn` is the
+    /// connection init made when the handler became ready.
+    pub(crate) fn start(
+        function: FunctionName,
+        pid: i32,
+        fd: AsyncFd<OwnedFd>,
+        first_conn: Option<OwnedFd>,
+    ) -> Arc<InitLink> {
+        let link = Arc::new(InitLink {
+            function,
+            pid,
+            fd,
+            connect: tokio::sync::Mutex::new(()),
+            connects: Mutex::new(VecDeque::new()),
+            spare: Mutex::new(first_conn),
+            cgi: Mutex::new(HashMap::new()),
+            dead: watch::channel(None).0,
+        });
+        tokio::spawn(link.clone().read_loop());
+        link
+    }
+
+    async fn read_loop(self: Arc<Self>) {
+        let mut buf = Vec::new();
+        let reason = loop {
+            let (msg, fds) = match recv_async::<FromInit>(&self.fd, &mut buf).await {
+                Ok(m) => m,
+                Err(e) => break format!("the sandbox ended ({e})"),
+            };
+            match msg {
+                FromInit::Connection => {
+                    let waiter = lock(&self.connects).pop_front();
+                    let fd = fds.into_iter().next().ok_or(LinkError::NoDescriptor);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(fd);
+                    }
+                }
+                FromInit::ConnectFailed { error } => {
+                    if let Some(waiter) = lock(&self.connects).pop_front() {
+                        let _ = waiter.send(Err(LinkError::Refused(error)));
+                    }
+                }
+                FromInit::CgiDone { id, status } => {
+                    if let Some(waiter) = lock(&self.cgi).remove(&id) {
+                        let _ = waiter.send(Ok(status));
+                    }
+                }
+                FromInit::CgiFailed { id, error } => {
+                    if let Some(waiter) = lock(&self.cgi).remove(&id) {
+                        let _ = waiter.send(Err(LinkError::Refused(error)));
+                    }
+                }
+                FromInit::Output { stream, text } => {
+                    log_output(&self.function, self.pid, stream, &text)
+                }
+                FromInit::Exited(report) => {
+                    tracing::warn!(function = %self.function, status = %report.status, stderr = %report.stderr_tail, "handler exited");
+                    break format!(
+                        "the handler exited ({}){}",
+                        report.status,
+                        stderr_suffix(&report.stderr_tail)
+                    );
+                }
+                FromInit::Ready { .. } | FromInit::SetupFailed { .. } => {}
+            }
+        };
+        self.dead.send_replace(Some(reason.clone()));
+        for waiter in lock(&self.connects).drain(..) {
+            let _ = waiter.send(Err(LinkError::Dead(reason.clone())));
+        }
+        for (_, waiter) in lock(&self.cgi).drain() {
+            let _ = waiter.send(Err(LinkError::Dead(reason.clone())));
+        }
+    }
+
+    /// Why the sandbox is gone, if it is.
+    pub(crate) fn dead_reason(&self) -> Option<String> {
+        self.dead.borrow().clone()
+    }
+
+    /// Waits until the sandbox is gone.
+    pub(crate) async fn wait_dead(&self) {
+        let mut dead = self.dead.subscribe();
+        let _ = dead.wait_for(Option::is_some).await;
+    }
+
+    /// Records that the sandbox is being killed, before init's socket
+    /// closes, so that no new request is sent its way.
+    pub(crate) fn mark_dead(&self, reason: &str) {
+        self.dead.send_if_modified(|dead| {
+            let fresh = dead.is_none();
+            if fresh {
+                *dead = Some(reason.to_owned());
+            }
+            fresh
+        });
+    }
+
+    pub(crate) async fn send(&self, msg: &ToInit, fds: &[BorrowedFd<'_>]) -> Result<(), LinkError> {
+        send_async(&self.fd, msg, fds)
+            .await
+            .map_err(LinkError::Send)
+    }
+
+    /// Runs one CGI process with `env`, its stdin, stdout and stderr in
+    /// `fds`; resolves to its exit status.
+    pub(crate) async fn run_cgi(
+        &self,
+        id: u64,
+        env: Vec<String>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<oneshot::Receiver<Result<ExitStatus, LinkError>>, LinkError> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.cgi).insert(id, tx);
+        self.send(&ToInit::Cgi { id, env }, fds).await?;
+        Ok(rx)
+    }
+
+    /// A new connection to the handler's port, made inside the sandbox.
+    async fn connect(&self) -> Result<OwnedFd, LinkError> {
+        if let Some(fd) = lock(&self.spare).take() {
+            return Ok(fd);
+        }
+        if let Some(reason) = self.dead_reason() {
+            return Err(LinkError::Dead(reason));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let _serial = self.connect.lock().await;
+            lock(&self.connects).push_back(tx);
+            self.send(&ToInit::Connect, &[]).await?;
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(LinkError::Dead("the sandbox is gone".to_owned())))
+    }
+}
+
+/// A mutex's guard, whether or not another holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How a start ended before the sandbox became ready.
+pub(crate) enum NotReady {
+    /// Setting up failed, or init went away.
+    Sandbox(SandboxError),
+    /// The handler exited.
+    Exited(ExitReport),
+}
+
+/// Reads init's messages until it reports ready (or fails); returns the
+/// start's timings and, for `http`, the connection init made.
+pub(crate) async fn wait_ready(
+    function: &FunctionName,
+    pid: i32,
+    control: &AsyncFd<OwnedFd>,
+) -> Result<(Timings, Option<OwnedFd>), NotReady> {
+    let mut buf = Vec::new();
+    loop {
+        let (msg, fds) = recv_async::<FromInit>(control, &mut buf)
+            .await
+            .map_err(|e| NotReady::Sandbox(SandboxError::InitGone(e)))?;
+        match msg {
+            FromInit::Ready { timings } => return Ok((timings, fds.into_iter().next())),
+            FromInit::SetupFailed { stage, error } => {
+                return Err(NotReady::Sandbox(SandboxError::Setup { stage, error }));
+            }
+            FromInit::Exited(report) => return Err(NotReady::Exited(report)),
+            FromInit::Output { stream, text } => log_output(function, pid, stream, &text),
+            _ => {}
+        }
+    }
+}
+
+/// Records a handler's output in the function's logs.
+pub(crate) fn log_output(function: &FunctionName, instance: i32, stream: Stream, text: &str) {
+    crate::store::logs::record(
+        function.as_str(),
+        &format!("container-{instance}"),
+        stream.as_str(),
+        text,
+    );
+}
+
+/// `; stderr: <the last 500 characters>`, or nothing for an empty tail.
+pub(crate) fn stderr_suffix(tail: &str) -> String {
+    let tail = tail.trim();
+    if tail.is_empty() {
+        String::new()
+    } else {
+        let start = tail.char_indices().rev().nth(499).map_or(0, |(i, _)| i);
+        format!("; stderr: {}", &tail[start..])
+    }
+}
+
+/// hyper-util's connector for one sandbox: every new connection is a
+/// socket init made in the sandbox's network namespace.
+#[derive(Clone)]
+pub(crate) struct NsConnector(pub(crate) Arc<InitLink>);
+
+impl tower_service::Service<Uri> for NsConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let link = self.0.clone();
+        Box::pin(async move {
+            let fd = link.connect().await.map_err(std::io::Error::other)?;
+            let stream = std::net::TcpStream::from(fd);
+            stream.set_nonblocking(true)?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(tokio::net::TcpStream::from_std(stream)?))
+        })
+    }
+}

@@ -1,0 +1,7 @@
+//! What wisp keeps on disk beside the request path: uploaded artifacts by
+//! content address ([`artifact`]) and handlers' output per function
+//! ([`logs`]). The OCI image store, which the container backend reads from,
+//! is [`crate::image`].
+
+pub mod artifact;
+pub mod logs;
