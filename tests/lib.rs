@@ -1,6 +1,9 @@
 //! The end-to-end harness: starts the real `wisp` binary on a free port with
 //! a temporary data dir, talks to it over real HTTP, and stops it the way a
-//! user or a crash would (SIGTERM, SIGKILL).
+//! user or a crash would (SIGTERM, SIGKILL). Around it, what the tests
+//! share: the CLI's output as a `CliOutput`, `eventually` for conditions
+//! reached in the background, and a busybox root filesystem for container
+//! functions.
 //!
 //! The binary is `target/<profile>/wisp` next to the test executable (built
 //! by `cargo build --workspace` / `cargo test --workspace`), or `$WISP_BIN`.
@@ -8,9 +11,11 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use http::Method;
+use tokio::task::JoinHandle;
 pub use wisp::api::FunctionDeployment;
 pub use wisp::client::{Answer, Client};
 
@@ -161,6 +166,12 @@ impl Wisp {
         std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
     }
 
+    /// Uploads `file` to the artifact store; returns its digest.
+    pub async fn upload(&self, file: &str) -> anyhow::Result<String> {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+        Ok(self.client.upload_artifact(bytes).await?.digest)
+    }
+
     /// Uploads `file` and deploys it as `name`, with `tweak` applied to the request.
     pub async fn deploy_with(
         &self,
@@ -168,11 +179,9 @@ impl Wisp {
         file: &str,
         tweak: impl FnOnce(&mut FunctionDeployment),
     ) -> anyhow::Result<()> {
-        let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
-        let uploaded = self.client.upload_artifact(bytes).await?;
         let mut deployment = FunctionDeployment {
             service: name.to_owned(),
-            image: uploaded.digest,
+            image: self.upload(file).await?,
             ..FunctionDeployment::default()
         };
         tweak(&mut deployment);
@@ -184,23 +193,81 @@ impl Wisp {
         self.deploy_with(name, file, |_| {}).await.expect("deploy");
     }
 
+    /// Deploys the root filesystem `rootfs` as `name` with
+    /// `wisp deploy NAME --rootfs ROOTFS ARGS…`; panics if the CLI fails.
+    #[track_caller]
+    pub fn deploy_rootfs(&self, name: &str, rootfs: &Path, args: &[&str]) {
+        let rootfs = rootfs.to_str().expect("a UTF-8 rootfs path");
+        let mut cli = vec!["deploy", name, "--rootfs", rootfs];
+        cli.extend(args);
+        let out = self.cli(&cli);
+        assert!(
+            out.success,
+            "wisp deploy {name}: {}{}",
+            out.stdout, out.stderr
+        );
+    }
+
+    /// Deploys a busybox CGI function `name` that sleeps `seconds` (as
+    /// sleep(1) reads them), then answers `slow`; `args` are further
+    /// `wisp deploy` arguments, such as its scaling.
+    #[track_caller]
+    pub fn deploy_slow(&self, name: &str, seconds: &str, args: &[&str]) {
+        let rootfs = busybox_rootfs();
+        let script = format!(
+            "#!/bin/sh\nsleep {seconds}\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow\\n'\n"
+        );
+        std::fs::write(rootfs.path().join("slow.sh"), script).expect("writing slow.sh");
+        let mut cli = vec!["--protocol", "cgi"];
+        cli.extend(args);
+        cli.extend(["--cmd", "/bin/sh", "/slow.sh"]);
+        self.deploy_rootfs(name, rootfs.path(), &cli);
+    }
+
     /// The deployed functions' names, as the control API lists them.
     pub async fn function_names(&self) -> Vec<String> {
         let list = self.client.list().await.expect("list functions");
         list.into_iter().map(|f| f.name).collect()
     }
 
-    /// Sends a request to a function and reads the whole answer.
+    /// How many instances of function `name` run now.
+    pub async fn replicas(&self, name: &str) -> u64 {
+        let status = self.client.function(name).await.expect("function status");
+        status.replicas
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.invoke("GET", "/metrics", "").await.text()
+    }
+
+    /// Sends a request (to a function, or a `/system/` route with the token)
+    /// and reads the whole answer.
     pub async fn invoke(&self, method: &str, path: &str, body: &str) -> Answer {
+        call(&self.client, parse_method(method), path, body.to_owned()).await
+    }
+
+    /// Sends `GET path` and returns the response once its head arrives, its
+    /// body to be read as it streams.
+    pub async fn stream(&self, path: &str) -> http::Response<hyper::body::Incoming> {
         self.client
-            .call(
-                method.parse().expect("method"),
+            .send(
+                Method::GET,
                 path,
                 Default::default(),
-                body.to_owned(),
+                wisp_runner::backend::empty_body(),
             )
             .await
             .expect("request")
+    }
+
+    /// Sends the request of [`Wisp::invoke`] from a task of its own (with a
+    /// clone of the client, so the task does not borrow the server): the test
+    /// goes on while it runs, and awaits the handle for the answer.
+    pub fn spawn_invoke(&self, method: &str, path: &str, body: &str) -> JoinHandle<Answer> {
+        let client = self.client.clone();
+        let (method, path, body) = (parse_method(method), path.to_owned(), body.to_owned());
+        tokio::spawn(async move { call(&client, method, &path, body).await })
     }
 
     /// Sends a signal with kill(1).
@@ -238,22 +305,18 @@ impl Wisp {
     }
 
     /// Runs the `wisp` CLI against a gateway address nothing listens on.
-    pub fn cli_unreachable(args: &[&str]) -> (bool, String, String) {
+    pub fn cli_unreachable(args: &[&str]) -> CliOutput {
         let out = Command::new(wisp_bin())
             .args(args)
             .env("WISP_GATEWAY", "http://127.0.0.1:9")
             .env("WISP_TOKEN", "x")
             .output()
             .expect("run wisp");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        out.into()
     }
 
-    /// Runs the `wisp` CLI against this server; returns (success, stdout, stderr).
-    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+    /// Runs the `wisp` CLI against this server (its token read from the data dir).
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
         let out = Command::new(wisp_bin())
             .args(args)
             .env("WISP_GATEWAY", &self.addr)
@@ -261,11 +324,7 @@ impl Wisp {
             .env_remove("WISP_TOKEN")
             .output()
             .expect("run wisp");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        out.into()
     }
 }
 
@@ -274,3 +333,127 @@ impl Drop for Wisp {
         self.kill();
     }
 }
+
+fn parse_method(method: &str) -> Method {
+    method.parse().expect("method")
+}
+
+/// The request of [`Wisp::invoke`].
+async fn call(client: &Client, method: Method, path: &str, body: String) -> Answer {
+    client
+        .call(method, path, Default::default(), body)
+        .await
+        .expect("request")
+}
+
+/// What one run of the `wisp` CLI printed, and whether it exited with success.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// The exit status was success.
+    pub success: bool,
+    /// Standard output, decoded lossily.
+    pub stdout: String,
+    /// Standard error, decoded lossily.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Panics (showing both streams) unless the run succeeded; returns its stdout.
+    #[track_caller]
+    pub fn expect_success(self) -> String {
+        assert!(
+            self.success,
+            "the wisp CLI failed:\n{}{}",
+            self.stdout, self.stderr
+        );
+        self.stdout
+    }
+
+    /// Panics (showing both streams) if the run succeeded; returns its stderr.
+    #[track_caller]
+    pub fn expect_failure(self) -> String {
+        assert!(
+            !self.success,
+            "the wisp CLI succeeded:\n{}{}",
+            self.stdout, self.stderr
+        );
+        self.stderr
+    }
+}
+
+impl From<std::process::Output> for CliOutput {
+    fn from(output: std::process::Output) -> CliOutput {
+        CliOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// Waits until `check` holds, asking again every 25 ms; panics with "timed
+/// out waiting for {what}" once `timeout` has passed. A plain condition is an
+/// `async ||` closure too.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A root filesystem with a static busybox, its applets, a file to
+/// overwrite and the CGI probe `/probe.sh`.
+pub fn busybox_rootfs() -> tempfile::TempDir {
+    make_busybox_rootfs().expect("a busybox root filesystem")
+}
+
+fn make_busybox_rootfs() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    for sub in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(sub))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context(
+        "copying /bin/busybox: a static busybox is needed (apt-get install busybox-static)",
+    )?;
+    for applet in [
+        "sh", "ls", "grep", "cat", "hostname", "wget", "awk", "sleep", "id", "echo", "pidof",
+        "kill", "printf", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(root.join("etc/motd"), "original\n")?;
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+    )?;
+    std::fs::write(root.join("probe.sh"), PROBE)?;
+    Ok(dir)
+}
+
+/// The CGI probe: `?pids`, `?caps`, `?net`, … report what the sandbox looks
+/// like from inside; `?hog` and `?forkbomb` push at its limits.
+const PROBE: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+case "$QUERY_STRING" in
+pids) for p in /proc/[0-9]*; do echo "${p#/proc/}"; done ;;
+caps) grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status ;;
+hostname) hostname ;;
+policy) awk '{print $41}' /proc/self/stat ;;
+id) id -u; id -g ;;
+net)
+  if wget -q -T 2 -O /dev/null "http://127.0.0.1:$HOST_PORT/healthz" 2>/dev/null; then echo loopback:connected; else echo loopback:refused; fi
+  if wget -q -T 2 -O /dev/null "http://$HOST_IP:$HOST_PORT/healthz" 2>/dev/null; then echo host:connected; else echo host:refused; fi ;;
+write) echo pwned > /etc/motd && cat /etc/motd ;;
+read) cat /etc/motd ;;
+hog) awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }' ;;
+forkbomb)
+  # The bomb runs in a child shell: ash gives up when fork fails.
+  sh -c 'i=0; while [ $i -lt 400 ]; do sleep 20 >/dev/null 2>&1 & i=$((i+1)); done' 2>/dev/null
+  n=0; for p in /proc/[0-9]*; do n=$((n+1)); done
+  echo "processes: $n"
+  kill -9 -1 2>/dev/null ;;
+*) echo "unknown probe $QUERY_STRING" ;;
+esac
+"#;

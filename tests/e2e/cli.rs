@@ -5,28 +5,30 @@ use wisp_e2e::{Wisp, artifacts, wisp_bin};
 #[tokio::test]
 async fn deploy_invoke_ls_rm() {
     let wisp = Wisp::start();
-    let (ok, out, err) = wisp.cli(&[
-        "deploy",
-        "hello",
-        artifacts::HELLO,
-        "--env",
-        "GREETING=Yo",
-        "--timeout",
-        "5s",
-        "--memory",
-        "64Mi",
-    ]);
-    assert!(ok, "{err}");
+    let out = wisp
+        .cli(&[
+            "deploy",
+            "hello",
+            artifacts::HELLO,
+            "--env",
+            "GREETING=Yo",
+            "--timeout",
+            "5s",
+            "--memory",
+            "64Mi",
+        ])
+        .expect_success();
     assert!(out.contains("deployed hello (wasm-http"), "{out}");
-    let (ok, out, err) = wisp.cli(&[
-        "invoke",
-        "hello",
-        "--path",
-        "/p?name=cli",
-        "--data",
-        "payload",
-    ]);
-    assert!(ok, "{err}");
+    let out = wisp
+        .cli(&[
+            "invoke",
+            "hello",
+            "--path",
+            "/p?name=cli",
+            "--data",
+            "payload",
+        ])
+        .expect_success();
     assert!(
         out.contains("Yo, cli!") && out.contains("method: POST") && out.contains("body: payload"),
         "{out}"
@@ -35,37 +37,41 @@ async fn deploy_invoke_ls_rm() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), "from a file").unwrap();
     let at_file = format!("@{}", file.path().display());
-    let (ok, out, _) = wisp.cli(&[
-        "invoke", "hello", "-X", "PUT", "--data", &at_file, "-H", "X-A: 1",
-    ]);
+    let out = wisp
+        .cli(&[
+            "invoke", "hello", "-X", "PUT", "--data", &at_file, "-H", "X-A: 1",
+        ])
+        .expect_success();
     assert!(
-        ok && out.contains("method: PUT") && out.contains("body: from a file"),
+        out.contains("method: PUT") && out.contains("body: from a file"),
         "{out}"
     );
 
-    let (ok, out, _) = wisp.cli(&["ls"]);
-    assert!(
-        ok && out.contains("hello") && out.contains("wasm-http"),
-        "{out}"
-    );
-    let (ok, _, err) = wisp.cli(&["invoke", "ghost"]);
-    assert!(!ok && err.contains("ghost"), "{err}");
-    let (ok, out, err) = wisp.cli(&["rm", "hello"]);
-    assert!(ok, "{err}");
+    let out = wisp.cli(&["ls"]).expect_success();
+    assert!(out.contains("hello") && out.contains("wasm-http"), "{out}");
+    let err = wisp.cli(&["invoke", "ghost"]).expect_failure();
+    assert!(err.contains("ghost"), "{err}");
+    let out = wisp.cli(&["rm", "hello"]).expect_success();
     assert!(out.contains("removed hello"));
-    let (ok, out, _) = wisp.cli(&["ls"]);
-    assert!(ok && !out.contains("hello"), "{out}");
+    let out = wisp.cli(&["ls"]).expect_success();
+    assert!(!out.contains("hello"), "{out}");
 }
 
 #[tokio::test]
 async fn bad_input_gives_one_clear_line() {
     let wisp = Wisp::start();
-    let (ok, _, err) = wisp.cli(&["deploy", "x", "/no/such/file.wasm"]);
-    assert!(!ok && err.contains("/no/such/file.wasm"), "{err}");
-    let (ok, _, err) = wisp.cli(&["deploy", "x", artifacts::HELLO, "--env", "NOEQUALS"]);
-    assert!(!ok && err.contains("KEY=VALUE"), "{err}");
-    let (ok, _, err) = wisp.cli(&["deploy", "x", artifacts::HELLO, "--timeout", "forever"]);
-    assert!(!ok && err.contains("timeout"), "{err}");
+    let err = wisp
+        .cli(&["deploy", "x", "/no/such/file.wasm"])
+        .expect_failure();
+    assert!(err.contains("/no/such/file.wasm"), "{err}");
+    let err = wisp
+        .cli(&["deploy", "x", artifacts::HELLO, "--env", "NOEQUALS"])
+        .expect_failure();
+    assert!(err.contains("KEY=VALUE"), "{err}");
+    let err = wisp
+        .cli(&["deploy", "x", artifacts::HELLO, "--timeout", "forever"])
+        .expect_failure();
+    assert!(err.contains("timeout"), "{err}");
     let out = std::process::Command::new(wisp_bin())
         .args(["ls", "--gateway", "http://127.0.0.1:1"])
         .output()
@@ -146,9 +152,9 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
             plot.to_str().unwrap(),
         ];
         args.extend(extra);
-        let (ok, out, err) = wisp.cli(&args);
-        assert!(ok, "{mode}: {out}{err}");
-        assert!(out.contains("latency ms: p50"), "{out}");
+        let out = wisp.cli(&args);
+        assert!(out.success, "{mode}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("latency ms: p50"), "{}", out.stdout);
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(report["mode"], mode);
@@ -189,10 +195,10 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
         vec!["bench", "hello", "--duration", "0s"],
         vec!["bench", "hello", "--mode", "rate"],
     ] {
-        let (ok, out, err) = wisp.cli(&args);
-        assert!(!ok, "{args:?}: {out}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let out = wisp.cli(&args);
+        assert!(!out.success, "{args:?}: {}", out.stdout);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     }
-    let (ok, _, err) = wisp_e2e::Wisp::cli_unreachable(&["bench", "hello"]);
-    assert!(!ok && err.contains("cannot reach"), "{err}");
+    let err = wisp_e2e::Wisp::cli_unreachable(&["bench", "hello"]).expect_failure();
+    assert!(err.contains("cannot reach"), "{err}");
 }

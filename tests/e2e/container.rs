@@ -5,60 +5,10 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
-use wisp_e2e::{Wisp, artifacts};
-
-/// A root filesystem with a static busybox, its applets, a file to
-/// overwrite and the CGI probe `/probe.sh`.
-pub(crate) fn busybox_rootfs() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    for sub in ["bin", "etc", "tmp"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("a static /bin/busybox (apt-get install busybox-static)");
-    for applet in [
-        "sh", "ls", "grep", "cat", "hostname", "wget", "awk", "sleep", "id", "echo", "pidof",
-        "kill", "printf", "true",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("etc/motd"), "original\n").unwrap();
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("probe.sh"), PROBE).unwrap();
-    dir
-}
-
-const PROBE: &str = r#"#!/bin/sh
-printf 'Content-Type: text/plain\r\n\r\n'
-case "$QUERY_STRING" in
-pids) for p in /proc/[0-9]*; do echo "${p#/proc/}"; done ;;
-caps) grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status ;;
-hostname) hostname ;;
-policy) awk '{print $41}' /proc/self/stat ;;
-id) id -u; id -g ;;
-net)
-  if wget -q -T 2 -O /dev/null "http://127.0.0.1:$HOST_PORT/healthz" 2>/dev/null; then echo loopback:connected; else echo loopback:refused; fi
-  if wget -q -T 2 -O /dev/null "http://$HOST_IP:$HOST_PORT/healthz" 2>/dev/null; then echo host:connected; else echo host:refused; fi ;;
-write) echo pwned > /etc/motd && cat /etc/motd ;;
-read) cat /etc/motd ;;
-hog) awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }' ;;
-forkbomb)
-  # The bomb runs in a child shell: ash gives up when fork fails.
-  sh -c 'i=0; while [ $i -lt 400 ]; do sleep 20 >/dev/null 2>&1 & i=$((i+1)); done' 2>/dev/null
-  n=0; for p in /proc/[0-9]*; do n=$((n+1)); done
-  echo "processes: $n"
-  kill -9 -1 2>/dev/null ;;
-*) echo "unknown probe $QUERY_STRING" ;;
-esac
-"#;
+use wisp_e2e::{Wisp, artifacts, busybox_rootfs, eventually};
 
 /// The host's first non-loopback IPv4 address, if it has one.
 fn host_ip() -> Option<String> {
@@ -77,21 +27,12 @@ fn host_ip() -> Option<String> {
 fn deploy_probe(wisp: &Wisp, name: &str, rootfs: &Path, extra: &[&str]) {
     let port = wisp.addr.rsplit(':').next().unwrap().to_owned();
     let host_ip = host_ip().unwrap_or_else(|| "10.255.255.1".into());
-    let mut args = vec![
-        "deploy",
-        name,
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--protocol",
-        "cgi",
-    ];
     let host_port = format!("HOST_PORT={port}");
     let host_ip = format!("HOST_IP={host_ip}");
-    args.extend(["--env", &host_port, "--env", &host_ip]);
+    let mut args = vec!["--protocol", "cgi", "--env", &host_port, "--env", &host_ip];
     args.extend(extra);
     args.extend(["--cmd", "/bin/sh", "/probe.sh"]);
-    let (ok, out, err) = wisp.cli(&args);
-    assert!(ok, "deploy {name}: {out}{err}");
+    wisp.deploy_rootfs(name, rootfs, &args);
 }
 
 async fn probe(wisp: &Wisp, name: &str, check: &str) -> (StatusCode, String) {
@@ -138,23 +79,17 @@ fn mounts() -> BTreeSet<String> {
         .collect()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn ping_runs_from_a_docker_archive_and_an_oci_layout() {
     let wisp = Wisp::start();
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
-    let (ok, out, err) = wisp.cli(&["deploy", "ping-oci", "--image", artifacts::PING_OCI_LAYOUT]);
-    assert!(ok, "{out}{err}");
+    let out = wisp
+        .cli(&["deploy", "ping-oci", "--image", artifacts::PING_OCI_LAYOUT])
+        .expect_success();
     assert!(out.contains("container"), "{out}");
-    let (ok, out, err) = wisp.cli(&["deploy", "ping-bin", "--binary", artifacts::PING_BIN]);
-    assert!(ok, "a static binary becomes a one-layer image: {out}{err}");
+    // A static binary becomes a one-layer image.
+    wisp.cli(&["deploy", "ping-bin", "--binary", artifacts::PING_BIN])
+        .expect_success();
     for name in ["ping", "ping-oci", "ping-bin"] {
         let first = wisp
             .invoke("GET", &format!("/function/{name}/ping"), "")
@@ -283,35 +218,21 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
 async fn handlers_that_exit_or_never_listen_get_clear_errors() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    let root = rootfs.path().to_str().unwrap();
-    let (ok, out, err) = wisp.cli(&[
-        "deploy",
+    wisp.deploy_rootfs(
         "quits",
-        "--rootfs",
-        root,
-        "--cmd",
-        "/bin/sh",
-        "-c",
-        "echo boom >&2; exit 3",
-    ]);
-    assert!(ok, "{out}{err}");
+        rootfs.path(),
+        &["--cmd", "/bin/sh", "-c", "echo boom >&2; exit 3"],
+    );
     let answer = wisp.invoke("GET", "/function/quits/", "").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert!(answer.text().contains("exit status 3"), "{}", answer.text());
     assert!(wisp.log().contains("boom"), "stderr reaches the log");
 
-    let (ok, out, err) = wisp.cli(&[
-        "deploy",
+    wisp.deploy_rootfs(
         "mute",
-        "--rootfs",
-        root,
-        "--timeout",
-        "1s",
-        "--cmd",
-        "/bin/sleep",
-        "60",
-    ]);
-    assert!(ok, "{out}{err}");
+        rootfs.path(),
+        &["--timeout", "1s", "--cmd", "/bin/sleep", "60"],
+    );
     let answer = wisp.invoke("GET", "/function/mute/", "").await;
     assert_eq!(
         answer.status,
@@ -321,8 +242,7 @@ async fn handlers_that_exit_or_never_listen_get_clear_errors() {
     );
     assert!(answer.text().contains("port 8080"), "{}", answer.text());
 
-    let (ok, out, err) = wisp.cli(&["deploy", "nocmd", "--rootfs", root, "--cmd", "/no/such"]);
-    assert!(ok, "{out}{err}");
+    wisp.deploy_rootfs("nocmd", rootfs.path(), &["--cmd", "/no/such"]);
     let answer = wisp.invoke("GET", "/function/nocmd/", "").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
 }
@@ -380,26 +300,28 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     let mut wisp = Wisp::builder().data_dir(dir.path()).start().unwrap();
     let pid = wisp.pid();
     // Two sandboxes are made ahead of demand (the default).
-    wait_until("the pre-made sandboxes", Duration::from_secs(10), || {
-        sandbox_cgroups(pid).len() == 2
-    })
+    eventually(
+        "the pre-made sandboxes",
+        Duration::from_secs(10),
+        async || sandbox_cgroups(pid).len() == 2,
+    )
     .await;
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
     assert_eq!(
         wisp.invoke("GET", "/function/ping/ping", "").await.text(),
         "pong"
     );
-    wait_until(
+    eventually(
         "a replacement pre-made sandbox",
         Duration::from_secs(10),
-        || sandbox_cgroups(pid).len() == 3,
+        async || sandbox_cgroups(pid).len() == 3,
     )
     .await;
     wisp.client.delete("ping").await.unwrap();
-    wait_until(
+    eventually(
         "the function's sandbox to go",
         Duration::from_secs(10),
-        || sandbox_cgroups(pid).len() == 2,
+        async || sandbox_cgroups(pid).len() == 2,
     )
     .await;
     assert_eq!(mounts(), mounts_before, "no mount reached the host");
@@ -430,10 +352,10 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     assert!(!sandbox_cgroups(pid).is_empty());
     crashed.kill();
     let next = Wisp::builder().data_dir(dir.path()).start().unwrap();
-    wait_until(
+    eventually(
         "the dead server's cgroups to go",
         Duration::from_secs(10),
-        || sandbox_cgroups(pid).is_empty(),
+        async || sandbox_cgroups(pid).is_empty(),
     )
     .await;
     assert_eq!(
@@ -449,15 +371,13 @@ async fn images_are_listed_and_pruned_when_unused() {
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
     let rootfs = busybox_rootfs();
     deploy_probe(&wisp, "probe", rootfs.path(), &[]);
-    let (ok, out, err) = wisp.cli(&["images"]);
-    assert!(ok, "{err}");
+    let out = wisp.cli(&["images"]).expect_success();
     assert!(out.contains("ping") && out.contains("probe"), "{out}");
     assert!(out.contains("layer sha256:"), "{out}");
     assert_eq!(wisp.client.images().await.unwrap().len(), 2);
 
     wisp.client.delete("probe").await.unwrap();
-    let (ok, out, err) = wisp.cli(&["prune"]);
-    assert!(ok, "{err}");
+    let out = wisp.cli(&["prune"]).expect_success();
     assert!(out.contains("removed 1 images"), "{out}");
     let left = wisp.client.images().await.unwrap();
     assert_eq!(left.len(), 1);

@@ -66,17 +66,8 @@ async fn info_health_and_openfaas_shapes() {
     })
     .await
     .unwrap();
-    let raw = wisp
-        .client
-        .call(
-            Method::GET,
-            "/system/function/hello",
-            HeaderMap::new(),
-            Bytes::new(),
-        )
-        .await;
     // The client adds the token only for /system/ paths; this one is one.
-    let raw = raw.unwrap();
+    let raw = wisp.invoke("GET", "/system/function/hello", "").await;
     assert_eq!(raw.status, StatusCode::OK);
     let json: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
     for field in [
@@ -115,8 +106,7 @@ async fn bad_deployments_are_400_and_change_nothing() {
         .upload_artifact(Bytes::from_static(b"\0asm\x01\0\0\0"))
         .await
         .unwrap();
-    let cli_bytes = std::fs::read(artifacts::CLI_COMPONENT).unwrap();
-    let cli_component = wisp.client.upload_artifact(cli_bytes).await.unwrap();
+    let cli_component = wisp.upload(artifacts::CLI_COMPONENT).await.unwrap();
     let truncated_bytes = std::fs::read(artifacts::HELLO).unwrap()[..5000].to_vec();
     let truncated = wisp.client.upload_artifact(truncated_bytes).await.unwrap();
 
@@ -128,7 +118,7 @@ async fn bad_deployments_are_400_and_change_nothing() {
             "neither a WebAssembly binary nor",
         ),
         ("hello", empty_module.digest.clone(), "_start"),
-        ("hello", cli_component.digest.clone(), "wasi:http/proxy"),
+        ("hello", cli_component, "wasi:http/proxy"),
         ("hello", truncated.digest.clone(), "failed to compile"),
         ("hello", digest_of_nothing(), "not in the artifact store"),
         (
@@ -162,11 +152,7 @@ async fn bad_deployments_are_400_and_change_nothing() {
 
     // Malformed JSON and unknown fields.
     for body in ["{", r#"{"service":"hello","image":"x","imagee":"y"}"#, "[]"] {
-        let answer = wisp
-            .client
-            .call(Method::POST, "/system/functions", HeaderMap::new(), body)
-            .await
-            .unwrap();
+        let answer = wisp.invoke("POST", "/system/functions", body).await;
         assert_eq!(
             answer.status,
             StatusCode::BAD_REQUEST,
@@ -199,37 +185,20 @@ async fn unknown_functions_and_routes_are_404() {
         ..Default::default()
     };
     let body = serde_json::to_vec(&update).unwrap();
-    let hello = wisp
-        .client
-        .upload_artifact(std::fs::read(artifacts::HELLO).unwrap())
-        .await
-        .unwrap();
     let update = FunctionDeployment {
-        image: hello.digest,
+        image: wisp.upload(artifacts::HELLO).await.unwrap(),
         ..update
     };
     let answer = wisp
-        .client
-        .call(
-            Method::PUT,
+        .invoke(
+            "PUT",
             "/system/functions",
-            HeaderMap::new(),
-            serde_json::to_vec(&update).unwrap(),
+            &serde_json::to_string(&update).unwrap(),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.text());
     let _ = body;
-    let answer = wisp
-        .client
-        .call(
-            Method::PATCH,
-            "/system/functions",
-            HeaderMap::new(),
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let answer = wisp.invoke("PATCH", "/system/functions", "").await;
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(answer.headers.contains_key(header::ALLOW));
 }
@@ -244,26 +213,18 @@ async fn update_and_delete() {
             .text()
             .contains("Hello")
     );
-    let cgi = wisp
-        .client
-        .upload_artifact(std::fs::read(artifacts::CGI_ECHO).unwrap())
-        .await
-        .unwrap();
     let update = FunctionDeployment {
         service: "fn".into(),
-        image: cgi.digest,
+        image: wisp.upload(artifacts::CGI_ECHO).await.unwrap(),
         ..Default::default()
     };
     let answer = wisp
-        .client
-        .call(
-            Method::PUT,
+        .invoke(
+            "PUT",
             "/system/functions",
-            HeaderMap::new(),
-            serde_json::to_vec(&update).unwrap(),
+            &serde_json::to_string(&update).unwrap(),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert!(
         wisp.invoke("GET", "/function/fn", "")

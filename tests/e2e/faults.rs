@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use futures::SinkExt;
-use http::{Method, Request, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -183,21 +183,15 @@ async fn outbound_http_is_denied_unless_allowed() {
 async fn many_concurrent_requests_all_succeed() {
     let wisp = Wisp::start();
     wisp.deploy("hello", artifacts::HELLO).await;
-    let mut tasks = Vec::new();
-    for i in 0..64 {
-        let client = wisp.client.clone();
-        tasks.push(tokio::spawn(async move {
-            client
-                .call(
-                    Method::POST,
-                    &format!("/function/hello?name=n{i}"),
-                    Default::default(),
-                    format!("body {i}"),
-                )
-                .await
-                .unwrap()
-        }));
-    }
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            wisp.spawn_invoke(
+                "POST",
+                &format!("/function/hello?name=n{i}"),
+                &format!("body {i}"),
+            )
+        })
+        .collect();
     for (i, task) in tasks.into_iter().enumerate() {
         let answer = task.await.unwrap();
         assert_eq!(answer.status, StatusCode::OK);

@@ -51,18 +51,7 @@ async fn functions_survive_a_crash_without_recompiling() {
 async fn redeploy_lets_in_flight_requests_finish_on_the_old_version() {
     let wisp = Wisp::start();
     wisp.deploy("fn", artifacts::MISBEHAVE).await;
-    let client = wisp.client.clone();
-    let slow = tokio::spawn(async move {
-        client
-            .call(
-                http::Method::GET,
-                "/function/fn/sleep?ms=1500",
-                Default::default(),
-                bytes::Bytes::new(),
-            )
-            .await
-            .unwrap()
-    });
+    let slow = wisp.spawn_invoke("GET", "/function/fn/sleep?ms=1500", "");
     tokio::time::sleep(Duration::from_millis(300)).await;
     wisp.deploy("fn", artifacts::HELLO).await;
     let new = wisp.invoke("GET", "/function/fn", "").await;
@@ -80,18 +69,7 @@ async fn redeploy_lets_in_flight_requests_finish_on_the_old_version() {
 async fn sigterm_finishes_in_flight_requests_then_exits() {
     let mut wisp = Wisp::start();
     wisp.deploy("fn", artifacts::MISBEHAVE).await;
-    let client = wisp.client.clone();
-    let slow = tokio::spawn(async move {
-        client
-            .call(
-                http::Method::GET,
-                "/function/fn/sleep?ms=1000",
-                Default::default(),
-                bytes::Bytes::new(),
-            )
-            .await
-            .unwrap()
-    });
+    let slow = wisp.spawn_invoke("GET", "/function/fn/sleep?ms=1000", "");
     tokio::time::sleep(Duration::from_millis(300)).await;
     wisp.signal("TERM");
     let answer = slow.await.unwrap();

@@ -4,42 +4,32 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::BodyExt;
-use wisp_e2e::Wisp;
-
-use crate::container::busybox_rootfs;
+use wisp_e2e::{Wisp, busybox_rootfs};
 
 #[tokio::test]
 async fn handler_output_is_kept_tailed_and_followed() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    let (ok, out, err) = wisp.cli(&[
-        "deploy",
+    wisp.deploy_rootfs(
         "talk",
-        "--rootfs",
-        rootfs.path().to_str().unwrap(),
-        "--protocol",
-        "cgi",
-        "--cmd",
-        "/bin/sh",
-        "-c",
-        "echo \"said $QUERY_STRING\" >&2; printf 'Content-Type: text/plain\\r\\n\\r\\nok'",
-    ]);
-    assert!(ok, "{out}{err}");
+        rootfs.path(),
+        &[
+            "--protocol",
+            "cgi",
+            "--cmd",
+            "/bin/sh",
+            "-c",
+            "echo \"said $QUERY_STRING\" >&2; printf 'Content-Type: text/plain\\r\\n\\r\\nok'",
+        ],
+    );
     assert_eq!(
         wisp.invoke("GET", "/function/talk/?one", "").await.text(),
         "ok"
     );
 
     let kept = wisp
-        .client
-        .call(
-            http::Method::GET,
-            "/system/logs?name=talk&tail=5",
-            Default::default(),
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
+        .invoke("GET", "/system/logs?name=talk&tail=5", "")
+        .await;
     assert_eq!(kept.status, StatusCode::OK);
     let line: serde_json::Value =
         serde_json::from_str(kept.text().lines().last().unwrap()).unwrap();
@@ -49,15 +39,8 @@ async fn handler_output_is_kept_tailed_and_followed() {
 
     // Follow: a line written after the request starts arrives on it.
     let response = wisp
-        .client
-        .send(
-            http::Method::GET,
-            "/system/logs?name=talk&tail=0&follow=true",
-            Default::default(),
-            wisp_runner::backend::empty_body(),
-        )
-        .await
-        .unwrap();
+        .stream("/system/logs?name=talk&tail=0&follow=true")
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     assert_eq!(
@@ -81,19 +64,9 @@ async fn handler_output_is_kept_tailed_and_followed() {
     assert!(followed.contains("said two"), "{followed}");
     assert!(!followed.contains("said one"), "tail=0 skips what was kept");
 
-    let (ok, out, err) = wisp.cli(&["logs", "talk", "--tail", "1"]);
-    assert!(ok, "{err}");
+    let out = wisp.cli(&["logs", "talk", "--tail", "1"]).expect_success();
     assert!(out.trim().ends_with("stderr: said two"), "{out}");
 
-    let unknown = wisp
-        .client
-        .call(
-            http::Method::GET,
-            "/system/logs?name=nope",
-            Default::default(),
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let unknown = wisp.invoke("GET", "/system/logs?name=nope", "").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }

@@ -3,12 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
-use wisp_e2e::{Wisp, artifacts};
-
-use crate::container::busybox_rootfs;
+use wisp_e2e::{Wisp, artifacts, eventually};
 
 /// Metric family → the set of distinct sample lines seen for it.
 type Seen = BTreeMap<String, BTreeSet<String>>;
@@ -46,7 +44,7 @@ fn families(text: &str) -> (BTreeSet<String>, Seen) {
 #[tokio::test]
 async fn every_declared_metric_changes_during_a_session() {
     let wisp = Wisp::start();
-    let (_, first) = families(&wisp.invoke("GET", "/metrics", "").await.text());
+    let (_, first) = families(&wisp.metrics().await);
     let declared: BTreeSet<String> = wisp::metrics::DECLARED
         .iter()
         .map(|s| (*s).to_owned())
@@ -86,60 +84,31 @@ async fn every_declared_metric_changes_during_a_session() {
         wisp.invoke("GET", "/function/hello/", "").await.status,
         StatusCode::OK
     );
-    let rootfs = busybox_rootfs();
-    std::fs::write(
-        rootfs.path().join("slow.sh"),
-        "#!/bin/sh\nsleep 0.3\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow\\n'\n",
-    )
-    .unwrap();
-    let (ok, out, err) = wisp.cli(&[
-        "deploy",
-        "slow",
-        "--rootfs",
-        rootfs.path().to_str().unwrap(),
-        "--protocol",
-        "cgi",
+    // One request at a time, idle soon after.
+    let scaling = [
         "--max",
         "1",
         "--concurrency",
         "1",
         "--idle-timeout",
         "300ms",
-        "--cmd",
-        "/bin/sh",
-        "/slow.sh",
-    ]);
-    assert!(ok, "{out}{err}");
+    ];
+    wisp.deploy_slow("slow", "0.3", &scaling);
     let calls: Vec<_> = (0..3)
-        .map(|_| {
-            let client = wisp.client.clone();
-            tokio::spawn(async move {
-                client
-                    .call(
-                        http::Method::GET,
-                        "/function/slow/",
-                        Default::default(),
-                        bytes::Bytes::new(),
-                    )
-                    .await
-                    .unwrap()
-                    .status
-            })
-        })
+        .map(|_| wisp.spawn_invoke("GET", "/function/slow/", ""))
         .collect();
     for call in calls {
-        assert_eq!(call.await.unwrap(), StatusCode::OK);
+        assert_eq!(call.await.unwrap().status, StatusCode::OK);
     }
     let missing = wisp
         .invoke("GET", "/function/hello/missing-is-fine", "")
         .await;
     assert!(missing.status.is_success() || missing.status.is_client_error());
     // The slow function idles out.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while wisp.client.function("slow").await.unwrap().replicas > 0 {
-        assert!(Instant::now() < deadline, "slow never idled out");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("slow to idle out", Duration::from_secs(10), async || {
+        wisp.replicas("slow").await == 0
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     scraper.abort();
 
@@ -196,31 +165,29 @@ async fn a_real_prometheus_scrapes_wisp() {
     let client = wisp_e2e::Client::new(&format!("http://127.0.0.1:{port}"), None);
     let query =
         "/api/v1/query?query=gateway_function_invocation_total%7Bfunction_name%3D%22hello%22%7D";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let result = loop {
-        if let Ok(answer) = client
-            .call(
-                http::Method::GET,
-                query,
-                Default::default(),
-                bytes::Bytes::new(),
-            )
-            .await
-        {
-            let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-            if json["data"]["result"]
+    let mut result = serde_json::Value::Null;
+    eventually(
+        "prometheus to get wisp's series",
+        Duration::from_secs(60),
+        async || {
+            let Ok(answer) = client
+                .call(
+                    http::Method::GET,
+                    query,
+                    Default::default(),
+                    bytes::Bytes::new(),
+                )
+                .await
+            else {
+                return false;
+            };
+            result = serde_json::from_slice(&answer.body).unwrap_or_default();
+            result["data"]["result"]
                 .as_array()
                 .is_some_and(|r| !r.is_empty())
-            {
-                break json;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prometheus never got wisp's series"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        },
+    )
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     let series = &result["data"]["result"][0];

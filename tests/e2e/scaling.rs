@@ -1,28 +1,10 @@
 //! The pool's policy with the real backends: scale from zero, shared cold
 //! starts, the queue, idle teardown, pre-warming and live scaling.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
-use wisp_e2e::{Wisp, artifacts};
-
-use crate::container::busybox_rootfs;
-
-async fn replicas(wisp: &Wisp, name: &str) -> u64 {
-    wisp.client.function(name).await.unwrap().replicas
-}
-
-async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn metrics(wisp: &Wisp) -> String {
-    wisp.invoke("GET", "/metrics", "").await.text()
-}
+use wisp_e2e::{Wisp, artifacts, eventually};
 
 #[tokio::test]
 async fn a_burst_of_first_requests_shares_the_instances_it_starts() {
@@ -34,20 +16,7 @@ async fn a_burst_of_first_requests_shares_the_instances_it_starts() {
     .await
     .unwrap();
     let calls: Vec<_> = (0..20)
-        .map(|_| {
-            let client = wisp.client.clone();
-            tokio::spawn(async move {
-                client
-                    .call(
-                        http::Method::GET,
-                        "/function/ping/ping",
-                        Default::default(),
-                        bytes::Bytes::new(),
-                    )
-                    .await
-                    .unwrap()
-            })
-        })
+        .map(|_| wisp.spawn_invoke("GET", "/function/ping/ping", ""))
         .collect();
     let mut cold = 0;
     for call in calls {
@@ -62,10 +31,10 @@ async fn a_burst_of_first_requests_shares_the_instances_it_starts() {
             cold += 1;
         }
     }
-    let n = replicas(&wisp, "ping").await;
+    let n = wisp.replicas("ping").await;
     assert!(n <= 5, "{n} instances for 20 requests at concurrency 4");
     assert!(cold >= 1);
-    let text = metrics(&wisp).await;
+    let text = wisp.metrics().await;
     assert!(text.contains(r#"wisp_cold_start_seconds_count{backend="container",function_name="ping",phase="rootfs"}"#), "{text}");
 }
 
@@ -88,9 +57,9 @@ async fn idle_instances_scale_to_zero_and_come_back_cold() {
     ] {
         let first = wisp.invoke("GET", path, "").await;
         assert_eq!(first.status, StatusCode::OK);
-        assert_eq!(replicas(&wisp, name).await, 1);
+        assert_eq!(wisp.replicas(name).await, 1);
         eventually("scale to zero", Duration::from_secs(10), async || {
-            replicas(&wisp, name).await == 0
+            wisp.replicas(name).await == 0
         })
         .await;
         let again = wisp.invoke("GET", path, "").await;
@@ -103,7 +72,7 @@ async fn idle_instances_scale_to_zero_and_come_back_cold() {
             "{name} starts again"
         );
     }
-    let text = metrics(&wisp).await;
+    let text = wisp.metrics().await;
     assert!(
         text.contains(r#"wisp_instance_stops_total{function_name="ping",reason="idle"} 1"#),
         "{text}"
@@ -122,7 +91,7 @@ async fn min_instances_are_pre_warmed_and_scaling_changes_live() {
     eventually(
         "2 pre-warmed instances",
         Duration::from_secs(10),
-        async || replicas(&wisp, "ping").await == 2,
+        async || wisp.replicas("ping").await == 2,
     )
     .await;
     let first = wisp.invoke("GET", "/function/ping/ping", "").await;
@@ -134,10 +103,10 @@ async fn min_instances_are_pre_warmed_and_scaling_changes_live() {
     assert_eq!(status.scaling.min_instances, 2);
 
     // `wisp scale` changes it live, and it survives a restart.
-    let (ok, out, err) = wisp.cli(&["scale", "ping", "--min", "0", "--idle-timeout", "200ms"]);
-    assert!(ok, "{out}{err}");
+    wisp.cli(&["scale", "ping", "--min", "0", "--idle-timeout", "200ms"])
+        .expect_success();
     eventually("scale down to zero", Duration::from_secs(10), async || {
-        replicas(&wisp, "ping").await == 0
+        wisp.replicas("ping").await == 0
     })
     .await;
     // OpenFaaS's scale-function call sets the minimum too.
@@ -158,7 +127,7 @@ async fn min_instances_are_pre_warmed_and_scaling_changes_live() {
         .unwrap();
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text());
     eventually("one instance", Duration::from_secs(10), async || {
-        replicas(&wisp, "ping").await == 1
+        wisp.replicas("ping").await == 1
     })
     .await;
 }
@@ -166,47 +135,16 @@ async fn min_instances_are_pre_warmed_and_scaling_changes_live() {
 #[tokio::test]
 async fn past_max_requests_queue_and_a_full_queue_answers_429() {
     let wisp = Wisp::start();
-    let rootfs = busybox_rootfs();
-    std::fs::write(
-        rootfs.path().join("slow.sh"),
-        "#!/bin/sh\nsleep 1\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow\\n'\n",
-    )
-    .unwrap();
-    let (ok, out, err) = wisp.cli(&[
-        "deploy",
-        "slow",
-        "--rootfs",
-        rootfs.path().to_str().unwrap(),
-        "--protocol",
-        "cgi",
-        "--max",
-        "1",
-        "--concurrency",
-        "1",
-        "--queue-size",
-        "1",
-        "--cmd",
-        "/bin/sh",
-        "/slow.sh",
-    ]);
-    assert!(ok, "{out}{err}");
-    let calls: Vec<_> = (0..3)
-        .map(|i| {
-            let client = wisp.client.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100 * i)).await;
-                client
-                    .call(
-                        http::Method::GET,
-                        "/function/slow/",
-                        Default::default(),
-                        bytes::Bytes::new(),
-                    )
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
+    let one_runs_one_waits = ["--max", "1", "--concurrency", "1", "--queue-size", "1"];
+    wisp.deploy_slow("slow", "1", &one_runs_one_waits);
+    // The calls start 100 ms apart.
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        calls.push(wisp.spawn_invoke("GET", "/function/slow/", ""));
+    }
     let mut statuses = Vec::new();
     for call in calls {
         let answer = call.await.unwrap();

@@ -87,15 +87,8 @@ async fn response_streams_before_the_guest_finishes() {
     let wisp = Wisp::start();
     wisp.deploy("misbehave", artifacts::MISBEHAVE).await;
     let response = wisp
-        .client
-        .send(
-            Method::GET,
-            "/function/misbehave/stream?chunks=3&ms=400",
-            Default::default(),
-            wisp_runner::backend::empty_body(),
-        )
-        .await
-        .unwrap();
+        .stream("/function/misbehave/stream?chunks=3&ms=400")
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
