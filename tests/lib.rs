@@ -331,6 +331,13 @@ impl Wisp {
 impl Drop for Wisp {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the server said.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- server log ---\n{}--- end of server log ---",
+                self.log()
+            );
+        }
     }
 }
 

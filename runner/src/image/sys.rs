@@ -1,8 +1,9 @@
 //! The image store's system calls beyond `std`: the overlayfs whiteout
-//! (`mknod`), the opaque-directory xattr and one `syncfs` per import. They
-//! are kept here, one small function each, so that they can move to
-//! `container::sys` together with the container backend's other calls.
-//! All of them need root (`CAP_MKNOD`, `CAP_SYS_ADMIN` for `trusted.*`).
+//! (`mknod`), the opaque-directory xattr and one `syncfs` per import, one
+//! small function each. They stay apart from `container::sys` on purpose:
+//! the image store is a store beside the request path and does not depend
+//! on the container backend. All of them need root (`CAP_MKNOD`,
+//! `CAP_SYS_ADMIN` for `trusted.*`).
 
 use std::fs::File;
 use std::io;
