@@ -2,9 +2,11 @@
 # Issue 4's measurements: a burst of N concurrent first requests to a
 # function at zero instances (the `ping` container and the `hello` wasm
 # component), the host memory of one idle pre-warmed container, and the
-# gateway's memory with 1,000 deployed idle functions. Needs root, curl and
-# a release build (cargo build --release -p wisp -p wisp-function-artifacts
-# -p wisp-benches; binaries from ${CARGO_TARGET_DIR:-target}/release).
+# gateway's memory with 1,000 deployed idle functions. The bursts are
+# `wisp bench --mode burst`, which sends them to a fresh copy of the
+# function and removes it afterwards. Needs root, curl and a release build
+# (cargo build --release -p wisp -p wisp-function-artifacts; binaries from
+# ${CARGO_TARGET_DIR:-target}/release).
 #
 #   benches/scripts/burst-and-density.sh [N]
 set -euo pipefail
@@ -23,9 +25,10 @@ uss() { awk '/^Private_(Clean|Dirty):/{s+=$2} END{print s}' "/proc/$1/smaps_roll
 "$wisp" deploy ping --image "$(artifact ping-docker)" >/dev/null
 "$wisp" deploy hello "$(artifact hello)" >/dev/null
 echo "== burst from zero: $n concurrent first requests"
-echo "ping (container, concurrency 8, max 10): $("$release/burst" "$WISP_GATEWAY/function/ping/ping" "$n")"
-echo "   instances afterwards: $("$wisp" ls | awk '$1=="ping"{print $4}')"
-echo "hello (wasm):                            $("$release/burst" "$WISP_GATEWAY/function/hello/" "$n")"
+echo "-- ping (container, concurrency 8, max 10)"
+"$wisp" bench ping --mode burst --concurrency "$n" --path /ping
+echo "-- hello (wasm)"
+"$wisp" bench hello --mode burst --concurrency "$n"
 
 echo "== idle memory of one pre-warmed container instance (ping, --min 1)"
 "$wisp" deploy idle --image "$(artifact ping-docker)" --min 1 >/dev/null
