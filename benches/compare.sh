@@ -7,8 +7,11 @@
 #
 #   benches/compare.sh            REPEATS=5 benches/compare.sh
 #   SKIP_WASMTIME=1 benches/compare.sh   (no wasmtime install, no wasm anchor)
+#
+# Binaries are built into and taken from ${CARGO_TARGET_DIR:-target}/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/scripts/lib.sh
 repeats=${REPEATS:-3}
 # Measured as deployed: with RUST_BACKTRACE set, wasmtime 48 captures a
 # backtrace each time a component store is dropped (~10 % of wasm
@@ -27,8 +30,6 @@ if [ -z "${SKIP_WASMTIME:-}" ] && ! wasmtime --version 2>/dev/null | grep -q "$w
   cargo install --quiet --locked "wasmtime-cli@$wasmtime_version"
 fi
 cargo build --quiet --release --locked -p wisp -p wisp-function-artifacts -p wisp-benches
-wisp=target/release/wisp
-artifact() { target/release/wisp-function-artifacts | awk -v k="$1" '$1==k{print $2}'; }
 
 work=$(mktemp -d)
 port=18940
@@ -36,9 +37,8 @@ export WISP_GATEWAY=http://127.0.0.1:$port WISP_DATA_DIR=$work/wisp
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-WISP_LOG=warn "$wisp" serve --listen 127.0.0.1:$port >"$work/wisp.log" 2>&1 &
-pids+=($!)
-until curl -fs "$WISP_GATEWAY/healthz" >/dev/null; do sleep 0.05; done
+WISP_LOG=warn start_wisp $port "$work/wisp.log"
+pids+=("$server")
 "$wisp" deploy hello "$(artifact hello)" >/dev/null
 "$wisp" deploy hello-reuse "$(artifact hello)" --instance-reuse 1000 >/dev/null
 "$wisp" deploy ping --image "$(artifact ping-docker)" --max 1 --concurrency 256 >/dev/null
@@ -49,7 +49,6 @@ results="$work/results"
 record() {
   if [ -n "$3" ] && [ -n "$4" ]; then echo "$1|$2|$3|$4|${5:-}" >>"$results"; else echo "compare: no result for $1 / $2" >&2; fi
 }
-pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int(NR*p+0.999); if (i<1) i=1; if (i>NR) i=NR; print a[i]}'; }
 json() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['latency']['p50_ms'], r['latency']['p99_ms'], r['throughput_rps'])" "$1"; }
 # wrk_run URL CONNECTIONS → "p50_ms p99_ms req/s"
 wrk_run() {
@@ -62,28 +61,13 @@ wrk_run() {
 # Anchors for container start: crun and runc running /bin/true in ping's
 # rootfs (its layer plus a static busybox as /bin/true).
 bundle="$work/bundle"
-mkdir -p "$bundle/rootfs/bin"
-cp -a "$(ls -d "$WISP_DATA_DIR"/images/layers/*/diff | head -1)/." "$bundle/rootfs/"
-cp /bin/busybox "$bundle/rootfs/bin/busybox" && ln -sf busybox "$bundle/rootfs/bin/true"
-(cd "$bundle" && crun spec && sed -i 's/"sh"/"\/bin\/true"/; s/"terminal": true/"terminal": false/' config.json)
-# RUNTIME N → N lines of milliseconds. crun 1.8 refuses this host's hybrid
-# cgroup layout while hugetlb sits in the v2 mount: run where it is unmounted.
-runtime_times() {
-  unshare -m bash -c '
-    umount /sys/fs/cgroup/unified 2>/dev/null || true
-    cd "$1"
-    for i in $(seq "$3"); do
-      s=$EPOCHREALTIME; "$2" run "bench-$$-$i" >/dev/null 2>&1 </dev/null; e=$EPOCHREALTIME
-      "$2" delete -f "bench-$$-$i" >/dev/null 2>&1 || true
-      awk -v s="$s" -v e="$e" "BEGIN { printf \"%.3f\\n\", (e - s) * 1000 }"
-    done' _ "$bundle" "$1" "$2"
-}
+make_bundle "$(ls -d "$WISP_DATA_DIR"/images/layers/*/diff | head -1)" "$bundle"
 
 # RUNTIME N → containers per second over N runs of /bin/true by 2 workers.
 runtime_rate2() {
   local s e
   s=$EPOCHREALTIME
-  runtime_times "$1" "$2" >/dev/null & runtime_times "$1" "$2" >/dev/null; wait $!
+  runtime_times "$bundle" "$1" "$2" >/dev/null & runtime_times "$bundle" "$1" "$2" >/dev/null; wait $!
   e=$EPOCHREALTIME
   awk -v s="$s" -v e="$e" -v n="$2" 'BEGIN { printf "%.1f\n", 2 * n / (e - s) }'
 }
@@ -119,7 +103,7 @@ density() {
 # The ping binary straight on the host, and the minimal proxy in front of it.
 PORT=18941 "$(artifact ping)" >/dev/null 2>&1 &
 pids+=($!)
-target/release/proxy 127.0.0.1:18942 http://127.0.0.1:18941 >/dev/null 2>&1 &
+"$release/proxy" 127.0.0.1:18942 http://127.0.0.1:18941 >/dev/null 2>&1 &
 pids+=($!)
 if command -v wasmtime >/dev/null && [ -z "${SKIP_WASMTIME:-}" ]; then
   wasmtime serve -S cli=y --addr 127.0.0.1:18943 "$(artifact hello)" >/dev/null 2>&1 &
@@ -140,10 +124,10 @@ for r in $(seq "$repeats"); do
   "$wisp" bench ping --mode cold --requests 100 --concurrency 2 --path /ping --json "$work/cold2.json" >/dev/null
   read -r _ _ rate < <(json "$work/cold2.json")
   extra "container starts/s, 2 workers: wisp (cold requests to ping copies)" "$rate"
-  t=$(runtime_times crun 100); record "container cold start (ping)" "crun run /bin/true" "$(pct 0.5 <<<"$t")" "$(pct 0.99 <<<"$t")"
+  t=$(runtime_times "$bundle" crun 100); record "container cold start (ping)" "crun run /bin/true" "$(pct 0.5 <<<"$t")" "$(pct 0.99 <<<"$t")"
   extra "container starts/s, sequential: crun run /bin/true" "$(rate_of <<<"$t")"
   extra "container starts/s, 2 workers: crun run /bin/true" "$(runtime_rate2 crun 50)"
-  t=$(runtime_times runc 100); record "container cold start (ping)" "runc run /bin/true" "$(pct 0.5 <<<"$t")" "$(pct 0.99 <<<"$t")"
+  t=$(runtime_times "$bundle" runc 100); record "container cold start (ping)" "runc run /bin/true" "$(pct 0.5 <<<"$t")" "$(pct 0.99 <<<"$t")"
 
   "$wisp" bench hello --mode cold --requests 100 --json "$work/wcold.json" >/dev/null
   read -r p50 p99 _ < <(json "$work/wcold.json"); record "wasm cold request (hello)" wisp "$p50" "$p99"

@@ -2,13 +2,14 @@
 //! into `$OUT_DIR/paths.rs`: the wasm guests into `target/wasm-guests`, the
 //! static `x86_64-unknown-linux-musl` programs into `target/native-guests`,
 //! and from each of those an OCI image layout directory and a `docker save`
-//! archive under `$OUT_DIR/images` (see `build/oci.rs`).
+//! archive under `$OUT_DIR/images` (written with `wisp-oci-writer`).
 
-#[path = "build/oci.rs"]
-mod oci;
-
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use serde_json::{Value, json};
+use wisp_oci_writer::{Blob, DEFAULT_PATH, Layer, Layout, media_type};
 
 /// (package, target, artifact file name, constant name)
 const GUESTS: &[(&str, &str, &str, &str)] = &[
@@ -28,6 +29,10 @@ const GUESTS: &[(&str, &str, &str, &str)] = &[
 /// The target of the container examples: static, so an image needs nothing
 /// but the binary.
 const NATIVE_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The creation time written into the images' configs: the epoch, for
+/// reproducibility.
+const EPOCH: &str = "1970-01-01T00:00:00Z";
 
 /// A container example: a static program and the images made of it.
 struct Native {
@@ -99,28 +104,81 @@ fn main() {
     let names: Vec<_> = NATIVES.iter().map(|n| n.package).collect();
     nested_cargo(workspace, &native_dir, NATIVE_TARGET, &names, "symbols");
     let images = out_dir.join("images");
-    std::fs::create_dir_all(&images).unwrap_or_else(|e| panic!("create {}: {e}", images.display()));
+    fs::create_dir_all(&images).unwrap_or_else(|e| panic!("create {}: {e}", images.display()));
     for native in NATIVES {
         let package = native.package;
         let bin = native_dir.join(NATIVE_TARGET).join("release").join(package);
         assert!(bin.exists(), "missing {}", bin.display());
-        let image = oci::Image::build(&oci::ImageSpec {
-            repository: &format!("wisp/{package}"),
-            tag: "latest",
-            binary: &bin,
-            entrypoint: &format!("/{package}"),
-            exposed_ports: native.exposed_ports,
-        });
-        let layout = images.join(format!("{package}-oci"));
-        let archive = images.join(format!("{package}-docker.tar"));
-        image.write_oci_layout(&layout);
-        image.write_docker_archive(&archive);
+        let (layout, archive) = write_images(native, &bin, &images);
         let constant = native.constant;
         push_const(&mut paths, &format!("{constant}_BIN"), &bin);
         push_const(&mut paths, &format!("{constant}_OCI_LAYOUT"), &layout);
         push_const(&mut paths, &format!("{constant}_DOCKER_ARCHIVE"), &archive);
     }
-    std::fs::write(out_dir.join("paths.rs"), paths).expect("write paths.rs");
+    fs::write(out_dir.join("paths.rs"), paths).expect("write paths.rs");
+}
+
+/// Writes the image of the static program `bin`, `wisp/<package>:latest`,
+/// under `images`: as an OCI layout directory `<package>-oci` and a `docker
+/// save` archive `<package>-docker.tar`, replacing what is there; returns
+/// their paths. Its one layer holds the program as `/<package>` (mode 0755,
+/// owner 0:0), which is also the entrypoint. The images are a function of
+/// the program alone (tars and gzip without times or owners, JSON keys
+/// sorted, the epoch as creation time); only `linux/amd64`; one history
+/// entry. Panics with the path on an I/O error.
+fn write_images(native: &Native, bin: &Path, images: &Path) -> (PathBuf, PathBuf) {
+    let package = native.package;
+    let program = fs::read(bin).unwrap_or_else(|e| panic!("read {}: {e}", bin.display()));
+    let entrypoint = format!("/{package}");
+    let layer = Layer::from_file(package, &program, 0o755);
+
+    let mut container = json!({
+        "Entrypoint": [entrypoint],
+        "Env": [DEFAULT_PATH],
+        "WorkingDir": "/",
+    });
+    if !native.exposed_ports.is_empty() {
+        let ports: serde_json::Map<String, Value> = native
+            .exposed_ports
+            .iter()
+            .map(|port| ((*port).to_owned(), json!({})))
+            .collect();
+        container["ExposedPorts"] = Value::Object(ports);
+    }
+    let mut config = wisp_oci_writer::config("amd64", container, &[layer.diff_id()]);
+    config["created"] = json!(EPOCH);
+    config["history"] = json!([{
+        "created": EPOCH,
+        "created_by": format!("wisp-function-artifacts: COPY {package} {entrypoint}"),
+    }]);
+    let config = Blob::json(media_type::CONFIG, &config);
+
+    let gzip = layer.gzip();
+    let manifest = wisp_oci_writer::manifest(&config, &[&gzip]);
+    let descriptor = manifest
+        .descriptor()
+        .platform("linux", "amd64")
+        .annotation(
+            "io.containerd.image.name",
+            &format!("docker.io/wisp/{package}:latest"),
+        )
+        .annotation("org.opencontainers.image.ref.name", "latest");
+    let layout = images.join(format!("{package}-oci"));
+    if layout.exists() {
+        fs::remove_dir_all(&layout).unwrap_or_else(|e| panic!("remove {}: {e}", layout.display()));
+    }
+    Layout::new(&[descriptor], vec![gzip, config.clone(), manifest])
+        .write_dir(&layout)
+        .expect("write the OCI layout");
+
+    let archive = images.join(format!("{package}-docker.tar"));
+    let bytes =
+        wisp_oci_writer::docker_archive(&format!("wisp/{package}:latest"), &config, &[&layer]);
+    let partial = archive.with_extension("tar.partial");
+    fs::write(&partial, bytes).unwrap_or_else(|e| panic!("write {}: {e}", partial.display()));
+    fs::rename(&partial, &archive)
+        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", partial.display(), archive.display()));
+    (layout, archive)
 }
 
 /// Runs `cargo build --release` for `packages` on `target` into `target_dir`,

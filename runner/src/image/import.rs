@@ -855,6 +855,7 @@ pub(crate) mod tests {
 
     use serde_json::json;
     use tar::EntryType::{Directory, Link, Regular};
+    use wisp_oci_writer::{self as oci, media_type};
 
     use super::*;
     use crate::image::LayerRef;
@@ -899,24 +900,18 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn config(&self, diff_ids: &[Digest]) -> Vec<u8> {
-            json!({
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {
-                    "Entrypoint": ["/app/hello"],
-                    "Cmd": ["--port", "8080"],
-                    "Env": ["PATH=/usr/bin", "MODE=test"],
-                    "WorkingDir": "/app",
-                    "User": "1000:1000",
-                    "ExposedPorts": {"8080/tcp": {}, "53/udp": {}, "80": {}},
-                },
-                "rootfs": {
-                    "type": "layers",
-                    "diff_ids": diff_ids.iter().map(Digest::as_str).collect::<Vec<_>>(),
-                },
-            })
-            .to_string()
-            .into_bytes()
+            let container = json!({
+                "Entrypoint": ["/app/hello"],
+                "Cmd": ["--port", "8080"],
+                "Env": ["PATH=/usr/bin", "MODE=test"],
+                "WorkingDir": "/app",
+                "User": "1000:1000",
+                "ExposedPorts": {"8080/tcp": {}, "53/udp": {}, "80": {}},
+            });
+            let diff_ids: Vec<String> = diff_ids.iter().map(Digest::to_string).collect();
+            oci::config("amd64", container, &diff_ids)
+                .to_string()
+                .into_bytes()
         }
 
         pub(crate) fn expected_config() -> ImageConfig {
@@ -939,55 +934,26 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn write_layout_with(&self, dir: &Path, config: &[u8]) -> Layout {
-            let blobs = dir.join("blobs/sha256");
-            fs::create_dir_all(&blobs).unwrap();
-            let put = |bytes: &[u8]| {
-                let digest = sha(bytes);
-                fs::write(blobs.join(digest.hex()), bytes).unwrap();
-                digest
-            };
-            let descriptor = |media_type: &str, bytes: &[u8]| json!({"mediaType": media_type, "digest": put(bytes).as_str(), "size": bytes.len()});
-            let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gzip.write_all(&self.layers[0]).unwrap();
-            let gzip = gzip.finish().unwrap();
+            let config = oci::Blob::new(media_type::CONFIG, config.to_vec());
+            let gzip = oci::Layer::from_tar(self.layers[0].clone()).gzip();
             let zstd = zstd::encode_all(&self.layers[1][..], 3).unwrap();
-            let manifest = json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": descriptor(OCI_CONFIG, config),
-                "layers": [
-                    descriptor(Compression::Gzip.oci_media_type(), &gzip),
-                    descriptor(Compression::Zstd.oci_media_type(), &zstd),
-                ],
-            })
-            .to_string();
+            let zstd = oci::Blob::new(Compression::Zstd.oci_media_type(), zstd);
+            let manifest = oci::manifest(&config, &[&gzip, &zstd]);
             let platform = host_platform();
             let (os, arch) = platform.split_once('/').unwrap();
-            let index = json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": [
-                    {
-                        "mediaType": OCI_MANIFEST,
-                        "digest": sha(b"elsewhere").as_str(),
-                        "size": 9,
-                        "platform": {"os": "linux", "architecture": "not-this-one"},
-                    },
-                    {
-                        "mediaType": OCI_MANIFEST,
-                        "digest": put(manifest.as_bytes()).as_str(),
-                        "size": manifest.len(),
-                        "platform": {"os": os, "architecture": arch},
-                    },
-                ],
-            });
-            fs::write(dir.join("index.json"), index.to_string()).unwrap();
-            fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-            Layout {
+            let elsewhere = oci::Blob::new(media_type::MANIFEST, b"elsewhere".to_vec())
+                .descriptor()
+                .platform("linux", "not-this-one");
+            let layout = Layout {
                 path: dir.to_owned(),
-                manifest: sha(manifest.as_bytes()),
-                layer_blobs: [sha(&gzip), sha(&zstd)],
-            }
+                manifest: sha(manifest.bytes()),
+                layer_blobs: [sha(gzip.bytes()), sha(zstd.bytes())],
+            };
+            let manifests = [elsewhere, manifest.descriptor().platform(os, arch)];
+            oci::Layout::new(&manifests, vec![config, gzip, zstd, manifest])
+                .write_dir(dir)
+                .unwrap();
+            layout
         }
     }
 
@@ -1021,13 +987,6 @@ pub(crate) mod tests {
         header.set_size(0);
         tar.append_link(&mut header, "ccc/layer.tar", "../aaa/layer.tar")
             .unwrap();
-        tar.into_inner().unwrap()
-    }
-
-    /// A tar of the directory `dir`, as `oci-archive:` writes.
-    fn tar_of(dir: &Path) -> Vec<u8> {
-        let mut tar = tar::Builder::new(Vec::new());
-        tar.append_dir_all(".", dir).unwrap();
         tar.into_inner().unwrap()
     }
 
@@ -1079,7 +1038,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fixture = Fixture::new();
         let layout = fixture.write_layout(&dir.path().join("layout"));
-        let tar = tar_of(&layout.path);
+        let tar = oci::archive_dir(&layout.path).unwrap();
         let zstd = zstd::encode_all(&tar[..], 3).unwrap();
         for (name, bytes) in [("plain.tar", &tar), ("compressed.tar.zst", &zstd)] {
             let store = ImageStore::open(dir.path().join(name).with_extension("store")).unwrap();
@@ -1124,7 +1083,7 @@ pub(crate) mod tests {
         let blob = layout.path.join("blobs/sha256").join(expected.hex());
         fs::write(&blob, b"not the layer").unwrap();
         let archive = dir.path().join("corrupt.tar");
-        fs::write(&archive, tar_of(&layout.path)).unwrap();
+        fs::write(&archive, oci::archive_dir(&layout.path).unwrap()).unwrap();
 
         for path in [&layout.path, &archive] {
             let err = store.import(path).unwrap_err();
