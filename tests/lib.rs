@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 pub use wisp::api::FunctionDeployment;
-pub use wisp::client::{Answer, Client};
+pub use wisp::cli::client::{Answer, Client};
 
 pub use wisp_function_artifacts as artifacts;
 

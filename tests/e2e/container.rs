@@ -356,7 +356,7 @@ async fn broken_and_hostile_images_are_refused_at_deploy() {
     header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
     header.set_cksum();
     layer.append(&header, &b"evil"[..]).unwrap();
-    let image = wisp::pack::image(layer.into_inner().unwrap(), &["/x".into()]).unwrap();
+    let image = wisp::cli::pack::image(layer.into_inner().unwrap(), &["/x".into()]).unwrap();
     let uploaded = wisp.client.upload_artifact(image).await.unwrap();
     let d = wisp_e2e::FunctionDeployment {
         service: "hostile".into(),

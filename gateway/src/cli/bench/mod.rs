@@ -33,8 +33,8 @@ use http::{HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::client::{Client, ClientError};
 use crate::api::{FunctionDeployment, FunctionResources, FunctionStatus};
-use crate::client::{Client, ClientError};
 use stats::{Recorder, Summary};
 
 /// How to load the function.
