@@ -1,7 +1,7 @@
 //! The `wisp` command line's clap definitions: the global flags, one
 //! `*Args` struct per subcommand, and the flag groups they share
-//! ([`ConnectArgs`], [`ScalingArgs`]). Every flag can also be set by an
-//! environment variable, shown in `--help` with its default.
+//! ([`ConnectArgs`], and the API's [`ScalingFields`]). Every flag can also
+//! be set by an environment variable, shown in `--help` with its default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use wisp_runner::spec;
+
+use crate::api::ScalingFields;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -121,7 +123,7 @@ pub struct DeployArgs {
     #[arg(long)]
     pub cpu: Option<String>,
     #[command(flatten)]
-    pub scaling: ScalingArgs,
+    pub scaling: ScalingFields,
     /// wasi:http components: requests one wasm instance serves before a
     /// fresh one is made (like `wasmtime serve --max-instance-reuse-count`) [default: 1].
     #[arg(long)]
@@ -146,29 +148,6 @@ pub struct DeployArgs {
     pub labels: Vec<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
-}
-
-/// Scaling flags, shared by `deploy` and `scale`.
-#[derive(Debug, Args, Default)]
-pub struct ScalingArgs {
-    /// Instances kept running (pre-warmed) [default: 0, scale to zero].
-    #[arg(long = "min")]
-    pub min_instances: Option<u32>,
-    /// Most instances [default: 10 for containers, 1 for wasm].
-    #[arg(long = "max")]
-    pub max_instances: Option<u32>,
-    /// Requests one instance takes at once [default: containers 8 (http) or 1 (cgi); wasm 1000].
-    #[arg(long)]
-    pub concurrency: Option<u32>,
-    /// Idle time before an instance stops, e.g. `60s` [default: 60s].
-    #[arg(long)]
-    pub idle_timeout: Option<String>,
-    /// Requests that may wait once every instance is busy [default: 100].
-    #[arg(long)]
-    pub queue_size: Option<u32>,
-    /// Longest wait in that queue [default: the request timeout].
-    #[arg(long)]
-    pub queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -230,7 +209,7 @@ pub struct ScaleArgs {
     /// Function name.
     pub name: String,
     #[command(flatten)]
-    pub scaling: ScalingArgs,
+    pub scaling: ScalingFields,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }

@@ -66,15 +66,9 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
         Command::Logs(args) => logs(args).await,
         Command::Bench(args) => bench(*args).await,
         Command::Scale(args) => {
-            let s = &args.scaling;
             let request = crate::api::ScaleRequest {
                 service_name: Some(args.name.clone()),
-                min_instances: s.min_instances,
-                max_instances: s.max_instances,
-                concurrency: s.concurrency,
-                idle_timeout: s.idle_timeout.clone(),
-                queue_size: s.queue_size,
-                queue_timeout: s.queue_timeout.clone(),
+                scaling: args.scaling,
                 ..Default::default()
             };
             let answer = connect(&args.connect)?.scale(&args.name, &request).await?;
@@ -159,12 +153,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         protocol: args.protocol.clone(),
         port: args.port,
         command: (!command.is_empty()).then_some(command),
-        min_instances: args.scaling.min_instances,
-        max_instances: args.scaling.max_instances,
-        concurrency: args.scaling.concurrency,
-        idle_timeout: args.scaling.idle_timeout.clone(),
-        queue_size: args.scaling.queue_size,
-        queue_timeout: args.scaling.queue_timeout.clone(),
+        scaling: args.scaling,
         instance_reuse: args.instance_reuse,
         timeout: args.timeout,
         max_body_size: args.max_body,

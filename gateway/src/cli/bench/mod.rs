@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::client::{Client, ClientError};
-use crate::api::{FunctionDeployment, FunctionResources, FunctionStatus};
+use crate::api::{FunctionDeployment, FunctionResources, FunctionStatus, ScalingFields};
 use stats::{Recorder, Summary};
 
 /// How to load the function.
@@ -366,9 +366,12 @@ fn copy_of(status: &FunctionStatus, name: String) -> FunctionDeployment {
         }),
         port: status.port,
         command: (!status.command.is_empty()).then(|| status.command.clone()),
-        min_instances: Some(0),
-        max_instances: Some(status.scaling.max_instances.try_into().unwrap_or(u32::MAX)),
-        concurrency: Some(status.scaling.concurrency.try_into().unwrap_or(u32::MAX)),
+        scaling: ScalingFields {
+            min_instances: Some(0),
+            max_instances: Some(status.scaling.max_instances.try_into().unwrap_or(u32::MAX)),
+            concurrency: Some(status.scaling.concurrency.try_into().unwrap_or(u32::MAX)),
+            ..ScalingFields::default()
+        },
         instance_reuse: status.instance_reuse,
         ..FunctionDeployment::default()
     }
