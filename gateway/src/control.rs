@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, full_body};
+use wisp_runner::image::{ImageStore, StoreError};
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::spec::{Digest, FunctionKind};
 
@@ -267,12 +268,20 @@ impl App {
             .collect()
     }
 
-    async fn images(&self) -> Result<Vec<ImageSummary>, GatewayError> {
+    /// Runs `op` on the image store in tokio's blocking pool.
+    async fn on_images<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&ImageStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, GatewayError> {
         let store = self.images.clone();
-        let images = tokio::task::spawn_blocking(move || store.list())
+        let result = tokio::task::spawn_blocking(move || op(&store))
             .await
-            .map_err(|e| GatewayError::Images(e.to_string()))?
-            .map_err(|e| GatewayError::Images(e.to_string()))?;
+            .map_err(GatewayError::ImageTask)?;
+        Ok(result?)
+    }
+
+    async fn images(&self) -> Result<Vec<ImageSummary>, GatewayError> {
+        let images = self.on_images(|store| store.list()).await?;
         let in_use = self.images_in_use();
         Ok(images
             .into_iter()
@@ -306,11 +315,9 @@ impl App {
     async fn prune(&self) -> Result<PruneReport, GatewayError> {
         let _serial = self.deploy_lock.lock().await;
         let keep: Vec<Digest> = self.images_in_use().into_iter().map(|(_, d)| d).collect();
-        let store = self.images.clone();
-        let pruned = tokio::task::spawn_blocking(move || store.remove_unreferenced(&keep))
-            .await
-            .map_err(|e| GatewayError::Images(e.to_string()))?
-            .map_err(|e| GatewayError::Images(e.to_string()))?;
+        let pruned = self
+            .on_images(move |store| store.remove_unreferenced(&keep))
+            .await?;
         tracing::info!(
             images = pruned.images,
             layers = pruned.layers,
