@@ -306,14 +306,7 @@ impl FunctionDeployment {
     pub fn to_spec(&self, kind: FunctionKind) -> Result<FunctionSpec, DeploymentError> {
         let name = FunctionName::new(&self.service)?;
         let artifact = self.artifact()?;
-        if let Some(ns) = self.namespace.as_deref()
-            && !ns.is_empty()
-            && ns != NAMESPACE
-        {
-            return Err(DeploymentError::Namespace {
-                namespace: ns.to_owned(),
-            });
-        }
+        check_namespace(self.namespace.as_deref())?;
         if self.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(DeploymentError::Secrets);
         }
@@ -513,14 +506,7 @@ impl FunctionStatus {
 impl ScaleRequest {
     /// Merges the request into `scaling` and validates the result.
     pub fn apply(&self, scaling: &mut ScalingSpec) -> Result<(), DeploymentError> {
-        if let Some(ns) = self.namespace.as_deref()
-            && !ns.is_empty()
-            && ns != NAMESPACE
-        {
-            return Err(DeploymentError::Namespace {
-                namespace: ns.to_owned(),
-            });
-        }
+        check_namespace(self.namespace.as_deref())?;
         let mut current = *scaling;
         if let Some(n) = self.replicas {
             current.min_instances = Some(n);
@@ -553,6 +539,16 @@ impl ScalingFields {
                 .or(base.queue_timeout_ms),
             instance_reuse: base.instance_reuse,
         })
+    }
+}
+
+/// Refuses a namespace other than wisp's one (empty means that one).
+fn check_namespace(namespace: Option<&str>) -> Result<(), DeploymentError> {
+    match namespace {
+        Some(ns) if !ns.is_empty() && ns != NAMESPACE => Err(DeploymentError::Namespace {
+            namespace: ns.to_owned(),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -55,11 +55,7 @@ impl App {
                 allow: "GET, POST, PUT, DELETE",
             }),
             (Route::Function(name), Method::GET) => {
-                let function = self
-                    .functions
-                    .get(name)
-                    .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
-                json(StatusCode::OK, &status(function.value()))
+                json(StatusCode::OK, &status(&*self.function(name)?))
             }
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
@@ -226,11 +222,7 @@ impl App {
             )));
         }
         let _serial = self.deploy_lock.lock().await;
-        let function = self
-            .functions
-            .get(name)
-            .map(|f| f.clone())
-            .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
+        let function = self.function(name)?;
         let mut spec = function.stored.spec.clone();
         request.apply(&mut spec.scaling)?;
         let stored = StoredFunction {

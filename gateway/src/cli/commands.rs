@@ -137,7 +137,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         if path.is_dir() {
             super::pack::tar_dir(path)?
         } else {
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+            read_file(path)?
         }
     };
     let uploaded = client.upload_artifact(bytes).await?;
