@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use http::Method;
 use tokio::task::JoinHandle;
 pub use wisp::api::FunctionDeployment;
-pub use wisp::client::{Answer, Client};
+pub use wisp::cli::client::{Answer, Client};
 
 pub use wisp_function_artifacts as artifacts;
 

@@ -1,8 +1,10 @@
 //! The control API's wire types, shaped like the OpenFaaS gateway API
 //! (`FunctionDeployment`, `FunctionStatus`, `GatewayInfo`,
 //! `DeleteFunctionRequest`) so that its clients work, plus wisp's own
-//! optional fields (`timeout`, `maxBodySize`, `allowOutbound`). Conversion to
-//! a [`FunctionSpec`] validates everything and says what is wrong.
+//! optional fields (`timeout`, `maxBodySize`, `allowOutbound`, the scaling
+//! settings of [`ScalingFields`], which are also the CLI's scaling flags).
+//! Conversion to a [`FunctionSpec`] validates everything and says what is
+//! wrong.
 
 use std::collections::BTreeMap;
 
@@ -70,24 +72,10 @@ pub struct FunctionDeployment {
     /// wisp, images only: replaces the image's Entrypoint and Cmd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
-    /// wisp: instances kept running (also label `com.openfaas.scale.min`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_instances: Option<u32>,
-    /// wisp: most instances (also label `com.openfaas.scale.max`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_instances: Option<u32>,
-    /// wisp: requests one instance takes at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<u32>,
-    /// wisp: idle time before an instance stops, e.g. `60s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<String>,
-    /// wisp: requests that may wait once every instance is busy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_size: Option<u32>,
-    /// wisp: longest wait in that queue, e.g. `10s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_timeout: Option<String>,
+    /// wisp: the scaling settings; `minInstances` and `maxInstances` fall
+    /// back to OpenFaaS's labels `com.openfaas.scale.min` and `.max`.
+    #[serde(flatten)]
+    pub scaling: ScalingFields,
     /// wisp, wasi:http components: requests one wasm instance serves
     /// (default 1: a fresh instance per request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +89,41 @@ pub struct FunctionResources {
     pub memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
+}
+
+/// The scaling settings a deployment or a scale request may give, flattened
+/// into both (camelCase JSON fields), and the `--min`, `--max`, … flags of
+/// `wisp deploy` and `wisp scale` (the doc comments are their help). `None`
+/// leaves the default, or in a scale request the current value. The types
+/// that embed it refuse unknown fields; it has no `deny_unknown_fields` of
+/// its own, which serde does not support for flattened structs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingFields {
+    /// Instances kept running (pre-warmed) [default: 0, scale to zero].
+    #[arg(long = "min")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    /// Most instances [default: 10 for containers, 1 for wasm].
+    #[arg(long = "max")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// Requests one instance takes at once [default: containers 8 (http) or 1 (cgi); wasm 1000].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Idle time before an instance stops, e.g. `60s` [default: 60s].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Requests that may wait once every instance is busy [default: 100].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u32>,
+    /// Longest wait in that queue [default: the request timeout].
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
 }
 
 /// `DELETE /system/functions`.
@@ -174,18 +197,9 @@ pub struct ScaleRequest {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_instances: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_instances: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_timeout: Option<String>,
+    /// wisp: the settings to change; those not given stay as they are.
+    #[serde(flatten)]
+    pub scaling: ScalingFields,
 }
 
 /// `GET /system/info`.
@@ -293,14 +307,7 @@ impl FunctionDeployment {
     pub fn to_spec(&self, kind: FunctionKind) -> Result<FunctionSpec, DeploymentError> {
         let name = FunctionName::new(&self.service)?;
         let artifact = self.artifact()?;
-        if let Some(ns) = self.namespace.as_deref()
-            && !ns.is_empty()
-            && ns != NAMESPACE
-        {
-            return Err(DeploymentError::Namespace {
-                namespace: ns.to_owned(),
-            });
-        }
+        check_namespace(self.namespace.as_deref())?;
         if self.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(DeploymentError::Secrets);
         }
@@ -406,21 +413,17 @@ impl FunctionDeployment {
                 }),
             }
         };
-        let scaling = ScalingSpec {
-            min_instances: match self.min_instances {
-                Some(n) => Some(n),
-                None => label("com.openfaas.scale.min")?,
-            },
-            max_instances: match self.max_instances {
-                Some(n) => Some(n),
-                None => label("com.openfaas.scale.max")?,
-            },
-            concurrency: self.concurrency,
-            idle_timeout_ms: optional_millis("idle timeout", &self.idle_timeout)?,
-            queue_size: self.queue_size,
-            queue_timeout_ms: optional_millis("queue timeout", &self.queue_timeout)?,
+        let mut from_labels = ScalingSpec {
             instance_reuse: self.instance_reuse,
+            ..ScalingSpec::default()
         };
+        if self.scaling.min_instances.is_none() {
+            from_labels.min_instances = label("com.openfaas.scale.min")?;
+        }
+        if self.scaling.max_instances.is_none() {
+            from_labels.max_instances = label("com.openfaas.scale.max")?;
+        }
+        let scaling = self.scaling.over(from_labels)?;
         scaling.validate()?;
         Ok(scaling)
     }
@@ -504,36 +507,15 @@ impl FunctionStatus {
 impl ScaleRequest {
     /// Merges the request into `scaling` and validates the result.
     pub fn apply(&self, scaling: &mut ScalingSpec) -> Result<(), DeploymentError> {
-        if let Some(ns) = self.namespace.as_deref()
-            && !ns.is_empty()
-            && ns != NAMESPACE
-        {
-            return Err(DeploymentError::Namespace {
-                namespace: ns.to_owned(),
-            });
+        check_namespace(self.namespace.as_deref())?;
+        let mut current = *scaling;
+        if let Some(n) = self.replicas {
+            current.min_instances = Some(n);
         }
-        let mut next = *scaling;
-        if let Some(n) = self.min_instances.or(self.replicas) {
-            next.min_instances = Some(n);
-        }
-        if let Some(n) = self.max_instances {
-            next.max_instances = Some(n);
-        }
-        if let Some(n) = self.concurrency {
-            next.concurrency = Some(n);
-        }
-        if let Some(n) = self.queue_size {
-            next.queue_size = Some(n);
-        }
-        if let Some(ms) = optional_millis("idle timeout", &self.idle_timeout)? {
-            next.idle_timeout_ms = Some(ms);
-        }
-        if let Some(ms) = optional_millis("queue timeout", &self.queue_timeout)? {
-            next.queue_timeout_ms = Some(ms);
-        }
+        let mut next = self.scaling.over(current)?;
         // OpenFaaS's replicas may exceed the maximum: raise it to match.
         if let (Some(min), Some(max)) = (next.min_instances, next.max_instances)
-            && self.max_instances.is_none()
+            && self.scaling.max_instances.is_none()
             && min > max
         {
             next.max_instances = Some(min);
@@ -541,6 +523,33 @@ impl ScaleRequest {
         next.validate()?;
         *scaling = next;
         Ok(())
+    }
+}
+
+impl ScalingFields {
+    /// `base` with every setting given here put in its place.
+    fn over(&self, base: ScalingSpec) -> Result<ScalingSpec, DeploymentError> {
+        Ok(ScalingSpec {
+            min_instances: self.min_instances.or(base.min_instances),
+            max_instances: self.max_instances.or(base.max_instances),
+            concurrency: self.concurrency.or(base.concurrency),
+            idle_timeout_ms: optional_millis("idle timeout", &self.idle_timeout)?
+                .or(base.idle_timeout_ms),
+            queue_size: self.queue_size.or(base.queue_size),
+            queue_timeout_ms: optional_millis("queue timeout", &self.queue_timeout)?
+                .or(base.queue_timeout_ms),
+            instance_reuse: base.instance_reuse,
+        })
+    }
+}
+
+/// Refuses a namespace other than wisp's one (empty means that one).
+fn check_namespace(namespace: Option<&str>) -> Result<(), DeploymentError> {
+    match namespace {
+        Some(ns) if !ns.is_empty() && ns != NAMESPACE => Err(DeploymentError::Namespace {
+            namespace: ns.to_owned(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -596,6 +605,154 @@ mod tests {
         );
         let err = serde_json::from_str::<FunctionDeployment>(&json).unwrap_err();
         assert!(err.to_string().contains("imgae"), "{err}");
+    }
+
+    #[test]
+    fn scaling_fields_are_top_level_camel_case_on_the_wire() {
+        let deployment = FunctionDeployment {
+            service: "hello".into(),
+            image: digest(),
+            scaling: ScalingFields {
+                min_instances: Some(1),
+                max_instances: Some(4),
+                concurrency: Some(2),
+                idle_timeout: Some("60s".into()),
+                queue_size: Some(10),
+                queue_timeout: Some("5s".into()),
+            },
+            instance_reuse: Some(3),
+            ..Default::default()
+        };
+        let json = serde_json::json!({
+            "service": "hello", "image": digest(),
+            "minInstances": 1, "maxInstances": 4, "concurrency": 2,
+            "idleTimeout": "60s", "queueSize": 10, "queueTimeout": "5s",
+            "instanceReuse": 3,
+        });
+        assert_eq!(serde_json::to_value(&deployment).unwrap(), json);
+        assert_eq!(
+            serde_json::from_value::<FunctionDeployment>(json).unwrap(),
+            deployment
+        );
+        let request = ScaleRequest {
+            replicas: Some(2),
+            scaling: ScalingFields {
+                max_instances: Some(4),
+                idle_timeout: Some("1s".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let json = serde_json::json!({"replicas": 2, "maxInstances": 4, "idleTimeout": "1s"});
+        assert_eq!(serde_json::to_value(&request).unwrap(), json);
+        assert_eq!(
+            serde_json::from_value::<ScaleRequest>(json).unwrap(),
+            request
+        );
+        assert_eq!(
+            serde_json::to_string(&ScaleRequest::default()).unwrap(),
+            "{}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_misspelt_scaling_fields_are_refused() {
+        let deployment =
+            |extra: &str| format!(r#"{{"service":"hello","image":"{}",{extra}}}"#, digest());
+        for (extra, field) in [
+            (r#""min_instances":1"#, "min_instances"),
+            (r#""scaling":{"minInstances":1}"#, "scaling"),
+            (r#""minInstances":1,"maxInstance":2"#, "maxInstance"),
+        ] {
+            let err = serde_json::from_str::<FunctionDeployment>(&deployment(extra)).unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+            let request = format!("{{{extra}}}");
+            let err = serde_json::from_str::<ScaleRequest>(&request).unwrap_err();
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
+        // A scale request changes the pool, not how instances are made.
+        let err = serde_json::from_str::<ScaleRequest>(r#"{"instanceReuse":2}"#).unwrap_err();
+        assert!(err.to_string().contains("instanceReuse"), "{err}");
+        let err =
+            serde_json::from_str::<ScaleRequest>(r#"{"queueSize":1,"queueSize":2}"#).unwrap_err();
+        assert!(err.to_string().contains("duplicate field"), "{err}");
+        let err = serde_json::from_str::<ScaleRequest>(r#"{"queueSize":"many"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn scaling_fields_win_over_labels_and_scale_requests_merge() {
+        let labels = [
+            ("com.openfaas.scale.min".to_owned(), "2".to_owned()),
+            (
+                "com.openfaas.scale.max".to_owned(),
+                "not a number".to_owned(),
+            ),
+        ];
+        let mut deployment = FunctionDeployment {
+            service: "hello".into(),
+            image: digest(),
+            labels: Some(labels.into()),
+            scaling: ScalingFields {
+                max_instances: Some(5),
+                idle_timeout: Some("2s".into()),
+                ..Default::default()
+            },
+            instance_reuse: Some(3),
+            ..Default::default()
+        };
+        let mut scaling = deployment.scaling().unwrap();
+        assert_eq!(
+            scaling,
+            ScalingSpec {
+                min_instances: Some(2),
+                max_instances: Some(5),
+                idle_timeout_ms: Some(2000),
+                instance_reuse: Some(3),
+                ..Default::default()
+            }
+        );
+        deployment.scaling.max_instances = None;
+        assert!(
+            deployment
+                .scaling()
+                .unwrap_err()
+                .to_string()
+                .contains("com.openfaas.scale.max")
+        );
+
+        // OpenFaaS's replicas set the minimum and raise the maximum to it.
+        let replicas = ScaleRequest {
+            replicas: Some(7),
+            scaling: ScalingFields {
+                queue_timeout: Some("1s".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        replicas.apply(&mut scaling).unwrap();
+        assert_eq!(
+            (scaling.min_instances, scaling.max_instances),
+            (Some(7), Some(7))
+        );
+        assert_eq!(
+            (scaling.idle_timeout_ms, scaling.queue_timeout_ms),
+            (Some(2000), Some(1000))
+        );
+        assert_eq!(scaling.instance_reuse, Some(3));
+        // minInstances wins over replicas; an explicit maximum is checked.
+        let both = ScaleRequest {
+            replicas: Some(9),
+            scaling: ScalingFields {
+                min_instances: Some(8),
+                max_instances: Some(6),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let before = scaling;
+        assert!(both.apply(&mut scaling).is_err());
+        assert_eq!(scaling, before, "a refused request changes nothing");
     }
 
     #[test]

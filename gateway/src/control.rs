@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, full_body};
+use wisp_runner::image::{ImageStore, StoreError};
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::spec::{Digest, FunctionKind};
 
@@ -54,11 +55,7 @@ impl App {
                 allow: "GET, POST, PUT, DELETE",
             }),
             (Route::Function(name), Method::GET) => {
-                let function = self
-                    .functions
-                    .get(name)
-                    .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
-                json(StatusCode::OK, &status(function.value()))
+                json(StatusCode::OK, &status(&*self.function(name)?))
             }
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
@@ -225,11 +222,7 @@ impl App {
             )));
         }
         let _serial = self.deploy_lock.lock().await;
-        let function = self
-            .functions
-            .get(name)
-            .map(|f| f.clone())
-            .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
+        let function = self.function(name)?;
         let mut spec = function.stored.spec.clone();
         request.apply(&mut spec.scaling)?;
         let stored = StoredFunction {
@@ -267,12 +260,20 @@ impl App {
             .collect()
     }
 
-    async fn images(&self) -> Result<Vec<ImageSummary>, GatewayError> {
+    /// Runs `op` on the image store in tokio's blocking pool.
+    async fn on_images<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&ImageStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, GatewayError> {
         let store = self.images.clone();
-        let images = tokio::task::spawn_blocking(move || store.list())
+        let result = tokio::task::spawn_blocking(move || op(&store))
             .await
-            .map_err(|e| GatewayError::Images(e.to_string()))?
-            .map_err(|e| GatewayError::Images(e.to_string()))?;
+            .map_err(GatewayError::ImageTask)?;
+        Ok(result?)
+    }
+
+    async fn images(&self) -> Result<Vec<ImageSummary>, GatewayError> {
+        let images = self.on_images(|store| store.list()).await?;
         let in_use = self.images_in_use();
         Ok(images
             .into_iter()
@@ -306,11 +307,9 @@ impl App {
     async fn prune(&self) -> Result<PruneReport, GatewayError> {
         let _serial = self.deploy_lock.lock().await;
         let keep: Vec<Digest> = self.images_in_use().into_iter().map(|(_, d)| d).collect();
-        let store = self.images.clone();
-        let pruned = tokio::task::spawn_blocking(move || store.remove_unreferenced(&keep))
-            .await
-            .map_err(|e| GatewayError::Images(e.to_string()))?
-            .map_err(|e| GatewayError::Images(e.to_string()))?;
+        let pruned = self
+            .on_images(move |store| store.remove_unreferenced(&keep))
+            .await?;
         tracing::info!(
             images = pruned.images,
             layers = pruned.layers,

@@ -3,7 +3,7 @@
 //! transaction, so a crash leaves either the old or the new function, never
 //! half of one; redb's file lock keeps a second server off the same data dir.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -31,16 +31,28 @@ impl StoredFunction {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("registry database {path}: {detail}")]
-    Open { path: String, detail: String },
+    #[error("registry database {}: already open: is another wisp serving this data dir?", path.display())]
+    AlreadyOpen { path: PathBuf },
+    #[error("registry database {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    /// Boxed: redb's error is large, and every registry call returns this.
     #[error("registry: {0}")]
-    Storage(String),
-    #[error("registry entry {name:?} is corrupt: {detail}")]
-    Corrupt { name: String, detail: String },
+    Storage(#[source] Box<redb::Error>),
+    #[error("registry: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("registry entry {name:?} is corrupt: {source}")]
+    Corrupt {
+        name: String,
+        source: serde_json::Error,
+    },
 }
 
-fn storage(e: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Storage(e.to_string())
+/// Any of redb's errors (transaction, table, storage, commit).
+fn storage(e: impl Into<redb::Error>) -> RegistryError {
+    RegistryError::Storage(Box::new(e.into()))
 }
 
 pub struct Registry {
@@ -49,14 +61,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        let db = Database::create(path).map_err(|e| RegistryError::Open {
-            path: path.display().to_string(),
-            detail: match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    "already open: is another wisp serving this data dir?".to_owned()
-                }
-                other => other.to_string(),
-            },
+        let db = Database::create(path).map_err(|source| {
+            let path = path.to_owned();
+            match source {
+                redb::DatabaseError::DatabaseAlreadyOpen => RegistryError::AlreadyOpen { path },
+                source => RegistryError::Open { path, source },
+            }
         })?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FUNCTIONS).map_err(storage)?;
@@ -66,7 +76,7 @@ impl Registry {
 
     /// Inserts or replaces a function.
     pub fn put(&self, function: &StoredFunction) -> Result<(), RegistryError> {
-        let json = serde_json::to_vec(function).map_err(storage)?;
+        let json = serde_json::to_vec(function).map_err(RegistryError::Encode)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
@@ -96,9 +106,9 @@ impl Registry {
         for entry in table.iter().map_err(storage)? {
             let (name, value) = entry.map_err(storage)?;
             let function: StoredFunction =
-                serde_json::from_slice(value.value()).map_err(|e| RegistryError::Corrupt {
+                serde_json::from_slice(value.value()).map_err(|source| RegistryError::Corrupt {
                     name: name.value().to_owned(),
-                    detail: e.to_string(),
+                    source,
                 })?;
             out.push(function);
         }

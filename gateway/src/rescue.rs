@@ -5,6 +5,7 @@
 
 use http::{HeaderValue, Response, StatusCode};
 use wisp_runner::backend::{Body, InvokeError, PrepareError, StartError, full_body};
+use wisp_runner::image::StoreError;
 use wisp_runner::store::artifact::UploadError;
 
 use crate::api::DeploymentError;
@@ -39,7 +40,10 @@ pub enum GatewayError {
     #[error("server is shutting down")]
     ShuttingDown,
     #[error("image store: {0}")]
-    Images(String),
+    Images(#[from] StoreError),
+    /// A blocking image store task panicked or was cancelled.
+    #[error("image store: {0}")]
+    ImageTask(#[source] tokio::task::JoinError),
 }
 
 impl GatewayError {
@@ -55,7 +59,9 @@ impl GatewayError {
             E::Prepare(PrepareError::ContainersUnavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            E::Prepare(_) | E::Registry(_) | E::Images(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Prepare(_) | E::Registry(_) | E::Images(_) | E::ImageTask(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             E::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             E::Upload(UploadError::Empty | UploadError::Body(_)) => StatusCode::BAD_REQUEST,
             E::Upload(UploadError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,6 +164,20 @@ mod tests {
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!e.public_message().contains("secret"));
         assert!(e.public_message().contains("function f"));
+    }
+
+    #[test]
+    fn image_store_errors_keep_their_cause() {
+        let store = StoreError::Io {
+            path: "/data/images".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let text = format!("image store: {store}");
+        let e = GatewayError::from(store);
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.public_message(), text);
+        let source = std::error::Error::source(&e).expect("the store error is the source");
+        assert!(source.is::<StoreError>(), "{source:?}");
     }
 
     #[test]

@@ -153,6 +153,14 @@ impl App {
         Ok((Arc::new(app), fresh.then_some(token)))
     }
 
+    /// The deployed function `name`, or the error that answers 404.
+    pub(crate) fn function(&self, name: &str) -> Result<Arc<Function>, GatewayError> {
+        self.functions
+            .get(name)
+            .map(|f| f.clone())
+            .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))
+    }
+
     /// Answers one request; never fails (errors become responses).
     pub async fn handle(self: Arc<Self>, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
         let method = req.method().clone();
@@ -193,11 +201,7 @@ impl App {
         req: Request<Body>,
         remote: SocketAddr,
     ) -> Result<Response<Body>, GatewayError> {
-        let function = self
-            .functions
-            .get(name)
-            .map(|f| f.clone())
-            .ok_or_else(|| GatewayError::UnknownFunction(name.to_owned()))?;
+        let function = self.function(name)?;
         let started = std::time::Instant::now();
         let _in_flight = function.metrics.in_flight_guard();
         let response = self

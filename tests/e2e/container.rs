@@ -277,7 +277,7 @@ async fn broken_and_hostile_images_are_refused_at_deploy() {
     header.set_cksum();
     layer.append(&header, &b"evil"[..]).unwrap();
     let layer = wisp_oci_writer::Layer::from_tar(layer.into_inner().unwrap());
-    let image = wisp::pack::image(layer, &["/x".into()]);
+    let image = wisp::cli::pack::image(layer, &["/x".into()]);
     let uploaded = wisp.client.upload_artifact(image).await.unwrap();
     let d = wisp_e2e::FunctionDeployment {
         service: "hostile".into(),

@@ -10,8 +10,8 @@ use wisp_e2e::{Wisp, artifacts, eventually};
 async fn a_burst_of_first_requests_shares_the_instances_it_starts() {
     let wisp = Wisp::start();
     wisp.deploy_with("ping", artifacts::PING_DOCKER_ARCHIVE, |d| {
-        d.concurrency = Some(4);
-        d.max_instances = Some(10);
+        d.scaling.concurrency = Some(4);
+        d.scaling.max_instances = Some(10);
     })
     .await
     .unwrap();
@@ -42,12 +42,12 @@ async fn a_burst_of_first_requests_shares_the_instances_it_starts() {
 async fn idle_instances_scale_to_zero_and_come_back_cold() {
     let wisp = Wisp::start();
     wisp.deploy_with("hello", artifacts::HELLO, |d| {
-        d.idle_timeout = Some("300ms".into());
+        d.scaling.idle_timeout = Some("300ms".into());
     })
     .await
     .unwrap();
     wisp.deploy_with("ping", artifacts::PING_DOCKER_ARCHIVE, |d| {
-        d.idle_timeout = Some("300ms".into());
+        d.scaling.idle_timeout = Some("300ms".into());
     })
     .await
     .unwrap();

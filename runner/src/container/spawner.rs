@@ -112,12 +112,12 @@ impl SpawnerHandle {
             SockFlag::SOCK_CLOEXEC,
         )?;
         let parent = nix::unistd::getpid();
-        // SAFETY: the process has exactly one thread (checked above), so the
-        // child inherits no lock held by another thread.
         #[expect(
             clippy::disallowed_methods,
             reason = "the one fork outside a container: before any thread exists"
         )]
+        // SAFETY: the process has exactly one thread (checked above), so the
+        // child inherits no lock held by another thread.
         let forked = unsafe { nix::unistd::fork() }?;
         match forked {
             ForkResult::Child => {
@@ -246,12 +246,12 @@ fn spawn_one(
         init::close_inherited(&inherited);
         init::container_main(req, control, userns, filters)
     });
-    // SAFETY: the spawner is single-threaded; without CLONE_VM the child
-    // runs on its own copy of `stack` and of the whole address space.
     #[expect(
         clippy::disallowed_methods,
         reason = "the spawner is where containers are cloned"
     )]
+    // SAFETY: the spawner is single-threaded; without CLONE_VM the child
+    // runs on its own copy of `stack` and of the whole address space.
     let pid = unsafe { nix::sched::clone(child, stack, flags, Some(Signal::SIGCHLD as i32)) }
         .map_err(sys_at("clone"))?;
     let pidfd = sys::pidfd_open(pid.as_raw()).map_err(sys_at("pidfd_open"))?;
@@ -274,11 +274,11 @@ fn make_userns(id_map: IdMap, stack: &mut [u8]) -> Result<OwnedFd, CloneError> {
         let _ = nix::unistd::read(fd, &mut byte);
         0
     });
-    // SAFETY: single-threaded; the child runs on its own copy of `stack`.
     #[expect(
         clippy::disallowed_methods,
         reason = "the spawner is where containers are cloned"
     )]
+    // SAFETY: single-threaded; the child runs on its own copy of `stack`.
     let pid = unsafe {
         nix::sched::clone(
             child,

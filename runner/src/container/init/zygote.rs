@@ -161,12 +161,12 @@ impl Zygote {
         let (failure_r, failure_w) = control_pipe()?;
         let (out_r, out_w) = output_pipe()?;
         let (err_r, err_w) = output_pipe()?;
-        // SAFETY: init is single-threaded, so the child may allocate and
-        // run arbitrary code until it execs.
         #[expect(
             clippy::disallowed_methods,
             reason = "init is single-threaded: it forks the handler's process"
         )]
+        // SAFETY: init is single-threaded, so the child may allocate and
+        // run arbitrary code until it execs.
         let forked = unsafe { nix::unistd::fork() };
         match forked.map_err(at(Stage::Fork))? {
             ForkResult::Child => {
@@ -279,12 +279,12 @@ pub(super) fn spawn_cgi(
     let command = Command::of(plan, extra_env)?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_step("pipe"))?;
-    // SAFETY: init is single-threaded, so the child may allocate and run
-    // arbitrary code until it execs.
     #[expect(
         clippy::disallowed_methods,
         reason = "init is single-threaded: it forks each CGI process"
     )]
+    // SAFETY: init is single-threaded, so the child may allocate and run
+    // arbitrary code until it execs.
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Err(e) => Err(sys_step("fork")(e)),

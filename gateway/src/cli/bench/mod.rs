@@ -33,8 +33,8 @@ use http::{HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::api::{FunctionDeployment, FunctionResources, FunctionStatus};
-use crate::client::{Client, ClientError};
+use super::client::{Client, ClientError};
+use crate::api::{FunctionDeployment, FunctionResources, FunctionStatus, ScalingFields};
 use stats::{Recorder, Summary};
 
 /// How to load the function.
@@ -363,9 +363,12 @@ fn copy_of(status: &FunctionStatus, name: String) -> FunctionDeployment {
         protocol: status.protocol.map(|p| p.as_str().to_owned()),
         port: status.port,
         command: (!status.command.is_empty()).then(|| status.command.clone()),
-        min_instances: Some(0),
-        max_instances: Some(status.scaling.max_instances.try_into().unwrap_or(u32::MAX)),
-        concurrency: Some(status.scaling.concurrency.try_into().unwrap_or(u32::MAX)),
+        scaling: ScalingFields {
+            min_instances: Some(0),
+            max_instances: Some(status.scaling.max_instances.try_into().unwrap_or(u32::MAX)),
+            concurrency: Some(status.scaling.concurrency.try_into().unwrap_or(u32::MAX)),
+            ..ScalingFields::default()
+        },
         instance_reuse: status.instance_reuse,
         ..FunctionDeployment::default()
     }

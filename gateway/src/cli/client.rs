@@ -143,6 +143,13 @@ impl Client {
         Ok(answer)
     }
 
+    fn encode(&self, value: &impl serde::Serialize) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(value).map_err(|e| ClientError::Request {
+            gateway: self.gateway.clone(),
+            detail: e.to_string(),
+        })
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(&self, answer: &Answer) -> Result<T, ClientError> {
         serde_json::from_slice(&answer.body).map_err(|e| ClientError::Decode {
             gateway: self.gateway.clone(),
@@ -161,10 +168,7 @@ impl Client {
     }
 
     pub async fn deploy(&self, deployment: &FunctionDeployment) -> Result<(), ClientError> {
-        let body = serde_json::to_vec(deployment).map_err(|e| ClientError::Request {
-            gateway: self.gateway.clone(),
-            detail: e.to_string(),
-        })?;
+        let body = self.encode(deployment)?;
         self.system(Method::POST, "/system/functions", body)
             .await
             .map(drop)
@@ -201,10 +205,7 @@ impl Client {
         name: &str,
         request: &crate::api::ScaleRequest,
     ) -> Result<String, ClientError> {
-        let body = serde_json::to_vec(request).map_err(|e| ClientError::Request {
-            gateway: self.gateway.clone(),
-            detail: e.to_string(),
-        })?;
+        let body = self.encode(request)?;
         let answer = self
             .system(
                 Method::POST,

@@ -1,288 +1,20 @@
-//! The `wisp` command line: `serve` runs the gateway; `deploy`, `invoke`,
-//! `ls` and `rm` talk to a running gateway over HTTP. Every flag can also be
-//! set by an environment variable, shown in `--help` with its default.
+//! Running each `wisp` subcommand: `serve` starts the gateway, the others
+//! call a running gateway through [`Client`] and print what it answered.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::BodyExt;
 use wisp_runner::container::spawner::SpawnerHandle;
-use wisp_runner::spec;
 use wisp_runner::wasm::WasmConfig;
 
+use super::args::{BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LogsArgs};
+use super::client::{Client, ClientError};
 use crate::api::{FunctionDeployment, FunctionResources};
-use crate::client::{Client, ClientError};
 use crate::server::{ServeConfig, serve, shutdown_signal};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "wisp",
-    version,
-    about = "wisp: a Function-as-a-Service runtime for WebAssembly components and OCI images"
-)]
-pub struct Cli {
-    /// Log filter (tracing's env-filter syntax, e.g. `info`, `wisp=debug`).
-    #[arg(long, env = "WISP_LOG", default_value = "info", global = true)]
-    pub log: String,
-    /// Log format.
-    #[arg(long, env = "WISP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
-    pub log_format: String,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the gateway.
-    Serve(ServeArgs),
-    /// Upload a function's artifact and deploy it (replacing a function of the same name).
-    Deploy(Box<DeployArgs>),
-    /// Call a function and print its response body.
-    Invoke(InvokeArgs),
-    /// List deployed functions.
-    Ls(ConnectArgs),
-    /// Remove a function.
-    Rm(RmArgs),
-    /// Load a function and measure it: warm, open-loop rate, cold starts, or a burst.
-    Bench(Box<BenchArgs>),
-    /// Print a function's output (stdout and stderr of its handlers).
-    Logs(LogsArgs),
-    /// Change a function's scaling settings (live).
-    Scale(ScaleArgs),
-    /// List container images, their layers and sizes, and the functions using them.
-    Images(ConnectArgs),
-    /// Remove the images (and layers) no deployed function uses.
-    Prune(ConnectArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "WISP_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Where the registry, artifacts and token live [default: /var/lib/wisp as root, ./.wisp otherwise].
-    #[arg(long, env = "WISP_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// How long in-flight requests may take to finish at shutdown.
-    #[arg(long, env = "WISP_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
-    pub shutdown_grace: Duration,
-    /// Time a client has to send a request's head before it is disconnected.
-    #[arg(long, env = "WISP_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
-    pub header_read_timeout: Duration,
-    /// Largest artifact that may be uploaded.
-    #[arg(long, env = "WISP_MAX_ARTIFACT_SIZE", default_value = "512Mi", value_parser = bytes)]
-    pub max_artifact_size: u64,
-    /// WebAssembly instances that may run at once, across all functions.
-    #[arg(long, env = "WISP_MAX_WASM_INSTANCES", default_value_t = 256)]
-    pub max_wasm_instances: u32,
-    /// Container sandboxes (namespaces, cgroup, init) kept made ahead of
-    /// demand, so a cold start only mounts the image and starts the handler.
-    #[arg(long, env = "WISP_PREMADE_SANDBOXES", default_value_t = wisp_runner::container::DEFAULT_PREMADE)]
-    pub premade_sandboxes: usize,
-}
-
-#[derive(Debug, Args)]
-pub struct ConnectArgs {
-    /// Base URL of the gateway.
-    #[arg(long, env = "WISP_GATEWAY", default_value = "http://127.0.0.1:8080")]
-    pub gateway: String,
-    /// Control API token [default: read from <data dir>/token].
-    #[arg(long, env = "WISP_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Data dir of a local gateway, to read its token from [default: /var/lib/wisp as root, ./.wisp otherwise].
-    #[arg(long, env = "WISP_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct DeployArgs {
-    /// Function name (lower-case letters, digits, '-', '_', '.'; at most 63).
-    pub name: String,
-    /// The artifact: a wasi:http component or WASI preview1 CGI module
-    /// (.wasm), or an OCI image (a `docker save` / OCI archive tar, or an
-    /// OCI image layout directory).
-    #[arg(required_unless_present_any = ["image", "rootfs", "binary"])]
-    pub file: Option<PathBuf>,
-    /// An OCI image: a `docker save` / `podman save` / OCI archive tar, or an OCI layout directory.
-    #[arg(long, conflicts_with_all = ["file", "rootfs", "binary"])]
-    pub image: Option<PathBuf>,
-    /// A root filesystem directory to run as a one-layer image (needs --cmd).
-    #[arg(long, conflicts_with_all = ["file", "image", "binary"])]
-    pub rootfs: Option<PathBuf>,
-    /// A static executable to run as a one-layer image.
-    #[arg(long, conflicts_with_all = ["file", "image", "rootfs"])]
-    pub binary: Option<PathBuf>,
-    /// Command (and arguments) replacing the image's Entrypoint and Cmd; repeat per word.
-    #[arg(long = "cmd", value_name = "WORD", num_args = 1.., allow_hyphen_values = true)]
-    pub cmd: Vec<String>,
-    /// Containers: how wisp reaches the handler, `http` (it listens on $PORT) or `cgi`.
-    #[arg(long)]
-    pub protocol: Option<String>,
-    /// Containers: the port an `http` handler listens on [default: the image's only exposed port, else 8080].
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Containers: CPU cap, in cores (`0.5`) or millicores (`500m`) [default: none].
-    #[arg(long)]
-    pub cpu: Option<String>,
-    #[command(flatten)]
-    pub scaling: ScalingArgs,
-    /// wasi:http components: requests one wasm instance serves before a
-    /// fresh one is made (like `wasmtime serve --max-instance-reuse-count`) [default: 1].
-    #[arg(long)]
-    pub instance_reuse: Option<u32>,
-    /// Environment variable for the function, KEY=VALUE (repeatable).
-    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Request deadline [default: 30s].
-    #[arg(long, env = "WISP_DEPLOY_TIMEOUT")]
-    pub timeout: Option<String>,
-    /// Memory cap of one instance [default: 128Mi].
-    #[arg(long, env = "WISP_DEPLOY_MEMORY")]
-    pub memory: Option<String>,
-    /// Largest request body [default: 6Mi].
-    #[arg(long, env = "WISP_DEPLOY_MAX_BODY")]
-    pub max_body: Option<String>,
-    /// Host the function may call over HTTP, or `*` (repeatable) [default: none].
-    #[arg(long = "allow-outbound", value_name = "HOST")]
-    pub allow_outbound: Vec<String>,
-    /// Label, KEY=VALUE (repeatable).
-    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
-    pub labels: Vec<String>,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-/// Scaling flags, shared by `deploy` and `scale`.
-#[derive(Debug, Args, Default)]
-pub struct ScalingArgs {
-    /// Instances kept running (pre-warmed) [default: 0, scale to zero].
-    #[arg(long = "min")]
-    pub min_instances: Option<u32>,
-    /// Most instances [default: 10 for containers, 1 for wasm].
-    #[arg(long = "max")]
-    pub max_instances: Option<u32>,
-    /// Requests one instance takes at once [default: containers 8 (http) or 1 (cgi); wasm 1000].
-    #[arg(long)]
-    pub concurrency: Option<u32>,
-    /// Idle time before an instance stops, e.g. `60s` [default: 60s].
-    #[arg(long)]
-    pub idle_timeout: Option<String>,
-    /// Requests that may wait once every instance is busy [default: 100].
-    #[arg(long)]
-    pub queue_size: Option<u32>,
-    /// Longest wait in that queue [default: the request timeout].
-    #[arg(long)]
-    pub queue_timeout: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Function name.
-    pub name: String,
-    /// warm: closed loop; rate: open loop at --rate; cold: every request
-    /// finds zero instances (copies of the function); burst: concurrent
-    /// first requests.
-    #[arg(long, value_enum, default_value = "warm")]
-    pub mode: crate::bench::Mode,
-    /// Requests to measure [default: cold 20, burst --concurrency; warm and rate run for --duration].
-    #[arg(long)]
-    pub requests: Option<u64>,
-    /// How long warm and rate run, e.g. `10s` [default: 10s unless --requests].
-    #[arg(long, value_parser = duration)]
-    pub duration: Option<Duration>,
-    /// Requests at once [default: warm 16, burst 100, rate and cold 1].
-    #[arg(long)]
-    pub concurrency: Option<usize>,
-    /// Requests per second (rate mode).
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Path below the function.
-    #[arg(long, default_value = "/")]
-    pub path: String,
-    /// HTTP method.
-    #[arg(long, short = 'X', default_value = "GET")]
-    pub method: String,
-    /// Request body (literal text).
-    #[arg(long, short = 'd')]
-    pub data: Option<String>,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Draw the latency distribution (CDF and histogram) to this SVG file.
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct LogsArgs {
-    /// Function name.
-    pub name: String,
-    /// Keep printing new lines as they are written.
-    #[arg(long, short = 'f')]
-    pub follow: bool,
-    /// Only the last N lines kept.
-    #[arg(long)]
-    pub tail: Option<usize>,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct ScaleArgs {
-    /// Function name.
-    pub name: String,
-    #[command(flatten)]
-    pub scaling: ScalingArgs,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct InvokeArgs {
-    /// Function name.
-    pub name: String,
-    /// Path below the function, e.g. `/items/1?x=2` [default: /].
-    #[arg(long, default_value = "/")]
-    pub path: String,
-    /// HTTP method [default: POST with --data, GET without].
-    #[arg(long, short = 'X')]
-    pub method: Option<String>,
-    /// Request body: literal text, `@FILE`, or `-` for stdin.
-    #[arg(long, short = 'd')]
-    pub data: Option<String>,
-    /// Request header, `Name: value` (repeatable).
-    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
-    pub headers: Vec<String>,
-    /// Print the status line and response headers to stderr.
-    #[arg(long, short = 'i')]
-    pub include: bool,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct RmArgs {
-    /// Function name.
-    pub name: String,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    spec::parse_duration("duration", s).map_err(|e| e.to_string())
-}
-
-fn bytes(s: &str) -> Result<u64, String> {
-    spec::parse_bytes("size", s).map_err(|e| e.to_string())
-}
 
 /// `/var/lib/wisp` when running as root, `./.wisp` otherwise.
 pub fn default_data_dir() -> PathBuf {
@@ -334,15 +66,9 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
         Command::Logs(args) => logs(args).await,
         Command::Bench(args) => bench(*args).await,
         Command::Scale(args) => {
-            let s = &args.scaling;
             let request = crate::api::ScaleRequest {
                 service_name: Some(args.name.clone()),
-                min_instances: s.min_instances,
-                max_instances: s.max_instances,
-                concurrency: s.concurrency,
-                idle_timeout: s.idle_timeout.clone(),
-                queue_size: s.queue_size,
-                queue_timeout: s.queue_timeout.clone(),
+                scaling: args.scaling,
                 ..Default::default()
             };
             let answer = connect(&args.connect)?.scale(&args.name, &request).await?;
@@ -395,11 +121,11 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let client = connect(&args.connect)?;
     let mut command = args.cmd.clone();
     let bytes = if let Some(rootfs) = &args.rootfs {
-        let bytes = crate::pack::rootfs_image(rootfs, &command)?;
+        let bytes = super::pack::rootfs_image(rootfs, &command)?;
         command.clear();
         bytes
     } else if let Some(binary) = &args.binary {
-        let bytes = crate::pack::binary_image(binary, &command)?;
+        let bytes = super::pack::binary_image(binary, &command)?;
         command.clear();
         bytes
     } else {
@@ -409,9 +135,9 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             .or(args.file.as_ref())
             .context("name the artifact: FILE, --image, --rootfs or --binary")?;
         if path.is_dir() {
-            crate::pack::tar_dir(path)?
+            super::pack::tar_dir(path)?
         } else {
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+            read_file(path)?
         }
     };
     let uploaded = client.upload_artifact(bytes).await?;
@@ -427,12 +153,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         protocol: args.protocol.clone(),
         port: args.port,
         command: (!command.is_empty()).then_some(command),
-        min_instances: args.scaling.min_instances,
-        max_instances: args.scaling.max_instances,
-        concurrency: args.scaling.concurrency,
-        idle_timeout: args.scaling.idle_timeout.clone(),
-        queue_size: args.scaling.queue_size,
-        queue_timeout: args.scaling.queue_timeout.clone(),
+        scaling: args.scaling,
         instance_reuse: args.instance_reuse,
         timeout: args.timeout,
         max_body_size: args.max_body,
@@ -554,7 +275,7 @@ async fn ls(args: ConnectArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    use crate::bench::{BenchConfig, Mode};
+    use super::bench::{BenchConfig, Mode};
     let method: Method = args
         .method
         .parse()
@@ -578,8 +299,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         plot: args.plot,
     };
     let client = connect(&args.connect)?;
-    let report = crate::bench::run(&client, &config).await?;
-    print!("{}", crate::bench::render(&report));
+    let report = super::bench::run(&client, &config).await?;
+    print!("{}", super::bench::render(&report));
     Ok(())
 }
 

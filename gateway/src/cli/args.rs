@@ -1,0 +1,254 @@
+//! The `wisp` command line's clap definitions: the global flags, one
+//! `*Args` struct per subcommand, and the flag groups they share
+//! ([`ConnectArgs`], and the API's [`ScalingFields`]). Every flag can also
+//! be set by an environment variable, shown in `--help` with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use wisp_runner::spec;
+
+use crate::api::ScalingFields;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wisp",
+    version,
+    about = "wisp: a Function-as-a-Service runtime for WebAssembly components and OCI images"
+)]
+pub struct Cli {
+    /// Log filter (tracing's env-filter syntax, e.g. `info`, `wisp=debug`).
+    #[arg(long, env = "WISP_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "WISP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Upload a function's artifact and deploy it (replacing a function of the same name).
+    Deploy(Box<DeployArgs>),
+    /// Call a function and print its response body.
+    Invoke(InvokeArgs),
+    /// List deployed functions.
+    Ls(ConnectArgs),
+    /// Remove a function.
+    Rm(RmArgs),
+    /// Load a function and measure it: warm, open-loop rate, cold starts, or a burst.
+    Bench(Box<BenchArgs>),
+    /// Print a function's output (stdout and stderr of its handlers).
+    Logs(LogsArgs),
+    /// Change a function's scaling settings (live).
+    Scale(ScaleArgs),
+    /// List container images, their layers and sizes, and the functions using them.
+    Images(ConnectArgs),
+    /// Remove the images (and layers) no deployed function uses.
+    Prune(ConnectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WISP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the registry, artifacts and token live [default: /var/lib/wisp as root, ./.wisp otherwise].
+    #[arg(long, env = "WISP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, env = "WISP_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+    /// Time a client has to send a request's head before it is disconnected.
+    #[arg(long, env = "WISP_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+    /// Largest artifact that may be uploaded.
+    #[arg(long, env = "WISP_MAX_ARTIFACT_SIZE", default_value = "512Mi", value_parser = bytes)]
+    pub max_artifact_size: u64,
+    /// WebAssembly instances that may run at once, across all functions.
+    #[arg(long, env = "WISP_MAX_WASM_INSTANCES", default_value_t = 256)]
+    pub max_wasm_instances: u32,
+    /// Container sandboxes (namespaces, cgroup, init) kept made ahead of
+    /// demand, so a cold start only mounts the image and starts the handler.
+    #[arg(long, env = "WISP_PREMADE_SANDBOXES", default_value_t = wisp_runner::container::DEFAULT_PREMADE)]
+    pub premade_sandboxes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Base URL of the gateway.
+    #[arg(long, env = "WISP_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    pub gateway: String,
+    /// Control API token [default: read from <data dir>/token].
+    #[arg(long, env = "WISP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data dir of a local gateway, to read its token from [default: /var/lib/wisp as root, ./.wisp otherwise].
+    #[arg(long, env = "WISP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Function name (lower-case letters, digits, '-', '_', '.'; at most 63).
+    pub name: String,
+    /// The artifact: a wasi:http component or WASI preview1 CGI module
+    /// (.wasm), or an OCI image (a `docker save` / OCI archive tar, or an
+    /// OCI image layout directory).
+    #[arg(required_unless_present_any = ["image", "rootfs", "binary"])]
+    pub file: Option<PathBuf>,
+    /// An OCI image: a `docker save` / `podman save` / OCI archive tar, or an OCI layout directory.
+    #[arg(long, conflicts_with_all = ["file", "rootfs", "binary"])]
+    pub image: Option<PathBuf>,
+    /// A root filesystem directory to run as a one-layer image (needs --cmd).
+    #[arg(long, conflicts_with_all = ["file", "image", "binary"])]
+    pub rootfs: Option<PathBuf>,
+    /// A static executable to run as a one-layer image.
+    #[arg(long, conflicts_with_all = ["file", "image", "rootfs"])]
+    pub binary: Option<PathBuf>,
+    /// Command (and arguments) replacing the image's Entrypoint and Cmd; repeat per word.
+    #[arg(long = "cmd", value_name = "WORD", num_args = 1.., allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+    /// Containers: how wisp reaches the handler, `http` (it listens on $PORT) or `cgi`.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Containers: the port an `http` handler listens on [default: the image's only exposed port, else 8080].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Containers: CPU cap, in cores (`0.5`) or millicores (`500m`) [default: none].
+    #[arg(long)]
+    pub cpu: Option<String>,
+    #[command(flatten)]
+    pub scaling: ScalingFields,
+    /// wasi:http components: requests one wasm instance serves before a
+    /// fresh one is made (like `wasmtime serve --max-instance-reuse-count`) [default: 1].
+    #[arg(long)]
+    pub instance_reuse: Option<u32>,
+    /// Environment variable for the function, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Request deadline [default: 30s].
+    #[arg(long, env = "WISP_DEPLOY_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// Memory cap of one instance [default: 128Mi].
+    #[arg(long, env = "WISP_DEPLOY_MEMORY")]
+    pub memory: Option<String>,
+    /// Largest request body [default: 6Mi].
+    #[arg(long, env = "WISP_DEPLOY_MAX_BODY")]
+    pub max_body: Option<String>,
+    /// Host the function may call over HTTP, or `*` (repeatable) [default: none].
+    #[arg(long = "allow-outbound", value_name = "HOST")]
+    pub allow_outbound: Vec<String>,
+    /// Label, KEY=VALUE (repeatable).
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Function name.
+    pub name: String,
+    /// warm: closed loop; rate: open loop at --rate; cold: every request
+    /// finds zero instances (copies of the function); burst: concurrent
+    /// first requests.
+    #[arg(long, value_enum, default_value = "warm")]
+    pub mode: super::bench::Mode,
+    /// Requests to measure [default: cold 20, burst --concurrency; warm and rate run for --duration].
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// How long warm and rate run, e.g. `10s` [default: 10s unless --requests].
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Requests at once [default: warm 16, burst 100, rate and cold 1].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Requests per second (rate mode).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Path below the function.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// HTTP method.
+    #[arg(long, short = 'X', default_value = "GET")]
+    pub method: String,
+    /// Request body (literal text).
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw the latency distribution (CDF and histogram) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Function name.
+    pub name: String,
+    /// Keep printing new lines as they are written.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines kept.
+    #[arg(long)]
+    pub tail: Option<usize>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Function name.
+    pub name: String,
+    #[command(flatten)]
+    pub scaling: ScalingFields,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// Function name.
+    pub name: String,
+    /// Path below the function, e.g. `/items/1?x=2` [default: /].
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// HTTP method [default: POST with --data, GET without].
+    #[arg(long, short = 'X')]
+    pub method: Option<String>,
+    /// Request body: literal text, `@FILE`, or `-` for stdin.
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// Request header, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Print the status line and response headers to stderr.
+    #[arg(long, short = 'i')]
+    pub include: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Function name.
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    spec::parse_duration("duration", s).map_err(|e| e.to_string())
+}
+
+fn bytes(s: &str) -> Result<u64, String> {
+    spec::parse_bytes("size", s).map_err(|e| e.to_string())
+}
