@@ -50,13 +50,6 @@ record() {
   if [ -n "$3" ] && [ -n "$4" ]; then echo "$1|$2|$3|$4|${5:-}" >>"$results"; else echo "compare: no result for $1 / $2" >&2; fi
 }
 json() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['latency']['p50_ms'], r['latency']['p99_ms'], r['throughput_rps'])" "$1"; }
-# wrk_run URL CONNECTIONS → "p50_ms p99_ms req/s"
-wrk_run() {
-  wrk -t"$(( $2 < 2 ? $2 : 2 ))" -c"$2" -d5s --latency "$1" | awk '
-    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)} /Requests\/sec/ {rps=$2}
-    END {print p50, p99, rps}'
-}
 
 # Anchors for container start: crun and runc running /bin/true in ping's
 # rootfs (its layer plus a static busybox as /bin/true).

@@ -91,3 +91,12 @@ runtime_times() {
       awk -v s="$s" -v e="$e" "BEGIN { printf \"%.3f\\n\", (e - s) * 1000 }"
     done' _ "$1" "$2" "$3"
 }
+
+# wrk_run URL CONNECTIONS [SECONDS] → "p50_ms p99_ms req/s" of a closed
+# loop by wrk (default 5 s; at most 2 threads, the machine's cores).
+wrk_run() {
+  wrk -t"$(( $2 < 2 ? $2 : 2 ))" -c"$2" -d"${3:-5}s" --latency "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)} /Requests\/sec/ {rps=$2}
+    END {print p50, p99, rps}'
+}

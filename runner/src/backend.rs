@@ -99,10 +99,18 @@ pub enum PrepareError {
         "artifact {digest} is not in the artifact store; upload it with POST /system/artifacts"
     )]
     MissingArtifact { digest: String },
-    #[error("storage error while preparing artifact {digest}: {detail}")]
-    Storage { digest: String, detail: String },
-    #[error("artifact {digest} is neither a WebAssembly binary nor a usable OCI image: {detail}")]
-    BadImage { digest: String, detail: String },
+    #[error("storage error while preparing artifact {digest}: {cause}")]
+    Storage {
+        digest: String,
+        #[source]
+        cause: Cause,
+    },
+    #[error("artifact {digest} is neither a WebAssembly binary nor a usable OCI image: {cause}")]
+    BadImage {
+        digest: String,
+        #[source]
+        cause: Cause,
+    },
     #[error("cannot run container functions: {cause}")]
     ContainersUnavailable {
         #[source]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::backend::{Backend, Instance, PrepareError, Prepared, StartError};
+use crate::backend::{Backend, Cause, Instance, PrepareError, Prepared, StartError};
 use crate::container::ContainerBackend;
 use crate::spec::{Digest, FunctionKind, FunctionSpec};
 use crate::store::artifact::ArtifactStore;
@@ -44,7 +44,7 @@ impl Backend for Router {
             }
             Err(e) => Err(PrepareError::Storage {
                 digest: artifact.to_string(),
-                detail: e.to_string(),
+                cause: Cause::new(e),
             }),
         }
     }

@@ -189,11 +189,11 @@ impl Backend for ContainerBackend {
             .await
             .map_err(|e| PrepareError::Storage {
                 digest: digest.clone(),
-                detail: format!("import task failed: {e}"),
+                cause: Cause::new(e),
             })?
             .map_err(|e| PrepareError::BadImage {
                 digest: digest.clone(),
-                detail: e.to_string(),
+                cause: Cause::new(e),
             })?;
         tracing::info!(artifact = %digest, image = %image.manifest_digest, layers = image.layers.len(), "image imported");
         Ok(Prepared {

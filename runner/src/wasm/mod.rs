@@ -29,7 +29,7 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig,
 };
 
-use crate::backend::{Backend, Instance, PrepareError, Prepared, StartError};
+use crate::backend::{Backend, Cause, Instance, PrepareError, Prepared, StartError};
 use crate::spec::{Digest, FunctionKind, FunctionSpec, MAX_MEMORY_BYTES};
 use crate::store::artifact::ArtifactStore;
 
@@ -105,7 +105,7 @@ impl WasmBackend {
         }
         let storage = |e: std::io::Error| PrepareError::Storage {
             digest: digest.clone(),
-            detail: e.to_string(),
+            cause: Cause::new(e),
         };
         let bytes = std::fs::read(self.artifacts.blob_path(artifact)).map_err(storage)?;
         let compiled = match kind {
@@ -164,7 +164,7 @@ impl Backend for WasmBackend {
             Err(e) => {
                 return Err(PrepareError::Storage {
                     digest,
-                    detail: e.to_string(),
+                    cause: Cause::new(e),
                 });
             }
         };
@@ -183,7 +183,7 @@ impl Backend for WasmBackend {
         .await
         .map_err(|e| PrepareError::Storage {
             digest,
-            detail: format!("compile task failed: {e}"),
+            cause: Cause::new(e),
         })?
     }
 
