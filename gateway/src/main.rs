@@ -10,12 +10,11 @@ fn main() -> std::process::ExitCode {
     // Containers are cloned by a spawner process forked now, while this
     // process still has one thread (the async runtime starts below).
     let spawner = match &cli.command {
-        wisp::cli::Command::Serve(_) => Some(
-            wisp_runner::container::spawner::SpawnerHandle::launch(
+        wisp::cli::Command::Serve(_) => {
+            Some(wisp_runner::container::spawner::SpawnerHandle::launch(
                 wisp_runner::container::plan::IdMap::default(),
-            )
-            .map_err(|e| e.to_string()),
-        ),
+            ))
+        }
         _ => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -24,7 +24,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, full_body};
 use wisp_runner::container::ContainerBackend;
-use wisp_runner::container::spawner::SpawnerHandle;
+use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::router::Router;
 use wisp_runner::store::artifact::ArtifactStore;
@@ -83,7 +83,7 @@ impl App {
     /// Opens the data dir and brings back every stored function.
     pub fn open(
         config: &ServeConfig,
-        spawner: Result<SpawnerHandle, String>,
+        spawner: Result<SpawnerHandle, LaunchError>,
     ) -> anyhow::Result<(Arc<App>, Option<String>)> {
         use anyhow::Context as _;
         std::fs::create_dir_all(&config.data_dir)
@@ -363,7 +363,7 @@ pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Respons
 /// Runs the server until `shutdown` resolves, then drains and stops.
 pub async fn serve(
     config: ServeConfig,
-    spawner: Result<SpawnerHandle, String>,
+    spawner: Result<SpawnerHandle, LaunchError>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (app, fresh_token) = App::open(&config, spawner)?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::BodyExt;
-use wisp_runner::container::spawner::SpawnerHandle;
+use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
 use wisp_runner::wasm::WasmConfig;
 
 use super::args::{BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LogsArgs};
@@ -42,7 +42,10 @@ pub fn init_logging(filter: &str, format: &str) {
 
 /// Runs the command; `spawner` is the container spawner `main` forked for
 /// `serve` (or why it could not).
-pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> anyhow::Result<()> {
+pub async fn run(
+    cli: Cli,
+    spawner: Option<Result<SpawnerHandle, LaunchError>>,
+) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = ServeConfig {
@@ -56,7 +59,7 @@ pub async fn run(cli: Cli, spawner: Option<Result<SpawnerHandle, String>>) -> an
                 },
                 premade_sandboxes: args.premade_sandboxes,
             };
-            let spawner = spawner.unwrap_or_else(|| Err("the spawner was not started".into()));
+            let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await
         }
         Command::Deploy(args) => deploy(*args).await,

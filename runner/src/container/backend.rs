@@ -23,7 +23,7 @@ use crate::container::plan::{self, ContainerSettings, IdMap, SandboxPlan};
 use crate::container::premade::{Premade, PremadePool};
 use crate::container::proto::{self, ToInit};
 use crate::container::sandbox::sweep_leftovers;
-use crate::container::spawner::{Spawner, SpawnerHandle, send_async};
+use crate::container::spawner::{LaunchError, Spawner, SpawnerHandle, send_async};
 use crate::container::sys;
 use crate::container::users::ImageUsers;
 use crate::image::{ImageStore, StoreError, UnpackOptions};
@@ -53,7 +53,7 @@ impl ContainerBackend {
     pub fn new(
         artifacts: ArtifactStore,
         data_dir: &Path,
-        spawner: Result<SpawnerHandle, String>,
+        spawner: Result<SpawnerHandle, LaunchError>,
         premade: usize,
     ) -> Result<ContainerBackend, StoreError> {
         let id_map = IdMap::default();

@@ -9,16 +9,16 @@ use std::time::Duration;
 use crate::container::cgroup::CgroupError;
 use crate::container::plan::PlanError;
 use crate::container::proto::Stage;
-use crate::container::spawner::SpawnError;
+use crate::container::spawner::{LaunchError, SpawnError};
 use crate::image::StoreError;
 use crate::spec::Digest;
 
 /// Why this server cannot run container functions at all.
 #[derive(Debug, thiserror::Error)]
 pub enum UnavailableError {
-    /// There is no spawner (not root, …); the reason is `main`'s.
+    /// There is no spawner (not root, …).
     #[error("{0}")]
-    NoSpawner(String),
+    NoSpawner(#[source] LaunchError),
     #[error("cgroups: {0}")]
     Cgroups(#[source] CgroupError),
     #[error("spawner: {0}")]

@@ -91,6 +91,9 @@ pub enum LaunchError {
     Threads(usize),
     #[error("starting the spawner: {0}")]
     Sys(#[from] nix::Error),
+    /// `wisp serve` was run without launching one (a caller's mistake).
+    #[error("the spawner was not started")]
+    NotStarted,
 }
 
 impl SpawnerHandle {
