@@ -119,6 +119,39 @@ async fn ping_runs_from_a_docker_archive_and_an_oci_layout() {
     assert!(wisp.log().contains("ping: listening on"), "{}", wisp.log());
 }
 
+/// Issue 11, finding 10: a CGI `Status: 101` was taken as the final
+/// response (the client got `101 Switching Protocols` and a dead
+/// connection). It is a protocol error of the function's: 502.
+#[tokio::test]
+async fn a_cgi_informational_status_is_a_bad_gateway() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    wisp.deploy_rootfs(
+        "interim",
+        rootfs.path(),
+        &[
+            "--protocol",
+            "cgi",
+            "--cmd",
+            "/bin/sh",
+            "-c",
+            "printf 'Status: 101 Switching Protocols\\r\\nUpgrade: h2c\\r\\n\\r\\n'",
+        ],
+    );
+    for _ in 0..2 {
+        let answer = wisp.invoke("GET", "/function/interim/", "").await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+        assert!(answer.text().contains("interim"), "{}", answer.text());
+    }
+    assert!(wisp.log().contains("informational"), "the cause is logged");
+    let health = wisp.invoke("GET", "/healthz", "").await;
+    assert_eq!(
+        health.status,
+        StatusCode::OK,
+        "the client's connection still serves"
+    );
+}
+
 #[tokio::test]
 async fn cgi_containers_run_one_process_per_request() {
     let wisp = Wisp::start();

@@ -38,6 +38,8 @@ pub enum ResponseError {
     NoColon(String),
     #[error("invalid CGI Status {0:?}")]
     BadStatus(String),
+    #[error("CGI Status {0} is informational (1xx); a CGI response must be final")]
+    Informational(u16),
     #[error("invalid CGI header name {0:?}")]
     BadHeaderName(String),
     #[error("invalid value for CGI header {0}")]
@@ -194,6 +196,12 @@ pub fn parse_response(out: &[u8]) -> Result<Head, ResponseError> {
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .filter(|c| c.as_u16() >= 100)
                 .ok_or_else(|| ResponseError::BadStatus(truncate(value)))?;
+            // A CGI program writes one, final response: a 1xx here would
+            // reach the client as an interim answer with no final one after
+            // it (a `101` would even end the client's HTTP/1.1 connection).
+            if code.is_informational() {
+                return Err(ResponseError::Informational(code.as_u16()));
+            }
             status = Some(code);
             continue;
         }
@@ -262,6 +270,13 @@ mod tests {
         assert!(err(b"no colon here\n\n").to_string().contains("no ':'"));
         assert!(err(b"Status: abc\n\n").to_string().contains("Status"));
         assert!(parse(b"Status: 99\n\n").is_err());
+        for informational in [100, 101, 103, 199] {
+            let out = format!("Status: {informational} Whatever\r\nUpgrade: x\r\n\r\n");
+            assert_eq!(
+                err(out.as_bytes()),
+                ResponseError::Informational(informational)
+            );
+        }
         assert!(parse(b"\nbody").is_err());
         assert!(parse(b"Bad Name: x\n\n").is_err());
     }
