@@ -152,6 +152,41 @@ async fn a_cgi_informational_status_is_a_bad_gateway() {
     );
 }
 
+/// Issue 11, finding 4: a failing handler's stderr reached anonymous
+/// callers in the 502 body. It goes to the logs; the caller gets the
+/// status and a generic reason.
+#[tokio::test]
+async fn a_failing_handlers_stderr_is_not_sent_to_the_caller() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    wisp.deploy_rootfs(
+        "leaky",
+        rootfs.path(),
+        &[
+            "--protocol",
+            "cgi",
+            "--cmd",
+            "/bin/sh",
+            "-c",
+            "echo password=hunter2 >&2; exit 1",
+        ],
+    );
+    let answer = wisp.invoke("GET", "/function/leaky/", "").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+    assert!(answer.text().contains("exit status 1"), "{}", answer.text());
+    assert!(!answer.text().contains("hunter2"), "{}", answer.text());
+    let log = wisp.log();
+    assert!(
+        log.contains("password=hunter2"),
+        "stderr reaches the server log"
+    );
+    let logs = wisp.cli(&["logs", "leaky"]).expect_success();
+    assert!(
+        logs.contains("password=hunter2"),
+        "and the function's logs: {logs}"
+    );
+}
+
 #[tokio::test]
 async fn cgi_containers_run_one_process_per_request() {
     let wisp = Wisp::start();

@@ -108,12 +108,10 @@ impl InitLink {
                     log_output(&self.function, self.pid, stream, &text)
                 }
                 FromInit::Exited(report) => {
+                    // Its stderr is for the operator (this log, the
+                    // function's logs), never in what a caller is told.
                     tracing::warn!(function = %self.function, status = %report.status, stderr = %report.stderr_tail, "handler exited");
-                    break format!(
-                        "the handler exited ({}){}",
-                        report.status,
-                        stderr_suffix(&report.stderr_tail)
-                    );
+                    break format!("the handler exited ({})", report.status);
                 }
                 FromInit::Ready { .. } | FromInit::SetupFailed { .. } => {}
             }

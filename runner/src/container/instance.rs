@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 
 use crate::backend::{Body, Instance, InvokeError, RequestInfo};
-use crate::container::init_link::{InitLink, NsConnector, log_output, stderr_suffix};
+use crate::container::init_link::{InitLink, NsConnector, log_output};
 use crate::container::proto::{ExitStatus, Stream, ToInit};
 use crate::container::sandbox::Sandbox;
 use crate::pool::Deadline;
@@ -188,10 +188,10 @@ impl ContainerInstance {
             return Err(self.out_of_memory());
         }
         if status != ExitStatus::Code(0) && (out.is_empty() || killed) {
-            return Err(self.failure(format!(
-                "the CGI process failed ({status}){}",
-                stderr_suffix(&err_text)
-            )));
+            // Its stderr went to the function's logs above and goes to the
+            // server log here; the caller is told only that it failed.
+            tracing::warn!(function = %function, %status, stderr = %err_text.trim(), "CGI process failed");
+            return Err(self.failure(format!("the CGI process failed ({status})")));
         }
         cgi::response(function, Bytes::from(out))
     }
