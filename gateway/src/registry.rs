@@ -33,6 +33,12 @@ impl StoredFunction {
 pub enum RegistryError {
     #[error("registry database {}: already open: is another wisp serving this data dir?", path.display())]
     AlreadyOpen { path: PathBuf },
+    #[error("making registry database {} private (0600): {source}", path.display())]
+    Private {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("registry database {}: {source}", path.display())]
     Open {
         path: PathBuf,
@@ -55,12 +61,30 @@ fn storage(e: impl Into<redb::Error>) -> RegistryError {
     RegistryError::Storage(Box::new(e.into()))
 }
 
+/// Makes `path` a 0600 file (redb fills an empty one), or makes an
+/// existing one 0600.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 pub struct Registry {
     db: Database,
 }
 
 impl Registry {
+    /// Opens (or makes) the registry at `path`. It holds every function's
+    /// environment: the file is made 0600, an existing one too.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        make_private(path).map_err(|source| RegistryError::Private {
+            path: path.to_owned(),
+            source,
+        })?;
         let db = Database::create(path).map_err(|source| {
             let path = path.to_owned();
             match source {

@@ -88,6 +88,14 @@ impl App {
         use anyhow::Context as _;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        // Functions' environments, their output and the token live here:
+        // only the server's user may look in, also in a data dir an older
+        // wisp made 0755.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", config.data_dir.display()))?;
+        }
         let (token, fresh) = crate::auth::load_or_create(&config.data_dir)
             .with_context(|| format!("reading the token in {}", config.data_dir.display()))?;
         let artifacts =

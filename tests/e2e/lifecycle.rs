@@ -92,3 +92,69 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
         .to_string();
     assert!(err.contains("already open"), "{err}");
 }
+
+/// Issue 11, finding 5: the data dir was 0755 and `wisp.redb` and the log
+/// files 0644, so any local user could read every function's environment
+/// and output. They are made private, and fixed when an older wisp left
+/// them open.
+#[tokio::test]
+async fn the_data_dir_is_private_and_fixed_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("data");
+    // Octal text, so that a failure reads `755`, not `493`.
+    let mode = |p: &std::path::Path| {
+        format!(
+            "{:o}",
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+        )
+    };
+    let log_files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let check = |when: &str| {
+        assert_eq!(mode(&dir), "700", "{when}: the data dir");
+        assert_eq!(mode(&dir.join("wisp.redb")), "600", "{when}: wisp.redb");
+        assert_eq!(mode(&dir.join("token")), "600", "{when}: the token");
+        assert_eq!(mode(&dir.join("logs")), "700", "{when}: the log dir");
+        let files = log_files();
+        assert!(!files.is_empty(), "{when}: a log file was written");
+        for file in files {
+            assert_eq!(mode(&file), "600", "{when}: {}", file.display());
+        }
+    };
+
+    let mut first = Wisp::builder().data_dir(&dir).start().unwrap();
+    first
+        .deploy_with("misbehave", artifacts::MISBEHAVE, |d| {
+            d.env_vars = Some([("PASSWORD".to_owned(), "hunter2".to_owned())].into());
+        })
+        .await
+        .unwrap();
+    let answer = first.invoke("GET", "/function/misbehave/stderr", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    wisp_e2e::eventually(
+        "the function's log file",
+        Duration::from_secs(10),
+        async || std::fs::read_dir(dir.join("logs")).is_ok_and(|mut d| d.next().is_some()),
+    )
+    .await;
+    check("made by this wisp");
+    first.kill();
+
+    // What an older wisp left: readable by everyone.
+    let open = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    open(&dir, 0o755);
+    open(&dir.join("wisp.redb"), 0o644);
+    open(&dir.join("logs"), 0o755);
+    for file in log_files() {
+        open(&file, 0o644);
+    }
+    let _second = Wisp::builder().data_dir(&dir).start().unwrap();
+    check("fixed at start");
+}

@@ -46,9 +46,20 @@ struct FunctionLog {
 }
 
 impl LogStore {
+    /// Opens (or makes) the store in `dir`. Handlers' output may hold
+    /// anything: the directory is made 0700 and its files 0600, those an
+    /// older wisp left readable included.
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> io::Result<LogStore> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(LOG_FILE_MODE))?;
+            }
+        }
         Ok(LogStore {
             dir,
             max_bytes: max_bytes.max(1024),
@@ -111,7 +122,7 @@ impl LogStore {
     ) -> io::Result<()> {
         let path = self.path(function);
         if file.is_none() {
-            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            let f = open_log(&path)?;
             let size = f.metadata()?.len();
             *file = Some((f, size));
         }
@@ -121,7 +132,7 @@ impl LogStore {
             && *size + bytes.len() as u64 > self.max_bytes
         {
             fs::rename(&path, rotated(&path))?;
-            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            let f = open_log(&path)?;
             *file = Some((f, 0));
         }
         if let Some((f, size)) = file.as_mut() {
@@ -231,6 +242,19 @@ pub fn rfc3339(secs: u64, millis: Option<u32>) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Mode of every log file: the server's user only.
+const LOG_FILE_MODE: u32 = 0o600;
+
+/// Opens a log file for appending, making it 0600 if it is new.
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(LOG_FILE_MODE)
+        .open(path)
 }
 
 #[cfg(test)]
