@@ -55,6 +55,7 @@ pub struct Wisp {
 #[derive(Default)]
 pub struct WispBuilder {
     data_dir: Option<PathBuf>,
+    binary: Option<PathBuf>,
     args: Vec<String>,
     run_as: Option<u32>,
 }
@@ -70,6 +71,12 @@ impl WispBuilder {
     /// `setpriv`; the data dir is handed to that user.
     pub fn run_as(mut self, uid: u32) -> Self {
         self.run_as = Some(uid);
+        self
+    }
+
+    /// Runs this binary instead of [`wisp_bin`] (a renamed copy, say).
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_owned());
         self
     }
 
@@ -93,8 +100,9 @@ impl WispBuilder {
             .create(true)
             .append(true)
             .open(data_dir.join("server.log"))?;
+        let binary = self.binary.unwrap_or_else(wisp_bin);
         let mut command = match self.run_as {
-            None => Command::new(wisp_bin()),
+            None => Command::new(&binary),
             Some(uid) => {
                 std::os::unix::fs::chown(&data_dir, Some(uid), Some(uid))?;
                 std::os::unix::fs::chown(data_dir.join("server.log"), Some(uid), Some(uid))?;
@@ -103,7 +111,7 @@ impl WispBuilder {
                     .arg(format!("--regid={uid}"))
                     .arg("--clear-groups")
                     .arg("--")
-                    .arg(wisp_bin());
+                    .arg(&binary);
                 c
             }
         };

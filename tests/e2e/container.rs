@@ -59,7 +59,8 @@ fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
             parents.push(Path::new("/sys/fs/cgroup").join(path).join("wisp"));
         }
     }
-    let tag = format!("-{pid}-");
+    // `sandbox-<pid>.<start time>-<n>`: the server's pid and start time.
+    let tag = format!("sandbox-{pid}.");
     parents
         .iter()
         .filter_map(|p| std::fs::read_dir(p).ok())
@@ -67,7 +68,7 @@ fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.contains(&tag))
+        .filter(|name| name.starts_with(&tag))
         .collect()
 }
 
@@ -117,6 +118,29 @@ async fn ping_runs_from_a_docker_archive_and_an_oci_layout() {
     // The image's ExposedPorts and Entrypoint were honoured, and the
     // handler's stderr reached the server log.
     assert!(wisp.log().contains("ping: listening on"), "{}", wisp.log());
+}
+
+/// Issue 11, finding 15: a starting server decided which sandboxes were
+/// leftovers by their owner's pid and process name (`wisp`), so it killed
+/// the sandboxes of a live server whose binary has another name (and kept
+/// those of a dead one whose pid a `wisp` CLI reused). Owners are now a pid
+/// and its start time.
+#[tokio::test]
+async fn a_starting_server_leaves_a_live_servers_sandboxes_alone() {
+    let bin = tempfile::tempdir().unwrap();
+    let renamed = bin.path().join("wisp-renamed");
+    std::fs::copy(wisp_e2e::wisp_bin(), &renamed).unwrap();
+    let first = Wisp::builder().binary(&renamed).start().unwrap();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&first, "kept", rootfs.path(), &[]);
+    assert_eq!(probe(&first, "kept", "id").await.0, StatusCode::OK);
+    let _second = Wisp::start();
+    let (status, body) = probe(&first, "kept", "id").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the first server's sandbox lives: {body}"
+    );
 }
 
 /// Issue 11, finding 10: a CGI `Status: 101` was taken as the final

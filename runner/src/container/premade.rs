@@ -16,7 +16,7 @@ use crate::container::error::SandboxError;
 use crate::container::init_link::lock;
 use crate::container::plan::IdMap;
 use crate::container::proto::SpawnRequest;
-use crate::container::sandbox::{CgroupGuard, Sandbox};
+use crate::container::sandbox::{CgroupGuard, Sandbox, owner_tag};
 use crate::container::spawner::Spawner;
 
 /// Makes sandboxes and keeps some waiting for a function.
@@ -26,6 +26,8 @@ pub(crate) struct PremadePool {
     scratch: PathBuf,
     id_map: IdMap,
     seq: AtomicU64,
+    /// This server, as its sandboxes' cgroups name it.
+    owner: String,
     /// Sandboxes made ahead of demand, waiting for a function.
     waiting: Mutex<VecDeque<Premade>>,
     /// How many to keep.
@@ -57,6 +59,7 @@ impl PremadePool {
             scratch,
             id_map,
             seq: AtomicU64::new(0),
+            owner: owner_tag(),
             waiting: Mutex::new(VecDeque::new()),
             target,
             refill: tokio::sync::Notify::new(),
@@ -73,7 +76,7 @@ impl PremadePool {
     /// themselves up at idle priority.
     async fn make(&self, background: bool) -> Result<Premade, SandboxError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!("sandbox-{}-{seq}", std::process::id());
+        let name = format!("sandbox-{}-{seq}", self.owner);
         let cgroup = self
             .cgroups
             .create_unlimited(&name)

@@ -77,20 +77,18 @@ impl Drop for CgroupGuard {
 
 /// Kills and removes the sandboxes' cgroups that servers no longer running
 /// left (after a crash); returns how many there were. Cgroups are named
-/// `sandbox-<server pid>-<n>`, so servers sharing a host (or a cgroup)
-/// leave each other's sandboxes alone.
+/// `sandbox-<owner>-<n>`, where the owner is the server's pid and its start
+/// time ([`owner_tag`]), so servers sharing a host (or a cgroup) leave each
+/// other's sandboxes alone, whatever their binaries are called, and a pid
+/// reused by another process does not keep a dead server's sandboxes.
 pub(crate) fn sweep_leftovers(cgroups: &Cgroups) -> usize {
     let Ok(existing) = cgroups.existing() else {
         return 0;
     };
     let mut removed = 0;
     for cgroup in &existing {
-        let owner = cgroup
-            .name()
-            .rsplit('-')
-            .nth(1)
-            .and_then(|pid| pid.parse::<u32>().ok());
-        if owner.is_some_and(server_is_running) {
+        let owner = cgroup.name().rsplit('-').nth(1).unwrap_or("");
+        if owner_is_running(owner) {
             continue;
         }
         remove_cgroup(cgroups, cgroup);
@@ -99,11 +97,33 @@ pub(crate) fn sweep_leftovers(cgroups: &Cgroups) -> usize {
     removed
 }
 
-/// Whether `pid` is a live wisp process other than this one.
-fn server_is_running(pid: u32) -> bool {
-    pid != std::process::id()
-        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|comm| comm.trim() == "wisp")
+/// This server as the owner of its sandboxes' cgroups: `<pid>.<start
+/// time>` (clock ticks after boot, `/proc/<pid>/stat` field 22), which
+/// names one process for the machine's uptime.
+pub(crate) fn owner_tag() -> String {
+    let pid = std::process::id();
+    format!("{pid}.{}", start_time(pid).unwrap_or(0))
+}
+
+/// Whether `owner` (an [`owner_tag`]) is a live process other than this
+/// one. A name without a start time (an older wisp's, or none) is not.
+fn owner_is_running(owner: &str) -> bool {
+    let Some((pid, start)) = owner.split_once('.') else {
+        return false;
+    };
+    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+        return false;
+    };
+    pid != std::process::id() && start_time(pid) == Some(start)
+}
+
+/// When process `pid` started, in clock ticks after boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // from the last `)`; field 3 is the first after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Kills what is left in `cgroup` and removes it, retrying while the
@@ -127,5 +147,40 @@ fn remove_cgroup(cgroups: &Cgroups, cgroup: &Cgroup) {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_its_own_owner_but_not_running_elsewhere() {
+        let tag = owner_tag();
+        let (pid, start) = tag.split_once('.').unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+        assert_ne!(start, "0", "the start time was read");
+        // This process is skipped (it sweeps only others' leftovers).
+        assert!(!owner_is_running(&tag));
+    }
+
+    #[test]
+    fn a_live_process_owns_only_with_its_start_time() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_time(pid).unwrap();
+        assert!(owner_is_running(&format!("{pid}.{start}")));
+        // The same pid with another start time: the pid was reused.
+        assert!(!owner_is_running(&format!("{pid}.{}", start + 1)));
+        // An older wisp's name, without a start time, or garbage.
+        assert!(!owner_is_running(&pid.to_string()));
+        assert!(!owner_is_running("x.y"));
+        assert!(!owner_is_running(""));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!owner_is_running(&format!("{pid}.{start}")));
     }
 }
