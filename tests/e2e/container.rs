@@ -120,6 +120,49 @@ async fn ping_runs_from_a_docker_archive_and_an_oci_layout() {
     assert!(wisp.log().contains("ping: listening on"), "{}", wisp.log());
 }
 
+/// Issue 11, finding 7: a function's output forged server log lines and
+/// reached the operator's terminal raw (`ESC ] 0;…`, `ESC [2J`). Control
+/// characters are escaped in the server log and in `wisp logs`.
+#[tokio::test]
+async fn function_output_is_escaped_for_the_log_and_the_terminal() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    wisp.deploy_rootfs(
+        "noisy",
+        rootfs.path(),
+        &[
+            "--protocol",
+            "cgi",
+            "--cmd",
+            "/bin/sh",
+            "-c",
+            "printf 'title\\033]0;pwned\\007 clear\\033[2J\\nFORGED-LINE level=INFO\\n' >&2; exit 1",
+        ],
+    );
+    let answer = wisp.invoke("GET", "/function/noisy/", "").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+    let log = wisp.log();
+    assert!(log.contains("pwned"), "the output is logged: {log}");
+    // (The log has tracing's own colour codes: look for the function's.)
+    assert!(
+        !log.contains("\u{1b}]0;") && !log.contains("\u{1b}[2J"),
+        "no escape sequence of the function's in the server log"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED-LINE")),
+        "no forged line in the server log: {log}"
+    );
+    let shown = wisp.cli(&["logs", "noisy"]).expect_success();
+    assert!(
+        shown.contains("pwned") && shown.contains("FORGED-LINE"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+}
+
 /// Issue 11, finding 15: a starting server decided which sandboxes were
 /// leftovers by their owner's pid and process name (`wisp`), so it killed
 /// the sandboxes of a live server whose binary has another name (and kept

@@ -345,10 +345,14 @@ async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=nl).collect();
             match serde_json::from_slice::<wisp_runner::store::logs::LogLine>(&line) {
+                // What a function wrote reaches the terminal escaped.
                 Ok(l) => writeln!(
                     out,
                     "{} {} {}: {}",
-                    l.timestamp, l.instance, l.stream, l.text
+                    l.timestamp,
+                    l.instance,
+                    l.stream,
+                    wisp_runner::store::logs::escape_controls(&l.text)
                 )?,
                 Err(_) => out.write_all(&line)?,
             }

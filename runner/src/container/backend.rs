@@ -30,6 +30,7 @@ use crate::image::{ImageStore, StoreError, UnpackOptions};
 use crate::protocol::Protocol;
 use crate::spec::{Digest, FunctionKind, FunctionSpec};
 use crate::store::artifact::ArtifactStore;
+use crate::store::logs::escape_controls;
 
 /// Longest a sandbox may take to become ready, whatever the function's
 /// request timeout.
@@ -267,7 +268,7 @@ impl Backend for ContainerBackend {
                 } else {
                     report.status.to_string()
                 };
-                tracing::warn!(function = %function, %status, stderr = %report.stderr_tail, "handler exited before it was ready");
+                tracing::warn!(function = %function, %status, stderr = %escape_controls(&report.stderr_tail), "handler exited before it was ready");
                 return Err(StartError::Exited {
                     function,
                     status,

@@ -20,6 +20,7 @@ use crate::container::error::SandboxError;
 use crate::container::proto::{ExitReport, ExitStatus, FromInit, Stream, Timings, ToInit};
 use crate::container::spawner::{recv_async, send_async};
 use crate::spec::FunctionName;
+use crate::store::logs::escape_controls;
 
 /// Why a request could not be passed to the handler through init.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +111,7 @@ impl InitLink {
                 FromInit::Exited(report) => {
                     // Its stderr is for the operator (this log, the
                     // function's logs), never in what a caller is told.
-                    tracing::warn!(function = %self.function, status = %report.status, stderr = %report.stderr_tail, "handler exited");
+                    tracing::warn!(function = %self.function, status = %report.status, stderr = %escape_controls(&report.stderr_tail), "handler exited");
                     break format!("the handler exited ({})", report.status);
                 }
                 FromInit::Ready { .. } | FromInit::SetupFailed { .. } => {}

@@ -23,6 +23,7 @@ use crate::container::sandbox::Sandbox;
 use crate::pool::Deadline;
 use crate::protocol::cgi;
 use crate::spec::{FunctionName, Limits};
+use crate::store::logs::escape_controls;
 
 /// How a stopping handler gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -190,7 +191,7 @@ impl ContainerInstance {
         if status != ExitStatus::Code(0) && (out.is_empty() || killed) {
             // Its stderr went to the function's logs above and goes to the
             // server log here; the caller is told only that it failed.
-            tracing::warn!(function = %function, %status, stderr = %err_text.trim(), "CGI process failed");
+            tracing::warn!(function = %function, %status, stderr = %escape_controls(err_text.trim()), "CGI process failed");
             return Err(self.failure(format!("the CGI process failed ({status})")));
         }
         cgi::response(function, Bytes::from(out))

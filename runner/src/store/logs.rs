@@ -199,11 +199,32 @@ pub fn install(store: Arc<LogStore>) {
 /// server's log at debug level.
 pub fn record(function: &str, instance: &str, stream: &str, text: &str) {
     for line in text.lines().filter(|l| !l.is_empty()) {
+        let line = escape_controls(line);
         tracing::debug!(target: "wisp::function", function, instance, stream, "{line}");
     }
     if let Some(store) = STORE.get() {
         store.append(function, instance, stream, text);
     }
+}
+
+/// `text` with every control character escaped (`\n`, `\u{1b}`, …), for
+/// handler output shown on the server's log or an operator's terminal: a
+/// function must not be able to forge log lines or send escape sequences
+/// to the terminal (the NDJSON files keep the bytes as written, escaped by
+/// JSON).
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 fn rotated(path: &Path) -> PathBuf {
@@ -259,6 +280,20 @@ fn open_log(path: &Path) -> io::Result<File> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain text ü"), "plain text ü");
+        assert_eq!(
+            escape_controls("a\x1b]0;title\x07b\r\nFAKE\tc"),
+            "a\\u{1b}]0;title\\u{7}b\\r\\nFAKE\\tc"
+        );
+        assert!(
+            !escape_controls("\x1b[2J\u{9b}")
+                .chars()
+                .any(char::is_control)
+        );
+    }
+
     use super::*;
 
     #[test]
