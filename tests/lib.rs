@@ -216,6 +216,14 @@ impl Wisp {
         );
     }
 
+    /// Deploys `name`, a CGI function running the shell `script` (`sh -c`)
+    /// in the busybox root filesystem `rootfs`, once per request.
+    #[track_caller]
+    pub fn deploy_cgi_script(&self, name: &str, rootfs: &Path, script: &str) {
+        let args = ["--protocol", "cgi", "--cmd", "/bin/sh", "-c", script];
+        self.deploy_rootfs(name, rootfs, &args);
+    }
+
     /// Deploys a busybox CGI function `name` that sleeps `seconds` (as
     /// sleep(1) reads them), then answers `slow`; `args` are further
     /// `wisp deploy` arguments, such as its scaling.

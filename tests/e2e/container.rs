@@ -127,17 +127,10 @@ async fn ping_runs_from_a_docker_archive_and_an_oci_layout() {
 async fn function_output_is_escaped_for_the_log_and_the_terminal() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    wisp.deploy_rootfs(
+    wisp.deploy_cgi_script(
         "noisy",
         rootfs.path(),
-        &[
-            "--protocol",
-            "cgi",
-            "--cmd",
-            "/bin/sh",
-            "-c",
-            "printf 'title\\033]0;pwned\\007 clear\\033[2J\\nFORGED-LINE level=INFO\\n' >&2; exit 1",
-        ],
+        "printf 'title\\033]0;pwned\\007 clear\\033[2J\\nFORGED-LINE level=INFO\\n' >&2; exit 1",
     );
     let answer = wisp.invoke("GET", "/function/noisy/", "").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
@@ -193,17 +186,10 @@ async fn a_starting_server_leaves_a_live_servers_sandboxes_alone() {
 async fn a_cgi_informational_status_is_a_bad_gateway() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    wisp.deploy_rootfs(
+    wisp.deploy_cgi_script(
         "interim",
         rootfs.path(),
-        &[
-            "--protocol",
-            "cgi",
-            "--cmd",
-            "/bin/sh",
-            "-c",
-            "printf 'Status: 101 Switching Protocols\\r\\nUpgrade: h2c\\r\\n\\r\\n'",
-        ],
+        "printf 'Status: 101 Switching Protocols\\r\\nUpgrade: h2c\\r\\n\\r\\n'",
     );
     for _ in 0..2 {
         let answer = wisp.invoke("GET", "/function/interim/", "").await;
@@ -226,18 +212,7 @@ async fn a_cgi_informational_status_is_a_bad_gateway() {
 async fn a_failing_handlers_stderr_is_not_sent_to_the_caller() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    wisp.deploy_rootfs(
-        "leaky",
-        rootfs.path(),
-        &[
-            "--protocol",
-            "cgi",
-            "--cmd",
-            "/bin/sh",
-            "-c",
-            "echo password=hunter2 >&2; exit 1",
-        ],
-    );
+    wisp.deploy_cgi_script("leaky", rootfs.path(), "echo password=hunter2 >&2; exit 1");
     let answer = wisp.invoke("GET", "/function/leaky/", "").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
     assert!(answer.text().contains("exit status 1"), "{}", answer.text());

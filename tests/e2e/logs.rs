@@ -10,17 +10,10 @@ use wisp_e2e::{Wisp, busybox_rootfs};
 async fn handler_output_is_kept_tailed_and_followed() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    wisp.deploy_rootfs(
+    wisp.deploy_cgi_script(
         "talk",
         rootfs.path(),
-        &[
-            "--protocol",
-            "cgi",
-            "--cmd",
-            "/bin/sh",
-            "-c",
-            "echo \"said $QUERY_STRING\" >&2; printf 'Content-Type: text/plain\\r\\n\\r\\nok'",
-        ],
+        "echo \"said $QUERY_STRING\" >&2; printf 'Content-Type: text/plain\\r\\n\\r\\nok'",
     );
     assert_eq!(
         wisp.invoke("GET", "/function/talk/?one", "").await.text(),
