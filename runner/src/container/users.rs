@@ -69,7 +69,8 @@ impl ImageUsers {
     }
 
     /// The files' contents as given.
-    pub fn from_text(passwd: &str, group: &str) -> ImageUsers {
+    #[cfg(test)]
+    fn from_text(passwd: &str, group: &str) -> ImageUsers {
         ImageUsers {
             passwd: passwd.to_owned(),
             group: group.to_owned(),

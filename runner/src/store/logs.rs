@@ -199,8 +199,8 @@ pub fn install(store: Arc<LogStore>) {
 /// server's log at debug level.
 pub fn record(function: &str, instance: &str, stream: &str, text: &str) {
     for line in text.lines().filter(|l| !l.is_empty()) {
-        let line = escape_controls(line);
-        tracing::debug!(target: "wisp::function", function, instance, stream, "{line}");
+        // The escaping runs only when debug logging is on.
+        tracing::debug!(target: "wisp::function", function, instance, stream, "{}", escape_controls(line));
     }
     if let Some(store) = STORE.get() {
         store.append(function, instance, stream, text);
