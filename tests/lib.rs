@@ -58,6 +58,7 @@ pub struct WispBuilder {
     binary: Option<PathBuf>,
     args: Vec<String>,
     run_as: Option<u32>,
+    fd_limit: Option<u32>,
 }
 
 impl WispBuilder {
@@ -77,6 +78,13 @@ impl WispBuilder {
     /// Runs this binary instead of [`wisp_bin`] (a renamed copy, say).
     pub fn binary(mut self, path: &Path) -> Self {
         self.binary = Some(path.to_owned());
+        self
+    }
+
+    /// Runs the server with this `RLIMIT_NOFILE` (soft and hard), through
+    /// util-linux's `prlimit`.
+    pub fn fd_limit(mut self, limit: u32) -> Self {
+        self.fd_limit = Some(limit);
         self
     }
 
@@ -101,20 +109,29 @@ impl WispBuilder {
             .append(true)
             .open(data_dir.join("server.log"))?;
         let binary = self.binary.unwrap_or_else(wisp_bin);
-        let mut command = match self.run_as {
-            None => Command::new(&binary),
-            Some(uid) => {
-                std::os::unix::fs::chown(&data_dir, Some(uid), Some(uid))?;
-                std::os::unix::fs::chown(data_dir.join("server.log"), Some(uid), Some(uid))?;
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={uid}"))
-                    .arg("--clear-groups")
-                    .arg("--")
-                    .arg(&binary);
-                c
-            }
-        };
+        // The command line, outermost wrapper first.
+        let mut words: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(limit) = self.fd_limit {
+            words.extend([
+                "prlimit".into(),
+                format!("--nofile={limit}").into(),
+                "--".into(),
+            ]);
+        }
+        if let Some(uid) = self.run_as {
+            std::os::unix::fs::chown(&data_dir, Some(uid), Some(uid))?;
+            std::os::unix::fs::chown(data_dir.join("server.log"), Some(uid), Some(uid))?;
+            words.extend([
+                "setpriv".into(),
+                format!("--reuid={uid}").into(),
+                format!("--regid={uid}").into(),
+                "--clear-groups".into(),
+                "--".into(),
+            ]);
+        }
+        words.push(binary.into());
+        let mut command = Command::new(&words[0]);
+        command.args(&words[1..]);
         let mut child = command
             .arg("serve")
             .arg("--listen")

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod connections;
 mod control;
 pub mod metrics;
 pub mod registry;

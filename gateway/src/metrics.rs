@@ -32,6 +32,9 @@ pub const DECLARED: &[&str] = &[
     "wisp_instances",
     "wisp_queue_depth",
     "wisp_instance_stops_total",
+    "wisp_http_connections",
+    "wisp_http_connections_refused_total",
+    "wisp_http_connections_closed_total",
 ];
 
 pub struct Metrics {
@@ -44,6 +47,15 @@ pub struct Metrics {
     instances: IntGaugeVec,
     queue_depth: IntGaugeVec,
     stops: IntCounterVec,
+    connections: ConnectionMetrics,
+}
+
+/// The series of client connections, kept by [`crate::connections`].
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub(crate) open: IntGauge,
+    pub(crate) refused: IntCounter,
+    pub(crate) closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -107,6 +119,27 @@ impl Metrics {
             ),
             &["function_name", "reason"],
         )?;
+        let connections = ConnectionMetrics {
+            open: IntGauge::new("wisp_http_connections", "Client connections open now.")?,
+            refused: IntCounter::new(
+                "wisp_http_connections_refused_total",
+                "Client connections closed on arrival: the cap was full and none open was idle.",
+            )?,
+            closed: IntCounterVec::new(
+                Opts::new(
+                    "wisp_http_connections_closed_total",
+                    "Client connections the server closed, by reason: idle, evicted (the cap was full), shutdown.",
+                ),
+                &["reason"],
+            )?,
+        };
+        // Every reason from zero, so that rates work from the first close.
+        for reason in crate::connections::CloseReason::ALL {
+            connections.closed.with_label_values(&[reason.as_str()]);
+        }
+        registry.register(Box::new(connections.open.clone()))?;
+        registry.register(Box::new(connections.refused.clone()))?;
+        registry.register(Box::new(connections.closed.clone()))?;
         registry.register(Box::new(instances.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(stops.clone()))?;
@@ -125,6 +158,7 @@ impl Metrics {
             instances,
             queue_depth,
             stops,
+            connections,
         })
     }
 
@@ -170,6 +204,11 @@ impl Metrics {
         for state in ["starting", "idle", "busy"] {
             let _ = self.instances.remove_label_values(&[function, state]);
         }
+    }
+
+    /// The series of client connections.
+    pub fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     /// The text exposition of every metric.

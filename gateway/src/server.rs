@@ -30,6 +30,7 @@ use wisp_runner::router::Router;
 use wisp_runner::store::artifact::ArtifactStore;
 use wisp_runner::wasm::{WasmBackend, WasmConfig};
 
+use crate::connections::{Admitted, ConnectionLimits, Connections, Tracked};
 use crate::metrics::{FunctionMetrics, Metrics};
 use crate::registry::{Registry, StoredFunction};
 use crate::rescue::{GatewayError, rescue};
@@ -39,6 +40,13 @@ use crate::route::{Route, route};
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Concurrent streams per h2 connection.
 const H2_MAX_STREAMS: u32 = 256;
+/// Largest h2 header list (decoded) a request may carry.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Streams a client may open and reset before they are accepted, before
+/// the connection is refused with GOAWAY (h2's default, made explicit).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's errors before GOAWAY.
+const H2_MAX_LOCAL_RESETS: usize = 256;
 
 /// Operator settings of `wisp serve`.
 #[derive(Debug, Clone)]
@@ -47,8 +55,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// How long in-flight requests may take to finish at shutdown.
     pub shutdown_grace: Duration,
-    /// Time a client has to send a request's head (slowloris guard).
-    pub header_read_timeout: Duration,
+    /// Cap and timeouts of client connections.
+    pub connections: ConnectionLimits,
     /// Largest artifact `POST /system/artifacts` accepts.
     pub max_artifact_bytes: u64,
     pub wasm: WasmConfig,
@@ -388,20 +396,27 @@ pub async fn serve(
     println!("wisp: listening on http://{local}");
     tracing::info!(%local, "listening");
 
+    let connections = Arc::new(Connections::new(
+        config.connections,
+        app.metrics.connections(),
+    ));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client gets `header_read_timeout` to send its request head, so idle or
-    // trickling (slowloris) connections cannot pile up; h2 connections are
-    // pinged so dead peers are noticed.
+    // Timeouts on silent, half-sent and idle connections are kept by
+    // `Connections`; hyper's own header-read timeout also guards each
+    // later request head of a keep-alive connection (slowloris).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
+        .header_read_timeout(config.connections.header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEP_ALIVE)
-        .max_concurrent_streams(H2_MAX_STREAMS);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        // The rapid-reset guards (CVE-2023-44487, RUSTSEC-2024-0003).
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -415,29 +430,20 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some(admitted) = connections.admit() else {
+                    tracing::debug!(%remote, "connection refused: every open connection is busy");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let app = app.clone();
-                    async move {
-                        let req = req.map(|b| b.map_err(BodyError::from).boxed_unsync());
-                        Ok::<_, Infallible>(app.handle(req, remote).await)
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(serve_connection(app.clone(), &builder, stream, remote, admitted));
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: finishing in-flight requests");
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+    connections.shut_down();
+    if tokio::time::timeout(config.shutdown_grace, connections.drained())
         .await
         .is_err()
     {
@@ -450,6 +456,52 @@ pub async fn serve(
     app.backend.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves one client connection until it ends or the server closes it
+/// (idle, evicted, shutting down: see [`Connections`]).
+fn serve_connection(
+    app: Arc<App>,
+    builder: &auto::Builder<TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    admitted: Admitted,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let admitted = Arc::new(admitted);
+    let tracker = admitted.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let app = app.clone();
+        let in_flight = tracker.request();
+        async move {
+            let req = req.map(|b| b.map_err(BodyError::from).boxed_unsync());
+            let response = app.handle(req, remote).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    async move {
+        tokio::pin!(conn);
+        let reason = tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            reason = admitted.close_requested() => reason,
+        };
+        tracing::debug!(%remote, ?reason, "closing connection");
+        admitted.closing(reason);
+        // Requests in flight finish (h1 closes after the response, h2 sends
+        // GOAWAY); a connection with nothing in flight is dropped.
+        conn.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = admitted.quiet() => {}
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -7,6 +7,7 @@
 
 mod cgi;
 mod cli;
+mod connections;
 mod container;
 mod control;
 mod faults;

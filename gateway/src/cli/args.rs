@@ -64,9 +64,18 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish at shutdown.
     #[arg(long, env = "WISP_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
-    /// Time a client has to send a request's head before it is disconnected.
+    /// Time a client has to send a request's head before it is
+    /// disconnected; a new connection, its first request.
     #[arg(long, env = "WISP_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub header_read_timeout: Duration,
+    /// Time a keep-alive (or h2) connection may stay open with no request
+    /// in flight.
+    #[arg(long, env = "WISP_IDLE_TIMEOUT", default_value = "75s", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// Client connections open at once; when full, the connection idle the
+    /// longest makes way for a new one [default: half the file-descriptor limit].
+    #[arg(long, env = "WISP_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
     /// Largest artifact that may be uploaded.
     #[arg(long, env = "WISP_MAX_ARTIFACT_SIZE", default_value = "512Mi", value_parser = bytes)]
     pub max_artifact_size: u64,

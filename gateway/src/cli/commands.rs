@@ -11,6 +11,8 @@ use http_body_util::BodyExt;
 use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
 use wisp_runner::wasm::WasmConfig;
 
+use crate::connections::{ConnectionLimits, default_max_connections};
+
 use super::args::{BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LogsArgs};
 use super::client::{Client, ClientError};
 use crate::api::{FunctionDeployment, FunctionResources};
@@ -52,7 +54,14 @@ pub async fn run(
                 listen: args.listen,
                 data_dir: args.data_dir.unwrap_or_else(default_data_dir),
                 shutdown_grace: args.shutdown_grace,
-                header_read_timeout: args.header_read_timeout,
+                connections: ConnectionLimits {
+                    max: match args.max_connections {
+                        Some(max) => usize::try_from(max).unwrap_or(usize::MAX),
+                        None => default_max_connections(),
+                    },
+                    header_read_timeout: args.header_read_timeout,
+                    idle_timeout: args.idle_timeout,
+                },
                 max_artifact_bytes: args.max_artifact_size,
                 wasm: WasmConfig {
                     max_instances: args.max_wasm_instances,
