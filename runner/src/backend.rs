@@ -75,6 +75,11 @@ pub trait Instance: Send + Sync {
         Vec::new()
     }
 
+    /// A response of this instance was still streaming at its deadline:
+    /// stop the work behind it (a backend that cannot stop one request
+    /// alone stops the instance, and reports unhealthy).
+    fn overran(&self) {}
+
     /// Whether the sandbox can still take requests (its handler has not
     /// exited or been killed). The pool replaces instances that cannot.
     fn is_healthy(&self) -> bool {

@@ -98,7 +98,10 @@ async fn silent_and_half_open_connections_neither_starve_the_gateway_nor_stay_op
     let metrics = wisp.metrics().await;
     for reason in ["idle", "evicted"] {
         let zero = format!("wisp_http_connections_closed_total{{reason=\"{reason}\"}} 0\n");
-        assert!(!metrics.contains(&zero), "no {reason} closes counted: {metrics}");
+        assert!(
+            !metrics.contains(&zero),
+            "no {reason} closes counted: {metrics}"
+        );
     }
 }
 

@@ -226,3 +226,122 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let health = wisp.invoke("GET", "/healthz", "").await;
     assert_eq!(health.status, StatusCode::OK);
 }
+
+/// Reads a streamed response: its first chunk, then how the rest ended
+/// (`Ok` for a clean end, `Err` for a cut one) and when.
+async fn first_chunk_then_end(
+    response: http::Response<hyper::body::Incoming>,
+) -> (Bytes, Result<Bytes, hyper::Error>, std::time::Instant) {
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(15), body.collect())
+        .await
+        .expect("the body was still streaming 15 s after its 2 s deadline")
+        .map(|c| c.to_bytes());
+    (first, rest, std::time::Instant::now())
+}
+
+#[tokio::test]
+async fn a_guest_still_streaming_at_its_deadline_is_cut_off_and_its_slot_freed() {
+    // Four instance slots, all taken by guests pausing 45 s mid-body.
+    let wisp = Wisp::builder()
+        .arg("--max-wasm-instances")
+        .arg("4")
+        .start()
+        .unwrap();
+    wisp.deploy_with("streamer", artifacts::MISBEHAVE, |d| {
+        d.timeout = Some("2s".into());
+    })
+    .await
+    .unwrap();
+    wisp.deploy("hello", artifacts::HELLO).await;
+    let started = std::time::Instant::now();
+    let streams: Vec<_> = (0..4)
+        .map(|_| {
+            let client = wisp.client.clone();
+            tokio::spawn(async move {
+                let response = client
+                    .send(
+                        http::Method::GET,
+                        "/function/streamer/stream?chunks=2&ms=45000",
+                        Default::default(),
+                        wisp_runner::backend::empty_body(),
+                    )
+                    .await
+                    .unwrap();
+                first_chunk_then_end(response).await
+            })
+        })
+        .collect();
+    for stream in streams {
+        let (first, rest, ended) = stream.await.unwrap();
+        assert_eq!(first, "chunk 0\n");
+        assert!(
+            rest.is_err(),
+            "a body cut at the deadline ended cleanly: {rest:?}"
+        );
+        assert!(ended - started < std::time::Duration::from_secs(10));
+    }
+    // Their slots are free again.
+    let hello = wisp.invoke("GET", "/function/hello", "").await;
+    assert_eq!(hello.status, StatusCode::OK, "{}", hello.text());
+}
+
+#[tokio::test]
+async fn a_container_still_streaming_at_its_deadline_is_cut_off_and_replaced() {
+    let wisp = Wisp::start();
+    let rootfs = wisp_e2e::busybox_rootfs();
+    let root = rootfs.path();
+    std::os::unix::fs::symlink("busybox", root.join("bin/httpd")).unwrap();
+    std::fs::create_dir_all(root.join("www/cgi-bin")).unwrap();
+    let script = root.join("www/cgi-bin/stream");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nfirst\\n'\nsleep 45\necho second\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    wisp.deploy_rootfs(
+        "streamer",
+        root,
+        &[
+            "--protocol",
+            "http",
+            "--port",
+            "8080",
+            "--timeout",
+            "2s",
+            "--max",
+            "1",
+            "--concurrency",
+            "1",
+            "--cmd",
+            "/bin/httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let response = wisp.stream("/function/streamer/cgi-bin/stream").await;
+    let (first, rest, ended) = first_chunk_then_end(response).await;
+    assert_eq!(first, "first\n");
+    assert!(
+        rest.is_err(),
+        "a body cut at the deadline ended cleanly: {rest:?}"
+    );
+    assert!(ended - started < std::time::Duration::from_secs(10));
+    // The sandbox was replaced: the next request gets a fresh one.
+    let again = wisp.stream("/function/streamer/cgi-bin/stream").await;
+    let (first, _, _) = first_chunk_then_end(again).await;
+    assert_eq!(first, "first\n");
+    let metrics = wisp.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"wisp_instance_stops_total{function_name="streamer",reason="timeout"} 2"#),
+        "{metrics}"
+    );
+}

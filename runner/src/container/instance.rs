@@ -217,17 +217,21 @@ impl Instance for ContainerInstance {
         match tokio::time::timeout_at(deadline, work).await {
             Ok(result) => result,
             Err(_) => {
-                // The handler is stuck on this request: replace the sandbox.
-                self.link
-                    .mark_dead("a request timed out and the sandbox was replaced");
-                if let Some(sandbox) = &self.sandbox {
-                    sandbox.kill();
-                }
+                self.overran();
                 Err(InvokeError::Timeout {
                     function: self.function.clone(),
                     timeout: self.limits.timeout(),
                 })
             }
+        }
+    }
+
+    fn overran(&self) {
+        // The handler is stuck on this request: replace the sandbox.
+        self.link
+            .mark_dead("a request timed out and the sandbox was replaced");
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.kill();
         }
     }
 

@@ -11,8 +11,12 @@
 //! - Past `max_instances` requests queue; a full queue answers 429 (with
 //!   `Retry-After`), a wait past `queue_timeout` 503.
 //! - One deadline per request (`limits.timeout`) covers queueing, cold
-//!   start and handling: past it, 504. Backends get it in the request's
-//!   extensions ([`Deadline`]) and interrupt or kill the handler.
+//!   start and handling, response body included: past it before the
+//!   response head, 504; past it mid-body, the body is cut with an error
+//!   ([`exchange`]). Backends get it in the request's extensions
+//!   ([`Deadline`]) and interrupt or kill the handler.
+//! - A request holds its slot until its response body is done, so an
+//!   instance streaming a response counts as busy.
 //! - Instances idle past `idle_timeout` stop, down to `min_instances`;
 //!   `min_instances` are started at once and replaced when they die. The
 //!   pool counts each instance's requests itself: a busy instance is never
@@ -34,7 +38,13 @@ use http::{Request, Response};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use http_body_util::BodyExt;
+
 use crate::backend::{Backend, Body, Instance, InvokeError, StartError};
+use exchange::Exchange;
+pub use exchange::ExchangeTimedOut;
+
+mod exchange;
 use crate::spec::{FunctionSpec, Scaling};
 
 /// The instant a request must be answered by; in the request's extensions.
@@ -245,9 +255,11 @@ impl Pool {
             self.inner.remove(lease.slot, reason);
         }
         let cold_start = lease.cold.clone();
-        drop(lease);
+        // The lease is held, and the deadline kept, until the body is done.
+        let response =
+            result?.map(|body| Exchange::new(body, lease, deadline, timeout).boxed_unsync());
         Ok(Served {
-            response: result?,
+            response,
             cold_start,
         })
     }

@@ -178,7 +178,15 @@ fn request(sleep_ms: u64) -> Request<Body> {
 }
 
 async fn call(pool: &Arc<Pool>, sleep_ms: u64) -> Result<Served, InvokeError> {
-    pool.invoke(request(sleep_ms)).await
+    let mut served = pool.invoke(request(sleep_ms)).await?;
+    // Read the body, as a client does: the request holds its slot until then.
+    let body = std::mem::replace(served.response.body_mut(), crate::backend::empty_body());
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .expect("a body")
+        .to_bytes();
+    *served.response.body_mut() = crate::backend::full_body(bytes);
+    Ok(served)
 }
 
 fn fake(start_ms: u64) -> Arc<Fake> {
@@ -496,4 +504,30 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_holds_its_slot_until_its_body_is_done() {
+    let fake = fake(10);
+    let (pool, _) = pool(
+        &fake,
+        ScalingSpec {
+            max_instances: Some(1),
+            concurrency: Some(1),
+            ..Default::default()
+        },
+    );
+    let unread = pool.invoke(request(10)).await.unwrap();
+    let second = {
+        let pool = pool.clone();
+        tokio::spawn(async move { call(&pool, 10).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "the slot is still held by the unread body"
+    );
+    drop(unread);
+    assert!(second.await.unwrap().is_ok());
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
 }

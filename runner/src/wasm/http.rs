@@ -235,8 +235,10 @@ impl Instance for HttpInstance {
         let task_spec = spec.clone();
         let task_memory_hit = memory_hit.clone();
         let (reuse, idle) = (self.reuse, self.idle.clone());
+        let failed = Arc::new(AtomicBool::new(false));
+        let task_failed = failed.clone();
         let guest = tokio::spawn(async move {
-            let result = async {
+            let run = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
                     None => pre.instantiate_async(&mut store).await?,
@@ -246,8 +248,14 @@ impl Instance for HttpInstance {
                     .call_handle(&mut store, req, out)
                     .await?;
                 Ok::<_, wasmtime::Error>(proxy)
-            }
-            .await;
+            };
+            // The deadline covers the body too: epochs stop a guest that
+            // computes; this stops one that waits (in a host call, on a
+            // timer, on a client that does not read).
+            let result = match tokio::time::timeout_at(deadline, run).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::new(wasmtime::Trap::Interrupt)),
+            };
             stdout.log(&task_spec, "stdout");
             stderr.log(&task_spec, "stderr");
             match result {
@@ -268,8 +276,10 @@ impl Instance for HttpInstance {
                 }
                 Err(e) if responded.load(Ordering::Acquire) => {
                     // The caller already has the status line; all we can do
-                    // is cut the body short (the guest's body stream errors)
-                    // and say why in the log.
+                    // is cut the body short — with an error, never a clean
+                    // end (the flag is set before the store, which holds the
+                    // body's sender, is dropped) — and say why in the log.
+                    task_failed.store(true, Ordering::Release);
                     let error = classify(&task_spec, &e, &task_memory_hit);
                     tracing::warn!(function = %task_spec.name, error = %error, detail = ?e, "guest failed after responding");
                     Ok(())
@@ -279,9 +289,13 @@ impl Instance for HttpInstance {
         });
 
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Ok(response))) => {
-                Ok(response.map(|body| body.map_err(BodyError::from).boxed_unsync()))
-            }
+            Ok(Ok(Ok(response))) => Ok(response.map(|body| {
+                GuestBody {
+                    inner: body.map_err(BodyError::from),
+                    failed,
+                }
+                .boxed_unsync()
+            })),
             Ok(Ok(Err(code))) => Err(InvokeError::BadResponse {
                 function: spec.name.clone(),
                 detail: format!("the guest answered with error code {code:?}"),
@@ -327,5 +341,47 @@ fn body_error_to_wasi(e: BodyError) -> wasmtime_wasi_http::Error {
     match e.downcast_ref::<crate::body::BodyTooLarge>() {
         Some(too_large) => wasmtime_wasi_http::Error::HttpRequestBodySize(Some(too_large.limit)),
         None => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+    }
+}
+
+/// A guest's response body: ends with an error, not cleanly, when the guest
+/// failed (trapped, ran out of memory, overran its deadline) before it
+/// finished the body.
+struct GuestBody<B> {
+    inner: B,
+    failed: Arc<AtomicBool>,
+}
+
+/// The error a [`GuestBody`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest failed before it finished the response body (details in the server log)")]
+struct CutShort;
+
+impl<B> http_body::Body for GuestBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None | Some(Err(_))) if self.failed.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err(Box::new(CutShort))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
