@@ -22,22 +22,52 @@ fn host_ip() -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Deploys the busybox probe as the CGI function `name` through the CLI's
-/// `--rootfs`, with extra CLI arguments.
-fn deploy_probe(wisp: &Wisp, name: &str, rootfs: &Path, extra: &[&str]) {
+/// Deploys the busybox probe as the function `name` through the CLI's
+/// `--rootfs`, with extra CLI arguments. With `protocol` `cgi` wisp runs
+/// it once per request; with `http` busybox httpd is the handler and runs
+/// it as its CGI script, so it reports what the `http` handler's
+/// processes get.
+fn deploy_probe(wisp: &Wisp, name: &str, rootfs: &Path, protocol: &str, extra: &[&str]) {
     let port = wisp.addr.rsplit(':').next().unwrap().to_owned();
     let host_ip = host_ip().unwrap_or_else(|| "10.255.255.1".into());
     let host_port = format!("HOST_PORT={port}");
     let host_ip = format!("HOST_IP={host_ip}");
-    let mut args = vec!["--protocol", "cgi", "--env", &host_port, "--env", &host_ip];
+    let mut args = vec![
+        "--protocol",
+        protocol,
+        "--env",
+        &host_port,
+        "--env",
+        &host_ip,
+    ];
     args.extend(extra);
-    args.extend(["--cmd", "/bin/sh", "/probe.sh"]);
+    match protocol {
+        "cgi" => args.extend(["--cmd", "/bin/sh", "/probe.sh"]),
+        _ => args.extend([
+            "--port",
+            "8080",
+            "--cmd",
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "127.0.0.1:8080",
+            "-h",
+            "/www",
+        ]),
+    }
     wisp.deploy_rootfs(name, rootfs, &args);
 }
 
+/// Runs check `check` of a probe deployed with [`deploy_probe`] (a `cgi`
+/// one ignores the path, busybox httpd needs it).
 async fn probe(wisp: &Wisp, name: &str, check: &str) -> (StatusCode, String) {
     let answer = wisp
-        .invoke("GET", &format!("/function/{name}/?{check}"), "")
+        .invoke(
+            "GET",
+            &format!("/function/{name}/cgi-bin/probe?{check}"),
+            "",
+        )
         .await;
     (answer.status, answer.text())
 }
@@ -168,7 +198,7 @@ async fn a_starting_server_leaves_a_live_servers_sandboxes_alone() {
     std::fs::copy(wisp_e2e::wisp_bin(), &renamed).unwrap();
     let first = Wisp::builder().binary(&renamed).start().unwrap();
     let rootfs = busybox_rootfs();
-    deploy_probe(&first, "kept", rootfs.path(), &[]);
+    deploy_probe(&first, "kept", rootfs.path(), "cgi", &[]);
     assert_eq!(probe(&first, "kept", "id").await.0, StatusCode::OK);
     let _second = Wisp::start();
     let (status, body) = probe(&first, "kept", "id").await;
@@ -249,56 +279,84 @@ async fn cgi_containers_run_one_process_per_request() {
     }
 }
 
+/// What a handler sees from inside its sandbox, for both protocols: an
+/// `http` handler is the zygote exec'd, a `cgi` process is forked by init
+/// per request. (Issue 11, finding 9: the zygote got the full capability
+/// bounding set back when it entered the user namespace, so `http`
+/// handlers kept it while CGI processes had none.)
 #[tokio::test]
 async fn the_sandbox_is_isolated() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    deploy_probe(&wisp, "probe", rootfs.path(), &[]);
+    for protocol in ["cgi", "http"] {
+        let name = format!("probe-{protocol}");
+        deploy_probe(&wisp, &name, rootfs.path(), protocol, &[]);
 
-    let (status, pids) = probe(&wisp, "probe", "pids").await;
-    assert_eq!(status, StatusCode::OK, "{pids}");
-    let pids: Vec<u32> = pids.lines().filter_map(|l| l.parse().ok()).collect();
-    assert!(pids.contains(&1), "init is PID 1: {pids:?}");
-    assert!(pids.len() <= 4, "sees only its own processes: {pids:?}");
-    assert!(!pids.contains(&wisp.pid()), "{pids:?}");
+        let (status, pids) = probe(&wisp, &name, "pids").await;
+        assert_eq!(status, StatusCode::OK, "{protocol}: {pids}");
+        let pids: Vec<u32> = pids.lines().filter_map(|l| l.parse().ok()).collect();
+        assert!(pids.contains(&1), "{protocol}: init is PID 1: {pids:?}");
+        assert!(
+            pids.len() <= 4,
+            "{protocol}: sees only its own processes: {pids:?}"
+        );
+        assert!(!pids.contains(&wisp.pid()), "{protocol}: {pids:?}");
 
-    let (_, caps) = probe(&wisp, "probe", "caps").await;
-    assert!(caps.contains("CapEff:\t0000000000000000"), "{caps}");
-    assert!(caps.contains("CapPrm:\t0000000000000000"), "{caps}");
-    assert!(caps.contains("CapBnd:\t0000000000000000"), "{caps}");
-    assert!(caps.contains("NoNewPrivs:\t1"), "{caps}");
-    assert!(caps.contains("Seccomp:\t2"), "{caps}");
-
-    assert_eq!(probe(&wisp, "probe", "hostname").await.1.trim(), "probe");
-    // Sandboxes are made ahead at SCHED_IDLE; the function runs at the
-    // normal policy (SCHED_OTHER = 0).
-    assert_eq!(probe(&wisp, "probe", "policy").await.1.trim(), "0");
-    assert_eq!(probe(&wisp, "probe", "id").await.1, "0\n0\n");
-
-    let (_, net) = probe(&wisp, "probe", "net").await;
-    assert!(net.contains("loopback:refused"), "{net}");
-    assert!(net.contains("host:refused"), "{net}");
-
-    // Writes land in the sandbox's own scratch layer, never in the image's.
-    assert_eq!(probe(&wisp, "probe", "write").await.1, "pwned\n");
-    assert_eq!(probe(&wisp, "probe", "read").await.1, "pwned\n");
-    let layers = wisp.data_dir.join("images/layers");
-    for layer in std::fs::read_dir(&layers).unwrap() {
-        let motd = layer.unwrap().path().join("diff/etc/motd");
-        if motd.exists() {
-            assert_eq!(std::fs::read_to_string(&motd).unwrap(), "original\n");
+        let (_, caps) = probe(&wisp, &name, "caps").await;
+        for line in [
+            "CapEff:\t0000000000000000",
+            "CapPrm:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+        ] {
+            assert!(caps.contains(line), "{protocol}: {line:?} in {caps}");
         }
+
+        assert_eq!(probe(&wisp, &name, "hostname").await.1.trim(), name);
+        // Sandboxes are made ahead at SCHED_IDLE; the function runs at the
+        // normal policy (SCHED_OTHER = 0).
+        assert_eq!(
+            probe(&wisp, &name, "policy").await.1.trim(),
+            "0",
+            "{protocol}"
+        );
+        assert_eq!(probe(&wisp, &name, "id").await.1, "0\n0\n", "{protocol}");
+
+        let (_, net) = probe(&wisp, &name, "net").await;
+        assert!(net.contains("loopback:refused"), "{protocol}: {net}");
+        assert!(net.contains("host:refused"), "{protocol}: {net}");
+
+        // Writes land in the sandbox's own scratch layer, never in the image's.
+        assert_eq!(
+            probe(&wisp, &name, "write").await.1,
+            "pwned\n",
+            "{protocol}"
+        );
+        assert_eq!(probe(&wisp, &name, "read").await.1, "pwned\n", "{protocol}");
+        let layers = wisp.data_dir.join("images/layers");
+        for layer in std::fs::read_dir(&layers).unwrap() {
+            let motd = layer.unwrap().path().join("diff/etc/motd");
+            if motd.exists() {
+                assert_eq!(std::fs::read_to_string(&motd).unwrap(), "original\n");
+            }
+        }
+        // A second sandbox of the same image starts from the image again.
+        let second = format!("probe2-{protocol}");
+        deploy_probe(&wisp, &second, rootfs.path(), protocol, &[]);
+        assert_eq!(
+            probe(&wisp, &second, "read").await.1,
+            "original\n",
+            "{protocol}"
+        );
     }
-    // A second sandbox of the same image starts from the image again.
-    deploy_probe(&wisp, "probe2", rootfs.path(), &[]);
-    assert_eq!(probe(&wisp, "probe2", "read").await.1, "original\n");
 }
 
 #[tokio::test]
 async fn a_memory_hog_is_oom_killed_and_its_sandbox_replaced() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    deploy_probe(&wisp, "hog", rootfs.path(), &["--memory", "32Mi"]);
+    deploy_probe(&wisp, "hog", rootfs.path(), "cgi", &["--memory", "32Mi"]);
     assert_eq!(probe(&wisp, "hog", "id").await.0, StatusCode::OK);
     let (status, body) = probe(&wisp, "hog", "hog").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -311,7 +369,7 @@ async fn a_memory_hog_is_oom_killed_and_its_sandbox_replaced() {
 async fn a_fork_bomb_stops_at_the_pids_limit() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    deploy_probe(&wisp, "bomb", rootfs.path(), &[]);
+    deploy_probe(&wisp, "bomb", rootfs.path(), "cgi", &[]);
     let (status, body) = probe(&wisp, "bomb", "forkbomb").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let n: u32 = body
@@ -481,7 +539,7 @@ async fn images_are_listed_and_pruned_when_unused() {
     let wisp = Wisp::start();
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
     let rootfs = busybox_rootfs();
-    deploy_probe(&wisp, "probe", rootfs.path(), &[]);
+    deploy_probe(&wisp, "probe", rootfs.path(), "cgi", &[]);
     let out = wisp.cli(&["images"]).expect_success();
     assert!(out.contains("ping") && out.contains("probe"), "{out}");
     assert!(out.contains("layer sha256:"), "{out}");
