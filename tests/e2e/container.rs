@@ -3,7 +3,7 @@
 //! isolation proven from inside it by a busybox probe. These need root
 //! (CI runs as root) and a static busybox (`scripts/setup.sh` installs it).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -349,6 +349,139 @@ async fn the_sandbox_is_isolated() {
             "original\n",
             "{protocol}"
         );
+    }
+}
+
+/// Issue 11, finding 8: the seccomp filter was a deny-list that allowed
+/// everything else: system calls newer than the list, `personality` with
+/// any value, `socket` of any family, and x32 numbers (bit 30 set), which
+/// no rule matched. It is Docker's default profile, an allow-list: the
+/// fixture `syscall-probe` makes the calls and reports what the kernel
+/// said, and real programs of three C libraries still run under it.
+#[tokio::test]
+async fn handlers_run_under_dockers_seccomp_allow_list() {
+    let wisp = Wisp::start();
+    wisp.cli(&[
+        "deploy",
+        "syscalls",
+        "--binary",
+        artifacts::SYSCALL_PROBE_BIN,
+        "--protocol",
+        "cgi",
+    ])
+    .expect_success();
+    let answer = wisp.invoke("GET", "/function/syscalls/", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let text = answer.text();
+    let report: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once(": ")).collect();
+    // SIGSYS: the process is killed (another ABI).
+    let killed = "killed by signal 31";
+    let expected: BTreeMap<&str, &str> = [
+        ("io_uring_setup", "EPERM"),
+        ("unshare(CLONE_NEWUSER)", "EPERM"),
+        ("unshare(CLONE_NEWNET)", "EPERM"),
+        ("clone(CLONE_NEWUSER)", "EPERM"),
+        ("clone()", "ok"),
+        // So that libcs fall back to clone, whose flags the filter sees.
+        ("clone3", "ENOSYS"),
+        ("socket(AF_VSOCK)", "EPERM"),
+        ("socket(AF_ALG)", "EPERM"),
+        ("socket(1<<32|AF_VSOCK)", "EPERM"),
+        ("socket(AF_INET)", "ok"),
+        ("socket(AF_UNIX)", "ok"),
+        // One of the five values Docker's profile allows.
+        ("personality(PER_LINUX32)", "ok"),
+        ("personality(ADDR_NO_RANDOMIZE)", "EPERM"),
+        ("personality(READ_IMPLIES_EXEC)", "EPERM"),
+        ("mount", "EPERM"),
+        ("bpf", "EPERM"),
+        ("keyctl", "EPERM"),
+        ("userfaultfd", "EPERM"),
+        // Not in the list: refused by the filter (the kernel says ENOSYS).
+        ("call 1000", "EPERM"),
+        ("x32 getpid", killed),
+        ("i386 getpid", killed),
+    ]
+    .into();
+    assert_eq!(report, expected, "{text}");
+
+    // musl: the examples, an HTTP server and a CGI program.
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    let pong = wisp.invoke("GET", "/function/ping/ping", "").await;
+    assert_eq!((pong.status, pong.text()), (StatusCode::OK, "pong".into()));
+    wisp.deploy_with("cgi-native", artifacts::CGI_NATIVE_DOCKER_ARCHIVE, |d| {
+        d.protocol = Some("cgi".into());
+    })
+    .await
+    .unwrap();
+    let echo = wisp.invoke("POST", "/function/cgi-native/", "hi").await;
+    assert_eq!(echo.status, StatusCode::OK);
+    assert!(echo.text().contains("body=hi"), "{}", echo.text());
+
+    // glibc, dynamically linked, with a thread: glibc's pthread_create
+    // tries clone3 first. busybox's sh runs it.
+    let rootfs = busybox_rootfs();
+    glibc_program(rootfs.path(), "threads", THREADS_C);
+    wisp.deploy_cgi_script("glibc", rootfs.path(), "/threads");
+    let answer = wisp.invoke("GET", "/function/glibc/", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(
+        answer.text().contains(": a thread ran"),
+        "{}",
+        answer.text()
+    );
+}
+
+/// A CGI program that starts a thread and says which glibc ran it.
+const THREADS_C: &str = r#"#include <gnu/libc-version.h>
+#include <pthread.h>
+#include <stdio.h>
+
+static void *work(void *arg) {
+    (void)arg;
+    return "a thread ran";
+}
+
+int main(void) {
+    pthread_t thread;
+    void *said = "no thread";
+    int err = pthread_create(&thread, NULL, work, NULL);
+    if (err == 0)
+        pthread_join(thread, &said);
+    printf("Content-Type: text/plain\r\n\r\nglibc %s: %s\n", gnu_get_libc_version(), (const char *)said);
+    return err;
+}
+"#;
+
+/// Compiles C `source` with the host's `cc` (glibc, dynamically linked)
+/// into `rootfs` as `/<name>`, with the libraries `ldd` says it loads at
+/// their paths.
+fn glibc_program(rootfs: &Path, name: &str, source: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, bin) = (dir.path().join("main.c"), rootfs.join(name));
+    std::fs::write(&c, source).unwrap();
+    let built = std::process::Command::new("cc")
+        .arg("-pthread")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&c)
+        .status()
+        .expect("a C compiler, cc");
+    assert!(built.success(), "cc {}", c.display());
+    let ldd = std::process::Command::new("ldd")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    let ldd = String::from_utf8(ldd.stdout).unwrap();
+    let libs: Vec<&str> = ldd
+        .split_whitespace()
+        .filter(|word| word.starts_with('/'))
+        .collect();
+    assert!(libs.iter().any(|l| l.contains("libc.so")), "{ldd}");
+    for lib in libs {
+        let to = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
     }
 }
 
