@@ -443,7 +443,8 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
 }
 
 /// A root filesystem with a static busybox, its applets, a file to
-/// overwrite and the CGI probe `/probe.sh`.
+/// overwrite and the CGI probe `/probe.sh` (also as
+/// `/www/cgi-bin/probe`, for busybox httpd).
 pub fn busybox_rootfs() -> tempfile::TempDir {
     make_busybox_rootfs().expect("a busybox root filesystem")
 }
@@ -469,6 +470,14 @@ fn make_busybox_rootfs() -> anyhow::Result<tempfile::TempDir> {
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
     )?;
     std::fs::write(root.join("probe.sh"), PROBE)?;
+    // The probe as busybox httpd's CGI script, for `http` handlers.
+    let cgi_bin = root.join("www/cgi-bin");
+    std::fs::create_dir_all(&cgi_bin)?;
+    std::fs::write(cgi_bin.join("probe"), "#!/bin/sh\nexec /bin/sh /probe.sh\n")?;
+    std::fs::set_permissions(
+        cgi_bin.join("probe"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
     Ok(dir)
 }
 

@@ -53,6 +53,12 @@ const NATIVES: &[Native] = &[
         constant: "CGI_NATIVE",
         exposed_ports: &[],
     },
+    // A test fixture (CGI): which system calls the sandbox refuses.
+    Native {
+        package: "syscall-probe",
+        constant: "SYSCALL_PROBE",
+        exposed_ports: &[],
+    },
 ];
 
 fn main() {

@@ -3,7 +3,7 @@
 //! isolation proven from inside it by a busybox probe. These need root
 //! (CI runs as root) and a static busybox (`scripts/setup.sh` installs it).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,22 +22,52 @@ fn host_ip() -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Deploys the busybox probe as the CGI function `name` through the CLI's
-/// `--rootfs`, with extra CLI arguments.
-fn deploy_probe(wisp: &Wisp, name: &str, rootfs: &Path, extra: &[&str]) {
+/// Deploys the busybox probe as the function `name` through the CLI's
+/// `--rootfs`, with extra CLI arguments. With `protocol` `cgi` wisp runs
+/// it once per request; with `http` busybox httpd is the handler and runs
+/// it as its CGI script, so it reports what the `http` handler's
+/// processes get.
+fn deploy_probe(wisp: &Wisp, name: &str, rootfs: &Path, protocol: &str, extra: &[&str]) {
     let port = wisp.addr.rsplit(':').next().unwrap().to_owned();
     let host_ip = host_ip().unwrap_or_else(|| "10.255.255.1".into());
     let host_port = format!("HOST_PORT={port}");
     let host_ip = format!("HOST_IP={host_ip}");
-    let mut args = vec!["--protocol", "cgi", "--env", &host_port, "--env", &host_ip];
+    let mut args = vec![
+        "--protocol",
+        protocol,
+        "--env",
+        &host_port,
+        "--env",
+        &host_ip,
+    ];
     args.extend(extra);
-    args.extend(["--cmd", "/bin/sh", "/probe.sh"]);
+    match protocol {
+        "cgi" => args.extend(["--cmd", "/bin/sh", "/probe.sh"]),
+        _ => args.extend([
+            "--port",
+            "8080",
+            "--cmd",
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "127.0.0.1:8080",
+            "-h",
+            "/www",
+        ]),
+    }
     wisp.deploy_rootfs(name, rootfs, &args);
 }
 
+/// Runs check `check` of a probe deployed with [`deploy_probe`] (a `cgi`
+/// one ignores the path, busybox httpd needs it).
 async fn probe(wisp: &Wisp, name: &str, check: &str) -> (StatusCode, String) {
     let answer = wisp
-        .invoke("GET", &format!("/function/{name}/?{check}"), "")
+        .invoke(
+            "GET",
+            &format!("/function/{name}/cgi-bin/probe?{check}"),
+            "",
+        )
         .await;
     (answer.status, answer.text())
 }
@@ -168,7 +198,7 @@ async fn a_starting_server_leaves_a_live_servers_sandboxes_alone() {
     std::fs::copy(wisp_e2e::wisp_bin(), &renamed).unwrap();
     let first = Wisp::builder().binary(&renamed).start().unwrap();
     let rootfs = busybox_rootfs();
-    deploy_probe(&first, "kept", rootfs.path(), &[]);
+    deploy_probe(&first, "kept", rootfs.path(), "cgi", &[]);
     assert_eq!(probe(&first, "kept", "id").await.0, StatusCode::OK);
     let _second = Wisp::start();
     let (status, body) = probe(&first, "kept", "id").await;
@@ -249,56 +279,217 @@ async fn cgi_containers_run_one_process_per_request() {
     }
 }
 
+/// What a handler sees from inside its sandbox, for both protocols: an
+/// `http` handler is the zygote exec'd, a `cgi` process is forked by init
+/// per request. (Issue 11, finding 9: the zygote got the full capability
+/// bounding set back when it entered the user namespace, so `http`
+/// handlers kept it while CGI processes had none.)
 #[tokio::test]
 async fn the_sandbox_is_isolated() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    deploy_probe(&wisp, "probe", rootfs.path(), &[]);
+    for protocol in ["cgi", "http"] {
+        let name = format!("probe-{protocol}");
+        deploy_probe(&wisp, &name, rootfs.path(), protocol, &[]);
 
-    let (status, pids) = probe(&wisp, "probe", "pids").await;
-    assert_eq!(status, StatusCode::OK, "{pids}");
-    let pids: Vec<u32> = pids.lines().filter_map(|l| l.parse().ok()).collect();
-    assert!(pids.contains(&1), "init is PID 1: {pids:?}");
-    assert!(pids.len() <= 4, "sees only its own processes: {pids:?}");
-    assert!(!pids.contains(&wisp.pid()), "{pids:?}");
+        let (status, pids) = probe(&wisp, &name, "pids").await;
+        assert_eq!(status, StatusCode::OK, "{protocol}: {pids}");
+        let pids: Vec<u32> = pids.lines().filter_map(|l| l.parse().ok()).collect();
+        assert!(pids.contains(&1), "{protocol}: init is PID 1: {pids:?}");
+        assert!(
+            pids.len() <= 4,
+            "{protocol}: sees only its own processes: {pids:?}"
+        );
+        assert!(!pids.contains(&wisp.pid()), "{protocol}: {pids:?}");
 
-    let (_, caps) = probe(&wisp, "probe", "caps").await;
-    assert!(caps.contains("CapEff:\t0000000000000000"), "{caps}");
-    assert!(caps.contains("CapPrm:\t0000000000000000"), "{caps}");
-    assert!(caps.contains("CapBnd:\t0000000000000000"), "{caps}");
-    assert!(caps.contains("NoNewPrivs:\t1"), "{caps}");
-    assert!(caps.contains("Seccomp:\t2"), "{caps}");
-
-    assert_eq!(probe(&wisp, "probe", "hostname").await.1.trim(), "probe");
-    // Sandboxes are made ahead at SCHED_IDLE; the function runs at the
-    // normal policy (SCHED_OTHER = 0).
-    assert_eq!(probe(&wisp, "probe", "policy").await.1.trim(), "0");
-    assert_eq!(probe(&wisp, "probe", "id").await.1, "0\n0\n");
-
-    let (_, net) = probe(&wisp, "probe", "net").await;
-    assert!(net.contains("loopback:refused"), "{net}");
-    assert!(net.contains("host:refused"), "{net}");
-
-    // Writes land in the sandbox's own scratch layer, never in the image's.
-    assert_eq!(probe(&wisp, "probe", "write").await.1, "pwned\n");
-    assert_eq!(probe(&wisp, "probe", "read").await.1, "pwned\n");
-    let layers = wisp.data_dir.join("images/layers");
-    for layer in std::fs::read_dir(&layers).unwrap() {
-        let motd = layer.unwrap().path().join("diff/etc/motd");
-        if motd.exists() {
-            assert_eq!(std::fs::read_to_string(&motd).unwrap(), "original\n");
+        let (_, caps) = probe(&wisp, &name, "caps").await;
+        for line in [
+            "CapEff:\t0000000000000000",
+            "CapPrm:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+        ] {
+            assert!(caps.contains(line), "{protocol}: {line:?} in {caps}");
         }
+
+        assert_eq!(probe(&wisp, &name, "hostname").await.1.trim(), name);
+        // Sandboxes are made ahead at SCHED_IDLE; the function runs at the
+        // normal policy (SCHED_OTHER = 0).
+        assert_eq!(
+            probe(&wisp, &name, "policy").await.1.trim(),
+            "0",
+            "{protocol}"
+        );
+        assert_eq!(probe(&wisp, &name, "id").await.1, "0\n0\n", "{protocol}");
+
+        let (_, net) = probe(&wisp, &name, "net").await;
+        assert!(net.contains("loopback:refused"), "{protocol}: {net}");
+        assert!(net.contains("host:refused"), "{protocol}: {net}");
+
+        // Writes land in the sandbox's own scratch layer, never in the image's.
+        assert_eq!(
+            probe(&wisp, &name, "write").await.1,
+            "pwned\n",
+            "{protocol}"
+        );
+        assert_eq!(probe(&wisp, &name, "read").await.1, "pwned\n", "{protocol}");
+        let layers = wisp.data_dir.join("images/layers");
+        for layer in std::fs::read_dir(&layers).unwrap() {
+            let motd = layer.unwrap().path().join("diff/etc/motd");
+            if motd.exists() {
+                assert_eq!(std::fs::read_to_string(&motd).unwrap(), "original\n");
+            }
+        }
+        // A second sandbox of the same image starts from the image again.
+        let second = format!("probe2-{protocol}");
+        deploy_probe(&wisp, &second, rootfs.path(), protocol, &[]);
+        assert_eq!(
+            probe(&wisp, &second, "read").await.1,
+            "original\n",
+            "{protocol}"
+        );
     }
-    // A second sandbox of the same image starts from the image again.
-    deploy_probe(&wisp, "probe2", rootfs.path(), &[]);
-    assert_eq!(probe(&wisp, "probe2", "read").await.1, "original\n");
+}
+
+/// Issue 11, finding 8: the seccomp filter was a deny-list that allowed
+/// everything else: system calls newer than the list, `personality` with
+/// any value, `socket` of any family, and x32 numbers (bit 30 set), which
+/// no rule matched. It is Docker's default profile, an allow-list: the
+/// fixture `syscall-probe` makes the calls and reports what the kernel
+/// said, and real programs of three C libraries still run under it.
+#[tokio::test]
+async fn handlers_run_under_dockers_seccomp_allow_list() {
+    let wisp = Wisp::start();
+    wisp.cli(&[
+        "deploy",
+        "syscalls",
+        "--binary",
+        artifacts::SYSCALL_PROBE_BIN,
+        "--protocol",
+        "cgi",
+    ])
+    .expect_success();
+    let answer = wisp.invoke("GET", "/function/syscalls/", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let text = answer.text();
+    let report: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once(": ")).collect();
+    // SIGSYS: the process is killed (another ABI).
+    let killed = "killed by signal 31";
+    let expected: BTreeMap<&str, &str> = [
+        ("io_uring_setup", "EPERM"),
+        ("unshare(CLONE_NEWUSER)", "EPERM"),
+        ("unshare(CLONE_NEWNET)", "EPERM"),
+        ("clone(CLONE_NEWUSER)", "EPERM"),
+        ("clone()", "ok"),
+        // So that libcs fall back to clone, whose flags the filter sees.
+        ("clone3", "ENOSYS"),
+        ("socket(AF_VSOCK)", "EPERM"),
+        ("socket(AF_ALG)", "EPERM"),
+        ("socket(1<<32|AF_VSOCK)", "EPERM"),
+        ("socket(AF_INET)", "ok"),
+        ("socket(AF_UNIX)", "ok"),
+        // One of the five values Docker's profile allows.
+        ("personality(PER_LINUX32)", "ok"),
+        ("personality(ADDR_NO_RANDOMIZE)", "EPERM"),
+        ("personality(READ_IMPLIES_EXEC)", "EPERM"),
+        ("mount", "EPERM"),
+        ("bpf", "EPERM"),
+        ("keyctl", "EPERM"),
+        ("userfaultfd", "EPERM"),
+        // Not in the list: refused by the filter (the kernel says ENOSYS).
+        ("call 1000", "EPERM"),
+        ("x32 getpid", killed),
+        ("i386 getpid", killed),
+    ]
+    .into();
+    assert_eq!(report, expected, "{text}");
+
+    // musl: the examples, an HTTP server and a CGI program.
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    let pong = wisp.invoke("GET", "/function/ping/ping", "").await;
+    assert_eq!((pong.status, pong.text()), (StatusCode::OK, "pong".into()));
+    wisp.deploy_with("cgi-native", artifacts::CGI_NATIVE_DOCKER_ARCHIVE, |d| {
+        d.protocol = Some("cgi".into());
+    })
+    .await
+    .unwrap();
+    let echo = wisp.invoke("POST", "/function/cgi-native/", "hi").await;
+    assert_eq!(echo.status, StatusCode::OK);
+    assert!(echo.text().contains("body=hi"), "{}", echo.text());
+
+    // glibc, dynamically linked, with a thread: glibc's pthread_create
+    // tries clone3 first. busybox's sh runs it.
+    let rootfs = busybox_rootfs();
+    glibc_program(rootfs.path(), "threads", THREADS_C);
+    wisp.deploy_cgi_script("glibc", rootfs.path(), "/threads");
+    let answer = wisp.invoke("GET", "/function/glibc/", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(
+        answer.text().contains(": a thread ran"),
+        "{}",
+        answer.text()
+    );
+}
+
+/// A CGI program that starts a thread and says which glibc ran it.
+const THREADS_C: &str = r#"#include <gnu/libc-version.h>
+#include <pthread.h>
+#include <stdio.h>
+
+static void *work(void *arg) {
+    (void)arg;
+    return "a thread ran";
+}
+
+int main(void) {
+    pthread_t thread;
+    void *said = "no thread";
+    int err = pthread_create(&thread, NULL, work, NULL);
+    if (err == 0)
+        pthread_join(thread, &said);
+    printf("Content-Type: text/plain\r\n\r\nglibc %s: %s\n", gnu_get_libc_version(), (const char *)said);
+    return err;
+}
+"#;
+
+/// Compiles C `source` with the host's `cc` (glibc, dynamically linked)
+/// into `rootfs` as `/<name>`, with the libraries `ldd` says it loads at
+/// their paths.
+fn glibc_program(rootfs: &Path, name: &str, source: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, bin) = (dir.path().join("main.c"), rootfs.join(name));
+    std::fs::write(&c, source).unwrap();
+    let built = std::process::Command::new("cc")
+        .arg("-pthread")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&c)
+        .status()
+        .expect("a C compiler, cc");
+    assert!(built.success(), "cc {}", c.display());
+    let ldd = std::process::Command::new("ldd")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    let ldd = String::from_utf8(ldd.stdout).unwrap();
+    let libs: Vec<&str> = ldd
+        .split_whitespace()
+        .filter(|word| word.starts_with('/'))
+        .collect();
+    assert!(libs.iter().any(|l| l.contains("libc.so")), "{ldd}");
+    for lib in libs {
+        let to = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
 }
 
 #[tokio::test]
 async fn a_memory_hog_is_oom_killed_and_its_sandbox_replaced() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    deploy_probe(&wisp, "hog", rootfs.path(), &["--memory", "32Mi"]);
+    deploy_probe(&wisp, "hog", rootfs.path(), "cgi", &["--memory", "32Mi"]);
     assert_eq!(probe(&wisp, "hog", "id").await.0, StatusCode::OK);
     let (status, body) = probe(&wisp, "hog", "hog").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
@@ -311,7 +502,7 @@ async fn a_memory_hog_is_oom_killed_and_its_sandbox_replaced() {
 async fn a_fork_bomb_stops_at_the_pids_limit() {
     let wisp = Wisp::start();
     let rootfs = busybox_rootfs();
-    deploy_probe(&wisp, "bomb", rootfs.path(), &[]);
+    deploy_probe(&wisp, "bomb", rootfs.path(), "cgi", &[]);
     let (status, body) = probe(&wisp, "bomb", "forkbomb").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let n: u32 = body
@@ -481,7 +672,7 @@ async fn images_are_listed_and_pruned_when_unused() {
     let wisp = Wisp::start();
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
     let rootfs = busybox_rootfs();
-    deploy_probe(&wisp, "probe", rootfs.path(), &[]);
+    deploy_probe(&wisp, "probe", rootfs.path(), "cgi", &[]);
     let out = wisp.cli(&["images"]).expect_success();
     assert!(out.contains("ping") && out.contains("probe"), "{out}");
     assert!(out.contains("layer sha256:"), "{out}");

@@ -18,5 +18,6 @@ pub fn all() -> &'static [(&'static str, &'static str)] {
         ("cgi-echo-native", CGI_NATIVE_BIN),
         ("cgi-echo-native-oci", CGI_NATIVE_OCI_LAYOUT),
         ("cgi-echo-native-docker", CGI_NATIVE_DOCKER_ARCHIVE),
+        ("syscall-probe", SYSCALL_PROBE_BIN),
     ]
 }

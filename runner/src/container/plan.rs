@@ -7,12 +7,12 @@
 //!
 //! Security defaults decided here: every namespace including a user
 //! namespace (container root = an unprivileged host uid), a network
-//! namespace with loopback only, no capabilities, `no_new_privs`, the
-//! seccomp profile modelled on Docker's, read-only image layers (they are
-//! overlay lower dirs; writes land in a size-capped tmpfs), a minimal `/dev`
-//! on a tmpfs whose nodes init makes with `mknodat` as host root, before it
-//! enters the user namespace (which may not make device nodes), and no host
-//! paths at all.
+//! namespace with loopback only, no capabilities, `no_new_privs`, Docker's
+//! default seccomp profile (`container::seccomp`), read-only image layers
+//! (they are overlay lower dirs; writes land in a size-capped tmpfs), a
+//! minimal `/dev` on a tmpfs whose nodes init makes with `mknodat` as host
+//! root, before it enters the user namespace (which may not make device
+//! nodes), and no host paths at all.
 
 use std::path::PathBuf;
 

@@ -5,7 +5,8 @@
 //! Set-up order (verified on the development machine, see
 //! docs/architecture.md): join the cgroup and make a cgroup namespace;
 //! loopback up; make `/` private; fork the zygote, the future handler,
-//! which enters the user namespace and installs the seccomp filter; make
+//! which enters the user namespace, empties its bounding set (entering
+//! the namespace gave it back in full) and installs the seccomp filter; make
 //! `/proc`, `/dev` (with its nodes) and `/tmp` as detached mounts — a
 //! pre-made sandbox waits here for a function — then hostname; mount the
 //! scratch tmpfs and the overlay; `pivot_root` into it and detach the

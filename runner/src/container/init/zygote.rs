@@ -1,5 +1,6 @@
 //! The handler's process: the zygote, forked while the sandbox is
-//! pre-made (user namespace, `no_new_privs` and seccomp already applied),
+//! pre-made (user namespace, empty bounding set, `no_new_privs` and
+//! seccomp already applied),
 //! which execs the function's command once it has one; and, for CGI, one
 //! process forked per request. A [`Command`] is everything init resolved
 //! (executable along the image's `PATH`, environment, ids), so the child
@@ -133,9 +134,9 @@ impl Command {
 }
 
 /// The handler's process before it is the handler: forked while the
-/// sandbox waits for a function, already in the user namespace, with
-/// `no_new_privs` and the seccomp filter, blocked until init sends it a
-/// [`Command`] (JSON, then end of file).
+/// sandbox waits for a function, already in the user namespace, with an
+/// empty bounding set, `no_new_privs` and the seccomp filter, blocked
+/// until init sends it a [`Command`] (JSON, then end of file).
 pub(super) struct Zygote {
     pub(super) pid: Pid,
     /// init → zygote: the command.
@@ -201,7 +202,15 @@ impl Zygote {
         // At the host's `/` for now: pivot_root moves it to the container's.
         chdir("/").map_err(sys_step("working directory"))?;
         setns(userns, CloneFlags::CLONE_NEWUSER).map_err(sys_step("user namespace"))?;
+        // Entering a user namespace gives the full bounding set back (the
+        // kernel's `set_cred_user_ns`), whatever init dropped before the
+        // fork: the zygote drops it itself, with the `CAP_SETPCAP` it now
+        // has in the namespace, so that the handler, like a CGI process,
+        // starts with none.
+        sys::drop_bounding_set().map_err(sys_step("bounding set"))?;
         nix::sys::prctl::set_no_new_privs().map_err(sys_step("no_new_privs"))?;
+        // The filter goes on last: everything the zygote does from here to
+        // `execve` must be allowed by it.
         filters.apply().map_err(ExecError::Seccomp)?;
         warm_up();
         let mut text = Vec::new();
