@@ -5,8 +5,9 @@
 //! host's architecture, the running kernel and the capabilities wisp
 //! grants a handler, none: about 330 system calls are allowed, some only
 //! with certain arguments (`socket` without `AF_ALG` or `AF_VSOCK`,
-//! `personality` with Docker's five values, `clone` without namespace
-//! flags); `clone3` fails with `ENOSYS`, so that libcs fall back to
+//! `personality` with Docker's values but the 32-bit ones, `clone`
+//! without namespace flags; wisp also leaves out `ptrace` and
+//! `process_vm_readv`/`writev`); `clone3` fails with `ENOSYS`, so that libcs fall back to
 //! `clone`, whose flags a filter can see; every other call, including any
 //! call newer than the profile, fails with `EPERM`. [`syscalls`] gives the
 //! names their numbers.

@@ -20,6 +20,9 @@
 //! The parser knows every field, action and operator the profile uses and
 //! refuses any other, so that a newer profile with a construct wisp does
 //! not apply fails the unit tests instead of being half applied.
+//!
+//! wisp then narrows the result ([`narrow`]): no `ptrace` or
+//! `process_vm_readv`/`writev`, and no 32-bit `personality`.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry as MapEntry;
@@ -307,10 +310,43 @@ impl Profile {
                 }
             }
         }
+        narrow(&mut calls);
         Ok(ProfilePlan {
             default_errno,
             calls,
         })
+    }
+}
+
+/// Calls Docker allows that a function sandbox has no use for.
+const WISP_REMOVES: &[&str] = &[
+    // Reading and writing other processes' memory: debuggers, not
+    // functions. (Docker allows them from Linux 4.8.)
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+];
+
+/// The `personality` values Docker allows that switch to a 32-bit
+/// persona (`PER_LINUX32`, alone and with `UNAME26`): wisp runs no 32-bit
+/// code, so only the query, `PER_LINUX` and `UNAME26` remain.
+const WISP_REFUSED_PERSONAS: &[u64] = &[0x0008, 0x2_0008];
+
+/// wisp's narrowings of Docker's profile.
+fn narrow(calls: &mut BTreeMap<String, CallRule>) {
+    for name in WISP_REMOVES {
+        calls.remove(*name);
+    }
+    if let Some(CallRule {
+        when: When::AnyOf(alternatives),
+        ..
+    }) = calls.get_mut("personality")
+    {
+        alternatives.retain(|checks| {
+            !matches!(checks.as_slice(),
+                [ArgCheck { index: 0, op: CmpOp::Eq, value, .. }]
+                    if WISP_REFUSED_PERSONAS.contains(value))
+        });
     }
 }
 
@@ -496,12 +532,13 @@ mod tests {
                 vec![dword(0, CmpOp::Gt, 40)],
             ])
         );
-        // PER_LINUX, PER_LINUX32, UNAME26 and the two combined, and the
-        // query: no ADDR_NO_RANDOMIZE, no READ_IMPLIES_EXEC.
+        // PER_LINUX, UNAME26 and the query (Docker also allows
+        // PER_LINUX32, wisp does not): no ADDR_NO_RANDOMIZE, no
+        // READ_IMPLIES_EXEC.
         assert_eq!(
             plan.calls["personality"].when,
             When::AnyOf(
-                [0, 8, 0x20000, 0x20008, 0xffff_ffff]
+                [0, 0x20000, 0xffff_ffff]
                     .into_iter()
                     .map(|v| vec![dword(0, CmpOp::Eq, v)])
                     .collect()
@@ -522,11 +559,19 @@ mod tests {
             assert!(!x86.calls.contains_key(name), "{name}");
         }
         // ptrace could escape seccomp before Linux 4.8: Docker allows it
-        // from there on.
-        assert!(x86.calls.contains_key("ptrace"));
-        let old = resolve(Arch::X86_64, &[], "4.4.0");
-        assert!(!old.calls.contains_key("ptrace"));
-        assert!(!old.calls.contains_key("process_vm_readv"));
+        // from there on, wisp never.
+        assert!(!x86.calls.contains_key("ptrace"));
+        assert!(!x86.calls.contains_key("process_vm_writev"));
+        // An entry with a minimum kernel is left out on older ones.
+        let profile = Profile::docker_default().unwrap();
+        let entry = profile
+            .syscalls
+            .iter()
+            .find(|e| e.names.iter().any(|n| n == "ptrace") && e.includes.is_some())
+            .unwrap();
+        let kernel = |k| KernelVersion::parse(k).unwrap();
+        assert!(entry.applies(Arch::X86_64, &[], kernel("6.8")).unwrap());
+        assert!(!entry.applies(Arch::X86_64, &[], kernel("4.4.0")).unwrap());
     }
 
     #[test]
