@@ -237,7 +237,7 @@ impl Wisp {
     /// in the busybox root filesystem `rootfs`, once per request.
     #[track_caller]
     pub fn deploy_cgi_script(&self, name: &str, rootfs: &Path, script: &str) {
-        let args = ["--protocol", "cgi", "--cmd", "/bin/sh", "-c", script];
+        let args = ["--protocol", "cgi", "--", "/bin/sh", "-c", script];
         self.deploy_rootfs(name, rootfs, &args);
     }
 
@@ -253,7 +253,7 @@ impl Wisp {
         std::fs::write(rootfs.path().join("slow.sh"), script).expect("writing slow.sh");
         let mut cli = vec!["--protocol", "cgi"];
         cli.extend(args);
-        cli.extend(["--cmd", "/bin/sh", "/slow.sh"]);
+        cli.extend(["--", "/bin/sh", "/slow.sh"]);
         self.deploy_rootfs(name, rootfs.path(), &cli);
     }
 

@@ -202,3 +202,61 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
     let err = wisp_e2e::Wisp::cli_unreachable(&["bench", "hello"]).expect_failure();
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+/// Issue 11, finding 16: `--cmd` took every word after it, flags included,
+/// so `--cmd /bin/h --protocol cgi` deployed an `http` function running
+/// `/bin/h --protocol cgi`. A command goes after `--`, or one word per
+/// `--cmd`; both at once is refused.
+#[tokio::test]
+async fn a_command_never_swallows_the_flags_after_it() {
+    let wisp = Wisp::start();
+    let rootfs = wisp_e2e::busybox_rootfs();
+    let rootfs = rootfs.path().to_str().unwrap();
+    let script = "printf 'Content-Type: text/plain\\r\\n\\r\\nfrom cgi\\n'";
+    wisp.cli(&[
+        "deploy",
+        "words",
+        "--rootfs",
+        rootfs,
+        "--cmd",
+        "/bin/sh",
+        "--cmd",
+        "-c",
+        "--cmd",
+        script,
+        "--protocol",
+        "cgi",
+    ])
+    .expect_success();
+    let answer = wisp.invoke("GET", "/function/words", "").await;
+    assert_eq!(answer.text(), "from cgi\n", "{}", answer.status);
+    wisp.cli(&[
+        "deploy",
+        "rest",
+        "--rootfs",
+        rootfs,
+        "--protocol",
+        "cgi",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ])
+    .expect_success();
+    let answer = wisp.invoke("GET", "/function/rest", "").await;
+    assert_eq!(answer.text(), "from cgi\n", "{}", answer.status);
+    let err = wisp
+        .cli(&[
+            "deploy", "both", "--rootfs", rootfs, "--cmd", "/bin/sh", "--", "/bin/sh",
+        ])
+        .expect_failure();
+    assert!(err.contains("given twice"), "{err}");
+    // A flag-like word after a --cmd word is a flag, and an unknown one
+    // says how to pass it as part of the command.
+    let err = wisp
+        .cli(&[
+            "deploy", "dash", "--rootfs", rootfs, "--cmd", "/bin/sh", "-c", script,
+        ])
+        .expect_failure();
+    assert!(err.contains("--"), "{err}");
+}

@@ -42,11 +42,11 @@ fn deploy_probe(wisp: &Wisp, name: &str, rootfs: &Path, protocol: &str, extra: &
     ];
     args.extend(extra);
     match protocol {
-        "cgi" => args.extend(["--cmd", "/bin/sh", "/probe.sh"]),
+        "cgi" => args.extend(["--", "/bin/sh", "/probe.sh"]),
         _ => args.extend([
             "--port",
             "8080",
-            "--cmd",
+            "--",
             "/bin/busybox",
             "httpd",
             "-f",
@@ -522,7 +522,7 @@ async fn handlers_that_exit_or_never_listen_get_clear_errors() {
     wisp.deploy_rootfs(
         "quits",
         rootfs.path(),
-        &["--cmd", "/bin/sh", "-c", "echo boom >&2; exit 3"],
+        &["--", "/bin/sh", "-c", "echo boom >&2; exit 3"],
     );
     let answer = wisp.invoke("GET", "/function/quits/", "").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
@@ -532,7 +532,7 @@ async fn handlers_that_exit_or_never_listen_get_clear_errors() {
     wisp.deploy_rootfs(
         "mute",
         rootfs.path(),
-        &["--timeout", "1s", "--cmd", "/bin/sleep", "60"],
+        &["--timeout", "1s", "--", "/bin/sleep", "60"],
     );
     let answer = wisp.invoke("GET", "/function/mute/", "").await;
     assert_eq!(

@@ -316,7 +316,7 @@ async fn a_container_still_streaming_at_its_deadline_is_cut_off_and_replaced() {
             "1",
             "--concurrency",
             "1",
-            "--cmd",
+            "--",
             "/bin/httpd",
             "-f",
             "-p",

@@ -113,15 +113,26 @@ pub struct DeployArgs {
     /// An OCI image: a `docker save` / `podman save` / OCI archive tar, or an OCI layout directory.
     #[arg(long, conflicts_with_all = ["file", "rootfs", "binary"])]
     pub image: Option<PathBuf>,
-    /// A root filesystem directory to run as a one-layer image (needs --cmd).
+    /// A root filesystem directory to run as a one-layer image (needs a command: `-- CMD…`).
     #[arg(long, conflicts_with_all = ["file", "image", "binary"])]
     pub rootfs: Option<PathBuf>,
     /// A static executable to run as a one-layer image.
     #[arg(long, conflicts_with_all = ["file", "image", "rootfs"])]
     pub binary: Option<PathBuf>,
-    /// Command (and arguments) replacing the image's Entrypoint and Cmd; repeat per word.
-    #[arg(long = "cmd", value_name = "WORD", num_args = 1.., allow_hyphen_values = true)]
+    /// One word of the command replacing the image's Entrypoint and Cmd;
+    /// repeat per word (`--cmd /bin/sh --cmd -c --cmd 'echo hi'`), or give
+    /// the whole command after `--`.
+    #[arg(
+        long = "cmd",
+        value_name = "WORD",
+        num_args = 1,
+        allow_hyphen_values = true
+    )]
     pub cmd: Vec<String>,
+    /// The command replacing the image's Entrypoint and Cmd, after `--`
+    /// (`wisp deploy app --rootfs DIR -- /bin/app --serve`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
     /// Containers: how wisp reaches the handler, `http` (it listens on $PORT) or `cgi`.
     #[arg(long)]
     pub protocol: Option<String>,

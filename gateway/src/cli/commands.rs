@@ -131,7 +131,13 @@ fn key_values(what: &str, items: &[String]) -> anyhow::Result<Option<BTreeMap<St
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let client = connect(&args.connect)?;
-    let mut command = args.cmd.clone();
+    let mut command = match (args.cmd.is_empty(), args.command.is_empty()) {
+        (false, false) => bail!(
+            "the command is given twice: put it after `--` (`-- /bin/app --flag`) or give one `--cmd WORD` per word, not both"
+        ),
+        (false, true) => args.cmd.clone(),
+        _ => args.command.clone(),
+    };
     let bytes = if let Some(rootfs) = &args.rootfs {
         let bytes = super::pack::rootfs_image(rootfs, &command)?;
         command.clear();
