@@ -218,16 +218,36 @@ pub struct ContainerOptions {
     pub cpu_millis: Option<u32>,
 }
 
+/// Which entry of `allow_outbound` lets a request out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundGrant {
+    /// The host is named: whatever it resolves to, the deployer asked for it.
+    Named,
+    /// Only `*` matches: any host but those that resolve to the machine
+    /// itself (loopback, link-local, the host's own addresses).
+    Wildcard,
+}
+
 impl FunctionSpec {
-    /// Whether outbound HTTP to `authority` (host or host:port) is allowed.
-    pub fn allows_outbound(&self, authority: &str) -> bool {
+    /// Whether outbound HTTP to `authority` (host or host:port) may go out,
+    /// and on which grant.
+    pub fn outbound_grant(&self, authority: &str) -> Option<OutboundGrant> {
         let host = authority
             .rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(authority, |(host, _)| host);
-        self.allow_outbound
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if self
+            .allow_outbound
             .iter()
-            .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(host))
+            .any(|allowed| allowed.eq_ignore_ascii_case(host))
+        {
+            Some(OutboundGrant::Named)
+        } else if self.allow_outbound.iter().any(|allowed| allowed == "*") {
+            Some(OutboundGrant::Wildcard)
+        } else {
+            None
+        }
     }
 }
 
@@ -596,13 +616,19 @@ mod tests {
             container: None,
             scaling: ScalingSpec::default(),
         };
-        assert!(!spec.allows_outbound("example.com"));
-        spec.allow_outbound = vec!["example.com".into()];
-        assert!(spec.allows_outbound("example.com:443"));
-        assert!(spec.allows_outbound("EXAMPLE.com"));
-        assert!(!spec.allows_outbound("evil.com"));
-        spec.allow_outbound = vec!["*".into()];
-        assert!(spec.allows_outbound("evil.com"));
+        assert_eq!(spec.outbound_grant("example.com"), None);
+        spec.allow_outbound = vec!["example.com".into(), "::1".into()];
+        let named = Some(OutboundGrant::Named);
+        assert_eq!(spec.outbound_grant("example.com:443"), named);
+        assert_eq!(spec.outbound_grant("EXAMPLE.com"), named);
+        assert_eq!(spec.outbound_grant("[::1]:8080"), named);
+        assert_eq!(spec.outbound_grant("evil.com"), None);
+        spec.allow_outbound = vec!["*".into(), "localhost".into()];
+        assert_eq!(
+            spec.outbound_grant("evil.com"),
+            Some(OutboundGrant::Wildcard)
+        );
+        assert_eq!(spec.outbound_grant("localhost:80"), named);
     }
 
     proptest! {

@@ -179,6 +179,50 @@ async fn outbound_http_is_denied_unless_allowed() {
     assert_eq!(allowed.text(), "status: 200", "{}", allowed.text());
 }
 
+/// Issue 11, finding 13: with `allow-outbound: ["*"]` a guest fetched the
+/// gateway's own `/metrics`. `*` is the network, not this machine: its
+/// loopback, link-local and own addresses take an entry naming the host.
+#[tokio::test]
+async fn a_wildcard_grant_does_not_reach_this_machine() {
+    let wisp = Wisp::start();
+    wisp.deploy_with("anywhere", artifacts::MISBEHAVE, |d| {
+        d.allow_outbound = Some(vec!["*".into()]);
+    })
+    .await
+    .unwrap();
+    let port = wisp.addr.rsplit_once(':').unwrap().1.to_owned();
+    for target in [
+        format!("http://127.0.0.1:{port}/metrics"),
+        format!("http://localhost:{port}/metrics"),
+        format!("http://[::ffff:127.0.0.1]:{port}/metrics"),
+        format!("http://0.0.0.0:{port}/metrics"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        let denied = wisp
+            .invoke("GET", &format!("/function/anywhere/fetch?url={target}"), "")
+            .await;
+        assert!(
+            denied.text().contains("HttpRequestDenied"),
+            "{target}: {}",
+            denied.text()
+        );
+    }
+    // Named, the same host is reachable.
+    wisp.deploy_with("named", artifacts::MISBEHAVE, |d| {
+        d.allow_outbound = Some(vec!["*".into(), "localhost".into()]);
+    })
+    .await
+    .unwrap();
+    let allowed = wisp
+        .invoke(
+            "GET",
+            &format!("/function/named/fetch?url=http://localhost:{port}/healthz"),
+            "",
+        )
+        .await;
+    assert_eq!(allowed.text(), "status: 200", "{}", allowed.text());
+}
+
 #[tokio::test]
 async fn many_concurrent_requests_all_succeed() {
     let wisp = Wisp::start();

@@ -27,7 +27,7 @@ use wasmtime_wasi_http::{
 
 use super::guest::{MemoryCap, TailPipe, arm_deadline, classify, wasi_builder};
 use crate::backend::{Body, BodyError, Instance, InvokeError};
-use crate::spec::FunctionSpec;
+use crate::spec::{FunctionSpec, OutboundGrant};
 
 pub type HttpLinker = Linker<HttpState>;
 
@@ -89,12 +89,20 @@ impl WasiHttpHooks for OutboundPolicy {
             .authority()
             .map(|a| a.as_str().to_owned())
             .unwrap_or_default();
-        if !self.spec.allows_outbound(&authority) {
+        let Some(grant) = self.spec.outbound_grant(&authority) else {
             tracing::warn!(function = %self.spec.name, %authority, "outbound HTTP request denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
+        };
+        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let spec = self.spec.clone();
         drop(fut);
         Box::new(async move {
+            if grant == OutboundGrant::Wildcard
+                && let Some(local) = super::outbound::local_address(&authority, https).await
+            {
+                tracing::warn!(function = %spec.name, %authority, %local, "outbound HTTP request denied: the host resolves to this machine, and `*` does not reach it (name the host in allow-outbound to)");
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 response.map(BodyExt::boxed_unsync),

@@ -25,5 +25,6 @@ mod backend;
 pub(crate) mod cgi;
 mod guest;
 mod http;
+mod outbound;
 
 pub use backend::{EPOCH_TICK, WasmBackend, WasmConfig};
