@@ -484,6 +484,8 @@ fn make_busybox_rootfs() -> anyhow::Result<tempfile::TempDir> {
 /// The CGI probe: `?pids`, `?caps`, `?net`, … report what the sandbox looks
 /// like from inside; `?hog` and `?forkbomb` push at its limits.
 const PROBE: &str = r#"#!/bin/sh
+# The hog fails before it answers: the caller sees why (a 502).
+[ "$QUERY_STRING" = hog ] && exec awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }'
 printf 'Content-Type: text/plain\r\n\r\n'
 case "$QUERY_STRING" in
 pids) for p in /proc/[0-9]*; do echo "${p#/proc/}"; done ;;
@@ -496,7 +498,6 @@ net)
   if wget -q -T 2 -O /dev/null "http://$HOST_IP:$HOST_PORT/healthz" 2>/dev/null; then echo host:connected; else echo host:refused; fi ;;
 write) echo pwned > /etc/motd && cat /etc/motd ;;
 read) cat /etc/motd ;;
-hog) awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }' ;;
 forkbomb)
   # The bomb runs in a child shell: ash gives up when fork fails.
   sh -c 'i=0; while [ $i -lt 400 ]; do sleep 20 >/dev/null 2>&1 & i=$((i+1)); done' 2>/dev/null

@@ -23,6 +23,10 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default cap on a request body (AWS Lambda's synchronous payload limit).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 6 * 1024 * 1024;
+/// Largest request body limit a function may ask for. Bodies stream to
+/// `http` handlers, but CGI programs get theirs whole, held in memory
+/// while they run: the limit bounds that memory too.
+pub const MAX_BODY_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Largest memory cap a function may ask for.
 pub const MAX_MEMORY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Longest deadline a function may ask for.
@@ -324,11 +328,11 @@ impl Limits {
                 range: "1ms..=15m",
             });
         }
-        if self.max_body_bytes == 0 {
+        if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_LIMIT_BYTES {
             return Err(SpecError::OutOfRange {
                 what: "body limit",
-                value: "0".into(),
-                range: "at least 1 byte",
+                value: self.max_body_bytes.to_string(),
+                range: "1..=1Gi",
             });
         }
         Ok(())
@@ -600,6 +604,13 @@ mod tests {
             ..Limits::default()
         };
         assert!(no_time.validate().is_err());
+        for max_body_bytes in [0, MAX_BODY_LIMIT_BYTES + 1] {
+            let body = Limits {
+                max_body_bytes,
+                ..Limits::default()
+            };
+            assert!(body.validate().is_err(), "{max_body_bytes}");
+        }
     }
 
     #[test]

@@ -259,6 +259,43 @@ async fn a_failing_handlers_stderr_is_not_sent_to_the_caller() {
     );
 }
 
+/// Issue 11, finding 11: CGI output was gathered whole (up to 32 MiB per
+/// request) before the response began. It streams once the header block
+/// is in; a process killed after its head ends the body with an error.
+#[tokio::test]
+async fn cgi_output_streams_once_its_headers_are_in() {
+    use http_body_util::BodyExt;
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    wisp.deploy_cgi_script(
+        "trickle",
+        rootfs.path(),
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nfirst\\n'; sleep 2; echo second; [ \"$QUERY_STRING\" = die ] && kill -9 $$; echo third",
+    );
+    for (query, whole) in [("", true), ("die", false)] {
+        let started = std::time::Instant::now();
+        let response = wisp.stream(&format!("/function/trickle?{query}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first\n");
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1500),
+            "the first line came only after {:?}",
+            started.elapsed()
+        );
+        let rest = body.collect().await.map(|c| c.to_bytes());
+        if whole {
+            assert_eq!(rest.unwrap(), "second\nthird\n");
+        } else {
+            assert!(
+                rest.is_err(),
+                "a killed process's body ended cleanly: {rest:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn cgi_containers_run_one_process_per_request() {
     let wisp = Wisp::start();

@@ -150,6 +150,34 @@ async fn bad_deployments_are_400_and_change_nothing() {
         );
     }
 
+    // Limits past wisp's bounds (issue 11, finding 11: "1000Gi" was taken).
+    let hello = wisp.upload(artifacts::HELLO).await.unwrap();
+    for (max_body_size, memory, timeout, expected) in [
+        (Some("1000Gi"), None, None, "body limit"),
+        (Some("2Gi"), None, None, "1..=1Gi"),
+        (None, Some("64Gi"), None, "memory limit"),
+        (None, None, Some("48h"), "timeout"),
+    ] {
+        let deployment = FunctionDeployment {
+            service: "hello".to_owned(),
+            image: hello.clone(),
+            max_body_size: max_body_size.map(str::to_owned),
+            limits: memory.map(|m| wisp::api::FunctionResources {
+                memory: Some(m.to_owned()),
+                cpu: None,
+            }),
+            timeout: timeout.map(str::to_owned),
+            ..Default::default()
+        };
+        let err = wisp
+            .client
+            .deploy(&deployment)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("400") && err.contains(expected), "{err}");
+    }
+
     // Malformed JSON and unknown fields.
     for body in ["{", r#"{"service":"hello","image":"x","imagee":"y"}"#, "[]"] {
         let answer = wisp.invoke("POST", "/system/functions", body).await;

@@ -29,6 +29,8 @@ use crate::store::logs::escape_controls;
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Bytes of a CGI process's stderr kept per request.
 const MAX_CGI_STDERR_BYTES: u64 = 64 * 1024;
+/// Bytes read from a CGI process's stdout at a time.
+const CGI_CHUNK_BYTES: usize = 16 * 1024;
 
 /// How requests reach the handler.
 pub(crate) enum Transport {
@@ -149,53 +151,143 @@ impl ContainerInstance {
         let mut stdin = tokio::net::unix::pipe::Sender::from_owned_fd(stdin_w).map_err(io_err)?;
         let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_r).map_err(io_err)?;
         let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_r).map_err(io_err)?;
-        let write = async move {
-            use tokio::io::AsyncWriteExt;
-            // A program that does not read its input is fine: EPIPE ends it.
-            let _ = stdin.write_all(&input).await;
-        };
-        let read = |pipe: tokio::net::unix::pipe::Receiver, max: u64| async move {
-            use tokio::io::AsyncReadExt;
-            let mut out = Vec::new();
-            let result = pipe.take(max).read_to_end(&mut out).await;
-            result.map(|_| out)
-        };
-        // One byte past the cap tells an over-long output from one that
-        // fits exactly; `cgi::response` refuses it.
-        let max_out = cgi::MAX_OUTPUT_BYTES as u64 + 1;
-        let (_, out, err, status) = tokio::join!(
-            write,
-            read(stdout, max_out),
-            read(stderr, MAX_CGI_STDERR_BYTES),
-            async {
+        // Input, stderr and the exit status are seen to by a task of their
+        // own, so that the response can stream while the program runs.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (name, pid) = (function.clone(), self.link.pid);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let write = async move {
+                // A program that does not read its input is fine: EPIPE ends it.
+                let _ = stdin.write_all(&input).await;
+            };
+            let read_stderr = async move {
+                let mut err = Vec::new();
+                let _ = stderr
+                    .take(MAX_CGI_STDERR_BYTES)
+                    .read_to_end(&mut err)
+                    .await;
+                String::from_utf8_lossy(&err).into_owned()
+            };
+            let exit = async {
                 exited.await.unwrap_or_else(|_| {
                     Err(crate::container::init_link::LinkError::Dead(
                         "the sandbox is gone".into(),
                     ))
                 })
+            };
+            let ((), err, status) = tokio::join!(write, read_stderr, exit);
+            if !err.trim().is_empty() {
+                log_output(&name, pid, Stream::Stderr, &err);
             }
-        );
-        let out = out.map_err(io_err)?;
-        let err = err.unwrap_or_default();
-        let err_text = String::from_utf8_lossy(&err);
-        if !err_text.trim().is_empty() {
-            log_output(function, self.link.pid, Stream::Stderr, &err_text);
-        }
-        let status = status.map_err(|e| self.failure(e))?;
-        let killed = matches!(status, ExitStatus::Signal(_));
-        let oom =
-            status != ExitStatus::Code(0) && self.sandbox.as_ref().is_some_and(Sandbox::oom_killed);
-        if oom {
-            return Err(self.out_of_memory());
-        }
-        if status != ExitStatus::Code(0) && (out.is_empty() || killed) {
-            // Its stderr went to the function's logs above and goes to the
-            // server log here; the caller is told only that it failed.
-            tracing::warn!(function = %function, %status, stderr = %escape_controls(err_text.trim()), "CGI process failed");
-            return Err(self.failure(format!("the CGI process failed ({status})")));
-        }
-        cgi::response(function, Bytes::from(out))
+            let _ = done_tx.send(CgiExit {
+                status,
+                stderr: err,
+            });
+        });
+
+        let mut stdout = stdout;
+        let mut head = bytes::BytesMut::new();
+        let parsed = loop {
+            use tokio::io::AsyncReadExt;
+            head.reserve(CGI_CHUNK_BYTES);
+            let read = stdout.read_buf(&mut head).await.map_err(io_err)?;
+            match cgi::parse_response(&head) {
+                Ok(parsed) => break Ok(parsed),
+                // The header block is not complete yet.
+                Err(cgi::ResponseError::Empty | cgi::ResponseError::NoBlankLine)
+                    if read > 0 && head.len() < cgi::MAX_HEADER_BYTES => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(invalid) => {
+                // Ended (or went wrong) before a response head: the exit
+                // status says which it was.
+                drop(stdout);
+                let exit = done_rx
+                    .await
+                    .map_err(|_| self.failure("the CGI task ended"))?;
+                let status = exit.status.map_err(|e| self.failure(e))?;
+                let killed = matches!(status, ExitStatus::Signal(_));
+                if status != ExitStatus::Code(0)
+                    && self.sandbox.as_ref().is_some_and(Sandbox::oom_killed)
+                {
+                    return Err(self.out_of_memory());
+                }
+                if status != ExitStatus::Code(0) && (head.is_empty() || killed) {
+                    // Its stderr went to the function's logs and goes to the
+                    // server log here; the caller is told only that it failed.
+                    tracing::warn!(function = %function, %status, stderr = %escape_controls(exit.stderr.trim()), "CGI process failed");
+                    return Err(self.failure(format!("the CGI process failed ({status})")));
+                }
+                return Err(InvokeError::BadResponse {
+                    function: function.clone(),
+                    detail: invalid.to_string(),
+                });
+            }
+        };
+        let first = head.freeze().slice(parsed.body_start..);
+        let mut response = Response::new(cgi_body(first, stdout, done_rx));
+        *response.status_mut() = parsed.status;
+        *response.headers_mut() = parsed.headers;
+        Ok(response)
     }
+}
+
+/// How a CGI process ended.
+struct CgiExit {
+    status: Result<ExitStatus, crate::container::init_link::LinkError>,
+    stderr: String,
+}
+
+/// The error a streamed CGI body ends with when its process was killed
+/// (timeout, out of memory) or lost before it finished.
+#[derive(Debug, thiserror::Error)]
+#[error("the CGI process did not finish its response ({0})")]
+struct CgiCutShort(String);
+
+/// A CGI response body: what followed the header block in the first read,
+/// then stdout as it comes. At the end of stdout the process's exit says
+/// whether the body is whole: one killed by a signal, or lost, ends it
+/// with an error rather than cleanly.
+fn cgi_body(
+    first: Bytes,
+    stdout: tokio::net::unix::pipe::Receiver,
+    done: tokio::sync::oneshot::Receiver<CgiExit>,
+) -> Body {
+    use futures::StreamExt;
+    use http_body::Frame;
+    type Item = Result<Frame<Bytes>, crate::backend::BodyError>;
+    let rest = futures::stream::unfold(Some((stdout, done)), |state| async move {
+        use tokio::io::AsyncReadExt;
+        let (mut stdout, done) = state?;
+        let mut chunk = bytes::BytesMut::with_capacity(CGI_CHUNK_BYTES);
+        match stdout.read_buf(&mut chunk).await {
+            Ok(0) => {
+                drop(stdout);
+                let verdict = match done.await {
+                    Ok(CgiExit {
+                        status: Ok(ExitStatus::Code(_)),
+                        ..
+                    }) => return None,
+                    Ok(CgiExit {
+                        status: Ok(status), ..
+                    }) => status.to_string(),
+                    Ok(CgiExit { status: Err(e), .. }) => e.to_string(),
+                    Err(_) => "its task ended".to_owned(),
+                };
+                let item: Item = Err(Box::new(CgiCutShort(verdict)));
+                Some((item, None))
+            }
+            Ok(_) => Some((Ok(Frame::data(chunk.freeze())), Some((stdout, done)))),
+            Err(e) => Some((Err(Box::new(e) as crate::backend::BodyError), None)),
+        }
+    });
+    let first = (!first.is_empty()).then(|| Ok(Frame::data(first)));
+    let frames = futures::stream::iter(first).chain(rest);
+    http_body_util::StreamBody::new(frames).boxed_unsync()
 }
 
 #[async_trait]

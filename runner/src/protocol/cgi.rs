@@ -6,9 +6,11 @@
 //! ([`parse_response`], [`response`]).
 //!
 //! Both executors read the request body with [`read_body`] (capped by the
-//! function's body limit) and give at most [`MAX_OUTPUT_BYTES`] of output
-//! to [`response`]; what runs the program and how its stdout is gathered
-//! is theirs.
+//! function's body limit). The container executor streams the response:
+//! it parses the head with [`parse_response`] as soon as the header block
+//! is in and sends the rest of stdout as it comes. The wasm executor
+//! gathers at most [`MAX_OUTPUT_BYTES`] of output and gives it to
+//! [`response`].
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -19,7 +21,7 @@ use crate::spec::FunctionName;
 /// Largest response a CGI program may write to stdout.
 pub const MAX_OUTPUT_BYTES: usize = 32 * 1024 * 1024;
 /// Largest header block of a CGI response.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Why a CGI program's output is not a response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
