@@ -469,8 +469,7 @@ impl FunctionStatus {
                 cpu: spec
                     .container
                     .as_ref()
-                    .and_then(|c| c.cpu_millis)
-                    .map(|m| format!("{m}m")),
+                    .map(|c| format!("{}m", c.cpu_cap_millis())),
             },
             invocation_count,
             replicas,

@@ -35,6 +35,7 @@ pub const DECLARED: &[&str] = &[
     "wisp_http_connections",
     "wisp_http_connections_refused_total",
     "wisp_http_connections_closed_total",
+    "wisp_log_lines_dropped_total",
 ];
 
 pub struct Metrics {
@@ -48,6 +49,7 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     stops: IntCounterVec,
     connections: ConnectionMetrics,
+    log_dropped: IntCounterVec,
 }
 
 /// The series of client connections, kept by [`crate::connections`].
@@ -119,6 +121,14 @@ impl Metrics {
             ),
             &["function_name", "reason"],
         )?;
+        let log_dropped = IntCounterVec::new(
+            Opts::new(
+                "wisp_log_lines_dropped_total",
+                "Lines of each function's output not logged: over its rate limit, or the log writer behind.",
+            ),
+            &["function_name"],
+        )?;
+        registry.register(Box::new(log_dropped.clone()))?;
         let connections = ConnectionMetrics {
             open: IntGauge::new("wisp_http_connections", "Client connections open now.")?,
             refused: IntCounter::new(
@@ -159,12 +169,14 @@ impl Metrics {
             queue_depth,
             stops,
             connections,
+            log_dropped,
         })
     }
 
     /// The series of one deployed function, resolved once so that the
     /// request path does no label lookups in the common case.
     pub fn function(&self, function: &str) -> FunctionMetrics {
+        self.log_dropped.with_label_values(&[function]);
         FunctionMetrics {
             name: function.to_owned(),
             in_flight: self.in_flight.with_label_values(&[function]),
@@ -197,7 +209,17 @@ impl Metrics {
     }
 
     /// Drops the gauges of a deleted function (its counters stay, as in OpenFaaS).
+    /// Brings `wisp_log_lines_dropped_total` up to the log store's counts;
+    /// the caller passes deployed functions only.
+    pub fn log_lines_dropped(&self, counts: &[(String, u64)]) {
+        for (function, total) in counts {
+            let counter = self.log_dropped.with_label_values(&[function.as_str()]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
     pub fn forget(&self, function: &str) {
+        let _ = self.log_dropped.remove_label_values(&[function]);
         let _ = self.service_count.remove_label_values(&[function]);
         let _ = self.in_flight.remove_label_values(&[function]);
         let _ = self.queue_depth.remove_label_values(&[function]);

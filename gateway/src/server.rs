@@ -131,7 +131,8 @@ impl App {
             )
             .with_context(|| format!("opening the log store in {}", config.data_dir.display()))?,
         );
-        wisp_runner::store::logs::install(logs.clone());
+        wisp_runner::store::logs::install(logs.clone())
+            .context("starting the log writer thread")?;
         let backend: Arc<dyn Backend> = Arc::new(Router {
             artifacts: artifacts.clone(),
             wasm: Arc::new(wasm),
@@ -189,6 +190,9 @@ impl App {
                 self.invoke(&name, &rest, req, remote).await
             }
             Route::Metrics => {
+                let mut dropped = self.logs.dropped();
+                dropped.retain(|(name, _)| self.functions.contains_key(name));
+                self.metrics.log_lines_dropped(&dropped);
                 let mut response = text(StatusCode::OK, self.metrics.render());
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

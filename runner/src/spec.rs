@@ -27,6 +27,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 6 * 1024 * 1024;
 /// `http` handlers, but CGI programs get theirs whole, held in memory
 /// while they run: the limit bounds that memory too.
 pub const MAX_BODY_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default CPU cap of a container instance: one CPU.
+pub const DEFAULT_CPU_MILLIS: u32 = 1000;
 /// Largest memory cap a function may ask for.
 pub const MAX_MEMORY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Longest deadline a function may ask for.
@@ -217,9 +219,17 @@ pub struct ContainerOptions {
     /// Replaces the image's Entrypoint and Cmd when non-empty.
     #[serde(default)]
     pub command: Vec<String>,
-    /// CPU cap in thousandths of a CPU; `None` = no cap.
+    /// CPU cap in thousandths of a CPU; `None` = [`DEFAULT_CPU_MILLIS`].
     #[serde(default)]
     pub cpu_millis: Option<u32>,
+}
+
+impl ContainerOptions {
+    /// The CPU cap in effect: the function's, else one CPU, so that no
+    /// handler can take the whole machine unless it asks to.
+    pub fn cpu_cap_millis(&self) -> u32 {
+        self.cpu_millis.unwrap_or(DEFAULT_CPU_MILLIS)
+    }
 }
 
 /// Which entry of `allow_outbound` lets a request out.

@@ -743,3 +743,57 @@ async fn without_root_containers_are_refused_and_wasm_still_runs() {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert!(wisp.client.list().await.unwrap().len() == 1);
 }
+
+/// Issue 11, finding 12: containers had no CPU limit unless they asked for
+/// one. Without `--cpu` a sandbox gets one CPU; `--cpu` sets another.
+#[tokio::test]
+async fn containers_get_one_cpu_unless_they_ask_for_another() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    wisp.deploy_cgi_script(
+        "plain",
+        rootfs.path(),
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nok'",
+    );
+    let answer = wisp.invoke("GET", "/function/plain", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    // The sandbox cgroups of this server, by the owner in their names.
+    let owner = format!("sandbox-{}.", wisp.pid());
+    let quotas = || -> Vec<String> {
+        let mut found = Vec::new();
+        for (root, file) in [
+            ("/sys/fs/cgroup/cpu", "cpu.cfs_quota_us"),
+            ("/sys/fs/cgroup", "cpu.max"),
+        ] {
+            let Ok(out) = std::process::Command::new("find")
+                .args([
+                    root,
+                    "-maxdepth",
+                    "6",
+                    "-type",
+                    "d",
+                    "-name",
+                    &format!("{owner}*"),
+                ])
+                .output()
+            else {
+                continue;
+            };
+            for dir in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Ok(text) = std::fs::read_to_string(std::path::Path::new(dir).join(file)) {
+                    found.push(text.trim().to_owned());
+                }
+            }
+        }
+        found
+    };
+    let found = quotas();
+    assert!(!found.is_empty(), "no sandbox cgroup of {owner} found");
+    // Sandboxes made ahead of demand have no limits until they are taken.
+    assert!(
+        found.iter().any(|q| q == "100000" || q == "100000 100000"),
+        "{found:?}"
+    );
+    let described = wisp.client.function("plain").await.unwrap();
+    assert_eq!(described.limits.cpu.as_deref(), Some("1000m"));
+}

@@ -63,3 +63,83 @@ async fn handler_output_is_kept_tailed_and_followed() {
     let unknown = wisp.invoke("GET", "/system/logs?name=nope", "").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
+
+/// Issue 11, finding 12: a handler flooding its output cost the gateway
+/// CPU on the request path (a synchronous write per line). Output is
+/// written by a thread of its own, within a rate limit per function; what
+/// is over it is dropped, counted, and noted in the function's log.
+#[tokio::test]
+async fn a_flooding_handler_is_rate_limited_and_counted() {
+    let wisp = Wisp::start();
+    let rootfs = wisp_e2e::busybox_rootfs();
+    let root = rootfs.path();
+    for applet in ["httpd", "yes", "head"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("www/cgi-bin")).unwrap();
+    let script = root.join("www/cgi-bin/flood");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nyes 'flooding the log' | head -c 8000000 >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\ndone\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    wisp.deploy_rootfs(
+        "flood",
+        root,
+        &[
+            "--protocol",
+            "http",
+            "--port",
+            "8080",
+            "--",
+            "/bin/httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ],
+    );
+    let answer = wisp
+        .invoke("GET", "/function/flood/cgi-bin/flood", "")
+        .await;
+    assert_eq!(answer.text(), "done\n", "{}", answer.status);
+    let dropped = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("wisp_log_lines_dropped_total{function_name=\"flood\"} "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    wisp_e2e::eventually(
+        "dropped lines to be counted",
+        std::time::Duration::from_secs(10),
+        async || dropped(&wisp.metrics().await) > 0,
+    )
+    .await;
+    // 8 MB of output (470,000 lines): most of it over the 1 MiB/s limit.
+    let metrics = wisp.metrics().await;
+    assert!(dropped(&metrics) > 100_000, "{metrics}");
+    // The log says so, and stays within its two files.
+    let _ = wisp
+        .invoke("GET", "/function/flood/cgi-bin/flood", "")
+        .await;
+    wisp_e2e::eventually(
+        "the log to note the drop",
+        std::time::Duration::from_secs(10),
+        async || {
+            wisp.cli(&["logs", "flood"])
+                .stdout
+                .contains("lines of output dropped")
+        },
+    )
+    .await;
+    let on_disk: u64 = std::fs::read_dir(wisp.data_dir.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= 2 * 1024 * 1024 + 64 * 1024, "{on_disk} bytes");
+    let health = wisp.invoke("GET", "/healthz", "").await;
+    assert_eq!(health.status, StatusCode::OK);
+}

@@ -42,8 +42,12 @@ fn families(text: &str) -> (BTreeSet<String>, Seen) {
 }
 
 /// Families a session of ordinary use leaves alone, each moved by a test of
-/// its own: refused connections (`connections.rs`, a full cap).
-const EXERCISED_ELSEWHERE: &[&str] = &["wisp_http_connections_refused_total"];
+/// its own: refused connections (`connections.rs`, a full cap) and dropped
+/// output (`logs.rs`, a flood).
+const EXERCISED_ELSEWHERE: &[&str] = &[
+    "wisp_http_connections_refused_total",
+    "wisp_log_lines_dropped_total",
+];
 
 #[tokio::test]
 async fn every_declared_metric_changes_during_a_session() {

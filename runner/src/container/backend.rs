@@ -123,7 +123,7 @@ impl ContainerBackend {
             protocol: options.protocol,
             port,
             memory_bytes: spec.limits.memory_bytes,
-            cpu_millis: options.cpu_millis,
+            cpu_millis: Some(options.cpu_cap_millis()),
             pids: plan::DEFAULT_PIDS,
             scratch_bytes: plan::DEFAULT_SCRATCH_BYTES,
         };

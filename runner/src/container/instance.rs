@@ -163,10 +163,14 @@ impl ContainerInstance {
             };
             let read_stderr = async move {
                 let mut err = Vec::new();
-                let _ = stderr
+                let mut stderr = stderr;
+                let _ = (&mut stderr)
                     .take(MAX_CGI_STDERR_BYTES)
                     .read_to_end(&mut err)
                     .await;
+                // The rest is drained, not kept: a program must not block
+                // on a full stderr pipe.
+                let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
                 String::from_utf8_lossy(&err).into_owned()
             };
             let exit = async {

@@ -4,13 +4,25 @@
 //! `<dir>/<function>.ndjson`, rotated to `<function>.ndjson.1` when it
 //! passes its size cap, so each function keeps between one and two caps of
 //! its latest output — and broadcast to followers.
+//!
+//! Output reaches the store through [`record`], which never blocks and
+//! never writes: it charges the function's rate limit ([`LOG_RATE_BYTES`]
+//! per second, each line costing its length plus [`LINE_COST`]) and hands
+//! the text to the store's writer thread over a bounded queue. Output over
+//! the limit, or arriving while the queue is full, is dropped and counted
+//! ([`LogStore::dropped`], the metric `wisp_log_lines_dropped_total`), and
+//! the function's log says so in a line of its own. A function flooding
+//! its output so costs the server a bounded amount of work, and none of it
+//! on the request path.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -19,6 +31,14 @@ use tokio::sync::broadcast;
 pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
 /// Longest line kept (longer ones are cut).
 const MAX_LINE: usize = 16 * 1024;
+/// Output a function may log per second, in bytes (lines cost [`LINE_COST`] more).
+pub const LOG_RATE_BYTES: f64 = 1024.0 * 1024.0;
+/// Output a function may log at once, after a quiet spell.
+const LOG_BURST_BYTES: f64 = 4.0 * LOG_RATE_BYTES;
+/// What a line costs beyond its bytes (its JSON, its write).
+const LINE_COST: usize = 128;
+/// Chunks of output waiting for the writer thread, across functions.
+const QUEUE_DEPTH: usize = 4096;
 
 /// One line of output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +63,47 @@ pub struct LogStore {
 struct FunctionLog {
     file: Mutex<Option<(File, u64)>>,
     tx: broadcast::Sender<LogLine>,
+    bucket: Mutex<Bucket>,
+    /// Lines dropped since the function's log was opened.
+    dropped: AtomicU64,
+    /// Lines dropped and not yet reported in the log itself.
+    unreported: AtomicU64,
+}
+
+/// A token bucket of bytes.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full() -> Self {
+        Bucket {
+            tokens: LOG_BURST_BYTES,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes `cost` tokens if there are enough.
+    fn take(&mut self, cost: f64) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * LOG_RATE_BYTES;
+        self.tokens = (self.tokens + refill).min(LOG_BURST_BYTES);
+        self.at = now;
+        if self.tokens < cost {
+            return false;
+        }
+        self.tokens -= cost;
+        true
+    }
+}
+
+/// A chunk of output on its way to the writer thread.
+struct Chunk {
+    function: String,
+    instance: String,
+    stream: String,
+    text: String,
 }
 
 impl LogStore {
@@ -78,6 +139,9 @@ impl LogStore {
                 Arc::new(FunctionLog {
                     file: Mutex::new(None),
                     tx: broadcast::channel(1024).0,
+                    bucket: Mutex::new(Bucket::full()),
+                    dropped: AtomicU64::new(0),
+                    unreported: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -87,11 +151,75 @@ impl LogStore {
         self.dir.join(format!("{name}.ndjson"))
     }
 
+    /// Lines dropped so far (over the rate limit, or the queue full), by
+    /// function.
+    pub fn dropped(&self) -> Vec<(String, u64)> {
+        self.functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, log)| (name.clone(), log.dropped.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Charges `text` to `function`'s rate limit; false (and the lines
+    /// counted as dropped) if it is over.
+    fn admit(&self, function: &str, text: &str) -> bool {
+        let log = self.function(function);
+        let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+        let cost = (text.len() + lines * LINE_COST) as f64;
+        let admitted = log
+            .bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(cost);
+        if !admitted {
+            log.count_dropped(lines);
+        }
+        admitted
+    }
+
+    /// Starts the writer thread and returns the queue to it.
+    fn start_writer(self: &Arc<Self>) -> io::Result<SyncSender<Chunk>> {
+        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let store = self.clone();
+        std::thread::Builder::new()
+            .name("wisp-logs".into())
+            .spawn(move || store.write_loop(rx))?;
+        Ok(tx)
+    }
+
+    fn write_loop(&self, rx: Receiver<Chunk>) {
+        for chunk in rx {
+            self.append(&chunk.function, &chunk.instance, &chunk.stream, &chunk.text);
+        }
+    }
+
     /// Appends each line of `text` that `function`'s `instance` wrote on
-    /// `stream`. Errors are logged, never returned: output must not fail a
+    /// `stream`, after a line saying how many were dropped before it, if
+    /// any. Errors are logged, never returned: output must not fail a
     /// request.
     pub fn append(&self, function: &str, instance: &str, stream: &str, text: &str) {
         let log = self.function(function);
+        let unreported = log.unreported.swap(0, Ordering::Relaxed);
+        if unreported > 0 {
+            let note = format!(
+                "wisp: {unreported} lines of output dropped (over {} KiB/s, or the log writer behind)",
+                LOG_RATE_BYTES as u64 / 1024
+            );
+            self.append_lines(&log, function, "wisp", "stderr", &note);
+        }
+        self.append_lines(&log, function, instance, stream, text);
+    }
+
+    fn append_lines(
+        &self,
+        log: &FunctionLog,
+        function: &str,
+        instance: &str,
+        stream: &str,
+        text: &str,
+    ) {
         let timestamp = now_rfc3339();
         let mut file = log.file.lock().unwrap_or_else(PoisonError::into_inner);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -188,22 +316,53 @@ impl LogStore {
 /// every place that captures output (wasm pipes, container init messages)
 /// reaches it without plumbing; with none installed (unit tests), output
 /// goes only to the server's own log.
-static STORE: std::sync::OnceLock<Arc<LogStore>> = std::sync::OnceLock::new();
+static STORE: std::sync::OnceLock<(Arc<LogStore>, SyncSender<Chunk>)> = std::sync::OnceLock::new();
 
-/// Installs the store [`record`] writes to; the first call wins.
-pub fn install(store: Arc<LogStore>) {
-    let _ = STORE.set(store);
+/// Installs the store [`record`] writes to and starts its writer thread;
+/// the first call wins.
+pub fn install(store: Arc<LogStore>) -> io::Result<()> {
+    if STORE.get().is_some() {
+        return Ok(());
+    }
+    let queue = store.start_writer()?;
+    let _ = STORE.set((store, queue));
+    Ok(())
 }
 
-/// Records handler output (see [`LogStore::append`]) and mirrors it to the
-/// server's log at debug level.
+/// Records handler output (see the module's introduction: rate-limited,
+/// written by the store's thread) and mirrors it to the server's log at
+/// debug level.
 pub fn record(function: &str, instance: &str, stream: &str, text: &str) {
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        // The escaping runs only when debug logging is on.
-        tracing::debug!(target: "wisp::function", function, instance, stream, "{}", escape_controls(line));
+    if tracing::enabled!(target: "wisp::function", tracing::Level::DEBUG) {
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            tracing::debug!(target: "wisp::function", function, instance, stream, "{}", escape_controls(line));
+        }
     }
-    if let Some(store) = STORE.get() {
-        store.append(function, instance, stream, text);
+    let Some((store, queue)) = STORE.get() else {
+        return;
+    };
+    if !store.admit(function, text) {
+        return;
+    }
+    let chunk = Chunk {
+        function: function.to_owned(),
+        instance: instance.to_owned(),
+        stream: stream.to_owned(),
+        text: text.to_owned(),
+    };
+    if let Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk)) =
+        queue.try_send(chunk)
+    {
+        let lines = chunk.text.lines().filter(|l| !l.trim().is_empty()).count();
+        store.function(function).count_dropped(lines);
+    }
+}
+
+impl FunctionLog {
+    fn count_dropped(&self, lines: usize) {
+        let lines = lines as u64;
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        self.unreported.fetch_add(lines, Ordering::Relaxed);
     }
 }
 
