@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Everything reaches its final name by a rename out of `tmp/` once the
-//! whole image is verified, and the image's record is renamed last, so a
-//! crash leaves at most blobs and layers that no image references, which
+//! whole image is verified and synced to disk, and the image's record is
+//! renamed last ([`crate::store::durable`]), so a crash leaves at most
+//! blobs and layers that no image references, which
 //! [`ImageStore::remove_unreferenced`] removes. Whiteouts stay in the layers
 //! as overlayfs whiteouts: they are applied when the layers are mounted.
 //!
