@@ -15,7 +15,9 @@
 //! renamed last ([`crate::store::durable`]), so a crash leaves at most
 //! blobs and layers that no image references, which
 //! [`ImageStore::remove_unreferenced`] removes. Whiteouts stay in the layers
-//! as overlayfs whiteouts: they are applied when the layers are mounted.
+//! as overlayfs whiteouts: they are applied when the layers are mounted,
+//! and by [`ImageTree`], which reads a file of the merged layers on the
+//! host without following a link out of the image.
 //!
 //! Limits: the API blocks (plain `std::fs`; call it from a blocking
 //! thread). Imports and prunes of one store take an advisory lock on
@@ -28,6 +30,7 @@
 
 mod import;
 mod sys;
+pub mod tree;
 pub mod unpack;
 
 use std::collections::HashSet;
@@ -39,6 +42,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use import::ImportError;
+pub use tree::{ImageTree, TreeError};
 pub use unpack::{UnpackError, UnpackOptions, UnpackStats};
 
 use crate::spec::Digest;
