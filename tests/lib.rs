@@ -442,6 +442,27 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMu
     }
 }
 
+/// An OCI image (an OCI archive) whose one layer is `rootfs`, running
+/// `entrypoint` as the image's `User` `user`: what `wisp deploy --rootfs`
+/// makes, plus a user, which the CLI has no flag for.
+pub fn rootfs_image_as(rootfs: &Path, entrypoint: &[&str], user: &str) -> Vec<u8> {
+    use wisp_oci_writer::{Blob, DEFAULT_PATH, Layer, Layout, media_type};
+    let architecture = std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64");
+    let layer = Layer::from_dir(rootfs).expect("packing the rootfs");
+    let container = serde_json::json!({
+        "Entrypoint": entrypoint,
+        "Env": [DEFAULT_PATH],
+        "User": user,
+    });
+    let config = wisp_oci_writer::config(&architecture, container, &[layer.diff_id()]);
+    let config = Blob::json(media_type::CONFIG, &config);
+    let layer = layer.into_blob();
+    let manifest = wisp_oci_writer::manifest(&config, &[&layer]);
+    Layout::new(&[manifest.descriptor()], vec![config, manifest, layer]).to_archive()
+}
+
 /// A root filesystem with a static busybox, its applets, a file to
 /// overwrite and the CGI probe `/probe.sh` (also as
 /// `/www/cgi-bin/probe`, for busybox httpd).

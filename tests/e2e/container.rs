@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::StatusCode;
+use wisp::cli::client::ClientError;
 use wisp_e2e::{Wisp, artifacts, busybox_rootfs, eventually};
 
 /// The host's first non-loopback IPv4 address, if it has one.
@@ -630,6 +631,76 @@ async fn broken_and_hostile_images_are_refused_at_deploy() {
         wisp.client.list().await.unwrap().is_empty(),
         "registry unchanged"
     );
+}
+
+/// Deploys `image` (an image archive) as the CGI function `name`.
+async fn deploy_image(wisp: &Wisp, name: &str, image: Vec<u8>) -> Result<(), ClientError> {
+    let uploaded = wisp.client.upload_artifact(image).await?;
+    let deployment = wisp_e2e::FunctionDeployment {
+        service: name.into(),
+        image: uploaded.digest,
+        protocol: Some("cgi".into()),
+        ..Default::default()
+    };
+    wisp.client.deploy(&deployment).await
+}
+
+/// Issue 11, finding 6: an image's `/etc/passwd` was read on the host
+/// through the image's links, so a layer entry `etc -> /etc` made
+/// `User: "_apt"` run as the host's `_apt` (uid 42 on Debian). Names are
+/// looked up in the image only, links resolved inside it, and a name the
+/// image lacks is refused at deploy (400), not at the first request.
+#[tokio::test]
+async fn an_images_user_is_looked_up_in_the_image_only() {
+    const HOST_USER: &str = "_apt";
+    let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        host_passwd.lines().any(|l| l.starts_with("_apt:")),
+        "the test needs a host user {HOST_USER} (Debian's apt makes it)"
+    );
+    let wisp = Wisp::start();
+    let script = ["/bin/sh", "/probe.sh"];
+    let relink_etc = |rootfs: &Path, target: &str| {
+        std::fs::remove_dir_all(rootfs.join("etc")).unwrap();
+        std::os::unix::fs::symlink(target, rootfs.join("etc")).unwrap();
+    };
+
+    // `etc -> /etc`: the image has no passwd of its own (inside the image
+    // the link is a loop), so `_apt` cannot be resolved.
+    let rootfs = busybox_rootfs();
+    relink_etc(rootfs.path(), "/etc");
+    let image = wisp_e2e::rootfs_image_as(rootfs.path(), &script, HOST_USER);
+    match deploy_image(&wisp, "host-user", image).await {
+        Err(ClientError::Status { status, body }) => {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(body.contains("\"_apt\""), "names the user: {body}");
+        }
+        other => panic!("deploying an image whose user is the host's: {other:?}"),
+    }
+    assert!(wisp.client.list().await.unwrap().is_empty());
+
+    // The image's own passwd, reached through an absolute link that the
+    // container resolves inside the image, says `_apt` is 1234.
+    let rootfs = busybox_rootfs();
+    let etc = rootfs.path().join("srv/etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n_apt:x:1234:1234::/:/bin/sh\n",
+    )
+    .unwrap();
+    relink_etc(rootfs.path(), "/srv/etc");
+    let image = wisp_e2e::rootfs_image_as(rootfs.path(), &script, HOST_USER);
+    deploy_image(&wisp, "image-user", image).await.unwrap();
+    let (status, ids) = probe(&wisp, "image-user", "id").await;
+    assert_eq!((status, ids.as_str()), (StatusCode::OK, "1234\n1234\n"));
+
+    // A plain /etc/passwd, and a name with a group.
+    let rootfs = busybox_rootfs();
+    let image = wisp_e2e::rootfs_image_as(rootfs.path(), &script, "app:0");
+    deploy_image(&wisp, "app-user", image).await.unwrap();
+    let (status, ids) = probe(&wisp, "app-user", "id").await;
+    assert_eq!((status, ids.as_str()), (StatusCode::OK, "1000\n0\n"));
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use crate::container::proto::{self, ToInit};
 use crate::container::sandbox::sweep_leftovers;
 use crate::container::spawner::{LaunchError, Spawner, SpawnerHandle, send_async};
 use crate::container::sys;
-use crate::container::users::ImageUsers;
+use crate::container::users;
 use crate::image::{ImageStore, StoreError, UnpackOptions};
 use crate::protocol::Protocol;
 use crate::spec::{Digest, FunctionKind, FunctionSpec};
@@ -127,15 +127,9 @@ impl ContainerBackend {
             pids: plan::DEFAULT_PIDS,
             scratch_bytes: plan::DEFAULT_SCRATCH_BYTES,
         };
-        let users = ImageUsers::read(&layers);
-        plan::plan(
-            &settings,
-            &image.config,
-            &layers,
-            self.id_map,
-            &|kind, name| users.find(kind, name),
-        )
-        .map_err(SandboxError::Plan)
+        let ids = users::resolve(image.config.user.as_deref(), &layers, self.id_map)
+            .map_err(SandboxError::User)?;
+        plan::plan(&settings, &image.config, &layers, self.id_map, ids).map_err(SandboxError::Plan)
     }
 }
 
@@ -186,16 +180,25 @@ impl Backend for ContainerBackend {
             return Err(PrepareError::MissingArtifact { digest });
         }
         let images = self.images.clone();
-        let image = tokio::task::spawn_blocking(move || images.import(&blob))
-            .await
-            .map_err(|e| PrepareError::Storage {
-                digest: digest.clone(),
-                cause: Cause::new(e),
-            })?
-            .map_err(|e| PrepareError::BadImage {
-                digest: digest.clone(),
-                cause: Cause::new(e),
-            })?;
+        let id_map = self.id_map;
+        let bad_image = |cause: Cause| PrepareError::BadImage {
+            digest: digest.clone(),
+            cause,
+        };
+        let image = tokio::task::spawn_blocking(move || {
+            let image = images.import(&blob).map_err(Cause::new)?;
+            // Refused now rather than at the first request: an image whose
+            // `User` names a user or group it does not have.
+            let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
+            users::resolve(image.config.user.as_deref(), &layers, id_map).map_err(Cause::new)?;
+            Ok::<_, Cause>(image)
+        })
+        .await
+        .map_err(|e| PrepareError::Storage {
+            digest: digest.clone(),
+            cause: Cause::new(e),
+        })?
+        .map_err(bad_image)?;
         tracing::info!(artifact = %digest, image = %image.manifest_digest, layers = image.layers.len(), "image imported");
         Ok(Prepared {
             kind: FunctionKind::Container,

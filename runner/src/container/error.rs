@@ -10,6 +10,7 @@ use crate::container::cgroup::CgroupError;
 use crate::container::plan::PlanError;
 use crate::container::proto::Stage;
 use crate::container::spawner::{LaunchError, SpawnError};
+use crate::container::users::UserError;
 use crate::image::StoreError;
 use crate::spec::Digest;
 
@@ -42,6 +43,8 @@ pub enum SandboxError {
     Images(#[source] StoreError),
     #[error("image {0} is no longer in the image store; deploy the function again")]
     ImageMissing(Digest),
+    #[error("{0}")]
+    User(#[source] UserError),
     #[error("{0}")]
     Plan(#[source] PlanError),
     #[error("{0}")]

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::container::cgroup::CgroupLimits;
-use crate::container::users::IdKind;
+use crate::container::users::Ids;
 use crate::image::ImageConfig;
 use crate::protocol::Protocol;
 
@@ -150,30 +150,22 @@ pub struct SandboxPlan {
 pub enum PlanError {
     #[error("function {function}: the image has no Entrypoint or Cmd and none was given")]
     NoCommand { function: String },
-    #[error("function {function}: image user {user:?} cannot be resolved: {reason}")]
-    User {
-        function: String,
-        user: String,
-        reason: String,
-    },
     #[error("function {function}: the image has no layers")]
     NoLayers { function: String },
     #[error("function {function}: working directory {dir:?} is not an absolute path")]
     WorkingDir { function: String, dir: String },
 }
 
-/// Looks a user or group name up in the image (its `/etc/passwd` and
-/// `/etc/group`): `(kind, name) → id` ([`crate::container::users`]).
-pub type NameLookup<'a> = &'a dyn Fn(IdKind, &str) -> Option<u32>;
-
 /// Plans a sandbox for a function with `settings`, running `image` whose
-/// unpacked layers are `layers` (bottom first, as the image lists them).
+/// unpacked layers are `layers` (bottom first, as the image lists them) as
+/// `ids`, the image's `User` resolved in the image
+/// ([`crate::container::users::resolve`]).
 pub fn plan(
     settings: &ContainerSettings,
     image: &ImageConfig,
     layers: &[PathBuf],
     id_map: IdMap,
-    lookup: NameLookup<'_>,
+    ids: Ids,
 ) -> Result<SandboxPlan, PlanError> {
     let function = settings.name.clone();
     if layers.is_empty() {
@@ -202,7 +194,7 @@ pub fn plan(
             });
         }
     };
-    let (uid, gid) = resolve_user(&function, image.user.as_deref(), lookup, id_map)?;
+    let Ids { uid, gid } = ids;
 
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |name: &str, value: &str| match env.iter_mut().find(|(n, _)| n == name) {
@@ -313,49 +305,6 @@ pub(crate) fn standard_mounts() -> Vec<Mount> {
     ]
 }
 
-/// Resolves an image's `User` (`name`, `uid`, `name:group`, `uid:gid`) to
-/// container ids within the mapped range.
-fn resolve_user(
-    function: &str,
-    user: Option<&str>,
-    lookup: NameLookup<'_>,
-    id_map: IdMap,
-) -> Result<(u32, u32), PlanError> {
-    let Some(spec) = user.filter(|u| !u.is_empty()) else {
-        return Ok((0, 0));
-    };
-    let fail = |reason: &str| PlanError::User {
-        function: function.to_owned(),
-        user: spec.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let id = |kind: IdKind, name: &str| -> Result<u32, PlanError> {
-        match name.parse::<u32>() {
-            Ok(n) => Ok(n),
-            Err(_) => {
-                lookup(kind, name).ok_or_else(|| fail(&format!("no {kind} {name:?} in the image")))
-            }
-        }
-    };
-    let uid = id(IdKind::User, user)?;
-    let gid = match group {
-        Some(g) => id(IdKind::Group, g)?,
-        // A bare name or uid takes its primary group from /etc/passwd, else gid 0.
-        None => lookup(IdKind::PrimaryGroup, user).unwrap_or(0),
-    };
-    if uid >= id_map.size || gid >= id_map.size {
-        return Err(fail(&format!(
-            "ids above {} are not mapped",
-            id_map.size - 1
-        )));
-    }
-    Ok((uid, gid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +326,10 @@ mod tests {
         }
     }
 
+    fn root() -> Ids {
+        Ids::default()
+    }
+
     fn image() -> ImageConfig {
         ImageConfig {
             entrypoint: vec!["/ping".into()],
@@ -388,14 +341,10 @@ mod tests {
         }
     }
 
-    fn no_names(_: IdKind, _: &str) -> Option<u32> {
-        None
-    }
-
     #[test]
     fn ping_gets_every_namespace_no_privileges_and_its_command() {
         let layers = vec![PathBuf::from("/l/bottom"), PathBuf::from("/l/top")];
-        let plan = plan(&settings(), &image(), &layers, IdMap::default(), &no_names).unwrap();
+        let plan = plan(&settings(), &image(), &layers, IdMap::default(), root()).unwrap();
         assert_eq!(plan.hostname, "ping");
         let ns = plan.namespaces;
         assert!(ns.user && ns.mount && ns.pid && ns.net && ns.uts && ns.ipc && ns.cgroup);
@@ -444,7 +393,7 @@ mod tests {
             &image(),
             &[PathBuf::from("/l")],
             IdMap::default(),
-            &no_names,
+            root(),
         )
         .unwrap();
         assert_eq!(plan.process.argv, ["/bin/sh", "-c", "echo"]);
@@ -459,7 +408,7 @@ mod tests {
             &empty,
             &[PathBuf::from("/l")],
             IdMap::default(),
-            &no_names,
+            root(),
         )
         .unwrap_err();
         assert_eq!(
@@ -469,7 +418,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            plan(&settings(), &image(), &[], IdMap::default(), &no_names),
+            plan(&settings(), &image(), &[], IdMap::default(), root()),
             Err(PlanError::NoLayers { .. })
         ));
         let relative = ImageConfig {
@@ -482,60 +431,24 @@ mod tests {
                 &relative,
                 &[PathBuf::from("/l")],
                 IdMap::default(),
-                &no_names
+                root()
             ),
             Err(PlanError::WorkingDir { .. })
         ));
-        let named = ImageConfig {
-            user: Some("nobody".into()),
-            ..image()
-        };
-        let err = plan(
-            &settings(),
-            &named,
-            &[PathBuf::from("/l")],
-            IdMap::default(),
-            &no_names,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("no user \"nobody\""), "{err}");
-        let huge = ImageConfig {
-            user: Some("70000".into()),
-            ..image()
-        };
-        assert!(
-            plan(
-                &settings(),
-                &huge,
-                &[PathBuf::from("/l")],
-                IdMap::default(),
-                &no_names
-            )
-            .is_err()
-        );
     }
 
     #[test]
-    fn users_resolve_by_number_or_name() {
-        let lookup = |kind: IdKind, name: &str| match (kind, name) {
-            (IdKind::User, "app") => Some(1000),
-            (IdKind::PrimaryGroup, "app") => Some(1001),
-            (IdKind::Group, "staff") => Some(50),
-            _ => None,
-        };
-        let layers = [PathBuf::from("/l")];
-        for (user, expected) in [
-            ("app", (1000, 1001)),
-            ("app:staff", (1000, 50)),
-            ("7:8", (7, 8)),
-            ("9", (9, 0)),
-        ] {
-            let image = ImageConfig {
-                user: Some(user.into()),
-                ..image()
-            };
-            let plan = plan(&settings(), &image, &layers, IdMap::default(), &lookup).unwrap();
-            assert_eq!((plan.process.uid, plan.process.gid), expected, "{user}");
-        }
+    fn the_handler_runs_as_the_resolved_ids() {
+        let ids = Ids { uid: 1000, gid: 50 };
+        let plan = plan(
+            &settings(),
+            &image(),
+            &[PathBuf::from("/l")],
+            IdMap::default(),
+            ids,
+        )
+        .unwrap();
+        assert_eq!((plan.process.uid, plan.process.gid), (1000, 50));
+        assert!(plan.process.env.contains(&"HOME=/".to_owned()));
     }
 }

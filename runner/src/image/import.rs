@@ -34,6 +34,7 @@ use sha2::{Digest as _, Sha256};
 use super::unpack::{self, UnpackError, UnpackStats};
 use super::{Image, ImageConfig, ImageRecord, ImageStore, LayerRecord, sys};
 use crate::spec::Digest;
+use crate::store::durable;
 
 /// Cap on an index, manifest or config document.
 const MAX_JSON_BYTES: u64 = 16 << 20;
@@ -291,6 +292,12 @@ impl ImageStore {
             let dest = self.layer_dir(diff_id);
             fs::rename(dir, &dest).map_err(ImportError::write(&dest))?;
         }
+        // The blobs' and layers' new names reach the disk before the record
+        // that refers to them (their content did with the `syncfs` above).
+        for dir in ["blobs/sha256", "layers"] {
+            let dir = self.root.join(dir);
+            durable::sync_dir(&dir).map_err(ImportError::write(&dir))?;
+        }
         let mut blob_digests: Vec<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
         blob_digests.sort();
         blob_digests.dedup();
@@ -300,12 +307,11 @@ impl ImageStore {
             blobs: blob_digests,
             layers,
         };
-        let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other);
-        let tmp = staging.path();
         let dest = self.record_path(&record.manifest_digest);
-        json.and_then(|json| fs::write(&tmp, json))
-            .map_err(ImportError::write(&tmp))?;
-        fs::rename(&tmp, &dest).map_err(ImportError::write(&dest))?;
+        serde_json::to_vec_pretty(&record)
+            .map_err(io::Error::other)
+            .and_then(|json| durable::write_atomically(&dest, &staging.path(), &json))
+            .map_err(ImportError::write(&dest))?;
         Ok(self.image_of(record))
     }
 

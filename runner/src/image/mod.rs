@@ -11,10 +11,13 @@
 //! ```
 //!
 //! Everything reaches its final name by a rename out of `tmp/` once the
-//! whole image is verified, and the image's record is renamed last, so a
-//! crash leaves at most blobs and layers that no image references, which
+//! whole image is verified and synced to disk, and the image's record is
+//! renamed last ([`crate::store::durable`]), so a crash leaves at most
+//! blobs and layers that no image references, which
 //! [`ImageStore::remove_unreferenced`] removes. Whiteouts stay in the layers
-//! as overlayfs whiteouts: they are applied when the layers are mounted.
+//! as overlayfs whiteouts: they are applied when the layers are mounted,
+//! and by [`ImageTree`], which reads a file of the merged layers on the
+//! host without following a link out of the image.
 //!
 //! Limits: the API blocks (plain `std::fs`; call it from a blocking
 //! thread). Imports and prunes of one store take an advisory lock on
@@ -27,6 +30,7 @@
 
 mod import;
 mod sys;
+pub mod tree;
 pub mod unpack;
 
 use std::collections::HashSet;
@@ -38,6 +42,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use import::ImportError;
+pub use tree::{ImageTree, TreeError};
 pub use unpack::{UnpackError, UnpackOptions, UnpackStats};
 
 use crate::spec::Digest;

@@ -1,7 +1,8 @@
 //! Content-addressed artifact store: uploaded blobs live under
 //! `<root>/sha256/<hex>`, named by the sha256 of their bytes, written once
-//! through a temporary file and an atomic rename, so a crash mid-upload never
-//! leaves a blob under a name that does not match its content.
+//! through a temporary file, fsynced and renamed ([`super::durable`]), so a
+//! crash mid-upload never leaves a blob under a name that does not match its
+//! content.
 //!
 //! Derived files (wasmtime's precompiled code) live beside them under
 //! `<root>/compiled/`, keyed by the blob digest and the engine's
@@ -17,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::spec::Digest;
+use crate::store::durable;
 
 /// Default cap on one uploaded artifact.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 512 * 1024 * 1024;
@@ -105,21 +107,33 @@ impl ArtifactStore {
             if written == 0 {
                 return Err(UploadError::Empty);
             }
-            file.sync_all().await.map_err(io_err)?;
+            file.flush().await.map_err(io_err)?;
             Ok(())
         }
         .await;
-        drop(file);
         if let Err(e) = result {
+            drop(file);
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
         let digest = Digest::from_sha256(&hasher.finalize());
         let dest = self.blob_path(&digest);
-        tokio::fs::rename(&tmp, &dest)
-            .await
-            .map_err(|source| UploadError::Io { path: dest, source })?;
-        Ok(digest)
+        let file = file.into_std().await;
+        let placed = {
+            let (tmp, dest) = (tmp.clone(), dest.clone());
+            tokio::task::spawn_blocking(move || durable::persist(file, &tmp, &dest)).await
+        };
+        match placed {
+            Ok(Ok(())) => Ok(digest),
+            Ok(Err(source)) => Err(UploadError::Io { path: dest, source }),
+            Err(join) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(UploadError::Io {
+                    path: dest,
+                    source: io::Error::other(join),
+                })
+            }
+        }
     }
 
     /// Stores `bytes`; returns their digest.
@@ -132,11 +146,10 @@ impl ArtifactStore {
         .await
     }
 
-    /// Writes derived data atomically (temporary file + rename).
+    /// Writes derived data atomically and durably (temporary file, fsync,
+    /// rename, fsync of the directory).
     pub fn write_compiled(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let tmp = self.temp_path();
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)
+        durable::write_atomically(path, &self.temp_path(), bytes)
     }
 }
 
@@ -181,6 +194,29 @@ mod tests {
                 .unwrap()
                 .count(),
             0
+        );
+    }
+
+    /// Issue 11, finding 17: compiled code was written and renamed without
+    /// a sync, and a failed rename left its temporary file in `tmp/`.
+    #[test]
+    fn compiled_code_is_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let digest = Digest::from_sha256(&[7; 32]);
+        let code: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let path = store.compiled_path(&digest, "abc.cwasm");
+        store.write_compiled(&path, &code).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), code);
+        // The final name is taken by a directory: the rename fails.
+        let taken = store.compiled_path(&digest, "taken.cwasm");
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::write(taken.join("x"), b"x").unwrap();
+        assert!(store.write_compiled(&taken, &code).is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "no temporary file is left behind"
         );
     }
 }

@@ -21,14 +21,25 @@ use crate::spec::FunctionSpec;
 
 /// Bytes of a guest's stderr (and, for wasi:http, stdout) kept for the log.
 pub const LOG_TAIL_BYTES: usize = 16 * 1024;
-/// Largest table a guest may grow.
+/// Most table elements a guest's store may hold, across all its tables.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
-/// The memory cap of one store. Growth past the cap fails inside the guest
-/// (as `memory.grow` returning -1, which WASI programs may handle); if the
-/// guest then dies, the flag lets us say "out of memory" instead of a bare trap.
+/// The memory cap of one store, over all its linear memories together (a
+/// component may carry several, one per core instance: issue 11, finding
+/// 17 was each memory getting the whole cap). Wasmtime asks the limiter
+/// before a memory is created (from size 0) and before each growth, so the
+/// sum of what it allowed is the store's total. Growth past the cap fails
+/// inside the guest (as `memory.grow` returning -1, which WASI programs may
+/// handle); if the guest then dies, the flag lets us say "out of memory"
+/// instead of a bare trap. A growth the cap allowed that then fails anyway
+/// (the host could not map it) stays counted: the cap errs on the safe
+/// side. Tables are capped the same way, in elements.
 pub struct MemoryCap {
     limit: usize,
+    /// Bytes of all the store's memories.
+    memory: usize,
+    /// Elements of all the store's tables.
+    table_elements: usize,
     hit: Arc<AtomicBool>,
 }
 
@@ -37,33 +48,61 @@ impl MemoryCap {
         let hit = Arc::new(AtomicBool::new(false));
         let cap = MemoryCap {
             limit: usize::try_from(limit_bytes).unwrap_or(usize::MAX),
+            memory: 0,
+            table_elements: 0,
             hit: hit.clone(),
         };
         (cap, hit)
     }
 }
 
+/// The store's new total if one of its parts goes from `current` to
+/// `desired`, when that stays within `limit`.
+fn grown(total: usize, current: usize, desired: usize, limit: usize) -> Option<usize> {
+    let total = total.saturating_sub(current).checked_add(desired)?;
+    (total <= limit).then_some(total)
+}
+
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.hit.store(true, Ordering::Relaxed);
+        if maximum.is_some_and(|max| desired > max) {
+            // Past the memory's own declared maximum: wasmtime refuses it
+            // whatever we say; not the cap's doing.
             return Ok(false);
         }
-        Ok(true)
+        match grown(self.memory, current, desired, self.limit) {
+            Some(total) => {
+                self.memory = total;
+                Ok(true)
+            }
+            None => {
+                self.hit.store(true, Ordering::Relaxed);
+                Ok(false)
+            }
+        }
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        match grown(self.table_elements, current, desired, MAX_TABLE_ELEMENTS) {
+            Some(total) => {
+                self.table_elements = total;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -193,6 +232,94 @@ impl StdoutStream for TailPipe {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// A store running `wat` under a [`MemoryCap`] of `limit` bytes, with
+    /// its exports `name` taking and returning an i32.
+    fn capped(wat: &str, limit: u64) -> (Store<MemoryCap>, wasmtime::Instance, Arc<AtomicBool>) {
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, wat).unwrap();
+        let (cap, hit) = MemoryCap::new(limit);
+        let mut store = Store::new(&engine, cap);
+        store.limiter(|cap| cap);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        (store, instance, hit)
+    }
+
+    fn call(
+        store: &mut Store<MemoryCap>,
+        instance: &wasmtime::Instance,
+        name: &str,
+        arg: i32,
+    ) -> i32 {
+        instance
+            .get_typed_func::<i32, i32>(&mut *store, name)
+            .unwrap()
+            .call(&mut *store, arg)
+            .unwrap()
+    }
+
+    /// Issue 11, finding 17: the cap applied to each linear memory, so a
+    /// module with two memories could hold twice the function's limit.
+    #[test]
+    fn the_memory_cap_covers_all_memories_of_a_store() {
+        const PAGE: u64 = 64 * 1024;
+        let wat = r#"(module
+            (memory $a 1)
+            (memory $b 1)
+            (func (export "grow_a") (param i32) (result i32) (memory.grow $a (local.get 0)))
+            (func (export "grow_b") (param i32) (result i32) (memory.grow $b (local.get 0))))"#;
+        // 64 pages in all; each memory starts with one.
+        let (mut store, instance, hit) = capped(wat, 64 * PAGE);
+        assert_eq!(
+            call(&mut store, &instance, "grow_a", 40),
+            1,
+            "41 of 64 pages"
+        );
+        assert!(!hit.load(Ordering::Relaxed));
+        assert_eq!(
+            call(&mut store, &instance, "grow_b", 40),
+            -1,
+            "82 pages in all is past the cap, though each memory is below it"
+        );
+        assert!(hit.load(Ordering::Relaxed));
+        assert_eq!(
+            call(&mut store, &instance, "grow_b", 22),
+            1,
+            "64 pages: at the cap"
+        );
+        assert_eq!(call(&mut store, &instance, "grow_a", 1), -1);
+        assert_eq!(store.data().memory as u64, 64 * PAGE);
+    }
+
+    #[test]
+    fn a_memorys_declared_maximum_is_not_counted_as_the_cap() {
+        let wat = r#"(module
+            (memory $a 1 2)
+            (func (export "grow_a") (param i32) (result i32) (memory.grow $a (local.get 0))))"#;
+        let (mut store, instance, hit) = capped(wat, 1 << 30);
+        assert_eq!(call(&mut store, &instance, "grow_a", 5), -1);
+        assert!(
+            !hit.load(Ordering::Relaxed),
+            "refused by its type, not the cap"
+        );
+        assert_eq!(call(&mut store, &instance, "grow_a", 1), 1);
+    }
+
+    #[test]
+    fn the_table_cap_covers_all_tables_of_a_store() {
+        let half = (MAX_TABLE_ELEMENTS / 2 + 1) as i32;
+        let wat = r#"(module
+            (table $a 0 funcref)
+            (table $b 0 funcref)
+            (func (export "grow_a") (param i32) (result i32)
+                (table.grow $a (ref.null func) (local.get 0)))
+            (func (export "grow_b") (param i32) (result i32)
+                (table.grow $b (ref.null func) (local.get 0))))"#;
+        let (mut store, instance, _) = capped(wat, 1 << 30);
+        assert_eq!(call(&mut store, &instance, "grow_a", half), 0);
+        assert_eq!(call(&mut store, &instance, "grow_b", half), -1);
+        assert_eq!(call(&mut store, &instance, "grow_b", half - 2), 0);
+    }
 
     #[tokio::test]
     async fn tail_pipe_keeps_only_the_tail() {
