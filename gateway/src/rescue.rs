@@ -55,6 +55,8 @@ impl GatewayError {
             E::Unauthorized => StatusCode::UNAUTHORIZED,
             E::BadRequest(_) | E::Deployment(_) => StatusCode::BAD_REQUEST,
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // The image is past the server's import limits.
+            E::Prepare(PrepareError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             E::Prepare(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             E::Prepare(PrepareError::ContainersUnavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -178,6 +180,29 @@ mod tests {
         assert_eq!(e.public_message(), text);
         let source = std::error::Error::source(&e).expect("the store error is the source");
         assert!(source.is::<StoreError>(), "{source:?}");
+    }
+
+    #[test]
+    fn an_image_past_the_limits_is_too_large_and_says_which_limit() {
+        use wisp_runner::backend::Cause;
+        use wisp_runner::image::{ImportError, OverLimit};
+        let e = GatewayError::Prepare(PrepareError::TooLarge {
+            digest: "sha256:abc".into(),
+            cause: Cause::new(ImportError::OverLimit {
+                name: "archive entry \"junk\"".into(),
+                limit: OverLimit::Bytes { limit: 64 << 20 },
+            }),
+        });
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let text = e.public_message();
+        assert!(
+            text.contains("sha256:abc") && text.contains("junk"),
+            "{text}"
+        );
+        assert!(
+            text.contains("67108864 bytes (wisp serve --max-image-size)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, full_body};
 use wisp_runner::container::ContainerBackend;
 use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
+use wisp_runner::image::ImportLimits;
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::router::Router;
 use wisp_runner::store::artifact::ArtifactStore;
@@ -62,6 +63,8 @@ pub struct ServeConfig {
     pub wasm: WasmConfig,
     /// Container sandboxes made ahead of demand.
     pub premade_sandboxes: usize,
+    /// What one image import may write.
+    pub images: ImportLimits,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -121,6 +124,7 @@ impl App {
             &config.data_dir,
             spawner,
             config.premade_sandboxes,
+            config.images,
         )
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
         let images = container.images().clone();

@@ -691,6 +691,166 @@ async fn images_are_listed_and_pruned_when_unused() {
     );
 }
 
+/// The regular files under `dirs` of the data dir: the bytes they take.
+fn stored_bytes(wisp: &Wisp, dirs: &[&str]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending: Vec<PathBuf> = dirs.iter().map(|d| wisp.data_dir.join(d)).collect();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// An OCI archive of an image whose only layer (gzip) is `tar`.
+fn image_with_layer(tar: Vec<u8>) -> Vec<u8> {
+    use wisp_oci_writer::{Blob, Layer, Layout, media_type};
+    let layer = Layer::from_tar(tar);
+    let container = serde_json::json!({ "Entrypoint": ["/x"] });
+    let config = wisp_oci_writer::config("amd64", container, &[layer.diff_id()]);
+    let config = Blob::json(media_type::CONFIG, &config);
+    let blob = layer.gzip();
+    let manifest = wisp_oci_writer::manifest(&config, &[&blob]);
+    Layout::new(&[manifest.descriptor()], vec![config, blob, manifest]).to_archive()
+}
+
+/// A layer tar of one GNU sparse file `zero` that is all hole: `size`
+/// bytes of zeros when read, none in the archive (as GNU tar writes it).
+fn sparse_layer(size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_path("zero").unwrap();
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(0);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(size);
+    gnu.sparse[0].set_offset(size);
+    gnu.sparse[0].set_length(0);
+    header.set_cksum();
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append(&header, &[][..]).unwrap();
+    tar.into_inner().unwrap()
+}
+
+/// A layer tar of `count` empty files.
+fn many_files_layer(count: usize) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for i in 0..count {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        tar.append_data(&mut header, format!("f{i}"), &[][..])
+            .unwrap();
+    }
+    tar.into_inner().unwrap()
+}
+
+/// A fitting image as a zstd-compressed OCI archive that also carries a
+/// file of `size` zeros no manifest names.
+fn archive_with_junk(size: u64) -> Vec<u8> {
+    use std::io::Read as _;
+    let image = image_with_layer(many_files_layer(1));
+    let encoder = zstd::Encoder::new(Vec::new(), 3).unwrap();
+    let mut tar = tar::Builder::new(encoder);
+    for entry in tar::Archive::new(&image[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let header = entry.header().clone();
+        tar.append(&header, &mut entry).unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    tar.append_data(&mut header, "junk", std::io::repeat(0).take(size))
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// Issue 11, finding 3: an image import had no total limit (a 1.3 MB
+/// upload grew the data dir by 3 GiB). Images past `--max-image-size` or
+/// `--max-image-entries` (set here through their environment variables)
+/// are refused with 413 naming the limit, while they stream, and leave
+/// nothing in the data dir; the server goes on serving.
+#[tokio::test]
+async fn images_past_the_size_and_entry_limits_are_refused_and_leave_nothing() {
+    let wisp = Wisp::builder()
+        .env("WISP_MAX_IMAGE_SIZE", "64Mi")
+        .env("WISP_MAX_IMAGE_ENTRIES", "1000")
+        .start()
+        .unwrap();
+    let cases = [
+        (
+            "sparse",
+            image_with_layer(sparse_layer(256 << 20)),
+            "--max-image-size",
+        ),
+        (
+            "many",
+            image_with_layer(many_files_layer(2000)),
+            "--max-image-entries",
+        ),
+        ("junk", archive_with_junk(100 << 20), "--max-image-size"),
+    ];
+    let mut uploaded = Vec::new();
+    for (name, bytes, limit) in cases {
+        assert!(bytes.len() < 4 << 20, "{name} is a small upload");
+        let digest = wisp.client.upload_artifact(bytes).await.unwrap().digest;
+        uploaded.push((name, digest, limit));
+    }
+    let before = stored_bytes(&wisp, &["images", "artifacts"]);
+    let mut outcomes = Vec::new();
+    for (name, digest, limit) in &uploaded {
+        let d = wisp_e2e::FunctionDeployment {
+            service: (*name).into(),
+            image: digest.clone(),
+            ..Default::default()
+        };
+        let outcome = match wisp.client.deploy(&d).await {
+            Ok(()) => "deployed".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        outcomes.push((*name, *limit, outcome));
+    }
+    let after = stored_bytes(&wisp, &["images", "artifacts"]);
+    assert_eq!(
+        after,
+        before,
+        "the data dir grew by {} bytes: {outcomes:?}",
+        after.saturating_sub(before)
+    );
+    for (name, limit, outcome) in &outcomes {
+        assert!(outcome.starts_with("413"), "{name}: {outcome}");
+        assert!(outcome.contains(limit), "{name} names {limit}: {outcome}");
+    }
+    let staging = wisp.data_dir.join("images/tmp");
+    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+    assert!(wisp.client.list().await.unwrap().is_empty());
+    assert!(wisp.client.images().await.unwrap().is_empty());
+
+    // Still serving; an image within the limits deploys and runs.
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    assert_eq!(
+        wisp.invoke("GET", "/function/ping/ping", "").await.text(),
+        "pong"
+    );
+}
+
 #[tokio::test]
 async fn without_root_containers_are_refused_and_wasm_still_runs() {
     let wisp = Wisp::builder().run_as(65534).start().unwrap();

@@ -86,6 +86,14 @@ pub struct ServeArgs {
     /// demand, so a cold start only mounts the image and starts the handler.
     #[arg(long, env = "WISP_PREMADE_SANDBOXES", default_value_t = wisp_runner::container::DEFAULT_PREMADE)]
     pub premade_sandboxes: usize,
+    /// Most bytes one image import may write: the archive's files copied
+    /// out plus its layers unpacked (an image past it is refused with 413).
+    #[arg(long, env = "WISP_MAX_IMAGE_SIZE", default_value = "4Gi", value_parser = bytes)]
+    pub max_image_size: u64,
+    /// Most entries (files, directories, links) in one image, its archive
+    /// and layers together.
+    #[arg(long, env = "WISP_MAX_IMAGE_ENTRIES", default_value_t = wisp_runner::image::limits::DEFAULT_MAX_IMAGE_ENTRIES)]
+    pub max_image_entries: u64,
 }
 
 #[derive(Debug, Args)]

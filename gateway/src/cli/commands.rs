@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::BodyExt;
 use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
+use wisp_runner::image::ImportLimits;
 use wisp_runner::wasm::WasmConfig;
 
 use crate::connections::{ConnectionLimits, default_max_connections};
@@ -67,6 +68,10 @@ pub async fn run(
                     max_instances: args.max_wasm_instances,
                 },
                 premade_sandboxes: args.premade_sandboxes,
+                images: ImportLimits {
+                    max_bytes: args.max_image_size,
+                    max_entries: args.max_image_entries,
+                },
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await

@@ -26,7 +26,7 @@ use crate::container::sandbox::sweep_leftovers;
 use crate::container::spawner::{LaunchError, Spawner, SpawnerHandle, send_async};
 use crate::container::sys;
 use crate::container::users::ImageUsers;
-use crate::image::{ImageStore, StoreError, UnpackOptions};
+use crate::image::{ImageStore, ImportError, ImportLimits, StoreError, UnpackOptions};
 use crate::protocol::Protocol;
 use crate::spec::{Digest, FunctionKind, FunctionSpec};
 use crate::store::artifact::ArtifactStore;
@@ -50,20 +50,22 @@ impl ContainerBackend {
     /// `spawner` is the spawner `main` forked, or why there is none (not
     /// root, …); without it deploying a container function is refused with
     /// that reason, and wasm functions are unaffected. `premade` sandboxes
-    /// are kept ready ahead of demand (needs a tokio runtime).
+    /// are kept ready ahead of demand (needs a tokio runtime); an image
+    /// import writes at most `limits`.
     pub fn new(
         artifacts: ArtifactStore,
         data_dir: &Path,
         spawner: Result<SpawnerHandle, LaunchError>,
         premade: usize,
+        limits: ImportLimits,
     ) -> Result<ContainerBackend, StoreError> {
         let id_map = IdMap::default();
-        let images =
-            ImageStore::open(data_dir.join("images"))?.with_unpack_options(UnpackOptions {
+        let images = ImageStore::open(data_dir.join("images"))?
+            .with_unpack_options(UnpackOptions {
                 uid_offset: id_map.host_uid,
                 gid_offset: id_map.host_gid,
-                ..UnpackOptions::default()
-            });
+            })
+            .with_limits(limits);
         let pool = spawner
             .map_err(UnavailableError::NoSpawner)
             .and_then(|handle| premade_pool(handle, data_dir, id_map, premade))
@@ -192,9 +194,25 @@ impl Backend for ContainerBackend {
                 digest: digest.clone(),
                 cause: Cause::new(e),
             })?
-            .map_err(|e| PrepareError::BadImage {
-                digest: digest.clone(),
-                cause: Cause::new(e),
+            .map_err(|e| {
+                let digest = digest.clone();
+                if e.over_limit().is_some() {
+                    PrepareError::TooLarge {
+                        digest,
+                        cause: Cause::new(e),
+                    }
+                } else if matches!(e, ImportError::Pruned { .. }) {
+                    // Prunes kept taking its layers away: not the image's fault.
+                    PrepareError::Storage {
+                        digest,
+                        cause: Cause::new(e),
+                    }
+                } else {
+                    PrepareError::BadImage {
+                        digest,
+                        cause: Cause::new(e),
+                    }
+                }
             })?;
         tracing::info!(artifact = %digest, image = %image.manifest_digest, layers = image.layers.len(), "image imported");
         Ok(Prepared {

@@ -16,16 +16,23 @@
 //! [`ImageStore::remove_unreferenced`] removes. Whiteouts stay in the layers
 //! as overlayfs whiteouts: they are applied when the layers are mounted.
 //!
+//! An import writes at most [`ImportLimits`] (bytes and entries, counted
+//! while it streams). It stages, copies and unpacks without a lock, so
+//! imports of one store run side by side; its commit (the renames into
+//! place) and a prune take an advisory lock on `<root>/lock`, so they see
+//! each other whole, even across processes.
+//!
 //! Limits: the API blocks (plain `std::fs`; call it from a blocking
-//! thread). Imports and prunes of one store take an advisory lock on
-//! `<root>/lock`, so they run one at a time, even across processes. Layers
-//! are unpacked for one uid/gid shift ([`UnpackOptions`]); a store opened
-//! with another finds them unusable. The root is made 0700 because unpacked
-//! layers hold setuid files, so whatever mounts the layers must reach them
-//! as host root. `remove_unreferenced` does not know which layers are
-//! mounted: its caller names every image still in use.
+//! thread). `open` empties `tmp/`, so one process at a time may import
+//! into a store (`wisp serve` holds the registry's lock on the data dir).
+//! Layers are unpacked for one uid/gid shift ([`UnpackOptions`]); a store
+//! opened with another finds them unusable. The root is made 0700 because
+//! unpacked layers hold setuid files, so whatever mounts the layers must
+//! reach them as host root. `remove_unreferenced` does not know which
+//! layers are mounted: its caller names every image still in use.
 
 mod import;
+pub mod limits;
 mod sys;
 pub mod unpack;
 
@@ -38,6 +45,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use import::ImportError;
+pub use limits::{ImportLimits, OverLimit};
 pub use unpack::{UnpackError, UnpackOptions, UnpackStats};
 
 use crate::spec::Digest;
@@ -47,6 +55,7 @@ use crate::spec::Digest;
 pub struct ImageStore {
     root: PathBuf,
     unpack: UnpackOptions,
+    limits: ImportLimits,
 }
 
 /// An imported image.
@@ -140,6 +149,7 @@ impl ImageStore {
         let store = ImageStore {
             root,
             unpack: UnpackOptions::default(),
+            limits: ImportLimits::default(),
         };
         let _lock = store.lock().map_err(store_error(&store.root))?;
         let tmp = store.root.join("tmp");
@@ -150,9 +160,15 @@ impl ImageStore {
         Ok(store)
     }
 
-    /// Unpacks layers with `options` (ownership shift, size limits).
+    /// Unpacks layers with `options` (the ownership shift).
     pub fn with_unpack_options(mut self, options: UnpackOptions) -> Self {
         self.unpack = options;
+        self
+    }
+
+    /// Caps what one import may write.
+    pub fn with_limits(mut self, limits: ImportLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -366,7 +382,6 @@ mod tests {
             .with_unpack_options(UnpackOptions {
                 uid_offset: 100_000,
                 gid_offset: 100_000,
-                ..UnpackOptions::default()
             });
         let oci = store
             .import(Path::new(wisp_function_artifacts::PING_OCI_LAYOUT))
