@@ -6,7 +6,7 @@
 use http::{HeaderValue, Response, StatusCode};
 use wisp_runner::backend::{Body, InvokeError, PrepareError, StartError, full_body};
 use wisp_runner::image::StoreError;
-use wisp_runner::store::artifact::UploadError;
+use wisp_runner::store::artifact::{PruneError, UploadError};
 
 use crate::api::DeploymentError;
 use crate::registry::RegistryError;
@@ -41,9 +41,11 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("image store: {0}")]
     Images(#[from] StoreError),
-    /// A blocking image store task panicked or was cancelled.
-    #[error("image store: {0}")]
-    ImageTask(#[source] tokio::task::JoinError),
+    #[error("{0}")]
+    Artifacts(#[from] PruneError),
+    /// A blocking task on the stores panicked or was cancelled.
+    #[error("storage task: {0}")]
+    StoreTask(#[source] tokio::task::JoinError),
 }
 
 impl GatewayError {
@@ -61,7 +63,7 @@ impl GatewayError {
             E::Prepare(PrepareError::ContainersUnavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            E::Prepare(_) | E::Registry(_) | E::Images(_) | E::ImageTask(_) => {
+            E::Prepare(_) | E::Registry(_) | E::Images(_) | E::Artifacts(_) | E::StoreTask(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             E::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -105,7 +107,9 @@ impl GatewayError {
                     e.function()
                 ),
             },
-            GatewayError::Registry(_) | GatewayError::Upload(UploadError::Io { .. }) => {
+            GatewayError::Registry(_)
+            | GatewayError::Artifacts(_)
+            | GatewayError::Upload(UploadError::Io { .. }) => {
                 "internal storage error (details are in the server log)".into()
             }
             GatewayError::Prepare(e @ PrepareError::ContainersUnavailable { .. }) => e.to_string(),

@@ -33,6 +33,7 @@ use wisp_runner::wasm::{WasmBackend, WasmConfig};
 
 use crate::connections::{Admitted, ConnectionLimits, Connections, Tracked};
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::prune::{Holds, PruneConfig};
 use crate::registry::{Registry, StoredFunction};
 use crate::rescue::{GatewayError, rescue};
 use crate::route::{Route, route};
@@ -65,6 +66,8 @@ pub struct ServeConfig {
     pub premade_sandboxes: usize,
     /// What one image import may write.
     pub images: ImportLimits,
+    /// Garbage collection of unused artifacts and images.
+    pub prune: PruneConfig,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -84,9 +87,13 @@ pub struct App {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) functions: DashMap<String, Arc<Function>>,
     pub(crate) token: String,
-    /// Deploys and deletes run one at a time, so registry and routing agree.
+    /// Deploys, deletes and prunes run one at a time, so registry and
+    /// routing agree and a prune sees what is in use.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+    /// Artifacts and images in use beyond the deployed functions.
+    pub(crate) holds: Arc<Holds>,
     pub(crate) max_artifact_bytes: u64,
+    pub(crate) prune: PruneConfig,
     pub(crate) metrics: Metrics,
 }
 
@@ -167,7 +174,9 @@ impl App {
             functions,
             token: token.clone(),
             deploy_lock: tokio::sync::Mutex::new(()),
+            holds: Arc::default(),
             max_artifact_bytes: config.max_artifact_bytes,
+            prune: config.prune,
             metrics,
         };
         Ok((Arc::new(app), fresh.then_some(token)))
@@ -400,6 +409,9 @@ pub async fn serve(
     println!("wisp: listening on http://{local}");
     tracing::info!(%local, "listening");
 
+    if !config.prune.interval.is_zero() {
+        tokio::spawn(crate::prune::sweep(app.clone(), config.prune.interval));
+    }
     let connections = Arc::new(Connections::new(
         config.connections,
         app.metrics.connections(),

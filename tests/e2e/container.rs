@@ -667,20 +667,56 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     assert_eq!(mounts(), mounts_before);
 }
 
+/// Issue 11, finding 14: the image of a deleted function, its layers and
+/// its artifact are removed by `wisp prune`; what a function runs stays.
 #[tokio::test]
 async fn images_are_listed_and_pruned_when_unused() {
-    let wisp = Wisp::start();
+    let wisp = Wisp::builder()
+        .env("WISP_PRUNE_GRACE", "0s")
+        .start()
+        .unwrap();
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
     let rootfs = busybox_rootfs();
     deploy_probe(&wisp, "probe", rootfs.path(), "cgi", &[]);
     let out = wisp.cli(&["images"]).expect_success();
     assert!(out.contains("ping") && out.contains("probe"), "{out}");
     assert!(out.contains("layer sha256:"), "{out}");
-    assert_eq!(wisp.client.images().await.unwrap().len(), 2);
+    let images = wisp.client.images().await.unwrap();
+    assert_eq!(images.len(), 2);
+    let probe = wisp.client.function("probe").await.unwrap();
+    let probe_image = probe.container_image.unwrap();
+    let probe_layers: Vec<PathBuf> = images
+        .iter()
+        .find(|i| i.digest == probe_image)
+        .unwrap()
+        .layers
+        .iter()
+        .map(|l| {
+            let hex = l.diff_id.strip_prefix("sha256:").unwrap();
+            wisp.data_dir.join("images/layers").join(hex)
+        })
+        .collect();
+    assert!(probe_layers.iter().all(|l| l.is_dir()));
+    let ping = wisp.client.function("ping").await.unwrap();
 
     wisp.client.delete("probe").await.unwrap();
     let out = wisp.cli(&["prune"]).expect_success();
-    assert!(out.contains("removed 1 images"), "{out}");
+    assert!(
+        out.contains(&format!("removed image    {probe_image}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("removed artifact {}", probe.image)),
+        "{out}"
+    );
+    assert!(out.contains("removed layer"), "{out}");
+    assert!(out.lines().last().unwrap().starts_with("freed "), "{out}");
+    assert!(!out.contains(&ping.image), "{out}");
+    assert!(
+        !out.contains(ping.container_image.as_deref().unwrap()),
+        "{out}"
+    );
+    assert!(probe_layers.iter().all(|l| !l.exists()), "{out}");
     let left = wisp.client.images().await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].functions, ["ping"]);
