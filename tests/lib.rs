@@ -57,6 +57,7 @@ pub struct WispBuilder {
     data_dir: Option<PathBuf>,
     binary: Option<PathBuf>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     run_as: Option<u32>,
     fd_limit: Option<u32>,
 }
@@ -91,6 +92,12 @@ impl WispBuilder {
     /// Extra `wisp serve` arguments.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
+        self
+    }
+
+    /// An environment variable for `wisp serve` (each flag has one).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -139,6 +146,7 @@ impl WispBuilder {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("WISP_LOG", "info,wisp=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

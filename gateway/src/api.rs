@@ -246,12 +246,45 @@ pub struct LayerSummary {
     pub size: u64,
 }
 
-/// `POST /system/images/prune` answers this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /system/prune` answers this: what was removed (or, in a dry run,
+/// would be), each list sorted by digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PruneReport {
-    pub images: usize,
-    pub layers: usize,
-    pub blobs: usize,
+    pub dry_run: bool,
+    /// Uploaded artifacts (with the code compiled from them).
+    pub artifacts: Vec<PrunedEntry>,
+    /// Image records, by manifest digest.
+    pub images: Vec<PrunedEntry>,
+    /// Unpacked layers, by diff id.
+    pub layers: Vec<PrunedEntry>,
+    /// Image blobs: manifests, configs, layers as shipped.
+    pub blobs: Vec<PrunedEntry>,
+    /// Disk space freed (or that would be), in bytes.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedEntry {
+    pub digest: String,
+    pub bytes: u64,
+}
+
+impl PruneReport {
+    /// Whether nothing was (or would be) removed.
+    pub fn is_empty(&self) -> bool {
+        self.entries().next().is_none()
+    }
+
+    /// Every entry with what it is: `artifact`, `image`, `layer`, `blob`.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &PrunedEntry)> {
+        self.artifacts
+            .iter()
+            .map(|e| ("artifact", e))
+            .chain(self.images.iter().map(|e| ("image", e)))
+            .chain(self.layers.iter().map(|e| ("layer", e)))
+            .chain(self.blobs.iter().map(|e| ("blob", e)))
+    }
 }
 
 /// `POST /system/artifacts` answers this.

@@ -1,8 +1,11 @@
 //! The control API under `/system/*` (the caller is already authorized):
 //! deploy, update, list, inspect and delete functions, upload artifacts,
-//! report the gateway's version. Deploys are atomic: the artifact is checked
-//! and compiled first, then the registry is written in one transaction,
-//! then routing switches to the new version while the old one drains.
+//! list images, prune (see [`crate::prune`]), report the gateway's
+//! version. Deploys are atomic: the artifact is checked and compiled first,
+//! then the registry is written in one transaction, then routing switches
+//! to the new version while the old one drains. A deploy holds its
+//! artifact from before it is checked, and an old version what it runs
+//! until it has drained, so that no prune takes them away.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +22,7 @@ use wisp_runner::spec::{Digest, FunctionKind};
 
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
-    ImageSummary, LayerSummary, PruneReport, ScaleRequest,
+    ImageSummary, LayerSummary, ScaleRequest,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -69,8 +72,11 @@ impl App {
             (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Images, Method::GET) => json(StatusCode::OK, &self.images().await?),
             (Route::Images, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
-            (Route::PruneImages, Method::POST) => json(StatusCode::OK, &self.prune().await?),
-            (Route::PruneImages, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
+            (Route::Prune, Method::POST) => {
+                let dry_run = dry_run(req.uri().query().unwrap_or(""))?;
+                json(StatusCode::OK, &self.prune(dry_run).await?)
+            }
+            (Route::Prune, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (_, _) => Err(GatewayError::NotFound(req.uri().path().to_owned())),
         }
     }
@@ -83,6 +89,12 @@ impl App {
         let deployment: FunctionDeployment = read_json(req).await?;
         // Validate everything cheap before compiling anything.
         let draft = deployment.to_spec(FunctionKind::WasmHttp)?;
+        // Under the lock, so that a prune either sees the hold or has
+        // finished (and `prepare` finds the artifact gone).
+        let _hold = {
+            let _serial = self.deploy_lock.lock().await;
+            self.holds.hold(draft.artifact.clone(), None)
+        };
         let prepared = self.backend.prepare(&draft.artifact).await?;
         let spec = deployment.with_prepared(draft, prepared)?;
         let kind = spec.kind;
@@ -112,7 +124,7 @@ impl App {
         self.functions.insert(name.clone(), function);
         if let Some(old) = previous {
             // Requests already routed to the old version finish on it.
-            tokio::spawn(async move { old.pool.retire(StopReason::Deleted).await });
+            self.retire(old);
         }
         let status = if update {
             StatusCode::OK
@@ -129,12 +141,24 @@ impl App {
         }
         self.registry.remove(name)?;
         if let Some((_, old)) = self.functions.remove(name) {
-            tokio::spawn(async move { old.pool.retire(StopReason::Deleted).await });
+            self.retire(old);
         }
         self.metrics.forget(name);
         self.logs.remove(name);
         tracing::info!(function = %name, "deleted");
         Ok(text(StatusCode::OK, format!("deleted {name}\n")))
+    }
+
+    /// Stops `old` once its requests are done (in the background); what it
+    /// runs is held from prunes until then. Call it under the deploy lock.
+    fn retire(&self, old: Arc<Function>) {
+        let spec = &old.stored.spec;
+        let image = spec.container.as_ref().map(|c| c.image.clone());
+        let hold = self.holds.hold(spec.artifact.clone(), image);
+        tokio::spawn(async move {
+            old.pool.retire(StopReason::Deleted).await;
+            drop(hold);
+        });
     }
 
     /// `GET /system/logs?name=&tail=&follow=`: the function's kept output
@@ -268,7 +292,7 @@ impl App {
         let store = self.images.clone();
         let result = tokio::task::spawn_blocking(move || op(&store))
             .await
-            .map_err(GatewayError::ImageTask)?;
+            .map_err(GatewayError::StoreTask)?;
         Ok(result?)
     }
 
@@ -303,26 +327,6 @@ impl App {
             .collect())
     }
 
-    /// Removes every image no deployed function runs. Deploys wait meanwhile.
-    async fn prune(&self) -> Result<PruneReport, GatewayError> {
-        let _serial = self.deploy_lock.lock().await;
-        let keep: Vec<Digest> = self.images_in_use().into_iter().map(|(_, d)| d).collect();
-        let pruned = self
-            .on_images(move |store| store.remove_unreferenced(&keep))
-            .await?;
-        tracing::info!(
-            images = pruned.images,
-            layers = pruned.layers,
-            blobs = pruned.blobs,
-            "images pruned"
-        );
-        Ok(PruneReport {
-            images: pruned.images,
-            layers: pruned.layers,
-            blobs: pruned.blobs,
-        })
-    }
-
     async fn upload(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         let limit = self.max_artifact_bytes;
         if declares_more_than(req.headers(), limit) {
@@ -343,6 +347,24 @@ impl App {
             },
         )
     }
+}
+
+/// `dryRun` of `POST /system/prune?dryRun=true`.
+fn dry_run(query: &str) -> Result<bool, GatewayError> {
+    let mut dry_run = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("dryRun", "" | "true" | "1") => dry_run = true,
+            ("dryRun", "false" | "0") => dry_run = false,
+            _ => {
+                let pair: String = pair.chars().take(80).collect();
+                return Err(GatewayError::BadRequest(format!(
+                    "unknown prune parameter {pair:?} (expected dryRun=true or dryRun=false)"
+                )));
+            }
+        }
+    }
+    Ok(dry_run)
 }
 
 fn status(function: &Function) -> FunctionStatus {

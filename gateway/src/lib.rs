@@ -1,7 +1,8 @@
 //! wisp's gateway: the HTTP server and its routing ([`server`], [`route`]),
 //! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]), the
 //! function registry ([`registry`]), the mapping of every error to a status
-//! ([`rescue`]), Prometheus metrics ([`metrics`]); and, apart from the
+//! ([`rescue`]), Prometheus metrics ([`metrics`]), garbage collection of the
+//! data dir ([`prune`]); and, apart from the
 //! server, the `wisp` command line with its client tools ([`cli`]). It
 //! reaches the sandboxes only through `wisp_runner`'s `Pool` and `Backend`.
 
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod connections;
 mod control;
 pub mod metrics;
+pub mod prune;
 pub mod registry;
 pub mod rescue;
 pub mod route;

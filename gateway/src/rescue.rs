@@ -6,7 +6,7 @@
 use http::{HeaderValue, Response, StatusCode};
 use wisp_runner::backend::{Body, InvokeError, PrepareError, StartError, full_body};
 use wisp_runner::image::StoreError;
-use wisp_runner::store::artifact::UploadError;
+use wisp_runner::store::artifact::{PruneError, UploadError};
 
 use crate::api::DeploymentError;
 use crate::registry::RegistryError;
@@ -41,9 +41,11 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("image store: {0}")]
     Images(#[from] StoreError),
-    /// A blocking image store task panicked or was cancelled.
-    #[error("image store: {0}")]
-    ImageTask(#[source] tokio::task::JoinError),
+    #[error("{0}")]
+    Artifacts(#[from] PruneError),
+    /// A blocking task on the stores panicked or was cancelled.
+    #[error("storage task: {0}")]
+    StoreTask(#[source] tokio::task::JoinError),
 }
 
 impl GatewayError {
@@ -55,11 +57,13 @@ impl GatewayError {
             E::Unauthorized => StatusCode::UNAUTHORIZED,
             E::BadRequest(_) | E::Deployment(_) => StatusCode::BAD_REQUEST,
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // The image is past the server's import limits.
+            E::Prepare(PrepareError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             E::Prepare(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             E::Prepare(PrepareError::ContainersUnavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            E::Prepare(_) | E::Registry(_) | E::Images(_) | E::ImageTask(_) => {
+            E::Prepare(_) | E::Registry(_) | E::Images(_) | E::Artifacts(_) | E::StoreTask(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             E::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -103,7 +107,9 @@ impl GatewayError {
                     e.function()
                 ),
             },
-            GatewayError::Registry(_) | GatewayError::Upload(UploadError::Io { .. }) => {
+            GatewayError::Registry(_)
+            | GatewayError::Artifacts(_)
+            | GatewayError::Upload(UploadError::Io { .. }) => {
                 "internal storage error (details are in the server log)".into()
             }
             GatewayError::Prepare(e @ PrepareError::ContainersUnavailable { .. }) => e.to_string(),
@@ -178,6 +184,29 @@ mod tests {
         assert_eq!(e.public_message(), text);
         let source = std::error::Error::source(&e).expect("the store error is the source");
         assert!(source.is::<StoreError>(), "{source:?}");
+    }
+
+    #[test]
+    fn an_image_past_the_limits_is_too_large_and_says_which_limit() {
+        use wisp_runner::backend::Cause;
+        use wisp_runner::image::{ImportError, OverLimit};
+        let e = GatewayError::Prepare(PrepareError::TooLarge {
+            digest: "sha256:abc".into(),
+            cause: Cause::new(ImportError::OverLimit {
+                name: "archive entry \"junk\"".into(),
+                limit: OverLimit::Bytes { limit: 64 << 20 },
+            }),
+        });
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let text = e.public_message();
+        assert!(
+            text.contains("sha256:abc") && text.contains("junk"),
+            "{text}"
+        );
+        assert!(
+            text.contains("67108864 bytes (wisp serve --max-image-size)"),
+            "{text}"
+        );
     }
 
     #[test]

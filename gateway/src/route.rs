@@ -20,8 +20,8 @@ pub enum Route<'a> {
     Logs,
     /// `/system/scale-function/{name}`
     ScaleFunction(&'a str),
-    /// `/system/images/prune`
-    PruneImages,
+    /// `/system/prune`
+    Prune,
     /// Any other `/system/...` path.
     UnknownSystem,
     /// `/function/{name}` and `/function/{name}/{rest...}`; `rest` starts
@@ -43,7 +43,7 @@ pub fn route(path: &str) -> Route<'_> {
         "/system/artifacts" => return Route::Artifacts,
         "/system/images" => return Route::Images,
         "/system/logs" => return Route::Logs,
-        "/system/images/prune" => return Route::PruneImages,
+        "/system/prune" => return Route::Prune,
         _ => {}
     }
     if let Some(name) = path.strip_prefix("/system/function/") {

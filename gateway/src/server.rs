@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use wisp_runner::backend::{Backend, Body, BodyError, InvokeError, RequestInfo, full_body};
 use wisp_runner::container::ContainerBackend;
 use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
+use wisp_runner::image::ImportLimits;
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::router::Router;
 use wisp_runner::store::artifact::ArtifactStore;
@@ -32,6 +33,7 @@ use wisp_runner::wasm::{WasmBackend, WasmConfig};
 
 use crate::connections::{Admitted, ConnectionLimits, Connections, Tracked};
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::prune::{Holds, PruneConfig};
 use crate::registry::{Registry, StoredFunction};
 use crate::rescue::{GatewayError, rescue};
 use crate::route::{Route, route};
@@ -62,6 +64,10 @@ pub struct ServeConfig {
     pub wasm: WasmConfig,
     /// Container sandboxes made ahead of demand.
     pub premade_sandboxes: usize,
+    /// What one image import may write.
+    pub images: ImportLimits,
+    /// Garbage collection of unused artifacts and images.
+    pub prune: PruneConfig,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -81,9 +87,13 @@ pub struct App {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) functions: DashMap<String, Arc<Function>>,
     pub(crate) token: String,
-    /// Deploys and deletes run one at a time, so registry and routing agree.
+    /// Deploys, deletes and prunes run one at a time, so registry and
+    /// routing agree and a prune sees what is in use.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+    /// Artifacts and images in use beyond the deployed functions.
+    pub(crate) holds: Arc<Holds>,
     pub(crate) max_artifact_bytes: u64,
+    pub(crate) prune: PruneConfig,
     pub(crate) metrics: Metrics,
 }
 
@@ -121,6 +131,7 @@ impl App {
             &config.data_dir,
             spawner,
             config.premade_sandboxes,
+            config.images,
         )
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
         let images = container.images().clone();
@@ -164,7 +175,9 @@ impl App {
             functions,
             token: token.clone(),
             deploy_lock: tokio::sync::Mutex::new(()),
+            holds: Arc::default(),
             max_artifact_bytes: config.max_artifact_bytes,
+            prune: config.prune,
             metrics,
         };
         Ok((Arc::new(app), fresh.then_some(token)))
@@ -400,6 +413,9 @@ pub async fn serve(
     println!("wisp: listening on http://{local}");
     tracing::info!(%local, "listening");
 
+    if !config.prune.interval.is_zero() {
+        tokio::spawn(crate::prune::sweep(app.clone(), config.prune.interval));
+    }
     let connections = Arc::new(Connections::new(
         config.connections,
         app.metrics.connections(),

@@ -116,6 +116,14 @@ pub enum PrepareError {
         #[source]
         cause: Cause,
     },
+    /// The image is past the server's import limits (its cause names the
+    /// limit and the setting).
+    #[error("artifact {digest} is refused: {cause}")]
+    TooLarge {
+        digest: String,
+        #[source]
+        cause: Cause,
+    },
     #[error("cannot run container functions: {cause}")]
     ContainersUnavailable {
         #[source]

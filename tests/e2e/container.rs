@@ -176,6 +176,13 @@ async fn function_output_is_escaped_for_the_log_and_the_terminal() {
         !log.lines().any(|l| l.starts_with("FORGED-LINE")),
         "no forged line in the server log: {log}"
     );
+    // Output is written off the request path: it lands a moment later.
+    eventually(
+        "noisy's output to be logged",
+        Duration::from_secs(10),
+        async || wisp.cli(&["logs", "noisy"]).stdout.contains("FORGED-LINE"),
+    )
+    .await;
     let shown = wisp.cli(&["logs", "noisy"]).expect_success();
     assert!(
         shown.contains("pwned") && shown.contains("FORGED-LINE"),
@@ -253,6 +260,12 @@ async fn a_failing_handlers_stderr_is_not_sent_to_the_caller() {
         log.contains("password=hunter2"),
         "stderr reaches the server log"
     );
+    eventually(
+        "leaky's output to be logged",
+        Duration::from_secs(10),
+        async || wisp.cli(&["logs", "leaky"]).stdout.contains("hunter2"),
+    )
+    .await;
     let logs = wisp.cli(&["logs", "leaky"]).expect_success();
     assert!(
         logs.contains("password=hunter2"),
@@ -775,20 +788,56 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     assert_eq!(mounts(), mounts_before);
 }
 
+/// Issue 11, finding 14: the image of a deleted function, its layers and
+/// its artifact are removed by `wisp prune`; what a function runs stays.
 #[tokio::test]
 async fn images_are_listed_and_pruned_when_unused() {
-    let wisp = Wisp::start();
+    let wisp = Wisp::builder()
+        .env("WISP_PRUNE_GRACE", "0s")
+        .start()
+        .unwrap();
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
     let rootfs = busybox_rootfs();
     deploy_probe(&wisp, "probe", rootfs.path(), "cgi", &[]);
     let out = wisp.cli(&["images"]).expect_success();
     assert!(out.contains("ping") && out.contains("probe"), "{out}");
     assert!(out.contains("layer sha256:"), "{out}");
-    assert_eq!(wisp.client.images().await.unwrap().len(), 2);
+    let images = wisp.client.images().await.unwrap();
+    assert_eq!(images.len(), 2);
+    let probe = wisp.client.function("probe").await.unwrap();
+    let probe_image = probe.container_image.unwrap();
+    let probe_layers: Vec<PathBuf> = images
+        .iter()
+        .find(|i| i.digest == probe_image)
+        .unwrap()
+        .layers
+        .iter()
+        .map(|l| {
+            let hex = l.diff_id.strip_prefix("sha256:").unwrap();
+            wisp.data_dir.join("images/layers").join(hex)
+        })
+        .collect();
+    assert!(probe_layers.iter().all(|l| l.is_dir()));
+    let ping = wisp.client.function("ping").await.unwrap();
 
     wisp.client.delete("probe").await.unwrap();
     let out = wisp.cli(&["prune"]).expect_success();
-    assert!(out.contains("removed 1 images"), "{out}");
+    assert!(
+        out.contains(&format!("removed image    {probe_image}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("removed artifact {}", probe.image)),
+        "{out}"
+    );
+    assert!(out.contains("removed layer"), "{out}");
+    assert!(out.lines().last().unwrap().starts_with("freed "), "{out}");
+    assert!(!out.contains(&ping.image), "{out}");
+    assert!(
+        !out.contains(ping.container_image.as_deref().unwrap()),
+        "{out}"
+    );
+    assert!(probe_layers.iter().all(|l| !l.exists()), "{out}");
     let left = wisp.client.images().await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].functions, ["ping"]);
@@ -796,6 +845,166 @@ async fn images_are_listed_and_pruned_when_unused() {
         wisp.invoke("GET", "/function/ping/ping", "").await.text(),
         "pong",
         "what a function uses is kept"
+    );
+}
+
+/// The regular files under `dirs` of the data dir: the bytes they take.
+fn stored_bytes(wisp: &Wisp, dirs: &[&str]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending: Vec<PathBuf> = dirs.iter().map(|d| wisp.data_dir.join(d)).collect();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// An OCI archive of an image whose only layer (gzip) is `tar`.
+fn image_with_layer(tar: Vec<u8>) -> Vec<u8> {
+    use wisp_oci_writer::{Blob, Layer, Layout, media_type};
+    let layer = Layer::from_tar(tar);
+    let container = serde_json::json!({ "Entrypoint": ["/x"] });
+    let config = wisp_oci_writer::config("amd64", container, &[layer.diff_id()]);
+    let config = Blob::json(media_type::CONFIG, &config);
+    let blob = layer.gzip();
+    let manifest = wisp_oci_writer::manifest(&config, &[&blob]);
+    Layout::new(&[manifest.descriptor()], vec![config, blob, manifest]).to_archive()
+}
+
+/// A layer tar of one GNU sparse file `zero` that is all hole: `size`
+/// bytes of zeros when read, none in the archive (as GNU tar writes it).
+fn sparse_layer(size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_path("zero").unwrap();
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(0);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(size);
+    gnu.sparse[0].set_offset(size);
+    gnu.sparse[0].set_length(0);
+    header.set_cksum();
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append(&header, &[][..]).unwrap();
+    tar.into_inner().unwrap()
+}
+
+/// A layer tar of `count` empty files.
+fn many_files_layer(count: usize) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for i in 0..count {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        tar.append_data(&mut header, format!("f{i}"), &[][..])
+            .unwrap();
+    }
+    tar.into_inner().unwrap()
+}
+
+/// A fitting image as a zstd-compressed OCI archive that also carries a
+/// file of `size` zeros no manifest names.
+fn archive_with_junk(size: u64) -> Vec<u8> {
+    use std::io::Read as _;
+    let image = image_with_layer(many_files_layer(1));
+    let encoder = zstd::Encoder::new(Vec::new(), 3).unwrap();
+    let mut tar = tar::Builder::new(encoder);
+    for entry in tar::Archive::new(&image[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let header = entry.header().clone();
+        tar.append(&header, &mut entry).unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    tar.append_data(&mut header, "junk", std::io::repeat(0).take(size))
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// Issue 11, finding 3: an image import had no total limit (a 1.3 MB
+/// upload grew the data dir by 3 GiB). Images past `--max-image-size` or
+/// `--max-image-entries` (set here through their environment variables)
+/// are refused with 413 naming the limit, while they stream, and leave
+/// nothing in the data dir; the server goes on serving.
+#[tokio::test]
+async fn images_past_the_size_and_entry_limits_are_refused_and_leave_nothing() {
+    let wisp = Wisp::builder()
+        .env("WISP_MAX_IMAGE_SIZE", "64Mi")
+        .env("WISP_MAX_IMAGE_ENTRIES", "1000")
+        .start()
+        .unwrap();
+    let cases = [
+        (
+            "sparse",
+            image_with_layer(sparse_layer(256 << 20)),
+            "--max-image-size",
+        ),
+        (
+            "many",
+            image_with_layer(many_files_layer(2000)),
+            "--max-image-entries",
+        ),
+        ("junk", archive_with_junk(100 << 20), "--max-image-size"),
+    ];
+    let mut uploaded = Vec::new();
+    for (name, bytes, limit) in cases {
+        assert!(bytes.len() < 4 << 20, "{name} is a small upload");
+        let digest = wisp.client.upload_artifact(bytes).await.unwrap().digest;
+        uploaded.push((name, digest, limit));
+    }
+    let before = stored_bytes(&wisp, &["images", "artifacts"]);
+    let mut outcomes = Vec::new();
+    for (name, digest, limit) in &uploaded {
+        let d = wisp_e2e::FunctionDeployment {
+            service: (*name).into(),
+            image: digest.clone(),
+            ..Default::default()
+        };
+        let outcome = match wisp.client.deploy(&d).await {
+            Ok(()) => "deployed".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        outcomes.push((*name, *limit, outcome));
+    }
+    let after = stored_bytes(&wisp, &["images", "artifacts"]);
+    assert_eq!(
+        after,
+        before,
+        "the data dir grew by {} bytes: {outcomes:?}",
+        after.saturating_sub(before)
+    );
+    for (name, limit, outcome) in &outcomes {
+        assert!(outcome.starts_with("413"), "{name}: {outcome}");
+        assert!(outcome.contains(limit), "{name} names {limit}: {outcome}");
+    }
+    let staging = wisp.data_dir.join("images/tmp");
+    assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+    assert!(wisp.client.list().await.unwrap().is_empty());
+    assert!(wisp.client.images().await.unwrap().is_empty());
+
+    // Still serving; an image within the limits deploys and runs.
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    assert_eq!(
+        wisp.invoke("GET", "/function/ping/ping", "").await.text(),
+        "pong"
     );
 }
 

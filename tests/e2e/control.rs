@@ -49,6 +49,33 @@ async fn system_routes_need_the_token() {
     assert_eq!(health.status, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn prune_is_a_post_behind_the_token() {
+    let wisp = Wisp::start();
+    let anonymous = Client::new(&wisp.addr, None);
+    let answer = anonymous
+        .call(
+            Method::POST,
+            "/system/prune",
+            HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    let answer = wisp.invoke("GET", "/system/prune", "").await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    let answer = wisp
+        .invoke("POST", "/system/prune?dryRun=perhaps", "")
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
+    let answer = wisp.invoke("POST", "/system/prune?dryRun=true", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let report: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(report["dryRun"], true);
+    assert_eq!(report["bytes"], 0);
+}
+
 fn base64_basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))

@@ -158,3 +158,106 @@ async fn the_data_dir_is_private_and_fixed_at_start() {
     let _second = Wisp::builder().data_dir(&dir).start().unwrap();
     check("fixed at start");
 }
+
+/// Where the artifact `digest` (`sha256:<hex>`) is stored.
+fn artifact_path(wisp: &Wisp, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    wisp.data_dir.join("artifacts/sha256").join(hex)
+}
+
+/// Issue 11, finding 14: uploaded artifacts were never removed. `wisp
+/// prune` removes those no function uses once past the grace period, keeps
+/// what functions use, and `--dry-run` only lists.
+#[tokio::test]
+async fn prune_removes_unused_artifacts_past_the_grace_and_keeps_what_functions_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    first.deploy("hello", artifacts::HELLO).await;
+    let hello = first.client.function("hello").await.unwrap().image;
+    let unused = first.upload(artifacts::CGI_ECHO).await.unwrap();
+    // Within the grace period (10 minutes by default) an upload is kept:
+    // it may be about to be deployed.
+    let out = first.cli(&["prune"]).expect_success();
+    assert_eq!(out.trim(), "nothing to remove");
+    assert!(artifact_path(&first, &unused).exists());
+    first.signal("TERM");
+    assert!(first.wait(Duration::from_secs(20)).unwrap().success());
+
+    let mut second = Wisp::builder()
+        .data_dir(dir.path())
+        .arg("--prune-grace")
+        .arg("0s")
+        .start()
+        .unwrap();
+    let out = second.cli(&["prune", "--dry-run"]).expect_success();
+    assert!(
+        out.contains(&format!("would remove artifact {unused}")),
+        "{out}"
+    );
+    assert!(!out.contains(&hello), "what a function uses stays: {out}");
+    assert!(out.contains("would free"), "{out}");
+    assert!(
+        artifact_path(&second, &unused).exists(),
+        "a dry run removes nothing"
+    );
+
+    let out = second.cli(&["prune"]).expect_success();
+    assert!(out.contains(&format!("removed artifact {unused}")), "{out}");
+    assert!(!out.contains(&hello), "{out}");
+    let freed = out.lines().last().unwrap_or_default();
+    assert!(
+        freed.starts_with("freed ") && !freed.contains("(0 bytes)"),
+        "{out}"
+    );
+    assert!(!artifact_path(&second, &unused).exists());
+    assert!(artifact_path(&second, &hello).exists());
+    let answer = second.invoke("GET", "/function/hello", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let out = second.cli(&["prune"]).expect_success();
+    assert_eq!(out.trim(), "nothing to remove");
+    second.signal("TERM");
+    assert!(second.wait(Duration::from_secs(20)).unwrap().success());
+
+    let third = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    let answer = third.invoke("GET", "/function/hello", "").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "after a restart: {}",
+        answer.text()
+    );
+}
+
+/// The server prunes in the background every `--prune-interval`.
+#[tokio::test]
+async fn a_background_sweep_removes_what_no_function_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Wisp::builder().data_dir(dir.path()).start().unwrap();
+    first.deploy("hello", artifacts::HELLO).await;
+    let hello = first.client.function("hello").await.unwrap().image;
+    first.signal("TERM");
+    assert!(first.wait(Duration::from_secs(20)).unwrap().success());
+
+    let second = Wisp::builder()
+        .data_dir(dir.path())
+        .env("WISP_PRUNE_INTERVAL", "1s")
+        .env("WISP_PRUNE_GRACE", "0s")
+        .start()
+        .unwrap();
+    let unused = second.upload(artifacts::CGI_ECHO).await.unwrap();
+    wisp_e2e::eventually(
+        "the sweep to remove the unused artifact",
+        Duration::from_secs(30),
+        async || !artifact_path(&second, &unused).exists(),
+    )
+    .await;
+    assert!(artifact_path(&second, &hello).exists());
+    let answer = second.invoke("GET", "/function/hello", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    wisp_e2e::eventually(
+        "the sweep's log line",
+        Duration::from_secs(10),
+        async || second.log().contains("pruned what no function uses"),
+    )
+    .await;
+}

@@ -20,6 +20,18 @@ async fn handler_output_is_kept_tailed_and_followed() {
         "ok"
     );
 
+    // Output is written off the request path: it lands a moment later.
+    wisp_e2e::eventually(
+        "the output to be logged",
+        Duration::from_secs(10),
+        async || {
+            let kept = wisp
+                .invoke("GET", "/system/logs?name=talk&tail=5", "")
+                .await;
+            kept.text().contains("said one")
+        },
+    )
+    .await;
     let kept = wisp
         .invoke("GET", "/system/logs?name=talk&tail=5", "")
         .await;
@@ -57,6 +69,16 @@ async fn handler_output_is_kept_tailed_and_followed() {
     assert!(followed.contains("said two"), "{followed}");
     assert!(!followed.contains("said one"), "tail=0 skips what was kept");
 
+    wisp_e2e::eventually(
+        "the second line to be logged",
+        Duration::from_secs(10),
+        async || {
+            wisp.cli(&["logs", "talk", "--tail", "1"])
+                .stdout
+                .contains("said two")
+        },
+    )
+    .await;
     let out = wisp.cli(&["logs", "talk", "--tail", "1"]).expect_success();
     assert!(out.trim().ends_with("stderr: said two"), "{out}");
 

@@ -49,8 +49,8 @@ pub enum Command {
     Scale(ScaleArgs),
     /// List container images, their layers and sizes, and the functions using them.
     Images(ConnectArgs),
-    /// Remove the images (and layers) no deployed function uses.
-    Prune(ConnectArgs),
+    /// Remove the artifacts and images (and layers) no function uses, once past the server's --prune-grace.
+    Prune(PruneArgs),
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +86,21 @@ pub struct ServeArgs {
     /// demand, so a cold start only mounts the image and starts the handler.
     #[arg(long, env = "WISP_PREMADE_SANDBOXES", default_value_t = wisp_runner::container::DEFAULT_PREMADE)]
     pub premade_sandboxes: usize,
+    /// Most bytes one image import may write: the archive's files copied
+    /// out plus its layers unpacked (an image past it is refused with 413).
+    #[arg(long, env = "WISP_MAX_IMAGE_SIZE", default_value = "4Gi", value_parser = bytes)]
+    pub max_image_size: u64,
+    /// Most entries (files, directories, links) in one image, its archive
+    /// and layers together.
+    #[arg(long, env = "WISP_MAX_IMAGE_ENTRIES", default_value_t = wisp_runner::image::limits::DEFAULT_MAX_IMAGE_ENTRIES)]
+    pub max_image_entries: u64,
+    /// How often unused artifacts and images are removed in the background (0 turns it off).
+    #[arg(long, env = "WISP_PRUNE_INTERVAL", default_value = "1h", value_parser = duration)]
+    pub prune_interval: Duration,
+    /// How old an unused artifact or image must be before a prune removes
+    /// it, so that an upload about to be deployed is kept.
+    #[arg(long, env = "WISP_PRUNE_GRACE", default_value = "10m", value_parser = duration)]
+    pub prune_grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +268,15 @@ pub struct InvokeArgs {
     /// Print the status line and response headers to stderr.
     #[arg(long, short = 'i')]
     pub include: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }

@@ -223,10 +223,15 @@ impl Client {
         self.decode(&answer)
     }
 
-    pub async fn prune_images(&self) -> Result<crate::api::PruneReport, ClientError> {
-        let answer = self
-            .system(Method::POST, "/system/images/prune", Bytes::new())
-            .await?;
+    /// `POST /system/prune`: removes (with `dry_run`, lists) what no
+    /// function uses.
+    pub async fn prune(&self, dry_run: bool) -> Result<crate::api::PruneReport, ClientError> {
+        let path = if dry_run {
+            "/system/prune?dryRun=true"
+        } else {
+            "/system/prune"
+        };
+        let answer = self.system(Method::POST, path, Bytes::new()).await?;
         self.decode(&answer)
     }
 

@@ -9,13 +9,17 @@ use anyhow::{Context, bail};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::BodyExt;
 use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
+use wisp_runner::image::ImportLimits;
 use wisp_runner::wasm::WasmConfig;
 
 use crate::connections::{ConnectionLimits, default_max_connections};
 
-use super::args::{BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LogsArgs};
+use super::args::{
+    BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LogsArgs, PruneArgs,
+};
 use super::client::{Client, ClientError};
 use crate::api::{FunctionDeployment, FunctionResources};
+use crate::prune::PruneConfig;
 use crate::server::{ServeConfig, serve, shutdown_signal};
 
 /// `/var/lib/wisp` when running as root, `./.wisp` otherwise.
@@ -67,6 +71,14 @@ pub async fn run(
                     max_instances: args.max_wasm_instances,
                 },
                 premade_sandboxes: args.premade_sandboxes,
+                images: ImportLimits {
+                    max_bytes: args.max_image_size,
+                    max_entries: args.max_image_entries,
+                },
+                prune: PruneConfig {
+                    interval: args.prune_interval,
+                    grace: args.prune_grace,
+                },
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await
@@ -87,14 +99,7 @@ pub async fn run(
             print!("{answer}");
             Ok(())
         }
-        Command::Prune(args) => {
-            let report = connect(&args)?.prune_images().await?;
-            println!(
-                "removed {} images, {} layers, {} blobs",
-                report.images, report.layers, report.blobs
-            );
-            Ok(())
-        }
+        Command::Prune(args) => prune(args).await,
         Command::Rm(args) => {
             let client = connect(&args.connect)?;
             client.delete(&args.name).await?;
@@ -409,6 +414,37 @@ async fn images(args: ConnectArgs) -> anyhow::Result<()> {
             writeln!(out, "  layer {id:<17} {:>10}", human(layer.size))?;
         }
     }
+    Ok(())
+}
+
+/// `wisp prune`: one line per artifact, image, layer and blob removed
+/// (or, with `--dry-run`, that would be), then the space freed.
+async fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let report = connect(&args.connect)?.prune(args.dry_run).await?;
+    let mut out = std::io::stdout().lock();
+    if report.is_empty() {
+        writeln!(out, "nothing to remove")?;
+        return Ok(());
+    }
+    let (verb, freed) = if report.dry_run {
+        ("would remove", "would free")
+    } else {
+        ("removed", "freed")
+    };
+    for (kind, entry) in report.entries() {
+        writeln!(
+            out,
+            "{verb} {kind:<8} {} {:>10}",
+            entry.digest,
+            human(entry.bytes)
+        )?;
+    }
+    writeln!(
+        out,
+        "{freed} {} ({} bytes)",
+        human(report.bytes),
+        report.bytes
+    )?;
     Ok(())
 }
 

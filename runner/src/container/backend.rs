@@ -26,7 +26,7 @@ use crate::container::sandbox::sweep_leftovers;
 use crate::container::spawner::{LaunchError, Spawner, SpawnerHandle, send_async};
 use crate::container::sys;
 use crate::container::users;
-use crate::image::{ImageStore, StoreError, UnpackOptions};
+use crate::image::{ImageStore, ImportError, ImportLimits, StoreError, UnpackOptions};
 use crate::protocol::Protocol;
 use crate::spec::{Digest, FunctionKind, FunctionSpec};
 use crate::store::artifact::ArtifactStore;
@@ -50,20 +50,22 @@ impl ContainerBackend {
     /// `spawner` is the spawner `main` forked, or why there is none (not
     /// root, …); without it deploying a container function is refused with
     /// that reason, and wasm functions are unaffected. `premade` sandboxes
-    /// are kept ready ahead of demand (needs a tokio runtime).
+    /// are kept ready ahead of demand (needs a tokio runtime); an image
+    /// import writes at most `limits`.
     pub fn new(
         artifacts: ArtifactStore,
         data_dir: &Path,
         spawner: Result<SpawnerHandle, LaunchError>,
         premade: usize,
+        limits: ImportLimits,
     ) -> Result<ContainerBackend, StoreError> {
         let id_map = IdMap::default();
-        let images =
-            ImageStore::open(data_dir.join("images"))?.with_unpack_options(UnpackOptions {
+        let images = ImageStore::open(data_dir.join("images"))?
+            .with_unpack_options(UnpackOptions {
                 uid_offset: id_map.host_uid,
                 gid_offset: id_map.host_gid,
-                ..UnpackOptions::default()
-            });
+            })
+            .with_limits(limits);
         let pool = spawner
             .map_err(UnavailableError::NoSpawner)
             .and_then(|handle| premade_pool(handle, data_dir, id_map, premade))
@@ -181,24 +183,39 @@ impl Backend for ContainerBackend {
         }
         let images = self.images.clone();
         let id_map = self.id_map;
-        let bad_image = |cause: Cause| PrepareError::BadImage {
-            digest: digest.clone(),
-            cause,
-        };
         let image = tokio::task::spawn_blocking(move || {
-            let image = images.import(&blob).map_err(Cause::new)?;
+            let image = images.import(&blob).map_err(ImportFailure::Import)?;
             // Refused now rather than at the first request: an image whose
             // `User` names a user or group it does not have.
             let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
-            users::resolve(image.config.user.as_deref(), &layers, id_map).map_err(Cause::new)?;
-            Ok::<_, Cause>(image)
+            users::resolve(image.config.user.as_deref(), &layers, id_map)
+                .map_err(|e| ImportFailure::User(Cause::new(e)))?;
+            Ok::<_, ImportFailure>(image)
         })
         .await
         .map_err(|e| PrepareError::Storage {
             digest: digest.clone(),
             cause: Cause::new(e),
         })?
-        .map_err(bad_image)?;
+        .map_err(|failure| {
+            let digest = digest.clone();
+            match failure {
+                ImportFailure::Import(e) if e.over_limit().is_some() => PrepareError::TooLarge {
+                    digest,
+                    cause: Cause::new(e),
+                },
+                // Prunes kept taking its layers away: not the image's fault.
+                ImportFailure::Import(e @ ImportError::Pruned { .. }) => PrepareError::Storage {
+                    digest,
+                    cause: Cause::new(e),
+                },
+                ImportFailure::Import(e) => PrepareError::BadImage {
+                    digest,
+                    cause: Cause::new(e),
+                },
+                ImportFailure::User(cause) => PrepareError::BadImage { digest, cause },
+            }
+        })?;
         tracing::info!(artifact = %digest, image = %image.manifest_digest, layers = image.layers.len(), "image imported");
         Ok(Prepared {
             kind: FunctionKind::Container,
@@ -324,4 +341,10 @@ impl Backend for ContainerBackend {
             pool.close().await;
         }
     }
+}
+
+/// Why a deploy-time import failed: the import itself, or the image's user.
+enum ImportFailure {
+    Import(ImportError),
+    User(Cause),
 }

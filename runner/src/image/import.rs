@@ -8,13 +8,23 @@
 //! `docker save` / `docker-archive:` tarball, whose layers are named by path
 //! (`<id>/layer.tar`, maybe a symlink to another, or `blobs/sha256/<hex>`).
 //! A tar may itself be gzip or zstd compressed. A tar's files are first
-//! copied into the staging directory, hashed on the way.
+//! copied into the staging directory, hashed on the way; a blob the store
+//! already holds is hard-linked there instead.
 //!
 //! Every blob is checked against the digest that names it (and its
 //! descriptor's size), every layer's uncompressed stream against the
 //! config's `rootfs.diff_ids` while it is unpacked, and a layer's media type
-//! against its magic bytes. Nothing reaches its final name in the store
-//! before the whole image is verified.
+//! against its magic bytes. Everything the import writes is charged to one
+//! [`Budget`] (the store's [`ImportLimits`](super::ImportLimits)) while it
+//! streams. Nothing reaches its final name in the store before the whole
+//! image is verified.
+//!
+//! Staging, copying and unpacking take no lock, so imports run side by
+//! side. The commit takes the store's lock for a few renames: a layer
+//! another import committed first is kept and the copy dropped (same
+//! content, same name), a blob already in place is left alone, and a layer
+//! this import meant to reuse but a prune removed meanwhile makes the
+//! import start again.
 //!
 //! Limits: an index must offer a `linux/<host arch>` manifest, or only one
 //! manifest; a docker archive must hold exactly one image (its `RepoTags`
@@ -31,6 +41,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
 
+use super::limits::{Budget, OverLimit};
 use super::unpack::{self, UnpackError, UnpackStats};
 use super::{Image, ImageConfig, ImageRecord, ImageStore, LayerRecord, sys};
 use crate::spec::Digest;
@@ -40,6 +51,8 @@ use crate::store::durable;
 const MAX_JSON_BYTES: u64 = 16 << 20;
 /// How many indexes deep a manifest may be nested.
 const MAX_INDEX_DEPTH: usize = 4;
+/// Attempts at an import whose reused layers concurrent prunes removed.
+const MAX_ATTEMPTS: usize = 3;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -107,9 +120,25 @@ pub enum ImportError {
     LayerOwnership { diff_id: Digest },
     #[error("unpacking layer {layer}: {source}")]
     Unpack { layer: Digest, source: UnpackError },
+    #[error("{name}: {limit}")]
+    OverLimit { name: String, limit: OverLimit },
+    #[error("layer {diff_id} was pruned while the image was imported; import it again")]
+    Pruned { diff_id: Digest },
 }
 
 impl ImportError {
+    /// The limit the image went past, if that is why it was refused.
+    pub fn over_limit(&self) -> Option<OverLimit> {
+        match self {
+            ImportError::OverLimit { limit, .. }
+            | ImportError::Unpack {
+                source: UnpackError::OverLimit { limit, .. },
+                ..
+            } => Some(*limit),
+            _ => None,
+        }
+    }
+
     fn read(path: &Path) -> impl FnOnce(io::Error) -> Self + use<> {
         let path = path.to_owned();
         move |source| ImportError::Read { path, source }
@@ -130,14 +159,12 @@ struct LayerMarker {
     gid_offset: u32,
 }
 
-/// A blob that was hashed: in staging, or already in the store.
+/// A blob in staging: copied and hashed, or a hard link to the store's.
 #[derive(Debug, Clone)]
 struct Blob {
     digest: Digest,
     size: u64,
     path: PathBuf,
-    /// `path` is in staging and must be renamed into the store.
-    staged: bool,
 }
 
 /// What an image is made of, once its documents are read and its blobs
@@ -155,7 +182,19 @@ impl ImageStore {
     /// or a docker archive), unpacking the layers that the store lacks.
     /// Importing an image again reuses what is stored.
     pub fn import(&self, path: &Path) -> Result<Image, ImportError> {
-        let _lock = self.lock().map_err(ImportError::write(&self.root))?;
+        let mut attempt = 1;
+        loop {
+            match self.import_once(path) {
+                Err(ImportError::Pruned { diff_id }) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(%diff_id, attempt, "a layer was pruned during the import; importing again");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn import_once(&self, path: &Path) -> Result<Image, ImportError> {
         let staging = Staging::new(self)?;
         let source = Source::open(path, &staging)?;
         let parts = if source.has("oci-layout") && source.has("index.json") {
@@ -252,8 +291,8 @@ impl ImageStore {
         })
     }
 
-    /// Verifies the layers (unpacking those the store lacks), then moves
-    /// blobs, layers and finally the image record into place.
+    /// Verifies the layers (unpacking those the store lacks), then commits:
+    /// moves blobs, layers and finally the image record into place.
     fn finish(&self, staging: &Staging, parts: Parts) -> Result<Image, ImportError> {
         let diff_ids = parts.config.rootfs().diff_ids();
         if diff_ids.len() != parts.layers.len() {
@@ -263,41 +302,26 @@ impl ImageStore {
             });
         }
         let mut unpacked: HashMap<Digest, (PathBuf, u64)> = HashMap::new();
+        let mut reused = Vec::new();
         let mut layers = Vec::new();
         for ((blob, media_type), diff_id) in parts.layers.iter().zip(diff_ids) {
             let diff_id = parse_digest(diff_id)?;
-            let size = if let Some(marker) = self.unpacked_layer(&diff_id)? {
-                marker.size
-            } else if let Some((_, size)) = unpacked.get(&diff_id) {
+            let size = if let Some((_, size)) = unpacked.get(&diff_id) {
                 *size
+            } else if let Some(marker) = self.unpacked_layer(&diff_id)? {
+                reused.push(diff_id.clone());
+                marker.size
             } else {
                 let dir = staging.path();
-                let stats = self.unpack_layer(blob, media_type, &diff_id, &dir)?;
+                let stats = self.unpack_layer(staging, blob, media_type, &diff_id, &dir)?;
                 unpacked.insert(diff_id.clone(), (dir, stats.bytes));
                 stats.bytes
             };
             layers.push(LayerRecord { diff_id, size });
         }
 
-        sys::sync_filesystem(&staging.dir).map_err(ImportError::write(&staging.dir))?;
         let mut blobs = vec![&parts.manifest, &parts.config_blob];
         blobs.extend(parts.layers.iter().map(|(blob, _)| blob));
-        for blob in &blobs {
-            let dest = self.blob_path(&blob.digest);
-            if blob.staged && !dest.exists() {
-                fs::rename(&blob.path, &dest).map_err(ImportError::write(&dest))?;
-            }
-        }
-        for (diff_id, (dir, _)) in &unpacked {
-            let dest = self.layer_dir(diff_id);
-            fs::rename(dir, &dest).map_err(ImportError::write(&dest))?;
-        }
-        // The blobs' and layers' new names reach the disk before the record
-        // that refers to them (their content did with the `syncfs` above).
-        for dir in ["blobs/sha256", "layers"] {
-            let dir = self.root.join(dir);
-            durable::sync_dir(&dir).map_err(ImportError::write(&dir))?;
-        }
         let mut blob_digests: Vec<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
         blob_digests.sort();
         blob_digests.dedup();
@@ -307,16 +331,54 @@ impl ImageStore {
             blobs: blob_digests,
             layers,
         };
+        let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other);
+        let staged_record = staging.path();
+        json.and_then(|json| fs::write(&staged_record, json))
+            .map_err(ImportError::write(&staged_record))?;
+        sys::sync_filesystem(&staging.dir).map_err(ImportError::write(&staging.dir))?;
+
+        // The commit: only these renames hold the store's lock.
+        let _lock = self.lock().map_err(ImportError::write(&self.root))?;
+        for diff_id in &reused {
+            if self.unpacked_layer(diff_id)?.is_none() {
+                return Err(ImportError::Pruned {
+                    diff_id: diff_id.clone(),
+                });
+            }
+        }
+        for blob in &blobs {
+            let dest = self.blob_path(&blob.digest);
+            if !dest.exists() {
+                fs::rename(&blob.path, &dest).map_err(ImportError::write(&dest))?;
+            }
+        }
+        for (diff_id, (dir, _)) in &unpacked {
+            if self.unpacked_layer(diff_id)?.is_some() {
+                // Another import committed the same layer first.
+                continue;
+            }
+            let dest = self.layer_dir(diff_id);
+            // A directory without its marker is what a crash left.
+            unpack::remove_existing(&dest).map_err(ImportError::write(&dest))?;
+            fs::rename(dir, &dest).map_err(ImportError::write(&dest))?;
+        }
+        // The blobs' and layers' new names reach the disk before the record
+        // that refers to them (their content did with the `syncfs` above),
+        // and the record's after it is renamed into place.
+        for dir in ["blobs/sha256", "layers"] {
+            let dir = self.root.join(dir);
+            durable::sync_dir(&dir).map_err(ImportError::write(&dir))?;
+        }
         let dest = self.record_path(&record.manifest_digest);
-        serde_json::to_vec_pretty(&record)
-            .map_err(io::Error::other)
-            .and_then(|json| durable::write_atomically(&dest, &staging.path(), &json))
-            .map_err(ImportError::write(&dest))?;
+        fs::rename(&staged_record, &dest).map_err(ImportError::write(&dest))?;
+        if let Some(records) = dest.parent() {
+            durable::sync_dir(records).map_err(ImportError::write(records))?;
+        }
         Ok(self.image_of(record))
     }
 
-    /// The marker of the layer `diff_id` if it is unpacked already. A layer
-    /// directory without one is a leftover and is removed.
+    /// The marker of the layer `diff_id` if it is unpacked already (a layer
+    /// directory without one is a leftover, for the commit to replace).
     fn unpacked_layer(&self, diff_id: &Digest) -> Result<Option<LayerMarker>, ImportError> {
         let dir = self.layer_dir(diff_id);
         let path = dir.join("complete");
@@ -336,18 +398,17 @@ impl ImageStore {
                 }
                 Ok(Some(marker))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                unpack::remove_existing(&dir).map_err(ImportError::write(&dir))?;
-                Ok(None)
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ImportError::read(&path)(e)),
         }
     }
 
     /// Unpacks `blob` into `dir/diff`, checking the uncompressed stream
-    /// against `diff_id`, and writes `dir/complete`.
+    /// against `diff_id` and charging it to the staging's budget, and
+    /// writes `dir/complete`.
     fn unpack_layer(
         &self,
+        staging: &Staging,
         blob: &Blob,
         media_type: &str,
         diff_id: &Digest,
@@ -376,9 +437,26 @@ impl ImageStore {
             .decoder(reader)
             .map_err(|e| unpack_error(UnpackError::read(e)))?;
         let mut tar = HashingReader::new(tar);
-        let stats = unpack::unpack(&mut tar, &diff, &self.unpack).map_err(unpack_error)?;
-        // The hash covers the whole stream, padding after the tar's end too.
-        io::copy(&mut tar, &mut io::sink()).map_err(|e| unpack_error(UnpackError::read(e)))?;
+        let stats =
+            unpack::unpack(&mut tar, &diff, &self.unpack, &staging.budget).map_err(unpack_error)?;
+        // The hash covers the whole stream, padding after the tar's end
+        // too, which is charged: nothing is written, but it is all read.
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = match tar.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(unpack_error(UnpackError::read(e))),
+            };
+            staging
+                .budget
+                .spend_bytes(n)
+                .map_err(|limit| ImportError::OverLimit {
+                    name: format!("layer {}, after the end of its tar", blob.digest),
+                    limit,
+                })?;
+        }
         let actual = tar.digest();
         if actual != *diff_id {
             return Err(ImportError::DiffIdMismatch {
@@ -480,12 +558,26 @@ impl Source {
         for entry in archive.entries().map_err(ImportError::read(path))? {
             let mut entry = entry.map_err(ImportError::read(path))?;
             let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let over_limit = |limit| ImportError::OverLimit {
+                name: format!("archive entry {raw_name:?}"),
+                limit,
+            };
+            staging.budget.spend_entry().map_err(over_limit)?;
+            let kind = entry.header().entry_type();
+            if !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
+                // Not copied, but read through all the same.
+                staging
+                    .budget
+                    .spend_bytes(entry.size())
+                    .map_err(over_limit)?;
+            }
             let Some(name) = normalize("", &raw_name) else {
                 continue;
             };
-            match entry.header().entry_type() {
+            match kind {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let blob = staging.copy(&mut entry, &path.join(&name))?;
+                    let what = format!("archive entry {raw_name:?}");
+                    let blob = staging.copy(&mut entry, &path.join(&name), &what)?;
                     files.insert(name, blob);
                 }
                 tar::EntryType::Symlink => {
@@ -551,20 +643,19 @@ impl Source {
     ) -> Result<Blob, ImportError> {
         let blob = match self.find(name)? {
             Found::Staged(staged) => staged.clone(),
-            Found::Path(path) => match expected.map(|d| (d, store.blob_path(d))) {
-                Some((digest, stored)) if stored.is_file() => Blob {
-                    digest: digest.clone(),
-                    size: fs::metadata(&stored)
-                        .map_err(ImportError::read(&stored))?
-                        .len(),
-                    path: stored,
-                    staged: false,
-                },
-                _ => {
-                    let file = File::open(&path).map_err(ImportError::read(&path))?;
-                    staging.copy(file, &path)?
+            Found::Path(path) => {
+                let stored = match expected {
+                    Some(digest) => staging.link(&store.blob_path(digest), digest)?,
+                    None => None,
+                };
+                match stored {
+                    Some(blob) => blob,
+                    None => {
+                        let file = File::open(&path).map_err(ImportError::read(&path))?;
+                        staging.copy(file, &path, &format!("file {name:?}"))?
+                    }
                 }
-            },
+            }
         };
         match expected {
             Some(expected) if *expected != blob.digest => Err(ImportError::DigestMismatch {
@@ -585,10 +676,12 @@ enum Found<'a> {
     Staged(&'a Blob),
 }
 
-/// One import's directory under `<root>/tmp`, removed when dropped.
+/// One import's directory under `<root>/tmp`, removed when dropped, and
+/// the budget of what the import may write.
 struct Staging {
     dir: PathBuf,
     next: Cell<u64>,
+    budget: Budget,
 }
 
 impl Staging {
@@ -604,6 +697,7 @@ impl Staging {
         Ok(Staging {
             dir,
             next: Cell::new(0),
+            budget: Budget::new(store.limits),
         })
     }
 
@@ -614,8 +708,10 @@ impl Staging {
         self.dir.join(n.to_string())
     }
 
-    /// Copies `from` (read from `from_path`) into staging, hashing it.
-    fn copy(&self, mut from: impl Read, from_path: &Path) -> Result<Blob, ImportError> {
+    /// Copies `from` (read from `from_path`; `what` it is, in the image's
+    /// terms) into staging, hashing it and charging every chunk to the
+    /// budget before it is written.
+    fn copy(&self, mut from: impl Read, from_path: &Path, what: &str) -> Result<Blob, ImportError> {
         let path = self.path();
         let mut file = File::create_new(&path).map_err(ImportError::write(&path))?;
         let mut hasher = Sha256::new();
@@ -628,6 +724,12 @@ impl Staging {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ImportError::read(from_path)(e)),
             };
+            self.budget
+                .spend_bytes(n as u64)
+                .map_err(|limit| ImportError::OverLimit {
+                    name: what.to_owned(),
+                    limit,
+                })?;
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n])
                 .map_err(ImportError::write(&path))?;
@@ -637,12 +739,28 @@ impl Staging {
             digest: Digest::from_sha256(&hasher.finalize()),
             size,
             path,
-            staged: true,
         })
     }
 
+    /// Hard-links the store's blob `stored` (named by `digest`) into
+    /// staging, so that a prune cannot take it away before the commit;
+    /// `None` if the store does not hold it.
+    fn link(&self, stored: &Path, digest: &Digest) -> Result<Option<Blob>, ImportError> {
+        let path = self.path();
+        match fs::hard_link(stored, &path) {
+            Ok(()) => Ok(Some(Blob {
+                digest: digest.clone(),
+                size: fs::metadata(&path).map_err(ImportError::read(&path))?.len(),
+                path,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ImportError::write(&path)(e)),
+        }
+    }
+
     fn put(&self, bytes: &[u8]) -> Result<Blob, ImportError> {
-        self.copy(bytes, Path::new("<generated manifest>"))
+        let what = "the generated manifest";
+        self.copy(bytes, Path::new(what), what)
     }
 }
 
@@ -1161,10 +1279,136 @@ pub(crate) mod tests {
             .with_unpack_options(unpack::UnpackOptions {
                 uid_offset: 100_000,
                 gid_offset: 100_000,
-                ..Default::default()
             });
         let err = shifted.import(&layout.path).unwrap_err();
         assert!(matches!(err, ImportError::LayerOwnership { .. }), "{err}");
+    }
+
+    /// An OCI layout in `dir` of one image whose only layer (gzip) is
+    /// `tar`.
+    fn layout_with_layer(dir: &Path, tar: Vec<u8>) -> PathBuf {
+        let layer = oci::Layer::from_tar(tar);
+        let config = oci::config("amd64", json!({"Entrypoint": ["/x"]}), &[layer.diff_id()]);
+        let config = oci::Blob::json(media_type::CONFIG, &config);
+        let blob = layer.gzip();
+        let manifest = oci::manifest(&config, &[&blob]);
+        oci::Layout::new(&[manifest.descriptor()], vec![config, blob, manifest])
+            .write_dir(dir)
+            .unwrap();
+        dir.to_owned()
+    }
+
+    fn limited_store(dir: &Path, max_bytes: u64, max_entries: u64) -> ImageStore {
+        ImageStore::open(dir.join("store"))
+            .unwrap()
+            .with_limits(super::super::ImportLimits {
+                max_bytes,
+                max_entries,
+            })
+    }
+
+    #[test]
+    fn images_past_the_limits_are_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = limited_store(dir.path(), 1 << 20, 100);
+
+        // A layer that is one sparse file of 1 TiB: a few bytes of gzip.
+        let sparse = unpack::tests::sparse_archive("zero", 1 << 40);
+        let layout = layout_with_layer(&dir.path().join("sparse"), sparse);
+        let err = store.import(&layout).unwrap_err();
+        assert_eq!(
+            err.over_limit(),
+            Some(OverLimit::Bytes { limit: 1 << 20 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"zero\""), "{err}");
+        assert_store_empty(&store);
+
+        // A layer of many empty files.
+        let names: Vec<String> = (0..150).map(|i| format!("f{i}")).collect();
+        let entries: Vec<_> = names
+            .iter()
+            .map(|n| (Regular, n.as_str(), "", &b""[..]))
+            .collect();
+        let layout = layout_with_layer(&dir.path().join("many"), archive(&entries));
+        let err = store.import(&layout).unwrap_err();
+        assert_eq!(err.over_limit(), Some(OverLimit::Entries { limit: 100 }));
+        assert!(err.to_string().contains("--max-image-entries"), "{err}");
+        assert_store_empty(&store);
+
+        // Zeros after the layer's tar: read, never written, still charged.
+        let mut padded = archive(&[(Regular, "a", "", b"a")]);
+        padded.resize(padded.len() + (2 << 20), 0);
+        let layout = layout_with_layer(&dir.path().join("padded"), padded);
+        let err = store.import(&layout).unwrap_err();
+        assert_eq!(err.over_limit(), Some(OverLimit::Bytes { limit: 1 << 20 }));
+        assert!(err.to_string().contains("after the end"), "{err}");
+        assert_store_empty(&store);
+
+        // An archive whose copy into staging passes the limit, even with a
+        // file no manifest names; the layout directory itself imports.
+        let layout = Fixture::new().write_layout(&dir.path().join("fixture"));
+        fs::write(layout.path.join("junk"), vec![0u8; 2 << 20]).unwrap();
+        let tar = oci::archive_dir(&layout.path).unwrap();
+        let compressed = dir.path().join("junk.tar.zst");
+        fs::write(&compressed, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+        let err = store.import(&compressed).unwrap_err();
+        assert_eq!(err.over_limit(), Some(OverLimit::Bytes { limit: 1 << 20 }));
+        assert!(err.to_string().contains("junk"), "{err}");
+        assert_store_empty(&store);
+        let image = store.import(&layout.path).unwrap();
+        assert_fixture_layers(&image.layers);
+    }
+
+    #[test]
+    fn a_slow_import_holds_up_neither_other_imports_nor_prunes() {
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("store")).unwrap();
+        let fixture = Fixture::new();
+        let layout = fixture.write_layout(&dir.path().join("layout"));
+        let archive = oci::archive_dir(&layout.path).unwrap();
+        let docker = dir.path().join("docker.tar");
+        fs::write(&docker, docker_archive(&fixture)).unwrap();
+
+        // The slow import reads its archive from a pipe the test feeds.
+        let fifo = dir.path().join("slow.tar");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let slow = {
+            let (store, fifo) = (store.clone(), fifo.clone());
+            std::thread::spawn(move || store.import(&fifo))
+        };
+        // Opening for writing waits until the import has opened the pipe.
+        let mut writer = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(&archive[..512]).unwrap();
+
+        // Meanwhile another image, which shares its layers, is imported,
+        // and the store is pruned.
+        let (done, finished) = mpsc::channel();
+        {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let imported = store.import(&docker).map(|image| image.layers.len());
+                let pruned = store.prune(&[], std::time::UNIX_EPOCH, false).map(|_| ());
+                let _ = done.send((imported.ok(), pruned.ok()));
+            });
+        }
+        let (imported, pruned) = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("an import and a prune while another import waits for its bytes");
+        assert_eq!((imported, pruned), (Some(3), Some(())));
+
+        writer.write_all(&archive[512..]).unwrap();
+        drop(writer);
+        let image = slow.join().unwrap().unwrap();
+        assert_eq!(image.manifest_digest, layout.manifest);
+        assert_fixture_layers(&image.layers);
+        assert_eq!(store.list().unwrap().len(), 2);
+        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

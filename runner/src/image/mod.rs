@@ -13,22 +13,29 @@
 //! Everything reaches its final name by a rename out of `tmp/` once the
 //! whole image is verified and synced to disk, and the image's record is
 //! renamed last ([`crate::store::durable`]), so a crash leaves at most
-//! blobs and layers that no image references, which
-//! [`ImageStore::remove_unreferenced`] removes. Whiteouts stay in the layers
-//! as overlayfs whiteouts: they are applied when the layers are mounted,
-//! and by [`ImageTree`], which reads a file of the merged layers on the
-//! host without following a link out of the image.
+//! blobs and layers that no image references, which [`ImageStore::prune`]
+//! removes. Whiteouts stay in the layers as overlayfs whiteouts: they are
+//! applied when the layers are mounted, and by [`ImageTree`], which reads a
+//! file of the merged layers on the host without following a link out of
+//! the image.
+//!
+//! An import writes at most [`ImportLimits`] (bytes and entries, counted
+//! while it streams). It stages, copies and unpacks without a lock, so
+//! imports of one store run side by side; its commit (the renames into
+//! place) and a prune take an advisory lock on `<root>/lock`, so they see
+//! each other whole, even across processes.
 //!
 //! Limits: the API blocks (plain `std::fs`; call it from a blocking
-//! thread). Imports and prunes of one store take an advisory lock on
-//! `<root>/lock`, so they run one at a time, even across processes. Layers
-//! are unpacked for one uid/gid shift ([`UnpackOptions`]); a store opened
-//! with another finds them unusable. The root is made 0700 because unpacked
-//! layers hold setuid files, so whatever mounts the layers must reach them
-//! as host root. `remove_unreferenced` does not know which layers are
+//! thread). `open` empties `tmp/`, so one process at a time may import
+//! into a store (`wisp serve` holds the registry's lock on the data dir).
+//! Layers are unpacked for one uid/gid shift ([`UnpackOptions`]); a store
+//! opened with another finds them unusable. The root is made 0700 because
+//! unpacked layers hold setuid files, so whatever mounts the layers must
+//! reach them as host root. `prune` does not know which layers are
 //! mounted: its caller names every image still in use.
 
 mod import;
+pub mod limits;
 mod sys;
 pub mod tree;
 pub mod unpack;
@@ -38,20 +45,24 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 pub use import::ImportError;
+pub use limits::{ImportLimits, OverLimit};
 pub use tree::{ImageTree, TreeError};
 pub use unpack::{UnpackError, UnpackOptions, UnpackStats};
 
 use crate::spec::Digest;
+use crate::store::{Removed, disk_usage};
 
 /// A content-addressed store of images and their unpacked layers.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
     unpack: UnpackOptions,
+    limits: ImportLimits,
 }
 
 /// An imported image.
@@ -90,12 +101,16 @@ pub struct LayerRef {
     pub size: u64,
 }
 
-/// What [`ImageStore::remove_unreferenced`] removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What [`ImageStore::prune`] removed (or, in a dry run, would remove),
+/// each list sorted by digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pruned {
-    pub images: usize,
-    pub blobs: usize,
-    pub layers: usize,
+    /// Image records, by manifest digest.
+    pub images: Vec<Removed>,
+    /// Blobs: manifests, configs and layers as shipped.
+    pub blobs: Vec<Removed>,
+    /// Unpacked layers, by diff id.
+    pub layers: Vec<Removed>,
 }
 
 /// Why opening, listing or pruning the store failed.
@@ -145,6 +160,7 @@ impl ImageStore {
         let store = ImageStore {
             root,
             unpack: UnpackOptions::default(),
+            limits: ImportLimits::default(),
         };
         let _lock = store.lock().map_err(store_error(&store.root))?;
         let tmp = store.root.join("tmp");
@@ -155,9 +171,15 @@ impl ImageStore {
         Ok(store)
     }
 
-    /// Unpacks layers with `options` (ownership shift, size limits).
+    /// Unpacks layers with `options` (the ownership shift).
     pub fn with_unpack_options(mut self, options: UnpackOptions) -> Self {
         self.unpack = options;
+        self
+    }
+
+    /// Caps what one import may write.
+    pub fn with_limits(mut self, limits: ImportLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -204,23 +226,41 @@ impl ImageStore {
             .collect())
     }
 
-    /// Removes every image not named in `keep`, then every blob and layer
-    /// that no remaining image references.
-    pub fn remove_unreferenced(&self, keep: &[Digest]) -> Result<Pruned, StoreError> {
+    /// Removes every image that is neither named in `keep` nor imported
+    /// (or imported again) after `cutoff`, then every blob and layer that no
+    /// remaining image references. With `dry_run`, only says what it would
+    /// remove. The cutoff keeps an image that was just imported for a
+    /// deploy that has not reached the registry yet.
+    pub fn prune(
+        &self,
+        keep: &[Digest],
+        cutoff: SystemTime,
+        dry_run: bool,
+    ) -> Result<Pruned, StoreError> {
         let _lock = self.lock().map_err(store_error(&self.root))?;
+        let remove = |path: &Path, digest: String| -> Result<Removed, StoreError> {
+            let bytes = disk_usage(path).map_err(store_error(path))?;
+            if !dry_run {
+                unpack::remove_existing(path).map_err(store_error(path))?;
+            }
+            Ok(Removed { digest, bytes })
+        };
         let mut pruned = Pruned::default();
         let mut blobs = HashSet::new();
         let mut layers = HashSet::new();
         for (path, record) in self.records()? {
-            if keep.contains(&record.manifest_digest) {
+            let imported = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_err(store_error(&path))?;
+            if keep.contains(&record.manifest_digest) || imported > cutoff {
                 blobs.extend(record.blobs.iter().map(|d| d.hex().to_owned()));
                 layers.extend(record.layers.iter().map(|l| l.diff_id.hex().to_owned()));
             } else {
-                fs::remove_file(&path).map_err(store_error(&path))?;
-                pruned.images += 1;
+                let digest = record.manifest_digest.to_string();
+                pruned.images.push(remove(&path, digest)?);
             }
         }
-        for (dir, keep, count) in [
+        for (dir, keep, removed) in [
             ("blobs/sha256", &blobs, &mut pruned.blobs),
             ("layers", &layers, &mut pruned.layers),
         ] {
@@ -229,10 +269,13 @@ impl ImageStore {
                 let path = entry.map_err(store_error(&dir))?.path();
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 if !keep.contains(name) {
-                    unpack::remove_existing(&path).map_err(store_error(&path))?;
-                    *count += 1;
+                    let digest = format!("sha256:{name}");
+                    removed.push(remove(&path, digest)?);
                 }
             }
+        }
+        for list in [&mut pruned.images, &mut pruned.blobs, &mut pruned.layers] {
+            list.sort_by(|a, b| a.digest.cmp(&b.digest));
         }
         Ok(pruned)
     }
@@ -290,8 +333,17 @@ mod tests {
     use super::import::tests::{Fixture, docker_archive};
     use super::*;
 
+    /// A cutoff after every import of the test: nothing is too young.
+    fn after_now() -> SystemTime {
+        SystemTime::now() + std::time::Duration::from_secs(1)
+    }
+
+    fn counts(pruned: &Pruned) -> (usize, usize, usize) {
+        (pruned.images.len(), pruned.blobs.len(), pruned.layers.len())
+    }
+
     #[test]
-    fn list_and_remove_unreferenced() {
+    fn list_and_prune() {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path().join("store")).unwrap();
         let fixture = Fixture::new();
@@ -311,31 +363,27 @@ mod tests {
             Some(oci.clone())
         );
 
+        // Images imported after the cutoff stay, and what they use.
+        let recent = SystemTime::now() - std::time::Duration::from_secs(60);
+        assert_eq!(store.prune(&[], recent, false).unwrap(), Pruned::default());
+
+        // A dry run says what would go and removes nothing.
+        let keep = std::slice::from_ref(&oci.manifest_digest);
+        let planned = store.prune(keep, after_now(), true).unwrap();
+        assert_eq!(store.list().unwrap().len(), 2);
+
         // The docker image's own blobs go; the layers it shares stay.
-        let pruned = store
-            .remove_unreferenced(std::slice::from_ref(&oci.manifest_digest))
-            .unwrap();
-        assert_eq!(
-            pruned,
-            Pruned {
-                images: 1,
-                blobs: 4,
-                layers: 0
-            }
-        );
+        let pruned = store.prune(keep, after_now(), false).unwrap();
+        assert_eq!(pruned, planned);
+        assert_eq!(counts(&pruned), (1, 4, 0));
+        assert_eq!(pruned.images[0].digest, docker.manifest_digest.as_str());
+        assert!(pruned.blobs.iter().all(|b| b.bytes > 0), "{pruned:?}");
         assert_eq!(store.list().unwrap(), std::slice::from_ref(&oci));
         assert_eq!(store.image(&docker.manifest_digest).unwrap(), None);
         assert!(oci.layers.iter().all(|l| l.path.join("app").is_dir()));
 
-        let pruned = store.remove_unreferenced(&[]).unwrap();
-        assert_eq!(
-            pruned,
-            Pruned {
-                images: 1,
-                blobs: 4,
-                layers: 2
-            }
-        );
+        let pruned = store.prune(&[], after_now(), false).unwrap();
+        assert_eq!(counts(&pruned), (1, 4, 2));
         for sub in ["blobs/sha256", "layers", "images"] {
             assert_eq!(fs::read_dir(store.root().join(sub)).unwrap().count(), 0);
         }
@@ -371,7 +419,6 @@ mod tests {
             .with_unpack_options(UnpackOptions {
                 uid_offset: 100_000,
                 gid_offset: 100_000,
-                ..UnpackOptions::default()
             });
         let oci = store
             .import(Path::new(wisp_function_artifacts::PING_OCI_LAYOUT))

@@ -18,7 +18,9 @@
 //! only regular files keep their mtime. Mode bits are kept, setuid and setgid
 //! included: the container runs with `no_new_privs`, and the store keeps
 //! layers in a 0700 directory that host users cannot enter. Ownership is
-//! shifted by [`UnpackOptions`] into the user namespace's range. The
+//! shifted by [`UnpackOptions`] into the user namespace's range. Every
+//! entry, and the declared size of every regular file before it is written,
+//! is charged to the caller's [`Budget`] (the image's limits). The
 //! destination must be private to the caller while it runs: the checks are
 //! made path by path, so a concurrent writer could swap a checked directory
 //! for a symlink. Needs root (chown, mknod, `trusted.*` xattrs).
@@ -35,39 +37,20 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tar::EntryType;
 
+use super::limits::{Budget, OverLimit};
 use super::sys;
-
-/// Default cap on the bytes of regular files in one layer.
-pub const DEFAULT_MAX_LAYER_BYTES: u64 = 4 << 30;
-/// Default cap on the number of entries in one layer.
-pub const DEFAULT_MAX_LAYER_ENTRIES: u64 = 1_000_000;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
 
-/// How a layer is unpacked: the ownership shift and the size limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a layer is unpacked: the ownership shift.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnpackOptions {
     /// Added to every entry's uid: the host uid that the container's uid 0
     /// maps to.
     pub uid_offset: u32,
     /// Added to every entry's gid.
     pub gid_offset: u32,
-    /// Cap on the total size of the regular files.
-    pub max_bytes: u64,
-    /// Cap on the number of entries.
-    pub max_entries: u64,
-}
-
-impl Default for UnpackOptions {
-    fn default() -> Self {
-        UnpackOptions {
-            uid_offset: 0,
-            gid_offset: 0,
-            max_bytes: DEFAULT_MAX_LAYER_BYTES,
-            max_entries: DEFAULT_MAX_LAYER_ENTRIES,
-        }
-    }
 }
 
 /// What one unpacked layer holds.
@@ -103,10 +86,8 @@ pub enum UnpackError {
     InvalidWhiteout { entry: PathBuf },
     #[error("refusing {entry:?}: owner {uid}:{gid} is out of range")]
     Owner { entry: PathBuf, uid: u64, gid: u64 },
-    #[error("layer is larger than the limit of {limit} bytes (at {entry:?})")]
-    TooLarge { entry: PathBuf, limit: u64 },
-    #[error("layer has more than the limit of {limit} entries")]
-    TooManyEntries { limit: u64 },
+    #[error("refusing {entry:?}: {limit}")]
+    OverLimit { entry: PathBuf, limit: OverLimit },
     #[error("reading the layer archive: {source}")]
     Read { source: IoCause },
     #[error("unpacking {entry:?}: {source}")]
@@ -147,17 +128,20 @@ impl UnpackError {
 /// Unpacks the tar stream `layer` into `dest`, an existing empty directory
 /// private to the caller, which becomes the layer's root: owned by the
 /// container's root (the offsets) with mode 0755 unless the archive has an
-/// entry for `./`. On error `dest` holds part of the layer and should be
-/// removed; nothing is ever written outside it.
+/// entry for `./`. Entries and file sizes are charged to `budget` as they
+/// come. On error `dest` holds part of the layer and should be removed;
+/// nothing is ever written outside it.
 pub fn unpack(
     layer: impl Read,
     dest: &Path,
     options: &UnpackOptions,
+    budget: &Budget,
 ) -> Result<UnpackStats, UnpackError> {
     let mut stats = UnpackStats::default();
     let root = Unpacker {
         dest,
         options,
+        budget,
         entry: Path::new("."),
     };
     root.set_owner_and_mode(dest, 0, 0, 0o755)?;
@@ -165,19 +149,18 @@ pub fn unpack(
     let mut archive = tar::Archive::new(layer);
     for entry in archive.entries().map_err(UnpackError::read)? {
         let mut entry = entry.map_err(UnpackError::read)?;
-        stats.entries += 1;
-        if stats.entries > options.max_entries {
-            return Err(UnpackError::TooManyEntries {
-                limit: options.max_entries,
-            });
-        }
         let raw_path = entry.path_bytes().into_owned();
         let name = PathBuf::from(OsStr::from_bytes(&raw_path));
         let unpacker = Unpacker {
             dest,
             options,
+            budget,
             entry: &name,
         };
+        stats.entries += 1;
+        budget
+            .spend_entry()
+            .map_err(|limit| unpacker.over_limit(limit))?;
         unpacker.entry(&mut entry, &raw_path, &mut stats)?;
     }
     Ok(stats)
@@ -187,6 +170,7 @@ pub fn unpack(
 struct Unpacker<'a> {
     dest: &'a Path,
     options: &'a UnpackOptions,
+    budget: &'a Budget,
     entry: &'a Path,
 }
 
@@ -256,13 +240,12 @@ impl Unpacker<'_> {
                 self.set_owner_and_mode(&path, uid, gid, mode)
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                // The declared size (a sparse file's full length), charged
+                // before a byte of it is written.
                 stats.bytes = stats.bytes.saturating_add(entry.size());
-                if stats.bytes > self.options.max_bytes {
-                    return Err(UnpackError::TooLarge {
-                        entry: self.entry.to_owned(),
-                        limit: self.options.max_bytes,
-                    });
-                }
+                self.budget
+                    .spend_bytes(entry.size())
+                    .map_err(|limit| self.over_limit(limit))?;
                 let mtime = entry.header().mtime().ok();
                 self.write_file(&path, entry, uid, gid, mode, mtime)
             }
@@ -439,6 +422,13 @@ impl Unpacker<'_> {
         }
     }
 
+    fn over_limit(&self, limit: OverLimit) -> UnpackError {
+        UnpackError::OverLimit {
+            entry: self.entry.to_owned(),
+            limit,
+        }
+    }
+
     fn write_error(&self, source: io::Error) -> UnpackError {
         UnpackError::Write {
             entry: self.entry.to_owned(),
@@ -465,6 +455,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::image::limits::ImportLimits;
 
     /// Appends an entry whose name and link name are written into the header
     /// as raw bytes, bypassing the `tar` crate's path checks.
@@ -507,6 +498,36 @@ pub(crate) mod tests {
         tar.into_inner().unwrap()
     }
 
+    /// A budget no test layer reaches.
+    pub(crate) fn unlimited() -> Budget {
+        Budget::new(ImportLimits {
+            max_bytes: u64::MAX,
+            max_entries: u64::MAX,
+        })
+    }
+
+    /// A tar holding one GNU sparse file `name` that is all hole: `size`
+    /// bytes of zeros when read, none of them in the archive (as GNU tar
+    /// writes such a file: one map entry at the end, of length 0).
+    pub(crate) fn sparse_archive(name: &str, size: u64) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::GNUSparse);
+        header.set_path(name).unwrap();
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(0);
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.set_real_size(size);
+        gnu.sparse[0].set_offset(size);
+        gnu.sparse[0].set_length(0);
+        header.set_cksum();
+        let mut tar = tar::Builder::new(Vec::new());
+        tar.append(&header, &[][..]).unwrap();
+        tar.into_inner().unwrap()
+    }
+
     /// A scratch directory holding the layer dir `layer` and a sibling
     /// `outside` that must stay empty, four directories deep so that a
     /// `..` chain in a test could not reach past the scratch directory.
@@ -530,7 +551,7 @@ pub(crate) mod tests {
             self.dir.path().join(DEPTH).join("outside")
         }
         fn unpack(&self, tar: &[u8]) -> Result<UnpackStats, UnpackError> {
-            unpack(tar, &self.layer(), &UnpackOptions::default())
+            unpack(tar, &self.layer(), &UnpackOptions::default(), &unlimited())
         }
         /// Everything in the scratch directory but the layer's content is
         /// what `new` made.
@@ -577,9 +598,8 @@ pub(crate) mod tests {
         let options = UnpackOptions {
             uid_offset: 100_000,
             gid_offset: 200_000,
-            ..UnpackOptions::default()
         };
-        let stats = unpack(&tar[..], &scratch.layer(), &options).unwrap();
+        let stats = unpack(&tar[..], &scratch.layer(), &options, &unlimited()).unwrap();
         assert_eq!(
             stats,
             UnpackStats {
@@ -763,28 +783,73 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn size_and_entry_limits_are_enforced() {
-        let scratch = Scratch::new();
+    fn sizes_and_entries_are_charged_to_the_budget() {
         let tar = archive(&[(Regular, "a", "", b"1234"), (Regular, "b", "", b"5678")]);
-        let small = UnpackOptions {
-            max_bytes: 6,
-            ..UnpackOptions::default()
+        let options = UnpackOptions::default();
+        let limited = |max_bytes, max_entries| {
+            Budget::new(ImportLimits {
+                max_bytes,
+                max_entries,
+            })
         };
+        let scratch = Scratch::new();
         assert_eq!(
-            unpack(&tar[..], &scratch.layer(), &small).unwrap_err(),
-            UnpackError::TooLarge {
+            unpack(&tar[..], &scratch.layer(), &options, &limited(6, 10)).unwrap_err(),
+            UnpackError::OverLimit {
                 entry: PathBuf::from("b"),
-                limit: 6
+                limit: OverLimit::Bytes { limit: 6 }
             }
         );
-        let few = UnpackOptions {
-            max_entries: 1,
-            ..UnpackOptions::default()
-        };
-        assert_eq!(
-            unpack(&tar[..], &scratch.layer(), &few).unwrap_err(),
-            UnpackError::TooManyEntries { limit: 1 }
+        assert!(
+            !scratch.layer().join("b").exists(),
+            "refused before writing"
         );
+        let scratch = Scratch::new();
+        assert_eq!(
+            unpack(&tar[..], &scratch.layer(), &options, &limited(100, 1)).unwrap_err(),
+            UnpackError::OverLimit {
+                entry: PathBuf::from("b"),
+                limit: OverLimit::Entries { limit: 1 }
+            }
+        );
+        // One budget spans layers: what one spent, the next cannot.
+        let shared = limited(12, 10);
+        let scratch = Scratch::new();
+        unpack(&tar[..], &scratch.layer(), &options, &shared).unwrap();
+        assert_eq!(shared.spent(), (8, 2));
+        let again = Scratch::new();
+        assert!(matches!(
+            unpack(&tar[..], &again.layer(), &options, &shared),
+            Err(UnpackError::OverLimit {
+                limit: OverLimit::Bytes { limit: 12 },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_sparse_file_is_charged_at_its_full_length() {
+        let scratch = Scratch::new();
+        let tar = sparse_archive("zero", 1 << 40);
+        let budget = Budget::new(ImportLimits {
+            max_bytes: 1 << 20,
+            max_entries: 10,
+        });
+        let err = unpack(
+            &tar[..],
+            &scratch.layer(),
+            &UnpackOptions::default(),
+            &budget,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            UnpackError::OverLimit {
+                entry: PathBuf::from("zero"),
+                limit: OverLimit::Bytes { limit: 1 << 20 }
+            }
+        );
+        assert!(!scratch.layer().join("zero").exists());
     }
 
     fn arb_path() -> impl Strategy<Value = String> {

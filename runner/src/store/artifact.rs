@@ -8,15 +8,23 @@
 //! `<root>/compiled/`, keyed by the blob digest and the engine's
 //! compatibility hash so an upgraded wasmtime recompiles instead of loading
 //! stale code.
+//!
+//! [`ArtifactStore::prune`] removes the artifacts its caller does not name
+//! and that were stored before a cutoff (a fresh upload is about to be
+//! deployed), with the code compiled from them. An upload of bytes already
+//! stored renames a fresh copy over the old one, so it restarts the clock.
 
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::{Removed, disk_usage};
 use crate::spec::Digest;
 use crate::store::durable;
 
@@ -39,6 +47,22 @@ pub enum UploadError {
     Body(String),
     #[error("writing artifact to {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+}
+
+/// Why pruning the store failed (what was removed before stays removed).
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("pruning the artifact store at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn prune_error(path: &Path) -> impl FnOnce(io::Error) -> PruneError + use<> {
+    let path = path.to_owned();
+    move |source| PruneError::Io { path, source }
 }
 
 impl ArtifactStore {
@@ -146,6 +170,59 @@ impl ArtifactStore {
         .await
     }
 
+    /// Removes every artifact that is neither in `keep` nor stored after
+    /// `cutoff`, with the code compiled from it, and compiled code whose
+    /// artifact is gone; returns them by digest, each with the space it
+    /// held (blob and compiled code together). With `dry_run`, only says
+    /// what it would remove. Blocks.
+    pub fn prune(
+        &self,
+        keep: &HashSet<Digest>,
+        cutoff: SystemTime,
+        dry_run: bool,
+    ) -> Result<Vec<Removed>, PruneError> {
+        let remove = |path: &Path| -> Result<u64, PruneError> {
+            let bytes = disk_usage(path).map_err(prune_error(path))?;
+            if !dry_run {
+                std::fs::remove_file(path).map_err(prune_error(path))?;
+            }
+            Ok(bytes)
+        };
+        let mut removed: BTreeMap<String, u64> = BTreeMap::new();
+        let mut kept = HashSet::new();
+        let blobs = self.root.join("sha256");
+        for entry in std::fs::read_dir(&blobs).map_err(prune_error(&blobs))? {
+            let path = entry.map_err(prune_error(&blobs))?.path();
+            let hex = file_name(&path);
+            let named = Digest::parse(&format!("sha256:{hex}")).is_ok_and(|d| keep.contains(&d));
+            let stored = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_err(prune_error(&path))?;
+            if named || stored > cutoff {
+                kept.insert(hex);
+            } else {
+                removed.insert(hex, remove(&path)?);
+            }
+        }
+        let compiled = self.root.join("compiled");
+        for entry in std::fs::read_dir(&compiled).map_err(prune_error(&compiled))? {
+            let path = entry.map_err(prune_error(&compiled))?.path();
+            let name = file_name(&path);
+            let hex = name.split_once('-').map_or(name.as_str(), |(hex, _)| hex);
+            if !kept.contains(hex) {
+                let bytes = remove(&path)?;
+                *removed.entry(hex.to_owned()).or_default() += bytes;
+            }
+        }
+        Ok(removed
+            .into_iter()
+            .map(|(hex, bytes)| Removed {
+                digest: format!("sha256:{hex}"),
+                bytes,
+            })
+            .collect())
+    }
+
     /// Writes derived data atomically and durably (temporary file, fsync,
     /// rename, fsync of the directory).
     pub fn write_compiled(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -153,9 +230,55 @@ impl ArtifactStore {
     }
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn prune_keeps_what_is_named_or_recent_and_takes_compiled_code_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let used = store.put(Bytes::from_static(b"used")).await.unwrap();
+        let unused = store.put(Bytes::from_static(b"unused")).await.unwrap();
+        for digest in [&used, &unused] {
+            store
+                .write_compiled(&store.compiled_path(digest, "engine.cwasm"), b"code")
+                .unwrap();
+        }
+        let orphan = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+        store
+            .write_compiled(&store.compiled_path(&orphan, "engine.cwasm"), b"code")
+            .unwrap();
+        let keep = HashSet::from([used.clone()]);
+
+        // Stored after the cutoff: kept, named or not (the orphan goes).
+        let before = SystemTime::now() - std::time::Duration::from_secs(60);
+        let removed = store.prune(&keep, before, false).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].digest, orphan.as_str());
+        assert!(store.contains(&unused));
+
+        let after = SystemTime::now() + std::time::Duration::from_secs(1);
+        let planned = store.prune(&keep, after, true).unwrap();
+        assert!(store.contains(&unused), "a dry run removes nothing");
+        let removed = store.prune(&keep, after, false).unwrap();
+        assert_eq!(removed, planned);
+        let [gone] = &removed[..] else {
+            panic!("{removed:?}")
+        };
+        assert_eq!(gone.digest, unused.as_str());
+        assert!(gone.bytes > 0);
+        assert!(!store.contains(&unused));
+        assert!(!store.compiled_path(&unused, "engine.cwasm").exists());
+        assert!(store.contains(&used));
+        assert!(store.compiled_path(&used, "engine.cwasm").exists());
+    }
 
     #[tokio::test]
     async fn put_hashes_and_dedups() {
