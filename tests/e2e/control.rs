@@ -204,6 +204,47 @@ async fn unknown_functions_and_routes_are_404() {
 }
 
 #[tokio::test]
+async fn undeclared_methods_are_405_with_allow() {
+    let wisp = Wisp::start();
+    wisp.deploy("hello", artifacts::HELLO).await;
+    for (method, path, allow) in [
+        ("TRACE", "/healthz", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
+        (
+            "TRACE",
+            "/function/hello",
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        ),
+        (
+            "PROPFIND",
+            "/function/hello/a",
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        ),
+    ] {
+        let answer = wisp.invoke(method, path, "").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.headers[header::ALLOW], allow, "{method} {path}");
+    }
+    // The methods OpenFaaS's proxy forwards reach the handler.
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let answer = wisp.invoke(method, "/function/hello", "").await;
+        assert!(
+            answer.text().contains(&format!("method: {method}")),
+            "{method}: {}",
+            answer.text()
+        );
+    }
+    let head = wisp.invoke("HEAD", "/healthz", "").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+}
+
+#[tokio::test]
 async fn update_and_delete() {
     let wisp = Wisp::start();
     wisp.deploy("fn", artifacts::HELLO).await;
