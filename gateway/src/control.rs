@@ -137,40 +137,25 @@ impl App {
         Ok(text(StatusCode::OK, format!("deleted {name}\n")))
     }
 
-    /// `GET /system/logs?name=&tail=&follow=`: the function's kept output
-    /// as NDJSON, then (with `follow`) new lines as they are written.
+    /// `GET /system/logs?name=&tail=&follow=&since=&instance=`: the
+    /// function's kept output as NDJSON, then (with `follow`) new lines as
+    /// they are written.
     fn logs(&self, query: &str) -> Result<Response<Body>, GatewayError> {
-        let mut name = None;
-        let mut tail = None;
-        let mut follow = false;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "name" => name = Some(value.to_owned()),
-                "tail" => {
-                    tail = Some(value.parse::<usize>().map_err(|_| {
-                        GatewayError::BadRequest(format!("tail={value:?} is not a number"))
-                    })?)
-                }
-                "follow" => follow = matches!(value, "" | "true" | "1"),
-                "namespace" | "since" | "instance" => {}
-                other => {
-                    return Err(GatewayError::BadRequest(format!(
-                        "unknown log parameter {other:?}"
-                    )));
-                }
-            }
-        }
-        let name = name.ok_or_else(|| GatewayError::BadRequest("name= is required".into()))?;
-        if !self.functions.contains_key(&name) {
+        let query = LogQuery::parse(query)?;
+        let name = query.name.clone();
+        if !query.in_our_namespace() || !self.functions.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));
         }
         // Subscribe first, so no line falls between the tail and the follow.
-        let live = follow.then(|| self.logs.follow(&name));
-        let kept = self
+        let live = query.follow.then(|| self.logs.follow(&name));
+        let mut kept = self
             .logs
-            .tail(&name, tail)
+            .tail(&name, None)
             .map_err(|e| GatewayError::BadRequest(format!("reading the log: {e}")))?;
+        kept.retain(|line| query.selects(line));
+        if let Some(n) = query.tail {
+            kept.drain(..kept.len().saturating_sub(n));
+        }
         let mut head = Vec::new();
         for line in &kept {
             if let Ok(json) = serde_json::to_vec(line) {
@@ -182,15 +167,17 @@ impl App {
             None => full_body(head),
             Some(rx) => {
                 let first = futures::stream::once(async move { bytes::Bytes::from(head) });
-                let rest = futures::stream::unfold(rx, |mut rx| async move {
+                let rest = futures::stream::unfold((rx, query), |(mut rx, query)| async move {
                     loop {
                         match rx.recv().await {
-                            Ok(line) => {
+                            Ok(line) if query.selects(&line) => {
                                 let mut json = serde_json::to_vec(&line).unwrap_or_default();
                                 json.push(b'\n');
-                                return Some((bytes::Bytes::from(json), rx));
+                                return Some((bytes::Bytes::from(json), (rx, query)));
                             }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                continue;
+                            }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                         }
                     }
@@ -345,6 +332,85 @@ impl App {
     }
 }
 
+/// The query of `GET /system/logs`, OpenFaaS's log provider parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LogQuery {
+    name: String,
+    namespace: Option<String>,
+    /// Only this instance's lines.
+    instance: Option<String>,
+    /// The last N kept lines; `None`: all of them (`tail` ≤ 0 or absent).
+    tail: Option<usize>,
+    follow: bool,
+    /// Only lines written at or after this time (Unix milliseconds).
+    since_ms: Option<i64>,
+}
+
+impl LogQuery {
+    /// Parses a (percent-encoded) query. `name` is required; a repeated
+    /// parameter counts with its last value and unknown ones are ignored, as
+    /// OpenFaaS's provider does; a value of the wrong type is refused.
+    fn parse(query: &str) -> Result<LogQuery, GatewayError> {
+        let bad = |key: &str, value: &str, expected: &str| {
+            let value: String = value.chars().take(40).collect();
+            GatewayError::BadRequest(format!("{key}={value:?} is not {expected}"))
+        };
+        let mut name = None;
+        let mut parsed = LogQuery {
+            name: String::new(),
+            namespace: None,
+            instance: None,
+            tail: None,
+            follow: false,
+            since_ms: None,
+        };
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "name" => name = Some(value.into_owned()),
+                "namespace" => parsed.namespace = Some(value.into_owned()),
+                "instance" => parsed.instance = Some(value.into_owned()),
+                "tail" => {
+                    let n = value
+                        .parse::<i64>()
+                        .map_err(|_| bad("tail", &value, "a whole number"))?;
+                    parsed.tail = usize::try_from(n).ok().filter(|&n| n > 0);
+                }
+                "follow" => {
+                    parsed.follow = match &*value {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        other => return Err(bad("follow", other, "true or false")),
+                    }
+                }
+                "since" => {
+                    let since = wisp_runner::store::logs::parse_rfc3339(&value)
+                        .ok_or_else(|| bad("since", &value, "an RFC 3339 date-time"))?;
+                    parsed.since_ms = Some(since);
+                }
+                _ => {}
+            }
+        }
+        parsed.name = name.ok_or_else(|| GatewayError::BadRequest("name= is required".into()))?;
+        Ok(parsed)
+    }
+
+    /// Whether the query names wisp's one namespace (or none).
+    fn in_our_namespace(&self) -> bool {
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| ns.is_empty() || ns == crate::api::NAMESPACE)
+    }
+
+    /// Whether `line` passes the `instance` and `since` filters.
+    fn selects(&self, line: &wisp_runner::store::logs::LogLine) -> bool {
+        let instance = self.instance.as_deref().is_none_or(|i| i == line.instance);
+        let since = self.since_ms.is_none_or(|since| {
+            wisp_runner::store::logs::parse_rfc3339(&line.timestamp).is_none_or(|at| at >= since)
+        });
+        instance && since
+    }
+}
+
 fn status(function: &Function) -> FunctionStatus {
     FunctionStatus::new(
         &function.stored,
@@ -378,4 +444,83 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, G
         http::HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn log_queries_parse() {
+        let q = LogQuery::parse("name=hello&tail=5&follow=true&instance=i%201").unwrap();
+        assert_eq!(
+            q,
+            LogQuery {
+                name: "hello".into(),
+                namespace: None,
+                instance: Some("i 1".into()),
+                tail: Some(5),
+                follow: true,
+                since_ms: None,
+            }
+        );
+        // The spec: tail <= 0 means unlimited. Unknown parameters are ignored.
+        for unlimited in ["name=f&tail=0", "name=f&tail=-3", "name=f&x-other=1"] {
+            assert_eq!(
+                LogQuery::parse(unlimited).unwrap().tail,
+                None,
+                "{unlimited}"
+            );
+        }
+        let q = LogQuery::parse("name=f&since=1970-01-01T00%3A00%3A01%2B00%3A00&name=g").unwrap();
+        assert_eq!((q.name.as_str(), q.since_ms), ("g", Some(1000)));
+        for bad in [
+            "",
+            "tail=1",
+            "name=f&tail=x",
+            "name=f&tail=",
+            "name=f&follow=yes",
+            "name=f&since=yesterday",
+        ] {
+            let err = LogQuery::parse(bad).unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}: {err}");
+        }
+        assert!(
+            LogQuery::parse("name=f&namespace=openfaas-fn")
+                .unwrap()
+                .in_our_namespace()
+        );
+        assert!(
+            !LogQuery::parse("name=f&namespace=other")
+                .unwrap()
+                .in_our_namespace()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_query_parses_or_is_a_400(query in "\\PC{0,64}", pairs in "([a-z]{1,6}=[a-z0-9%+:-]{0,12}&?){0,6}") {
+            for q in [query.as_str(), pairs.as_str()] {
+                if let Err(e) = LogQuery::parse(q) {
+                    prop_assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+
+        #[test]
+        fn encoded_queries_decode(name in "\\PC{1,20}", tail in -5i64..100, follow: bool) {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("name", &name)
+                .append_pair("tail", &tail.to_string())
+                .append_pair("follow", &follow.to_string())
+                .finish();
+            let q = LogQuery::parse(&query).unwrap();
+            prop_assert_eq!(q.name, name);
+            prop_assert_eq!(q.tail, usize::try_from(tail).ok().filter(|&n| n > 0));
+            prop_assert_eq!(q.follow, follow);
+        }
+    }
 }
