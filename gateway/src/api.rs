@@ -543,10 +543,15 @@ impl ScalingFields {
     }
 }
 
+/// Whether `namespace` names wisp's one namespace (empty or absent mean it).
+pub fn is_our_namespace(namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| ns.is_empty() || ns == NAMESPACE)
+}
+
 /// Refuses a namespace other than wisp's one (empty means that one).
 fn check_namespace(namespace: Option<&str>) -> Result<(), DeploymentError> {
     match namespace {
-        Some(ns) if !ns.is_empty() && ns != NAMESPACE => Err(DeploymentError::Namespace {
+        Some(ns) if !is_our_namespace(Some(ns)) => Err(DeploymentError::Namespace {
             namespace: ns.to_owned(),
         }),
         _ => Ok(()),

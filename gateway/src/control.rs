@@ -19,7 +19,7 @@ use wisp_runner::spec::{Digest, FunctionKind};
 
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
-    ImageSummary, LayerSummary, PruneReport, ScaleRequest,
+    ImageSummary, LayerSummary, PruneReport, ScaleRequest, is_our_namespace,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -55,7 +55,13 @@ impl App {
                 allow: "GET, POST, PUT, DELETE",
             }),
             (Route::Function(name), Method::GET) => {
-                json(StatusCode::OK, &status(&*self.function(name)?))
+                let function = self.function(name)?;
+                // A function is only in wisp's one namespace.
+                let namespace = query_param(req.uri().query(), "namespace");
+                if !is_our_namespace(namespace.as_deref()) {
+                    return Err(GatewayError::UnknownFunction(name.to_owned()));
+                }
+                json(StatusCode::OK, &status(&function))
             }
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
@@ -63,7 +69,10 @@ impl App {
             (Route::Logs, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::ScaleFunction(name), Method::POST) => {
-                let request: ScaleRequest = read_json(req).await?;
+                // The path names the function: an unknown one is a 404
+                // whatever the body says. The body is optional (the spec).
+                self.function(name)?;
+                let request: ScaleRequest = read_json_or_default(req).await?;
                 self.scale(name, request).await
             }
             (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
@@ -202,11 +211,10 @@ impl App {
         name: &str,
         request: ScaleRequest,
     ) -> Result<Response<Body>, GatewayError> {
-        if request.service_name.as_deref().is_some_and(|s| s != name) {
-            return Err(GatewayError::BadRequest(format!(
-                "serviceName {:?} does not match the path's {name:?}",
-                request.service_name.unwrap_or_default()
-            )));
+        // As in OpenFaaS, the path names the function, whatever serviceName
+        // says; there is no such function in another namespace.
+        if !is_our_namespace(request.namespace.as_deref()) {
+            return Err(GatewayError::UnknownFunction(name.to_owned()));
         }
         let _serial = self.deploy_lock.lock().await;
         let function = self.function(name)?;
@@ -396,9 +404,7 @@ impl LogQuery {
 
     /// Whether the query names wisp's one namespace (or none).
     fn in_our_namespace(&self) -> bool {
-        self.namespace
-            .as_deref()
-            .is_none_or(|ns| ns.is_empty() || ns == crate::api::NAMESPACE)
+        is_our_namespace(self.namespace.as_deref())
     }
 
     /// Whether `line` passes the `instance` and `since` filters.
@@ -420,7 +426,25 @@ fn status(function: &Function) -> FunctionStatus {
 }
 
 async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, GatewayError> {
-    let bytes = wisp_runner::body::collect(req.into_body(), MAX_JSON_BYTES)
+    let bytes = read_body(req).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+/// [`read_json`] of an optional body: an empty one is `T::default()`.
+async fn read_json_or_default<T: DeserializeOwned + Default>(
+    req: Request<Body>,
+) -> Result<T, GatewayError> {
+    let bytes = read_body(req).await?;
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+async fn read_body(req: Request<Body>) -> Result<bytes::Bytes, GatewayError> {
+    wisp_runner::body::collect(req.into_body(), MAX_JSON_BYTES)
         .await
         .map_err(
             |e| match e.downcast_ref::<wisp_runner::body::BodyTooLarge>() {
@@ -429,9 +453,15 @@ async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, Gateway
                 },
                 None => GatewayError::BadRequest(format!("reading the body: {e}")),
             },
-        )?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
+        )
+}
+
+/// The last value of `key` in a (percent-encoded) query.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == key)
+        .last()
+        .map(|(_, v)| v.into_owned())
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, GatewayError> {

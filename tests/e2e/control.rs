@@ -348,3 +348,65 @@ async fn metrics_count_invocations_and_cold_starts() {
         "unknown names must not become labels"
     );
 }
+
+#[tokio::test]
+async fn scale_and_status_follow_the_path_and_namespace() {
+    let wisp = Wisp::start();
+    wisp.deploy("hello", artifacts::HELLO).await;
+    // The path names the function: an unknown one is a 404 whatever the body.
+    let ghost = wisp
+        .invoke("POST", "/system/scale-function/ghost", "not json")
+        .await;
+    assert_eq!(ghost.status, StatusCode::NOT_FOUND, "{}", ghost.text());
+    // The body is optional; serviceName does not override the path, as in OpenFaaS.
+    let empty = wisp
+        .invoke("POST", "/system/scale-function/hello", "")
+        .await;
+    assert_eq!(empty.status, StatusCode::ACCEPTED, "{}", empty.text());
+    let other_name = wisp
+        .invoke(
+            "POST",
+            "/system/scale-function/hello",
+            r#"{"serviceName":"nodeinfo","namespace":"openfaas-fn","replicas":0}"#,
+        )
+        .await;
+    assert_eq!(
+        other_name.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        other_name.text()
+    );
+    assert!(
+        other_name.text().starts_with("scaled hello"),
+        "{}",
+        other_name.text()
+    );
+    let bad = wisp
+        .invoke("POST", "/system/scale-function/hello", r#"{"replicas":-1}"#)
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
+    // wisp has one namespace: a function is not found in another.
+    let elsewhere = wisp
+        .invoke(
+            "POST",
+            "/system/scale-function/hello",
+            r#"{"serviceName":"hello","namespace":"staging","replicas":1}"#,
+        )
+        .await;
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        elsewhere.text()
+    );
+    for (query, status) in [
+        ("", StatusCode::OK),
+        ("?namespace=openfaas-fn", StatusCode::OK),
+        ("?namespace=staging", StatusCode::NOT_FOUND),
+    ] {
+        let answer = wisp
+            .invoke("GET", &format!("/system/function/hello{query}"), "")
+            .await;
+        assert_eq!(answer.status, status, "{query}: {}", answer.text());
+    }
+}
