@@ -4,7 +4,10 @@
 //! optional fields (`timeout`, `maxBodySize`, `allowOutbound`, the scaling
 //! settings of [`ScalingFields`], which are also the CLI's scaling flags).
 //! Conversion to a [`FunctionSpec`] validates everything and says what is
-//! wrong.
+//! wrong. Fields neither OpenFaaS nor wisp defines are ignored, as the spec's
+//! open objects and OpenFaaS allow, and named in the answer
+//! ([`FunctionDeployment::ignored_fields`]), so that a misspelt one does not
+//! pass unnoticed.
 
 use std::collections::BTreeMap;
 
@@ -21,9 +24,12 @@ use crate::registry::StoredFunction;
 /// The namespace wisp reports; it has only one.
 pub const NAMESPACE: &str = "openfaas-fn";
 
+/// Fields of a request that no one defines, by name.
+pub type UnknownFields = BTreeMap<String, serde_json::Value>;
+
 /// `POST`/`PUT /system/functions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct FunctionDeployment {
     pub service: String,
     /// An artifact digest, `sha256:<hex>`, from `POST /system/artifacts`.
@@ -80,23 +86,27 @@ pub struct FunctionDeployment {
     /// (default 1: a fresh instance per request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_reuse: Option<u32>,
+    /// Everything else: ignored (after `scaling`, which takes its fields).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownFields,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FunctionResources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
+    /// Everything else: ignored.
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownFields,
 }
 
 /// The scaling settings a deployment or a scale request may give, flattened
 /// into both (camelCase JSON fields), and the `--min`, `--max`, … flags of
 /// `wisp deploy` and `wisp scale` (the doc comments are their help). `None`
 /// leaves the default, or in a scale request the current value. The types
-/// that embed it refuse unknown fields; it has no `deny_unknown_fields` of
-/// its own, which serde does not support for flattened structs.
+/// that embed it collect the fields it does not take as unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingFields {
@@ -189,7 +199,7 @@ pub struct ScalingStatus {
 /// `POST /system/scale-function/{name}` (OpenFaaS's `replicas` sets the
 /// minimum; wisp's fields change the rest).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct ScaleRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
@@ -200,6 +210,9 @@ pub struct ScaleRequest {
     /// wisp: the settings to change; those not given stay as they are.
     #[serde(flatten)]
     pub scaling: ScalingFields,
+    /// Everything else: ignored (after `scaling`, which takes its fields).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownFields,
 }
 
 /// `GET /system/info`.
@@ -446,6 +459,16 @@ impl FunctionDeployment {
         Ok(Some(millis.round() as u32))
     }
 
+    /// The fields of the request no one defines (`limits.x` for one inside
+    /// `limits`), which were ignored.
+    pub fn ignored_fields(&self) -> Vec<String> {
+        let nested = [("limits", &self.limits), ("requests", &self.requests)]
+            .into_iter()
+            .filter_map(|(at, resources)| Some((at, resources.as_ref()?)))
+            .flat_map(|(at, resources)| resources.unknown.keys().map(move |k| format!("{at}.{k}")));
+        self.unknown.keys().cloned().chain(nested).collect()
+    }
+
     /// The artifact the deployment names.
     pub fn artifact(&self) -> Result<Digest, DeploymentError> {
         Digest::parse(&self.image).map_err(|_| DeploymentError::NotAnArtifact {
@@ -471,6 +494,7 @@ impl FunctionStatus {
                     .as_ref()
                     .and_then(|c| c.cpu_millis)
                     .map(|m| format!("{m}m")),
+                ..FunctionResources::default()
             },
             invocation_count,
             replicas,
@@ -603,13 +627,17 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_refused() {
+    fn unknown_fields_are_ignored_and_named() {
         let json = format!(
-            r#"{{"service":"hello","image":"{}","imgae":"x"}}"#,
+            r#"{{"service":"hello","image":"{}","imgae":"x","limits":{{"memory":"1Mi","gpu":1}}}}"#,
             digest()
         );
-        let err = serde_json::from_str::<FunctionDeployment>(&json).unwrap_err();
-        assert!(err.to_string().contains("imgae"), "{err}");
+        let deployment: FunctionDeployment = serde_json::from_str(&json).unwrap();
+        assert_eq!(deployment.ignored_fields(), ["imgae", "limits.gpu"]);
+        assert_eq!(deployment.image, digest());
+        // They are not sent on.
+        let again = serde_json::to_value(&deployment).unwrap();
+        assert!(again.get("imgae").is_none(), "{again}");
     }
 
     #[test]
@@ -661,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_misspelt_scaling_fields_are_refused() {
+    fn misspelt_scaling_fields_are_named_and_bad_values_refused() {
         let deployment =
             |extra: &str| format!(r#"{{"service":"hello","image":"{}",{extra}}}"#, digest());
         for (extra, field) in [
@@ -669,18 +697,21 @@ mod tests {
             (r#""scaling":{"minInstances":1}"#, "scaling"),
             (r#""minInstances":1,"maxInstance":2"#, "maxInstance"),
         ] {
-            let err = serde_json::from_str::<FunctionDeployment>(&deployment(extra)).unwrap_err();
-            assert!(err.to_string().contains(field), "{extra}: {err}");
-            let request = format!("{{{extra}}}");
-            let err = serde_json::from_str::<ScaleRequest>(&request).unwrap_err();
-            assert!(err.to_string().contains(field), "{extra}: {err}");
+            let parsed: FunctionDeployment = serde_json::from_str(&deployment(extra)).unwrap();
+            assert_eq!(parsed.ignored_fields(), [field], "{extra}");
+            let request: ScaleRequest = serde_json::from_str(&format!("{{{extra}}}")).unwrap();
+            assert_eq!(
+                request.unknown.keys().collect::<Vec<_>>(),
+                [field],
+                "{extra}"
+            );
         }
+        let both: FunctionDeployment =
+            serde_json::from_str(&deployment(r#""minInstances":1,"maxInstance":2"#)).unwrap();
+        assert_eq!(both.scaling.min_instances, Some(1));
         // A scale request changes the pool, not how instances are made.
-        let err = serde_json::from_str::<ScaleRequest>(r#"{"instanceReuse":2}"#).unwrap_err();
-        assert!(err.to_string().contains("instanceReuse"), "{err}");
-        let err =
-            serde_json::from_str::<ScaleRequest>(r#"{"queueSize":1,"queueSize":2}"#).unwrap_err();
-        assert!(err.to_string().contains("duplicate field"), "{err}");
+        let request: ScaleRequest = serde_json::from_str(r#"{"instanceReuse":2}"#).unwrap();
+        assert!(request.unknown.contains_key("instanceReuse"));
         let err = serde_json::from_str::<ScaleRequest>(r#"{"queueSize":"many"}"#).unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
     }
@@ -800,7 +831,7 @@ mod tests {
         let memory = FunctionDeployment {
             limits: Some(FunctionResources {
                 memory: Some("lots".into()),
-                cpu: None,
+                ..FunctionResources::default()
             }),
             ..base.clone()
         };

@@ -90,6 +90,7 @@ impl App {
         update: bool,
     ) -> Result<Response<Body>, GatewayError> {
         let deployment: FunctionDeployment = read_json(req).await?;
+        let ignored = deployment.ignored_fields();
         // Validate everything cheap before compiling anything.
         let draft = deployment.to_spec(FunctionKind::WasmHttp)?;
         let prepared = self.backend.prepare(&draft.artifact).await?;
@@ -117,7 +118,7 @@ impl App {
             stored,
             invocations: AtomicU64::new(carried),
         });
-        tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), "deployed");
+        tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), ?ignored, "deployed");
         self.functions.insert(name.clone(), function);
         if let Some(old) = previous {
             // Requests already routed to the old version finish on it.
@@ -128,7 +129,10 @@ impl App {
         } else {
             StatusCode::ACCEPTED
         };
-        Ok(text(status, format!("deployed {name}\n")))
+        Ok(text(
+            status,
+            format!("deployed {name}\n{}", ignored_note(&ignored)),
+        ))
     }
 
     async fn delete(&self, name: &str) -> Result<Response<Body>, GatewayError> {
@@ -234,12 +238,16 @@ impl App {
             metrics: function.metrics.clone(),
         });
         self.functions.insert(name.to_owned(), updated);
-        tracing::info!(function = %name, min = scaling.min_instances, max = scaling.max_instances, "scaled");
+        let ignored: Vec<String> = request.unknown.keys().cloned().collect();
+        tracing::info!(function = %name, min = scaling.min_instances, max = scaling.max_instances, ?ignored, "scaled");
         Ok(text(
             StatusCode::ACCEPTED,
             format!(
-                "scaled {name}: min {} max {} concurrency {}\n",
-                scaling.min_instances, scaling.max_instances, scaling.concurrency
+                "scaled {name}: min {} max {} concurrency {}\n{}",
+                scaling.min_instances,
+                scaling.max_instances,
+                scaling.concurrency,
+                ignored_note(&ignored)
             ),
         ))
     }
@@ -454,6 +462,26 @@ async fn read_body(req: Request<Body>) -> Result<bytes::Bytes, GatewayError> {
                 None => GatewayError::BadRequest(format!("reading the body: {e}")),
             },
         )
+}
+
+/// The line an answer adds when a request had fields no one defines
+/// (ignored, as the spec's open objects allow, but named so that a misspelt
+/// one is noticed); empty if it had none.
+fn ignored_note(fields: &[String]) -> String {
+    if fields.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = fields
+        .iter()
+        .take(10)
+        .map(|f| format!("{:?}", f.chars().take(40).collect::<String>()))
+        .collect();
+    let more = if fields.len() > names.len() {
+        ", …"
+    } else {
+        ""
+    };
+    format!("ignored unknown fields: {}{more}\n", names.join(", "))
 }
 
 /// The last value of `key` in a (percent-encoded) query.

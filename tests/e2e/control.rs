@@ -150,8 +150,8 @@ async fn bad_deployments_are_400_and_change_nothing() {
         );
     }
 
-    // Malformed JSON and unknown fields.
-    for body in ["{", r#"{"service":"hello","image":"x","imagee":"y"}"#, "[]"] {
+    // Malformed JSON, or not a deployment.
+    for body in ["{", r#"{"service":"hello","imagee":"y"}"#, "[]"] {
         let answer = wisp.invoke("POST", "/system/functions", body).await;
         assert_eq!(
             answer.status,
@@ -259,14 +259,18 @@ async fn update_and_delete() {
         image: wisp.upload(artifacts::CGI_ECHO).await.unwrap(),
         ..Default::default()
     };
+    // A field no one defines is ignored (the spec allows it) and named.
+    let mut body = serde_json::to_value(&update).unwrap();
+    body["imgae"] = "a typo".into();
     let answer = wisp
-        .invoke(
-            "PUT",
-            "/system/functions",
-            &serde_json::to_string(&update).unwrap(),
-        )
+        .invoke("PUT", "/system/functions", &body.to_string())
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(
+        answer.text().contains("ignored unknown fields: \"imgae\""),
+        "{}",
+        answer.text()
+    );
     assert!(
         wisp.invoke("GET", "/function/fn", "")
             .await

@@ -152,6 +152,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         limits: (args.memory.is_some() || args.cpu.is_some()).then(|| FunctionResources {
             memory: args.memory.clone(),
             cpu: args.cpu.clone(),
+            ..FunctionResources::default()
         }),
         protocol: args.protocol.clone(),
         port: args.port,
