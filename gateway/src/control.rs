@@ -4,6 +4,7 @@
 //! and compiled first, then the registry is written in one transaction,
 //! then routing switches to the new version while the old one drains.
 
+use std::num::IntErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -386,15 +387,20 @@ impl LogQuery {
                 "namespace" => parsed.namespace = Some(value.into_owned()),
                 "instance" => parsed.instance = Some(value.into_owned()),
                 "tail" => {
-                    let n = value
-                        .parse::<i64>()
-                        .map_err(|_| bad("tail", &value, "a whole number"))?;
+                    // Past i64 a tail still means "all" (beyond any log) or
+                    // "unlimited" (≤ 0): the spec's integer has no bounds.
+                    let n = match value.parse::<i64>() {
+                        Ok(n) => n,
+                        Err(e) if *e.kind() == IntErrorKind::PosOverflow => i64::MAX,
+                        Err(e) if *e.kind() == IntErrorKind::NegOverflow => 0,
+                        Err(_) => return Err(bad("tail", &value, "a whole number")),
+                    };
                     parsed.tail = usize::try_from(n).ok().filter(|&n| n > 0);
                 }
                 "follow" => {
                     parsed.follow = match &*value {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
+                        "true" => true,
+                        "false" => false,
                         other => return Err(bad("follow", other, "true or false")),
                     }
                 }
@@ -524,7 +530,14 @@ mod tests {
             }
         );
         // The spec: tail <= 0 means unlimited. Unknown parameters are ignored.
-        for unlimited in ["name=f&tail=0", "name=f&tail=-3", "name=f&x-other=1"] {
+        let all = LogQuery::parse("name=f&tail=3069321237141139264372736").unwrap();
+        assert_eq!(all.tail, usize::try_from(i64::MAX).ok());
+        for unlimited in [
+            "name=f&tail=0",
+            "name=f&tail=-3",
+            "name=f&tail=-99999999999999999999",
+            "name=f&x-other=1",
+        ] {
             assert_eq!(
                 LogQuery::parse(unlimited).unwrap().tail,
                 None,
@@ -539,6 +552,7 @@ mod tests {
             "name=f&tail=x",
             "name=f&tail=",
             "name=f&follow=yes",
+            "name=f&follow=1",
             "name=f&since=yesterday",
         ] {
             let err = LogQuery::parse(bad).unwrap_err();
