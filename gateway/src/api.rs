@@ -205,8 +205,10 @@ pub struct ScaleRequest {
     pub service_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// OpenFaaS: the minimum (int64 ≥ 0 in the spec; wisp runs at most
+    /// [`spec::MAX_INSTANCES`], so more are capped at that).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<u32>,
+    pub replicas: Option<i64>,
     /// wisp: the settings to change; those not given stay as they are.
     #[serde(flatten)]
     pub scaling: ScalingFields,
@@ -313,6 +315,10 @@ pub enum DeploymentError {
         "invalid cpu limit {value:?}: expected cores such as 0.5 or 2, or millicores such as 500m (10m..=64)"
     )]
     Cpu { value: String },
+    #[error(
+        "a scale request gives serviceName and replicas, or wisp's minInstances, maxInstances, concurrency, idleTimeout, queueSize or queueTimeout"
+    )]
+    IncompleteScale,
 }
 
 impl FunctionDeployment {
@@ -529,12 +535,48 @@ impl FunctionStatus {
 }
 
 impl ScaleRequest {
+    /// Refuses a request that says nothing to change: OpenFaaS's form gives
+    /// `serviceName` and `replicas` (the spec requires both, and a namespace,
+    /// which OpenFaaS's clients leave out when they have none); wisp's gives
+    /// at least one of its scaling fields.
+    pub fn check_complete(&self) -> Result<(), DeploymentError> {
+        if let Some(n) = self.replicas.filter(|&n| n < 0) {
+            return Err(DeploymentError::Spec(SpecError::OutOfRange {
+                what: "replicas",
+                value: n.to_string(),
+                range: "0 or more",
+            }));
+        }
+        let openfaas = self.service_name.is_some() && self.replicas.is_some();
+        if openfaas || self.scaling != ScalingFields::default() {
+            Ok(())
+        } else {
+            Err(DeploymentError::IncompleteScale)
+        }
+    }
+
+    /// `replicas` as a minimum number of instances: at most
+    /// [`spec::MAX_INSTANCES`].
+    pub fn replicas_as_min(&self) -> Option<u32> {
+        self.replicas.map(|n| {
+            u32::try_from(n.max(0))
+                .unwrap_or(u32::MAX)
+                .min(spec::MAX_INSTANCES)
+        })
+    }
+
+    /// Whether `replicas` asked for more instances than wisp runs.
+    pub fn replicas_capped(&self) -> bool {
+        self.replicas
+            .is_some_and(|n| n > i64::from(spec::MAX_INSTANCES))
+    }
+
     /// Merges the request into `scaling` and validates the result.
     pub fn apply(&self, scaling: &mut ScalingSpec) -> Result<(), DeploymentError> {
         check_namespace(self.namespace.as_deref())?;
         let mut current = *scaling;
-        if let Some(n) = self.replicas {
-            current.min_instances = Some(n);
+        if let Some(min) = self.replicas_as_min() {
+            current.min_instances = Some(min);
         }
         let mut next = self.scaling.over(current)?;
         // OpenFaaS's replicas may exceed the maximum: raise it to match.
@@ -789,6 +831,33 @@ mod tests {
         let before = scaling;
         assert!(both.apply(&mut scaling).is_err());
         assert_eq!(scaling, before, "a refused request changes nothing");
+        // A request says what to change, in OpenFaaS's form or wisp's.
+        for (body, complete) in [
+            (r#"{"serviceName":"f","replicas":1}"#, true),
+            (
+                r#"{"serviceName":"f","namespace":"openfaas-fn","replicas":0}"#,
+                true,
+            ),
+            (r#"{"maxInstances":3}"#, true),
+            (r#"{}"#, false),
+            (r#"{"replicas":1}"#, false),
+            (r#"{"serviceName":"f","replicas":-1}"#, false),
+            (r#"{"serviceName":"f","namespace":"openfaas-fn"}"#, false),
+        ] {
+            let request: ScaleRequest = serde_json::from_str(body).unwrap();
+            assert_eq!(request.check_complete().is_ok(), complete, "{body}");
+        }
+        // The spec's replicas is any int64 >= 0: past wisp's limit, capped.
+        let many = ScaleRequest {
+            replicas: Some(i64::MAX),
+            ..Default::default()
+        };
+        assert!(many.replicas_capped());
+        many.apply(&mut scaling).unwrap();
+        assert_eq!(
+            (scaling.min_instances, scaling.max_instances),
+            (Some(spec::MAX_INSTANCES), Some(spec::MAX_INSTANCES))
+        );
     }
 
     #[test]

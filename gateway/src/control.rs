@@ -73,8 +73,13 @@ impl App {
                 // The path names the function: an unknown one is a 404
                 // whatever the body says. The body is optional (the spec).
                 self.function(name)?;
-                let request: ScaleRequest = read_json_or_default(req).await?;
-                self.scale(name, request).await
+                match read_optional_json::<ScaleRequest>(req).await? {
+                    Some(request) => {
+                        request.check_complete()?;
+                        self.scale(name, request).await
+                    }
+                    None => self.scale(name, ScaleRequest::default()).await,
+                }
             }
             (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Images, Method::GET) => json(StatusCode::OK, &self.images().await?),
@@ -240,14 +245,24 @@ impl App {
         });
         self.functions.insert(name.to_owned(), updated);
         let ignored: Vec<String> = request.unknown.keys().cloned().collect();
+        let capped = if request.replicas_capped() {
+            format!(
+                "replicas {} capped at wisp's limit of {} instances\n",
+                request.replicas.unwrap_or_default(),
+                wisp_runner::spec::MAX_INSTANCES
+            )
+        } else {
+            String::new()
+        };
         tracing::info!(function = %name, min = scaling.min_instances, max = scaling.max_instances, ?ignored, "scaled");
         Ok(text(
             StatusCode::ACCEPTED,
             format!(
-                "scaled {name}: min {} max {} concurrency {}\n{}",
+                "scaled {name}: min {} max {} concurrency {}\n{}{}",
                 scaling.min_instances,
                 scaling.max_instances,
                 scaling.concurrency,
+                capped,
                 ignored_note(&ignored)
             ),
         ))
@@ -445,15 +460,16 @@ async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, Gateway
         .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
 }
 
-/// [`read_json`] of an optional body: an empty one is `T::default()`.
-async fn read_json_or_default<T: DeserializeOwned + Default>(
+/// [`read_json`] of an optional body: `None` if there is none.
+async fn read_optional_json<T: DeserializeOwned>(
     req: Request<Body>,
-) -> Result<T, GatewayError> {
+) -> Result<Option<T>, GatewayError> {
     let bytes = read_body(req).await?;
     if bytes.is_empty() {
-        return Ok(T::default());
+        return Ok(None);
     }
     serde_json::from_slice(&bytes)
+        .map(Some)
         .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
 }
 

@@ -385,10 +385,36 @@ async fn scale_and_status_follow_the_path_and_namespace() {
         "{}",
         other_name.text()
     );
-    let bad = wisp
-        .invoke("POST", "/system/scale-function/hello", r#"{"replicas":-1}"#)
+    for bad in [
+        r#"{"serviceName":"hello","replicas":-1}"#,
+        r#"{"serviceName":"hello","replicas":9223372036854775808}"#,
+        r#"{"replicas":1}"#,
+        "{}",
+    ] {
+        let answer = wisp
+            .invoke("POST", "/system/scale-function/hello", bad)
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            answer.text()
+        );
+    }
+    // The spec's replicas is any int64 >= 0: past wisp's limit, capped.
+    let many = wisp
+        .invoke(
+            "POST",
+            "/system/scale-function/hello",
+            r#"{"serviceName":"hello","replicas":9223372036854775807}"#,
+        )
         .await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
+    assert_eq!(many.status, StatusCode::ACCEPTED, "{}", many.text());
+    assert!(
+        many.text().contains("capped at wisp's limit of 1000"),
+        "{}",
+        many.text()
+    );
     // wisp has one namespace: a function is not found in another.
     let elsewhere = wisp
         .invoke(
