@@ -918,6 +918,42 @@ mod tests {
         assert!(env.to_spec(kind).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a deployment says, validating it never panics, and an
+        /// accepted one names a safe function and sane limits.
+        #[test]
+        fn any_deployment_is_validated_or_refused(
+            service in "\\PC{0,70}|[a-z0-9][a-z0-9._-]{0,70}",
+            image in proptest::prop_oneof!["\\PC{0,80}", "sha256:[0-9a-f]{64}"],
+            memory in proptest::option::of("\\PC{0,12}|[0-9]{1,12}(Ki|Mi|Gi|M|G)?"),
+            cpu in proptest::option::of("\\PC{0,8}|[0-9]{1,6}m?|[0-9]\\.[0-9]{1,4}"),
+            timeout in proptest::option::of("\\PC{0,8}|[0-9]{1,9}(ms|s|m|h)"),
+            min in proptest::option::of("\\PC{0,4}|[0-9]{1,5}"),
+            env in proptest::collection::btree_map("\\PC{0,10}", "\\PC{0,10}", 0..3),
+        ) {
+            let deployment = FunctionDeployment {
+                service,
+                image,
+                limits: Some(FunctionResources { memory, cpu, ..FunctionResources::default() }),
+                timeout,
+                labels: min.map(|m| [("com.openfaas.scale.min".to_owned(), m)].into()),
+                env_vars: Some(env),
+                ..FunctionDeployment::default()
+            };
+            if let Ok(spec) = deployment.to_spec(FunctionKind::WasmHttp) {
+                let name = spec.name.as_str();
+                proptest::prop_assert!(!name.is_empty() && name.len() <= 63);
+                proptest::prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)));
+                proptest::prop_assert!(spec.limits.validate().is_ok());
+                proptest::prop_assert!(spec.scaling.validate().is_ok());
+                let cpu = deployment.cpu_millis().unwrap();
+                proptest::prop_assert!(cpu.is_none_or(|m| (10..=64_000).contains(&m)));
+            }
+        }
+    }
+
     #[test]
     fn timestamps() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
