@@ -1010,7 +1010,7 @@ pub(crate) mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
         fn random_entries_never_escape_the_layer(
             entries in prop::collection::vec(arb_entry(), 1..8),
