@@ -24,6 +24,17 @@ use crate::registry::StoredFunction;
 /// The namespace wisp reports; it has only one.
 pub const NAMESPACE: &str = "openfaas-fn";
 
+/// An optional field that may be left out but is not `null`: the spec's
+/// types are not nullable but for `labels`, `annotations`, `limits` and
+/// `requests` (absent, the field is `None` by `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Fields of a request that no one defines, by name.
 pub type UnknownFields = BTreeMap<String, serde_json::Value>;
 
@@ -34,15 +45,35 @@ pub struct FunctionDeployment {
     pub service: String,
     /// An artifact digest, `sha256:<hex>`, from `POST /system/artifacts`.
     pub image: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub env_process: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub constraints: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub env_vars: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub secrets: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
@@ -52,31 +83,67 @@ pub struct FunctionDeployment {
     pub limits: Option<FunctionResources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<FunctionResources>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub read_only_root_filesystem: Option<bool>,
     /// Deprecated in OpenFaaS and ignored there too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub registry_auth: Option<String>,
     /// Deprecated in OpenFaaS and ignored there too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub network: Option<String>,
     /// wisp: the deadline of one request, e.g. `30s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<String>,
     /// wisp: the largest request body, e.g. `6Mi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_body_size: Option<String>,
     /// wisp: hosts the function may call over HTTP (`*` for any).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allow_outbound: Option<Vec<String>>,
     /// wisp, images only: `http` (default) or `cgi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub protocol: Option<String>,
     /// wisp, images only: the port an `http` handler listens on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub port: Option<u16>,
     /// wisp, images only: replaces the image's Entrypoint and Cmd.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub command: Option<Vec<String>>,
     /// wisp: the scaling settings; `minInstances` and `maxInstances` fall
     /// back to OpenFaaS's labels `com.openfaas.scale.min` and `.max`.
@@ -84,7 +151,11 @@ pub struct FunctionDeployment {
     pub scaling: ScalingFields,
     /// wisp, wasi:http components: requests one wasm instance serves
     /// (default 1: a fresh instance per request).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance_reuse: Option<u32>,
     /// Everything else: ignored (after `scaling`, which takes its fields).
     #[serde(flatten, skip_serializing)]
@@ -93,9 +164,17 @@ pub struct FunctionDeployment {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionResources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu: Option<String>,
     /// Everything else: ignored.
     #[serde(flatten, skip_serializing)]
@@ -112,27 +191,51 @@ pub struct FunctionResources {
 pub struct ScalingFields {
     /// Instances kept running (pre-warmed) [default: 0, scale to zero].
     #[arg(long = "min")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_instances: Option<u32>,
     /// Most instances [default: 10 for containers, 1 for wasm].
     #[arg(long = "max")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_instances: Option<u32>,
     /// Requests one instance takes at once [default: containers 8 (http) or 1 (cgi); wasm 1000].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub concurrency: Option<u32>,
     /// Idle time before an instance stops, e.g. `60s` [default: 60s].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub idle_timeout: Option<String>,
     /// Requests that may wait once every instance is busy [default: 100].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub queue_size: Option<u32>,
     /// Longest wait in that queue [default: the request timeout].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub queue_timeout: Option<String>,
 }
 
@@ -201,13 +304,25 @@ pub struct ScalingStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub namespace: Option<String>,
     /// OpenFaaS: the minimum (int64 ≥ 0 in the spec; wisp runs at most
     /// [`spec::MAX_INSTANCES`], so more are capped at that).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub replicas: Option<i64>,
     /// wisp: the settings to change; those not given stay as they are.
     #[serde(flatten)]
@@ -666,6 +781,42 @@ mod tests {
         assert_eq!(spec.limits.timeout_ms, 5000);
         assert_eq!(spec.limits.max_body_bytes, 1 << 20);
         assert_eq!(spec.env["A"], "1");
+    }
+
+    #[test]
+    fn null_is_refused_where_the_spec_does_not_allow_it() {
+        let deployment = |extra: &str| {
+            let json = format!(r#"{{"service":"hello","image":"{}",{extra}}}"#, digest());
+            serde_json::from_str::<FunctionDeployment>(&json)
+        };
+        for nullable in ["labels", "annotations", "limits", "requests"] {
+            assert!(
+                deployment(&format!(r#""{nullable}":null"#)).is_ok(),
+                "{nullable}"
+            );
+        }
+        for field in [
+            "namespace",
+            "envProcess",
+            "secrets",
+            "envVars",
+            "timeout",
+            "minInstances",
+        ] {
+            let err = deployment(&format!(r#""{field}":null"#)).unwrap_err();
+            assert!(err.to_string().contains("null"), "{field}: {err}");
+        }
+        assert!(deployment(r#""limits":{"memory":null}"#).is_err());
+        for body in [
+            r#"{"serviceName":"f","replicas":1,"namespace":null}"#,
+            r#"{"serviceName":null,"replicas":1}"#,
+            r#"{"serviceName":"f","replicas":null}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ScaleRequest>(body).is_err(),
+                "{body}"
+            );
+        }
     }
 
     #[test]
