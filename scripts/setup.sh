@@ -28,6 +28,9 @@ if [ ! -x /bin/busybox ] || ! /bin/busybox ls /proc/self/ >/dev/null 2>&1 || ldd
   need_debs+=(busybox-static)
 fi
 command -v prometheus >/dev/null 2>&1 || need_debs+=(prometheus)
+# schemathesis runs from a virtualenv; Debian's python3 makes one only with
+# python3-venv (ensurepip).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_debs+=(python3-venv)
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: apt-get install ${need_debs[*]}"
@@ -36,4 +39,17 @@ if [ ${#need_debs[@]} -gt 0 ]; then
   else
     echo "setup: warning: missing ${need_debs[*]} (apt-get install them as root); some end-to-end tests will fail" >&2
   fi
+fi
+# schemathesis fuzzes the control API against OpenFaaS's spec
+# (tests/e2e/spec.rs): the versions pinned in tests/openapi/requirements.txt,
+# in a virtualenv in the cargo target dir, where the test looks for it.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+requirements="$root/tests/openapi/requirements.txt"
+venv="${CARGO_TARGET_DIR:-$root/target}/schemathesis"
+pinned=$(sed -n 's/^schemathesis==//p' "$requirements")
+if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $pinned" ]; then
+  echo "setup: schemathesis $pinned in $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
 fi

@@ -4,7 +4,10 @@
 //! optional fields (`timeout`, `maxBodySize`, `allowOutbound`, the scaling
 //! settings of [`ScalingFields`], which are also the CLI's scaling flags).
 //! Conversion to a [`FunctionSpec`] validates everything and says what is
-//! wrong.
+//! wrong. Fields neither OpenFaaS nor wisp defines are ignored, as the spec's
+//! open objects and OpenFaaS allow, and named in the answer
+//! ([`FunctionDeployment::ignored_fields`]), so that a misspelt one does not
+//! pass unnoticed.
 
 use std::collections::BTreeMap;
 
@@ -21,22 +24,56 @@ use crate::registry::StoredFunction;
 /// The namespace wisp reports; it has only one.
 pub const NAMESPACE: &str = "openfaas-fn";
 
+/// An optional field that may be left out but is not `null`: the spec's
+/// types are not nullable but for `labels`, `annotations`, `limits` and
+/// `requests` (absent, the field is `None` by `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Fields of a request that no one defines, by name.
+pub type UnknownFields = BTreeMap<String, serde_json::Value>;
+
 /// `POST`/`PUT /system/functions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct FunctionDeployment {
     pub service: String,
     /// An artifact digest, `sha256:<hex>`, from `POST /system/artifacts`.
     pub image: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub env_process: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub constraints: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub env_vars: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub secrets: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
@@ -46,31 +83,67 @@ pub struct FunctionDeployment {
     pub limits: Option<FunctionResources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<FunctionResources>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub read_only_root_filesystem: Option<bool>,
     /// Deprecated in OpenFaaS and ignored there too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub registry_auth: Option<String>,
     /// Deprecated in OpenFaaS and ignored there too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub network: Option<String>,
     /// wisp: the deadline of one request, e.g. `30s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<String>,
     /// wisp: the largest request body, e.g. `6Mi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_body_size: Option<String>,
     /// wisp: hosts the function may call over HTTP (`*` for any).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allow_outbound: Option<Vec<String>>,
     /// wisp, images only: `http` (default) or `cgi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub protocol: Option<String>,
     /// wisp, images only: the port an `http` handler listens on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub port: Option<u16>,
     /// wisp, images only: replaces the image's Entrypoint and Cmd.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub command: Option<Vec<String>>,
     /// wisp: the scaling settings; `minInstances` and `maxInstances` fall
     /// back to OpenFaaS's labels `com.openfaas.scale.min` and `.max`.
@@ -78,51 +151,91 @@ pub struct FunctionDeployment {
     pub scaling: ScalingFields,
     /// wisp, wasi:http components: requests one wasm instance serves
     /// (default 1: a fresh instance per request).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance_reuse: Option<u32>,
+    /// Everything else: ignored (after `scaling`, which takes its fields).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownFields,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FunctionResources {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu: Option<String>,
+    /// Everything else: ignored.
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownFields,
 }
 
 /// The scaling settings a deployment or a scale request may give, flattened
 /// into both (camelCase JSON fields), and the `--min`, `--max`, … flags of
 /// `wisp deploy` and `wisp scale` (the doc comments are their help). `None`
 /// leaves the default, or in a scale request the current value. The types
-/// that embed it refuse unknown fields; it has no `deny_unknown_fields` of
-/// its own, which serde does not support for flattened structs.
+/// that embed it collect the fields it does not take as unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingFields {
     /// Instances kept running (pre-warmed) [default: 0, scale to zero].
     #[arg(long = "min")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_instances: Option<u32>,
     /// Most instances [default: 10 for containers, 1 for wasm].
     #[arg(long = "max")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_instances: Option<u32>,
     /// Requests one instance takes at once [default: containers 8 (http) or 1 (cgi); wasm 1000].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub concurrency: Option<u32>,
     /// Idle time before an instance stops, e.g. `60s` [default: 60s].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub idle_timeout: Option<String>,
     /// Requests that may wait once every instance is busy [default: 100].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub queue_size: Option<u32>,
     /// Longest wait in that queue [default: the request timeout].
     #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub queue_timeout: Option<String>,
 }
 
@@ -189,17 +302,34 @@ pub struct ScalingStatus {
 /// `POST /system/scale-function/{name}` (OpenFaaS's `replicas` sets the
 /// minimum; wisp's fields change the rest).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct ScaleRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<u32>,
+    /// OpenFaaS: the minimum (int64 ≥ 0 in the spec; wisp runs at most
+    /// [`spec::MAX_INSTANCES`], so more are capped at that).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replicas: Option<i64>,
     /// wisp: the settings to change; those not given stay as they are.
     #[serde(flatten)]
     pub scaling: ScalingFields,
+    /// Everything else: ignored (after `scaling`, which takes its fields).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: UnknownFields,
 }
 
 /// `GET /system/info`.
@@ -333,6 +463,10 @@ pub enum DeploymentError {
         "invalid cpu limit {value:?}: expected cores such as 0.5 or 2, or millicores such as 500m (10m..=64)"
     )]
     Cpu { value: String },
+    #[error(
+        "a scale request gives serviceName and replicas, or wisp's minInstances, maxInstances, concurrency, idleTimeout, queueSize or queueTimeout"
+    )]
+    IncompleteScale,
 }
 
 impl FunctionDeployment {
@@ -479,6 +613,16 @@ impl FunctionDeployment {
         Ok(Some(millis.round() as u32))
     }
 
+    /// The fields of the request no one defines (`limits.x` for one inside
+    /// `limits`), which were ignored.
+    pub fn ignored_fields(&self) -> Vec<String> {
+        let nested = [("limits", &self.limits), ("requests", &self.requests)]
+            .into_iter()
+            .filter_map(|(at, resources)| Some((at, resources.as_ref()?)))
+            .flat_map(|(at, resources)| resources.unknown.keys().map(move |k| format!("{at}.{k}")));
+        self.unknown.keys().cloned().chain(nested).collect()
+    }
+
     /// The artifact the deployment names.
     pub fn artifact(&self) -> Result<Digest, DeploymentError> {
         Digest::parse(&self.image).map_err(|_| DeploymentError::NotAnArtifact {
@@ -503,6 +647,7 @@ impl FunctionStatus {
                     .container
                     .as_ref()
                     .map(|c| format!("{}m", c.cpu_cap_millis())),
+                ..FunctionResources::default()
             },
             invocation_count,
             replicas,
@@ -537,12 +682,48 @@ impl FunctionStatus {
 }
 
 impl ScaleRequest {
+    /// Refuses a request that says nothing to change: OpenFaaS's form gives
+    /// `serviceName` and `replicas` (the spec requires both, and a namespace,
+    /// which OpenFaaS's clients leave out when they have none); wisp's gives
+    /// at least one of its scaling fields.
+    pub fn check_complete(&self) -> Result<(), DeploymentError> {
+        if let Some(n) = self.replicas.filter(|&n| n < 0) {
+            return Err(DeploymentError::Spec(SpecError::OutOfRange {
+                what: "replicas",
+                value: n.to_string(),
+                range: "0 or more",
+            }));
+        }
+        let openfaas = self.service_name.is_some() && self.replicas.is_some();
+        if openfaas || self.scaling != ScalingFields::default() {
+            Ok(())
+        } else {
+            Err(DeploymentError::IncompleteScale)
+        }
+    }
+
+    /// `replicas` as a minimum number of instances: at most
+    /// [`spec::MAX_INSTANCES`].
+    pub fn replicas_as_min(&self) -> Option<u32> {
+        self.replicas.map(|n| {
+            u32::try_from(n.max(0))
+                .unwrap_or(u32::MAX)
+                .min(spec::MAX_INSTANCES)
+        })
+    }
+
+    /// Whether `replicas` asked for more instances than wisp runs.
+    pub fn replicas_capped(&self) -> bool {
+        self.replicas
+            .is_some_and(|n| n > i64::from(spec::MAX_INSTANCES))
+    }
+
     /// Merges the request into `scaling` and validates the result.
     pub fn apply(&self, scaling: &mut ScalingSpec) -> Result<(), DeploymentError> {
         check_namespace(self.namespace.as_deref())?;
         let mut current = *scaling;
-        if let Some(n) = self.replicas {
-            current.min_instances = Some(n);
+        if let Some(min) = self.replicas_as_min() {
+            current.min_instances = Some(min);
         }
         let mut next = self.scaling.over(current)?;
         // OpenFaaS's replicas may exceed the maximum: raise it to match.
@@ -575,10 +756,15 @@ impl ScalingFields {
     }
 }
 
+/// Whether `namespace` names wisp's one namespace (empty or absent mean it).
+pub fn is_our_namespace(namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| ns.is_empty() || ns == NAMESPACE)
+}
+
 /// Refuses a namespace other than wisp's one (empty means that one).
 fn check_namespace(namespace: Option<&str>) -> Result<(), DeploymentError> {
     match namespace {
-        Some(ns) if !ns.is_empty() && ns != NAMESPACE => Err(DeploymentError::Namespace {
+        Some(ns) if !is_our_namespace(Some(ns)) => Err(DeploymentError::Namespace {
             namespace: ns.to_owned(),
         }),
         _ => Ok(()),
@@ -630,13 +816,53 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_refused() {
+    fn null_is_refused_where_the_spec_does_not_allow_it() {
+        let deployment = |extra: &str| {
+            let json = format!(r#"{{"service":"hello","image":"{}",{extra}}}"#, digest());
+            serde_json::from_str::<FunctionDeployment>(&json)
+        };
+        for nullable in ["labels", "annotations", "limits", "requests"] {
+            assert!(
+                deployment(&format!(r#""{nullable}":null"#)).is_ok(),
+                "{nullable}"
+            );
+        }
+        for field in [
+            "namespace",
+            "envProcess",
+            "secrets",
+            "envVars",
+            "timeout",
+            "minInstances",
+        ] {
+            let err = deployment(&format!(r#""{field}":null"#)).unwrap_err();
+            assert!(err.to_string().contains("null"), "{field}: {err}");
+        }
+        assert!(deployment(r#""limits":{"memory":null}"#).is_err());
+        for body in [
+            r#"{"serviceName":"f","replicas":1,"namespace":null}"#,
+            r#"{"serviceName":null,"replicas":1}"#,
+            r#"{"serviceName":"f","replicas":null}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ScaleRequest>(body).is_err(),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_named() {
         let json = format!(
-            r#"{{"service":"hello","image":"{}","imgae":"x"}}"#,
+            r#"{{"service":"hello","image":"{}","imgae":"x","limits":{{"memory":"1Mi","gpu":1}}}}"#,
             digest()
         );
-        let err = serde_json::from_str::<FunctionDeployment>(&json).unwrap_err();
-        assert!(err.to_string().contains("imgae"), "{err}");
+        let deployment: FunctionDeployment = serde_json::from_str(&json).unwrap();
+        assert_eq!(deployment.ignored_fields(), ["imgae", "limits.gpu"]);
+        assert_eq!(deployment.image, digest());
+        // They are not sent on.
+        let again = serde_json::to_value(&deployment).unwrap();
+        assert!(again.get("imgae").is_none(), "{again}");
     }
 
     #[test]
@@ -688,7 +914,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_misspelt_scaling_fields_are_refused() {
+    fn misspelt_scaling_fields_are_named_and_bad_values_refused() {
         let deployment =
             |extra: &str| format!(r#"{{"service":"hello","image":"{}",{extra}}}"#, digest());
         for (extra, field) in [
@@ -696,18 +922,21 @@ mod tests {
             (r#""scaling":{"minInstances":1}"#, "scaling"),
             (r#""minInstances":1,"maxInstance":2"#, "maxInstance"),
         ] {
-            let err = serde_json::from_str::<FunctionDeployment>(&deployment(extra)).unwrap_err();
-            assert!(err.to_string().contains(field), "{extra}: {err}");
-            let request = format!("{{{extra}}}");
-            let err = serde_json::from_str::<ScaleRequest>(&request).unwrap_err();
-            assert!(err.to_string().contains(field), "{extra}: {err}");
+            let parsed: FunctionDeployment = serde_json::from_str(&deployment(extra)).unwrap();
+            assert_eq!(parsed.ignored_fields(), [field], "{extra}");
+            let request: ScaleRequest = serde_json::from_str(&format!("{{{extra}}}")).unwrap();
+            assert_eq!(
+                request.unknown.keys().collect::<Vec<_>>(),
+                [field],
+                "{extra}"
+            );
         }
+        let both: FunctionDeployment =
+            serde_json::from_str(&deployment(r#""minInstances":1,"maxInstance":2"#)).unwrap();
+        assert_eq!(both.scaling.min_instances, Some(1));
         // A scale request changes the pool, not how instances are made.
-        let err = serde_json::from_str::<ScaleRequest>(r#"{"instanceReuse":2}"#).unwrap_err();
-        assert!(err.to_string().contains("instanceReuse"), "{err}");
-        let err =
-            serde_json::from_str::<ScaleRequest>(r#"{"queueSize":1,"queueSize":2}"#).unwrap_err();
-        assert!(err.to_string().contains("duplicate field"), "{err}");
+        let request: ScaleRequest = serde_json::from_str(r#"{"instanceReuse":2}"#).unwrap();
+        assert!(request.unknown.contains_key("instanceReuse"));
         let err = serde_json::from_str::<ScaleRequest>(r#"{"queueSize":"many"}"#).unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
     }
@@ -785,6 +1014,33 @@ mod tests {
         let before = scaling;
         assert!(both.apply(&mut scaling).is_err());
         assert_eq!(scaling, before, "a refused request changes nothing");
+        // A request says what to change, in OpenFaaS's form or wisp's.
+        for (body, complete) in [
+            (r#"{"serviceName":"f","replicas":1}"#, true),
+            (
+                r#"{"serviceName":"f","namespace":"openfaas-fn","replicas":0}"#,
+                true,
+            ),
+            (r#"{"maxInstances":3}"#, true),
+            (r#"{}"#, false),
+            (r#"{"replicas":1}"#, false),
+            (r#"{"serviceName":"f","replicas":-1}"#, false),
+            (r#"{"serviceName":"f","namespace":"openfaas-fn"}"#, false),
+        ] {
+            let request: ScaleRequest = serde_json::from_str(body).unwrap();
+            assert_eq!(request.check_complete().is_ok(), complete, "{body}");
+        }
+        // The spec's replicas is any int64 >= 0: past wisp's limit, capped.
+        let many = ScaleRequest {
+            replicas: Some(i64::MAX),
+            ..Default::default()
+        };
+        assert!(many.replicas_capped());
+        many.apply(&mut scaling).unwrap();
+        assert_eq!(
+            (scaling.min_instances, scaling.max_instances),
+            (Some(spec::MAX_INSTANCES), Some(spec::MAX_INSTANCES))
+        );
     }
 
     #[test]
@@ -827,7 +1083,7 @@ mod tests {
         let memory = FunctionDeployment {
             limits: Some(FunctionResources {
                 memory: Some("lots".into()),
-                cpu: None,
+                ..FunctionResources::default()
             }),
             ..base.clone()
         };
@@ -843,6 +1099,42 @@ mod tests {
             ..base
         };
         assert!(env.to_spec(kind).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a deployment says, validating it never panics, and an
+        /// accepted one names a safe function and sane limits.
+        #[test]
+        fn any_deployment_is_validated_or_refused(
+            service in "\\PC{0,70}|[a-z0-9][a-z0-9._-]{0,70}",
+            image in proptest::prop_oneof!["\\PC{0,80}", "sha256:[0-9a-f]{64}"],
+            memory in proptest::option::of("\\PC{0,12}|[0-9]{1,12}(Ki|Mi|Gi|M|G)?"),
+            cpu in proptest::option::of("\\PC{0,8}|[0-9]{1,6}m?|[0-9]\\.[0-9]{1,4}"),
+            timeout in proptest::option::of("\\PC{0,8}|[0-9]{1,9}(ms|s|m|h)"),
+            min in proptest::option::of("\\PC{0,4}|[0-9]{1,5}"),
+            env in proptest::collection::btree_map("\\PC{0,10}", "\\PC{0,10}", 0..3),
+        ) {
+            let deployment = FunctionDeployment {
+                service,
+                image,
+                limits: Some(FunctionResources { memory, cpu, ..FunctionResources::default() }),
+                timeout,
+                labels: min.map(|m| [("com.openfaas.scale.min".to_owned(), m)].into()),
+                env_vars: Some(env),
+                ..FunctionDeployment::default()
+            };
+            if let Ok(spec) = deployment.to_spec(FunctionKind::WasmHttp) {
+                let name = spec.name.as_str();
+                proptest::prop_assert!(!name.is_empty() && name.len() <= 63);
+                proptest::prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)));
+                proptest::prop_assert!(spec.limits.validate().is_ok());
+                proptest::prop_assert!(spec.scaling.validate().is_ok());
+                let cpu = deployment.cpu_millis().unwrap();
+                proptest::prop_assert!(cpu.is_none_or(|m| (10..=64_000).contains(&m)));
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! artifact from before it is checked, and an old version what it runs
 //! until it has drained, so that no prune takes them away.
 
+use std::num::IntErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,7 +23,7 @@ use wisp_runner::spec::{Digest, FunctionKind};
 
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
-    ImageSummary, LayerSummary, ScaleRequest,
+    ImageSummary, LayerSummary, ScaleRequest, is_our_namespace,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -58,7 +59,13 @@ impl App {
                 allow: "GET, POST, PUT, DELETE",
             }),
             (Route::Function(name), Method::GET) => {
-                json(StatusCode::OK, &status(&*self.function(name)?))
+                let function = self.function(name)?;
+                // A function is only in wisp's one namespace.
+                let namespace = query_param(req.uri().query(), "namespace");
+                if !is_our_namespace(namespace.as_deref()) {
+                    return Err(GatewayError::UnknownFunction(name.to_owned()));
+                }
+                json(StatusCode::OK, &status(&function))
             }
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
@@ -66,8 +73,16 @@ impl App {
             (Route::Logs, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::ScaleFunction(name), Method::POST) => {
-                let request: ScaleRequest = read_json(req).await?;
-                self.scale(name, request).await
+                // The path names the function: an unknown one is a 404
+                // whatever the body says. The body is optional (the spec).
+                self.function(name)?;
+                match read_optional_json::<ScaleRequest>(req).await? {
+                    Some(request) => {
+                        request.check_complete()?;
+                        self.scale(name, request).await
+                    }
+                    None => self.scale(name, ScaleRequest::default()).await,
+                }
             }
             (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Images, Method::GET) => json(StatusCode::OK, &self.images().await?),
@@ -87,6 +102,7 @@ impl App {
         update: bool,
     ) -> Result<Response<Body>, GatewayError> {
         let deployment: FunctionDeployment = read_json(req).await?;
+        let ignored = deployment.ignored_fields();
         // Validate everything cheap before compiling anything.
         let draft = deployment.to_spec(FunctionKind::WasmHttp)?;
         // Under the lock, so that a prune either sees the hold or has
@@ -120,7 +136,7 @@ impl App {
             stored,
             invocations: AtomicU64::new(carried),
         });
-        tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), "deployed");
+        tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), ?ignored, "deployed");
         self.functions.insert(name.clone(), function);
         if let Some(old) = previous {
             // Requests already routed to the old version finish on it.
@@ -131,7 +147,10 @@ impl App {
         } else {
             StatusCode::ACCEPTED
         };
-        Ok(text(status, format!("deployed {name}\n")))
+        Ok(text(
+            status,
+            format!("deployed {name}\n{}", ignored_note(&ignored)),
+        ))
     }
 
     async fn delete(&self, name: &str) -> Result<Response<Body>, GatewayError> {
@@ -161,40 +180,25 @@ impl App {
         });
     }
 
-    /// `GET /system/logs?name=&tail=&follow=`: the function's kept output
-    /// as NDJSON, then (with `follow`) new lines as they are written.
+    /// `GET /system/logs?name=&tail=&follow=&since=&instance=`: the
+    /// function's kept output as NDJSON, then (with `follow`) new lines as
+    /// they are written.
     fn logs(&self, query: &str) -> Result<Response<Body>, GatewayError> {
-        let mut name = None;
-        let mut tail = None;
-        let mut follow = false;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "name" => name = Some(value.to_owned()),
-                "tail" => {
-                    tail = Some(value.parse::<usize>().map_err(|_| {
-                        GatewayError::BadRequest(format!("tail={value:?} is not a number"))
-                    })?)
-                }
-                "follow" => follow = matches!(value, "" | "true" | "1"),
-                "namespace" | "since" | "instance" => {}
-                other => {
-                    return Err(GatewayError::BadRequest(format!(
-                        "unknown log parameter {other:?}"
-                    )));
-                }
-            }
-        }
-        let name = name.ok_or_else(|| GatewayError::BadRequest("name= is required".into()))?;
-        if !self.functions.contains_key(&name) {
+        let query = LogQuery::parse(query)?;
+        let name = query.name.clone();
+        if !query.in_our_namespace() || !self.functions.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));
         }
         // Subscribe first, so no line falls between the tail and the follow.
-        let live = follow.then(|| self.logs.follow(&name));
-        let kept = self
+        let live = query.follow.then(|| self.logs.follow(&name));
+        let mut kept = self
             .logs
-            .tail(&name, tail)
+            .tail(&name, None)
             .map_err(|e| GatewayError::BadRequest(format!("reading the log: {e}")))?;
+        kept.retain(|line| query.selects(line));
+        if let Some(n) = query.tail {
+            kept.drain(..kept.len().saturating_sub(n));
+        }
         let mut head = Vec::new();
         for line in &kept {
             if let Ok(json) = serde_json::to_vec(line) {
@@ -206,15 +210,17 @@ impl App {
             None => full_body(head),
             Some(rx) => {
                 let first = futures::stream::once(async move { bytes::Bytes::from(head) });
-                let rest = futures::stream::unfold(rx, |mut rx| async move {
+                let rest = futures::stream::unfold((rx, query), |(mut rx, query)| async move {
                     loop {
                         match rx.recv().await {
-                            Ok(line) => {
+                            Ok(line) if query.selects(&line) => {
                                 let mut json = serde_json::to_vec(&line).unwrap_or_default();
                                 json.push(b'\n');
-                                return Some((bytes::Bytes::from(json), rx));
+                                return Some((bytes::Bytes::from(json), (rx, query)));
                             }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                continue;
+                            }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                         }
                     }
@@ -239,11 +245,10 @@ impl App {
         name: &str,
         request: ScaleRequest,
     ) -> Result<Response<Body>, GatewayError> {
-        if request.service_name.as_deref().is_some_and(|s| s != name) {
-            return Err(GatewayError::BadRequest(format!(
-                "serviceName {:?} does not match the path's {name:?}",
-                request.service_name.unwrap_or_default()
-            )));
+        // As in OpenFaaS, the path names the function, whatever serviceName
+        // says; there is no such function in another namespace.
+        if !is_our_namespace(request.namespace.as_deref()) {
+            return Err(GatewayError::UnknownFunction(name.to_owned()));
         }
         let _serial = self.deploy_lock.lock().await;
         let function = self.function(name)?;
@@ -263,12 +268,26 @@ impl App {
             metrics: function.metrics.clone(),
         });
         self.functions.insert(name.to_owned(), updated);
-        tracing::info!(function = %name, min = scaling.min_instances, max = scaling.max_instances, "scaled");
+        let ignored: Vec<String> = request.unknown.keys().cloned().collect();
+        let capped = if request.replicas_capped() {
+            format!(
+                "replicas {} capped at wisp's limit of {} instances\n",
+                request.replicas.unwrap_or_default(),
+                wisp_runner::spec::MAX_INSTANCES
+            )
+        } else {
+            String::new()
+        };
+        tracing::info!(function = %name, min = scaling.min_instances, max = scaling.max_instances, ?ignored, "scaled");
         Ok(text(
             StatusCode::ACCEPTED,
             format!(
-                "scaled {name}: min {} max {} concurrency {}\n",
-                scaling.min_instances, scaling.max_instances, scaling.concurrency
+                "scaled {name}: min {} max {} concurrency {}\n{}{}",
+                scaling.min_instances,
+                scaling.max_instances,
+                scaling.concurrency,
+                capped,
+                ignored_note(&ignored)
             ),
         ))
     }
@@ -367,6 +386,88 @@ fn dry_run(query: &str) -> Result<bool, GatewayError> {
     Ok(dry_run)
 }
 
+/// The query of `GET /system/logs`, OpenFaaS's log provider parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LogQuery {
+    name: String,
+    namespace: Option<String>,
+    /// Only this instance's lines.
+    instance: Option<String>,
+    /// The last N kept lines; `None`: all of them (`tail` ≤ 0 or absent).
+    tail: Option<usize>,
+    follow: bool,
+    /// Only lines written at or after this time (Unix milliseconds).
+    since_ms: Option<i64>,
+}
+
+impl LogQuery {
+    /// Parses a (percent-encoded) query. `name` is required; a repeated
+    /// parameter counts with its last value and unknown ones are ignored, as
+    /// OpenFaaS's provider does; a value of the wrong type is refused.
+    fn parse(query: &str) -> Result<LogQuery, GatewayError> {
+        let bad = |key: &str, value: &str, expected: &str| {
+            let value: String = value.chars().take(40).collect();
+            GatewayError::BadRequest(format!("{key}={value:?} is not {expected}"))
+        };
+        let mut name = None;
+        let mut parsed = LogQuery {
+            name: String::new(),
+            namespace: None,
+            instance: None,
+            tail: None,
+            follow: false,
+            since_ms: None,
+        };
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "name" => name = Some(value.into_owned()),
+                "namespace" => parsed.namespace = Some(value.into_owned()),
+                "instance" => parsed.instance = Some(value.into_owned()),
+                "tail" => {
+                    // Past i64 a tail still means "all" (beyond any log) or
+                    // "unlimited" (≤ 0): the spec's integer has no bounds.
+                    let n = match value.parse::<i64>() {
+                        Ok(n) => n,
+                        Err(e) if *e.kind() == IntErrorKind::PosOverflow => i64::MAX,
+                        Err(e) if *e.kind() == IntErrorKind::NegOverflow => 0,
+                        Err(_) => return Err(bad("tail", &value, "a whole number")),
+                    };
+                    parsed.tail = usize::try_from(n).ok().filter(|&n| n > 0);
+                }
+                "follow" => {
+                    parsed.follow = match &*value {
+                        "true" => true,
+                        "false" => false,
+                        other => return Err(bad("follow", other, "true or false")),
+                    }
+                }
+                "since" => {
+                    let since = wisp_runner::store::logs::parse_rfc3339(&value)
+                        .ok_or_else(|| bad("since", &value, "an RFC 3339 date-time"))?;
+                    parsed.since_ms = Some(since);
+                }
+                _ => {}
+            }
+        }
+        parsed.name = name.ok_or_else(|| GatewayError::BadRequest("name= is required".into()))?;
+        Ok(parsed)
+    }
+
+    /// Whether the query names wisp's one namespace (or none).
+    fn in_our_namespace(&self) -> bool {
+        is_our_namespace(self.namespace.as_deref())
+    }
+
+    /// Whether `line` passes the `instance` and `since` filters.
+    fn selects(&self, line: &wisp_runner::store::logs::LogLine) -> bool {
+        let instance = self.instance.as_deref().is_none_or(|i| i == line.instance);
+        let since = self.since_ms.is_none_or(|since| {
+            wisp_runner::store::logs::parse_rfc3339(&line.timestamp).is_none_or(|at| at >= since)
+        });
+        instance && since
+    }
+}
+
 fn status(function: &Function) -> FunctionStatus {
     FunctionStatus::new(
         &function.stored,
@@ -376,7 +477,26 @@ fn status(function: &Function) -> FunctionStatus {
 }
 
 async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, GatewayError> {
-    let bytes = wisp_runner::body::collect(req.into_body(), MAX_JSON_BYTES)
+    let bytes = read_body(req).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+/// [`read_json`] of an optional body: `None` if there is none.
+async fn read_optional_json<T: DeserializeOwned>(
+    req: Request<Body>,
+) -> Result<Option<T>, GatewayError> {
+    let bytes = read_body(req).await?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+async fn read_body(req: Request<Body>) -> Result<bytes::Bytes, GatewayError> {
+    wisp_runner::body::collect(req.into_body(), MAX_JSON_BYTES)
         .await
         .map_err(
             |e| match e.downcast_ref::<wisp_runner::body::BodyTooLarge>() {
@@ -385,9 +505,35 @@ async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, Gateway
                 },
                 None => GatewayError::BadRequest(format!("reading the body: {e}")),
             },
-        )?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
+        )
+}
+
+/// The line an answer adds when a request had fields no one defines
+/// (ignored, as the spec's open objects allow, but named so that a misspelt
+/// one is noticed); empty if it had none.
+fn ignored_note(fields: &[String]) -> String {
+    if fields.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = fields
+        .iter()
+        .take(10)
+        .map(|f| format!("{:?}", f.chars().take(40).collect::<String>()))
+        .collect();
+    let more = if fields.len() > names.len() {
+        ", …"
+    } else {
+        ""
+    };
+    format!("ignored unknown fields: {}{more}\n", names.join(", "))
+}
+
+/// The last value of `key` in a (percent-encoded) query.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == key)
+        .last()
+        .map(|(_, v)| v.into_owned())
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, GatewayError> {
@@ -400,4 +546,91 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, G
         http::HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn log_queries_parse() {
+        let q = LogQuery::parse("name=hello&tail=5&follow=true&instance=i%201").unwrap();
+        assert_eq!(
+            q,
+            LogQuery {
+                name: "hello".into(),
+                namespace: None,
+                instance: Some("i 1".into()),
+                tail: Some(5),
+                follow: true,
+                since_ms: None,
+            }
+        );
+        // The spec: tail <= 0 means unlimited. Unknown parameters are ignored.
+        let all = LogQuery::parse("name=f&tail=3069321237141139264372736").unwrap();
+        assert_eq!(all.tail, usize::try_from(i64::MAX).ok());
+        for unlimited in [
+            "name=f&tail=0",
+            "name=f&tail=-3",
+            "name=f&tail=-99999999999999999999",
+            "name=f&x-other=1",
+        ] {
+            assert_eq!(
+                LogQuery::parse(unlimited).unwrap().tail,
+                None,
+                "{unlimited}"
+            );
+        }
+        let q = LogQuery::parse("name=f&since=1970-01-01T00%3A00%3A01%2B00%3A00&name=g").unwrap();
+        assert_eq!((q.name.as_str(), q.since_ms), ("g", Some(1000)));
+        for bad in [
+            "",
+            "tail=1",
+            "name=f&tail=x",
+            "name=f&tail=",
+            "name=f&follow=yes",
+            "name=f&follow=1",
+            "name=f&since=yesterday",
+        ] {
+            let err = LogQuery::parse(bad).unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}: {err}");
+        }
+        assert!(
+            LogQuery::parse("name=f&namespace=openfaas-fn")
+                .unwrap()
+                .in_our_namespace()
+        );
+        assert!(
+            !LogQuery::parse("name=f&namespace=other")
+                .unwrap()
+                .in_our_namespace()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_query_parses_or_is_a_400(query in "\\PC{0,64}", pairs in "([a-z]{1,6}=[a-z0-9%+:-]{0,12}&?){0,6}") {
+            for q in [query.as_str(), pairs.as_str()] {
+                if let Err(e) = LogQuery::parse(q) {
+                    prop_assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+
+        #[test]
+        fn encoded_queries_decode(name in "\\PC{1,20}", tail in -5i64..100, follow: bool) {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("name", &name)
+                .append_pair("tail", &tail.to_string())
+                .append_pair("follow", &follow.to_string())
+                .finish();
+            let q = LogQuery::parse(&query).unwrap();
+            prop_assert_eq!(q.name, name);
+            prop_assert_eq!(q.tail, usize::try_from(tail).ok().filter(|&n| n > 0));
+            prop_assert_eq!(q.follow, follow);
+        }
+    }
 }

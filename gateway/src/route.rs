@@ -126,5 +126,69 @@ mod tests {
         fn never_panics(path in "\\PC{0,64}") {
             let _ = route(&path);
         }
+
+        /// Every name the control API accepts reaches its function, and
+        /// only it, on every route that names one.
+        #[test]
+        fn accepted_names_route_to_themselves(
+            name in "[a-z0-9][a-z0-9._-]{0,62}",
+            rest in "(/[a-zA-Z0-9%._~!$&'()*+,;=:@-]{0,8}){0,4}",
+        ) {
+            prop_assume!(wisp_runner::spec::FunctionName::new(&name).is_ok());
+            let status = format!("/system/function/{name}");
+            prop_assert_eq!(route(&status), Route::Function(&name));
+            let scale = format!("/system/scale-function/{name}");
+            prop_assert_eq!(route(&scale), Route::ScaleFunction(&name));
+            let path = format!("/function/{name}{rest}");
+            let expected = if rest.is_empty() { "/" } else { rest.as_str() };
+            prop_assert_eq!(route(&path), Route::Invoke { name: &name, rest: expected });
+        }
+
+        /// Whatever the path, a route's parts are cut from it: an invoked
+        /// name is one non-empty segment, the handler's path is the rest.
+        #[test]
+        fn routes_are_cut_from_the_path(
+            path in prop_oneof![
+                "\\PC{0,48}",
+                "/function/[a-z%./-]{0,12}(/[a-z%./]{0,6}){0,3}",
+                "/system/[a-z%./-]{0,24}",
+            ],
+        ) {
+            match route(&path) {
+                Route::Invoke { name, rest } => {
+                    prop_assert!(!name.is_empty() && !name.contains('/'));
+                    prop_assert!(rest.starts_with('/'));
+                    let whole = format!("/function/{name}{rest}");
+                    let bare = format!("/function/{name}");
+                    prop_assert!(whole == path || (rest == "/" && path == bare), "{}", path);
+                }
+                Route::Function(name) => prop_assert_eq!(format!("/system/function/{name}"), path),
+                Route::ScaleFunction(name) => {
+                    prop_assert_eq!(format!("/system/scale-function/{name}"), path)
+                }
+                Route::UnknownSystem => prop_assert!(path.starts_with("/system/")),
+                Route::NotFound => {
+                    prop_assert!(!path.starts_with("/system/"));
+                    let invoked = path.strip_prefix("/function/").is_some_and(|t| !t.starts_with('/') && !t.is_empty());
+                    prop_assert!(!invoked, "{path}");
+                }
+                _ => {}
+            }
+        }
+
+        /// A percent-encoded or otherwise disguised name is not the name:
+        /// it can only miss (404), never reach another function.
+        #[test]
+        fn disguised_names_are_not_valid_names(name in "[a-z0-9][a-z0-9._-]{0,20}", at in any::<prop::sample::Index>()) {
+            let i = at.index(name.len());
+            let disguised = format!("{}%{:02X}{}", &name[..i], name.as_bytes()[i], &name[i + 1..]);
+            match route(&format!("/function/{disguised}")) {
+                Route::Invoke { name: routed, .. } => {
+                    prop_assert_eq!(routed, disguised.as_str());
+                    prop_assert!(wisp_runner::spec::FunctionName::new(routed).is_err());
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -197,7 +197,13 @@ impl App {
         let path = req.uri().path().to_owned();
         let started = std::time::Instant::now();
         let result = match route(&path) {
+            Route::Healthz | Route::Metrics if !is_get(&method) => {
+                Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" })
+            }
             Route::Healthz => Ok(text(StatusCode::OK, "ok\n")),
+            Route::Invoke { .. } if !forwards(&method) => Err(GatewayError::MethodNotAllowed {
+                allow: FORWARDED_METHODS,
+            }),
             Route::Invoke { name, rest } => {
                 let (name, rest) = (name.to_owned(), rest.to_owned());
                 self.invoke(&name, &rest, req, remote).await
@@ -305,6 +311,27 @@ impl App {
         }
         Ok(response)
     }
+}
+
+/// The methods an invocation forwards to the handler, as OpenFaaS's proxy
+/// does; `TRACE`, `CONNECT` and extension methods are refused with 405.
+const FORWARDED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+fn forwards(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    )
+}
+
+fn is_get(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
 }
 
 /// `Server-Timing` of a cold start: `cold`, the whole start, and the

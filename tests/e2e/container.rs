@@ -243,6 +243,36 @@ async fn a_cgi_informational_status_is_a_bad_gateway() {
     );
 }
 
+/// A CGI program's own `Content-Length` disagreeing with its body made
+/// hyper panic on the connection (the client got an empty reply); framing
+/// and connection headers are wisp's, and the body arrives whole.
+#[tokio::test]
+async fn a_cgi_programs_framing_headers_are_dropped() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    for (name, length) in [("short", "2"), ("long", "100"), ("junk", "abc")] {
+        let script = format!(
+            "printf 'Content-Type: text/plain\\r\\nContent-Length: {length}\\r\\nConnection: close\\r\\n\\r\\nhello world'"
+        );
+        wisp.deploy_cgi_script(name, rootfs.path(), &script);
+        for _ in 0..2 {
+            let answer = wisp.invoke("GET", &format!("/function/{name}/"), "").await;
+            assert_eq!(answer.status, StatusCode::OK, "{name}: {}", answer.text());
+            assert_eq!(answer.text(), "hello world", "{name}");
+            // The body streams (chunked); a length, if any, is the body's.
+            assert!(
+                answer
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .is_none_or(|v| v == "11"),
+                "{name}: {:?}",
+                answer.headers
+            );
+        }
+    }
+    assert!(!wisp.log().contains("panicked"), "{}", wisp.log());
+}
+
 /// Issue 11, finding 4: a failing handler's stderr reached anonymous
 /// callers in the 502 body. It goes to the logs; the caller gets the
 /// status and a generic reason.

@@ -191,7 +191,7 @@ async fn bad_deployments_are_400_and_change_nothing() {
             max_body_size: max_body_size.map(str::to_owned),
             limits: memory.map(|m| wisp::api::FunctionResources {
                 memory: Some(m.to_owned()),
-                cpu: None,
+                ..Default::default()
             }),
             timeout: timeout.map(str::to_owned),
             ..Default::default()
@@ -205,8 +205,8 @@ async fn bad_deployments_are_400_and_change_nothing() {
         assert!(err.starts_with("400") && err.contains(expected), "{err}");
     }
 
-    // Malformed JSON and unknown fields.
-    for body in ["{", r#"{"service":"hello","image":"x","imagee":"y"}"#, "[]"] {
+    // Malformed JSON, or not a deployment.
+    for body in ["{", r#"{"service":"hello","imagee":"y"}"#, "[]"] {
         let answer = wisp.invoke("POST", "/system/functions", body).await;
         assert_eq!(
             answer.status,
@@ -259,6 +259,47 @@ async fn unknown_functions_and_routes_are_404() {
 }
 
 #[tokio::test]
+async fn undeclared_methods_are_405_with_allow() {
+    let wisp = Wisp::start();
+    wisp.deploy("hello", artifacts::HELLO).await;
+    for (method, path, allow) in [
+        ("TRACE", "/healthz", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
+        (
+            "TRACE",
+            "/function/hello",
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        ),
+        (
+            "PROPFIND",
+            "/function/hello/a",
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        ),
+    ] {
+        let answer = wisp.invoke(method, path, "").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.headers[header::ALLOW], allow, "{method} {path}");
+    }
+    // The methods OpenFaaS's proxy forwards reach the handler.
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let answer = wisp.invoke(method, "/function/hello", "").await;
+        assert!(
+            answer.text().contains(&format!("method: {method}")),
+            "{method}: {}",
+            answer.text()
+        );
+    }
+    let head = wisp.invoke("HEAD", "/healthz", "").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+}
+
+#[tokio::test]
 async fn update_and_delete() {
     let wisp = Wisp::start();
     wisp.deploy("fn", artifacts::HELLO).await;
@@ -273,14 +314,18 @@ async fn update_and_delete() {
         image: wisp.upload(artifacts::CGI_ECHO).await.unwrap(),
         ..Default::default()
     };
+    // A field no one defines is ignored (the spec allows it) and named.
+    let mut body = serde_json::to_value(&update).unwrap();
+    body["imgae"] = "a typo".into();
     let answer = wisp
-        .invoke(
-            "PUT",
-            "/system/functions",
-            &serde_json::to_string(&update).unwrap(),
-        )
+        .invoke("PUT", "/system/functions", &body.to_string())
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(
+        answer.text().contains("ignored unknown fields: \"imgae\""),
+        "{}",
+        answer.text()
+    );
     assert!(
         wisp.invoke("GET", "/function/fn", "")
             .await
@@ -361,4 +406,92 @@ async fn metrics_count_invocations_and_cold_starts() {
         !text.contains("not-deployed-x"),
         "unknown names must not become labels"
     );
+}
+
+#[tokio::test]
+async fn scale_and_status_follow_the_path_and_namespace() {
+    let wisp = Wisp::start();
+    wisp.deploy("hello", artifacts::HELLO).await;
+    // The path names the function: an unknown one is a 404 whatever the body.
+    let ghost = wisp
+        .invoke("POST", "/system/scale-function/ghost", "not json")
+        .await;
+    assert_eq!(ghost.status, StatusCode::NOT_FOUND, "{}", ghost.text());
+    // The body is optional; serviceName does not override the path, as in OpenFaaS.
+    let empty = wisp
+        .invoke("POST", "/system/scale-function/hello", "")
+        .await;
+    assert_eq!(empty.status, StatusCode::ACCEPTED, "{}", empty.text());
+    let other_name = wisp
+        .invoke(
+            "POST",
+            "/system/scale-function/hello",
+            r#"{"serviceName":"nodeinfo","namespace":"openfaas-fn","replicas":0}"#,
+        )
+        .await;
+    assert_eq!(
+        other_name.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        other_name.text()
+    );
+    assert!(
+        other_name.text().starts_with("scaled hello"),
+        "{}",
+        other_name.text()
+    );
+    for bad in [
+        r#"{"serviceName":"hello","replicas":-1}"#,
+        r#"{"serviceName":"hello","replicas":9223372036854775808}"#,
+        r#"{"replicas":1}"#,
+        "{}",
+    ] {
+        let answer = wisp
+            .invoke("POST", "/system/scale-function/hello", bad)
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            answer.text()
+        );
+    }
+    // The spec's replicas is any int64 >= 0: past wisp's limit, capped.
+    let many = wisp
+        .invoke(
+            "POST",
+            "/system/scale-function/hello",
+            r#"{"serviceName":"hello","replicas":9223372036854775807}"#,
+        )
+        .await;
+    assert_eq!(many.status, StatusCode::ACCEPTED, "{}", many.text());
+    assert!(
+        many.text().contains("capped at wisp's limit of 1000"),
+        "{}",
+        many.text()
+    );
+    // wisp has one namespace: a function is not found in another.
+    let elsewhere = wisp
+        .invoke(
+            "POST",
+            "/system/scale-function/hello",
+            r#"{"serviceName":"hello","namespace":"staging","replicas":1}"#,
+        )
+        .await;
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        elsewhere.text()
+    );
+    for (query, status) in [
+        ("", StatusCode::OK),
+        ("?namespace=openfaas-fn", StatusCode::OK),
+        ("?namespace=staging", StatusCode::NOT_FOUND),
+    ] {
+        let answer = wisp
+            .invoke("GET", &format!("/system/function/hello{query}"), "")
+            .await;
+        assert_eq!(answer.status, status, "{query}: {}", answer.text());
+    }
 }

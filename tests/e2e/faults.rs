@@ -15,7 +15,7 @@ async fn misbehave(wisp: &Wisp) {
         d.timeout = Some("1s".into());
         d.limits = Some(wisp::api::FunctionResources {
             memory: Some("64Mi".into()),
-            cpu: None,
+            ..Default::default()
         });
         d.max_body_size = Some("1Ki".into());
     })

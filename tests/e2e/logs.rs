@@ -42,9 +42,17 @@ async fn handler_output_is_kept_tailed_and_followed() {
     assert_eq!(line["text"], "said one");
     assert_eq!(line["stream"], "stderr");
 
-    // Follow: a line written after the request starts arrives on it.
+    // Follow: a line written after the request starts arrives on it; since=
+    // skips the kept lines written before it.
+    let after_one = wisp_runner::store::logs::parse_rfc3339(line["timestamp"].as_str().unwrap())
+        .expect("an RFC 3339 timestamp")
+        + 1;
+    let since = wisp_runner::store::logs::rfc3339(
+        u64::try_from(after_one / 1000).unwrap(),
+        Some(u32::try_from(after_one % 1000).unwrap()),
+    );
     let response = wisp
-        .stream("/system/logs?name=talk&tail=0&follow=true")
+        .stream(&format!("/system/logs?name=talk&since={since}&follow=true"))
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
@@ -67,7 +75,7 @@ async fn handler_output_is_kept_tailed_and_followed() {
     .await
     .expect("the followed line arrives");
     assert!(followed.contains("said two"), "{followed}");
-    assert!(!followed.contains("said one"), "tail=0 skips what was kept");
+    assert!(!followed.contains("said one"), "since= skips what was kept");
 
     wisp_e2e::eventually(
         "the second line to be logged",
@@ -84,6 +92,28 @@ async fn handler_output_is_kept_tailed_and_followed() {
 
     let unknown = wisp.invoke("GET", "/system/logs?name=nope", "").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // OpenFaaS's spec: tail <= 0 means every kept line; instance= filters.
+    let all = wisp
+        .invoke("GET", "/system/logs?name=talk&tail=0", "")
+        .await
+        .text();
+    assert!(
+        all.contains("said one") && all.contains("said two"),
+        "{all}"
+    );
+    let none = wisp
+        .invoke("GET", "/system/logs?name=talk&instance=nobody", "")
+        .await;
+    assert_eq!((none.status, none.text()), (StatusCode::OK, String::new()));
+    let elsewhere = wisp
+        .invoke("GET", "/system/logs?name=talk&namespace=other", "")
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
+    let bad = wisp
+        .invoke("GET", "/system/logs?name=talk&tail=last", "")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text());
 }
 
 /// Issue 11, finding 12: a handler flooding its output cost the gateway

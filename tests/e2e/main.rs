@@ -16,4 +16,5 @@ mod logs;
 mod metrics;
 mod python;
 mod scaling;
+mod spec;
 mod wasm_http;

@@ -232,7 +232,7 @@ pub struct LogsArgs {
     /// Keep printing new lines as they are written.
     #[arg(long, short = 'f')]
     pub follow: bool,
-    /// Only the last N lines kept.
+    /// Only the last N lines kept (0: none, only what `--follow` brings).
     #[arg(long)]
     pub tail: Option<usize>,
     #[command(flatten)]

@@ -172,6 +172,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         limits: (args.memory.is_some() || args.cpu.is_some()).then(|| FunctionResources {
             memory: args.memory.clone(),
             cpu: args.cpu.clone(),
+            ..FunctionResources::default()
         }),
         protocol: args.protocol.clone(),
         port: args.port,
@@ -330,8 +331,18 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let client = connect(&args.connect)?;
     let mut query = format!("/system/logs?name={}", args.name);
-    if let Some(tail) = args.tail {
-        query.push_str(&format!("&tail={tail}"));
+    match args.tail {
+        // The API reads tail=0 as "every line" (OpenFaaS's spec): ask for
+        // the lines written from now on instead.
+        Some(0) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let since = wisp_runner::store::logs::rfc3339(now.as_secs(), Some(now.subsec_millis()));
+            query.push_str(&format!("&since={since}"));
+        }
+        Some(tail) => query.push_str(&format!("&tail={tail}")),
+        None => {}
     }
     if args.follow {
         query.push_str("&follow=true");

@@ -19,7 +19,7 @@ const MAX_FDS: usize = 4;
 
 /// Gateway → spawner: make a sandbox (namespaces, cgroup, loopback) that
 /// then waits for its function ([`ToInit::Run`]).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     /// The sandbox's cgroup directories, which the container joins itself.
     pub cgroup_dirs: Vec<PathBuf>,
@@ -38,14 +38,14 @@ pub struct SpawnRequest {
 
 /// Spawner → gateway. With `Spawned`, the descriptors are the control
 /// socket to the container's init and a pidfd of it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpawnReply {
     Spawned { pid: i32 },
     Failed { error: String },
 }
 
 /// Init → gateway.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromInit {
     /// The sandbox is ready; for `http`, a connected socket rides along.
     Ready { timings: Timings },
@@ -141,7 +141,7 @@ impl std::fmt::Display for Stage {
 }
 
 /// Gateway → init.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToInit {
     /// Become this function's sandbox (sent once, to a waiting sandbox).
     Run { plan: Box<SandboxPlan> },
@@ -177,7 +177,7 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitReport {
     pub status: ExitStatus,
     /// The last bytes the handler wrote to stderr.
@@ -187,7 +187,7 @@ pub struct ExitReport {
 }
 
 /// `CLOCK_MONOTONIC` nanoseconds at the steps of a start.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
     /// The container process began (after the spawner's clone).
     pub cloned: u64,
@@ -381,5 +381,218 @@ mod tests {
             recv::<ToInit>(b.as_fd(), &mut Vec::new()),
             Err(ProtoError::Json(_))
         ));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::container::plan::{self, ContainerSettings, IdMap};
+        use crate::image::ImageConfig;
+        use crate::protocol::Protocol;
+
+        /// Any text, control characters and all.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof!["\\PC{0,24}", ".{0,24}", "[\\x00-\\x1f\"\\\\]{0,8}"]
+        }
+
+        fn exit_status() -> impl Strategy<Value = ExitStatus> {
+            prop_oneof![
+                any::<i32>().prop_map(ExitStatus::Code),
+                any::<i32>().prop_map(ExitStatus::Signal),
+            ]
+        }
+
+        fn stage() -> impl Strategy<Value = Stage> {
+            use Stage::*;
+            prop::sample::select(vec![
+                Signals,
+                Pdeathsig,
+                Cgroup,
+                CgroupNamespace,
+                Loopback,
+                MakePrivate,
+                Hostname,
+                Setgroups,
+                UserNamespace,
+                Setresgid,
+                Setresuid,
+                BoundingSet,
+                ScratchTmpfs,
+                ScratchDirs,
+                Overlay,
+                PivotRoot,
+                DetachHostRoot,
+                Mounts,
+                Devices,
+                Pipes,
+                Fork,
+                Poll,
+                Exec,
+            ])
+        }
+
+        fn from_init() -> impl Strategy<Value = FromInit> {
+            let timings = any::<[u64; 6]>().prop_map(|t| Timings {
+                cloned: t[0],
+                sandbox: t[1],
+                assigned: t[2],
+                rootfs: t[3],
+                exec: t[4],
+                ready: t[5],
+            });
+            let stream = prop::sample::select(vec![Stream::Stdout, Stream::Stderr]);
+            prop_oneof![
+                timings.prop_map(|timings| FromInit::Ready { timings }),
+                (stage(), text()).prop_map(|(stage, error)| FromInit::SetupFailed { stage, error }),
+                (exit_status(), text(), any::<bool>()).prop_map(
+                    |(status, stderr_tail, before_ready)| FromInit::Exited(ExitReport {
+                        status,
+                        stderr_tail,
+                        before_ready,
+                    })
+                ),
+                Just(FromInit::Connection),
+                text().prop_map(|error| FromInit::ConnectFailed { error }),
+                (any::<u64>(), exit_status())
+                    .prop_map(|(id, status)| FromInit::CgiDone { id, status }),
+                (any::<u64>(), text()).prop_map(|(id, error)| FromInit::CgiFailed { id, error }),
+                (stream, text()).prop_map(|(stream, text)| FromInit::Output { stream, text }),
+            ]
+        }
+
+        /// A plan made by the planner from arbitrary settings and image.
+        fn sandbox_plan() -> impl Strategy<Value = Option<SandboxPlan>> {
+            let words = || prop::collection::vec(text(), 0..4);
+            let pairs = prop::collection::vec((text(), text()), 0..4);
+            (
+                text(),
+                words(),
+                pairs,
+                words(),
+                words(),
+                any::<u16>(),
+                any::<bool>(),
+            )
+                .prop_map(|(name, command, env, entrypoint, image_env, port, cgi)| {
+                    let settings = ContainerSettings {
+                        name,
+                        command,
+                        env,
+                        protocol: if cgi { Protocol::Cgi } else { Protocol::Http },
+                        port,
+                        memory_bytes: u64::from(port) << 20,
+                        cpu_millis: cgi.then_some(500),
+                        pids: plan::DEFAULT_PIDS,
+                        scratch_bytes: plan::DEFAULT_SCRATCH_BYTES,
+                    };
+                    let image = ImageConfig {
+                        entrypoint,
+                        env: image_env,
+                        working_dir: Some("/srv".into()),
+                        ..ImageConfig::default()
+                    };
+                    let layers = ["/layers/a".into(), "/layers/b".into()];
+                    plan::plan(
+                        &settings,
+                        &image,
+                        &layers,
+                        IdMap::default(),
+                        crate::container::users::Ids { uid: 0, gid: 0 },
+                    )
+                    .ok()
+                })
+        }
+
+        fn to_init() -> impl Strategy<Value = ToInit> {
+            prop_oneof![
+                sandbox_plan().prop_map(|plan| match plan {
+                    Some(plan) => ToInit::Run {
+                        plan: Box::new(plan)
+                    },
+                    None => ToInit::Start,
+                }),
+                Just(ToInit::Start),
+                Just(ToInit::Connect),
+                (any::<u64>(), prop::collection::vec(text(), 0..6))
+                    .prop_map(|(id, env)| ToInit::Cgi { id, env }),
+                any::<u64>().prop_map(|grace_ms| ToInit::Stop { grace_ms }),
+            ]
+        }
+
+        fn spawn_reply() -> impl Strategy<Value = SpawnReply> {
+            prop_oneof![
+                any::<i32>().prop_map(|pid| SpawnReply::Spawned { pid }),
+                text().prop_map(|error| SpawnReply::Failed { error }),
+            ]
+        }
+
+        /// Sends `msg` through a socket pair and decodes it on the other side.
+        fn through_socket<T: Serialize + for<'de> Deserialize<'de>>(msg: &T) -> T {
+            let (a, b) = pair();
+            send(a.as_fd(), msg, &[]).unwrap();
+            recv::<T>(b.as_fd(), &mut Vec::new()).unwrap().0
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn messages_decode_to_what_was_encoded(
+                from in from_init(),
+                to in to_init(),
+                reply in spawn_reply(),
+                cgroups in prop::collection::vec("[a-z/]{1,12}", 0..3),
+                background: bool,
+            ) {
+                prop_assert_eq!(&through_socket(&from), &from);
+                prop_assert_eq!(&through_socket(&to), &to);
+                prop_assert_eq!(&through_socket(&reply), &reply);
+                let request = SpawnRequest {
+                    cgroup_dirs: cgroups.into_iter().map(PathBuf::from).collect(),
+                    background,
+                    id_map: IdMap::default(),
+                    scratch: PathBuf::from("/scratch"),
+                };
+                prop_assert_eq!(&through_socket(&request), &request);
+            }
+
+            #[test]
+            fn any_packet_decodes_or_is_refused(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let (a, b) = pair();
+                nix::unistd::write(&a, &bytes).unwrap();
+                match recv::<FromInit>(b.as_fd(), &mut Vec::new()) {
+                    Ok(_) | Err(ProtoError::Json(_)) => {}
+                    // An empty packet reads as the peer's end.
+                    Err(ProtoError::Closed) => prop_assert!(bytes.is_empty()),
+                    Err(e) => prop_assert!(false, "{e}"),
+                }
+                let _ = serde_json::from_slice::<ToInit>(&bytes);
+                let _ = serde_json::from_slice::<SpawnRequest>(&bytes);
+                let _ = serde_json::from_slice::<SpawnReply>(&bytes);
+            }
+
+            #[test]
+            fn damaged_messages_decode_or_are_refused(
+                msg in from_init(),
+                to in to_init(),
+                at in any::<prop::sample::Index>(),
+                byte: u8,
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let from = serde_json::to_vec(&msg).unwrap();
+                let to = serde_json::to_vec(&to).unwrap();
+                // A message cut short is never taken for one.
+                prop_assert!(serde_json::from_slice::<FromInit>(&from[..cut.index(from.len())]).is_err());
+                prop_assert!(serde_json::from_slice::<ToInit>(&to[..cut.index(to.len())]).is_err());
+                // One with a byte changed decodes or is refused.
+                for mut bytes in [from, to] {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                    let _ = serde_json::from_slice::<FromInit>(&bytes);
+                    let _ = serde_json::from_slice::<ToInit>(&bytes);
+                }
+            }
+        }
     }
 }

@@ -1422,6 +1422,325 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("empty"));
     }
 
+    /// The image's JSON documents, arbitrary and damaged: no panic, no
+    /// image but a verified one, nothing stored when refused.
+    mod documents {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::*;
+
+        /// Keys the documents use, so that generated objects look like them.
+        const KEYS: &[&str] = &[
+            "schemaVersion",
+            "mediaType",
+            "manifests",
+            "digest",
+            "size",
+            "platform",
+            "architecture",
+            "os",
+            "config",
+            "layers",
+            "rootfs",
+            "diff_ids",
+            "type",
+            "Entrypoint",
+            "Cmd",
+            "Env",
+            "WorkingDir",
+            "User",
+            "ExposedPorts",
+            "Config",
+            "Layers",
+            "RepoTags",
+            "imageLayoutVersion",
+            "urls",
+            "annotations",
+        ];
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                "\\PC{0,16}".prop_map(Value::from),
+                Just(Value::from(format!("sha256:{}", "0".repeat(64)))),
+                prop::sample::select(vec![OCI_MANIFEST, OCI_INDEX, OCI_CONFIG, DOCKER_MANIFEST])
+                    .prop_map(Value::from),
+            ];
+            let key = prop_oneof![
+                prop::sample::select(KEYS).prop_map(str::to_owned),
+                "\\PC{0,8}"
+            ];
+            leaf.prop_recursive(4, 32, 6, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::btree_map(key.clone(), inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// One change to a document: a node replaced, or removed.
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Replace(prop::sample::Index, Value),
+            Remove(prop::sample::Index),
+        }
+
+        fn arb_mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                (any::<prop::sample::Index>(), arb_json())
+                    .prop_map(|(i, v)| Mutation::Replace(i, v)),
+                any::<prop::sample::Index>().prop_map(Mutation::Remove),
+            ]
+        }
+
+        /// JSON pointers of every node below the root.
+        fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+            let children: Vec<(String, &Value)> = match value {
+                Value::Object(map) => map
+                    .iter()
+                    .map(|(k, v)| (k.replace('~', "~0").replace('/', "~1"), v))
+                    .collect(),
+                Value::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i.to_string(), v))
+                    .collect(),
+                _ => return,
+            };
+            for (key, child) in children {
+                let pointer = format!("{at}/{key}");
+                out.push(pointer.clone());
+                pointers(child, pointer, out);
+            }
+        }
+
+        fn mutate(mut doc: Value, mutations: &[Mutation]) -> Value {
+            for mutation in mutations {
+                let mut all = Vec::new();
+                pointers(&doc, String::new(), &mut all);
+                if all.is_empty() {
+                    continue;
+                }
+                match mutation {
+                    Mutation::Replace(i, value) => {
+                        if let Some(node) = doc.pointer_mut(&all[i.index(all.len())]) {
+                            *node = value.clone();
+                        }
+                    }
+                    Mutation::Remove(i) => {
+                        let pointer = &all[i.index(all.len())];
+                        let (parent, key) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+                        match doc.pointer_mut(parent) {
+                            Some(Value::Object(map)) => {
+                                map.remove(&key.replace("~1", "/").replace("~0", "~"));
+                            }
+                            Some(Value::Array(items)) => {
+                                if let Ok(i) = key.parse::<usize>() {
+                                    items.remove(i);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            doc
+        }
+
+        /// What becomes of a document: arbitrary bytes, arbitrary JSON, or
+        /// the real one changed.
+        #[derive(Debug, Clone)]
+        enum Rewrite {
+            Bytes(Vec<u8>),
+            Json(Value),
+            Mutated(Vec<Mutation>),
+        }
+
+        fn arb_rewrite() -> impl Strategy<Value = Rewrite> {
+            prop_oneof![
+                1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(Rewrite::Bytes),
+                2 => arb_json().prop_map(Rewrite::Json),
+                4 => prop::collection::vec(arb_mutation(), 1..4).prop_map(Rewrite::Mutated),
+            ]
+        }
+
+        fn rewritten(doc: Value, rewrite: &Rewrite) -> Vec<u8> {
+            match rewrite {
+                Rewrite::Bytes(bytes) => bytes.clone(),
+                Rewrite::Json(value) => value.to_string().into_bytes(),
+                Rewrite::Mutated(mutations) => mutate(doc, mutations).to_string().into_bytes(),
+            }
+        }
+
+        #[derive(Debug, Clone, Copy)]
+        enum Doc {
+            OciLayout,
+            Index,
+            Manifest,
+            Config,
+            DockerManifest,
+        }
+
+        /// The fixture's image with `doc` rewritten, as an OCI layout (or a
+        /// docker archive for `DockerManifest`); a rewritten blob is named
+        /// by its digest and the document above it points at it.
+        fn write_image(dir: &Path, fixture: &Fixture, doc: Doc, rewrite: &Rewrite) -> PathBuf {
+            let config_doc: Value =
+                serde_json::from_slice(&fixture.config(&fixture.diff_ids())).unwrap();
+            let config = match doc {
+                Doc::Config => rewritten(config_doc, rewrite),
+                _ => config_doc.to_string().into_bytes(),
+            };
+            if let Doc::DockerManifest = doc {
+                let layers: Vec<oci::Layer> = fixture
+                    .layers
+                    .iter()
+                    .map(|l| oci::Layer::from_tar(l.clone()))
+                    .collect();
+                let config = oci::Blob::new(media_type::CONFIG, config);
+                let archive =
+                    oci::docker_archive("fuzz:latest", &config, &layers.iter().collect::<Vec<_>>());
+                // Rewrite manifest.json inside the archive.
+                let mut out = tar::Builder::new(Vec::new());
+                let mut input = tar::Archive::new(&archive[..]);
+                for entry in input.entries().unwrap() {
+                    let mut entry = entry.unwrap();
+                    let name = entry.path().unwrap().into_owned();
+                    let mut data = Vec::new();
+                    entry.read_to_end(&mut data).unwrap();
+                    if name == Path::new("manifest.json") {
+                        data = rewritten(serde_json::from_slice(&data).unwrap(), rewrite);
+                    }
+                    let mut header = tar::Header::new_gnu();
+                    header.set_size(data.len() as u64);
+                    header.set_mode(0o644);
+                    out.append_data(&mut header, &name, &data[..]).unwrap();
+                }
+                let path = dir.join("docker.tar");
+                fs::write(&path, out.into_inner().unwrap()).unwrap();
+                return path;
+            }
+            let config = oci::Blob::new(media_type::CONFIG, config);
+            let layers: Vec<oci::Blob> = fixture
+                .layers
+                .iter()
+                .map(|l| oci::Layer::from_tar(l.clone()).gzip())
+                .collect();
+            let manifest = oci::manifest(&config, &layers.iter().collect::<Vec<_>>());
+            let manifest = match doc {
+                Doc::Manifest => oci::Blob::new(
+                    media_type::MANIFEST,
+                    rewritten(serde_json::from_slice(manifest.bytes()).unwrap(), rewrite),
+                ),
+                _ => manifest,
+            };
+            let platform = host_platform();
+            let (os, arch) = platform.split_once('/').unwrap();
+            let mut blobs = vec![config, manifest.clone()];
+            blobs.extend(layers);
+            let path = dir.join("layout");
+            oci::Layout::new(&[manifest.descriptor().platform(os, arch)], blobs)
+                .write_dir(&path)
+                .unwrap();
+            for (file, which) in [("index.json", Doc::Index), ("oci-layout", Doc::OciLayout)] {
+                if std::mem::discriminant(&doc) == std::mem::discriminant(&which) {
+                    let original =
+                        serde_json::from_slice(&fs::read(path.join(file)).unwrap()).unwrap();
+                    fs::write(path.join(file), rewritten(original, rewrite)).unwrap();
+                }
+            }
+            path
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+
+            #[test]
+            fn rewritten_documents_are_refused_or_name_the_verified_layers(
+                doc in prop::sample::select(vec![
+                    Doc::OciLayout, Doc::Index, Doc::Manifest, Doc::Config, Doc::DockerManifest,
+                ]),
+                rewrite in arb_rewrite(),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let store = ImageStore::open(dir.path().join("store")).unwrap();
+                let fixture = Fixture::new();
+                let path = write_image(dir.path(), &fixture, doc, &rewrite);
+                match store.import(&path) {
+                    Ok(image) => {
+                        let ids = fixture.diff_ids();
+                        for layer in &image.layers {
+                            prop_assert!(ids.contains(&layer.diff_id), "{}", layer.diff_id);
+                            prop_assert!(layer.path.is_dir());
+                        }
+                        prop_assert!(store.blob_path(&image.manifest_digest).is_file());
+                    }
+                    Err(e) => {
+                        prop_assert!(!e.to_string().is_empty());
+                        assert_store_empty(&store);
+                    }
+                }
+            }
+
+            #[test]
+            fn any_config_round_trips(
+                entrypoint in prop::collection::vec("\\PC{0,12}", 0..4),
+                cmd in prop::collection::vec("\\PC{0,12}", 0..4),
+                env in prop::collection::vec("[A-Z_]{1,8}=\\PC{0,12}", 0..4),
+                working_dir in "\\PC{0,12}",
+                user in "\\PC{0,12}",
+                ports in prop::collection::vec(
+                    (any::<u16>(), prop::sample::select(vec!["", "/tcp", "/udp", "/sctp"])),
+                    0..5,
+                ),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let store = ImageStore::open(dir.path().join("store")).unwrap();
+                let fixture = Fixture::new();
+                let exposed: serde_json::Map<String, Value> = ports
+                    .iter()
+                    .map(|(port, proto)| (format!("{port}{proto}"), json!({})))
+                    .collect();
+                let container = json!({
+                    "Entrypoint": entrypoint,
+                    "Cmd": cmd,
+                    "Env": env,
+                    "WorkingDir": working_dir,
+                    "User": user,
+                    "ExposedPorts": exposed,
+                });
+                let diff_ids: Vec<String> = fixture.diff_ids().iter().map(Digest::to_string).collect();
+                let config = oci::config("amd64", container, &diff_ids).to_string();
+                let layout = fixture.write_layout_with(&dir.path().join("layout"), config.as_bytes());
+                let image = store.import(&layout.path).unwrap();
+                let mut tcp: Vec<u16> = ports
+                    .iter()
+                    .filter(|(_, proto)| matches!(*proto, "" | "/tcp"))
+                    .map(|(port, _)| *port)
+                    .collect();
+                tcp.sort_unstable();
+                tcp.dedup();
+                let expected = ImageConfig {
+                    entrypoint,
+                    cmd,
+                    env,
+                    working_dir: Some(working_dir).filter(|s| !s.is_empty()),
+                    user: Some(user).filter(|s| !s.is_empty()),
+                    exposed_ports: tcp,
+                };
+                prop_assert_eq!(image.config, expected);
+            }
+        }
+    }
+
     #[test]
     fn names_are_normalized_inside_the_image() {
         assert_eq!(normalize("", "./a//b/./c").as_deref(), Some("a/b/c"));

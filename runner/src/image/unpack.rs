@@ -450,9 +450,10 @@ pub(crate) fn remove_existing(path: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     use super::*;
     use crate::image::limits::ImportLimits;
@@ -536,6 +537,7 @@ pub(crate) mod tests {
     }
 
     const DEPTH: &str = "d/d/d/d";
+    const VICTIM: &[u8] = b"the host's file";
 
     impl Scratch {
         fn new() -> Self {
@@ -543,6 +545,40 @@ pub(crate) mod tests {
             fs::create_dir_all(dir.path().join(DEPTH).join("layer")).unwrap();
             fs::create_dir(dir.path().join(DEPTH).join("outside")).unwrap();
             Scratch { dir }
+        }
+        /// With a file and a directory in `outside` that hostile entries aim
+        /// at ([`Scratch::assert_victims_untouched`]).
+        fn with_victims() -> Self {
+            let scratch = Scratch::new();
+            let outside = scratch.outside();
+            fs::write(outside.join("victim"), VICTIM).unwrap();
+            fs::set_permissions(outside.join("victim"), fs::Permissions::from_mode(0o640)).unwrap();
+            fs::create_dir(outside.join("vdir")).unwrap();
+            scratch
+        }
+        /// The victims are as [`Scratch::with_victims`] made them: not
+        /// written, linked, chowned, chmodded, replaced or made opaque.
+        fn assert_victims_untouched(&self) -> Result<(), TestCaseError> {
+            let outside = self.outside();
+            let victim = fs::symlink_metadata(outside.join("victim")).unwrap();
+            prop_assert!(victim.is_file());
+            prop_assert_eq!(fs::read(outside.join("victim")).unwrap(), VICTIM);
+            prop_assert_eq!(victim.nlink(), 1, "a hard link to the victim");
+            prop_assert_eq!(victim.mode() & 0o7777, 0o640);
+            let me = (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            );
+            prop_assert_eq!((victim.uid(), victim.gid()), me);
+            let vdir = fs::symlink_metadata(outside.join("vdir")).unwrap();
+            prop_assert!(vdir.is_dir());
+            prop_assert_eq!((vdir.uid(), vdir.gid()), me);
+            prop_assert_eq!(fs::read_dir(outside.join("vdir")).unwrap().count(), 0);
+            prop_assert_eq!(
+                xattr::get(outside.join("vdir"), sys::OPAQUE_XATTR).unwrap(),
+                None
+            );
+            Ok(())
         }
         fn layer(&self) -> PathBuf {
             self.dir.path().join(DEPTH).join("layer")
@@ -571,8 +607,14 @@ pub(crate) mod tests {
                 }
             }
             found.sort();
-            let expected = ["d", "d/d", "d/d/d", "d/d/d/d", "d/d/d/d/outside"];
-            assert_eq!(found, expected.map(PathBuf::from));
+            let mut expected: Vec<PathBuf> = ["d", "d/d", "d/d/d", "d/d/d/d", "d/d/d/d/outside"]
+                .map(PathBuf::from)
+                .into();
+            if self.outside().join("victim").exists() {
+                expected.push("d/d/d/d/outside/vdir".into());
+                expected.push("d/d/d/d/outside/victim".into());
+            }
+            assert_eq!(found, expected);
         }
     }
 
@@ -852,6 +894,171 @@ pub(crate) mod tests {
         assert!(!scratch.layer().join("zero").exists());
     }
 
+    /// Appends a GNU long-name (`L`) and long-link (`K`) record before the
+    /// header, so that `name` and `link` may be any length and any bytes.
+    fn long_entry(
+        tar: &mut tar::Builder<Vec<u8>>,
+        kind: EntryType,
+        name: &[u8],
+        link: &[u8],
+        data: &[u8],
+    ) {
+        for (record, value) in [
+            (EntryType::GNULongName, name),
+            (EntryType::GNULongLink, link),
+        ] {
+            if value.is_empty() {
+                continue;
+            }
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(record);
+            let old = header.as_old_mut();
+            old.name[..13].copy_from_slice(b"././@LongLink");
+            let mut value = value.to_vec();
+            value.push(0);
+            header.set_size(value.len() as u64);
+            header.set_cksum();
+            tar.append(&header, &value[..]).unwrap();
+        }
+        raw_entry(tar, kind, "placeholder", "", data);
+    }
+
+    /// Appends a PAX extended header setting `path` and `linkpath` for the
+    /// entry after it.
+    fn pax_entry(
+        tar: &mut tar::Builder<Vec<u8>>,
+        kind: EntryType,
+        name: &[u8],
+        link: &[u8],
+        data: &[u8],
+    ) {
+        let mut records = Vec::new();
+        for (key, value) in [(&b"path"[..], name), (b"linkpath", link)] {
+            // "<len> <key>=<value>\n", the length counting itself.
+            let rest = key.len() + value.len() + 3;
+            let mut len = rest + 1;
+            while (rest + len.to_string().len()) != len {
+                len = rest + len.to_string().len();
+            }
+            records.extend_from_slice(format!("{len} ").as_bytes());
+            records.extend_from_slice(key);
+            records.push(b'=');
+            records.extend_from_slice(value);
+            records.push(b'\n');
+        }
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(EntryType::XHeader);
+        header.set_size(records.len() as u64);
+        header.set_cksum();
+        tar.append(&header, &records[..]).unwrap();
+        raw_entry(tar, kind, "placeholder", "", data);
+    }
+
+    /// A path component a hostile layer might use.
+    fn arb_component() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "a", "b", "..", ".", "", "link", "out", ".wh.a", ".wh..", ".wh...",
+                ".wh..wh..opq", ".wh.victim", ".wh.vdir", "victim", "vdir",
+            ])
+            .prop_map(str::to_owned),
+            1 => "[a-z]{90,130}",
+            1 => "\\PC{1,6}",
+        ]
+    }
+
+    /// A path: components joined, maybe absolute or naming `outside`'s
+    /// victims through enough `..`.
+    fn arb_hostile_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => prop::collection::vec(arb_component(), 1..6).prop_map(|p| p.join("/")),
+            1 => prop::sample::select(vec![
+                "../outside/victim",
+                "../outside/vdir/x",
+                "../outside/.wh.victim",
+                "../outside/vdir/.wh..wh..opq",
+                "a/../../outside/victim",
+            ])
+            .prop_map(str::to_owned),
+            1 => prop::collection::vec(arb_component(), 0..3)
+                .prop_map(|p| format!("/{}", p.join("/"))),
+        ]
+    }
+
+    /// How an entry's name reaches the header.
+    #[derive(Debug, Clone, Copy)]
+    enum Encoding {
+        Plain,
+        GnuLong,
+        Pax,
+    }
+
+    fn arb_hostile_entry() -> impl Strategy<Value = (EntryType, String, String, Encoding)> {
+        let kind = prop::sample::select(vec![
+            Regular, Regular, Directory, Symlink, Symlink, Link, Link, Char, Block, Fifo,
+        ]);
+        let encoding =
+            prop::sample::select(vec![Encoding::Plain, Encoding::GnuLong, Encoding::Pax]);
+        (kind, arb_hostile_path(), arb_hostile_path(), encoding)
+    }
+
+    /// Builds a layer of hostile entries; an absolute link target is moved
+    /// under `outside`, so that a bug that followed one would still only
+    /// touch the scratch directory.
+    fn hostile_layer(
+        scratch: &Scratch,
+        entries: &[(EntryType, String, String, Encoding)],
+    ) -> Vec<u8> {
+        let outside = scratch.outside();
+        let mut tar = tar::Builder::new(Vec::new());
+        for (kind, name, link, encoding) in entries {
+            let link = match link.strip_prefix('/') {
+                Some(rest) => format!("{}/{rest}", outside.display()),
+                None => link.clone(),
+            };
+            let fits = name.len() < 100 && link.len() < 100;
+            match encoding {
+                Encoding::Plain if fits => raw_entry(&mut tar, *kind, name, &link, b"x"),
+                Encoding::Plain | Encoding::GnuLong => {
+                    long_entry(&mut tar, *kind, name.as_bytes(), link.as_bytes(), b"x")
+                }
+                Encoding::Pax => pax_entry(&mut tar, *kind, name.as_bytes(), link.as_bytes(), b"x"),
+            }
+        }
+        tar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn long_and_pax_names_are_the_names_checked() {
+        let scratch = Scratch::with_victims();
+        let long = format!("{}/file", "x".repeat(150));
+        let mut tar = tar::Builder::new(Vec::new());
+        long_entry(&mut tar, Regular, long.as_bytes(), b"", b"long");
+        pax_entry(&mut tar, Regular, b"pax/name", b"", b"pax");
+        pax_entry(&mut tar, Symlink, b"pax/link", long.as_bytes(), b"");
+        scratch.unpack(&tar.into_inner().unwrap()).unwrap();
+        let layer = scratch.layer();
+        assert_eq!(fs::read(layer.join(&long)).unwrap(), b"long");
+        assert_eq!(fs::read(layer.join("pax/name")).unwrap(), b"pax");
+        assert_eq!(
+            fs::read_link(layer.join("pax/link")).unwrap(),
+            Path::new(&long)
+        );
+        for (encode, name) in [
+            (
+                long_entry as fn(&mut _, _, &[u8], &[u8], &[u8]),
+                "../outside/victim",
+            ),
+            (pax_entry, "a/../../outside/victim"),
+        ] {
+            let mut tar = tar::Builder::new(Vec::new());
+            encode(&mut tar, Regular, name.as_bytes(), b"", b"x");
+            let err = scratch.unpack(&tar.into_inner().unwrap()).unwrap_err();
+            assert_eq!(err, UnpackError::ParentDir { entry: name.into() });
+        }
+        scratch.assert_nothing_outside();
+    }
+
     fn arb_path() -> impl Strategy<Value = String> {
         let part = prop::sample::select(vec!["a", "b", "..", ".", "", "link", "/", ".wh.a"]);
         prop::collection::vec(part, 1..5).prop_map(|parts| parts.join("/"))
@@ -868,7 +1075,7 @@ pub(crate) mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
         fn random_entries_never_escape_the_layer(
             entries in prop::collection::vec(arb_entry(), 1..8),
@@ -890,6 +1097,59 @@ pub(crate) mod tests {
                 .collect();
             let _ = scratch.unpack(&archive(&entries));
             scratch.assert_nothing_outside();
+        }
+
+        #[test]
+        fn hostile_layers_never_reach_outside(
+            entries in prop::collection::vec(arb_hostile_entry(), 1..10),
+        ) {
+            let scratch = Scratch::with_victims();
+            let tar = hostile_layer(&scratch, &entries);
+            if let Err(e) = scratch.unpack(&tar) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+            scratch.assert_nothing_outside();
+            scratch.assert_victims_untouched()?;
+            // Whatever landed is plain: no device but a whiteout, nothing
+            // that climbs out through a `..` name.
+            let mut dirs = vec![scratch.layer()];
+            while let Some(dir) = dirs.pop() {
+                for entry in fs::read_dir(&dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    let meta = fs::symlink_metadata(&path).unwrap();
+                    let kind = meta.file_type();
+                    prop_assert!(!kind.is_block_device() && !kind.is_fifo() && !kind.is_socket());
+                    if kind.is_char_device() {
+                        prop_assert_eq!(meta.rdev(), 0, "only whiteouts: {}", path.display());
+                    }
+                    if kind.is_dir() {
+                        dirs.push(path);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn any_byte_stream_is_unpacked_or_refused(
+            bytes in prop::collection::vec(any::<u8>(), 0..2048),
+            entries in prop::collection::vec(arb_hostile_entry(), 1..4),
+            at in any::<prop::sample::Index>(),
+            byte: u8,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let scratch = Scratch::with_victims();
+            let _ = scratch.unpack(&bytes);
+            // A hostile layer damaged by one byte, and cut short.
+            let mut tar = hostile_layer(&scratch, &entries);
+            let i = at.index(tar.len());
+            tar[i] = byte;
+            for layer in [&tar[..], &tar[..cut.index(tar.len())]] {
+                fs::remove_dir_all(scratch.layer()).unwrap();
+                fs::create_dir(scratch.layer()).unwrap();
+                let _ = scratch.unpack(layer);
+                scratch.assert_nothing_outside();
+                scratch.assert_victims_untouched()?;
+            }
         }
     }
 }

@@ -161,12 +161,29 @@ pub fn variables(
     vars
 }
 
+/// Headers a CGI program's own are dropped: the framing is wisp's (a
+/// buffered body's length is known, a streamed one is chunked; hyper
+/// trusts a `Content-Length` header over the body, and a client would read
+/// the body wrongly) and connection-scoped fields are not the program's to set
+/// (RFC 9110 §7.6.1).
+const NOT_THE_PROGRAMS: [HeaderName; 7] = [
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
+
 /// Parses a CGI response: returns its status, headers and where the body
 /// starts in `out`. Lines may end in `\n` or `\r\n`; `Status:` sets the
-/// status (default 200, or 302 with a `Location:`).
+/// status (default 200, or 302 with a `Location:`). Framing and
+/// connection headers are dropped ([`NOT_THE_PROGRAMS`]).
 pub fn parse_response(out: &[u8]) -> Result<Head, ResponseError> {
     let mut headers = HeaderMap::new();
     let mut status = None;
+    let mut lines = 0;
     let mut pos = 0;
     loop {
         if pos >= MAX_HEADER_BYTES {
@@ -185,6 +202,7 @@ pub fn parse_response(out: &[u8]) -> Result<Head, ResponseError> {
         if line.is_empty() {
             break;
         }
+        lines += 1;
         let text = std::str::from_utf8(line).map_err(|_| ResponseError::NotUtf8)?;
         let (name, value) = text
             .split_once(':')
@@ -211,9 +229,11 @@ pub fn parse_response(out: &[u8]) -> Result<Head, ResponseError> {
             .map_err(|_| ResponseError::BadHeaderName(truncate(name)))?;
         let value = HeaderValue::from_str(value)
             .map_err(|_| ResponseError::BadHeaderValue(name.clone()))?;
-        headers.append(name, value);
+        if !NOT_THE_PROGRAMS.contains(&name) {
+            headers.append(name, value);
+        }
     }
-    if headers.is_empty() && status.is_none() {
+    if lines == 0 {
         return Err(ResponseError::NoHeaders);
     }
     let status = status.unwrap_or(if headers.contains_key(http::header::LOCATION) {
@@ -284,6 +304,22 @@ mod tests {
     }
 
     #[test]
+    fn the_programs_framing_is_dropped() {
+        let function = FunctionName::new("f").unwrap();
+        let out = b"Content-Type: text/plain\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nhello world";
+        let response = response(&function, Bytes::from_static(out)).unwrap();
+        let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
+        assert_eq!(
+            http_body::Body::size_hint(response.body()).exact(),
+            Some(11)
+        );
+        // A framing header alone still makes a header block.
+        let (status, headers, _) = parse(b"Content-Length: abc\n\nbody").unwrap();
+        assert_eq!((status, headers.len()), (StatusCode::OK, 0));
+    }
+
+    #[test]
     fn caps_the_output() {
         let function = FunctionName::new("f").unwrap();
         let mut out = b"Content-Type: text/plain\n\n".to_vec();
@@ -294,11 +330,109 @@ mod tests {
         ));
     }
 
+    /// One header line as a CGI program might write it, hostile ones too:
+    /// 1xx and odd statuses, framing and hop-by-hop headers, control
+    /// characters, obs-text, folded lines, bare CRs, missing colons.
+    fn arb_line() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop_oneof![
+            Just("Status".to_owned()),
+            Just("status".to_owned()),
+            Just("Content-Length".to_owned()),
+            Just("Transfer-Encoding".to_owned()),
+            Just("Connection".to_owned()),
+            Just("Location".to_owned()),
+            Just("Content-Type".to_owned()),
+            Just(" X-Padded ".to_owned()),
+            "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}",
+            "[\\x00-\\x7f]{0,6}",
+        ];
+        let value = prop_oneof![
+            (0u32..1200).prop_map(|n| n.to_string()),
+            (100u32..200).prop_map(|n| format!("{n} Continue")),
+            Just("chunked".to_owned()),
+            Just("-1".to_owned()),
+            "[ -~]{0,20}",
+            "\\PC{0,12}",
+            "[\\x00-\\x1f\\x7f]{0,4}",
+        ];
+        let eol = prop::sample::select(vec!["\n", "\r\n", "\r"]);
+        prop_oneof![
+            8 => (name, value, eol).prop_map(|(n, v, eol)| format!("{n}:{v}{eol}").into_bytes()),
+            1 => "[ \\t][ -~]{0,10}\n".prop_map(String::into_bytes),
+            1 => prop::collection::vec(any::<u8>(), 0..12),
+        ]
+    }
+
+    fn arb_output() -> impl Strategy<Value = Vec<u8>> {
+        let lines = prop::collection::vec(arb_line(), 0..8);
+        let end = prop::sample::select(vec![&b"\n"[..], b"\r\n", b""]);
+        let body = prop::collection::vec(any::<u8>(), 0..32);
+        (lines, end, body).prop_map(|(lines, end, body)| {
+            let mut out = lines.concat();
+            out.extend_from_slice(end);
+            out.extend_from_slice(&body);
+            out
+        })
+    }
+
+    /// What hyper will put on the wire for a response with these headers
+    /// must be what the body is: no framing or connection headers of the
+    /// program's own, every value a valid field value.
+    fn assert_sendable(status: StatusCode, headers: &HeaderMap) -> Result<(), TestCaseError> {
+        prop_assert!(status.as_u16() >= 200 && status.as_u16() <= 999, "{status}");
+        for (name, value) in headers {
+            prop_assert!(name != "status");
+            prop_assert!(
+                !matches!(
+                    name.as_str(),
+                    "content-length"
+                        | "transfer-encoding"
+                        | "connection"
+                        | "keep-alive"
+                        | "upgrade"
+                        | "trailer"
+                        | "te"
+                ),
+                "{name} reaches the client"
+            );
+            let bytes = value.as_bytes();
+            prop_assert!(
+                bytes
+                    .iter()
+                    .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
+                "{name}: {value:?}"
+            );
+        }
+        Ok(())
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
         #[test]
         fn never_panics(out in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Ok((_, _, start)) = parse(&out) {
                 prop_assert!(start <= out.len());
+            }
+        }
+
+        #[test]
+        fn accepted_output_is_a_final_response_with_valid_headers(out in arb_output()) {
+            match parse(&out) {
+                Ok((status, headers, start)) => {
+                    prop_assert!(start <= out.len());
+                    prop_assert!(!status.is_informational(), "{status}");
+                    assert_sendable(status, &headers)?;
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn the_response_is_framed_by_its_body(out in arb_output()) {
+            let function = FunctionName::new("f").unwrap();
+            if let Ok(response) = response(&function, Bytes::from(out)) {
+                assert_sendable(response.status(), response.headers())?;
             }
         }
 
@@ -311,7 +445,10 @@ mod tests {
         ) {
             let eol = if crlf { "\r\n" } else { "\n" };
             let mut out = format!("Status: {code}{eol}");
-            let headers: Vec<_> = headers.into_iter().filter(|(n, _)| n != "status").collect();
+            let headers: Vec<_> = headers
+                .into_iter()
+                .filter(|(n, _)| n != "status" && !NOT_THE_PROGRAMS.iter().any(|h| h == n.as_str()))
+                .collect();
             for (n, v) in &headers {
                 out.push_str(&format!("{n}: {v}{eol}"));
             }

@@ -424,6 +424,85 @@ pub fn rfc3339(secs: u64, millis: Option<u32>) -> String {
     )
 }
 
+/// Parses an RFC 3339 timestamp (`2026-11-29T10:00:00Z`,
+/// `2026-11-29t10:00:00.5+01:00`) into milliseconds since the Unix epoch;
+/// `None` if it is not one. Fractions past milliseconds are cut, a leap
+/// second counts as the second before it.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if b[at] == b'.' {
+        let start = at + 1;
+        at = start;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        let kept = &text[start..at.min(start + 3)];
+        millis = kept.parse::<i64>().ok()? * 10_i64.pow(3 - kept.len() as u32);
+    }
+    let offset_minutes = match b.get(at..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (digits(at + 1..at + 3)?, digits(at + 4..at + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let minutes = h * 60 + m;
+            if *sign == b'-' { -minutes } else { minutes }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_minutes * 60;
+    Some(secs * 1000 + millis)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// days_from_civil).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Mode of every log file: the server's user only.
 const LOG_FILE_MODE: u32 = 0o600;
 
@@ -479,5 +558,70 @@ mod tests {
         assert!(on_disk <= 2 * 4096, "{on_disk} bytes");
         store.remove("f");
         assert!(store.tail("f", None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn timestamps_parse() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:01.5z"), Some(1500));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T01:00:00.123456789+01:00"),
+            Some(951_782_400_123)
+        );
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59-00:00"), Some(-1000));
+        assert_eq!(
+            parse_rfc3339("2016-12-31T23:59:60Z"),
+            Some(1_483_228_799_000)
+        );
+        for bad in [
+            "",
+            "2026-11-29",
+            "2026-11-29T10:00:00",
+            "2026-11-29 10:00:00Z",
+            "2026-02-29T10:00:00Z",
+            "2026-13-01T10:00:00Z",
+            "2026-11-29T24:00:00Z",
+            "2026-11-29T10:00:00.Z",
+            "2026-11-29T10:00:00+1:00",
+            "2026-11-29T10:00:00+01:00x",
+            "+026-11-29T10:00:00Z",
+            "2026-11-29T10:00:00\u{e9}",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn written_timestamps_parse_back(secs in 0u64..253_402_300_800, millis in 0u32..1000) {
+            let text = rfc3339(secs, Some(millis));
+            let expected = i64::try_from(secs).unwrap() * 1000 + i64::from(millis);
+            proptest::prop_assert_eq!(parse_rfc3339(&text), Some(expected));
+            let whole = rfc3339(secs, None);
+            proptest::prop_assert_eq!(parse_rfc3339(&whole), Some(expected - i64::from(millis)));
+        }
+
+        #[test]
+        fn an_offset_names_the_same_instant(secs in 86_400u64..253_402_214_400, minutes in -1439i64..=1439) {
+            // The local time at `minutes` east of UTC, written with its offset.
+            let local = i64::try_from(secs).unwrap() + minutes * 60;
+            let utc = rfc3339(u64::try_from(local).unwrap(), None);
+            let sign = if minutes < 0 { '-' } else { '+' };
+            let text = format!(
+                "{}{sign}{:02}:{:02}",
+                utc.trim_end_matches('Z'),
+                minutes.abs() / 60,
+                minutes.abs() % 60
+            );
+            proptest::prop_assert_eq!(parse_rfc3339(&text), Some(i64::try_from(secs).unwrap() * 1000));
+        }
+
+        #[test]
+        fn any_text_is_parsed_or_refused(text in "\\PC{0,40}", near in "[0-9T:.+Zz-]{15,32}") {
+            let _ = parse_rfc3339(&text);
+            let _ = parse_rfc3339(&near);
+        }
     }
 }

@@ -356,6 +356,7 @@ fn copy_of(status: &FunctionStatus, name: String) -> FunctionDeployment {
         limits: Some(FunctionResources {
             memory: status.limits.memory.clone(),
             cpu: status.limits.cpu.clone(),
+            ..FunctionResources::default()
         }),
         timeout: Some(status.timeout.clone()),
         max_body_size: Some(status.max_body_size.to_string()),
