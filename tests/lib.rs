@@ -456,7 +456,7 @@ fn make_busybox_rootfs() -> anyhow::Result<tempfile::TempDir> {
 }
 
 /// The CGI probe: `?pids`, `?caps`, `?net`, … report what the sandbox looks
-/// like from inside; `?hog` and `?forkbomb` push at its limits.
+/// like from inside; `?hog`, `?spin` and `?forkbomb` push at its limits.
 const PROBE: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\r\n\r\n'
 case "$QUERY_STRING" in
@@ -471,6 +471,7 @@ net)
 write) echo pwned > /etc/motd && cat /etc/motd ;;
 read) cat /etc/motd ;;
 hog) awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }' ;;
+spin) awk 'BEGIN { for (i = 0; i < 300000; i++) s += i; print "spun" }' ;;
 forkbomb)
   # The bomb runs in a child shell: ash gives up when fork fails.
   sh -c 'i=0; while [ $i -lt 400 ]; do sleep 20 >/dev/null 2>&1 & i=$((i+1)); done' 2>/dev/null

@@ -44,6 +44,18 @@ async fn probe(wisp: &Wisp, name: &str, check: &str) -> (StatusCode, String) {
 
 /// The sandbox cgroups of the server with `pid`, by name.
 fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
+    sandbox_dirs(pid, "memory")
+        .iter()
+        .filter_map(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The directories of the server with `pid`'s sandbox cgroups that hold
+/// `controller`'s files: below this process's own cgroup (the server runs
+/// in it too), in the unified hierarchy on cgroup v2 or in the
+/// controller's own on v1.
+fn sandbox_dirs(pid: u32, controller: &str) -> Vec<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let mut parents: Vec<PathBuf> = Vec::new();
     for line in own.lines() {
@@ -53,8 +65,13 @@ fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
             continue;
         };
         let path = path.trim_start_matches('/');
-        if controllers.split(',').any(|c| c == "memory") {
-            parents.push(Path::new("/sys/fs/cgroup/memory").join(path).join("wisp"));
+        if controllers.split(',').any(|c| c == controller) {
+            parents.push(
+                Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(path)
+                    .join("wisp"),
+            );
         } else if controllers.is_empty() {
             parents.push(Path::new("/sys/fs/cgroup").join(path).join("wisp"));
         }
@@ -67,8 +84,8 @@ fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
         .flatten()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(&tag))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&tag))
+        .map(|e| e.path())
         .collect()
 }
 
@@ -322,6 +339,35 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
     assert!((50..=128).contains(&n), "stopped at the limit of 128: {n}");
     let health = wisp.invoke("GET", "/healthz", "").await;
     assert_eq!(health.status, StatusCode::OK, "the host is unaffected");
+}
+
+/// `--cpu` is a CFS quota that the kernel enforces: a CGI process that
+/// spins is throttled (`nr_throttled` in its cgroup's `cpu.stat`), at the
+/// quota wisp wrote (`cpu.max` on v2, `cpu.cfs_quota_us` on v1).
+#[tokio::test]
+async fn a_cpu_hog_is_throttled_at_its_cpu_limit() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "spin", rootfs.path(), &["--cpu", "200m"]);
+    let (status, body) = probe(&wisp, "spin", "spin").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    // 20 ms of CPU time in every 100 ms period; the pre-made sandboxes have no quota.
+    let capped: Vec<PathBuf> = sandbox_dirs(wisp.pid(), "cpu")
+        .into_iter()
+        .filter(|d| {
+            read(d, "cpu.max").trim() == "20000 100000"
+                || read(d, "cpu.cfs_quota_us").trim() == "20000"
+        })
+        .collect();
+    assert_eq!(capped.len(), 1, "one sandbox has the quota: {capped:?}");
+    let stat = read(&capped[0], "cpu.stat");
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no nr_throttled in cpu.stat: {stat}"));
+    assert!(throttled > 0, "the spinning handler was throttled: {stat}");
 }
 
 #[tokio::test]
