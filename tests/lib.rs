@@ -58,6 +58,7 @@ pub struct WispBuilder {
     binary: Option<PathBuf>,
     args: Vec<String>,
     run_as: Option<u32>,
+    cgroup: Option<PathBuf>,
 }
 
 impl WispBuilder {
@@ -71,6 +72,13 @@ impl WispBuilder {
     /// `setpriv`; the data dir is handed to that user.
     pub fn run_as(mut self, uid: u32) -> Self {
         self.run_as = Some(uid);
+        self
+    }
+
+    /// Starts the server in the cgroup v2 directory `dir`: through `sh`,
+    /// which moves itself there and then runs the server.
+    pub fn in_cgroup(mut self, dir: &Path) -> Self {
+        self.cgroup = Some(dir.to_owned());
         self
     }
 
@@ -101,9 +109,19 @@ impl WispBuilder {
             .append(true)
             .open(data_dir.join("server.log"))?;
         let binary = self.binary.unwrap_or_else(wisp_bin);
-        let mut command = match self.run_as {
-            None => Command::new(&binary),
-            Some(uid) => {
+        let mut command = match (self.run_as, self.cgroup) {
+            (None, None) => Command::new(&binary),
+            (None, Some(cgroup)) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+                    .arg("sh")
+                    .arg(cgroup)
+                    .arg(&binary);
+                c
+            }
+            (Some(_), Some(_)) => bail!("run_as and in_cgroup do not combine"),
+            (Some(uid), None) => {
                 std::os::unix::fs::chown(&data_dir, Some(uid), Some(uid))?;
                 std::os::unix::fs::chown(data_dir.join("server.log"), Some(uid), Some(uid))?;
                 let mut c = Command::new("setpriv");

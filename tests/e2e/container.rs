@@ -522,6 +522,99 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     assert_eq!(mounts(), mounts_before);
 }
 
+/// The cgroup v2 hierarchy's mount if it has the memory, cpu and pids
+/// controllers (a pure v2 host); `None` on v1 and hybrid hosts.
+fn cgroup_v2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if !right.starts_with("cgroup2 ") {
+            return None;
+        }
+        let mount = PathBuf::from(left.split(' ').nth(4)?);
+        let offered = std::fs::read_to_string(mount.join("cgroup.controllers")).ok()?;
+        let offered: Vec<&str> = offered.split_whitespace().collect();
+        ["memory", "cpu", "pids"]
+            .iter()
+            .all(|c| offered.contains(c))
+            .then_some(mount)
+    })
+}
+
+/// A cgroup made for a test, removed with what is below it (deepest first).
+struct TestCgroup(PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    remove(&entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        remove(&self.0);
+    }
+}
+
+/// On cgroup v2 a cgroup holding processes (other than the root) cannot
+/// enable controllers for its children. A server that is all its cgroup
+/// holds — a systemd unit with `Delegate=yes` — moves itself and its
+/// spawner to the leaf `wisp-server`, and its sandboxes get their limits
+/// below `wisp`. Runs on v2 hosts only (`tests/cgroup-v2-vm.sh` boots one);
+/// elsewhere it passes without checking anything.
+#[tokio::test]
+async fn on_cgroup_v2_a_server_alone_in_its_cgroup_moves_to_a_leaf() {
+    let Some(mount) = cgroup_v2_mount() else {
+        eprintln!("not a cgroup v2 host: nothing to check");
+        return;
+    };
+    // The delegated cgroup, as systemd would make it for a unit.
+    std::fs::write(mount.join("cgroup.subtree_control"), "+memory +cpu +pids").unwrap();
+    let delegated = TestCgroup(mount.join(format!("wisp-e2e-{}", std::process::id())));
+    std::fs::create_dir(&delegated.0).unwrap();
+    let mut wisp = Wisp::builder().in_cgroup(&delegated.0).start().unwrap();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "hog", rootfs.path(), &["--memory", "32Mi"]);
+    assert_eq!(probe(&wisp, "hog", "id").await.0, StatusCode::OK);
+
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    assert_eq!(
+        read(&delegated.0, "cgroup.procs"),
+        "",
+        "the cgroup is left to its children"
+    );
+    let server = read(&delegated.0.join("wisp-server"), "cgroup.procs");
+    let server: Vec<&str> = server.lines().collect();
+    assert_eq!(server.len(), 2, "the server and its spawner: {server:?}");
+    assert!(
+        server.contains(&wisp.pid().to_string().as_str()),
+        "{server:?}"
+    );
+    let limited: Vec<PathBuf> = std::fs::read_dir(delegated.0.join("wisp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| read(d, "memory.max").trim() == (32u64 << 20).to_string())
+        .collect();
+    assert_eq!(limited.len(), 1, "the function's sandbox has its limit");
+    let (status, body) = probe(&wisp, "hog", "hog").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("out of memory"), "{body}");
+
+    wisp.signal("TERM");
+    assert!(wisp.wait(Duration::from_secs(20)).unwrap().success());
+    let left: Vec<PathBuf> = std::fs::read_dir(delegated.0.join("wisp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a stopped server leaves no sandbox cgroup: {left:?}"
+    );
+}
+
 #[tokio::test]
 async fn images_are_listed_and_pruned_when_unused() {
     let wisp = Wisp::start();
