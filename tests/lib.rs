@@ -60,6 +60,7 @@ pub struct WispBuilder {
     env: Vec<(String, String)>,
     run_as: Option<u32>,
     fd_limit: Option<u32>,
+    cgroup: Option<PathBuf>,
 }
 
 impl WispBuilder {
@@ -73,6 +74,13 @@ impl WispBuilder {
     /// `setpriv`; the data dir is handed to that user.
     pub fn run_as(mut self, uid: u32) -> Self {
         self.run_as = Some(uid);
+        self
+    }
+
+    /// Starts the server in the cgroup v2 directory `dir`: through `sh`,
+    /// which moves itself there and then runs the server.
+    pub fn in_cgroup(mut self, dir: &Path) -> Self {
+        self.cgroup = Some(dir.to_owned());
         self
     }
 
@@ -123,6 +131,20 @@ impl WispBuilder {
                 "prlimit".into(),
                 format!("--nofile={limit}").into(),
                 "--".into(),
+            ]);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            if self.run_as.is_some() {
+                bail!("run_as and in_cgroup do not combine");
+            }
+            // The server starts in `cgroup`: a shell moves itself there,
+            // then becomes the server.
+            words.extend([
+                "sh".into(),
+                "-c".into(),
+                r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#.into(),
+                "sh".into(),
+                cgroup.clone().into(),
             ]);
         }
         if let Some(uid) = self.run_as {
@@ -511,7 +533,7 @@ fn make_busybox_rootfs() -> anyhow::Result<tempfile::TempDir> {
 }
 
 /// The CGI probe: `?pids`, `?caps`, `?net`, … report what the sandbox looks
-/// like from inside; `?hog` and `?forkbomb` push at its limits.
+/// like from inside; `?hog`, `?spin` and `?forkbomb` push at its limits.
 const PROBE: &str = r#"#!/bin/sh
 # The hog fails before it answers: the caller sees why (a 502).
 [ "$QUERY_STRING" = hog ] && exec awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }'
@@ -527,6 +549,7 @@ net)
   if wget -q -T 2 -O /dev/null "http://$HOST_IP:$HOST_PORT/healthz" 2>/dev/null; then echo host:connected; else echo host:refused; fi ;;
 write) echo pwned > /etc/motd && cat /etc/motd ;;
 read) cat /etc/motd ;;
+spin) awk 'BEGIN { for (i = 0; i < 300000; i++) s += i; print "spun" }' ;;
 forkbomb)
   # The bomb runs in a child shell: ash gives up when fork fails.
   sh -c 'i=0; while [ $i -lt 400 ]; do sleep 20 >/dev/null 2>&1 & i=$((i+1)); done' 2>/dev/null

@@ -75,6 +75,18 @@ async fn probe(wisp: &Wisp, name: &str, check: &str) -> (StatusCode, String) {
 
 /// The sandbox cgroups of the server with `pid`, by name.
 fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
+    sandbox_dirs(pid, "memory")
+        .iter()
+        .filter_map(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The directories of the server with `pid`'s sandbox cgroups that hold
+/// `controller`'s files: below this process's own cgroup (the server runs
+/// in it too), in the unified hierarchy on cgroup v2 or in the
+/// controller's own on v1.
+fn sandbox_dirs(pid: u32, controller: &str) -> Vec<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let mut parents: Vec<PathBuf> = Vec::new();
     for line in own.lines() {
@@ -84,8 +96,13 @@ fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
             continue;
         };
         let path = path.trim_start_matches('/');
-        if controllers.split(',').any(|c| c == "memory") {
-            parents.push(Path::new("/sys/fs/cgroup/memory").join(path).join("wisp"));
+        if controllers.split(',').any(|c| c == controller) {
+            parents.push(
+                Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(path)
+                    .join("wisp"),
+            );
         } else if controllers.is_empty() {
             parents.push(Path::new("/sys/fs/cgroup").join(path).join("wisp"));
         }
@@ -98,8 +115,8 @@ fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
         .flatten()
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(&tag))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&tag))
+        .map(|e| e.path())
         .collect()
 }
 
@@ -596,6 +613,35 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
     assert_eq!(health.status, StatusCode::OK, "the host is unaffected");
 }
 
+/// `--cpu` is a CFS quota that the kernel enforces: a CGI process that
+/// spins is throttled (`nr_throttled` in its cgroup's `cpu.stat`), at the
+/// quota wisp wrote (`cpu.max` on v2, `cpu.cfs_quota_us` on v1).
+#[tokio::test]
+async fn a_cpu_hog_is_throttled_at_its_cpu_limit() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "spin", rootfs.path(), "cgi", &["--cpu", "200m"]);
+    let (status, body) = probe(&wisp, "spin", "spin").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    // 20 ms of CPU time in every 100 ms period; the pre-made sandboxes have no quota.
+    let capped: Vec<PathBuf> = sandbox_dirs(wisp.pid(), "cpu")
+        .into_iter()
+        .filter(|d| {
+            read(d, "cpu.max").trim() == "20000 100000"
+                || read(d, "cpu.cfs_quota_us").trim() == "20000"
+        })
+        .collect();
+    assert_eq!(capped.len(), 1, "one sandbox has the quota: {capped:?}");
+    let stat = read(&capped[0], "cpu.stat");
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no nr_throttled in cpu.stat: {stat}"));
+    assert!(throttled > 0, "the spinning handler was throttled: {stat}");
+}
+
 #[tokio::test]
 async fn handlers_that_exit_or_never_listen_get_clear_errors() {
     let wisp = Wisp::start();
@@ -816,6 +862,99 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
         "pong"
     );
     assert_eq!(mounts(), mounts_before);
+}
+
+/// The cgroup v2 hierarchy's mount if it has the memory, cpu and pids
+/// controllers (a pure v2 host); `None` on v1 and hybrid hosts.
+fn cgroup_v2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if !right.starts_with("cgroup2 ") {
+            return None;
+        }
+        let mount = PathBuf::from(left.split(' ').nth(4)?);
+        let offered = std::fs::read_to_string(mount.join("cgroup.controllers")).ok()?;
+        let offered: Vec<&str> = offered.split_whitespace().collect();
+        ["memory", "cpu", "pids"]
+            .iter()
+            .all(|c| offered.contains(c))
+            .then_some(mount)
+    })
+}
+
+/// A cgroup made for a test, removed with what is below it (deepest first).
+struct TestCgroup(PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    remove(&entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        remove(&self.0);
+    }
+}
+
+/// On cgroup v2 a cgroup holding processes (other than the root) cannot
+/// enable controllers for its children. A server that is all its cgroup
+/// holds — a systemd unit with `Delegate=yes` — moves itself and its
+/// spawner to the leaf `wisp-server`, and its sandboxes get their limits
+/// below `wisp`. Runs on v2 hosts only (`tests/cgroup-v2-vm.sh` boots one);
+/// elsewhere it passes without checking anything.
+#[tokio::test]
+async fn on_cgroup_v2_a_server_alone_in_its_cgroup_moves_to_a_leaf() {
+    let Some(mount) = cgroup_v2_mount() else {
+        eprintln!("not a cgroup v2 host: nothing to check");
+        return;
+    };
+    // The delegated cgroup, as systemd would make it for a unit.
+    std::fs::write(mount.join("cgroup.subtree_control"), "+memory +cpu +pids").unwrap();
+    let delegated = TestCgroup(mount.join(format!("wisp-e2e-{}", std::process::id())));
+    std::fs::create_dir(&delegated.0).unwrap();
+    let mut wisp = Wisp::builder().in_cgroup(&delegated.0).start().unwrap();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "hog", rootfs.path(), "cgi", &["--memory", "32Mi"]);
+    assert_eq!(probe(&wisp, "hog", "id").await.0, StatusCode::OK);
+
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    assert_eq!(
+        read(&delegated.0, "cgroup.procs"),
+        "",
+        "the cgroup is left to its children"
+    );
+    let server = read(&delegated.0.join("wisp-server"), "cgroup.procs");
+    let server: Vec<&str> = server.lines().collect();
+    assert_eq!(server.len(), 2, "the server and its spawner: {server:?}");
+    assert!(
+        server.contains(&wisp.pid().to_string().as_str()),
+        "{server:?}"
+    );
+    let limited: Vec<PathBuf> = std::fs::read_dir(delegated.0.join("wisp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| read(d, "memory.max").trim() == (32u64 << 20).to_string())
+        .collect();
+    assert_eq!(limited.len(), 1, "the function's sandbox has its limit");
+    let (status, body) = probe(&wisp, "hog", "hog").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("out of memory"), "{body}");
+
+    wisp.signal("TERM");
+    assert!(wisp.wait(Duration::from_secs(20)).unwrap().success());
+    let left: Vec<PathBuf> = std::fs::read_dir(delegated.0.join("wisp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a stopped server leaves no sandbox cgroup: {left:?}"
+    );
 }
 
 /// Issue 11, finding 14: the image of a deleted function, its layers and

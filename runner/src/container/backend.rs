@@ -144,7 +144,10 @@ fn premade_pool(
     target: usize,
 ) -> Result<Arc<PremadePool>, UnavailableError> {
     let cgroups = Layout::detect()
-        .and_then(|layout| Cgroups::new(layout, Box::new(RealFs)))
+        .and_then(|layout| {
+            let ours = [std::process::id(), handle.pid()];
+            Cgroups::new(layout, Box::new(RealFs), &ours)
+        })
         .map_err(UnavailableError::Cgroups)?;
     let spawner = Spawner::new(handle).map_err(UnavailableError::Spawner)?;
     let scratch = data_dir.join("run").join("scratch");

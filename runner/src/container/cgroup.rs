@@ -10,17 +10,26 @@
 //!
 //! Where sandboxes go: `<hierarchy>/<wisp's own cgroup>/wisp/<name>`, i.e.
 //! nested under the cgroup wisp itself runs in, so the host's accounting of
-//! wisp (a systemd unit, a container) covers its sandboxes too. On v2 the
-//! parent must allow controllers for its children; wisp enables them in
-//! `cgroup.subtree_control` of its `wisp` directory, which needs the cgroup
-//! wisp runs in to be delegated (or the root cgroup). Limits: no I/O
-//! limits; CPU is a CFS quota, not shares.
+//! wisp (a systemd unit, a container) covers its sandboxes too. On v2 a
+//! cgroup's children get only the controllers it enables in its
+//! `cgroup.subtree_control`, so wisp enables memory, cpu and pids in its
+//! own cgroup and in its `wisp` directory. The kernel's "no internal
+//! processes" rule allows that in a cgroup other than the root only while
+//! it holds no process: in a delegated cgroup (a systemd unit with
+//! `Delegate=yes`, a container's cgroup namespace) wisp first moves itself
+//! and its spawner into the leaf `wisp-server` beside `wisp`; a cgroup
+//! shared with other processes (a login session's scope) is refused with
+//! that reason. Limits: no I/O limits; CPU is a CFS quota, not shares.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 /// Default CFS period: 100 ms, the kernel's default.
 pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// On v2, the leaf of wisp's own cgroup that wisp moves its processes to
+/// when that cgroup must enable controllers for the sandboxes.
+pub const SERVER_LEAF: &str = "wisp-server";
 
 /// The limits of one sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -32,6 +41,9 @@ pub struct CgroupLimits {
     /// Most processes and threads at once.
     pub pids: u64,
 }
+
+/// What wisp writes to a v2 `cgroup.subtree_control`.
+const V2_ENABLE: &str = "+memory +cpu +pids";
 
 /// A cgroup controller wisp uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +86,24 @@ pub enum CgroupError {
     Io { path: PathBuf, source: io::Error },
     #[error("invalid cgroup name {0:?}")]
     InvalidName(String),
+    /// v2: the parent of wisp's cgroup does not enable these controllers
+    /// for it, so wisp cannot enable them for its sandboxes.
+    #[error(
+        "cgroup {} does not offer the {} controller(s) that wisp's sandboxes need: its parent must enable them for it (as systemd does for a unit with Delegate=yes)",
+        cgroup.display(),
+        missing.join(", ")
+    )]
+    NotDelegated {
+        cgroup: PathBuf,
+        missing: Vec<&'static str>,
+    },
+    /// v2: wisp's cgroup holds other processes, so it cannot enable
+    /// controllers for its children (the "no internal processes" rule).
+    #[error(
+        "cgroup {} holds processes other than wisp's ({others:?}), so it cannot enable controllers for wisp's sandboxes: run wisp in a cgroup of its own (a systemd unit with Delegate=yes)",
+        cgroup.display()
+    )]
+    Shared { cgroup: PathBuf, others: Vec<u32> },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
@@ -252,11 +282,17 @@ pub struct Cgroup {
 
 impl Cgroups {
     /// Uses `layout`, with wisp's directory `wisp` below the cgroup this
-    /// process runs in (read from `/proc/self/cgroup`).
-    pub fn new(layout: Layout, fs: Box<dyn CgroupFs>) -> Result<Cgroups, CgroupError> {
+    /// process runs in (read from `/proc/self/cgroup`). `ours` are the
+    /// server's processes (itself, its spawner), which on v2 may be moved
+    /// to a leaf of that cgroup (see the module's documentation).
+    pub fn new(
+        layout: Layout,
+        fs: Box<dyn CgroupFs>,
+        ours: &[u32],
+    ) -> Result<Cgroups, CgroupError> {
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(io_err(Path::new("/proc/self/cgroup")))?;
-        Cgroups::with_own_cgroups(layout, fs, &own)
+        Cgroups::with_own_cgroups(layout, fs, &own, ours)
     }
 
     /// As [`Cgroups::new`], with the text of `/proc/self/cgroup` given.
@@ -264,6 +300,7 @@ impl Cgroups {
         layout: Layout,
         fs: Box<dyn CgroupFs>,
         proc_self_cgroup: &str,
+        ours: &[u32],
     ) -> Result<Cgroups, CgroupError> {
         let own = |controller: Option<Controller>| -> PathBuf {
             // Lines are `id:controllers:path`; v2 is `0::path`.
@@ -300,6 +337,9 @@ impl Cgroups {
             parents,
             fs,
         };
+        if let Layout::V2 { mount } = &cgroups.layout {
+            cgroups.enable_for_children(&mount.join(own(None)), ours)?;
+        }
         for (_, parent) in &cgroups.parents {
             cgroups.fs.create_dir(parent).map_err(io_err(parent))?;
         }
@@ -308,11 +348,70 @@ impl Cgroups {
                 let control = parent.join("cgroup.subtree_control");
                 cgroups
                     .fs
-                    .write(&control, "+memory +cpu +pids")
+                    .write(&control, V2_ENABLE)
                     .map_err(io_err(&control))?;
             }
         }
         Ok(cgroups)
+    }
+
+    /// v2: makes `own` (wisp's cgroup) enable memory, cpu and pids for its
+    /// children. The root cgroup may hold processes and do so; any other
+    /// refuses (`EBUSY`) while it holds one, so wisp then moves `ours` into
+    /// the leaf [`SERVER_LEAF`], if they are all `own` holds.
+    fn enable_for_children(&self, own: &Path, ours: &[u32]) -> Result<(), CgroupError> {
+        let names = Controller::ALL.map(Controller::name);
+        let control = own.join("cgroup.subtree_control");
+        let enabled = self.fs.read(&control).map_err(io_err(&control))?;
+        if names
+            .iter()
+            .all(|n| enabled.split_whitespace().any(|e| e == *n))
+        {
+            return Ok(());
+        }
+        let offered_path = own.join("cgroup.controllers");
+        let offered = self.fs.read(&offered_path).map_err(io_err(&offered_path))?;
+        let missing: Vec<&'static str> = names
+            .into_iter()
+            .filter(|n| !offered.split_whitespace().any(|o| o == *n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(CgroupError::NotDelegated {
+                cgroup: own.to_owned(),
+                missing,
+            });
+        }
+        match self.fs.write(&control, V2_ENABLE) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {}
+            Err(e) => return Err(io_err(&control)(e)),
+        }
+        let procs_path = own.join("cgroup.procs");
+        let procs = self.fs.read(&procs_path).map_err(io_err(&procs_path))?;
+        let procs: Vec<u32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        let others: Vec<u32> = procs
+            .iter()
+            .copied()
+            .filter(|p| !ours.contains(p))
+            .collect();
+        if !others.is_empty() {
+            return Err(CgroupError::Shared {
+                cgroup: own.to_owned(),
+                others,
+            });
+        }
+        let leaf = own.join(SERVER_LEAF);
+        self.fs.create_dir(&leaf).map_err(io_err(&leaf))?;
+        let leaf_procs = leaf.join("cgroup.procs");
+        for pid in procs {
+            self.fs
+                .write(&leaf_procs, &pid.to_string())
+                .map_err(io_err(&leaf_procs))?;
+        }
+        self.fs.write(&control, V2_ENABLE).map_err(io_err(&control))
     }
 
     pub fn layout(&self) -> &Layout {
@@ -554,11 +653,16 @@ mod tests {
         assert!(uncapped.contains(&(Controller::Cpu, "cpu.cfs_quota_us", "-1".into())));
     }
 
-    /// Records what would be written.
+    /// Records what would be written, and models the two kernel rules the
+    /// v2 code relies on: writing a pid to a `cgroup.procs` moves it out of
+    /// every other cgroup (one hierarchy), and a cgroup in `non_root`
+    /// refuses writes to its `cgroup.subtree_control` with `EBUSY` while
+    /// it holds a process.
     #[derive(Default)]
     struct Recording {
         files: Mutex<BTreeMap<PathBuf, String>>,
         dirs: Mutex<Vec<PathBuf>>,
+        non_root: Mutex<Vec<PathBuf>>,
     }
 
     impl CgroupFs for std::sync::Arc<Recording> {
@@ -567,10 +671,36 @@ mod tests {
             Ok(())
         }
         fn write(&self, path: &Path, value: &str) -> io::Result<()> {
-            self.files
-                .lock()
-                .unwrap()
-                .insert(path.to_owned(), value.to_owned());
+            let mut files = self.files.lock().unwrap();
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            match path.file_name().and_then(|n| n.to_str()) {
+                Some("cgroup.procs") => {
+                    for (other, procs) in files.iter_mut() {
+                        if other.ends_with("cgroup.procs") {
+                            let left: Vec<&str> = procs.lines().filter(|p| *p != value).collect();
+                            *procs = left.join("\n");
+                        }
+                    }
+                    let procs = files.entry(path.to_owned()).or_default();
+                    if !procs.is_empty() {
+                        procs.push('\n');
+                    }
+                    procs.push_str(value);
+                    return Ok(());
+                }
+                Some("cgroup.subtree_control")
+                    if self.non_root.lock().unwrap().iter().any(|d| d == dir)
+                        && files
+                            .get(&dir.join("cgroup.procs"))
+                            .is_some_and(|p| !p.is_empty()) =>
+                {
+                    return Err(io::Error::from_raw_os_error(
+                        nix::errno::Errno::EBUSY as i32,
+                    ));
+                }
+                _ => {}
+            }
+            files.insert(path.to_owned(), value.to_owned());
             Ok(())
         }
         fn read(&self, path: &Path) -> io::Result<String> {
@@ -600,16 +730,45 @@ mod tests {
         }
     }
 
+    /// A v2 host for the double, mounted at `/cg`: wisp's cgroup `own`
+    /// offers `offered`, enables `enabled` and holds `procs`; it is the
+    /// root cgroup if `own` is `/`.
+    fn v2_host(
+        own: &str,
+        offered: &str,
+        enabled: &str,
+        procs: &[u32],
+    ) -> std::sync::Arc<Recording> {
+        let fs = std::sync::Arc::new(Recording::default());
+        let own = Path::new("/cg").join(own.trim_start_matches('/'));
+        let procs: Vec<String> = procs.iter().map(u32::to_string).collect();
+        let mut files = fs.files.lock().unwrap();
+        files.insert(own.join("cgroup.controllers"), offered.to_owned());
+        files.insert(own.join("cgroup.subtree_control"), enabled.to_owned());
+        files.insert(own.join("cgroup.procs"), procs.join("\n"));
+        drop(files);
+        if own != Path::new("/cg") {
+            fs.non_root.lock().unwrap().push(own);
+        }
+        fs
+    }
+
+    fn v2_layout() -> Layout {
+        Layout::V2 {
+            mount: "/cg".into(),
+        }
+    }
+
     #[test]
     fn v2_plan_is_carried_out_under_wisps_own_cgroup() {
-        let fs = std::sync::Arc::new(Recording::default());
-        let layout = Layout::V2 {
-            mount: "/cg".into(),
-        };
+        // systemd lists what a delegated unit's cgroup enables in its own order.
+        let own = "/system.slice/wisp.service";
+        let fs = v2_host(own, "cpu io memory pids", "pids memory cpu", &[]);
         let cgroups = Cgroups::with_own_cgroups(
-            layout,
+            v2_layout(),
             Box::new(fs.clone()),
             "0::/system.slice/wisp.service\n",
+            &[],
         )
         .unwrap();
         let limits = CgroupLimits {
@@ -624,6 +783,11 @@ mod tests {
             files[&base.join("cgroup.subtree_control")],
             "+memory +cpu +pids"
         );
+        assert_eq!(
+            files[Path::new("/cg/system.slice/wisp.service/cgroup.subtree_control")],
+            "pids memory cpu",
+            "what is enabled already is left alone"
+        );
         assert_eq!(files[&base.join("sb-1/memory.max")], "1048576");
         assert_eq!(files[&base.join("sb-1/pids.max")], "10");
         cgroups.add_process(&cg, 42).unwrap();
@@ -637,6 +801,100 @@ mod tests {
         assert!(cgroups.create("../escape", &limits).is_err());
     }
 
+    /// A host whose init enables no controller (the kernel's state at boot):
+    /// the root cgroup may hold processes and still enable them.
+    #[test]
+    fn v2_in_the_root_cgroup_wisp_enables_the_controllers_there() {
+        let fs = v2_host("/", "cpuset cpu io memory hugetlb pids", "", &[1, 42, 43]);
+        Cgroups::with_own_cgroups(v2_layout(), Box::new(fs.clone()), "0::/\n", &[42, 43]).unwrap();
+        let files = fs.files.lock().unwrap();
+        assert_eq!(
+            files[Path::new("/cg/cgroup.subtree_control")],
+            "+memory +cpu +pids"
+        );
+        assert_eq!(
+            files[Path::new("/cg/wisp/cgroup.subtree_control")],
+            "+memory +cpu +pids"
+        );
+        assert_eq!(
+            files[Path::new("/cg/cgroup.procs")],
+            "1\n42\n43",
+            "nobody moved"
+        );
+    }
+
+    /// A systemd unit with `Delegate=yes`: the server and its spawner are
+    /// all its cgroup holds; they move to a leaf so that the cgroup may
+    /// enable the controllers.
+    #[test]
+    fn v2_in_a_delegated_cgroup_wisp_moves_itself_to_a_leaf() {
+        let own = "/system.slice/wisp.service";
+        let fs = v2_host(own, "cpu io memory pids", "", &[42, 43]);
+        let proc_self_cgroup = format!("0::{own}\n");
+        Cgroups::with_own_cgroups(
+            v2_layout(),
+            Box::new(fs.clone()),
+            &proc_self_cgroup,
+            &[42, 43],
+        )
+        .unwrap();
+        let files = fs.files.lock().unwrap();
+        let base = Path::new("/cg/system.slice/wisp.service");
+        assert_eq!(files[&base.join("cgroup.procs")], "");
+        assert_eq!(files[&base.join("wisp-server/cgroup.procs")], "42\n43");
+        assert_eq!(
+            files[&base.join("cgroup.subtree_control")],
+            "+memory +cpu +pids"
+        );
+        assert_eq!(
+            files[&base.join("wisp/cgroup.subtree_control")],
+            "+memory +cpu +pids"
+        );
+    }
+
+    /// A login session's scope also holds the shell: wisp moves nobody and
+    /// says why it cannot run containers there.
+    #[test]
+    fn v2_a_cgroup_shared_with_other_processes_is_refused() {
+        let own = "/user.slice/user-0.slice/session-1.scope";
+        let fs = v2_host(own, "cpu memory pids", "", &[7, 42, 43]);
+        let proc_self_cgroup = format!("0::{own}\n");
+        let err = Cgroups::with_own_cgroups(
+            v2_layout(),
+            Box::new(fs.clone()),
+            &proc_self_cgroup,
+            &[42, 43],
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            matches!(&err, CgroupError::Shared { others, .. } if others == &[7]),
+            "{err}"
+        );
+        assert!(err.to_string().contains("Delegate=yes"), "{err}");
+        let files = fs.files.lock().unwrap();
+        let procs = Path::new("/cg").join(&own[1..]).join("cgroup.procs");
+        assert_eq!(files[&procs], "7\n42\n43", "nobody moved");
+    }
+
+    #[test]
+    fn v2_a_cgroup_without_the_controllers_is_refused() {
+        let own = "/system.slice/wisp.service";
+        let fs = v2_host(own, "cpu io", "", &[42]);
+        let err = Cgroups::with_own_cgroups(
+            v2_layout(),
+            Box::new(fs),
+            "0::/system.slice/wisp.service\n",
+            &[42],
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            matches!(&err, CgroupError::NotDelegated { missing, .. } if missing == &["memory", "pids"]),
+            "{err}"
+        );
+    }
+
     #[test]
     fn v1_uses_each_controllers_own_path() {
         let fs = std::sync::Arc::new(Recording::default());
@@ -646,7 +904,7 @@ mod tests {
             pids: "/p".into(),
         };
         let own = "4:memory:/process_api/abc\n2:cpu,cpuacct:/\n8:pids:/x\n0::/\n";
-        let cgroups = Cgroups::with_own_cgroups(layout, Box::new(fs.clone()), own).unwrap();
+        let cgroups = Cgroups::with_own_cgroups(layout, Box::new(fs.clone()), own, &[1]).unwrap();
         let limits = CgroupLimits {
             memory_bytes: 2 << 20,
             cpu_millis: Some(250),
@@ -666,7 +924,12 @@ mod tests {
     /// OOM killer is seen, and nothing is left behind.
     #[test]
     fn real_cgroups_limit_a_memory_hog_and_leave_nothing() {
-        let cgroups = Cgroups::new(Layout::detect().unwrap(), Box::new(RealFs)).unwrap();
+        let cgroups = Cgroups::new(
+            Layout::detect().unwrap(),
+            Box::new(RealFs),
+            &[std::process::id()],
+        )
+        .unwrap();
         let name = format!("test-{}", std::process::id());
         let limits = CgroupLimits {
             memory_bytes: 32 << 20,

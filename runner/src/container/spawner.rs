@@ -40,6 +40,7 @@ const CHILD_STACK: usize = 1 << 20;
 #[derive(Debug)]
 pub struct SpawnerHandle {
     sock: OwnedFd,
+    pid: Pid,
 }
 
 /// Why the gateway got no container from the spawner.
@@ -128,11 +129,19 @@ impl SpawnerHandle {
                 let code = spawner_main(theirs, parent, id_map);
                 std::process::exit(code);
             }
-            ForkResult::Parent { .. } => {
+            ForkResult::Parent { child } => {
                 drop(theirs);
-                Ok(SpawnerHandle { sock: ours })
+                Ok(SpawnerHandle {
+                    sock: ours,
+                    pid: child,
+                })
             }
         }
+    }
+
+    /// The spawner's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw().unsigned_abs()
     }
 }
 
