@@ -271,6 +271,40 @@ impl Wisp {
         self.deploy_rootfs(name, rootfs, &args);
     }
 
+    /// Deploys `name`, busybox httpd serving the root filesystem `rootfs`'s
+    /// `/www` on port 8080 (`--protocol http`), with the shell `script` as its
+    /// CGI program `/www/cgi-bin/<script_name>`; `args` are further
+    /// `wisp deploy` arguments.
+    #[track_caller]
+    pub fn deploy_httpd_script(
+        &self,
+        name: &str,
+        rootfs: &Path,
+        script_name: &str,
+        script: &str,
+        args: &[&str],
+    ) {
+        let cgi_bin = rootfs.join("www/cgi-bin");
+        std::fs::create_dir_all(&cgi_bin).expect("making /www/cgi-bin");
+        let path = cgi_bin.join(script_name);
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).expect("writing the script");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("making the script executable");
+        let mut cli = vec!["--protocol", "http", "--port", "8080"];
+        cli.extend(args);
+        cli.extend([
+            "--",
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ]);
+        self.deploy_rootfs(name, rootfs, &cli);
+    }
+
     /// Deploys a busybox CGI function `name` that sleeps `seconds` (as
     /// sleep(1) reads them), then answers `slow`; `args` are further
     /// `wisp deploy` arguments, such as its scaling.

@@ -336,38 +336,12 @@ async fn a_guest_still_streaming_at_its_deadline_is_cut_off_and_its_slot_freed()
 async fn a_container_still_streaming_at_its_deadline_is_cut_off_and_replaced() {
     let wisp = Wisp::start();
     let rootfs = wisp_e2e::busybox_rootfs();
-    let root = rootfs.path();
-    std::os::unix::fs::symlink("busybox", root.join("bin/httpd")).unwrap();
-    std::fs::create_dir_all(root.join("www/cgi-bin")).unwrap();
-    let script = root.join("www/cgi-bin/stream");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nfirst\\n'\nsleep 45\necho second\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    wisp.deploy_rootfs(
+    wisp.deploy_httpd_script(
         "streamer",
-        root,
-        &[
-            "--protocol",
-            "http",
-            "--port",
-            "8080",
-            "--timeout",
-            "2s",
-            "--max",
-            "1",
-            "--concurrency",
-            "1",
-            "--",
-            "/bin/httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            "/www",
-        ],
+        rootfs.path(),
+        "stream",
+        "printf 'Content-Type: text/plain\\r\\n\\r\\nfirst\\n'\nsleep 45\necho second",
+        &["--timeout", "2s", "--max", "1", "--concurrency", "1"],
     );
     let started = std::time::Instant::now();
     let response = wisp.stream("/function/streamer/cgi-bin/stream").await;

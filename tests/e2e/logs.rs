@@ -125,33 +125,15 @@ async fn a_flooding_handler_is_rate_limited_and_counted() {
     let wisp = Wisp::start();
     let rootfs = wisp_e2e::busybox_rootfs();
     let root = rootfs.path();
-    for applet in ["httpd", "yes", "head"] {
+    for applet in ["yes", "head"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
-    std::fs::create_dir_all(root.join("www/cgi-bin")).unwrap();
-    let script = root.join("www/cgi-bin/flood");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nyes 'flooding the log' | head -c 8000000 >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\ndone\\n'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    wisp.deploy_rootfs(
+    wisp.deploy_httpd_script(
         "flood",
         root,
-        &[
-            "--protocol",
-            "http",
-            "--port",
-            "8080",
-            "--",
-            "/bin/httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            "/www",
-        ],
+        "flood",
+        "yes 'flooding the log' | head -c 8000000 >&2\nprintf 'Content-Type: text/plain\\r\\n\\r\\ndone\\n'",
+        &[],
     );
     let answer = wisp
         .invoke("GET", "/function/flood/cgi-bin/flood", "")
