@@ -1,4 +1,5 @@
-//! wisp's gateway: the HTTP server and its routing ([`server`], [`route`]),
+//! wisp's gateway: the HTTP server, its client connections and its routing
+//! ([`server`], [`connections`], [`route`]),
 //! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]), the
 //! function registry ([`registry`]), the mapping of every error to a status
 //! ([`rescue`]), Prometheus metrics ([`metrics`]), garbage collection of the

@@ -19,7 +19,8 @@
 //! - `http`, `cgi`: the executors of the two ABIs (the CGI mapping is
 //!   [`crate::protocol::cgi`]);
 //! - `guest`: what both give a guest: WASI context, memory cap, deadline,
-//!   captured output.
+//!   captured output;
+//! - `outbound`: the addresses a wildcard outbound grant does not reach.
 
 mod backend;
 pub(crate) mod cgi;
