@@ -207,6 +207,9 @@ pub fn parse_response(out: &[u8]) -> Result<Head, ResponseError> {
         let (name, value) = text
             .split_once(':')
             .ok_or_else(|| ResponseError::NoColon(truncate(text)))?;
+        // Optional whitespace around the name is allowed; anything else
+        // (a stray `\r`, say) leaves a name that is not a token and is refused.
+        let name = name.trim_matches([' ', '\t']);
         let value = value.trim();
         if name.eq_ignore_ascii_case("status") {
             let code = value.split_whitespace().next().unwrap_or("");
@@ -225,7 +228,7 @@ pub fn parse_response(out: &[u8]) -> Result<Head, ResponseError> {
             status = Some(code);
             continue;
         }
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
+        let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ResponseError::BadHeaderName(truncate(name)))?;
         let value = HeaderValue::from_str(value)
             .map_err(|_| ResponseError::BadHeaderValue(name.clone()))?;
@@ -301,6 +304,11 @@ mod tests {
         }
         assert!(parse(b"\nbody").is_err());
         assert!(parse(b"Bad Name: x\n\n").is_err());
+        // A `\r` before a name does not hide a `Status` among the headers.
+        assert!(matches!(
+            err(b"Content-Length:\n\rStatus:0\n\n"),
+            ResponseError::BadHeaderName(_)
+        ));
     }
 
     #[test]
