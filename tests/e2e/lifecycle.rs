@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
-use wisp_e2e::{Wisp, artifacts};
+use wisp_e2e::{Wisp, artifacts, eventually};
 
 fn compiled_files(wisp: &Wisp) -> Vec<(std::path::PathBuf, SystemTime)> {
     let dir = wisp.data_dir.join("artifacts").join("compiled");
@@ -45,6 +45,45 @@ async fn functions_survive_a_crash_without_recompiling() {
     );
     // The token was printed once, by the first server only.
     assert_eq!(second.log().matches("listening").count(), 2);
+}
+
+/// Descriptors and mappings of the server that point at precompiled code.
+fn compiled_code_held(wisp: &Wisp) -> usize {
+    let compiled = wisp.data_dir.join("artifacts").join("compiled");
+    let compiled = compiled.to_str().unwrap();
+    let proc = std::path::PathBuf::from(format!("/proc/{}", wisp.pid()));
+    let fds = std::fs::read_dir(proc.join("fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with(compiled))
+        .count();
+    let maps = std::fs::read_to_string(proc.join("maps")).unwrap();
+    fds + maps.lines().filter(|l| l.contains(compiled)).count()
+}
+
+#[tokio::test]
+async fn a_deleted_wasm_function_lets_go_of_its_code() {
+    let wisp = Wisp::start();
+    // Deployed, invoked and deleted three times each: a component and a
+    // core module. Each round used to leave the code mapped and its file
+    // open (the instance's memory slot still held the code's image, freed
+    // only when another instance happened to take that slot).
+    for round in 0..3 {
+        for (name, file) in [("h", artifacts::HELLO), ("c", artifacts::CGI_ECHO)] {
+            let name = format!("{name}{round}");
+            wisp.deploy(&name, file).await;
+            let got = wisp.invoke("POST", &format!("/function/{name}"), "x").await;
+            assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+            assert!(compiled_code_held(&wisp) > 0, "serving maps the code");
+            wisp.cli(&["rm", &name]).expect_success();
+        }
+    }
+    eventually(
+        "the code of deleted functions is unmapped and closed",
+        Duration::from_secs(10),
+        async || compiled_code_held(&wisp) == 0,
+    )
+    .await;
 }
 
 #[tokio::test]
