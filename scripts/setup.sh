@@ -31,6 +31,11 @@ command -v prometheus >/dev/null 2>&1 || need_debs+=(prometheus)
 # schemathesis runs from a virtualenv; Debian's python3 makes one only with
 # python3-venv (ensurepip).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_debs+=(python3-venv)
+# The registry tests run Debian's docker-registry (distribution 2.8), push
+# the example images to it with skopeo, and make its htpasswd file.
+command -v docker-registry >/dev/null 2>&1 || need_debs+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need_debs+=(skopeo)
+command -v htpasswd >/dev/null 2>&1 || need_debs+=(apache2-utils)
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: apt-get install ${need_debs[*]}"

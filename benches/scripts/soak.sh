@@ -54,8 +54,10 @@ bench echo 30 &
 echo_=$!
 
 # Churn until the load stops.
-end=$((SECONDS + seconds))
+SECONDS=0
+end=$seconds
 round=0
+trend=()
 while [ $SECONDS -lt $end ]; do
   round=$((round + 1))
   case $((round % 4)) in
@@ -67,6 +69,8 @@ while [ $SECONDS -lt $end ]; do
        quiet "$wisp" rm "tmp-$round" ;;
   esac
   sleep 5
+  # A snapshot a minute, to tell a plateau from a leak.
+  if [ $((round % 12)) -eq 0 ]; then trend+=("$(snapshot "${SECONDS}s")"); fi
 done
 wait $hello $ping $echo_ || true
 quiet "$wisp" scale ping --min 0
@@ -84,4 +88,5 @@ print(f'{sys.argv[2]:6} {r["requests"]:8d} requests  p50 {r["latency"]["p50_ms"]
 EOF
 done
 echo "$start"
+printf '%s\n' "${trend[@]}"
 snapshot end

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use wisp_runner::backend::Prepared;
+use wisp_runner::backend::{Prepared, PulledArtifact};
+use wisp_runner::image::pull::{self, Credentials, PullOptions, PullPolicy, Reference};
 use wisp_runner::protocol::Protocol;
 use wisp_runner::spec::{
     self, ContainerOptions, Digest, FunctionKind, FunctionName, FunctionSpec, Limits, ScalingSpec,
@@ -43,7 +44,8 @@ pub type UnknownFields = BTreeMap<String, serde_json::Value>;
 #[serde(rename_all = "camelCase")]
 pub struct FunctionDeployment {
     pub service: String,
-    /// An artifact digest, `sha256:<hex>`, from `POST /system/artifacts`.
+    /// An artifact digest, `sha256:<hex>`, from `POST /system/artifacts`,
+    /// or a registry reference (`[registry[:port]/]repo[:tag][@digest]`).
     pub image: String,
     #[serde(
         default,
@@ -89,7 +91,9 @@ pub struct FunctionDeployment {
         skip_serializing_if = "Option::is_none"
     )]
     pub read_only_root_filesystem: Option<bool>,
-    /// Deprecated in OpenFaaS and ignored there too.
+    /// Credentials for the image's registry, base64 `user:password` (as
+    /// older OpenFaaS took them). Used for the pull, never stored, logged
+    /// or returned.
     #[serde(
         default,
         deserialize_with = "present",
@@ -157,6 +161,23 @@ pub struct FunctionDeployment {
         skip_serializing_if = "Option::is_none"
     )]
     pub instance_reuse: Option<u32>,
+    /// wisp, an image named by reference: when to ask its registry
+    /// (`always`, `missing`, `never`) [default: `always` for a tag,
+    /// `missing` for a digest].
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pull: Option<String>,
+    /// wisp, an image named by reference: registries (`host:port`) to
+    /// reach over plain HTTP for this deploy.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub insecure_registries: Option<Vec<String>>,
     /// Everything else: ignored (after `scaling`, which takes its fields).
     #[serde(flatten, skip_serializing)]
     pub unknown: UnknownFields,
@@ -274,6 +295,10 @@ pub struct FunctionStatus {
     /// wisp, container functions: the image's manifest digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_image: Option<String>,
+    /// wisp, functions deployed from a registry: the manifest digest the
+    /// reference in `image` resolved to, which the function keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     /// wisp: the scaling settings in effect.
     #[serde(default)]
     pub scaling: ScalingStatus,
@@ -448,9 +473,13 @@ pub enum DeploymentError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(
-        "image {image:?} is not an artifact digest: upload the file with POST /system/artifacts (or `wisp deploy`) and deploy its sha256:<hex> digest"
+        "image {image:?} is neither an artifact digest (sha256:<hex>, from POST /system/artifacts or `wisp deploy FILE`) nor a registry reference ([registry[:port]/]repository[:tag][@sha256:<hex>]): {detail}"
     )]
-    NotAnArtifact { image: String },
+    NotAnArtifact { image: String, detail: String },
+    #[error("registryAuth must be base64 of user:password")]
+    RegistryAuth,
+    #[error("{0}")]
+    PullPolicy(String),
     #[error("namespace {namespace:?} does not exist: wisp has only {NAMESPACE:?}")]
     Namespace { namespace: String },
     #[error("secrets are not supported by wisp; pass configuration in envVars")]
@@ -472,8 +501,17 @@ pub enum DeploymentError {
 impl FunctionDeployment {
     /// Validates the request into a spec of the given kind.
     pub fn to_spec(&self, kind: FunctionKind) -> Result<FunctionSpec, DeploymentError> {
+        self.to_spec_with(kind, self.artifact()?)
+    }
+
+    /// Validates the request into a spec of the given kind that runs
+    /// `artifact` (an upload's digest, or what a pull found).
+    pub fn to_spec_with(
+        &self,
+        kind: FunctionKind,
+        artifact: Digest,
+    ) -> Result<FunctionSpec, DeploymentError> {
         let name = FunctionName::new(&self.service)?;
-        let artifact = self.artifact()?;
         check_namespace(self.namespace.as_deref())?;
         if self.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(DeploymentError::Secrets);
@@ -514,6 +552,7 @@ impl FunctionDeployment {
             allow_outbound: self.allow_outbound.clone().unwrap_or_default(),
             container: None,
             scaling: self.scaling()?,
+            source: None,
         })
     }
 
@@ -623,12 +662,173 @@ impl FunctionDeployment {
         self.unknown.keys().cloned().chain(nested).collect()
     }
 
-    /// The artifact the deployment names.
+    /// The artifact the deployment names, if it names one by digest.
     pub fn artifact(&self) -> Result<Digest, DeploymentError> {
-        Digest::parse(&self.image).map_err(|_| DeploymentError::NotAnArtifact {
+        match self.source()? {
+            ImageRef::Artifact(digest) => Ok(digest),
+            ImageRef::Registry(reference) => Err(DeploymentError::NotAnArtifact {
+                image: self.image.chars().take(100).collect(),
+                detail: format!("{reference} is a registry reference"),
+            }),
+        }
+    }
+
+    /// What `image` names: an uploaded artifact, or an image in a registry.
+    pub fn source(&self) -> Result<ImageRef, DeploymentError> {
+        if let Ok(digest) = Digest::parse(&self.image) {
+            return Ok(ImageRef::Artifact(digest));
+        }
+        pull::parse_reference(&self.image)
+            .map(|r| ImageRef::Registry(Box::new(r)))
+            .map_err(|detail| DeploymentError::NotAnArtifact {
+                image: self.image.chars().take(100).collect(),
+                detail,
+            })
+    }
+
+    /// How to pull a registry reference for this deployment: its
+    /// credentials and plain-HTTP registries, on top of the server's.
+    pub fn pull_options(
+        &self,
+        reference: &Reference,
+        server_insecure: &[String],
+        max_artifact_bytes: u64,
+    ) -> Result<PullOptions, DeploymentError> {
+        pull_options(
+            self.pull.as_deref(),
+            self.registry_auth.as_deref(),
+            self.insecure_registries.as_deref(),
+            reference,
+            server_insecure,
+            max_artifact_bytes,
+        )
+    }
+}
+
+/// `POST /system/images`: pull an image (or wasm component) by reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PullRequest {
+    pub image: String,
+    /// `always` (default), `missing` or `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_registries: Option<Vec<String>>,
+    /// Base64 `user:password`; never stored, logged or returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<String>,
+}
+
+impl PullRequest {
+    pub fn reference(&self) -> Result<Reference, DeploymentError> {
+        pull::parse_reference(&self.image).map_err(|detail| DeploymentError::NotAnArtifact {
             image: self.image.chars().take(100).collect(),
+            detail,
         })
     }
+
+    pub fn pull_options(
+        &self,
+        reference: &Reference,
+        server_insecure: &[String],
+        max_artifact_bytes: u64,
+    ) -> Result<PullOptions, DeploymentError> {
+        pull_options(
+            Some(self.pull.as_deref().unwrap_or("always")),
+            self.registry_auth.as_deref(),
+            self.insecure_registries.as_deref(),
+            reference,
+            server_insecure,
+            max_artifact_bytes,
+        )
+    }
+}
+
+/// What `POST /system/images` pulled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullResponse {
+    /// The reference, normalised.
+    pub reference: String,
+    /// The manifest it resolved to.
+    pub digest: String,
+    /// `container`, `wasm-http` or `wasm-cgi`.
+    pub kind: FunctionKind,
+    /// What a deploy of it runs: the image's manifest digest, or the wasm
+    /// component's artifact digest.
+    pub artifact: String,
+    pub downloaded_bytes: u64,
+    pub blobs_fetched: usize,
+    pub blobs_present: usize,
+    pub seconds: f64,
+}
+
+impl PullResponse {
+    pub fn new(reference: String, pulled: &PulledArtifact) -> Self {
+        PullResponse {
+            reference,
+            digest: pulled.report.manifest_digest.to_string(),
+            kind: pulled.prepared.kind,
+            artifact: pulled.artifact.to_string(),
+            downloaded_bytes: pulled.report.downloaded,
+            blobs_fetched: pulled.report.blobs_fetched,
+            blobs_present: pulled.report.blobs_present,
+            seconds: pulled.report.elapsed.as_secs_f64(),
+        }
+    }
+}
+
+/// The pull policy (by default `always` for a tag, `missing` for a
+/// digest), credentials and plain-HTTP registries of one pull.
+fn pull_options(
+    policy: Option<&str>,
+    registry_auth: Option<&str>,
+    insecure_registries: Option<&[String]>,
+    reference: &Reference,
+    server_insecure: &[String],
+    max_artifact_bytes: u64,
+) -> Result<PullOptions, DeploymentError> {
+    let policy = match policy {
+        Some(p) => PullPolicy::parse(p).map_err(DeploymentError::PullPolicy)?,
+        None if reference.digest().is_some() => PullPolicy::Missing,
+        None => PullPolicy::Always,
+    };
+    let auth = match registry_auth {
+        None | Some("") => Credentials::Anonymous,
+        Some(encoded) => decode_basic(encoded).ok_or(DeploymentError::RegistryAuth)?,
+    };
+    let mut insecure = server_insecure.to_vec();
+    insecure.extend(insecure_registries.into_iter().flatten().cloned());
+    Ok(PullOptions {
+        auth,
+        insecure_registries: insecure,
+        policy,
+        max_artifact_bytes,
+    })
+}
+
+/// `base64(user:password)` → basic credentials.
+fn decode_basic(encoded: &str) -> Option<Credentials> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (username, password) = text.split_once(':')?;
+    Some(Credentials::Basic {
+        username: username.to_owned(),
+        password: password.to_owned(),
+    })
+}
+
+/// What a deployment's `image` names.
+#[derive(Debug, Clone)]
+pub enum ImageRef {
+    /// An uploaded artifact, by digest.
+    Artifact(Digest),
+    /// An image (or wasm artifact) in a registry.
+    Registry(Box<Reference>),
 }
 
 impl FunctionStatus {
@@ -636,7 +836,11 @@ impl FunctionStatus {
         let spec = &stored.spec;
         FunctionStatus {
             name: spec.name.to_string(),
-            image: spec.artifact.to_string(),
+            image: spec
+                .source
+                .as_ref()
+                .map_or_else(|| spec.artifact.to_string(), |s| s.reference.clone()),
+            image_digest: spec.source.as_ref().map(|s| s.manifest.to_string()),
             namespace: NAMESPACE.into(),
             env_vars: spec.env.clone(),
             labels: spec.labels.clone(),

@@ -19,11 +19,12 @@ use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, full_body};
 use wisp_runner::image::{ImageStore, StoreError};
 use wisp_runner::pool::{Pool, StopReason};
-use wisp_runner::spec::{Digest, FunctionKind};
+use wisp_runner::spec::{Digest, FunctionKind, ImageSource};
 
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
-    ImageSummary, LayerSummary, ScaleRequest, is_our_namespace,
+    ImageRef, ImageSummary, LayerSummary, PullRequest, PullResponse, ScaleRequest,
+    is_our_namespace,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -86,7 +87,8 @@ impl App {
             }
             (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Images, Method::GET) => json(StatusCode::OK, &self.images().await?),
-            (Route::Images, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (Route::Images, Method::POST) => self.pull(req).await,
+            (Route::Images, _) => Err(GatewayError::MethodNotAllowed { allow: "GET, POST" }),
             (Route::Prune, Method::POST) => {
                 let dry_run = dry_run(req.uri().query().unwrap_or(""))?;
                 json(StatusCode::OK, &self.prune(dry_run).await?)
@@ -103,16 +105,46 @@ impl App {
     ) -> Result<Response<Body>, GatewayError> {
         let deployment: FunctionDeployment = read_json(req).await?;
         let ignored = deployment.ignored_fields();
-        // Validate everything cheap before compiling anything.
-        let draft = deployment.to_spec(FunctionKind::WasmHttp)?;
-        // Under the lock, so that a prune either sees the hold or has
-        // finished (and `prepare` finds the artifact gone).
-        let _hold = {
-            let _serial = self.deploy_lock.lock().await;
-            self.holds.hold(draft.artifact.clone(), None)
+        let (spec, _hold) = match deployment.source()? {
+            ImageRef::Artifact(artifact) => {
+                // Validate everything cheap before compiling anything.
+                let draft = deployment.to_spec_with(FunctionKind::WasmHttp, artifact)?;
+                // Under the lock, so that a prune either sees the hold or
+                // has finished (and `prepare` finds the artifact gone).
+                let hold = {
+                    let _serial = self.deploy_lock.lock().await;
+                    self.holds.hold(draft.artifact.clone(), None)
+                };
+                let prepared = self.backend.prepare(&draft.artifact).await?;
+                (deployment.with_prepared(draft, prepared)?, hold)
+            }
+            ImageRef::Registry(reference) => {
+                let options = deployment.pull_options(
+                    &reference,
+                    &self.insecure_registries,
+                    self.max_artifact_bytes,
+                )?;
+                // Validated before anything is downloaded; the artifact is
+                // what the pull finds.
+                let placeholder = Digest::from_sha256(&[0; 32]);
+                let mut draft = deployment.to_spec_with(FunctionKind::WasmHttp, placeholder)?;
+                // Pulled without the deploy lock: a large image holds up
+                // no other deploy. A prune meanwhile spares what the pull
+                // just stored (its cutoff), and the hold below keeps it.
+                let pulled = self.backend.pull(&reference, &options).await?;
+                let hold = {
+                    let _serial = self.deploy_lock.lock().await;
+                    self.holds
+                        .hold(pulled.artifact.clone(), pulled.prepared.image.clone())
+                };
+                draft.artifact = pulled.artifact;
+                draft.source = Some(ImageSource {
+                    reference: reference.whole(),
+                    manifest: pulled.report.manifest_digest,
+                });
+                (deployment.with_prepared(draft, pulled.prepared)?, hold)
+            }
         };
-        let prepared = self.backend.prepare(&draft.artifact).await?;
-        let spec = deployment.with_prepared(draft, prepared)?;
         let kind = spec.kind;
         let name = spec.name.to_string();
 
@@ -151,6 +183,23 @@ impl App {
             status,
             format!("deployed {name}\n{}", ignored_note(&ignored)),
         ))
+    }
+
+    /// `POST /system/images`: pulls an image (or wasm component) into the
+    /// stores without deploying it.
+    async fn pull(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let request: PullRequest = read_json(req).await?;
+        let reference = request.reference()?;
+        let options = request.pull_options(
+            &reference,
+            &self.insecure_registries,
+            self.max_artifact_bytes,
+        )?;
+        let pulled = self.backend.pull(&reference, &options).await?;
+        json(
+            StatusCode::OK,
+            &PullResponse::new(reference.whole(), &pulled),
+        )
     }
 
     async fn delete(&self, name: &str) -> Result<Response<Body>, GatewayError> {

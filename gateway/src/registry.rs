@@ -157,6 +157,7 @@ mod tests {
             allow_outbound: vec![],
             container: None,
             scaling: wisp_runner::spec::ScalingSpec::default(),
+            source: None,
         }
     }
 

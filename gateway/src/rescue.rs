@@ -4,7 +4,7 @@
 //! message that names the function and says what happened, without them.
 
 use http::{HeaderValue, Response, StatusCode};
-use wisp_runner::backend::{Body, InvokeError, PrepareError, StartError, full_body};
+use wisp_runner::backend::{Body, InvokeError, PrepareError, PullFailure, StartError, full_body};
 use wisp_runner::image::StoreError;
 use wisp_runner::store::artifact::{PruneError, UploadError};
 
@@ -59,6 +59,16 @@ impl GatewayError {
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             // The image is past the server's import limits.
             E::Prepare(PrepareError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            E::Prepare(PrepareError::Pull { failure, .. }) => match failure {
+                PullFailure::NotFound => StatusCode::NOT_FOUND,
+                PullFailure::Unauthorized => StatusCode::UNAUTHORIZED,
+                PullFailure::Unreachable => StatusCode::GATEWAY_TIMEOUT,
+                PullFailure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                PullFailure::Invalid => StatusCode::BAD_REQUEST,
+                PullFailure::Storage | PullFailure::Unsupported => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
             E::Prepare(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             E::Prepare(PrepareError::ContainersUnavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -67,7 +77,9 @@ impl GatewayError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             E::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            E::Upload(UploadError::Empty | UploadError::Body(_)) => StatusCode::BAD_REQUEST,
+            E::Upload(
+                UploadError::Empty | UploadError::Body(_) | UploadError::DigestMismatch { .. },
+            ) => StatusCode::BAD_REQUEST,
             E::Upload(UploadError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             E::Invoke(e) => match e {
@@ -113,6 +125,13 @@ impl GatewayError {
                 "internal storage error (details are in the server log)".into()
             }
             GatewayError::Prepare(e @ PrepareError::ContainersUnavailable { .. }) => e.to_string(),
+            // Says which registry and reference; never credentials.
+            GatewayError::Prepare(
+                e @ PrepareError::Pull {
+                    failure: PullFailure::Unreachable,
+                    ..
+                },
+            ) => e.to_string(),
             GatewayError::Prepare(e) if !e.is_user_error() => {
                 "internal error while preparing the artifact (details are in the server log)".into()
             }

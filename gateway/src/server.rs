@@ -68,6 +68,8 @@ pub struct ServeConfig {
     pub images: ImportLimits,
     /// Garbage collection of unused artifacts and images.
     pub prune: PruneConfig,
+    /// Registries (`host:port`) every deploy may reach over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -93,6 +95,7 @@ pub struct App {
     /// Artifacts and images in use beyond the deployed functions.
     pub(crate) holds: Arc<Holds>,
     pub(crate) max_artifact_bytes: u64,
+    pub(crate) insecure_registries: Vec<String>,
     pub(crate) prune: PruneConfig,
     pub(crate) metrics: Metrics,
 }
@@ -177,6 +180,7 @@ impl App {
             deploy_lock: tokio::sync::Mutex::new(()),
             holds: Arc::default(),
             max_artifact_bytes: config.max_artifact_bytes,
+            insecure_registries: config.insecure_registries.clone(),
             prune: config.prune,
             metrics,
         };

@@ -12,6 +12,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
+use crate::image::pull::{PullOptions, PullReport, Reference};
 use crate::spec::{Digest, FunctionKind, FunctionName, FunctionSpec};
 
 /// Error type carried by streamed bodies.
@@ -41,6 +42,22 @@ pub trait Backend: Send + Sync + 'static {
     /// registry. Returns the kind of function the artifact is.
     async fn prepare(&self, artifact: &Digest) -> Result<Prepared, PrepareError>;
 
+    /// Pulls `reference` from its registry and prepares what it is (an
+    /// image or a wasm component), as [`Backend::prepare`] does an upload.
+    async fn pull(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> Result<PulledArtifact, PrepareError> {
+        let _ = options;
+        Err(PrepareError::Pull {
+            failure: PullFailure::Unsupported,
+            cause: Cause::new(std::io::Error::other(format!(
+                "{reference}: this server cannot pull images"
+            ))),
+        })
+    }
+
     /// Makes a sandbox that is ready to take requests (a cold start).
     async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError>;
 
@@ -55,6 +72,35 @@ pub struct Prepared {
     pub kind: FunctionKind,
     /// For an OCI image: the digest of its manifest in the image store.
     pub image: Option<Digest>,
+}
+
+/// What [`Backend::pull`] fetched and prepared.
+#[derive(Debug, Clone)]
+pub struct PulledArtifact {
+    /// What the function runs: the wasm component's digest in the artifact
+    /// store, or the image's manifest digest.
+    pub artifact: Digest,
+    pub prepared: Prepared,
+    pub report: PullReport,
+}
+
+/// Why a pull failed, in the terms a caller answers by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    /// No such repository, tag or digest.
+    NotFound,
+    /// The registry refused the credentials.
+    Unauthorized,
+    /// The registry could not be reached, or timed out.
+    Unreachable,
+    /// Past the server's image limits.
+    TooLarge,
+    /// The registry served something wrong or unsupported.
+    Invalid,
+    /// Writing what arrived failed on this host.
+    Storage,
+    /// This server does not pull.
+    Unsupported,
 }
 
 /// One sandbox of one function.
@@ -129,6 +175,12 @@ pub enum PrepareError {
         #[source]
         cause: Cause,
     },
+    #[error("{cause}")]
+    Pull {
+        failure: PullFailure,
+        #[source]
+        cause: Cause,
+    },
 }
 
 impl PrepareError {
@@ -136,7 +188,14 @@ impl PrepareError {
     pub fn is_user_error(&self) -> bool {
         !matches!(
             self,
-            PrepareError::Storage { .. } | PrepareError::ContainersUnavailable { .. }
+            PrepareError::Storage { .. }
+                | PrepareError::ContainersUnavailable { .. }
+                | PrepareError::Pull {
+                    failure: PullFailure::Unreachable
+                        | PullFailure::Storage
+                        | PullFailure::Unsupported,
+                    ..
+                }
         )
     }
 }

@@ -1,15 +1,20 @@
 //! The router: one [`Backend`] in front of the real ones. An artifact that
 //! starts with WebAssembly's magic is prepared by the wasm backend, anything
-//! else is taken for an OCI image; starts go by the function's kind. It
-//! holds no state of its own.
+//! else is taken for an OCI image; starts go by the function's kind. A
+//! pull goes to the container backend, which owns the image store, and a
+//! wasm component it finds to the wasm backend. It holds no state of its
+//! own.
 
 use std::io::Read;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::backend::{Backend, Cause, Instance, PrepareError, Prepared, StartError};
+use crate::backend::{
+    Backend, Cause, Instance, PrepareError, Prepared, PulledArtifact, StartError,
+};
 use crate::container::ContainerBackend;
+use crate::image::pull::{PullOptions, Reference};
 use crate::spec::{Digest, FunctionKind, FunctionSpec};
 use crate::store::artifact::ArtifactStore;
 use crate::wasm::WasmBackend;
@@ -47,6 +52,20 @@ impl Backend for Router {
                 cause: Cause::new(e),
             }),
         }
+    }
+
+    /// The container backend pulls (it owns the image store); a wasm
+    /// component it finds is prepared by the wasm backend.
+    async fn pull(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> Result<PulledArtifact, PrepareError> {
+        let mut pulled = self.container.pull(reference, options).await?;
+        if pulled.prepared.image.is_none() {
+            pulled.prepared = self.wasm.prepare(&pulled.artifact).await?;
+        }
+        Ok(pulled)
     }
 
     async fn start(&self, spec: &FunctionSpec) -> Result<Box<dyn Instance>, StartError> {

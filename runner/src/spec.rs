@@ -62,6 +62,19 @@ pub struct FunctionSpec {
     /// defaults of the function's kind ([`FunctionSpec::scaling`]).
     #[serde(default)]
     pub scaling: ScalingSpec,
+    /// Where the artifact came from when it was pulled from a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ImageSource>,
+}
+
+/// A registry reference a function was deployed from, and what it resolved
+/// to then: the function runs that manifest until it is deployed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// The reference, normalised (`docker.io/library/nginx:latest`).
+    pub reference: String,
+    /// The digest of the manifest it resolved to.
+    pub manifest: Digest,
 }
 
 /// Scaling settings as the user gave them.
@@ -636,6 +649,7 @@ mod tests {
             allow_outbound: vec![],
             container: None,
             scaling: ScalingSpec::default(),
+            source: None,
         };
         assert_eq!(spec.outbound_grant("example.com"), None);
         spec.allow_outbound = vec!["example.com".into(), "::1".into()];

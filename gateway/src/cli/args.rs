@@ -47,6 +47,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Change a function's scaling settings (live).
     Scale(ScaleArgs),
+    /// Pull an image (or a wasm component) from a registry into the server's store.
+    Pull(PullArgs),
     /// List container images, their layers and sizes, and the functions using them.
     Images(ConnectArgs),
     /// Remove the artifacts and images (and layers) no function uses, once past the server's --prune-grace.
@@ -101,6 +103,15 @@ pub struct ServeArgs {
     /// it, so that an upload about to be deployed is kept.
     #[arg(long, env = "WISP_PRUNE_GRACE", default_value = "10m", value_parser = duration)]
     pub prune_grace: Duration,
+    /// A registry (`host:port`) every deploy may reach over plain HTTP
+    /// instead of TLS (repeatable; comma-separated in the variable).
+    #[arg(
+        long = "insecure-registry",
+        env = "WISP_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -125,9 +136,19 @@ pub struct DeployArgs {
     /// OCI image layout directory).
     #[arg(required_unless_present_any = ["image", "rootfs", "binary"])]
     pub file: Option<PathBuf>,
-    /// An OCI image: a `docker save` / `podman save` / OCI archive tar, or an OCI layout directory.
+    /// An OCI image: a registry reference the server pulls
+    /// (`[registry[:port]/]repo[:tag][@sha256:…]`, `nginx` meaning
+    /// `docker.io/library/nginx:latest`), or a file: a `docker save` /
+    /// `podman save` / OCI archive tar, or an OCI layout directory. A path
+    /// that exists wins.
     #[arg(long, conflicts_with_all = ["file", "rootfs", "binary"])]
-    pub image: Option<PathBuf>,
+    pub image: Option<String>,
+    /// When the server asks the registry for --image REF: `always`,
+    /// `missing` or `never` [default: always for a tag, missing for a digest].
+    #[arg(long, value_parser = ["always", "missing", "never"])]
+    pub pull: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// A root filesystem directory to run as a one-layer image (needs a command: `-- CMD…`).
     #[arg(long, conflicts_with_all = ["file", "image", "binary"])]
     pub rootfs: Option<PathBuf>,
@@ -181,6 +202,33 @@ pub struct DeployArgs {
     /// Label, KEY=VALUE (repeatable).
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// How the server reaches a registry for one pull or deploy.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    /// A registry (`host:port`) to reach over plain HTTP instead of TLS (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// Credentials for the registry, `user:password` (sent to the server
+    /// for this pull only; never stored there).
+    #[arg(
+        long,
+        env = "WISP_REGISTRY_CREDS",
+        hide_env_values = true,
+        value_name = "USER:PASSWORD"
+    )]
+    pub creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image: `[registry[:port]/]repo[:tag][@sha256:…]`.
+    pub reference: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }

@@ -216,6 +216,16 @@ impl Client {
         Ok(answer.text())
     }
 
+    /// `POST /system/images`: the server pulls an image by reference.
+    pub async fn pull(
+        &self,
+        request: &crate::api::PullRequest,
+    ) -> Result<crate::api::PullResponse, ClientError> {
+        let body = self.encode(request)?;
+        let answer = self.system(Method::POST, "/system/images", body).await?;
+        self.decode(&answer)
+    }
+
     pub async fn images(&self) -> Result<Vec<crate::api::ImageSummary>, ClientError> {
         let answer = self
             .system(Method::GET, "/system/images", Bytes::new())

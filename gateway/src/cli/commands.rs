@@ -15,7 +15,8 @@ use wisp_runner::wasm::WasmConfig;
 use crate::connections::{ConnectionLimits, default_max_connections};
 
 use super::args::{
-    BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LogsArgs, PruneArgs,
+    BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LogsArgs, PruneArgs, PullArgs,
+    RegistryArgs,
 };
 use super::client::{Client, ClientError};
 use crate::api::{FunctionDeployment, FunctionResources};
@@ -79,11 +80,13 @@ pub async fn run(
                     interval: args.prune_interval,
                     grace: args.prune_grace,
                 },
+                insecure_registries: args.insecure_registries,
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await
         }
         Command::Deploy(args) => deploy(*args).await,
+        Command::Pull(args) => pull(args).await,
         Command::Invoke(args) => invoke(args).await,
         Command::Ls(args) => ls(args).await,
         Command::Images(args) => images(args).await,
@@ -143,30 +146,18 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         (false, true) => args.cmd.clone(),
         _ => args.command.clone(),
     };
-    let bytes = if let Some(rootfs) = &args.rootfs {
-        let bytes = super::pack::rootfs_image(rootfs, &command)?;
-        command.clear();
-        bytes
-    } else if let Some(binary) = &args.binary {
-        let bytes = super::pack::binary_image(binary, &command)?;
-        command.clear();
-        bytes
-    } else {
-        let path = args
-            .image
-            .as_ref()
-            .or(args.file.as_ref())
-            .context("name the artifact: FILE, --image, --rootfs or --binary")?;
-        if path.is_dir() {
-            super::pack::tar_dir(path)?
-        } else {
-            read_file(path)?
+    // What the function runs: an upload's digest, or a reference the
+    // server pulls.
+    let (image, uploaded) = match artifact(&args, &mut command)? {
+        Artifact::Bytes(bytes) => {
+            let uploaded = client.upload_artifact(bytes).await?;
+            (uploaded.digest.clone(), Some(uploaded))
         }
+        Artifact::Reference(reference) => (reference, None),
     };
-    let uploaded = client.upload_artifact(bytes).await?;
     let deployment = FunctionDeployment {
         service: args.name.clone(),
-        image: uploaded.digest.clone(),
+        image,
         env_vars: key_values("--env", &args.env)?,
         labels: key_values("--label", &args.labels)?,
         limits: (args.memory.is_some() || args.cpu.is_some()).then(|| FunctionResources {
@@ -182,18 +173,100 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         timeout: args.timeout,
         max_body_size: args.max_body,
         allow_outbound: (!args.allow_outbound.is_empty()).then_some(args.allow_outbound),
+        pull: args.pull.clone(),
+        insecure_registries: (!args.registry.insecure_registries.is_empty())
+            .then(|| args.registry.insecure_registries.clone()),
+        registry_auth: registry_auth(&args.registry),
         ..FunctionDeployment::default()
     };
     client.deploy(&deployment).await?;
     let status = client.function(&args.name).await?;
+    let what = match (&uploaded, &status.image_digest) {
+        (Some(uploaded), _) => format!("{}, {} bytes", uploaded.digest, uploaded.size),
+        (None, Some(digest)) => format!("{}@{digest}", status.image),
+        (None, None) => status.image.clone(),
+    };
     println!(
-        "deployed {} ({}, {}, {} bytes)\ninvoke: curl {}/function/{}",
+        "deployed {} ({}, {what})\ninvoke: curl {}/function/{}",
         args.name,
         status.kind.as_str(),
-        uploaded.digest,
-        uploaded.size,
         client.gateway(),
         args.name
+    );
+    Ok(())
+}
+
+/// What `wisp deploy` sends: a file's bytes, or a registry reference.
+enum Artifact {
+    Bytes(Vec<u8>),
+    Reference(String),
+}
+
+/// The artifact `args` name. `--rootfs` and `--binary` are packed into a
+/// one-layer image with `command` (which is then cleared: the image has
+/// it); `--image` is a path if one exists there, else a registry reference.
+fn artifact(args: &DeployArgs, command: &mut Vec<String>) -> anyhow::Result<Artifact> {
+    if let Some(rootfs) = &args.rootfs {
+        let bytes = super::pack::rootfs_image(rootfs, command)?;
+        command.clear();
+        return Ok(Artifact::Bytes(bytes));
+    }
+    if let Some(binary) = &args.binary {
+        let bytes = super::pack::binary_image(binary, command)?;
+        command.clear();
+        return Ok(Artifact::Bytes(bytes));
+    }
+    let path = match (&args.image, &args.file) {
+        (Some(image), _) => {
+            let path = std::path::PathBuf::from(image);
+            if !path.exists() {
+                wisp_runner::image::pull::parse_reference(image).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--image {image:?} is no file or directory here, nor a registry reference: {e}; give an image archive (.tar), an OCI layout directory, or a reference such as registry.example.com/team/app:1.0"
+                    )
+                })?;
+                return Ok(Artifact::Reference(image.clone()));
+            }
+            path
+        }
+        (None, Some(file)) => file.clone(),
+        (None, None) => bail!("name the artifact: FILE, --image, --rootfs or --binary"),
+    };
+    Ok(Artifact::Bytes(if path.is_dir() {
+        super::pack::tar_dir(&path)?
+    } else {
+        read_file(&path)?
+    }))
+}
+
+/// `--creds user:password` as the API's `registryAuth` (base64).
+fn registry_auth(args: &RegistryArgs) -> Option<String> {
+    use base64::Engine as _;
+    args.creds
+        .as_ref()
+        .map(|creds| base64::engine::general_purpose::STANDARD.encode(creds))
+}
+
+/// `wisp pull REF`: the server pulls it into its stores.
+async fn pull(args: PullArgs) -> anyhow::Result<()> {
+    let client = connect(&args.connect)?;
+    let request = crate::api::PullRequest {
+        image: args.reference.clone(),
+        pull: Some("always".into()),
+        insecure_registries: (!args.registry.insecure_registries.is_empty())
+            .then(|| args.registry.insecure_registries.clone()),
+        registry_auth: registry_auth(&args.registry),
+    };
+    let pulled = client.pull(&request).await?;
+    println!(
+        "pulled {}@{} ({}: {} blobs downloaded, {} bytes; {} already stored; {:.2} s)",
+        pulled.reference,
+        pulled.digest,
+        pulled.kind.as_str(),
+        pulled.blobs_fetched,
+        pulled.downloaded_bytes,
+        pulled.blobs_present,
+        pulled.seconds
     );
     Ok(())
 }

@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::backend::{Backend, Cause, Instance, PrepareError, Prepared, StartError};
+use crate::backend::{
+    Backend, Cause, Instance, PrepareError, Prepared, PulledArtifact, StartError,
+};
 use crate::container::cgroup::{Cgroups, Layout, RealFs};
 use crate::container::error::{SandboxError, UnavailableError};
 use crate::container::init_link::{InitLink, NotReady, NsConnector, stderr_suffix, wait_ready};
@@ -26,7 +28,8 @@ use crate::container::sandbox::sweep_leftovers;
 use crate::container::spawner::{LaunchError, Spawner, SpawnerHandle, send_async};
 use crate::container::sys;
 use crate::container::users;
-use crate::image::{ImageStore, ImportError, ImportLimits, StoreError, UnpackOptions};
+use crate::image::pull::{self, PullOptions, Reference};
+use crate::image::{Image, ImageStore, ImportError, ImportLimits, StoreError, UnpackOptions};
 use crate::protocol::Protocol;
 use crate::spec::{Digest, FunctionKind, FunctionSpec};
 use crate::store::artifact::ArtifactStore;
@@ -87,6 +90,32 @@ impl ContainerBackend {
 
     pub fn images(&self) -> &ImageStore {
         &self.images
+    }
+
+    /// Refuses, at deploy time rather than at the first request, an image
+    /// that cannot run here: containers unavailable, or a `User` the image
+    /// does not have.
+    async fn check_image(&self, image: &Image) -> Result<(), PrepareError> {
+        let digest = image.manifest_digest.to_string();
+        if let Err(e) = &self.premade {
+            return Err(PrepareError::ContainersUnavailable {
+                cause: Cause::new(SandboxError::Unavailable(e.clone())),
+            });
+        }
+        let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
+        let user = image.config.user.clone();
+        let id_map = self.id_map;
+        tokio::task::spawn_blocking(move || users::resolve(user.as_deref(), &layers, id_map))
+            .await
+            .map_err(|e| PrepareError::Storage {
+                digest: digest.clone(),
+                cause: Cause::new(e),
+            })?
+            .map_err(|e| PrepareError::BadImage {
+                digest,
+                cause: Cause::new(e),
+            })?;
+        Ok(())
     }
 
     fn premade(&self) -> Result<&Arc<PremadePool>, SandboxError> {
@@ -223,6 +252,37 @@ impl Backend for ContainerBackend {
         Ok(Prepared {
             kind: FunctionKind::Container,
             image: Some(image.manifest_digest),
+        })
+    }
+
+    async fn pull(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> Result<PulledArtifact, PrepareError> {
+        let report = pull::pull(&self.images, &self.artifacts, reference, options).await?;
+        let image = match &report.pulled {
+            pull::Pulled::Image(image) => image.clone(),
+            pull::Pulled::Wasm { artifact } => {
+                // Not ours to prepare: the router hands it to the wasm backend.
+                return Ok(PulledArtifact {
+                    artifact: artifact.clone(),
+                    prepared: Prepared {
+                        kind: FunctionKind::WasmHttp,
+                        image: None,
+                    },
+                    report,
+                });
+            }
+        };
+        self.check_image(&image).await?;
+        Ok(PulledArtifact {
+            artifact: image.manifest_digest.clone(),
+            prepared: Prepared {
+                kind: FunctionKind::Container,
+                image: Some(image.manifest_digest.clone()),
+            },
+            report,
         })
     }
 

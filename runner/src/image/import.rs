@@ -31,7 +31,6 @@
 //! are not kept); only sha256 digests; JSON documents are capped at 16 MiB;
 //! foreign layers with URLs are not fetched.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -161,20 +160,20 @@ struct LayerMarker {
 
 /// A blob in staging: copied and hashed, or a hard link to the store's.
 #[derive(Debug, Clone)]
-struct Blob {
-    digest: Digest,
-    size: u64,
-    path: PathBuf,
+pub(super) struct Blob {
+    pub(super) digest: Digest,
+    pub(super) size: u64,
+    pub(super) path: PathBuf,
 }
 
 /// What an image is made of, once its documents are read and its blobs
 /// verified.
-struct Parts {
-    manifest: Blob,
-    config_blob: Blob,
-    config: ImageConfiguration,
+pub(super) struct Parts {
+    pub(super) manifest: Blob,
+    pub(super) config_blob: Blob,
+    pub(super) config: ImageConfiguration,
     /// Each layer's blob and media type.
-    layers: Vec<(Blob, String)>,
+    pub(super) layers: Vec<(Blob, String)>,
 }
 
 impl ImageStore {
@@ -293,7 +292,7 @@ impl ImageStore {
 
     /// Verifies the layers (unpacking those the store lacks), then commits:
     /// moves blobs, layers and finally the image record into place.
-    fn finish(&self, staging: &Staging, parts: Parts) -> Result<Image, ImportError> {
+    pub(super) fn finish(&self, staging: &Staging, parts: Parts) -> Result<Image, ImportError> {
         let diff_ids = parts.config.rootfs().diff_ids();
         if diff_ids.len() != parts.layers.len() {
             return Err(ImportError::LayerCount {
@@ -678,14 +677,14 @@ enum Found<'a> {
 
 /// One import's directory under `<root>/tmp`, removed when dropped, and
 /// the budget of what the import may write.
-struct Staging {
-    dir: PathBuf,
-    next: Cell<u64>,
-    budget: Budget,
+pub(super) struct Staging {
+    pub(super) dir: PathBuf,
+    next: std::sync::atomic::AtomicU64,
+    pub(super) budget: Budget,
 }
 
 impl Staging {
-    fn new(store: &ImageStore) -> Result<Self, ImportError> {
+    pub(super) fn new(store: &ImageStore) -> Result<Self, ImportError> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -696,15 +695,14 @@ impl Staging {
         fs::create_dir(&dir).map_err(ImportError::write(&dir))?;
         Ok(Staging {
             dir,
-            next: Cell::new(0),
+            next: AtomicU64::new(0),
             budget: Budget::new(store.limits),
         })
     }
 
     /// A fresh name inside the staging directory.
-    fn path(&self) -> PathBuf {
-        let n = self.next.get();
-        self.next.set(n + 1);
+    pub(super) fn path(&self) -> PathBuf {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.dir.join(n.to_string())
     }
 
@@ -745,7 +743,7 @@ impl Staging {
     /// Hard-links the store's blob `stored` (named by `digest`) into
     /// staging, so that a prune cannot take it away before the commit;
     /// `None` if the store does not hold it.
-    fn link(&self, stored: &Path, digest: &Digest) -> Result<Option<Blob>, ImportError> {
+    pub(super) fn link(&self, stored: &Path, digest: &Digest) -> Result<Option<Blob>, ImportError> {
         let path = self.path();
         match fs::hard_link(stored, &path) {
             Ok(()) => Ok(Some(Blob {
@@ -866,7 +864,7 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// The index entry to import: the only manifest, or the one for
 /// `linux/<host arch>`.
-fn pick_manifest(manifests: &[Descriptor]) -> Result<&Descriptor, ImportError> {
+pub(super) fn pick_manifest(manifests: &[Descriptor]) -> Result<&Descriptor, ImportError> {
     let candidates: Vec<&Descriptor> = manifests
         .iter()
         .filter(|d| {
@@ -920,7 +918,7 @@ fn descriptor_json(media_type: &str, blob: &Blob) -> serde_json::Value {
     })
 }
 
-fn parse_digest(digest: &str) -> Result<Digest, ImportError> {
+pub(super) fn parse_digest(digest: &str) -> Result<Digest, ImportError> {
     Digest::parse(digest).map_err(|_| ImportError::UnsupportedDigest {
         digest: digest.chars().take(80).collect(),
     })

@@ -11,10 +11,10 @@
 //! once the limit is crossed, never after.
 //!
 //! Limits: metadata (directories, the image record, layer markers) is not
-//! charged in bytes, only as entries; the counters are `Cell`s, so a budget
-//! belongs to one thread (an import runs on one).
+//! charged in bytes, only as entries. The counters are atomic: a pull
+//! downloads several layers at once against one budget.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Default cap on the bytes one image import writes.
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 4 << 30;
@@ -55,23 +55,22 @@ pub enum OverLimit {
 #[derive(Debug)]
 pub struct Budget {
     limits: ImportLimits,
-    bytes: Cell<u64>,
-    entries: Cell<u64>,
+    bytes: AtomicU64,
+    entries: AtomicU64,
 }
 
 impl Budget {
     pub fn new(limits: ImportLimits) -> Self {
         Budget {
             limits,
-            bytes: Cell::new(0),
-            entries: Cell::new(0),
+            bytes: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
         }
     }
 
     /// Charges `n` bytes about to be written (or read through).
     pub fn spend_bytes(&self, n: u64) -> Result<(), OverLimit> {
-        let total = self.bytes.get().saturating_add(n);
-        self.bytes.set(total);
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n);
         if total > self.limits.max_bytes {
             return Err(OverLimit::Bytes {
                 limit: self.limits.max_bytes,
@@ -82,8 +81,10 @@ impl Budget {
 
     /// Charges one entry.
     pub fn spend_entry(&self) -> Result<(), OverLimit> {
-        let total = self.entries.get().saturating_add(1);
-        self.entries.set(total);
+        let total = self
+            .entries
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         if total > self.limits.max_entries {
             return Err(OverLimit::Entries {
                 limit: self.limits.max_entries,
@@ -94,7 +95,10 @@ impl Budget {
 
     /// Bytes and entries charged so far.
     pub fn spent(&self) -> (u64, u64) {
-        (self.bytes.get(), self.entries.get())
+        (
+            self.bytes.load(Ordering::Relaxed),
+            self.entries.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -36,6 +36,7 @@
 
 mod import;
 pub mod limits;
+pub mod pull;
 mod sys;
 pub mod tree;
 pub mod unpack;

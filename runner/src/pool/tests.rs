@@ -146,6 +146,7 @@ fn spec(scaling: ScalingSpec) -> FunctionSpec {
         allow_outbound: vec![],
         container: None,
         scaling,
+        source: None,
     }
 }
 

@@ -47,6 +47,8 @@ pub enum UploadError {
     Body(String),
     #[error("writing artifact to {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("the artifact's digest is {actual}, expected {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
 }
 
 /// Why pruning the store failed (what was removed before stays removed).
@@ -105,7 +107,22 @@ impl ArtifactStore {
     }
 
     /// Streams `body` into the store, hashing as it goes; returns its digest.
-    pub async fn put_stream<S, E>(&self, mut body: S, limit: u64) -> Result<Digest, UploadError>
+    pub async fn put_stream<S, E>(&self, body: S, limit: u64) -> Result<Digest, UploadError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        self.put_verified(body, limit, None).await
+    }
+
+    /// As [`ArtifactStore::put_stream`], but keeps the artifact only if its
+    /// digest is `expected` (when given).
+    pub async fn put_verified<S, E>(
+        &self,
+        mut body: S,
+        limit: u64,
+        expected: Option<&Digest>,
+    ) -> Result<Digest, UploadError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -141,6 +158,14 @@ impl ArtifactStore {
             return Err(e);
         }
         let digest = Digest::from_sha256(&hasher.finalize());
+        if let Some(expected) = expected.filter(|e| **e != digest) {
+            drop(file);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(UploadError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
         let dest = self.blob_path(&digest);
         let file = file.into_std().await;
         let placed = {
