@@ -21,6 +21,8 @@ pub use wisp::cli::client::{Answer, Client};
 
 pub use wisp_function_artifacts as artifacts;
 
+pub mod registry;
+
 /// Path of the `wisp` binary under test.
 pub fn wisp_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("WISP_BIN") {

@@ -15,6 +15,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod python;
+mod registry;
 mod scaling;
 mod spec;
 mod wasm_http;

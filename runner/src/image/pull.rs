@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::secrets::RegistryAuth;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
@@ -580,10 +580,7 @@ impl<'a> Puller<'a> {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.stream.next().await {
-            let chunk = chunk.map_err(|e| PullError::Unreachable {
-                reference: self.name(),
-                detail: format!("downloading blob {digest}: {e}"),
-            })?;
+            let chunk = chunk.map_err(|e| self.chunk_error(digest, &e))?;
             size += chunk.len() as u64;
             if size > expected {
                 return Err(PullError::SizeMismatch {
@@ -650,32 +647,61 @@ impl<'a> Puller<'a> {
             .pull_blob_stream(self.reference, digest.as_str())
             .await
             .map_err(|e| self.distribution(e))?;
-        let reference = self.name();
-        let stream = blob
-            .stream
-            .map_err(move |e| format!("{reference}: downloading the wasm layer: {e}"));
+        // The stream's error is only text to the store: keep what it was.
+        let failed = std::sync::Mutex::new(None);
+        let stream = blob.stream.map_err(|e| {
+            let error = self.chunk_error(&digest, &e);
+            let text = error.to_string();
+            *failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+            text
+        });
         let limit = layer.size();
-        artifacts
-            .put_verified(stream, limit, Some(&digest))
-            .await
-            .map_err(|e| match e {
-                UploadError::DigestMismatch { expected, actual } => PullError::DigestMismatch {
-                    reference: self.name(),
-                    expected,
-                    actual,
-                },
-                UploadError::TooLarge { limit } => PullError::SizeMismatch {
-                    reference: self.name(),
-                    digest: digest.clone(),
-                    expected: limit,
-                    actual: limit + 1,
-                },
-                other => PullError::Artifact {
-                    reference: self.name(),
-                    detail: other.to_string(),
-                },
-            })?;
+        let stored = artifacts.put_verified(stream, limit, Some(&digest)).await;
+        if let Some(error) = failed
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            return Err(error);
+        }
+        stored.map_err(|e| match e {
+            UploadError::DigestMismatch { expected, actual } => PullError::DigestMismatch {
+                reference: self.name(),
+                expected,
+                actual,
+            },
+            UploadError::TooLarge { limit } => PullError::SizeMismatch {
+                reference: self.name(),
+                digest: digest.clone(),
+                expected: limit,
+                actual: limit + 1,
+            },
+            other => PullError::Artifact {
+                reference: self.name(),
+                detail: other.to_string(),
+            },
+        })?;
         Ok((digest, limit))
+    }
+
+    /// A failed chunk of blob `digest`: the client's own digest check at
+    /// the end of the stream, or the connection.
+    fn chunk_error(&self, digest: &Digest, e: &std::io::Error) -> PullError {
+        let verification = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<DigestError>());
+        if let Some(DigestError::VerificationError { actual, .. }) = verification {
+            return PullError::DigestMismatch {
+                reference: self.name(),
+                expected: digest.clone(),
+                actual: Digest::parse(actual).unwrap_or_else(|_| Digest::from_sha256(&[0; 32])),
+            };
+        }
+        PullError::Unreachable {
+            reference: self.name(),
+            detail: format!("downloading blob {digest}: {e}"),
+        }
     }
 
     fn import(&self, source: ImportError) -> PullError {

@@ -1,0 +1,400 @@
+//! Deploying from an OCI registry: a real `docker-registry` (distribution
+//! 2.8) on loopback, images pushed with skopeo or over the distribution
+//! API, and the real server pulling them.
+
+use std::path::Path;
+
+use http::StatusCode;
+use wisp_e2e::registry::{PASSWORD, TestRegistry, USER};
+use wisp_e2e::{FunctionDeployment, Wisp, artifacts};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A server that may reach `registry` over plain HTTP.
+fn wisp_for(registry: &TestRegistry) -> Wisp {
+    Wisp::builder()
+        .arg("--insecure-registry")
+        .arg(&registry.host)
+        .start()
+        .expect("start wisp")
+}
+
+/// Pushes the example ping image as `repo:tag` (once per repo and tag).
+fn push_ping(registry: &TestRegistry, name_tag: &str) -> String {
+    registry.push(Path::new(artifacts::PING_DOCKER_ARCHIVE), name_tag);
+    registry.reference(name_tag)
+}
+
+async fn pong(wisp: &Wisp, name: &str) {
+    let got = wisp
+        .invoke("GET", &format!("/function/{name}/ping"), "")
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(got.text().trim(), "pong");
+}
+
+#[tokio::test]
+async fn deploy_by_tag_and_by_digest_and_keep_the_digest_across_a_restart() {
+    let registry = TestRegistry::open();
+    let reference = push_ping(registry, "ping:1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut wisp = Wisp::builder()
+        .data_dir(dir.path())
+        .start()
+        .expect("start wisp");
+
+    // Named on the command line, the registry is reached over plain HTTP.
+    let out = wisp
+        .cli(&[
+            "deploy",
+            "by-tag",
+            "--image",
+            &reference,
+            "--insecure-registry",
+            &registry.host,
+        ])
+        .expect_success();
+    assert!(out.contains("@sha256:"), "{out}");
+    pong(&wisp, "by-tag").await;
+    let status = wisp.client.function("by-tag").await.unwrap();
+    assert_eq!(status.image, reference);
+    let digest = status.image_digest.clone().expect("the pinned digest");
+    assert_eq!(status.container_image.as_deref(), Some(digest.as_str()));
+
+    // By digest, through the OpenFaaS JSON.
+    let pinned = format!("{}@{digest}", registry.reference("ping"));
+    let deployment = FunctionDeployment {
+        service: "by-digest".into(),
+        image: pinned.clone(),
+        insecure_registries: Some(vec![registry.host.clone()]),
+        ..FunctionDeployment::default()
+    };
+    wisp.client.deploy(&deployment).await.unwrap();
+    pong(&wisp, "by-digest").await;
+
+    // A pull of what the store holds downloads nothing.
+    let out = wisp
+        .cli(&["pull", &reference, "--insecure-registry", &registry.host])
+        .expect_success();
+    assert!(out.contains("0 blobs downloaded"), "{out}");
+
+    // After a restart the functions run the digest they were deployed with.
+    wisp.kill();
+    let wisp = Wisp::builder()
+        .data_dir(dir.path())
+        .start()
+        .expect("restart wisp");
+    let status = wisp.client.function("by-tag").await.unwrap();
+    assert_eq!(status.image_digest.as_deref(), Some(digest.as_str()));
+    pong(&wisp, "by-tag").await;
+    pong(&wisp, "by-digest").await;
+}
+
+#[tokio::test]
+async fn the_openfaas_api_deploys_a_reference_from_an_allowed_registry() {
+    let registry = TestRegistry::open();
+    let reference = push_ping(registry, "faas/ping:latest");
+    let wisp = wisp_for(registry);
+    let body = serde_json::json!({ "service": "faas-ping", "image": reference }).to_string();
+    let got = wisp.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    pong(&wisp, "faas-ping").await;
+}
+
+#[tokio::test]
+async fn bad_references_get_clear_errors() {
+    let registry = TestRegistry::open();
+    push_ping(registry, "errors/ping:1");
+    let wisp = wisp_for(registry);
+    let deploy = async |image: &str| {
+        let body = serde_json::json!({ "service": "f", "image": image }).to_string();
+        wisp.invoke("POST", "/system/functions", &body).await
+    };
+
+    let missing_tag = registry.reference("errors/ping:nope");
+    let got = deploy(&missing_tag).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text());
+    assert!(got.text().contains(&missing_tag), "{}", got.text());
+
+    let missing_repo = registry.reference("no/such/repo:1");
+    let got = deploy(&missing_repo).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text());
+
+    // Not named as insecure: TLS, which a plain-HTTP registry cannot speak.
+    let plain = Wisp::start();
+    let body = serde_json::json!({ "service": "f", "image": registry.reference("errors/ping:1") })
+        .to_string();
+    let got = plain.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.text());
+    assert!(got.text().contains("--insecure-registry"), "{}", got.text());
+
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let body = serde_json::json!({
+        "service": "f",
+        "image": format!("{host}/x:1"),
+        "insecureRegistries": [host],
+    })
+    .to_string();
+    let got = wisp.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.text());
+    assert!(got.text().contains(&host), "{}", got.text());
+
+    let got = deploy("Not A Reference!").await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.text());
+    assert!(got.text().contains("registry reference"), "{}", got.text());
+
+    let err = wisp
+        .cli(&["deploy", "f", "--image", "./no/such/file.tar"])
+        .expect_failure();
+    assert!(err.contains("archive"), "{err}");
+    assert!(wisp.function_names().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_index_resolves_to_this_hosts_platform() {
+    let registry = TestRegistry::open();
+    // Two real images: ping for this host's platform, the CGI echo image
+    // for another one.
+    push_ping(registry, "multi/ping:src");
+    registry.push(
+        Path::new(artifacts::CGI_NATIVE_DOCKER_ARCHIVE),
+        "multi/other:src",
+    );
+    let wisp = wisp_for(registry);
+    let digest_of = async |name: &str| {
+        let pulled = wisp
+            .cli(&[
+                "pull",
+                &registry.reference(name),
+                "--insecure-registry",
+                &registry.host,
+            ])
+            .expect_success();
+        pulled
+            .split('@')
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the digest")
+            .to_owned()
+    };
+    let ping = digest_of("multi/ping:src").await;
+    let other = digest_of("multi/other:src").await;
+    let (here, elsewhere) = match std::env::consts::ARCH {
+        "x86_64" => ("amd64", "arm64"),
+        _ => ("arm64", "amd64"),
+    };
+    let manifest_size = |digest: &str| -> u64 {
+        let image = wisp.data_dir.join("images/blobs/sha256").join(&digest[7..]);
+        std::fs::metadata(image).expect("the pulled manifest").len()
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": other,
+                "size": manifest_size(&other),
+                "platform": { "os": "linux", "architecture": elsewhere },
+            },
+            {
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": ping,
+                "size": manifest_size(&ping),
+                "platform": { "os": "linux", "architecture": here },
+            },
+        ],
+    });
+    // The manifests must be in the index's repository too.
+    registry.push(Path::new(artifacts::PING_DOCKER_ARCHIVE), "multi/both:a");
+    registry.push(
+        Path::new(artifacts::CGI_NATIVE_DOCKER_ARCHIVE),
+        "multi/both:b",
+    );
+    registry
+        .push_manifest("multi/both", "latest", OCI_INDEX, &index)
+        .await;
+    let reference = registry.reference("multi/both");
+    wisp.cli(&["deploy", "both", "--image", &reference])
+        .expect_success();
+    let status = wisp.client.function("both").await.unwrap();
+    assert_eq!(status.image_digest.as_deref(), Some(ping.as_str()));
+    pong(&wisp, "both").await;
+}
+
+#[tokio::test]
+async fn credentials_are_used_and_never_echoed() {
+    let registry = TestRegistry::with_auth();
+    let reference = push_ping(registry, "private/ping:1");
+    let wisp = wisp_for(registry);
+
+    let out = wisp
+        .cli(&["deploy", "private", "--image", &reference])
+        .expect_failure();
+    assert!(out.contains("401"), "{out}");
+    assert!(out.contains(&registry.host), "{out}");
+
+    let wrong = format!("{USER}:not-the-password");
+    let out = wisp
+        .cli(&[
+            "deploy", "private", "--image", &reference, "--creds", &wrong,
+        ])
+        .expect_failure();
+    assert!(out.contains("401"), "{out}");
+    assert!(!out.contains("not-the-password"), "{out}");
+
+    let right = format!("{USER}:{PASSWORD}");
+    wisp.cli(&[
+        "deploy", "private", "--image", &reference, "--creds", &right,
+    ])
+    .expect_success();
+    pong(&wisp, "private").await;
+    // Neither the API nor the log shows the password.
+    let listed = wisp.invoke("GET", "/system/function/private", "").await;
+    assert!(!listed.text().contains(PASSWORD), "{}", listed.text());
+    assert!(!wisp.log().contains(PASSWORD));
+}
+
+/// A wasm component published as an OCI artifact (as `wkg` and
+/// `oci-wasm` push them).
+async fn push_component(registry: &TestRegistry, repo: &str, wasm: &[u8]) -> String {
+    let layer = registry.push_blob(repo, wasm).await;
+    let config = br#"{"architecture":"wasm","os":"wasip2","layerDigests":[]}"#;
+    let config_digest = registry.push_blob(repo, config).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.wasm.config.v0+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/wasm",
+            "digest": layer,
+            "size": wasm.len(),
+        }],
+    });
+    registry
+        .push_manifest(repo, "1.0", OCI_MANIFEST, &manifest)
+        .await;
+    layer
+}
+
+#[tokio::test]
+async fn a_wasm_component_deploys_by_reference() {
+    let registry = TestRegistry::open();
+    let wasm = std::fs::read(artifacts::HELLO).unwrap();
+    let layer = push_component(registry, "components/hello", &wasm).await;
+    let wisp = wisp_for(registry);
+    let out = wisp
+        .cli(&[
+            "deploy",
+            "hello",
+            "--image",
+            &registry.reference("components/hello:1.0"),
+        ])
+        .expect_success();
+    assert!(out.contains("wasm-http"), "{out}");
+    let got = wisp
+        .invoke("GET", "/function/hello?name=registry", "")
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert!(got.text().contains("Hello, registry!"), "{}", got.text());
+    // The component is the artifact, as an upload of the file would be.
+    let uploaded = wisp.upload(artifacts::HELLO).await.unwrap();
+    assert_eq!(uploaded, layer);
+}
+
+#[tokio::test]
+async fn a_blob_that_does_not_match_its_digest_is_refused_and_not_stored() {
+    let registry = TestRegistry::open();
+    // Content no other test pushes, so tampering with it harms none.
+    let mut wasm = std::fs::read(artifacts::HELLO).unwrap();
+    wasm.extend_from_slice(b"\0\x08tampered");
+    let layer = push_component(registry, "components/tampered", &wasm).await;
+    registry.tamper(&layer);
+    let wisp = wisp_for(registry);
+    let reference = registry.reference("components/tampered:1.0");
+    let body = serde_json::json!({ "service": "t", "image": reference }).to_string();
+    let got = wisp.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.text());
+    assert!(got.text().contains("digest"), "{}", got.text());
+    let stored = wisp
+        .data_dir
+        .join("artifacts/sha256")
+        .join(&layer["sha256:".len()..]);
+    assert!(!stored.exists(), "nothing is stored");
+    assert!(wisp.function_names().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_image_layer_that_does_not_match_its_digest_is_refused_and_not_stored() {
+    let registry = TestRegistry::open();
+    // An image of its own (a unique file), so tampering harms no other test.
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::write(rootfs.join("unique"), b"only the tamper test has this").unwrap();
+    let archive = dir.path().join("image.tar");
+    std::fs::write(
+        &archive,
+        wisp_e2e::rootfs_image_as(&rootfs, &["/unique"], "0"),
+    )
+    .unwrap();
+    registry.copy(
+        &format!("oci-archive:{}", archive.display()),
+        "tampered/image:1",
+    );
+    let manifest = registry.manifest("tampered/image", "1").await;
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    registry.tamper(&layer);
+
+    let wisp = wisp_for(registry);
+    let reference = registry.reference("tampered/image:1");
+    let body = serde_json::json!({ "service": "t", "image": reference }).to_string();
+    let got = wisp.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.text());
+    assert!(got.text().contains(&layer), "{}", got.text());
+    for dir in [
+        "images/blobs/sha256",
+        "images/layers",
+        "images/images",
+        "images/tmp",
+    ] {
+        let entries = std::fs::read_dir(wisp.data_dir.join(dir)).unwrap().count();
+        assert_eq!(entries, 0, "{dir} is empty");
+    }
+}
+
+#[tokio::test]
+async fn a_moved_tag_is_pulled_again_at_deploy() {
+    let registry = TestRegistry::open();
+    let wasm = std::fs::read(artifacts::HELLO).unwrap();
+    push_component(registry, "moving/app", &wasm).await;
+    let wisp = wisp_for(registry);
+    let reference = registry.reference("moving/app:1.0");
+    wisp.cli(&["deploy", "app", "--image", &reference])
+        .expect_success();
+    let first = wisp.client.function("app").await.unwrap();
+    assert_eq!(first.kind.as_str(), "wasm-http");
+
+    // The tag now names the ping image; a deploy asks the registry again.
+    push_ping(registry, "moving/app:1.0");
+    wisp.cli(&["deploy", "app", "--image", &reference])
+        .expect_success();
+    let second = wisp.client.function("app").await.unwrap();
+    assert_eq!(second.kind.as_str(), "container");
+    assert_ne!(second.image_digest, first.image_digest);
+    pong(&wisp, "app").await;
+
+    // `never` uses only what the store holds: a tag it cannot resolve.
+    let out = wisp
+        .cli(&["deploy", "app", "--image", &reference, "--pull", "never"])
+        .expect_failure();
+    assert!(out.contains("never"), "{out}");
+}
