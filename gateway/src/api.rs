@@ -691,16 +691,14 @@ impl FunctionDeployment {
     pub fn pull_options(
         &self,
         reference: &Reference,
-        server_insecure: &[String],
-        max_artifact_bytes: u64,
+        server: &ServerPullSettings,
     ) -> Result<PullOptions, DeploymentError> {
         pull_options(
             self.pull.as_deref(),
             self.registry_auth.as_deref(),
             self.insecure_registries.as_deref(),
             reference,
-            server_insecure,
-            max_artifact_bytes,
+            server,
         )
     }
 }
@@ -731,16 +729,14 @@ impl PullRequest {
     pub fn pull_options(
         &self,
         reference: &Reference,
-        server_insecure: &[String],
-        max_artifact_bytes: u64,
+        server: &ServerPullSettings,
     ) -> Result<PullOptions, DeploymentError> {
         pull_options(
             Some(self.pull.as_deref().unwrap_or("always")),
             self.registry_auth.as_deref(),
             self.insecure_registries.as_deref(),
             reference,
-            server_insecure,
-            max_artifact_bytes,
+            server,
         )
     }
 }
@@ -786,8 +782,7 @@ fn pull_options(
     registry_auth: Option<&str>,
     insecure_registries: Option<&[String]>,
     reference: &Reference,
-    server_insecure: &[String],
-    max_artifact_bytes: u64,
+    server: &ServerPullSettings,
 ) -> Result<PullOptions, DeploymentError> {
     let policy = match policy {
         Some(p) => PullPolicy::parse(p).map_err(DeploymentError::PullPolicy)?,
@@ -798,14 +793,23 @@ fn pull_options(
         None | Some("") => Credentials::Anonymous,
         Some(encoded) => decode_basic(encoded).ok_or(DeploymentError::RegistryAuth)?,
     };
-    let mut insecure = server_insecure.to_vec();
+    let mut insecure = server.insecure_registries.clone();
     insecure.extend(insecure_registries.into_iter().flatten().cloned());
     Ok(PullOptions {
         auth,
         insecure_registries: insecure,
         policy,
-        max_artifact_bytes,
+        max_artifact_bytes: server.max_artifact_bytes,
+        mirrors: server.registry_mirrors.clone(),
     })
+}
+
+/// What `wisp serve` says about every pull.
+#[derive(Debug, Clone, Default)]
+pub struct ServerPullSettings {
+    pub insecure_registries: Vec<String>,
+    pub registry_mirrors: Vec<(String, String)>,
+    pub max_artifact_bytes: u64,
 }
 
 /// `base64(user:password)` → basic credentials.

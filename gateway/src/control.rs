@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wisp_runner::backend::{Body, full_body};
+use wisp_runner::backend::{Body, PrepareError, PullFailure, full_body};
 use wisp_runner::image::{ImageStore, StoreError};
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::spec::{Digest, FunctionKind, ImageSource};
@@ -24,7 +24,7 @@ use wisp_runner::spec::{Digest, FunctionKind, ImageSource};
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
     ImageRef, ImageSummary, LayerSummary, PullRequest, PullResponse, ScaleRequest,
-    is_our_namespace,
+    ServerPullSettings, is_our_namespace,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -119,11 +119,7 @@ impl App {
                 (deployment.with_prepared(draft, prepared)?, hold)
             }
             ImageRef::Registry(reference) => {
-                let options = deployment.pull_options(
-                    &reference,
-                    &self.insecure_registries,
-                    self.max_artifact_bytes,
-                )?;
+                let options = deployment.pull_options(&reference, &self.pull_settings())?;
                 // Validated before anything is downloaded; the artifact is
                 // what the pull finds.
                 let placeholder = Digest::from_sha256(&[0; 32]);
@@ -131,7 +127,22 @@ impl App {
                 // Pulled without the deploy lock: a large image holds up
                 // no other deploy. A prune meanwhile spares what the pull
                 // just stored (its cutoff), and the hold below keeps it.
-                let pulled = self.backend.pull(&reference, &options).await?;
+                // OpenFaaS's spec answers a deploy with 400 for what the
+                // caller got wrong; an image that is not there is that.
+                let pulled =
+                    self.backend
+                        .pull(&reference, &options)
+                        .await
+                        .map_err(|e| match e {
+                            PrepareError::Pull {
+                                failure: PullFailure::NotFound,
+                                cause,
+                            } => PrepareError::Pull {
+                                failure: PullFailure::Invalid,
+                                cause,
+                            },
+                            other => other,
+                        })?;
                 let hold = {
                     let _serial = self.deploy_lock.lock().await;
                     self.holds
@@ -185,16 +196,20 @@ impl App {
         ))
     }
 
+    fn pull_settings(&self) -> ServerPullSettings {
+        ServerPullSettings {
+            insecure_registries: self.insecure_registries.clone(),
+            registry_mirrors: self.registry_mirrors.clone(),
+            max_artifact_bytes: self.max_artifact_bytes,
+        }
+    }
+
     /// `POST /system/images`: pulls an image (or wasm component) into the
     /// stores without deploying it.
     async fn pull(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         let request: PullRequest = read_json(req).await?;
         let reference = request.reference()?;
-        let options = request.pull_options(
-            &reference,
-            &self.insecure_registries,
-            self.max_artifact_bytes,
-        )?;
+        let options = request.pull_options(&reference, &self.pull_settings())?;
         let pulled = self.backend.pull(&reference, &options).await?;
         json(
             StatusCode::OK,

@@ -70,6 +70,8 @@ pub struct ServeConfig {
     pub prune: PruneConfig,
     /// Registries (`host:port`) every deploy may reach over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Registries pulled from a mirror instead: (registry, mirror URL).
+    pub registry_mirrors: Vec<(String, String)>,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -96,6 +98,7 @@ pub struct App {
     pub(crate) holds: Arc<Holds>,
     pub(crate) max_artifact_bytes: u64,
     pub(crate) insecure_registries: Vec<String>,
+    pub(crate) registry_mirrors: Vec<(String, String)>,
     pub(crate) prune: PruneConfig,
     pub(crate) metrics: Metrics,
 }
@@ -181,6 +184,7 @@ impl App {
             holds: Arc::default(),
             max_artifact_bytes: config.max_artifact_bytes,
             insecure_registries: config.insecure_registries.clone(),
+            registry_mirrors: config.registry_mirrors.clone(),
             prune: config.prune,
             metrics,
         };

@@ -92,7 +92,7 @@ async fn deploy_by_tag_and_by_digest_and_keep_the_digest_across_a_restart() {
 }
 
 #[tokio::test]
-async fn the_openfaas_api_deploys_a_reference_from_an_allowed_registry() {
+async fn the_openfaas_api_deploys_references_from_allowed_registries_and_mirrors() {
     let registry = TestRegistry::open();
     let reference = push_ping(registry, "faas/ping:latest");
     let wisp = wisp_for(registry);
@@ -100,6 +100,20 @@ async fn the_openfaas_api_deploys_a_reference_from_an_allowed_registry() {
     let got = wisp.invoke("POST", "/system/functions", &body).await;
     assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
     pong(&wisp, "faas-ping").await;
+
+    // Docker Hub's short names, pulled from a mirror of docker.io.
+    push_ping(registry, "team/ping:2");
+    let mirrored = Wisp::builder()
+        .arg("--registry-mirror")
+        .arg(&format!("docker.io=http://{}", registry.host))
+        .start()
+        .expect("start wisp");
+    let body = serde_json::json!({ "service": "hub", "image": "team/ping:2" }).to_string();
+    let got = mirrored.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    let status = mirrored.client.function("hub").await.unwrap();
+    assert_eq!(status.image, "docker.io/team/ping:2");
+    pong(&mirrored, "hub").await;
 }
 
 #[tokio::test]
@@ -112,14 +126,20 @@ async fn bad_references_get_clear_errors() {
         wisp.invoke("POST", "/system/functions", &body).await
     };
 
+    // A deploy answers 400 (what OpenFaaS's spec declares for a request
+    // it cannot carry out), a pull 404; both name the reference.
     let missing_tag = registry.reference("errors/ping:nope");
     let got = deploy(&missing_tag).await;
-    assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text());
+    assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.text());
     assert!(got.text().contains(&missing_tag), "{}", got.text());
+    assert!(got.text().contains("not found"), "{}", got.text());
+    let body = serde_json::json!({ "image": missing_tag }).to_string();
+    let got = wisp.invoke("POST", "/system/images", &body).await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text());
 
     let missing_repo = registry.reference("no/such/repo:1");
     let got = deploy(&missing_repo).await;
-    assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text());
+    assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.text());
 
     // Not named as insecure: TLS, which a plain-HTTP registry cannot speak.
     let plain = Wisp::start();

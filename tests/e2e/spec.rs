@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use http::StatusCode;
+use wisp_e2e::registry::TestRegistry;
 use wisp_e2e::{Wisp, artifacts};
 
 const OPENAPI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi");
@@ -48,7 +49,19 @@ fn schemathesis_bin() -> PathBuf {
 #[tokio::test]
 async fn the_control_api_meets_the_openfaas_spec() {
     let schemathesis = schemathesis_bin();
-    let wisp = Wisp::start();
+    // The spec's example deployment names `functions/nodeinfo:latest` on
+    // Docker Hub, which this machine does not reach: a local registry
+    // mirrors docker.io, and serves the ping image under that name.
+    let registry = TestRegistry::open();
+    registry.push(
+        std::path::Path::new(artifacts::PING_DOCKER_ARCHIVE),
+        "functions/nodeinfo:latest",
+    );
+    let wisp = Wisp::builder()
+        .arg("--registry-mirror")
+        .arg(&format!("docker.io=http://{}", registry.host))
+        .start()
+        .unwrap();
     // The functions of the `deployed` dictionary; `talker` has log lines.
     wisp.deploy("hello", artifacts::HELLO).await;
     wisp.deploy("cgi-echo", artifacts::CGI_ECHO).await;

@@ -112,6 +112,23 @@ pub struct ServeArgs {
         value_name = "HOST:PORT"
     )]
     pub insecure_registries: Vec<String>,
+    /// Pull a registry's images from a mirror, `REGISTRY=URL`
+    /// (`docker.io=http://127.0.0.1:5000`; an `http://` mirror is reached
+    /// over plain HTTP), for hosts that reach no public registry or that
+    /// use a pull-through cache (repeatable; comma-separated in the variable).
+    #[arg(long = "registry-mirror", env = "WISP_REGISTRY_MIRRORS", value_delimiter = ',', value_name = "REGISTRY=URL", value_parser = mirror)]
+    pub registry_mirrors: Vec<(String, String)>,
+}
+
+fn mirror(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((registry, url)) if !registry.is_empty() && !url.is_empty() => {
+            Ok((registry.to_owned(), url.to_owned()))
+        }
+        _ => Err(format!(
+            "expected REGISTRY=URL, e.g. docker.io=http://127.0.0.1:5000, not {text:?}"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

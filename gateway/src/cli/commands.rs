@@ -81,6 +81,7 @@ pub async fn run(
                     grace: args.prune_grace,
                 },
                 insecure_registries: args.insecure_registries,
+                registry_mirrors: args.registry_mirrors,
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await

@@ -21,6 +21,10 @@
 //! wasm layer is verified and stored as an artifact, and deployed as a
 //! `.wasm` file would be.
 //!
+//! A registry may have a mirror (`--registry-mirror docker.io=URL`, for
+//! hosts that reach no public registry, or a pull-through cache): its
+//! references are fetched from there, under the same names.
+//!
 //! Limits: manifests and configs are capped at [`MAX_DOCUMENT_BYTES`], but
 //! `oci-client` reads a manifest response whole before the cap is checked;
 //! credentials are anonymous or basic (what [`RegistryAuth`] the caller
@@ -71,6 +75,8 @@ pub struct PullOptions {
     pub policy: PullPolicy,
     /// Cap on a wasm component pulled into the artifact store.
     pub max_artifact_bytes: u64,
+    /// Registries served from elsewhere: (`docker.io`, `http://127.0.0.1:5000`).
+    pub mirrors: Vec<(String, String)>,
 }
 
 impl Default for PullOptions {
@@ -80,6 +86,7 @@ impl Default for PullOptions {
             insecure_registries: Vec::new(),
             policy: PullPolicy::default(),
             max_artifact_bytes: crate::store::artifact::DEFAULT_MAX_ARTIFACT_BYTES,
+            mirrors: Vec::new(),
         }
     }
 }
@@ -138,6 +145,7 @@ impl std::fmt::Debug for PullOptions {
             .field("insecure_registries", &self.insecure_registries)
             .field("policy", &self.policy)
             .field("max_artifact_bytes", &self.max_artifact_bytes)
+            .field("mirrors", &self.mirrors)
             .finish()
     }
 }
@@ -270,7 +278,8 @@ pub async fn pull(
         });
     }
     let started = Instant::now();
-    let puller = Puller::new(reference, options);
+    let (mirrored, options) = mirrored(reference, options);
+    let puller = Puller::new(mirrored.as_ref().unwrap_or(reference), &options);
     let (manifest_bytes, manifest_digest) = puller.resolve().await?;
     let manifest: ImageManifest = puller.parse(&manifest_bytes, "the manifest")?;
     if is_wasm(&manifest) {
@@ -353,6 +362,35 @@ pub async fn pull(
     report.elapsed = started.elapsed();
     tracing::info!(reference = %reference, digest = %report.manifest_digest, bytes = report.downloaded, fetched = report.blobs_fetched, present = report.blobs_present, seconds = report.elapsed.as_secs_f64(), "pulled an image");
     Ok(report)
+}
+
+/// `reference` on its registry's mirror, if it has one, and the options
+/// that reach the mirror (plain HTTP for an `http://` one).
+fn mirrored(reference: &Reference, options: &PullOptions) -> (Option<Reference>, PullOptions) {
+    let mut options = options.clone();
+    let mirror = options.mirrors.iter().find(|(registry, _)| {
+        registry == reference.registry() || registry == reference.resolve_registry()
+    });
+    let Some((_, url)) = mirror else {
+        return (None, options);
+    };
+    let (host, insecure) = match url.strip_prefix("http://") {
+        Some(host) => (host, true),
+        None => (url.strip_prefix("https://").unwrap_or(url), false),
+    };
+    let host = host.trim_end_matches('/').to_owned();
+    if insecure {
+        options.insecure_registries.push(host.clone());
+    }
+    let repository = reference.repository().to_owned();
+    let on_mirror = match (reference.tag(), reference.digest()) {
+        (Some(tag), Some(digest)) => {
+            Reference::with_tag_and_digest(host, repository, tag.to_owned(), digest.to_owned())
+        }
+        (None, Some(digest)) => Reference::with_digest(host, repository, digest.to_owned()),
+        (tag, None) => Reference::with_tag(host, repository, tag.unwrap_or("latest").to_owned()),
+    };
+    (Some(on_mirror), options)
 }
 
 /// A blob in staging, and how many bytes were downloaded for it (`None`:
@@ -525,16 +563,16 @@ impl<'a> Puller<'a> {
     ) -> Result<Fetched, PullError> {
         let digest = parse_digest(descriptor.digest().as_ref()).map_err(|e| self.import(e))?;
         let expected = descriptor.size();
+        // The store's blob, if it has it: verified when it was stored.
         if let Some(blob) = staging
             .link(&images.blob_path(&digest), &digest)
             .map_err(|e| self.import(e))?
+            && blob.size == expected
         {
-            if blob.size == expected {
-                return Ok(Fetched {
-                    blob,
-                    downloaded: None,
-                });
-            }
+            return Ok(Fetched {
+                blob,
+                downloaded: None,
+            });
         }
         let path = staging.path();
         let size = self
