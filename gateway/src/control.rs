@@ -16,7 +16,8 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wisp_runner::backend::{Body, PrepareError, PullFailure, full_body};
+use wisp_runner::backend::{Body, PrepareError, PullFailure, PulledArtifact, full_body};
+use wisp_runner::image::pull::{PullOptions, Reference};
 use wisp_runner::image::{ImageStore, StoreError};
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::spec::{Digest, FunctionKind, ImageSource};
@@ -130,8 +131,7 @@ impl App {
                 // OpenFaaS's spec answers a deploy with 400 for what the
                 // caller got wrong; an image that is not there is that.
                 let pulled =
-                    self.backend
-                        .pull(&reference, &options)
+                    self.pull_counted(&reference, &options)
                         .await
                         .map_err(|e| match e {
                             PrepareError::Pull {
@@ -196,6 +196,23 @@ impl App {
         ))
     }
 
+    /// Pulls through the backend, counting it in the metrics.
+    async fn pull_counted(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> Result<PulledArtifact, PrepareError> {
+        let started = std::time::Instant::now();
+        let result = self.backend.pull(reference, options).await;
+        let (outcome, downloaded) = match &result {
+            Ok(pulled) => ("ok", pulled.report.downloaded),
+            Err(PrepareError::Pull { failure, .. }) => (failure.as_str(), 0),
+            Err(_) => ("invalid", 0),
+        };
+        self.metrics.pulled(started.elapsed(), outcome, downloaded);
+        result
+    }
+
     fn pull_settings(&self) -> ServerPullSettings {
         ServerPullSettings {
             insecure_registries: self.insecure_registries.clone(),
@@ -210,7 +227,7 @@ impl App {
         let request: PullRequest = read_json(req).await?;
         let reference = request.reference()?;
         let options = request.pull_options(&reference, &self.pull_settings())?;
-        let pulled = self.backend.pull(&reference, &options).await?;
+        let pulled = self.pull_counted(&reference, &options).await?;
         json(
             StatusCode::OK,
             &PullResponse::new(reference.whole(), &pulled),

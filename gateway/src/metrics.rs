@@ -36,6 +36,13 @@ pub const DECLARED: &[&str] = &[
     "wisp_http_connections_refused_total",
     "wisp_http_connections_closed_total",
     "wisp_log_lines_dropped_total",
+    "wisp_image_pull_seconds",
+    "wisp_image_pull_bytes_total",
+];
+
+/// Pull durations, in seconds: 10 ms to 30 min.
+const PULL_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 
 pub struct Metrics {
@@ -50,6 +57,8 @@ pub struct Metrics {
     stops: IntCounterVec,
     connections: ConnectionMetrics,
     log_dropped: IntCounterVec,
+    pull_seconds: HistogramVec,
+    pull_bytes: IntCounter,
 }
 
 /// The series of client connections, kept by [`crate::connections`].
@@ -129,6 +138,20 @@ impl Metrics {
             &["function_name"],
         )?;
         registry.register(Box::new(log_dropped.clone()))?;
+        let pull_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "wisp_image_pull_seconds",
+                "Pulls from registries (by deploys and wisp pull), by outcome: ok, not_found, unauthorized, unreachable, too_large, invalid, storage.",
+            )
+            .buckets(PULL_BUCKETS.to_vec()),
+            &["outcome"],
+        )?;
+        let pull_bytes = IntCounter::new(
+            "wisp_image_pull_bytes_total",
+            "Bytes downloaded from registries (blobs the store held are not downloaded).",
+        )?;
+        registry.register(Box::new(pull_seconds.clone()))?;
+        registry.register(Box::new(pull_bytes.clone()))?;
         let connections = ConnectionMetrics {
             open: IntGauge::new("wisp_http_connections", "Client connections open now.")?,
             refused: IntCounter::new(
@@ -170,6 +193,8 @@ impl Metrics {
             stops,
             connections,
             log_dropped,
+            pull_seconds,
+            pull_bytes,
         })
     }
 
@@ -226,6 +251,15 @@ impl Metrics {
         for state in ["starting", "idle", "busy"] {
             let _ = self.instances.remove_label_values(&[function, state]);
         }
+    }
+
+    /// Records one pull: how long it took and how it ended, and the bytes
+    /// it downloaded.
+    pub fn pulled(&self, took: Duration, outcome: &str, downloaded: u64) {
+        self.pull_seconds
+            .with_label_values(&[outcome])
+            .observe(took.as_secs_f64());
+        self.pull_bytes.inc_by(downloaded);
     }
 
     /// The series of client connections.

@@ -84,6 +84,21 @@ pub struct PulledArtifact {
     pub report: PullReport,
 }
 
+impl PullFailure {
+    /// Its name in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullFailure::NotFound => "not_found",
+            PullFailure::Unauthorized => "unauthorized",
+            PullFailure::Unreachable => "unreachable",
+            PullFailure::TooLarge => "too_large",
+            PullFailure::Invalid => "invalid",
+            PullFailure::Storage => "storage",
+            PullFailure::Unsupported => "unsupported",
+        }
+    }
+}
+
 /// Why a pull failed, in the terms a caller answers by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullFailure {

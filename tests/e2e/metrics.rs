@@ -42,18 +42,22 @@ fn families(text: &str) -> (BTreeSet<String>, Seen) {
 }
 
 /// Families a session of ordinary use leaves alone, each moved by a test of
-/// its own: refused connections (`connections.rs`, a full cap) and dropped
-/// output (`logs.rs`, a flood).
+/// its own: refused connections (`connections.rs`, a full cap), dropped
+/// output (`logs.rs`, a flood) and pulls (`registry.rs`, a registry).
 const EXERCISED_ELSEWHERE: &[&str] = &[
     "wisp_http_connections_refused_total",
     "wisp_log_lines_dropped_total",
+    "wisp_image_pull_seconds",
+    "wisp_image_pull_bytes_total",
 ];
 
 #[tokio::test]
 async fn every_declared_metric_changes_during_a_session() {
     let wisp = Wisp::builder()
         .arg("--header-read-timeout")
-        .arg("1s")
+        // Short, to see the silent connection closed; long enough that a
+        // loaded machine still reads the test's own requests in time.
+        .arg("3s")
         .start()
         .unwrap();
     // A connection that never sends a byte, closed as idle.

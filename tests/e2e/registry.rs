@@ -78,6 +78,16 @@ async fn deploy_by_tag_and_by_digest_and_keep_the_digest_across_a_restart() {
         .cli(&["pull", &reference, "--insecure-registry", &registry.host])
         .expect_success();
     assert!(out.contains("0 blobs downloaded"), "{out}");
+    // Each pull is in the metrics (the first downloaded the image).
+    let metrics = wisp.metrics().await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    assert_eq!(value("wisp_image_pull_seconds_count{outcome=\"ok\"}"), 3.0);
+    assert!(value("wisp_image_pull_bytes_total") > 100_000.0);
 
     // After a restart the functions run the digest they were deployed with.
     wisp.kill();
