@@ -741,6 +741,36 @@ impl PullRequest {
     }
 }
 
+/// `POST /system/registries` (`wisp login`): credentials the server saves
+/// for pulls from `registry`, once the registry accepts them.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginRequest {
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+    /// Reach the registry over plain HTTP to check the login.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `DELETE /system/registries` (`wisp logout`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogoutRequest {
+    pub registry: String,
+}
+
 /// What `POST /system/images` pulled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -17,15 +17,15 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, PrepareError, PullFailure, PulledArtifact, full_body};
-use wisp_runner::image::pull::{PullOptions, Reference};
+use wisp_runner::image::pull::{Credentials, PullOptions, Reference};
 use wisp_runner::image::{ImageStore, StoreError};
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::spec::{Digest, FunctionKind, ImageSource};
 
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
-    ImageRef, ImageSummary, LayerSummary, PullRequest, PullResponse, ScaleRequest,
-    ServerPullSettings, is_our_namespace,
+    ImageRef, ImageSummary, LayerSummary, LoginRequest, LogoutRequest, PullRequest, PullResponse,
+    ScaleRequest, ServerPullSettings, is_our_namespace,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -95,6 +95,20 @@ impl App {
                 json(StatusCode::OK, &self.prune(dry_run).await?)
             }
             (Route::Prune, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
+            (Route::Registries, Method::GET) => json(StatusCode::OK, &self.logins.registries()),
+            (Route::Registries, Method::POST) => self.login(req).await,
+            (Route::Registries, Method::DELETE) => {
+                let request: LogoutRequest = read_json(req).await?;
+                let key = crate::credentials::registry_key(&request.registry);
+                if !self.logins.remove(&key).map_err(GatewayError::Logins)? {
+                    return Err(GatewayError::NotFound(format!("no login saved for {key}")));
+                }
+                tracing::info!(registry = %key, "registry login removed");
+                Ok(text(StatusCode::OK, format!("logged out of {key}\n")))
+            }
+            (Route::Registries, _) => Err(GatewayError::MethodNotAllowed {
+                allow: "GET, POST, DELETE",
+            }),
             (_, _) => Err(GatewayError::NotFound(req.uri().path().to_owned())),
         }
     }
@@ -196,14 +210,53 @@ impl App {
         ))
     }
 
-    /// Pulls through the backend, counting it in the metrics.
+    /// `POST /system/registries`: checks a login against its registry,
+    /// then saves it for later pulls.
+    async fn login(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let request: LoginRequest = read_json(req).await?;
+        let key = crate::credentials::registry_key(&request.registry);
+        if key.is_empty() || key.contains('/') {
+            return Err(GatewayError::BadRequest(format!(
+                "{:?} is not a registry: expected host[:port]",
+                request.registry.chars().take(100).collect::<String>()
+            )));
+        }
+        let credentials = Credentials::Basic {
+            username: request.username.clone(),
+            password: request.password.clone(),
+        };
+        let mut insecure = self.insecure_registries.clone();
+        if request.insecure {
+            insecure.push(key.clone());
+        }
+        let host = if key == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            key.as_str()
+        };
+        wisp_runner::image::pull::check_login(host, &credentials, &insecure)
+            .await
+            .map_err(PrepareError::from)?;
+        self.logins
+            .save(&key, &request.username, &request.password)
+            .map_err(GatewayError::Logins)?;
+        tracing::info!(registry = %key, username = %request.username, "registry login saved");
+        Ok(text(StatusCode::OK, format!("logged in to {key}\n")))
+    }
+
+    /// Pulls through the backend, counting it in the metrics; a request
+    /// without credentials uses the saved login or the docker config's.
     async fn pull_counted(
         &self,
         reference: &Reference,
         options: &PullOptions,
     ) -> Result<PulledArtifact, PrepareError> {
         let started = std::time::Instant::now();
-        let result = self.backend.pull(reference, options).await;
+        let mut options = options.clone();
+        if matches!(options.auth, Credentials::Anonymous) {
+            options.auth = self.logins.resolve(reference.registry()).await;
+        }
+        let result = self.backend.pull(reference, &options).await;
         let (outcome, downloaded) = match &result {
             Ok(pulled) => ("ok", pulled.report.downloaded),
             Err(PrepareError::Pull { failure, .. }) => (failure.as_str(), 0),

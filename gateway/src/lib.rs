@@ -1,6 +1,7 @@
 //! wisp's gateway: the HTTP server, its client connections and its routing
 //! ([`server`], [`connections`], [`route`]),
 //! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]), the
+//! credentials of the registries it pulls from ([`credentials`]), the
 //! function registry ([`registry`]), the mapping of every error to a status
 //! ([`rescue`]), Prometheus metrics ([`metrics`]), garbage collection of the
 //! data dir ([`prune`]); and, apart from the
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod cli;
 pub mod connections;
 mod control;
+pub mod credentials;
 pub mod metrics;
 pub mod prune;
 pub mod registry;

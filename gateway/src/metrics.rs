@@ -141,7 +141,7 @@ impl Metrics {
         let pull_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "wisp_image_pull_seconds",
-                "Pulls from registries (by deploys and wisp pull), by outcome: ok, not_found, unauthorized, unreachable, too_large, invalid, storage.",
+                "Pulls from registries (by deploys and wisp pull), by outcome: ok, not_found, unauthorized, unreachable, too_large, invalid, storage, unsupported.",
             )
             .buckets(PULL_BUCKETS.to_vec()),
             &["outcome"],
@@ -150,6 +150,11 @@ impl Metrics {
             "wisp_image_pull_bytes_total",
             "Bytes downloaded from registries (blobs the store held are not downloaded).",
         )?;
+        // Every outcome from zero, so that rates work from the first pull.
+        pull_seconds.with_label_values(&["ok"]);
+        for failure in wisp_runner::backend::PullFailure::ALL {
+            pull_seconds.with_label_values(&[failure.as_str()]);
+        }
         registry.register(Box::new(pull_seconds.clone()))?;
         registry.register(Box::new(pull_bytes.clone()))?;
         let connections = ConnectionMetrics {

@@ -43,6 +43,8 @@ pub enum GatewayError {
     Images(#[from] StoreError),
     #[error("{0}")]
     Artifacts(#[from] PruneError),
+    #[error("saving registry logins: {0}")]
+    Logins(#[source] std::io::Error),
     /// A blocking task on the stores panicked or was cancelled.
     #[error("storage task: {0}")]
     StoreTask(#[source] tokio::task::JoinError),
@@ -73,9 +75,12 @@ impl GatewayError {
             E::Prepare(PrepareError::ContainersUnavailable { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            E::Prepare(_) | E::Registry(_) | E::Images(_) | E::Artifacts(_) | E::StoreTask(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            E::Prepare(_)
+            | E::Registry(_)
+            | E::Images(_)
+            | E::Artifacts(_)
+            | E::StoreTask(_)
+            | E::Logins(_) => StatusCode::INTERNAL_SERVER_ERROR,
             E::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             E::Upload(
                 UploadError::Empty | UploadError::Body(_) | UploadError::DigestMismatch { .. },
@@ -120,6 +125,7 @@ impl GatewayError {
                 ),
             },
             GatewayError::Registry(_)
+            | GatewayError::Logins(_)
             | GatewayError::Artifacts(_)
             | GatewayError::Upload(UploadError::Io { .. }) => {
                 "internal storage error (details are in the server log)".into()

@@ -22,6 +22,8 @@ pub enum Route<'a> {
     ScaleFunction(&'a str),
     /// `/system/prune`
     Prune,
+    /// `/system/registries`
+    Registries,
     /// Any other `/system/...` path.
     UnknownSystem,
     /// `/function/{name}` and `/function/{name}/{rest...}`; `rest` starts
@@ -44,6 +46,7 @@ pub fn route(path: &str) -> Route<'_> {
         "/system/images" => return Route::Images,
         "/system/logs" => return Route::Logs,
         "/system/prune" => return Route::Prune,
+        "/system/registries" => return Route::Registries,
         _ => {}
     }
     if let Some(name) = path.strip_prefix("/system/function/") {

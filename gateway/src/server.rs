@@ -99,6 +99,7 @@ pub struct App {
     pub(crate) max_artifact_bytes: u64,
     pub(crate) insecure_registries: Vec<String>,
     pub(crate) registry_mirrors: Vec<(String, String)>,
+    pub(crate) logins: crate::credentials::RegistryLogins,
     pub(crate) prune: PruneConfig,
     pub(crate) metrics: Metrics,
 }
@@ -130,6 +131,13 @@ impl App {
                 )
             })?;
         let registry = Registry::open(&config.data_dir.join("wisp.redb"))?;
+        let logins =
+            crate::credentials::RegistryLogins::open(&config.data_dir).with_context(|| {
+                format!(
+                    "reading the registry logins in {}",
+                    config.data_dir.display()
+                )
+            })?;
         let wasm = WasmBackend::new(artifacts.clone(), &config.wasm)
             .map_err(|e| anyhow::anyhow!("starting wasmtime: {e:#}"))?;
         let container = ContainerBackend::new(
@@ -185,6 +193,7 @@ impl App {
             max_artifact_bytes: config.max_artifact_bytes,
             insecure_registries: config.insecure_registries.clone(),
             registry_mirrors: config.registry_mirrors.clone(),
+            logins,
             prune: config.prune,
             metrics,
         };

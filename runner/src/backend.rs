@@ -85,6 +85,16 @@ pub struct PulledArtifact {
 }
 
 impl PullFailure {
+    pub const ALL: [PullFailure; 7] = [
+        PullFailure::NotFound,
+        PullFailure::Unauthorized,
+        PullFailure::Unreachable,
+        PullFailure::TooLarge,
+        PullFailure::Invalid,
+        PullFailure::Storage,
+        PullFailure::Unsupported,
+    ];
+
     /// Its name in metrics.
     pub fn as_str(self) -> &'static str {
         match self {

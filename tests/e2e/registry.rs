@@ -428,3 +428,106 @@ async fn a_moved_tag_is_pulled_again_at_deploy() {
         .expect_failure();
     assert!(out.contains("never"), "{out}");
 }
+
+#[tokio::test]
+async fn wisp_login_saves_checked_credentials_and_logout_forgets_them() {
+    let registry = TestRegistry::with_auth();
+    let reference = push_ping(registry, "login/ping:1");
+    let wisp = wisp_for(registry);
+    let login = |password: &str| {
+        wisp.cli(&[
+            "login",
+            &registry.host,
+            "-u",
+            USER,
+            "-p",
+            password,
+            "--insecure",
+        ])
+    };
+
+    let out = login("wrong-password").expect_failure();
+    assert!(out.contains("401"), "{out}");
+    assert!(!out.contains("wrong-password"), "{out}");
+    let saved = wisp.invoke("GET", "/system/registries", "").await;
+    assert_eq!(saved.text(), "[]");
+
+    let out = login(PASSWORD).expect_success();
+    assert!(out.contains("logged in"), "{out}");
+    let saved = wisp.invoke("GET", "/system/registries", "").await;
+    assert_eq!(saved.text(), format!("[\"{}\"]", registry.host));
+    assert!(!saved.text().contains(PASSWORD));
+    let file = wisp.data_dir.join("registries.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Deploys without credentials of their own use the saved login.
+    wisp.cli(&["deploy", "logged-in", "--image", &reference])
+        .expect_success();
+    pong(&wisp, "logged-in").await;
+    assert!(!wisp.log().contains(PASSWORD));
+
+    wisp.cli(&["logout", &registry.host]).expect_success();
+    let out = wisp
+        .cli(&["deploy", "logged-out", "--image", &reference])
+        .expect_failure();
+    assert!(out.contains("401"), "{out}");
+}
+
+#[tokio::test]
+async fn the_servers_docker_config_and_credential_helpers_are_used() {
+    use base64::Engine as _;
+    let registry = TestRegistry::with_auth();
+    let reference = push_ping(registry, "dockercfg/ping:1");
+    let dir = tempfile::tempdir().unwrap();
+
+    // `auths` in config.json, as `docker login` writes it.
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let config = serde_json::json!({ "auths": { registry.host.clone(): { "auth": auth } } });
+    std::fs::write(plain.join("config.json"), config.to_string()).unwrap();
+    let wisp = Wisp::builder()
+        .arg("--insecure-registry")
+        .arg(&registry.host)
+        .env("DOCKER_CONFIG", plain.to_str().unwrap())
+        .start()
+        .unwrap();
+    wisp.cli(&["deploy", "cfg", "--image", &reference])
+        .expect_success();
+    pong(&wisp, "cfg").await;
+    drop(wisp);
+
+    // A credential helper: a program on the server's PATH.
+    let helped = dir.path().join("helped");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&helped).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    let config = serde_json::json!({ "credHelpers": { registry.host.clone(): "wisp-test" } });
+    std::fs::write(helped.join("config.json"), config.to_string()).unwrap();
+    let helper = bin.join("docker-credential-wisp-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let wisp = Wisp::builder()
+        .arg("--insecure-registry")
+        .arg(&registry.host)
+        .env("DOCKER_CONFIG", helped.to_str().unwrap())
+        .env("PATH", &path)
+        .start()
+        .unwrap();
+    wisp.cli(&["deploy", "helped", "--image", &reference])
+        .expect_success();
+    pong(&wisp, "helped").await;
+}

@@ -49,6 +49,10 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Pull an image (or a wasm component) from a registry into the server's store.
     Pull(PullArgs),
+    /// Save credentials for a registry on the server (checked against the registry first).
+    Login(LoginArgs),
+    /// Forget the server's saved credentials for a registry.
+    Logout(LogoutArgs),
     /// List container images, their layers and sizes, and the functions using them.
     Images(ConnectArgs),
     /// Remove the artifacts and images (and layers) no function uses, once past the server's --prune-grace.
@@ -238,6 +242,40 @@ pub struct RegistryArgs {
         value_name = "USER:PASSWORD"
     )]
     pub creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry, `host[:port]` (`docker.io` for Docker Hub).
+    pub registry: String,
+    /// User name.
+    #[arg(long, short = 'u')]
+    pub username: String,
+    /// Password (visible in the process list: prefer --password-stdin).
+    #[arg(
+        long,
+        short = 'p',
+        env = "WISP_REGISTRY_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "password_stdin"
+    )]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Reach the registry over plain HTTP to check the login.
+    #[arg(long)]
+    pub insecure: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The registry, `host[:port]`.
+    pub registry: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Debug, Args)]

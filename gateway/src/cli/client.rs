@@ -226,6 +226,24 @@ impl Client {
         self.decode(&answer)
     }
 
+    /// `POST /system/registries`; returns the gateway's answer.
+    pub async fn login(&self, request: &crate::api::LoginRequest) -> Result<String, ClientError> {
+        let body = self.encode(request)?;
+        let answer = self
+            .system(Method::POST, "/system/registries", body)
+            .await?;
+        Ok(answer.text())
+    }
+
+    /// `DELETE /system/registries`; returns the gateway's answer.
+    pub async fn logout(&self, request: &crate::api::LogoutRequest) -> Result<String, ClientError> {
+        let body = self.encode(request)?;
+        let answer = self
+            .system(Method::DELETE, "/system/registries", body)
+            .await?;
+        Ok(answer.text())
+    }
+
     pub async fn images(&self) -> Result<Vec<crate::api::ImageSummary>, ClientError> {
         let answer = self
             .system(Method::GET, "/system/images", Bytes::new())

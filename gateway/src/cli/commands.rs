@@ -15,8 +15,8 @@ use wisp_runner::wasm::WasmConfig;
 use crate::connections::{ConnectionLimits, default_max_connections};
 
 use super::args::{
-    BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LogsArgs, PruneArgs, PullArgs,
-    RegistryArgs,
+    BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LoginArgs, LogsArgs, PruneArgs,
+    PullArgs, RegistryArgs,
 };
 use super::client::{Client, ClientError};
 use crate::api::{FunctionDeployment, FunctionResources};
@@ -88,6 +88,14 @@ pub async fn run(
         }
         Command::Deploy(args) => deploy(*args).await,
         Command::Pull(args) => pull(args).await,
+        Command::Login(args) => login(args).await,
+        Command::Logout(args) => {
+            let request = crate::api::LogoutRequest {
+                registry: args.registry,
+            };
+            print!("{}", connect(&args.connect)?.logout(&request).await?);
+            Ok(())
+        }
         Command::Invoke(args) => invoke(args).await,
         Command::Ls(args) => ls(args).await,
         Command::Images(args) => images(args).await,
@@ -246,6 +254,30 @@ fn registry_auth(args: &RegistryArgs) -> Option<String> {
     args.creds
         .as_ref()
         .map(|creds| base64::engine::general_purpose::STANDARD.encode(creds))
+}
+
+/// `wisp login REGISTRY`: the server checks the credentials with the
+/// registry and saves them.
+async fn login(args: LoginArgs) -> anyhow::Result<()> {
+    let password = match (&args.password, args.password_stdin) {
+        (Some(password), _) => password.clone(),
+        (None, true) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            line.trim_end_matches(['\n', '\r']).to_owned()
+        }
+        (None, false) => bail!("give the password with --password-stdin (or -p)"),
+    };
+    let request = crate::api::LoginRequest {
+        registry: args.registry,
+        username: args.username,
+        password,
+        insecure: args.insecure,
+    };
+    print!("{}", connect(&args.connect)?.login(&request).await?);
+    Ok(())
 }
 
 /// `wisp pull REF`: the server pulls it into its stores.

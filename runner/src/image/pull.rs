@@ -841,3 +841,90 @@ pub fn parse_reference(text: &str) -> Result<Reference, String> {
         )
     })
 }
+
+/// Checks `credentials` against `registry` (`host[:port]`) as `docker
+/// login` does: `/v2/` with basic auth, or, when the registry answers with
+/// a bearer challenge, a token from its realm.
+pub async fn check_login(
+    registry: &str,
+    credentials: &Credentials,
+    insecure_registries: &[String],
+) -> Result<(), PullError> {
+    crypto_provider();
+    let Credentials::Basic { username, password } = credentials else {
+        return Ok(());
+    };
+    let scheme = if insecure_registries.iter().any(|r| r == registry) {
+        "http"
+    } else {
+        "https"
+    };
+    let url = format!("{scheme}://{registry}/v2/");
+    let unreachable = |e: reqwest::Error| PullError::Unreachable {
+        reference: registry.to_owned(),
+        detail: error_chain(&e),
+    };
+    let unauthorized = || PullError::Unauthorized {
+        registry: registry.to_owned(),
+        reference: registry.to_owned(),
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("wisp/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(unreachable)?;
+    let challenge = client.get(&url).send().await.map_err(unreachable)?;
+    let bearer = challenge
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("bearer"));
+    if challenge.status().is_success() {
+        // The registry asks no one for credentials.
+        return Ok(());
+    }
+    if bearer {
+        // The token flow, as a pull would do it; any repository will do
+        // for a token server to check the credentials.
+        let probe = Reference::with_tag(
+            registry.to_owned(),
+            "library/wisp-login".into(),
+            "latest".into(),
+        );
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure_registries.to_vec()),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(30)),
+            ..ClientConfig::default()
+        };
+        return match oci_client::Client::new(config)
+            .auth(
+                &probe,
+                &RegistryAuth::Basic(username.clone(), password.clone()),
+                oci_client::RegistryOperation::Pull,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(OciDistributionError::RequestError(e)) => Err(unreachable(e)),
+            Err(_) => Err(unauthorized()),
+        };
+    }
+    let answer = client
+        .get(&url)
+        .basic_auth(username, Some(password))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    if answer.status().is_success() {
+        Ok(())
+    } else if matches!(answer.status().as_u16(), 401 | 403) {
+        Err(unauthorized())
+    } else {
+        Err(PullError::Registry {
+            reference: registry.to_owned(),
+            detail: format!("{url} answered {}", answer.status()),
+        })
+    }
+}
