@@ -384,6 +384,9 @@ pub struct VersionInfo {
 pub struct ImageSummary {
     /// The manifest digest.
     pub digest: String,
+    /// Its local names, `registry/repository:tag`.
+    #[serde(default)]
+    pub names: Vec<String>,
     /// Bytes of regular files across its layers.
     pub size: u64,
     /// Bottom layer first.
@@ -762,6 +765,39 @@ impl std::fmt::Debug for LoginRequest {
             .field("insecure", &self.insecure)
             .finish_non_exhaustive()
     }
+}
+
+/// `PUT /system/images` (`wisp tag`): name a stored image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TagRequest {
+    /// A local name or a manifest digest.
+    pub source: String,
+    /// The new name (a reference; `app` means `docker.io/library/app:latest`).
+    pub target: String,
+}
+
+/// `DELETE /system/images` (`wisp rmi`): remove a name, and the image
+/// once it has no name left and no function runs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoveImageRequest {
+    /// A local name or a manifest digest.
+    pub image: String,
+    /// Also while functions run it: the names go, the image stays until
+    /// they are gone (a prune then removes it).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What `DELETE /system/images` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedImage {
+    pub untagged: Vec<String>,
+    /// The image, if it was removed (with the bytes freed).
+    pub deleted: Option<String>,
+    pub bytes: u64,
 }
 
 /// `DELETE /system/registries` (`wisp logout`).

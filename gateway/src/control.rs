@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, PrepareError, PullFailure, PulledArtifact, full_body};
-use wisp_runner::image::pull::{Credentials, PullOptions, Reference};
+use wisp_runner::image::pull::{self, Credentials, PullOptions, Reference};
 use wisp_runner::image::{ImageStore, StoreError};
 use wisp_runner::pool::{Pool, StopReason};
 use wisp_runner::spec::{Digest, FunctionKind, ImageSource};
@@ -25,7 +25,8 @@ use wisp_runner::spec::{Digest, FunctionKind, ImageSource};
 use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
     ImageRef, ImageSummary, LayerSummary, LoginRequest, LogoutRequest, PullRequest, PullResponse,
-    ScaleRequest, ServerPullSettings, is_our_namespace,
+    RemoveImageRequest, RemovedImage, ScaleRequest, ServerPullSettings, TagRequest,
+    is_our_namespace,
 };
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -89,7 +90,11 @@ impl App {
             (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Images, Method::GET) => json(StatusCode::OK, &self.images().await?),
             (Route::Images, Method::POST) => self.pull(req).await,
-            (Route::Images, _) => Err(GatewayError::MethodNotAllowed { allow: "GET, POST" }),
+            (Route::Images, Method::PUT) => self.tag(req).await,
+            (Route::Images, Method::DELETE) => self.remove_image(req).await,
+            (Route::Images, _) => Err(GatewayError::MethodNotAllowed {
+                allow: "GET, POST, PUT, DELETE",
+            }),
             (Route::Prune, Method::POST) => {
                 let dry_run = dry_run(req.uri().query().unwrap_or(""))?;
                 json(StatusCode::OK, &self.prune(dry_run).await?)
@@ -208,6 +213,124 @@ impl App {
             status,
             format!("deployed {name}\n{}", ignored_note(&ignored)),
         ))
+    }
+
+    /// The stored image `name_or_digest` names, or 404.
+    async fn find_image(
+        &self,
+        name_or_digest: &str,
+    ) -> Result<(Digest, Option<String>), GatewayError> {
+        let unknown = || GatewayError::Missing(format!("no image {name_or_digest:?} in the store"));
+        if let Ok(digest) = Digest::parse(name_or_digest) {
+            let found = {
+                let digest = digest.clone();
+                self.on_images(move |store| store.image(&digest)).await?
+            };
+            return found.map(|_| (digest, None)).ok_or_else(unknown);
+        }
+        let name = pull::parse_reference(name_or_digest)
+            .map_err(GatewayError::BadRequest)?
+            .whole();
+        let lookup = name.clone();
+        let digest = self
+            .on_images(move |store| store.named(&lookup))
+            .await?
+            .ok_or_else(unknown)?;
+        Ok((digest, Some(name)))
+    }
+
+    /// `PUT /system/images`: names a stored image.
+    async fn tag(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let request: TagRequest = read_json(req).await?;
+        let (digest, _) = self.find_image(&request.source).await?;
+        let target = pull::parse_reference(&request.target).map_err(GatewayError::BadRequest)?;
+        let name = pull::local_name(&target)
+            .ok_or_else(|| GatewayError::BadRequest("a name has a tag, not a digest".into()))?;
+        let (key, image) = (name.clone(), digest.clone());
+        if !self
+            .on_images(move |store| store.name(&key, &image))
+            .await?
+        {
+            return Err(GatewayError::Missing(format!(
+                "no image {digest} in the store"
+            )));
+        }
+        tracing::info!(%name, image = %digest, "image named");
+        Ok(text(StatusCode::OK, format!("{name} → {digest}\n")))
+    }
+
+    /// `DELETE /system/images`: removes a name, and the image once no name
+    /// and no function is left on it; refused while functions run it,
+    /// unless forced (then only the names go).
+    async fn remove_image(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let request: RemoveImageRequest = read_json(req).await?;
+        let _serial = self.deploy_lock.lock().await;
+        let (digest, name) = self.find_image(&request.image).await?;
+        let users: Vec<String> = self
+            .images_in_use()
+            .into_iter()
+            .filter(|(_, d)| *d == digest)
+            .map(|(function, _)| function)
+            .collect();
+        let names = {
+            let image = digest.clone();
+            self.on_images(move |store| {
+                Ok(store
+                    .names()?
+                    .into_iter()
+                    .filter(|(_, d)| *d == image)
+                    .map(|(n, _)| n)
+                    .collect::<Vec<_>>())
+            })
+            .await?
+        };
+        // A name goes alone while the image has others; a digest (or the
+        // last name) takes the image with it, which functions may not lose.
+        let total = names.len();
+        let untag: Vec<String> = match &name {
+            Some(name) if total > 1 => vec![name.clone()],
+            _ => names,
+        };
+        let takes_the_image = untag.len() == total;
+        let mut users = users;
+        if self.holds.holds_image(&digest) {
+            users.push("a version still draining (or a deploy under way)".into());
+        }
+        if takes_the_image && !users.is_empty() && !request.force {
+            return Err(GatewayError::Conflict(format!(
+                "image {digest} is in use by {} (wisp rmi --force removes its names; the image goes once no function runs it)",
+                users.join(", ")
+            )));
+        }
+        for name in &untag {
+            let key = name.clone();
+            self.on_images(move |store| store.unname(&key)).await?;
+        }
+        let mut removed = RemovedImage {
+            untagged: untag.clone(),
+            deleted: None,
+            bytes: 0,
+        };
+        let last = self
+            .on_images({
+                let image = digest.clone();
+                move |store| Ok(!store.names()?.values().any(|d| *d == image))
+            })
+            .await?;
+        if users.is_empty() && last {
+            let image = digest.clone();
+            let pruned = self.on_images(move |store| store.remove(&image)).await?;
+            removed.bytes = pruned
+                .images
+                .iter()
+                .chain(&pruned.blobs)
+                .chain(&pruned.layers)
+                .map(|r| r.bytes)
+                .sum();
+            removed.deleted = Some(digest.to_string());
+        }
+        tracing::info!(image = %digest, untagged = ?removed.untagged, deleted = removed.deleted.is_some(), "image removed");
+        json(StatusCode::OK, &removed)
     }
 
     /// `POST /system/registries`: checks a login against its registry,
@@ -450,7 +573,9 @@ impl App {
     }
 
     async fn images(&self) -> Result<Vec<ImageSummary>, GatewayError> {
-        let images = self.on_images(|store| store.list()).await?;
+        let (images, names) = self
+            .on_images(|store| Ok((store.list()?, store.names()?)))
+            .await?;
         let in_use = self.images_in_use();
         Ok(images
             .into_iter()
@@ -462,6 +587,11 @@ impl App {
                     .collect();
                 functions.sort();
                 ImageSummary {
+                    names: names
+                        .iter()
+                        .filter(|(_, d)| **d == image.manifest_digest)
+                        .map(|(name, _)| name.clone())
+                        .collect(),
                     digest: image.manifest_digest.to_string(),
                     size: image.layers.iter().map(|l| l.size).sum(),
                     layers: image

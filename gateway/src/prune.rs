@@ -103,6 +103,13 @@ impl Holds {
     fn snapshot(&self) -> Vec<Held> {
         self.lock().values().cloned().collect()
     }
+
+    /// Whether a deploy under way or a version still draining holds `image`.
+    pub(crate) fn holds_image(&self, image: &Digest) -> bool {
+        self.lock()
+            .values()
+            .any(|h| h.image.as_ref() == Some(image))
+    }
 }
 
 impl Drop for Hold {

@@ -25,6 +25,11 @@ pub enum GatewayError {
     Unauthorized,
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Something the request names (an image, a login) is not there.
+    #[error("{0}")]
+    Missing(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("{0}")]
@@ -58,6 +63,8 @@ impl GatewayError {
             E::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             E::Unauthorized => StatusCode::UNAUTHORIZED,
             E::BadRequest(_) | E::Deployment(_) => StatusCode::BAD_REQUEST,
+            E::Conflict(_) => StatusCode::CONFLICT,
+            E::Missing(_) => StatusCode::NOT_FOUND,
             E::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             // The image is past the server's import limits.
             E::Prepare(PrepareError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -3,10 +3,11 @@
 //! API, and the real server pulling them.
 
 use std::path::Path;
+use std::time::Duration;
 
 use http::StatusCode;
 use wisp_e2e::registry::{PASSWORD, TestRegistry, USER};
-use wisp_e2e::{FunctionDeployment, Wisp, artifacts};
+use wisp_e2e::{FunctionDeployment, Wisp, artifacts, eventually};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -422,9 +423,15 @@ async fn a_moved_tag_is_pulled_again_at_deploy() {
     assert_ne!(second.image_digest, first.image_digest);
     pong(&wisp, "app").await;
 
-    // `never` uses only what the store holds: a tag it cannot resolve.
+    // `never` uses only what the store holds: the tag's local name (the
+    // image pulled last), and nothing for a tag it has no name for.
+    wisp.cli(&["deploy", "app", "--image", &reference, "--pull", "never"])
+        .expect_success();
+    let third = wisp.client.function("app").await.unwrap();
+    assert_eq!(third.image_digest, second.image_digest);
+    let unknown = registry.reference("moving/app:2.0");
     let out = wisp
-        .cli(&["deploy", "app", "--image", &reference, "--pull", "never"])
+        .cli(&["deploy", "app", "--image", &unknown, "--pull", "never"])
         .expect_failure();
     assert!(out.contains("never"), "{out}");
 }
@@ -530,4 +537,91 @@ async fn the_servers_docker_config_and_credential_helpers_are_used() {
     wisp.cli(&["deploy", "helped", "--image", &reference])
         .expect_success();
     pong(&wisp, "helped").await;
+}
+
+/// `docker images`' REPOSITORY and TAG: names from pulls, from `docker
+/// save` archives' `RepoTags` and from `wisp tag`; `wisp rmi`; names across
+/// a restart; `--pull missing` takes a tag the store has a name for.
+#[tokio::test]
+async fn images_keep_their_names_and_rmi_respects_functions() {
+    let registry = TestRegistry::open();
+    let reference = push_ping(registry, "names/ping:1");
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        Wisp::builder()
+            .data_dir(dir.path())
+            .arg("--insecure-registry")
+            .arg(&registry.host)
+            .start()
+            .expect("start wisp")
+    };
+    let mut wisp = start();
+    wisp.cli(&["pull", &reference]).expect_success();
+    // An upload of a docker archive is named by its RepoTags.
+    wisp.deploy("from-file", artifacts::PING_DOCKER_ARCHIVE)
+        .await;
+    wisp.cli(&["tag", &reference, "myping:v2"]).expect_success();
+    let out = wisp.cli(&["images"]).expect_success();
+    for repository in [
+        format!("{}/names/ping ", registry.host),
+        "docker.io/wisp/ping ".to_owned(),
+        "docker.io/library/myping ".to_owned(),
+    ] {
+        assert!(out.contains(&repository), "{repository} in\n{out}");
+    }
+    assert!(out.contains(" v2 "), "{out}");
+    wisp.client.delete("from-file").await.unwrap();
+
+    // A name the store has: `missing` asks no registry (docker.io is
+    // unreachable here).
+    wisp.cli(&["deploy", "f", "--image", "myping:v2", "--pull", "missing"])
+        .expect_success();
+    pong(&wisp, "f").await;
+
+    // Names survive a restart.
+    wisp.kill();
+    let wisp = start();
+    let images = wisp.client.images().await.unwrap();
+    let ping = images
+        .iter()
+        .find(|i| i.names.iter().any(|n| n.ends_with("myping:v2")))
+        .expect("the named image");
+    assert_eq!(ping.functions, ["f"]);
+    let digest = ping.digest.clone();
+    let names = async || {
+        wisp.client
+            .images()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.digest == digest)
+            .map(|i| i.names)
+    };
+
+    // One name of several goes alone; the last one would take the image,
+    // which `f` runs: refused, unless forced (then the image stays).
+    let out = wisp.cli(&["rmi", "myping:v2"]).expect_success();
+    assert!(
+        out.contains("untagged docker.io/library/myping:v2"),
+        "{out}"
+    );
+    assert_eq!(names().await, Some(vec![reference.clone()]));
+    let err = wisp.cli(&["rmi", &reference]).expect_failure();
+    assert!(err.contains("409") && err.contains("in use by f"), "{err}");
+    wisp.cli(&["rmi", "--force", &reference]).expect_success();
+    assert_eq!(names().await, Some(vec![]), "the image stays for f");
+    pong(&wisp, "f").await;
+
+    // Once no function runs it, a digest removes it.
+    // (Its old version drains first: until then the image is held.)
+    wisp.client.delete("f").await.unwrap();
+    eventually(
+        "rmi once f has drained",
+        Duration::from_secs(10),
+        async || wisp.cli(&["rmi", &digest]).success,
+    )
+    .await;
+    assert_eq!(names().await, None);
+    let err = wisp.cli(&["rmi", &digest]).expect_failure();
+    assert!(err.contains("404"), "{err}");
 }

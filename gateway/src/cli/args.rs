@@ -49,6 +49,10 @@ pub enum Command {
     Scale(ScaleArgs),
     /// Pull an image (or a wasm component) from a registry into the server's store.
     Pull(PullArgs),
+    /// Give a stored image another local name.
+    Tag(TagArgs),
+    /// Remove an image's name, and the image once it has none and no function runs it.
+    Rmi(RmiArgs),
     /// Save credentials for a registry on the server (checked against the registry first).
     Login(LoginArgs),
     /// Forget the server's saved credentials for a registry.
@@ -266,6 +270,27 @@ pub struct LoginArgs {
     /// Reach the registry over plain HTTP to check the login.
     #[arg(long)]
     pub insecure: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// A local name (`registry/repo:tag`, short forms as docker reads them) or a manifest digest.
+    pub source: String,
+    /// The new name.
+    pub target: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// A local name or a manifest digest.
+    pub image: String,
+    /// Even while functions run it: its names go, the image stays until no function runs it.
+    #[arg(long, short = 'f')]
+    pub force: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }

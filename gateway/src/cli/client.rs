@@ -226,6 +226,23 @@ impl Client {
         self.decode(&answer)
     }
 
+    /// `PUT /system/images`; returns the gateway's answer.
+    pub async fn tag(&self, request: &crate::api::TagRequest) -> Result<String, ClientError> {
+        let body = self.encode(request)?;
+        let answer = self.system(Method::PUT, "/system/images", body).await?;
+        Ok(answer.text())
+    }
+
+    /// `DELETE /system/images`.
+    pub async fn remove_image(
+        &self,
+        request: &crate::api::RemoveImageRequest,
+    ) -> Result<crate::api::RemovedImage, ClientError> {
+        let body = self.encode(request)?;
+        let answer = self.system(Method::DELETE, "/system/images", body).await?;
+        self.decode(&answer)
+    }
+
     /// `POST /system/registries`; returns the gateway's answer.
     pub async fn login(&self, request: &crate::api::LoginRequest) -> Result<String, ClientError> {
         let body = self.encode(request)?;

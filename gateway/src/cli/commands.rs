@@ -89,6 +89,29 @@ pub async fn run(
         Command::Deploy(args) => deploy(*args).await,
         Command::Pull(args) => pull(args).await,
         Command::Login(args) => login(args).await,
+        Command::Tag(args) => {
+            let request = crate::api::TagRequest {
+                source: args.source,
+                target: args.target,
+            };
+            print!("{}", connect(&args.connect)?.tag(&request).await?);
+            Ok(())
+        }
+        Command::Rmi(args) => {
+            let request = crate::api::RemoveImageRequest {
+                image: args.image,
+                force: args.force,
+            };
+            let removed = connect(&args.connect)?.remove_image(&request).await?;
+            for name in &removed.untagged {
+                println!("untagged {name}");
+            }
+            match &removed.deleted {
+                Some(digest) => println!("deleted {digest} ({})", human(removed.bytes)),
+                None => println!("the image stays: functions run it or it has other names"),
+            }
+            Ok(())
+        }
         Command::Logout(args) => {
             let request = crate::api::LogoutRequest {
                 registry: args.registry,
@@ -504,11 +527,29 @@ async fn images(args: ConnectArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<23} {:>10}  {:<24} COMMAND",
-        "IMAGE", "SIZE", "FUNCTIONS"
+        "{:<40} {:<12} {:<19} {:>10}  {:<20} COMMAND",
+        "REPOSITORY", "TAG", "IMAGE ID", "SIZE", "FUNCTIONS"
     )?;
     for image in images {
-        let digest: String = image.digest.chars().take(23).collect();
+        let id: String = image
+            .digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect();
+        // One line per name, as `docker images` has it; `<none>` unnamed.
+        let names: Vec<(String, String)> = if image.names.is_empty() {
+            vec![("<none>".into(), "<none>".into())]
+        } else {
+            image
+                .names
+                .iter()
+                .map(|n| match n.rsplit_once(':') {
+                    Some((repo, tag)) if !tag.contains('/') => (repo.to_owned(), tag.to_owned()),
+                    _ => (n.clone(), "<none>".into()),
+                })
+                .collect()
+        };
         let functions = if image.functions.is_empty() {
             "-".to_owned()
         } else {
@@ -521,11 +562,13 @@ async fn images(args: ConnectArgs) -> anyhow::Result<()> {
             .cloned()
             .collect::<Vec<_>>()
             .join(" ");
-        writeln!(
-            out,
-            "{digest:<23} {:>10}  {functions:<24} {command}",
-            human(image.size)
-        )?;
+        for (repository, tag) in &names {
+            writeln!(
+                out,
+                "{repository:<40} {tag:<12} {id:<19} {:>10}  {functions:<20} {command}",
+                human(image.size)
+            )?;
+        }
         for layer in image.layers.iter().rev() {
             let id: String = layer.diff_id.chars().take(19).collect();
             writeln!(out, "  layer {id:<17} {:>10}", human(layer.size))?;

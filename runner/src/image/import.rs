@@ -174,6 +174,8 @@ pub(super) struct Parts {
     pub(super) config: ImageConfiguration,
     /// Each layer's blob and media type.
     pub(super) layers: Vec<(Blob, String)>,
+    /// Local names to give the image (a docker archive's `RepoTags`).
+    pub(super) names: Vec<String>,
 }
 
 impl ImageStore {
@@ -245,6 +247,7 @@ impl ImageStore {
             config_blob,
             config,
             layers,
+            names: Vec::new(),
         })
     }
 
@@ -254,6 +257,8 @@ impl ImageStore {
         struct Entry {
             config: String,
             layers: Vec<String>,
+            #[serde(default)]
+            repo_tags: Option<Vec<String>>,
         }
         let entries: Vec<Entry> = source.read_json("manifest.json")?;
         let [entry] = &entries[..] else {
@@ -282,11 +287,20 @@ impl ImageStore {
             "layers": layer_descriptors,
         });
         let manifest = staging.put(manifest.to_string().as_bytes())?;
+        // Its tags become local names, normalised as `docker` reads them.
+        let names = entry
+            .repo_tags
+            .iter()
+            .flatten()
+            .filter_map(|tag| super::pull::parse_reference(tag).ok())
+            .map(|reference| reference.whole())
+            .collect();
         Ok(Parts {
             manifest,
             config_blob,
             config,
             layers,
+            names,
         })
     }
 
@@ -372,6 +386,17 @@ impl ImageStore {
         fs::rename(&staged_record, &dest).map_err(ImportError::write(&dest))?;
         if let Some(records) = dest.parent() {
             durable::sync_dir(records).map_err(ImportError::write(records))?;
+        }
+        if !parts.names.is_empty() {
+            let store_error = |e: super::StoreError| ImportError::Write {
+                path: self.root.join("names.json"),
+                source: io::Error::other(e.to_string()),
+            };
+            let mut names = self.names().map_err(store_error)?;
+            for name in &parts.names {
+                names.insert(name.clone(), record.manifest_digest.clone());
+            }
+            self.write_names(&names).map_err(store_error)?;
         }
         Ok(self.image_of(record))
     }

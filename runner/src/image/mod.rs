@@ -7,8 +7,15 @@
 //! <root>/layers/<diff id hex>/diff  an unpacked layer: an overlayfs lower dir
 //! <root>/layers/<diff id hex>/complete   written last: the layer is whole
 //! <root>/images/<manifest hex>.json the image: its config and its layers
+//! <root>/names.json                 local names: `registry/repo:tag` → manifest digest
 //! <root>/tmp/                       staging, emptied by `open`
 //! ```
+//!
+//! Names are what `docker images` shows as REPOSITORY and TAG: a pull by
+//! tag names the image it got, an imported `docker save` archive gives its
+//! `RepoTags`. A name does not keep an image from [`ImageStore::prune`]
+//! (the store is a cache of registries and uploads: what no function uses
+//! goes, and its names with it).
 //!
 //! Everything reaches its final name by a rename out of `tmp/` once the
 //! whole image is verified and synced to disk, and the image's record is
@@ -41,7 +48,7 @@ mod sys;
 pub mod tree;
 pub mod unpack;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -57,6 +64,9 @@ pub use unpack::{UnpackError, UnpackOptions, UnpackStats};
 
 use crate::spec::Digest;
 use crate::store::{Removed, disk_usage};
+
+/// The file of local names, under the store's root.
+const NAMES: &str = "names.json";
 
 /// A content-addressed store of images and their unpacked layers.
 #[derive(Debug, Clone)]
@@ -227,6 +237,81 @@ impl ImageStore {
             .collect())
     }
 
+    /// The local names and the images they name.
+    pub fn names(&self) -> Result<BTreeMap<String, Digest>, StoreError> {
+        let path = self.root.join(NAMES);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Record { path, source })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(store_error(&path)(e)),
+        }
+    }
+
+    /// The image `name` names, if any.
+    pub fn named(&self, name: &str) -> Result<Option<Digest>, StoreError> {
+        Ok(self.names()?.remove(name))
+    }
+
+    /// Names (or renames to) the stored image `digest`; false if the store
+    /// has no such image.
+    pub fn name(&self, name: &str, digest: &Digest) -> Result<bool, StoreError> {
+        let _lock = self.lock().map_err(store_error(&self.root))?;
+        if !self.record_path(digest).exists() {
+            return Ok(false);
+        }
+        let mut names = self.names()?;
+        names.insert(name.to_owned(), digest.clone());
+        self.write_names(&names)?;
+        Ok(true)
+    }
+
+    /// Removes the name; returns the image it named.
+    pub fn unname(&self, name: &str) -> Result<Option<Digest>, StoreError> {
+        let _lock = self.lock().map_err(store_error(&self.root))?;
+        let mut names = self.names()?;
+        let removed = names.remove(name);
+        if removed.is_some() {
+            self.write_names(&names)?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes the image `digest` (its names first), and the blobs and
+    /// layers no other image uses. An image imported meanwhile is kept.
+    pub fn remove(&self, digest: &Digest) -> Result<Pruned, StoreError> {
+        let now = SystemTime::now();
+        let names = self.names()?;
+        for (name, named) in &names {
+            if named == digest {
+                self.unname(name)?;
+            }
+        }
+        let keep: Vec<Digest> = self
+            .records()?
+            .into_iter()
+            .map(|(_, record)| record.manifest_digest)
+            .filter(|d| d != digest)
+            .collect();
+        self.prune(&keep, now, false)
+    }
+
+    /// Replaces the names file; the caller holds the store's lock.
+    fn write_names(&self, names: &BTreeMap<String, Digest>) -> Result<(), StoreError> {
+        let path = self.root.join(NAMES);
+        let tmp = self.root.join("tmp").join(NAMES);
+        let json = serde_json::to_vec_pretty(names).map_err(io::Error::other);
+        json.and_then(|json| {
+            let mut file = File::create(&tmp)?;
+            io::Write::write_all(&mut file, &json)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            crate::store::durable::sync_dir(&self.root)
+        })
+        .map_err(store_error(&path))
+    }
+
     /// Removes every image that is neither named in `keep` nor imported
     /// (or imported again) after `cutoff`, then every blob and layer that no
     /// remaining image references. With `dry_run`, only says what it would
@@ -273,6 +358,15 @@ impl ImageStore {
                     let digest = format!("sha256:{name}");
                     removed.push(remove(&path, digest)?);
                 }
+            }
+        }
+        // The names of removed images go with them.
+        if !dry_run && !pruned.images.is_empty() {
+            let mut names = self.names()?;
+            let before = names.len();
+            names.retain(|_, d| !pruned.images.iter().any(|r| r.digest == d.as_str()));
+            if names.len() != before {
+                self.write_names(&names)?;
             }
         }
         for list in [&mut pruned.images, &mut pruned.blobs, &mut pruned.layers] {
@@ -354,6 +448,23 @@ mod tests {
         fs::write(&archive, docker_archive(&fixture)).unwrap();
         let docker = store.import(&archive).unwrap();
 
+        // The docker archive's RepoTags name its image; the layout has none.
+        let names = store.names().unwrap();
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            [(
+                "docker.io/library/demo:latest".to_owned(),
+                docker.manifest_digest.clone()
+            )]
+        );
+        assert!(store.name("demo:v2", &oci.manifest_digest).unwrap());
+        assert!(!store.name("x", &Digest::from_sha256(&[1; 32])).unwrap());
+        assert_eq!(
+            store.unname("demo:v2").unwrap(),
+            Some(oci.manifest_digest.clone())
+        );
+        assert_eq!(store.unname("demo:v2").unwrap(), None);
+
         let mut listed = store.list().unwrap();
         listed.sort_by_key(|i| i.layers.len());
         assert_eq!(listed, [oci.clone(), docker.clone()]);
@@ -381,6 +492,10 @@ mod tests {
         assert!(pruned.blobs.iter().all(|b| b.bytes > 0), "{pruned:?}");
         assert_eq!(store.list().unwrap(), std::slice::from_ref(&oci));
         assert_eq!(store.image(&docker.manifest_digest).unwrap(), None);
+        assert!(
+            store.names().unwrap().is_empty(),
+            "a removed image's names go too"
+        );
         assert!(oci.layers.iter().all(|l| l.path.join("app").is_dir()));
 
         let pruned = store.prune(&[], after_now(), false).unwrap();

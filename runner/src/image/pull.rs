@@ -271,6 +271,22 @@ pub async fn pull(
             elapsed: Duration::ZERO,
         });
     }
+    // A tag the store has a name for, unless told to ask the registry.
+    if options.policy != PullPolicy::Always
+        && reference.digest().is_none()
+        && let Some(name) = local_name(reference)
+        && let Some(digest) = images.named(&name).ok().flatten()
+        && let Ok(Some(image)) = images.image(&digest)
+    {
+        return Ok(PullReport {
+            pulled: Pulled::Image(image),
+            manifest_digest: digest,
+            downloaded: 0,
+            blobs_fetched: 0,
+            blobs_present: 0,
+            elapsed: Duration::ZERO,
+        });
+    }
     if options.policy == PullPolicy::Never {
         return Err(PullError::NotFound {
             reference: reference.whole(),
@@ -352,8 +368,11 @@ pub async fn pull(
             .zip(manifest.layers())
             .map(|(f, d)| (f.blob, d.media_type().to_string()))
             .collect(),
+        names: Vec::new(),
     };
     let store = images.clone();
+    let mut parts = parts;
+    parts.names.extend(local_name(reference));
     let image = tokio::task::spawn_blocking(move || store.finish(&staging, parts))
         .await
         .map_err(|e| puller.unsupported(format!("the import task failed: {e}")))?
@@ -362,6 +381,20 @@ pub async fn pull(
     report.elapsed = started.elapsed();
     tracing::info!(reference = %reference, digest = %report.manifest_digest, bytes = report.downloaded, fetched = report.blobs_fetched, present = report.blobs_present, seconds = report.elapsed.as_secs_f64(), "pulled an image");
     Ok(report)
+}
+
+/// The local name a pull by `reference` gives its image:
+/// `registry/repository:tag` (none for a reference by digest alone).
+pub fn local_name(reference: &Reference) -> Option<String> {
+    let tag = reference.tag()?;
+    Some(
+        Reference::with_tag(
+            reference.registry().to_owned(),
+            reference.repository().to_owned(),
+            tag.to_owned(),
+        )
+        .whole(),
+    )
 }
 
 /// `reference` on its registry's mirror, if it has one, and the options
