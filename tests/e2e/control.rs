@@ -150,8 +150,8 @@ async fn bad_deployments_are_400_and_change_nothing() {
         ("hello", digest_of_nothing(), "not in the artifact store"),
         (
             "hello",
-            "docker.io/library/nginx:latest".into(),
-            "not an artifact digest",
+            "Not An Image!".into(),
+            "nor a registry reference",
         ),
         ("", not_wasm.digest.clone(), "empty"),
         ("a/b", not_wasm.digest.clone(), "path separator"),
