@@ -21,6 +21,27 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Removes every series of `function` from `vec` (whatever its other
+/// labels).
+fn remove_function<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    function: &str,
+) {
+    use prometheus::core::Collector as _;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("function_name") == Some(&function) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 /// Every metric family wisp declares. A unit test checks that it matches
 /// what is registered; the end-to-end suite checks that each one moves.
 pub const DECLARED: &[&str] = &[
@@ -238,7 +259,6 @@ impl Metrics {
         }
     }
 
-    /// Drops the gauges of a deleted function (its counters stay, as in OpenFaaS).
     /// Brings `wisp_log_lines_dropped_total` up to the log store's counts;
     /// the caller passes deployed functions only.
     pub fn log_lines_dropped(&self, counts: &[(String, u64)]) {
@@ -248,14 +268,20 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of a deleted function, counters too. (OpenFaaS
+    /// keeps its counters; with functions of ever new names that grew the
+    /// gateway and its `/metrics` by ~50 series per deleted function, for
+    /// good. A Prometheus server keeps what it scraped.)
     pub fn forget(&self, function: &str) {
-        let _ = self.log_dropped.remove_label_values(&[function]);
-        let _ = self.service_count.remove_label_values(&[function]);
-        let _ = self.in_flight.remove_label_values(&[function]);
-        let _ = self.queue_depth.remove_label_values(&[function]);
-        for state in ["starting", "idle", "busy"] {
-            let _ = self.instances.remove_label_values(&[function, state]);
-        }
+        remove_function(&self.log_dropped, function);
+        remove_function(&self.service_count, function);
+        remove_function(&self.in_flight, function);
+        remove_function(&self.queue_depth, function);
+        remove_function(&self.instances, function);
+        remove_function(&self.invocations, function);
+        remove_function(&self.duration, function);
+        remove_function(&self.cold_start, function);
+        remove_function(&self.stops, function);
     }
 
     /// Records one pull: how long it took and how it ended, and the bytes

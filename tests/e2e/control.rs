@@ -148,11 +148,7 @@ async fn bad_deployments_are_400_and_change_nothing() {
         ("hello", cli_component, "wasi:http/proxy"),
         ("hello", truncated.digest.clone(), "failed to compile"),
         ("hello", digest_of_nothing(), "not in the artifact store"),
-        (
-            "hello",
-            "Not An Image!".into(),
-            "nor a registry reference",
-        ),
+        ("hello", "Not An Image!".into(), "nor a registry reference"),
         ("", not_wasm.digest.clone(), "empty"),
         ("a/b", not_wasm.digest.clone(), "path separator"),
         ("Hello", not_wasm.digest.clone(), "lower-case"),

@@ -241,3 +241,24 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A deleted function leaves no series behind (the soak's churn of ever
+/// new names grew `/metrics` and the gateway by ~50 series per deleted
+/// function).
+#[tokio::test]
+async fn a_deleted_function_leaves_no_series() {
+    let wisp = Wisp::start();
+    wisp.deploy("gone", artifacts::HELLO).await;
+    assert_eq!(
+        wisp.invoke("GET", "/function/gone/", "").await.status,
+        StatusCode::OK
+    );
+    assert!(wisp.metrics().await.contains("function_name=\"gone\""));
+    wisp.client.delete("gone").await.unwrap();
+    let metrics = wisp.metrics().await;
+    let left: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("function_name=\"gone\""))
+        .collect();
+    assert!(left.is_empty(), "{left:#?}");
+}
