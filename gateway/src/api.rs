@@ -681,12 +681,7 @@ impl FunctionDeployment {
         if let Ok(digest) = Digest::parse(&self.image) {
             return Ok(ImageRef::Artifact(digest));
         }
-        pull::parse_reference(&self.image)
-            .map(|r| ImageRef::Registry(Box::new(r)))
-            .map_err(|detail| DeploymentError::NotAnArtifact {
-                image: self.image.chars().take(100).collect(),
-                detail,
-            })
+        reference(&self.image).map(|r| ImageRef::Registry(Box::new(r)))
     }
 
     /// How to pull a registry reference for this deployment: its
@@ -723,10 +718,7 @@ pub struct PullRequest {
 
 impl PullRequest {
     pub fn reference(&self) -> Result<Reference, DeploymentError> {
-        pull::parse_reference(&self.image).map_err(|detail| DeploymentError::NotAnArtifact {
-            image: self.image.chars().take(100).collect(),
-            detail,
-        })
+        reference(&self.image)
     }
 
     pub fn pull_options(
@@ -876,6 +868,14 @@ pub struct ServerPullSettings {
     pub insecure_registries: Vec<String>,
     pub registry_mirrors: Vec<(String, String)>,
     pub max_artifact_bytes: u64,
+}
+
+/// `image` as a registry reference, or the error that names both forms.
+fn reference(image: &str) -> Result<Reference, DeploymentError> {
+    pull::parse_reference(image).map_err(|detail| DeploymentError::NotAnArtifact {
+        image: image.chars().take(100).collect(),
+        detail,
+    })
 }
 
 /// `base64(user:password)` → basic credentials.

@@ -41,7 +41,10 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::import::{Blob, Parts, Staging, parse_digest, pick_manifest};
+use super::import::{
+    Blob, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Parts, Staging,
+    parse_digest, pick_manifest,
+};
 use super::{Image, ImageStore, ImportError};
 use crate::backend::{Cause, PrepareError, PullFailure};
 use crate::spec::Digest;
@@ -56,10 +59,6 @@ const MAX_INDEX_DEPTH: usize = 4;
 /// Blobs downloaded at once.
 const CONCURRENT_DOWNLOADS: usize = 3;
 
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 const WASM_LAYERS: [&str; 2] = [
     "application/wasm",
@@ -174,6 +173,20 @@ pub struct PullReport {
     pub elapsed: Duration,
 }
 
+impl PullReport {
+    /// An image the store held: nothing asked of the registry.
+    fn stored(image: Image, manifest_digest: Digest) -> Self {
+        PullReport {
+            pulled: Pulled::Image(image),
+            manifest_digest,
+            downloaded: 0,
+            blobs_fetched: 0,
+            blobs_present: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 /// Why a pull failed. Nothing was stored under a final name.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -262,14 +275,7 @@ pub async fn pull(
             detail: e.to_string(),
         })?
     {
-        return Ok(PullReport {
-            pulled: Pulled::Image(image),
-            manifest_digest: digest,
-            downloaded: 0,
-            blobs_fetched: 0,
-            blobs_present: 0,
-            elapsed: Duration::ZERO,
-        });
+        return Ok(PullReport::stored(image, digest));
     }
     // A tag the store has a name for, unless told to ask the registry.
     if options.policy != PullPolicy::Always
@@ -278,14 +284,7 @@ pub async fn pull(
         && let Some(digest) = images.named(&name).ok().flatten()
         && let Ok(Some(image)) = images.image(&digest)
     {
-        return Ok(PullReport {
-            pulled: Pulled::Image(image),
-            manifest_digest: digest,
-            downloaded: 0,
-            blobs_fetched: 0,
-            blobs_present: 0,
-            elapsed: Duration::ZERO,
-        });
+        return Ok(PullReport::stored(image, digest));
     }
     if options.policy == PullPolicy::Never {
         return Err(PullError::NotFound {
