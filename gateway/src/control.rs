@@ -1,7 +1,8 @@
 //! The control API under `/system/*` (the caller is already authorized):
 //! deploy, update, list, inspect and delete functions, upload artifacts,
-//! list images, prune (see [`crate::prune`]), report the gateway's
-//! version. Deploys are atomic: the artifact is checked and compiled first,
+//! pull, list, name and remove images, save registry logins, prune (see
+//! [`crate::prune`]), report the gateway's version. A deploy by registry
+//! reference pulls before it takes the deploy lock. Deploys are atomic: the artifact is checked and compiled first,
 //! then the registry is written in one transaction, then routing switches
 //! to the new version while the old one drains. A deploy holds its
 //! artifact from before it is checked, and an old version what it runs
@@ -311,13 +312,7 @@ impl App {
             deleted: None,
             bytes: 0,
         };
-        let last = self
-            .on_images({
-                let image = digest.clone();
-                move |store| Ok(!store.names()?.values().any(|d| *d == image))
-            })
-            .await?;
-        if users.is_empty() && last {
+        if takes_the_image && users.is_empty() {
             let image = digest.clone();
             let pruned = self.on_images(move |store| store.remove(&image)).await?;
             removed.bytes = pruned

@@ -1,7 +1,8 @@
 //! The seam between the pool and the sandboxes: a [`Backend`] makes
-//! [`Instance`]s ready to take requests, an instance forwards requests to its
-//! handler. Everything above this module (pool, gateway) sees only these
-//! traits and the error enums, each of which says which function failed.
+//! [`Instance`]s ready to take requests (from an upload, or from an image it
+//! pulls), an instance forwards requests to its handler. Everything above
+//! this module (pool, gateway) sees only these traits and the error enums,
+//! each of which says which function failed.
 
 use std::sync::Arc;
 use std::time::Duration;

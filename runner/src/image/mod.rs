@@ -278,16 +278,11 @@ impl ImageStore {
         Ok(removed)
     }
 
-    /// Removes the image `digest` (its names first), and the blobs and
-    /// layers no other image uses. An image imported meanwhile is kept.
+    /// Removes the image `digest` with its names, and the blobs and layers
+    /// no other image uses (a prune that keeps every other image). An image
+    /// imported meanwhile is kept.
     pub fn remove(&self, digest: &Digest) -> Result<Pruned, StoreError> {
         let now = SystemTime::now();
-        let names = self.names()?;
-        for (name, named) in &names {
-            if named == digest {
-                self.unname(name)?;
-            }
-        }
         let keep: Vec<Digest> = self
             .records()?
             .into_iter()

@@ -58,6 +58,10 @@ pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
 const MAX_INDEX_DEPTH: usize = 4;
 /// Blobs downloaded at once.
 const CONCURRENT_DOWNLOADS: usize = 3;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the next bytes of a response.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+const USER_AGENT: &str = concat!("wisp/", env!("CARGO_PKG_VERSION"));
 
 const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 const WASM_LAYERS: [&str; 2] = [
@@ -65,8 +69,9 @@ const WASM_LAYERS: [&str; 2] = [
     "application/vnd.wasm.content.layer.v1+wasm",
 ];
 
-/// How to reach a registry, and when to.
-#[derive(Clone)]
+/// How to reach a registry, and when to. Its `Debug` shows no password
+/// ([`Credentials`]' own hides it).
+#[derive(Debug, Clone)]
 pub struct PullOptions {
     pub auth: Credentials,
     /// Registries (`host[:port]`) spoken to over plain HTTP.
@@ -134,18 +139,6 @@ impl std::fmt::Debug for Credentials {
             Credentials::Anonymous => f.write_str("Anonymous"),
             Credentials::Basic { username, .. } => write!(f, "Basic({username}, <hidden>)"),
         }
-    }
-}
-
-impl std::fmt::Debug for PullOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PullOptions")
-            .field("auth", &self.auth)
-            .field("insecure_registries", &self.insecure_registries)
-            .field("policy", &self.policy)
-            .field("max_artifact_bytes", &self.max_artifact_bytes)
-            .field("mirrors", &self.mirrors)
-            .finish()
     }
 }
 
@@ -339,23 +332,14 @@ pub async fn pull(
         .buffered(CONCURRENT_DOWNLOADS)
         .try_collect()
         .await?;
-    let mut report = PullReport {
-        pulled: Pulled::Wasm {
-            artifact: manifest_digest.clone(),
-        },
-        manifest_digest: manifest_digest.clone(),
-        downloaded: 0,
-        blobs_fetched: 0,
-        blobs_present: 0,
-        elapsed: Duration::ZERO,
-    };
+    let (mut downloaded, mut blobs_fetched, mut blobs_present) = (0, 0, 0);
     for f in std::iter::once(&config_blob).chain(&fetched) {
         match f.downloaded {
             Some(n) => {
-                report.downloaded += n;
-                report.blobs_fetched += 1;
+                downloaded += n;
+                blobs_fetched += 1;
             }
-            None => report.blobs_present += 1,
+            None => blobs_present += 1,
         }
     }
     let parts = Parts {
@@ -367,17 +351,21 @@ pub async fn pull(
             .zip(manifest.layers())
             .map(|(f, d)| (f.blob, d.media_type().to_string()))
             .collect(),
-        names: Vec::new(),
+        names: local_name(reference).into_iter().collect(),
     };
     let store = images.clone();
-    let mut parts = parts;
-    parts.names.extend(local_name(reference));
     let image = tokio::task::spawn_blocking(move || store.finish(&staging, parts))
         .await
         .map_err(|e| puller.unsupported(format!("the import task failed: {e}")))?
         .map_err(|e| puller.import(e))?;
-    report.pulled = Pulled::Image(image);
-    report.elapsed = started.elapsed();
+    let report = PullReport {
+        pulled: Pulled::Image(image),
+        manifest_digest,
+        downloaded,
+        blobs_fetched,
+        blobs_present,
+        elapsed: started.elapsed(),
+    };
     tracing::info!(reference = %reference, digest = %report.manifest_digest, bytes = report.downloaded, fetched = report.blobs_fetched, present = report.blobs_present, seconds = report.elapsed.as_secs_f64(), "pulled an image");
     Ok(report)
 }
@@ -447,6 +435,19 @@ fn crypto_provider() {
     });
 }
 
+/// The registry client's settings: TLS but for `insecure_registries`,
+/// wisp's timeouts and user agent.
+fn client_config(insecure_registries: &[String]) -> ClientConfig {
+    crypto_provider();
+    ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure_registries.to_vec()),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        user_agent: USER_AGENT,
+        ..ClientConfig::default()
+    }
+}
+
 fn is_wasm(manifest: &ImageManifest) -> bool {
     manifest.config().media_type().to_string() == WASM_CONFIG
         || manifest
@@ -457,14 +458,7 @@ fn is_wasm(manifest: &ImageManifest) -> bool {
 
 impl<'a> Puller<'a> {
     fn new(reference: &'a Reference, options: &PullOptions) -> Self {
-        crypto_provider();
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(options.insecure_registries.clone()),
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(30)),
-            user_agent: concat!("wisp/", env!("CARGO_PKG_VERSION")),
-            ..ClientConfig::default()
-        };
+        let config = client_config(&options.insecure_registries);
         let auth = match &options.auth {
             Credentials::Anonymous => RegistryAuth::Anonymous,
             Credentials::Basic { username, password } => {
@@ -901,9 +895,9 @@ pub async fn check_login(
         reference: registry.to_owned(),
     };
     let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("wisp/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(USER_AGENT)
         .build()
         .map_err(unreachable)?;
     let challenge = client.get(&url).send().await.map_err(unreachable)?;
@@ -924,13 +918,7 @@ pub async fn check_login(
             "library/wisp-login".into(),
             "latest".into(),
         );
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure_registries.to_vec()),
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(30)),
-            ..ClientConfig::default()
-        };
-        return match oci_client::Client::new(config)
+        return match oci_client::Client::new(client_config(insecure_registries))
             .auth(
                 &probe,
                 &RegistryAuth::Basic(username.clone(), password.clone()),
