@@ -36,6 +36,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_debs+=(python3-venv)
 command -v docker-registry >/dev/null 2>&1 || need_debs+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_debs+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need_debs+=(apache2-utils)
+# The bearer-token test's token server signs its tokens with openssl.
+command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: apt-get install ${need_debs[*]}"

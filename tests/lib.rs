@@ -416,14 +416,19 @@ impl Wisp {
 
     /// Runs the `wisp` CLI against this server (its token read from the data dir).
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        let out = Command::new(wisp_bin())
+        self.cli_command(args).output().expect("run wisp").into()
+    }
+
+    /// The `wisp` CLI command of [`Self::cli`], to run elsewhere (a
+    /// blocking task, while the test does something else).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(wisp_bin());
+        command
             .args(args)
             .env("WISP_GATEWAY", &self.addr)
             .env("WISP_DATA_DIR", &self.data_dir)
-            .env_remove("WISP_TOKEN")
-            .output()
-            .expect("run wisp");
-        out.into()
+            .env_remove("WISP_TOKEN");
+        command
     }
 }
 

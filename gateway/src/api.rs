@@ -311,6 +311,72 @@ pub struct FunctionStatus {
     /// wisp, wasi:http functions: requests per wasm instance, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_reuse: Option<u32>,
+    /// wisp: `ready` when a version serves; `pulling` while the first
+    /// deploy is still pulling its image; `failed` when it could not.
+    #[serde(default)]
+    pub state: FunctionState,
+    /// wisp: a deploy of this name by reference that has not finished (an
+    /// update's, while the old version serves), or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploying: Option<DeployingStatus>,
+}
+
+/// Whether a function serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionState {
+    #[default]
+    Ready,
+    Pulling,
+    Failed,
+}
+
+impl FunctionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionState::Ready => "ready",
+            FunctionState::Pulling => "pulling",
+            FunctionState::Failed => "failed",
+        }
+    }
+}
+
+/// A deploy by reference in flight, or the error that ended it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployingStatus {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The pull's progress, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullStatus>,
+}
+
+/// One pull in flight: `GET /system/pulls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullStatus {
+    pub reference: String,
+    /// The function whose deploy runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// `resolving`, `downloading` or `unpacking`.
+    pub phase: String,
+    pub seconds: f64,
+    pub layers: Vec<LayerStatus>,
+}
+
+/// One layer of a pull in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerStatus {
+    pub digest: String,
+    pub size: u64,
+    /// Bytes in hand.
+    pub done: u64,
+    /// The store held it already.
+    pub present: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -859,6 +925,7 @@ fn pull_options(
         policy,
         max_artifact_bytes: server.max_artifact_bytes,
         mirrors: server.registry_mirrors.clone(),
+        progress: Default::default(),
     })
 }
 
@@ -951,6 +1018,8 @@ impl FunctionStatus {
                     queue_timeout: format!("{}ms", s.queue_timeout.as_millis()),
                 }
             },
+            state: FunctionState::Ready,
+            deploying: None,
         }
     }
 }

@@ -18,17 +18,19 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wisp_runner::backend::{Body, PrepareError, PullFailure, PulledArtifact, full_body};
+use wisp_runner::image::pull::PullPhase;
 use wisp_runner::image::pull::{self, Credentials, PullOptions, Reference};
 use wisp_runner::image::{ImageStore, StoreError};
 use wisp_runner::pool::{Pool, StopReason};
-use wisp_runner::spec::{Digest, FunctionKind, ImageSource};
+use wisp_runner::spec::{Digest, FunctionKind, FunctionSpec, ImageSource};
 
 use crate::api::{
-    ArtifactUploaded, DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo,
-    ImageRef, ImageSummary, LayerSummary, LoginRequest, LogoutRequest, PullRequest, PullResponse,
-    RemoveImageRequest, RemovedImage, ScaleRequest, ServerPullSettings, TagRequest,
-    is_our_namespace,
+    ArtifactUploaded, DeleteFunctionRequest, DeployingStatus, FunctionDeployment, FunctionState,
+    FunctionStatus, GatewayInfo, ImageRef, ImageSummary, LayerSummary, LoginRequest, LogoutRequest,
+    PullRequest, PullResponse, RemoveImageRequest, RemovedImage, ScaleRequest, ServerPullSettings,
+    TagRequest, is_our_namespace,
 };
+use crate::pending::{DeployState, PendingDeploy};
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
 use crate::route::Route;
@@ -39,7 +41,7 @@ const MAX_JSON_BYTES: u64 = 1024 * 1024;
 
 impl App {
     pub(crate) async fn control(
-        &self,
+        self: &Arc<Self>,
         route: Route<'_>,
         req: Request<Body>,
     ) -> Result<Response<Body>, GatewayError> {
@@ -48,8 +50,17 @@ impl App {
             (Route::SystemInfo, Method::GET) => json(StatusCode::OK, &GatewayInfo::current()),
             (Route::SystemInfo, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Functions, Method::GET) => {
-                let mut list: Vec<FunctionStatus> =
-                    self.functions.iter().map(|f| status(f.value())).collect();
+                let mut list: Vec<FunctionStatus> = self
+                    .functions
+                    .iter()
+                    .map(|f| self.status(f.value()))
+                    .collect();
+                list.extend(
+                    self.pending
+                        .iter()
+                        .filter(|p| !self.functions.contains_key(p.key()))
+                        .map(|p| self.pending_status(p.value())),
+                );
                 list.sort_by(|a, b| a.name.cmp(&b.name));
                 json(StatusCode::OK, &list)
             }
@@ -63,13 +74,19 @@ impl App {
                 allow: "GET, POST, PUT, DELETE",
             }),
             (Route::Function(name), Method::GET) => {
-                let function = self.function(name)?;
                 // A function is only in wisp's one namespace.
                 let namespace = query_param(req.uri().query(), "namespace");
                 if !is_our_namespace(namespace.as_deref()) {
                     return Err(GatewayError::UnknownFunction(name.to_owned()));
                 }
-                json(StatusCode::OK, &status(&function))
+                let status = match self.function(name) {
+                    Ok(function) => self.status(&function),
+                    Err(unknown) => match self.pending.get(name) {
+                        Some(pending) => self.pending_status(&pending),
+                        None => return Err(unknown),
+                    },
+                };
+                json(StatusCode::OK, &status)
             }
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
@@ -90,6 +107,8 @@ impl App {
             }
             (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Images, Method::GET) => json(StatusCode::OK, &self.images().await?),
+            (Route::Pulls, Method::GET) => json(StatusCode::OK, &self.pulls.list()),
+            (Route::Pulls, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Images, Method::POST) => self.pull(req).await,
             (Route::Images, Method::PUT) => self.tag(req).await,
             (Route::Images, Method::DELETE) => self.remove_image(req).await,
@@ -120,66 +139,179 @@ impl App {
     }
 
     async fn deploy(
-        &self,
+        self: &Arc<Self>,
         req: Request<Body>,
         update: bool,
     ) -> Result<Response<Body>, GatewayError> {
         let deployment: FunctionDeployment = read_json(req).await?;
         let ignored = deployment.ignored_fields();
-        let (spec, _hold) = match deployment.source()? {
-            ImageRef::Artifact(artifact) => {
-                // Validate everything cheap before compiling anything.
-                let draft = deployment.to_spec_with(FunctionKind::WasmHttp, artifact)?;
-                // Under the lock, so that a prune either sees the hold or
-                // has finished (and `prepare` finds the artifact gone).
-                let hold = {
-                    let _serial = self.deploy_lock.lock().await;
-                    self.holds.hold(draft.artifact.clone(), None)
-                };
-                let prepared = self.backend.prepare(&draft.artifact).await?;
-                (deployment.with_prepared(draft, prepared)?, hold)
-            }
+        let artifact = match deployment.source()? {
+            ImageRef::Artifact(artifact) => artifact,
             ImageRef::Registry(reference) => {
-                let options = deployment.pull_options(&reference, &self.pull_settings())?;
-                // Validated before anything is downloaded; the artifact is
-                // what the pull finds.
-                let placeholder = Digest::from_sha256(&[0; 32]);
-                let mut draft = deployment.to_spec_with(FunctionKind::WasmHttp, placeholder)?;
-                // Pulled without the deploy lock: a large image holds up
-                // no other deploy. A prune meanwhile spares what the pull
-                // just stored (its cutoff), and the hold below keeps it.
-                // OpenFaaS's spec answers a deploy with 400 for what the
-                // caller got wrong; an image that is not there is that.
-                let pulled =
-                    self.pull_counted(&reference, &options)
-                        .await
-                        .map_err(|e| match e {
-                            PrepareError::Pull {
-                                failure: PullFailure::NotFound,
-                                cause,
-                            } => PrepareError::Pull {
-                                failure: PullFailure::Invalid,
-                                cause,
-                            },
-                            other => other,
-                        })?;
-                let hold = {
-                    let _serial = self.deploy_lock.lock().await;
-                    self.holds
-                        .hold(pulled.artifact.clone(), pulled.prepared.image.clone())
-                };
-                draft.artifact = pulled.artifact;
-                draft.source = Some(ImageSource {
-                    reference: reference.whole(),
-                    manifest: pulled.report.manifest_digest,
-                });
-                (deployment.with_prepared(draft, pulled.prepared)?, hold)
+                return self
+                    .deploy_reference(deployment, *reference, update, ignored)
+                    .await;
             }
         };
+        // Validate everything cheap before compiling anything.
+        let draft = deployment.to_spec_with(FunctionKind::WasmHttp, artifact)?;
+        // Under the lock, so that a prune either sees the hold or has
+        // finished (and `prepare` finds the artifact gone).
+        let _hold = {
+            let _serial = self.deploy_lock.lock().await;
+            self.holds.hold(draft.artifact.clone(), None)
+        };
+        let prepared = self.backend.prepare(&draft.artifact).await?;
+        let spec = deployment.with_prepared(draft, prepared)?;
+        let name = spec.name.to_string();
+        self.install(spec, update, None, &ignored).await?;
+        Ok(deployed(&name, update, &ignored))
+    }
+
+    /// A deploy by registry reference: pulled in a task of its own (see
+    /// [`crate::pending`]), answered when it is done, when it fails while
+    /// the reference is resolved (an unknown tag, refused credentials), or
+    /// with 202 after `deploy_wait` of downloading.
+    async fn deploy_reference(
+        self: &Arc<Self>,
+        deployment: FunctionDeployment,
+        reference: Reference,
+        update: bool,
+        ignored: Vec<String>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let mut options = deployment.pull_options(&reference, &self.pull_settings())?;
+        // Validated before anything is downloaded; the artifact is what
+        // the pull finds.
+        let placeholder = Digest::from_sha256(&[0; 32]);
+        let draft = deployment.to_spec_with(FunctionKind::WasmHttp, placeholder)?;
+        let name = draft.name.to_string();
+        if update && !self.functions.contains_key(&name) && !self.pending.contains_key(&name) {
+            return Err(GatewayError::UnknownFunction(name));
+        }
+        let (sink, mut progress, tracked) = self.pulls.track(reference.whole(), Some(name.clone()));
+        options.progress = sink;
+        let pending = Arc::new(PendingDeploy::new(draft.clone(), reference.whole()));
+        if let Some(replaced) = self.pending.insert(name.clone(), pending.clone()) {
+            replaced.cancel();
+        }
+        let mut task = tokio::spawn({
+            let (app, pending, ignored) = (self.clone(), pending.clone(), ignored.clone());
+            async move {
+                let _tracked = tracked;
+                let result = app
+                    .pull_and_install(deployment, draft, reference, options, &pending, &ignored)
+                    .await;
+                pending.state.send_replace(match &result {
+                    Ok(()) => DeployState::Done,
+                    Err(e) => {
+                        tracing::warn!(function = %pending.draft.name, image = %pending.reference, error = %e, "deploy failed");
+                        DeployState::Failed(e.public_message())
+                    }
+                });
+                result
+            }
+        });
+        pending.set_task(task.abort_handle());
+        let answer = |joined: Result<Result<(), GatewayError>, tokio::task::JoinError>| {
+            match joined {
+                Ok(Ok(())) => Ok(deployed(&name, update, &ignored)),
+                Ok(Err(e)) => {
+                    // The caller hears of it: nothing stays behind.
+                    self.pending
+                        .remove_if(&name, |_, p| Arc::ptr_eq(p, &pending));
+                    Err(e)
+                }
+                Err(_) => Err(GatewayError::Conflict(format!(
+                    "the deploy of {name} was replaced or deleted while it pulled {}",
+                    pending.reference
+                ))),
+            }
+        };
+        // Errors while the reference is resolved are the answer.
+        tokio::select! {
+            joined = &mut task => return answer(joined),
+            _ = progress.wait_for(|p| p.phase != PullPhase::Resolving) => {}
+        }
+        match tokio::time::timeout(self.deploy_wait, &mut task).await {
+            Ok(joined) => answer(joined),
+            Err(_) => Ok(text(
+                StatusCode::ACCEPTED,
+                format!(
+                    "deploying {name}: pulling {}; `wisp ls` shows when it is ready, and its requests wait for it\n{}",
+                    pending.reference,
+                    ignored_note(&ignored)
+                ),
+            )),
+        }
+    }
+
+    /// Pulls `reference` and installs what it is as `draft`'s function,
+    /// unless `pending` was replaced meanwhile.
+    async fn pull_and_install(
+        &self,
+        deployment: FunctionDeployment,
+        mut draft: FunctionSpec,
+        reference: Reference,
+        options: PullOptions,
+        pending: &Arc<PendingDeploy>,
+        ignored: &[String],
+    ) -> Result<(), GatewayError> {
+        // Pulled without the deploy lock: a large image holds up no other
+        // deploy. A prune meanwhile spares what the pull just stored (its
+        // cutoff), and the hold below keeps it. OpenFaaS's spec answers a
+        // deploy with 400 for what the caller got wrong; an image that is
+        // not there is that.
+        let pulled = self
+            .pull_counted(&reference, &options)
+            .await
+            .map_err(|e| match e {
+                PrepareError::Pull {
+                    failure: PullFailure::NotFound,
+                    cause,
+                } => PrepareError::Pull {
+                    failure: PullFailure::Invalid,
+                    cause,
+                },
+                other => other,
+            })?;
+        let _hold = {
+            let _serial = self.deploy_lock.lock().await;
+            self.holds
+                .hold(pulled.artifact.clone(), pulled.prepared.image.clone())
+        };
+        draft.artifact = pulled.artifact;
+        draft.source = Some(ImageSource {
+            reference: reference.whole(),
+            manifest: pulled.report.manifest_digest,
+        });
+        let spec = deployment.with_prepared(draft, pulled.prepared)?;
+        self.install(spec, false, Some(pending), ignored).await
+    }
+
+    /// Stores `spec` and routes its function's requests to it; the old
+    /// version drains. `update` refuses a name that has no function; a
+    /// `pending` deploy installs only if it is still the name's latest.
+    async fn install(
+        &self,
+        spec: FunctionSpec,
+        update: bool,
+        pending: Option<&Arc<PendingDeploy>>,
+        ignored: &[String],
+    ) -> Result<(), GatewayError> {
         let kind = spec.kind;
         let name = spec.name.to_string();
-
         let _serial = self.deploy_lock.lock().await;
+        if let Some(pending) = pending
+            && !self
+                .pending
+                .get(&name)
+                .is_some_and(|current| Arc::ptr_eq(&current, pending))
+        {
+            return Err(GatewayError::Conflict(format!(
+                "the deploy of {name} was replaced or deleted while it pulled {}",
+                pending.reference
+            )));
+        }
         let previous = self.functions.get(&name).map(|f| f.clone());
         if update && previous.is_none() {
             return Err(GatewayError::UnknownFunction(name));
@@ -201,19 +333,14 @@ impl App {
         });
         tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), ?ignored, "deployed");
         self.functions.insert(name.clone(), function);
+        if pending.is_some() {
+            self.pending.remove(&name);
+        }
         if let Some(old) = previous {
             // Requests already routed to the old version finish on it.
             self.retire(old);
         }
-        let status = if update {
-            StatusCode::OK
-        } else {
-            StatusCode::ACCEPTED
-        };
-        Ok(text(
-            status,
-            format!("deployed {name}\n{}", ignored_note(&ignored)),
-        ))
+        Ok(())
     }
 
     /// The stored image `name_or_digest` names, or 404.
@@ -397,7 +524,9 @@ impl App {
     async fn pull(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         let request: PullRequest = read_json(req).await?;
         let reference = request.reference()?;
-        let options = request.pull_options(&reference, &self.pull_settings())?;
+        let mut options = request.pull_options(&reference, &self.pull_settings())?;
+        let (sink, _, _tracked) = self.pulls.track(reference.whole(), None);
+        options.progress = sink;
         let pulled = self.pull_counted(&reference, &options).await?;
         json(
             StatusCode::OK,
@@ -407,8 +536,19 @@ impl App {
 
     async fn delete(&self, name: &str) -> Result<Response<Body>, GatewayError> {
         let _serial = self.deploy_lock.lock().await;
+        // A deploy in flight stops; a function that never ran is gone.
+        let pending = self.pending.remove(name).map(|(_, p)| p);
+        if let Some(pending) = &pending {
+            pending.cancel();
+        }
         if !self.functions.contains_key(name) {
-            return Err(GatewayError::UnknownFunction(name.to_owned()));
+            return match pending {
+                Some(_) => {
+                    tracing::info!(function = %name, "deleted while it was pulling");
+                    Ok(text(StatusCode::OK, format!("deleted {name}\n")))
+                }
+                None => Err(GatewayError::UnknownFunction(name.to_owned())),
+            };
         }
         self.registry.remove(name)?;
         if let Some((_, old)) = self.functions.remove(name) {
@@ -727,12 +867,43 @@ impl LogQuery {
     }
 }
 
-fn status(function: &Function) -> FunctionStatus {
-    FunctionStatus::new(
-        &function.stored,
-        function.invocations.load(Ordering::Relaxed),
-        function.pool.instances() as u64,
-    )
+impl App {
+    fn status(&self, function: &Function) -> FunctionStatus {
+        let mut status = FunctionStatus::new(
+            &function.stored,
+            function.invocations.load(Ordering::Relaxed),
+            function.pool.instances() as u64,
+        );
+        if let Some(pending) = self.pending.get(&status.name) {
+            status.deploying = Some(self.deploying(&pending));
+        }
+        status
+    }
+
+    /// A function whose first deploy has not finished.
+    fn pending_status(&self, pending: &PendingDeploy) -> FunctionStatus {
+        let mut status = FunctionStatus::new(&StoredFunction::new(pending.draft.clone()), 0, 0);
+        status.image = pending.reference.clone();
+        status.container_image = None;
+        let deploying = self.deploying(pending);
+        status.state = match deploying.error {
+            Some(_) => FunctionState::Failed,
+            None => FunctionState::Pulling,
+        };
+        status.deploying = Some(deploying);
+        status
+    }
+
+    fn deploying(&self, pending: &PendingDeploy) -> DeployingStatus {
+        DeployingStatus {
+            image: pending.reference.clone(),
+            error: match pending.current() {
+                DeployState::Failed(reason) => Some(reason),
+                _ => None,
+            },
+            pull: self.pulls.of_function(pending.draft.name.as_str()),
+        }
+    }
 }
 
 async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, GatewayError> {
@@ -770,6 +941,20 @@ async fn read_body(req: Request<Body>) -> Result<bytes::Bytes, GatewayError> {
 /// The line an answer adds when a request had fields no one defines
 /// (ignored, as the spec's open objects allow, but named so that a misspelt
 /// one is noticed); empty if it had none.
+/// The answer to a deploy that is done: 202 for a new function (OpenFaaS's),
+/// 200 for an update.
+fn deployed(name: &str, update: bool, ignored: &[String]) -> Response<Body> {
+    let status = if update {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    text(
+        status,
+        format!("deployed {name}\n{}", ignored_note(ignored)),
+    )
+}
+
 fn ignored_note(fields: &[String]) -> String {
     if fields.is_empty() {
         return String::new();

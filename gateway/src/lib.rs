@@ -1,7 +1,8 @@
 //! wisp's gateway: the HTTP server, its client connections and its routing
 //! ([`server`], [`connections`], [`route`]),
 //! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]), the
-//! credentials of the registries it pulls from ([`credentials`]), the
+//! credentials of the registries it pulls from ([`credentials`]), pulls and
+//! deploys in flight ([`pending`]), the
 //! function registry ([`registry`]), the mapping of every error to a status
 //! ([`rescue`]), Prometheus metrics ([`metrics`]), garbage collection of the
 //! data dir ([`prune`]); and, apart from the
@@ -17,6 +18,7 @@ pub mod connections;
 mod control;
 pub mod credentials;
 pub mod metrics;
+mod pending;
 pub mod prune;
 pub mod registry;
 pub mod rescue;

@@ -44,6 +44,9 @@ pub enum GatewayError {
     Invoke(#[from] InvokeError),
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The function's deploy is still pulling its image, or failed to.
+    #[error("{0}")]
+    NotReady(String),
     #[error("image store: {0}")]
     Images(#[from] StoreError),
     #[error("{0}")]
@@ -93,7 +96,7 @@ impl GatewayError {
                 UploadError::Empty | UploadError::Body(_) | UploadError::DigestMismatch { .. },
             ) => StatusCode::BAD_REQUEST,
             E::Upload(UploadError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
-            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::ShuttingDown | E::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Invoke(e) => match e {
                 InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 InvokeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -111,7 +114,7 @@ impl GatewayError {
     }
 
     /// What the client is told: the message, minus host-side details.
-    fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match self {
             GatewayError::Invoke(InvokeError::Trap { function, .. }) => {
                 format!(
@@ -179,6 +182,7 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
             );
         }
         GatewayError::ShuttingDown
+        | GatewayError::NotReady(_)
         | GatewayError::Invoke(InvokeError::Capacity { .. } | InvokeError::QueueFull { .. }) => {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -16,6 +16,8 @@ pub enum Route<'a> {
     Artifacts,
     /// `/system/images`
     Images,
+    /// `/system/pulls`
+    Pulls,
     /// `/system/logs`
     Logs,
     /// `/system/scale-function/{name}`
@@ -44,6 +46,7 @@ pub fn route(path: &str) -> Route<'_> {
         "/system/functions" => return Route::Functions,
         "/system/artifacts" => return Route::Artifacts,
         "/system/images" => return Route::Images,
+        "/system/pulls" => return Route::Pulls,
         "/system/logs" => return Route::Logs,
         "/system/prune" => return Route::Prune,
         "/system/registries" => return Route::Registries,

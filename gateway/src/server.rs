@@ -72,6 +72,8 @@ pub struct ServeConfig {
     pub insecure_registries: Vec<String>,
     /// Registries pulled from a mirror instead: (registry, mirror URL).
     pub registry_mirrors: Vec<(String, String)>,
+    /// How long a deploy waits for its pull before answering 202.
+    pub deploy_wait: Duration,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -99,6 +101,10 @@ pub struct App {
     pub(crate) max_artifact_bytes: u64,
     pub(crate) insecure_registries: Vec<String>,
     pub(crate) registry_mirrors: Vec<(String, String)>,
+    /// Pulls in flight, and the deploys waiting for theirs.
+    pub(crate) pulls: crate::pending::Pulls,
+    pub(crate) pending: DashMap<String, Arc<crate::pending::PendingDeploy>>,
+    pub(crate) deploy_wait: Duration,
     pub(crate) logins: crate::credentials::RegistryLogins,
     pub(crate) prune: PruneConfig,
     pub(crate) metrics: Metrics,
@@ -193,6 +199,9 @@ impl App {
             max_artifact_bytes: config.max_artifact_bytes,
             insecure_registries: config.insecure_registries.clone(),
             registry_mirrors: config.registry_mirrors.clone(),
+            pulls: crate::pending::Pulls::default(),
+            pending: DashMap::new(),
+            deploy_wait: config.deploy_wait,
             logins,
             prune: config.prune,
             metrics,
@@ -257,7 +266,13 @@ impl App {
         req: Request<Body>,
         remote: SocketAddr,
     ) -> Result<Response<Body>, GatewayError> {
-        let function = self.function(name)?;
+        let function = match self.function(name) {
+            Ok(function) => function,
+            Err(unknown) => match self.pending.get(name).map(|p| p.clone()) {
+                Some(pending) => self.deployed(name, &pending).await?,
+                None => return Err(unknown),
+            },
+        };
         let started = std::time::Instant::now();
         let _in_flight = function.metrics.in_flight_guard();
         let response = self
@@ -268,6 +283,27 @@ impl App {
             .metrics
             .invoked(response.status().as_u16(), started.elapsed());
         Ok(response)
+    }
+
+    /// The function a deploy in flight makes, once it has: a request waits
+    /// for it up to the function's deadline.
+    async fn deployed(
+        &self,
+        name: &str,
+        pending: &crate::pending::PendingDeploy,
+    ) -> Result<Arc<Function>, GatewayError> {
+        use crate::pending::DeployState;
+        let deadline = Duration::from_millis(pending.draft.limits.timeout_ms);
+        match pending.settled(deadline).await {
+            DeployState::Done => self.function(name),
+            DeployState::Failed(reason) => Err(GatewayError::NotReady(format!(
+                "function {name} is not deployed: {reason}"
+            ))),
+            DeployState::Pulling => Err(GatewayError::NotReady(format!(
+                "function {name} is still pulling {}; try again shortly",
+                pending.reference
+            ))),
+        }
     }
 
     async fn invoke_function(

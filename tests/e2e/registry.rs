@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::StatusCode;
-use wisp_e2e::registry::{PASSWORD, TestRegistry, USER};
+use wisp_e2e::registry::{GatedProxy, PASSWORD, TestRegistry, USER};
 use wisp_e2e::{FunctionDeployment, Wisp, artifacts, eventually};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -258,8 +258,18 @@ async fn an_index_resolves_to_this_hosts_platform() {
 }
 
 #[tokio::test]
-async fn credentials_are_used_and_never_echoed() {
-    let registry = TestRegistry::with_auth();
+async fn basic_credentials_are_used_and_never_echoed() {
+    credentials_are_used_and_never_echoed(TestRegistry::with_auth()).await;
+}
+
+#[tokio::test]
+async fn the_bearer_token_flow_gets_a_token_with_the_credentials() {
+    let registry = TestRegistry::with_token();
+    credentials_are_used_and_never_echoed(registry).await;
+    assert!(registry.tokens_issued() > 0, "the token server was asked");
+}
+
+async fn credentials_are_used_and_never_echoed(registry: &TestRegistry) {
     let reference = push_ping(registry, "private/ping:1");
     let wisp = wisp_for(registry);
 
@@ -624,4 +634,185 @@ async fn images_keep_their_names_and_rmi_respects_functions() {
     assert_eq!(names().await, None);
     let err = wisp.cli(&["rmi", &digest]).expect_failure();
     assert!(err.contains("404"), "{err}");
+}
+
+/// Pushes, as `name_tag`, a busybox image with the CGI probe and 4 MiB of
+/// bytes that do not compress: a pull long enough to hold up halfway.
+fn push_large_probe(registry: &TestRegistry, name_tag: &str) {
+    let rootfs = wisp_e2e::busybox_rootfs();
+    // Its own bytes for each name, so that no two share the layer.
+    let mut state = name_tag.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+    });
+    let payload: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(rootfs.path().join("payload"), payload).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("image.tar");
+    std::fs::write(
+        &archive,
+        wisp_e2e::rootfs_image_as(rootfs.path(), &["/bin/sh", "/probe.sh"], "0"),
+    )
+    .unwrap();
+    registry.copy(&format!("oci-archive:{}", archive.display()), name_tag);
+}
+
+/// What the server says of function `name`.
+async fn status_of(wisp: &Wisp, name: &str) -> serde_json::Value {
+    let got = wisp
+        .invoke("GET", &format!("/system/function/{name}"), "")
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    serde_json::from_str(&got.text()).unwrap()
+}
+
+#[tokio::test]
+async fn a_deploy_answers_while_it_pulls_and_its_first_requests_wait() {
+    let registry = TestRegistry::open();
+    push_large_probe(registry, "large/probe:1");
+    let proxy = GatedProxy::start(&registry.host).await;
+    let wisp = wisp_for_proxy(&proxy);
+    // The manifest and config pass; the 4 MiB layer stops after 1 MiB.
+    proxy.limit(1 << 20);
+    let body = serde_json::json!({
+        "service": "large",
+        "image": proxy.reference("large/probe:1"),
+        "protocol": "cgi",
+    })
+    .to_string();
+    let got = wisp.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    assert!(got.text().contains("pulling"), "{}", got.text());
+
+    let status = status_of(&wisp, "large").await;
+    assert_eq!(status["state"], "pulling", "{status}");
+    let layer = &status["deploying"]["pull"]["layers"][0];
+    assert!(
+        layer["done"].as_u64().unwrap() < layer["size"].as_u64().unwrap(),
+        "{status}"
+    );
+    let out = wisp.cli(&["ls"]).expect_success();
+    assert!(out.contains("large") && out.contains("pulling"), "{out}");
+    let pulls = wisp.invoke("GET", "/system/pulls", "").await;
+    assert!(
+        pulls.text().contains("\"function\":\"large\""),
+        "{}",
+        pulls.text()
+    );
+
+    // Other deploys and requests go on meanwhile.
+    wisp.deploy("hello", artifacts::HELLO).await;
+    let hello = wisp.invoke("GET", "/function/hello", "").await;
+    assert_eq!(hello.status, StatusCode::OK);
+
+    // A request to the function waits for the pull, then is served.
+    let waiting = wisp.spawn_invoke("GET", "/function/large", "");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the request waits for the pull");
+    proxy.open();
+    let answer = waiting.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let status = status_of(&wisp, "large").await;
+    assert_eq!(status["state"], "ready", "{status}");
+    assert!(status.get("deploying").is_none(), "{status}");
+    let pulls = wisp.invoke("GET", "/system/pulls", "").await;
+    assert_eq!(pulls.text().trim(), "[]");
+}
+
+#[tokio::test]
+async fn a_registry_that_goes_away_mid_pull_leaves_nothing_half_stored() {
+    let registry = TestRegistry::open();
+    push_large_probe(registry, "large/cut:1");
+    let proxy = GatedProxy::start(&registry.host).await;
+    let wisp = wisp_for_proxy(&proxy);
+    proxy.limit(1 << 20);
+    let reference = proxy.reference("large/cut:1");
+    let body =
+        serde_json::json!({ "service": "cut", "image": reference, "protocol": "cgi" }).to_string();
+    let got = wisp.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    // Some of the layer arrived; then the registry is gone.
+    eventually("part of the layer", Duration::from_secs(10), async || {
+        let status = status_of(&wisp, "cut").await;
+        status["deploying"]["pull"]["layers"][0]["done"].as_u64() > Some(0)
+    })
+    .await;
+    proxy.cut();
+    eventually("the deploy to fail", Duration::from_secs(30), async || {
+        status_of(&wisp, "cut").await["state"] == "failed"
+    })
+    .await;
+    let status = status_of(&wisp, "cut").await;
+    let error = status["deploying"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("large/cut:1"),
+        "the error names the image: {error}"
+    );
+    let got = wisp.invoke("GET", "/function/cut", "").await;
+    assert_eq!(
+        got.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        got.text()
+    );
+    assert!(got.text().contains("large/cut:1"), "{}", got.text());
+    let out = wisp.cli(&["ls"]).expect_success();
+    assert!(
+        out.contains("failed") && out.contains("deploy failed"),
+        "{out}"
+    );
+    for dir in [
+        "images/blobs/sha256",
+        "images/layers",
+        "images/images",
+        "images/tmp",
+    ] {
+        let entries = std::fs::read_dir(wisp.data_dir.join(dir)).unwrap().count();
+        assert_eq!(entries, 0, "{dir} is empty");
+    }
+
+    // The registry is back: the next deploy starts over and runs, and the
+    // CLI shows the layer as it arrives.
+    proxy.limit(1 << 20);
+    let mut command =
+        wisp.cli_command(&["deploy", "cut", "--image", &reference, "--protocol", "cgi"]);
+    let deploy = tokio::task::spawn_blocking(move || {
+        wisp_e2e::CliOutput::from(command.output().expect("run wisp"))
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    proxy.open();
+    let out = deploy.await.unwrap();
+    assert!(out.success, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("downloaded"), "{}", out.stderr);
+    let got = wisp.invoke("GET", "/function/cut", "").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+
+    // A deploy still pulling can be deleted: it stops, and is gone.
+    proxy.limit(1 << 20);
+    let body = serde_json::json!({ "service": "gone", "image": proxy.reference("large/probe-gone:1"), "protocol": "cgi" });
+    push_large_probe(registry, "large/probe-gone:1");
+    let got = wisp
+        .invoke("POST", "/system/functions", &body.to_string())
+        .await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    wisp.cli(&["rm", "gone"]).expect_success();
+    assert!(!wisp.function_names().await.contains(&"gone".to_owned()));
+    let got = wisp.invoke("GET", "/function/gone", "").await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND, "{}", got.text());
+    proxy.open();
+}
+
+/// A server that may reach the proxy over plain HTTP.
+fn wisp_for_proxy(proxy: &GatedProxy) -> Wisp {
+    Wisp::builder()
+        .arg("--insecure-registry")
+        .arg(&proxy.host)
+        .start()
+        .expect("start wisp")
 }

@@ -126,6 +126,11 @@ pub struct ServeArgs {
     /// use a pull-through cache (repeatable; comma-separated in the variable).
     #[arg(long = "registry-mirror", env = "WISP_REGISTRY_MIRRORS", value_delimiter = ',', value_name = "REGISTRY=URL", value_parser = mirror)]
     pub registry_mirrors: Vec<(String, String)>,
+    /// How long a deploy by reference waits for its download before it
+    /// answers 202 and goes on in the background (the function shows as
+    /// pulling, and its requests wait for it).
+    #[arg(long, env = "WISP_DEPLOY_WAIT", default_value = "2s", value_parser = duration)]
+    pub deploy_wait: Duration,
 }
 
 fn mirror(text: &str) -> Result<(String, String), String> {

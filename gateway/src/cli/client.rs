@@ -261,6 +261,14 @@ impl Client {
         Ok(answer.text())
     }
 
+    /// `GET /system/pulls`: the pulls the server is running.
+    pub async fn pulls(&self) -> Result<Vec<crate::api::PullStatus>, ClientError> {
+        let answer = self
+            .system(Method::GET, "/system/pulls", Bytes::new())
+            .await?;
+        self.decode(&answer)
+    }
+
     pub async fn images(&self) -> Result<Vec<crate::api::ImageSummary>, ClientError> {
         let answer = self
             .system(Method::GET, "/system/images", Bytes::new())

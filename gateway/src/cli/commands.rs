@@ -82,6 +82,7 @@ pub async fn run(
                 },
                 insecure_registries: args.insecure_registries,
                 registry_mirrors: args.registry_mirrors,
+                deploy_wait: args.deploy_wait,
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await
@@ -211,7 +212,20 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         registry_auth: registry_auth(&args.registry),
         ..FunctionDeployment::default()
     };
-    client.deploy(&deployment).await?;
+    if uploaded.is_some() {
+        client.deploy(&deployment).await?;
+    } else {
+        // The server pulls: show its progress, and wait for a deploy it
+        // goes on with after answering.
+        let name = args.name.clone();
+        super::progress::while_pulling(
+            &client,
+            |pull| pull.function.as_deref() == Some(name.as_str()),
+            async { Ok(client.deploy(&deployment).await?) },
+        )
+        .await?;
+        super::progress::until_deployed(&client, &args.name).await?;
+    }
     let status = client.function(&args.name).await?;
     let what = match (&uploaded, &status.image_digest) {
         (Some(uploaded), _) => format!("{}, {} bytes", uploaded.digest, uploaded.size),
@@ -313,7 +327,15 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
             .then(|| args.registry.insecure_registries.clone()),
         registry_auth: registry_auth(&args.registry),
     };
-    let pulled = client.pull(&request).await?;
+    let whole = wisp_runner::image::pull::parse_reference(&args.reference)
+        .map(|r| r.whole())
+        .map_err(|e| anyhow::anyhow!("{:?} is not an image reference: {e}", args.reference))?;
+    let pulled = super::progress::while_pulling(
+        &client,
+        |pull| pull.function.is_none() && pull.reference == whole,
+        async { Ok(client.pull(&request).await?) },
+    )
+    .await?;
     println!(
         "pulled {}@{} ({}: {} blobs downloaded, {} bytes; {} already stored; {:.2} s)",
         pulled.reference,
@@ -410,19 +432,30 @@ async fn ls(args: ConnectArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<24} {:<10} {:>12} {:>9}  IMAGE",
-        "NAME", "KIND", "INVOCATIONS", "INSTANCES"
+        "{:<24} {:<10} {:<8} {:>12} {:>9}  IMAGE",
+        "NAME", "KIND", "STATE", "INVOCATIONS", "INSTANCES"
     )?;
     for f in functions {
-        let image: String = f.image.chars().take(19).collect();
+        let image: String = f.image.chars().take(40).collect();
+        // A function still pulling has no kind yet.
+        let kind = match f.state {
+            crate::api::FunctionState::Ready => f.kind.as_str(),
+            _ => "-",
+        };
+        let state = match &f.deploying {
+            Some(d) if d.error.is_none() && f.state == crate::api::FunctionState::Ready => {
+                "updating"
+            }
+            _ => f.state.as_str(),
+        };
         writeln!(
             out,
-            "{:<24} {:<10} {:>12} {:>9}  {image}",
-            f.name,
-            f.kind.as_str(),
-            f.invocation_count,
-            f.replicas
+            "{:<24} {kind:<10} {state:<8} {:>12} {:>9}  {image}",
+            f.name, f.invocation_count, f.replicas
         )?;
+        if let Some(error) = f.deploying.and_then(|d| d.error) {
+            writeln!(out, "  deploy failed: {error}")?;
+        }
     }
     Ok(())
 }

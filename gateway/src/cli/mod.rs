@@ -8,7 +8,9 @@
 //! - `logs`: print (and follow) a function's output;
 //! - `scale`: change a function's scaling settings live;
 //! - `bench`: load a function and measure it ([`bench`]);
-//! - `images` and `prune`: list the container images, remove the unused ones.
+//! - `images` and `prune`: list the container images, remove the unused ones;
+//! - `pull`, `tag`, `rmi`, `login`: fetch images from registries (the
+//!   server pulls; [`progress`] shows how far), name and remove them.
 //!
 //! [`args`] defines the flags (each can also be set by an environment
 //! variable, shown in `--help` with its default); `commands` runs them.
@@ -18,6 +20,7 @@ pub mod bench;
 pub mod client;
 mod commands;
 pub mod pack;
+pub mod progress;
 
 pub use args::{Cli, Command};
 pub use commands::{default_data_dir, init_logging, is_unreachable, run};

@@ -81,6 +81,8 @@ pub struct PullOptions {
     pub max_artifact_bytes: u64,
     /// Registries served from elsewhere: (`docker.io`, `http://127.0.0.1:5000`).
     pub mirrors: Vec<(String, String)>,
+    /// Where the pull reports how far it is.
+    pub progress: ProgressSink,
 }
 
 impl Default for PullOptions {
@@ -91,7 +93,103 @@ impl Default for PullOptions {
             policy: PullPolicy::default(),
             max_artifact_bytes: crate::store::artifact::DEFAULT_MAX_ARTIFACT_BYTES,
             mirrors: Vec::new(),
+            progress: ProgressSink::default(),
         }
+    }
+}
+
+/// How far one pull is: what it is doing, and each layer's bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    pub phase: PullPhase,
+    /// The image's layers (or a wasm artifact's one layer), in order, once
+    /// the manifest is known.
+    pub layers: Vec<LayerProgress>,
+}
+
+/// What a pull is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PullPhase {
+    /// Asking the registry what the reference names.
+    #[default]
+    Resolving,
+    /// Fetching blobs.
+    Downloading,
+    /// Unpacking and verifying the layers into the store.
+    Unpacking,
+}
+
+impl PullPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPhase::Resolving => "resolving",
+            PullPhase::Downloading => "downloading",
+            PullPhase::Unpacking => "unpacking",
+        }
+    }
+}
+
+/// One layer of a pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerProgress {
+    pub digest: Digest,
+    /// Its size, as the manifest says.
+    pub size: u64,
+    /// Bytes in hand (all of them for a layer the store held).
+    pub done: u64,
+    /// The store held it: nothing was downloaded.
+    pub present: bool,
+}
+
+/// Where a pull reports its [`PullProgress`]: a watch channel, or nowhere.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressSink(Option<std::sync::Arc<tokio::sync::watch::Sender<PullProgress>>>);
+
+/// Bytes a download takes in between two reports.
+const PROGRESS_STEP: u64 = 256 << 10;
+
+impl ProgressSink {
+    /// A sink, and the receiver that watches it.
+    pub fn channel() -> (Self, tokio::sync::watch::Receiver<PullProgress>) {
+        let (sender, receiver) = tokio::sync::watch::channel(PullProgress::default());
+        (ProgressSink(Some(std::sync::Arc::new(sender))), receiver)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut PullProgress)) {
+        if let Some(sender) = &self.0 {
+            sender.send_modify(change);
+        }
+    }
+
+    fn start(&self, layers: &[Descriptor]) {
+        self.update(|p| {
+            p.phase = PullPhase::Downloading;
+            p.layers = layers
+                .iter()
+                .filter_map(|l| {
+                    Some(LayerProgress {
+                        digest: Digest::parse(l.digest().as_ref()).ok()?,
+                        size: l.size(),
+                        done: 0,
+                        present: false,
+                    })
+                })
+                .collect();
+        });
+    }
+
+    /// Blob `digest` has `done` bytes in hand (`present`: from the store).
+    fn layer(&self, digest: &Digest, done: u64, present: bool) {
+        self.update(|p| {
+            for layer in p.layers.iter_mut().filter(|l| l.digest == *digest) {
+                layer.done = done;
+                layer.present = present;
+            }
+        });
+    }
+
+    fn phase(&self, phase: PullPhase) {
+        self.update(|p| p.phase = phase);
     }
 }
 
@@ -291,6 +389,14 @@ pub async fn pull(
     let (manifest_bytes, manifest_digest) = puller.resolve().await?;
     let manifest: ImageManifest = puller.parse(&manifest_bytes, "the manifest")?;
     if is_wasm(&manifest) {
+        options.progress.start(
+            &manifest
+                .layers()
+                .iter()
+                .filter(|l| WASM_LAYERS.contains(&l.media_type().to_string().as_str()))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         let (artifact, downloaded) = puller
             .wasm_layer(&manifest, artifacts, options.max_artifact_bytes)
             .await?;
@@ -312,6 +418,7 @@ pub async fn pull(
         )));
     }
 
+    options.progress.start(manifest.layers());
     let staging = Staging::new(images).map_err(|e| puller.import(e))?;
     let manifest_blob = puller.put_document(&staging, &manifest_bytes, &manifest_digest)?;
     let config_blob = puller.blob(images, &staging, manifest.config()).await?;
@@ -332,6 +439,7 @@ pub async fn pull(
         .buffered(CONCURRENT_DOWNLOADS)
         .try_collect()
         .await?;
+    options.progress.phase(PullPhase::Unpacking);
     let (mut downloaded, mut blobs_fetched, mut blobs_present) = (0, 0, 0);
     for f in std::iter::once(&config_blob).chain(&fetched) {
         match f.downloaded {
@@ -424,6 +532,7 @@ struct Puller<'a> {
     client: oci_client::Client,
     reference: &'a Reference,
     auth: RegistryAuth,
+    progress: ProgressSink,
 }
 
 /// Installs the process's TLS crypto provider (ring) once.
@@ -469,6 +578,7 @@ impl<'a> Puller<'a> {
             client: oci_client::Client::new(config),
             reference,
             auth,
+            progress: options.progress.clone(),
         }
     }
 
@@ -595,6 +705,7 @@ impl<'a> Puller<'a> {
             .map_err(|e| self.import(e))?
             && blob.size == expected
         {
+            self.progress.layer(&digest, expected, true);
             return Ok(Fetched {
                 blob,
                 downloaded: None,
@@ -643,9 +754,14 @@ impl<'a> Puller<'a> {
             .map_err(write_error)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
+        let mut reported = 0u64;
         while let Some(chunk) = stream.stream.next().await {
             let chunk = chunk.map_err(|e| self.chunk_error(digest, &e))?;
             size += chunk.len() as u64;
+            if size - reported >= PROGRESS_STEP {
+                self.progress.layer(digest, size, false);
+                reported = size;
+            }
             if size > expected {
                 return Err(PullError::SizeMismatch {
                     reference: self.name(),
@@ -675,6 +791,7 @@ impl<'a> Puller<'a> {
                 actual,
             });
         }
+        self.progress.layer(digest, size, false);
         Ok(size)
     }
 
@@ -704,6 +821,7 @@ impl<'a> Puller<'a> {
             )));
         }
         if artifacts.contains(&digest) {
+            self.progress.layer(&digest, layer.size(), true);
             return Ok((digest, 0));
         }
         let blob = self
@@ -713,7 +831,16 @@ impl<'a> Puller<'a> {
             .map_err(|e| self.distribution(e))?;
         // The stream's error is only text to the store: keep what it was.
         let failed = std::sync::Mutex::new(None);
-        let stream = blob.stream.map_err(|e| {
+        let received = std::sync::atomic::AtomicU64::new(0);
+        let stream = blob.stream.inspect_ok(|chunk| {
+            let before =
+                received.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let now = before + chunk.len() as u64;
+            if now / PROGRESS_STEP != before / PROGRESS_STEP || now == layer.size() {
+                self.progress.layer(&digest, now, false);
+            }
+        });
+        let stream = stream.map_err(|e| {
             let error = self.chunk_error(&digest, &e);
             let text = error.to_string();
             *failed
