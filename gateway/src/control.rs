@@ -179,46 +179,21 @@ impl App {
         update: bool,
         ignored: Vec<String>,
     ) -> Result<Response<Body>, GatewayError> {
-        let mut options = deployment.pull_options(&reference, &self.pull_settings())?;
-        // Validated before anything is downloaded; the artifact is what
-        // the pull finds.
-        let placeholder = Digest::from_sha256(&[0; 32]);
-        let draft = deployment.to_spec_with(FunctionKind::WasmHttp, placeholder)?;
-        let name = draft.name.to_string();
-        if update && !self.functions.contains_key(&name) && !self.pending.contains_key(&name) {
-            return Err(GatewayError::UnknownFunction(name));
-        }
-        let (sink, mut progress, tracked) = self.pulls.track(reference.whole(), Some(name.clone()));
-        options.progress = sink;
-        let pending = Arc::new(PendingDeploy::new(draft.clone(), reference.whole()));
-        if let Some(replaced) = self.pending.insert(name.clone(), pending.clone()) {
-            replaced.cancel();
-        }
-        let mut task = tokio::spawn({
-            let (app, pending, ignored) = (self.clone(), pending.clone(), ignored.clone());
-            async move {
-                let _tracked = tracked;
-                let result = app
-                    .pull_and_install(deployment, draft, reference, options, &pending, &ignored)
-                    .await;
-                pending.state.send_replace(match &result {
-                    Ok(()) => DeployState::Done,
-                    Err(e) => {
-                        tracing::warn!(function = %pending.draft.name, image = %pending.reference, error = %e, "deploy failed");
-                        DeployState::Failed(e.public_message())
-                    }
-                });
-                result
-            }
-        });
-        pending.set_task(task.abort_handle());
+        let name = deployment.service.clone();
+        let (pending, mut task, mut progress) = self.start_deploy(deployment, reference, update)?;
         let answer = |joined: Result<Result<(), GatewayError>, tokio::task::JoinError>| {
             match joined {
                 Ok(Ok(())) => Ok(deployed(&name, update, &ignored)),
                 Ok(Err(e)) => {
                     // The caller hears of it: nothing stays behind.
-                    self.pending
-                        .remove_if(&name, |_, p| Arc::ptr_eq(p, &pending));
+                    if self
+                        .pending
+                        .remove_if(&name, |_, p| Arc::ptr_eq(p, &pending))
+                        .is_some()
+                        && let Err(e) = self.registry.remove_deploy(&name)
+                    {
+                        tracing::warn!(function = %name, error = %e, "forgetting a failed deploy");
+                    }
                     Err(e)
                 }
                 Err(_) => Err(GatewayError::Conflict(format!(
@@ -242,6 +217,97 @@ impl App {
                     ignored_note(&ignored)
                 ),
             )),
+        }
+    }
+
+    /// Checks a deploy by reference, keeps its request (so that a restart
+    /// takes it up again), and starts its pull. `update` refuses a name
+    /// that has neither a function nor a deploy.
+    #[allow(clippy::type_complexity)]
+    fn start_deploy(
+        self: &Arc<Self>,
+        deployment: FunctionDeployment,
+        reference: Reference,
+        update: bool,
+    ) -> Result<
+        (
+            Arc<PendingDeploy>,
+            tokio::task::JoinHandle<Result<(), GatewayError>>,
+            tokio::sync::watch::Receiver<wisp_runner::image::pull::PullProgress>,
+        ),
+        GatewayError,
+    > {
+        let mut options = deployment.pull_options(&reference, &self.pull_settings())?;
+        // Validated before anything is downloaded; the artifact is what
+        // the pull finds.
+        let placeholder = Digest::from_sha256(&[0; 32]);
+        let draft = deployment.to_spec_with(FunctionKind::WasmHttp, placeholder)?;
+        let name = draft.name.to_string();
+        if update && !self.functions.contains_key(&name) && !self.pending.contains_key(&name) {
+            return Err(GatewayError::UnknownFunction(name));
+        }
+        // Kept without its credentials: a restart pulls with the saved
+        // logins.
+        let kept = FunctionDeployment {
+            registry_auth: None,
+            ..deployment.clone()
+        };
+        let kept =
+            serde_json::to_vec(&kept).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+        self.registry.put_deploy(&name, &kept)?;
+        let (sink, progress, tracked) = self.pulls.track(reference.whole(), Some(name.clone()));
+        options.progress = sink;
+        let pending = Arc::new(PendingDeploy::new(draft.clone(), reference.whole()));
+        if let Some(replaced) = self.pending.insert(name, pending.clone()) {
+            replaced.cancel();
+        }
+        let task = tokio::spawn({
+            let (app, pending) = (self.clone(), pending.clone());
+            async move {
+                let _tracked = tracked;
+                let ignored = deployment.ignored_fields();
+                let result = app
+                    .pull_and_install(deployment, draft, reference, options, &pending, &ignored)
+                    .await;
+                pending.state.send_replace(match &result {
+                    Ok(()) => DeployState::Done,
+                    Err(e) => {
+                        tracing::warn!(function = %pending.draft.name, image = %pending.reference, error = %e, "deploy failed");
+                        DeployState::Failed(e.public_message())
+                    }
+                });
+                result
+            }
+        });
+        pending.set_task(task.abort_handle());
+        Ok((pending, task, progress))
+    }
+
+    /// Takes up the deploys a previous server accepted and did not finish.
+    pub(crate) fn resume_deploys(self: &Arc<Self>) {
+        let deploys = match self.registry.deploys() {
+            Ok(deploys) => deploys,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the unfinished deploys");
+                return;
+            }
+        };
+        for (name, request) in deploys {
+            let resumed = serde_json::from_slice::<FunctionDeployment>(&request)
+                .map_err(|e| GatewayError::BadRequest(e.to_string()))
+                .and_then(|deployment| match deployment.source()? {
+                    ImageRef::Registry(reference) => {
+                        tracing::info!(function = %name, image = %reference, "taking up an unfinished deploy");
+                        self.start_deploy(deployment, *reference, false).map(drop)
+                    }
+                    ImageRef::Artifact(_) => Err(GatewayError::BadRequest(
+                        "not a deploy by reference".into(),
+                    )),
+                });
+            if let Err(e) = resumed {
+                tracing::error!(function = %name, error = %e, "an unfinished deploy cannot be taken up; it is dropped");
+                let _ = self.registry.remove_deploy(&name);
+            }
         }
     }
 
@@ -313,7 +379,7 @@ impl App {
             )));
         }
         let previous = self.functions.get(&name).map(|f| f.clone());
-        if update && previous.is_none() {
+        if update && previous.is_none() && !self.pending.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));
         }
         let stored = StoredFunction::new(spec);
@@ -333,8 +399,11 @@ impl App {
         });
         tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), ?ignored, "deployed");
         self.functions.insert(name.clone(), function);
-        if pending.is_some() {
-            self.pending.remove(&name);
+        // This deploy is the name's latest: one still pulling is replaced.
+        if let Some((_, replaced)) = self.pending.remove(&name)
+            && !pending.is_some_and(|p| Arc::ptr_eq(p, &replaced))
+        {
+            replaced.cancel();
         }
         if let Some(old) = previous {
             // Requests already routed to the old version finish on it.
@@ -544,6 +613,7 @@ impl App {
         if !self.functions.contains_key(name) {
             return match pending {
                 Some(_) => {
+                    self.registry.remove(name)?;
                     tracing::info!(function = %name, "deleted while it was pulling");
                     Ok(text(StatusCode::OK, format!("deleted {name}\n")))
                 }

@@ -1,7 +1,11 @@
 //! The function registry: one redb file in the data dir, one table mapping a
-//! function name to its JSON-encoded [`StoredFunction`]. Every write is a
-//! transaction, so a crash leaves either the old or the new function, never
-//! half of one; redb's file lock keeps a second server off the same data dir.
+//! function name to its JSON-encoded [`StoredFunction`], and one mapping it
+//! to a deploy that was accepted but has not finished (the request of a
+//! deploy by reference still pulling, without its credentials), which a
+//! restarted server takes up again. Every write is a transaction, so a
+//! crash leaves either the old or the new function, never half of one, and
+//! storing a function ends its deploy in the same transaction; redb's file
+//! lock keeps a second server off the same data dir.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use wisp_runner::spec::FunctionSpec;
 
 const FUNCTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("functions");
+const DEPLOYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("deploys");
 
 /// What the registry keeps per function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,32 +99,69 @@ impl Registry {
         })?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FUNCTIONS).map_err(storage)?;
+        txn.open_table(DEPLOYS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Registry { db })
     }
 
-    /// Inserts or replaces a function.
+    /// Inserts or replaces a function, and ends its deploy.
     pub fn put(&self, function: &StoredFunction) -> Result<(), RegistryError> {
         let json = serde_json::to_vec(function).map_err(RegistryError::Encode)?;
+        let name = function.spec.name.as_str();
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
-            table
-                .insert(function.spec.name.as_str(), json.as_slice())
-                .map_err(storage)?;
+            table.insert(name, json.as_slice()).map_err(storage)?;
+            let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
+            deploys.remove(name).map_err(storage)?;
         }
         txn.commit().map_err(storage)
     }
 
-    /// Removes a function; returns whether it existed.
+    /// Removes a function and its deploy; returns whether the function
+    /// existed.
     pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
         let txn = self.db.begin_write().map_err(storage)?;
         let existed = {
             let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
+            let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
+            deploys.remove(name).map_err(storage)?;
             table.remove(name).map_err(storage)?.is_some()
         };
         txn.commit().map_err(storage)?;
         Ok(existed)
+    }
+
+    /// Keeps the request of a deploy of `name` that has not finished.
+    pub fn put_deploy(&self, name: &str, request: &[u8]) -> Result<(), RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
+            deploys.insert(name, request).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Forgets the deploy of `name` (it failed, and its caller was told).
+    pub fn remove_deploy(&self, name: &str) -> Result<(), RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
+            deploys.remove(name).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// The deploys that have not finished: (name, request).
+    pub fn deploys(&self) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(DEPLOYS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (name, value) = entry.map_err(storage)?;
+            out.push((name.value().to_owned(), value.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Every stored function, by name.
@@ -180,6 +222,27 @@ mod tests {
             .map(|f| f.spec.name.to_string())
             .collect();
         assert_eq!(names, ["a"]);
+    }
+
+    #[test]
+    fn a_deploy_is_kept_until_its_function_is_stored_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.redb");
+        {
+            let registry = Registry::open(&path).unwrap();
+            registry.put_deploy("a", b"{}").unwrap();
+            registry.put_deploy("b", b"{}").unwrap();
+            registry.put_deploy("c", b"{}").unwrap();
+            registry.put(&StoredFunction::new(spec("a"))).unwrap();
+            registry.remove("b").unwrap();
+        }
+        let registry = Registry::open(&path).unwrap();
+        assert_eq!(
+            registry.deploys().unwrap(),
+            [("c".to_owned(), b"{}".to_vec())]
+        );
+        registry.remove_deploy("c").unwrap();
+        assert!(registry.deploys().unwrap().is_empty());
     }
 
     #[test]

@@ -808,6 +808,49 @@ async fn a_registry_that_goes_away_mid_pull_leaves_nothing_half_stored() {
     proxy.open();
 }
 
+#[tokio::test]
+async fn a_deploy_accepted_before_a_restart_is_taken_up_after_it() {
+    let registry = TestRegistry::open();
+    push_large_probe(registry, "large/restart:1");
+    let proxy = GatedProxy::start(&registry.host).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        Wisp::builder()
+            .data_dir(dir.path())
+            .arg("--insecure-registry")
+            .arg(&proxy.host)
+            .start()
+            .expect("start wisp")
+    };
+    let mut wisp = start();
+    proxy.limit(1 << 20);
+    let body = serde_json::json!({
+        "service": "restarted",
+        "image": proxy.reference("large/restart:1"),
+        "protocol": "cgi",
+    })
+    .to_string();
+    let got = wisp.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    wisp.kill();
+
+    // The new server pulls again; the function runs once it has.
+    proxy.open();
+    let wisp = start();
+    let answer = wisp.invoke("GET", "/function/restarted", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let status = status_of(&wisp, "restarted").await;
+    assert_eq!(status["state"], "ready", "{status}");
+    assert!(wisp.log().contains("taking up an unfinished deploy"));
+    // Deployed, it is no longer taken up.
+    drop(wisp);
+    let wisp = start();
+    // (The log is the data dir's, over all three servers.)
+    assert_eq!(wisp.log().matches("taking up").count(), 1);
+    let answer = wisp.invoke("GET", "/function/restarted", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+}
+
 /// A server that may reach the proxy over plain HTTP.
 fn wisp_for_proxy(proxy: &GatedProxy) -> Wisp {
     Wisp::builder()
