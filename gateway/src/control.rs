@@ -180,7 +180,11 @@ impl App {
         ignored: Vec<String>,
     ) -> Result<Response<Body>, GatewayError> {
         let name = deployment.service.clone();
-        let (pending, mut task, mut progress) = self.start_deploy(deployment, reference, update)?;
+        let StartedDeploy {
+            pending,
+            mut task,
+            mut progress,
+        } = self.start_deploy(deployment, reference, update)?;
         let answer = |joined: Result<Result<(), GatewayError>, tokio::task::JoinError>| {
             match joined {
                 Ok(Ok(())) => Ok(deployed(&name, update, &ignored)),
@@ -223,20 +227,12 @@ impl App {
     /// Checks a deploy by reference, keeps its request (so that a restart
     /// takes it up again), and starts its pull. `update` refuses a name
     /// that has neither a function nor a deploy.
-    #[allow(clippy::type_complexity)]
     fn start_deploy(
         self: &Arc<Self>,
         deployment: FunctionDeployment,
         reference: Reference,
         update: bool,
-    ) -> Result<
-        (
-            Arc<PendingDeploy>,
-            tokio::task::JoinHandle<Result<(), GatewayError>>,
-            tokio::sync::watch::Receiver<wisp_runner::image::pull::PullProgress>,
-        ),
-        GatewayError,
-    > {
+    ) -> Result<StartedDeploy, GatewayError> {
         let mut options = deployment.pull_options(&reference, &self.pull_settings())?;
         // Validated before anything is downloaded; the artifact is what
         // the pull finds.
@@ -280,7 +276,11 @@ impl App {
             }
         });
         pending.set_task(task.abort_handle());
-        Ok((pending, task, progress))
+        Ok(StartedDeploy {
+            pending,
+            task,
+            progress,
+        })
     }
 
     /// Takes up the deploys a previous server accepted and did not finish.
@@ -1011,6 +1011,13 @@ async fn read_body(req: Request<Body>) -> Result<bytes::Bytes, GatewayError> {
 /// The line an answer adds when a request had fields no one defines
 /// (ignored, as the spec's open objects allow, but named so that a misspelt
 /// one is noticed); empty if it had none.
+/// A deploy by reference whose pull has started.
+struct StartedDeploy {
+    pending: Arc<PendingDeploy>,
+    task: tokio::task::JoinHandle<Result<(), GatewayError>>,
+    progress: tokio::sync::watch::Receiver<wisp_runner::image::pull::PullProgress>,
+}
+
 /// The answer to a deploy that is done: 202 for a new function (OpenFaaS's),
 /// 200 for an update.
 fn deployed(name: &str, update: bool, ignored: &[String]) -> Response<Body> {
