@@ -108,6 +108,10 @@ impl PullView {
                 _ => {}
             }
         }
+        // The bars stay; what is printed next goes below them.
+        if self.bars.is_some() && !self.layers.is_empty() {
+            eprintln!();
+        }
     }
 }
 
