@@ -184,6 +184,7 @@ impl App {
             pending,
             mut task,
             mut progress,
+            kept,
         } = self.start_deploy(deployment, reference, update)?;
         let answer = |joined: Result<Result<(), GatewayError>, tokio::task::JoinError>| {
             match joined {
@@ -211,21 +212,38 @@ impl App {
             joined = &mut task => return answer(joined),
             _ = progress.wait_for(|p| p.phase != PullPhase::Resolving) => {}
         }
-        match tokio::time::timeout(self.deploy_wait, &mut task).await {
-            Ok(joined) => answer(joined),
-            Err(_) => Ok(text(
-                StatusCode::ACCEPTED,
-                format!(
-                    "deploying {name}: pulling {}; `wisp ls` shows when it is ready, and its requests wait for it\n{}",
-                    pending.reference,
-                    ignored_note(&ignored)
-                ),
-            )),
+        if let Ok(joined) = tokio::time::timeout(self.deploy_wait, &mut task).await {
+            return answer(joined);
         }
+        // Answered 202 from here: the deploy is kept, so that a restart
+        // takes it up, unless it ended meanwhile (`install` stores the
+        // function under the same lock).
+        let still_pulling = {
+            let _serial = self.deploy_lock.lock().await;
+            let current = self
+                .pending
+                .get(&name)
+                .is_some_and(|p| Arc::ptr_eq(&p, &pending))
+                && pending.current() == DeployState::Pulling;
+            if current {
+                self.registry.put_deploy(&name, &kept)?;
+            }
+            current
+        };
+        if !still_pulling {
+            return answer(task.await);
+        }
+        Ok(text(
+            StatusCode::ACCEPTED,
+            format!(
+                "deploying {name}: pulling {}; `wisp ls` shows when it is ready, and its requests wait for it\n{}",
+                pending.reference,
+                ignored_note(&ignored)
+            ),
+        ))
     }
 
-    /// Checks a deploy by reference, keeps its request (so that a restart
-    /// takes it up again), and starts its pull. `update` refuses a name
+    /// Checks a deploy by reference and starts its pull. `update` refuses a name
     /// that has neither a function nor a deploy.
     fn start_deploy(
         self: &Arc<Self>,
@@ -242,15 +260,14 @@ impl App {
         if update && !self.functions.contains_key(&name) && !self.pending.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));
         }
-        // Kept without its credentials: a restart pulls with the saved
-        // logins.
+        // What is kept if the deploy outlives its request: the request
+        // without its credentials (a restart pulls with the saved logins).
         let kept = FunctionDeployment {
             registry_auth: None,
             ..deployment.clone()
         };
         let kept =
             serde_json::to_vec(&kept).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-        self.registry.put_deploy(&name, &kept)?;
         let (sink, progress, tracked) = self.pulls.track(reference.whole(), Some(name.clone()));
         options.progress = sink;
         let pending = Arc::new(PendingDeploy::new(draft.clone(), reference.whole()));
@@ -280,6 +297,7 @@ impl App {
             pending,
             task,
             progress,
+            kept,
         })
     }
 
@@ -1016,6 +1034,8 @@ struct StartedDeploy {
     pending: Arc<PendingDeploy>,
     task: tokio::task::JoinHandle<Result<(), GatewayError>>,
     progress: tokio::sync::watch::Receiver<wisp_runner::image::pull::PullProgress>,
+    /// The request as the registry keeps it once it is answered 202.
+    kept: Vec<u8>,
 }
 
 /// The answer to a deploy that is done: 202 for a new function (OpenFaaS's),
