@@ -121,9 +121,10 @@ struct Inner {
     backend: Arc<dyn Backend>,
     events: Arc<dyn PoolEvents>,
     state: Mutex<State>,
-    /// Wakes `retire` when the last request leaves, and the reaper on
-    /// scaling changes.
+    /// Wakes `retire` when the last request leaves.
     changed: Notify,
+    /// Wakes the reaper early: the scaling changed, or the pool retired.
+    reaper_wake: Arc<Notify>,
 }
 
 struct State {
@@ -138,6 +139,9 @@ struct State {
     backoff_until: Option<Instant>,
     last_error: Option<StartError>,
     retired: bool,
+    /// The reaper runs: only while there are instances beyond
+    /// `min_instances`, so an idle function has no task and no timer.
+    reaping: bool,
 }
 
 struct Slot {
@@ -179,8 +183,8 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Pool {
-    /// A pool for `spec`; starts its `min_instances` and its idle reaper
-    /// (needs a tokio runtime).
+    /// A pool for `spec`; starts its `min_instances` (needs a tokio
+    /// runtime).
     pub fn new(spec: FunctionSpec, backend: Arc<dyn Backend>, events: Arc<dyn PoolEvents>) -> Self {
         let scaling = spec.scaling();
         let inner = Arc::new(Inner {
@@ -198,11 +202,12 @@ impl Pool {
                 backoff_until: None,
                 last_error: None,
                 retired: false,
+                reaping: false,
             }),
             changed: Notify::new(),
+            reaper_wake: Arc::new(Notify::new()),
         });
         inner.rebalance(lock(&inner.state));
-        tokio::spawn(reaper(Arc::downgrade(&inner)));
         Pool { inner }
     }
 
@@ -227,6 +232,7 @@ impl Pool {
         state.scaling = scaling;
         self.inner.rebalance(state);
         self.inner.changed.notify_waiters();
+        self.inner.reaper_wake.notify_one();
     }
 
     /// Serves one request within the function's deadline.
@@ -281,6 +287,7 @@ impl Pool {
         }
         let slots: Vec<Slot> = std::mem::take(&mut lock(&self.inner.state).slots);
         self.inner.report(&lock(&self.inner.state));
+        self.inner.reaper_wake.notify_one();
         for slot in slots {
             self.inner.stop(slot, reason).await;
         }
@@ -445,7 +452,15 @@ impl Inner {
             }
         }
         self.report(&state);
+        // Instances beyond the minimum may idle out: the reaper watches.
+        let reap = !state.retired && !state.reaping && state.slots.len() > scaling.min_instances;
+        if reap {
+            state.reaping = true;
+        }
         drop(state);
+        if reap {
+            tokio::spawn(reaper(Arc::downgrade(self), self.reaper_wake.clone()));
+        }
         for _ in 0..starts {
             tokio::spawn(self.clone().start_one());
         }
@@ -595,14 +610,17 @@ impl Inner {
     }
 }
 
-/// Stops instances idle past `idle_timeout` (down to `min_instances`),
-/// while the pool exists.
-async fn reaper(pool: Weak<Inner>) {
+/// Stops instances idle past `idle_timeout` (down to `min_instances`).
+/// It runs while the pool has instances beyond its minimum, and sleeps
+/// until the next one is due (or the scaling changes); then it ends, and
+/// `rebalance` starts it again when there are.
+async fn reaper(pool: Weak<Inner>, wake: Arc<Notify>) {
     loop {
-        let (tick, idle) = {
+        let (next, idle) = {
             let Some(inner) = pool.upgrade() else { return };
             let mut state = lock(&inner.state);
             if state.retired {
+                state.reaping = false;
                 return;
             }
             let scaling = state.scaling;
@@ -622,10 +640,22 @@ async fn reaper(pool: Weak<Inner>) {
                 }
                 idle.push(state.slots.remove(0));
             }
-            let tick =
-                (scaling.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            // The next instance due, or (all busy) one that goes idle now.
+            let next = if state.slots.len() > scaling.min_instances {
+                let due = state
+                    .slots
+                    .iter()
+                    .filter(|s| s.busy == 0)
+                    .map(|s| s.idle_since + scaling.idle_timeout)
+                    .min()
+                    .unwrap_or(now + scaling.idle_timeout);
+                Some(due.max(now + REAPER_MIN_SLEEP))
+            } else {
+                state.reaping = false;
+                None
+            };
             inner.rebalance(state);
-            (tick, idle)
+            (next, idle)
         };
         if let Some(inner) = pool.upgrade() {
             for slot in idle {
@@ -633,9 +663,16 @@ async fn reaper(pool: Weak<Inner>) {
                 inner.stop(slot, StopReason::Idle).await;
             }
         }
-        tokio::time::sleep(tick).await;
+        let Some(next) = next else { return };
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = wake.notified() => {}
+        }
     }
 }
+
+/// Shortest sleep of the reaper, so that it never spins.
+const REAPER_MIN_SLEEP: Duration = Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests;

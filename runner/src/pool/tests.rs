@@ -329,6 +329,25 @@ async fn idle_instances_stop_but_never_during_a_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_pool_has_no_task_and_no_timer() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let fake = fake(10);
+    let scaling = ScalingSpec {
+        idle_timeout_ms: Some(1_000),
+        ..Default::default()
+    };
+    let pools: Vec<_> = (0..100).map(|_| pool(&fake, scaling.clone()).0).collect();
+    assert_eq!(metrics.num_alive_tasks(), 0, "a pool at zero runs nothing");
+    // An instance brings its reaper, which ends when the instance does.
+    call(&pools[0], 10).await.unwrap();
+    assert_eq!(metrics.num_alive_tasks(), 1, "one reaper");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(pools[0].instances(), 0, "scaled to zero");
+    tokio::task::yield_now().await;
+    assert_eq!(metrics.num_alive_tasks(), 0, "the reaper ended");
+}
+
+#[tokio::test(start_paused = true)]
 async fn min_instances_are_pre_warmed_and_replaced() {
     let fake = fake(10);
     let (pool, _) = pool(
