@@ -336,7 +336,7 @@ async fn an_idle_pool_has_no_task_and_no_timer() {
         idle_timeout_ms: Some(1_000),
         ..Default::default()
     };
-    let pools: Vec<_> = (0..100).map(|_| pool(&fake, scaling.clone()).0).collect();
+    let pools: Vec<_> = (0..100).map(|_| pool(&fake, scaling).0).collect();
     assert_eq!(metrics.num_alive_tasks(), 0, "a pool at zero runs nothing");
     // An instance brings its reaper, which ends when the instance does.
     call(&pools[0], 10).await.unwrap();
