@@ -54,6 +54,9 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// Lines a follower may fall behind by before it misses some.
+const FOLLOW_BUFFER: usize = 1024;
+
 pub struct LogStore {
     dir: PathBuf,
     max_bytes: u64,
@@ -62,7 +65,9 @@ pub struct LogStore {
 
 struct FunctionLog {
     file: Mutex<Option<(File, u64)>>,
-    tx: broadcast::Sender<LogLine>,
+    /// Followers' channel, made by the first follower: its 1,024 slots
+    /// (~180 KB) are not paid by every function that ever logs.
+    tx: std::sync::OnceLock<broadcast::Sender<LogLine>>,
     bucket: Mutex<Bucket>,
     /// Lines dropped since the function's log was opened.
     dropped: AtomicU64,
@@ -138,7 +143,7 @@ impl LogStore {
             .or_insert_with(|| {
                 Arc::new(FunctionLog {
                     file: Mutex::new(None),
-                    tx: broadcast::channel(1024).0,
+                    tx: std::sync::OnceLock::new(),
                     bucket: Mutex::new(Bucket::full()),
                     dropped: AtomicU64::new(0),
                     unreported: AtomicU64::new(0),
@@ -238,7 +243,9 @@ impl LogStore {
             if let Err(e) = self.write(&mut file, function, &entry) {
                 tracing::warn!(function, error = %e, "writing the function's log failed");
             }
-            let _ = log.tx.send(entry);
+            if let Some(tx) = log.tx.get() {
+                let _ = tx.send(entry);
+            }
         }
     }
 
@@ -296,7 +303,10 @@ impl LogStore {
 
     /// New lines of `function` as they are written.
     pub fn follow(&self, function: &str) -> broadcast::Receiver<LogLine> {
-        self.function(function).tx.subscribe()
+        self.function(function)
+            .tx
+            .get_or_init(|| broadcast::channel(FOLLOW_BUFFER).0)
+            .subscribe()
     }
 
     /// Deletes a function's log (when the function is deleted).

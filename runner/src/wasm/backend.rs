@@ -1,13 +1,17 @@
 //! The wasm backend itself: [`WasmBackend`] owns the process's one
 //! wasmtime [`Engine`] (pooling allocator, copy-on-write memory images,
 //! epoch interruption), compiles an artifact once at deploy time into the
-//! artifact store and, per start, maps the machine code back in with
+//! artifact store and, at a start, maps the machine code back in with
 //! `deserialize_file` and links it into an instance of the function's ABI
-//! ([`super::http`] or [`super::cgi`]).
+//! ([`super::http`] or [`super::cgi`]). Linked code is shared by every
+//! instance of every function that runs the same artifact, and dropped
+//! with the last of them (the backend keeps only a weak reference): ten
+//! thousand functions of one component map its code once.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,6 +57,30 @@ pub struct WasmBackend {
     cgi_linker: Arc<cgi::CgiLinker>,
     /// File-name suffix of precompiled code: changes when the engine does.
     compiled_suffix: Arc<str>,
+    /// Linked code in use, by artifact.
+    linked_http: Arc<Mutex<HashMap<Digest, Weak<http::HttpPre>>>>,
+    linked_cgi: Arc<Mutex<HashMap<Digest, Weak<cgi::CgiPre>>>>,
+}
+
+/// The live entry of `cache` for `digest`, or a new one from `link`
+/// (linked outside the lock: two starts may race, and one copy wins).
+fn shared<T>(
+    cache: &Mutex<HashMap<Digest, Weak<T>>>,
+    digest: &Digest,
+    link: impl FnOnce() -> wasmtime::Result<T>,
+) -> wasmtime::Result<Arc<T>> {
+    let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(live) = lock().get(digest).and_then(Weak::upgrade) {
+        return Ok(live);
+    }
+    let fresh = Arc::new(link()?);
+    let mut map = lock();
+    if let Some(live) = map.get(digest).and_then(Weak::upgrade) {
+        return Ok(live);
+    }
+    map.retain(|_, entry| entry.strong_count() > 0);
+    map.insert(digest.clone(), Arc::downgrade(&fresh));
+    Ok(fresh)
 }
 
 impl WasmBackend {
@@ -79,6 +107,8 @@ impl WasmBackend {
             engine,
             artifacts,
             compiled_suffix,
+            linked_http: Arc::default(),
+            linked_cgi: Arc::default(),
         })
     }
 
@@ -117,14 +147,12 @@ impl WasmBackend {
             .artifacts
             .compiled_path(artifact, &self.compiled_suffix);
         Ok(match kind {
-            FunctionKind::WasmHttp => Linked::Http(http::pre(
-                &self.http_linker,
-                &load_component(&self.engine, &path)?,
-            )?),
-            FunctionKind::WasmCgi => Linked::Cgi(cgi::pre(
-                &self.cgi_linker,
-                &load_module(&self.engine, &path)?,
-            )?),
+            FunctionKind::WasmHttp => Linked::Http(shared(&self.linked_http, artifact, || {
+                http::pre(&self.http_linker, &load_component(&self.engine, &path)?)
+            })?),
+            FunctionKind::WasmCgi => Linked::Cgi(shared(&self.linked_cgi, artifact, || {
+                cgi::pre(&self.cgi_linker, &load_module(&self.engine, &path)?)
+            })?),
             FunctionKind::Container => {
                 return Err(wasmtime::Error::msg("a container function is not wasm"));
             }
@@ -134,8 +162,8 @@ impl WasmBackend {
 
 /// A function's code, compiled and linked, ready to instantiate per request.
 enum Linked {
-    Http(http::HttpPre),
-    Cgi(cgi::CgiPre),
+    Http(Arc<http::HttpPre>),
+    Cgi(Arc<cgi::CgiPre>),
 }
 
 #[async_trait]

@@ -35,7 +35,8 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<CgiLinker> {
 /// A pre-linked preview1 command module; each request runs `_start` in a
 /// fresh store.
 pub struct CgiInstance {
-    pre: wasmtime::InstancePre<CgiState>,
+    /// Shared by every instance of the same code (see `WasmBackend::link`).
+    pre: Arc<CgiPre>,
     spec: Arc<FunctionSpec>,
 }
 
@@ -51,7 +52,7 @@ pub fn pre(linker: &CgiLinker, module: &Module) -> wasmtime::Result<CgiPre> {
 }
 
 impl CgiInstance {
-    pub fn new(pre: CgiPre, spec: Arc<FunctionSpec>) -> Self {
+    pub fn new(pre: Arc<CgiPre>, spec: Arc<FunctionSpec>) -> Self {
         CgiInstance { pre, spec }
     }
 

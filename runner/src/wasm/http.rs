@@ -119,7 +119,8 @@ impl WasiHttpHooks for OutboundPolicy {
 /// `wasmtime serve --max-instance-reuse-count` does. A store that trapped,
 /// timed out or hit its memory cap is never reused.
 pub struct HttpInstance {
-    pre: ProxyPre<HttpState>,
+    /// Shared by every instance of the same code (see `WasmBackend::link`).
+    pre: Arc<HttpPre>,
     spec: Arc<FunctionSpec>,
     reuse: u32,
     idle: Arc<std::sync::Mutex<Vec<Warm>>>,
@@ -144,7 +145,7 @@ pub fn pre(linker: &HttpLinker, component: &Component) -> wasmtime::Result<HttpP
 }
 
 impl HttpInstance {
-    pub fn new(pre: HttpPre, spec: Arc<FunctionSpec>) -> Self {
+    pub fn new(pre: Arc<HttpPre>, spec: Arc<FunctionSpec>) -> Self {
         let reuse = spec.scaling.instance_reuse.unwrap_or(1).max(1);
         HttpInstance {
             pre,
