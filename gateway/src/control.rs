@@ -405,13 +405,14 @@ impl App {
         let carried = previous
             .as_ref()
             .map_or(0, |f| f.invocations.load(Ordering::Relaxed));
+        let function_metrics = Arc::new(self.metrics.function(&name));
         let function = Arc::new(Function {
             pool: Arc::new(Pool::new(
                 stored.spec.clone(),
                 self.backend.clone(),
-                Arc::new(self.metrics.function(&name)),
+                function_metrics.clone(),
             )),
-            metrics: self.metrics.function(&name),
+            metrics: function_metrics,
             stored,
             invocations: AtomicU64::new(carried),
         });
@@ -640,6 +641,7 @@ impl App {
         }
         self.registry.remove(name)?;
         if let Some((_, old)) = self.functions.remove(name) {
+            old.metrics.silence();
             self.retire(old);
         }
         self.metrics.forget(name);

@@ -6,6 +6,7 @@
 //! closed enums: a request for an unknown function is not counted under
 //! its (client-chosen) name.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wisp_runner::pool::{ColdStart, PoolEvents, StopReason};
@@ -226,8 +227,13 @@ impl Metrics {
 
     /// The series of one deployed function, resolved once so that the
     /// request path does no label lookups in the common case.
+    /// The series of one function. Those a function moves at every
+    /// request (OpenFaaS's invocations and seconds for 200, the instance
+    /// and queue gauges) exist from its deploy, at zero; the rare ones
+    /// (stops by reason, dropped log lines, other status codes, cold
+    /// starts) from their first event: each series costs the gateway
+    /// ~0.5 KB and its `/metrics` a line or more, for every function.
     pub fn function(&self, function: &str) -> FunctionMetrics {
-        self.log_dropped.with_label_values(&[function]);
         FunctionMetrics {
             name: function.to_owned(),
             in_flight: self.in_flight.with_label_values(&[function]),
@@ -240,10 +246,8 @@ impl Metrics {
             idle: self.instances.with_label_values(&[function, "idle"]),
             busy: self.instances.with_label_values(&[function, "busy"]),
             queue_depth: self.queue_depth.with_label_values(&[function]),
-            stops: StopReason::ALL
-                .iter()
-                .map(|r| (*r, self.stops.with_label_values(&[function, r.as_str()])))
-                .collect(),
+            stops: self.stops.clone(),
+            silenced: Arc::default(),
         }
     }
 
@@ -263,6 +267,9 @@ impl Metrics {
     /// the caller passes deployed functions only.
     pub fn log_lines_dropped(&self, counts: &[(String, u64)]) {
         for (function, total) in counts {
+            if *total == 0 {
+                continue;
+            }
             let counter = self.log_dropped.with_label_values(&[function.as_str()]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
@@ -322,7 +329,10 @@ pub struct FunctionMetrics {
     idle: IntGauge,
     busy: IntGauge,
     queue_depth: IntGauge,
-    stops: Vec<(StopReason, IntCounter)>,
+    stops: IntCounterVec,
+    /// The function was deleted and its series forgotten: what its last
+    /// requests and instances report makes none again.
+    silenced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn gauge(n: usize) -> i64 {
@@ -342,18 +352,35 @@ impl PoolEvents for FunctionMetrics {
     }
 
     fn stopped(&self, reason: StopReason) {
-        if let Some((_, counter)) = self.stops.iter().find(|(r, _)| *r == reason) {
-            counter.inc();
+        if self.is_silenced() {
+            return;
         }
+        self.stops
+            .with_label_values(&[&self.name, reason.as_str()])
+            .inc();
     }
 }
 
 impl FunctionMetrics {
+    /// The function is deleted: its series are forgotten (see
+    /// [`Metrics::forget`]) and none is made again.
+    pub fn silence(&self) {
+        self.silenced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_silenced(&self) -> bool {
+        self.silenced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Counts one finished invocation.
     pub fn invoked(&self, status: u16, elapsed: Duration) {
         if status == 200 {
             self.ok_count.inc();
             self.ok_seconds.observe(elapsed.as_secs_f64());
+            return;
+        }
+        if self.is_silenced() {
             return;
         }
         let code = status.to_string();
@@ -402,6 +429,7 @@ mod tests {
         hello.instances(1, 0, 1);
         hello.queue_depth(3);
         hello.stopped(StopReason::Idle);
+        m.log_lines_dropped(&[("hello".to_owned(), 2), ("quiet".to_owned(), 0)]);
         drop(hello.in_flight_guard());
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
@@ -421,9 +449,13 @@ mod tests {
             r#"wisp_instances{function_name="hello",state="busy"} 1"#,
             r#"wisp_queue_depth{function_name="hello"} 3"#,
             r#"wisp_instance_stops_total{function_name="hello",reason="idle"} 1"#,
+            r#"wisp_log_lines_dropped_total{function_name="hello"} 2"#,
         ] {
             assert!(text.contains(series), "{series} in {text}");
         }
+        // Rare series come with their first event, not before.
+        assert!(!text.contains(r#"function_name="quiet""#), "{text}");
+        assert!(!text.contains(r#"reason="crash""#), "{text}");
         let mut registered: Vec<String> = m
             .registry
             .gather()

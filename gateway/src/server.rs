@@ -81,7 +81,8 @@ pub struct Function {
     pub stored: StoredFunction,
     pub pool: Arc<Pool>,
     pub invocations: AtomicU64,
-    pub metrics: FunctionMetrics,
+    /// Shared with the pool, which reports its instances into it.
+    pub metrics: Arc<FunctionMetrics>,
 }
 
 /// Everything a request may need.
@@ -173,13 +174,14 @@ impl App {
         let functions = DashMap::new();
         for stored in registry.list()? {
             let name = stored.spec.name.to_string();
+            let function_metrics = Arc::new(metrics.function(&name));
             let function = Function {
                 pool: Arc::new(Pool::new(
                     stored.spec.clone(),
                     backend.clone(),
-                    Arc::new(metrics.function(&name)),
+                    function_metrics.clone(),
                 )),
-                metrics: metrics.function(&name),
+                metrics: function_metrics,
                 stored,
                 invocations: AtomicU64::new(0),
             };
