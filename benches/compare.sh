@@ -7,6 +7,7 @@
 #
 #   benches/compare.sh            REPEATS=5 benches/compare.sh
 #   SKIP_WASMTIME=1 benches/compare.sh   (no wasmtime install, no wasm anchor)
+#   SKIP_MANY=1 benches/compare.sh       (not the 10,000-function run, ~3 min)
 #
 # Binaries are built into and taken from ${CARGO_TARGET_DIR:-target}/release.
 set -euo pipefail
@@ -42,6 +43,8 @@ pids+=("$server")
 "$wisp" deploy hello "$(artifact hello)" >/dev/null
 "$wisp" deploy hello-reuse "$(artifact hello)" --instance-reuse 1000 >/dev/null
 "$wisp" deploy ping --image "$(artifact ping-docker)" --max 1 --concurrency 256 >/dev/null
+# Bursts: a container function that scales out (issue 13's setting).
+"$wisp" deploy ping-scaled --image "$(artifact ping-docker)" --concurrency 8 --max 200 >/dev/null
 
 results="$work/results"
 : >"$results"
@@ -140,8 +143,27 @@ for r in $(seq "$repeats"); do
   read -r p50 p99 rps < <(wrk_run "$WISP_GATEWAY/function/ping/ping" 1); record "warm ping, 1 connection" "wisp → container" "$p50" "$p99" "$rps"
   read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18942/ping 1); record "warm ping, 1 connection" "hyper proxy → ping" "$p50" "$p99" "$rps"
   read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18941/ping 1); record "warm ping, 1 connection" "ping direct" "$p50" "$p99" "$rps"
+  "$wisp" bench ping-scaled --mode burst --concurrency 1000 --path /ping --json "$work/burst.json" >/dev/null
+  read -r p50 p99 _ < <(json "$work/burst.json"); record "burst of 1,000, ping (conc. 8, max 200)" wisp "$p50" "$p99"
+  "$wisp" bench hello --mode burst --concurrency 1000 --json "$work/wburst.json" >/dev/null
+  read -r p50 p99 _ < <(json "$work/wburst.json"); record "burst of 1,000, hello (wasm)" wisp "$p50" "$p99"
   density
 done
+
+# Scale in functions, once (it takes minutes): 10,000 copies of hello.
+if [ -z "${SKIP_MANY:-}" ]; then
+  echo "compare: 10,000 functions" >&2
+  bash benches/scripts/many-functions.sh 10000 2>/dev/null >"$work/many" || true
+  read -r deployed served < <(sed -n 's/^gateway RSS: .*: \([0-9]*\) \/ \([0-9]*\) \/ \([0-9]*\) MiB$/\2 \3/p' "$work/many") || true
+  cpu=$(sed -n 's/^gateway CPU while all idle (10 s): *\([0-9]*\) ms$/\1/p' "$work/many")
+  if [ -n "${served:-}" ]; then
+    extra "10,000 functions: gateway RSS deployed (MiB)" "$deployed"
+    extra "10,000 functions: gateway RSS after serving each once (MiB; target ≤ 150)" "$served"
+  fi
+  if [ -n "$cpu" ]; then
+    extra "10,000 functions: gateway CPU in 10 s, all idle (ms; target ≈ 0)" "$cpu"
+  fi
+fi
 
 python3 - "$results" "$work/extra" <<'PY'
 import statistics, sys
