@@ -50,6 +50,8 @@ pub(crate) struct InitLink {
     cgi: Mutex<HashMap<u64, oneshot::Sender<Result<ExitStatus, LinkError>>>>,
     /// Why the sandbox is gone, once it is.
     dead: watch::Sender<Option<String>>,
+    /// The pool asked it to stop: its handler's exit is expected.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl InitLink {
@@ -68,6 +70,7 @@ impl InitLink {
             connect: tokio::sync::Mutex::new(()),
             connects: Mutex::new(VecDeque::new()),
             spare: Mutex::new(first_conn),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             cgi: Mutex::new(HashMap::new()),
             dead: watch::channel(None).0,
         });
@@ -111,7 +114,11 @@ impl InitLink {
                 FromInit::Exited(report) => {
                     // Its stderr is for the operator (this log, the
                     // function's logs), never in what a caller is told.
-                    tracing::warn!(function = %self.function, status = %report.status, stderr = %escape_controls(&report.stderr_tail), "handler exited");
+                    if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!(function = %self.function, status = %report.status, "handler stopped");
+                    } else {
+                        tracing::warn!(function = %self.function, status = %report.status, stderr = %escape_controls(&report.stderr_tail), "handler exited");
+                    }
                     break format!("the handler exited ({})", report.status);
                 }
                 FromInit::Ready { .. } | FromInit::SetupFailed { .. } => {}
@@ -147,6 +154,12 @@ impl InitLink {
             }
             fresh
         });
+    }
+
+    /// Marks the handler's coming exit as asked for (logged quietly).
+    pub(crate) fn stopping(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) async fn send(&self, msg: &ToInit, fds: &[BorrowedFd<'_>]) -> Result<(), LinkError> {

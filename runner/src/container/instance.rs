@@ -345,6 +345,7 @@ impl Instance for ContainerInstance {
 
     async fn stop(mut self: Box<Self>) {
         let grace = STOP_GRACE;
+        self.link.stopping();
         let asked = self
             .link
             .send(
