@@ -51,6 +51,7 @@ pub const DECLARED: &[&str] = &[
     "gateway_service_count",
     "wisp_requests_in_flight",
     "wisp_cold_start_seconds",
+    "wisp_cold_start_phase_seconds",
     "wisp_instances",
     "wisp_queue_depth",
     "wisp_instance_stops_total",
@@ -74,6 +75,7 @@ pub struct Metrics {
     service_count: IntGaugeVec,
     in_flight: IntGaugeVec,
     cold_start: HistogramVec,
+    cold_start_phases: HistogramVec,
     instances: IntGaugeVec,
     queue_depth: IntGaugeVec,
     stops: IntCounterVec,
@@ -126,10 +128,20 @@ impl Metrics {
         let cold_start = HistogramVec::new(
             HistogramOpts::new(
                 "wisp_cold_start_seconds",
-                "Time to start an instance for a request that found none, by backend and phase.",
+                "Time to start an instance for a request that found none, by function.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["function_name", "backend", "phase"],
+            &["function_name", "backend"],
+        )?;
+        // Phases across functions: per function they would cost every
+        // function five more histograms (~100 lines of `/metrics`).
+        let cold_start_phases = HistogramVec::new(
+            HistogramOpts::new(
+                "wisp_cold_start_phase_seconds",
+                "Each phase of the cold starts of a backend, over all functions.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["backend", "phase"],
         )?;
         let instances = IntGaugeVec::new(
             Opts::new(
@@ -208,6 +220,7 @@ impl Metrics {
         registry.register(Box::new(service_count.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(cold_start.clone()))?;
+        registry.register(Box::new(cold_start_phases.clone()))?;
         Ok(Metrics {
             registry,
             invocations,
@@ -215,6 +228,7 @@ impl Metrics {
             service_count,
             in_flight,
             cold_start,
+            cold_start_phases,
             instances,
             queue_depth,
             stops,
@@ -254,11 +268,11 @@ impl Metrics {
     /// Records a cold start: its total and each of the backend's phases.
     pub fn cold_start(&self, function: &str, backend: &str, cold: &ColdStart) {
         self.cold_start
-            .with_label_values(&[function, backend, "total"])
+            .with_label_values(&[function, backend])
             .observe(cold.total.as_secs_f64());
         for (phase, took) in &cold.phases {
-            self.cold_start
-                .with_label_values(&[function, backend, phase])
+            self.cold_start_phases
+                .with_label_values(&[backend, phase])
                 .observe(took.as_secs_f64());
         }
     }
@@ -442,8 +456,8 @@ mod tests {
             text.contains(r#"gateway_functions_seconds_count{code="200",function_name="hello"} 1"#)
         );
         for series in [
-            r#"wisp_cold_start_seconds_count{backend="container",function_name="hello",phase="total"} 1"#,
-            r#"wisp_cold_start_seconds_count{backend="container",function_name="hello",phase="rootfs"} 1"#,
+            r#"wisp_cold_start_seconds_count{backend="container",function_name="hello"} 1"#,
+            r#"wisp_cold_start_phase_seconds_count{backend="container",phase="rootfs"} 1"#,
             r#"gateway_service_count{function_name="hello"} 1"#,
             r#"wisp_instances{function_name="hello",state="starting"} 1"#,
             r#"wisp_instances{function_name="hello",state="busy"} 1"#,

@@ -392,7 +392,7 @@ async fn metrics_count_invocations_and_cold_starts() {
         r#"gateway_function_invocation_total{code="200",function_name="hello"} 3"#,
         r#"gateway_function_invocation_total{code="504",function_name="slow"} 1"#,
         r#"gateway_functions_seconds_count{code="200",function_name="hello"} 3"#,
-        r#"wisp_cold_start_seconds_count{backend="wasm",function_name="hello",phase="total"} 1"#,
+        r#"wisp_cold_start_seconds_count{backend="wasm",function_name="hello"} 1"#,
         r#"gateway_service_count{function_name="hello"} 1"#,
         r#"wisp_requests_in_flight{function_name="hello"} 0"#,
     ] {

@@ -35,7 +35,14 @@ async fn a_burst_of_first_requests_shares_the_instances_it_starts() {
     assert!(n <= 5, "{n} instances for 20 requests at concurrency 4");
     assert!(cold >= 1);
     let text = wisp.metrics().await;
-    assert!(text.contains(r#"wisp_cold_start_seconds_count{backend="container",function_name="ping",phase="rootfs"}"#), "{text}");
+    assert!(
+        text.contains(r#"wisp_cold_start_seconds_count{backend="container",function_name="ping"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"wisp_cold_start_phase_seconds_count{backend="container",phase="rootfs"}"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
