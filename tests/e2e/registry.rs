@@ -7,18 +7,19 @@ use std::time::Duration;
 
 use http::StatusCode;
 use wisp_e2e::registry::{GatedProxy, PASSWORD, TestRegistry, USER};
-use wisp_e2e::{FunctionDeployment, Wisp, artifacts, eventually};
+use wisp_e2e::{FunctionDeployment, Wisp, WispBuilder, artifacts, eventually};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
+/// A server to be that may reach `host` (`host:port`) over plain HTTP.
+fn reaching(host: &str) -> WispBuilder {
+    Wisp::builder().arg("--insecure-registry").arg(host)
+}
+
 /// A server that may reach `registry` over plain HTTP.
 fn wisp_for(registry: &TestRegistry) -> Wisp {
-    Wisp::builder()
-        .arg("--insecure-registry")
-        .arg(&registry.host)
-        .start()
-        .expect("start wisp")
+    reaching(&registry.host).start().expect("start wisp")
 }
 
 /// Pushes the example ping image as `repo:tag` (once per repo and tag).
@@ -401,15 +402,7 @@ async fn an_image_layer_that_does_not_match_its_digest_is_refused_and_not_stored
     let got = wisp.invoke("POST", "/system/functions", &body).await;
     assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.text());
     assert!(got.text().contains(&layer), "{}", got.text());
-    for dir in [
-        "images/blobs/sha256",
-        "images/layers",
-        "images/images",
-        "images/tmp",
-    ] {
-        let entries = std::fs::read_dir(wisp.data_dir.join(dir)).unwrap().count();
-        assert_eq!(entries, 0, "{dir} is empty");
-    }
+    assert_no_image_stored(&wisp);
 }
 
 #[tokio::test]
@@ -505,9 +498,7 @@ async fn the_servers_docker_config_and_credential_helpers_are_used() {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     let config = serde_json::json!({ "auths": { registry.host.clone(): { "auth": auth } } });
     std::fs::write(plain.join("config.json"), config.to_string()).unwrap();
-    let wisp = Wisp::builder()
-        .arg("--insecure-registry")
-        .arg(&registry.host)
+    let wisp = reaching(&registry.host)
         .env("DOCKER_CONFIG", plain.to_str().unwrap())
         .start()
         .unwrap();
@@ -537,9 +528,7 @@ async fn the_servers_docker_config_and_credential_helpers_are_used() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let wisp = Wisp::builder()
-        .arg("--insecure-registry")
-        .arg(&registry.host)
+    let wisp = reaching(&registry.host)
         .env("DOCKER_CONFIG", helped.to_str().unwrap())
         .env("PATH", &path)
         .start()
@@ -558,10 +547,8 @@ async fn images_keep_their_names_and_rmi_respects_functions() {
     let reference = push_ping(registry, "names/ping:1");
     let dir = tempfile::tempdir().unwrap();
     let start = || {
-        Wisp::builder()
+        reaching(&registry.host)
             .data_dir(dir.path())
-            .arg("--insecure-registry")
-            .arg(&registry.host)
             .start()
             .expect("start wisp")
     };
@@ -663,6 +650,21 @@ fn push_large_probe(registry: &TestRegistry, name_tag: &str) {
     registry.copy(&format!("oci-archive:{}", archive.display()), name_tag);
 }
 
+/// Panics unless the image store holds nothing: no blob, layer, image or
+/// staging directory (what a refused or interrupted pull must leave).
+#[track_caller]
+fn assert_no_image_stored(wisp: &Wisp) {
+    for dir in [
+        "images/blobs/sha256",
+        "images/layers",
+        "images/images",
+        "images/tmp",
+    ] {
+        let entries = std::fs::read_dir(wisp.data_dir.join(dir)).unwrap().count();
+        assert_eq!(entries, 0, "{dir} is empty");
+    }
+}
+
 /// What the server says of function `name`.
 async fn status_of(wisp: &Wisp, name: &str) -> serde_json::Value {
     let got = wisp
@@ -672,6 +674,22 @@ async fn status_of(wisp: &Wisp, name: &str) -> serde_json::Value {
     serde_json::from_str(&got.text()).unwrap()
 }
 
+/// Deploys `repo_tag` through `proxy` as the CGI function `service`,
+/// with the proxy holding the layer after its first MiB: the deploy is
+/// answered 202 while it pulls. Returns the answer's text.
+async fn deploy_held(wisp: &Wisp, proxy: &GatedProxy, service: &str, repo_tag: &str) -> String {
+    proxy.limit(1 << 20);
+    let body = serde_json::json!({
+        "service": service,
+        "image": proxy.reference(repo_tag),
+        "protocol": "cgi",
+    })
+    .to_string();
+    let got = wisp.invoke("POST", "/system/functions", &body).await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    got.text()
+}
+
 #[tokio::test]
 async fn a_deploy_answers_while_it_pulls_and_its_first_requests_wait() {
     let registry = TestRegistry::open();
@@ -679,16 +697,8 @@ async fn a_deploy_answers_while_it_pulls_and_its_first_requests_wait() {
     let proxy = GatedProxy::start(&registry.host).await;
     let wisp = wisp_for_proxy(&proxy);
     // The manifest and config pass; the 4 MiB layer stops after 1 MiB.
-    proxy.limit(1 << 20);
-    let body = serde_json::json!({
-        "service": "large",
-        "image": proxy.reference("large/probe:1"),
-        "protocol": "cgi",
-    })
-    .to_string();
-    let got = wisp.invoke("POST", "/system/functions", &body).await;
-    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
-    assert!(got.text().contains("pulling"), "{}", got.text());
+    let answer = deploy_held(&wisp, &proxy, "large", "large/probe:1").await;
+    assert!(answer.contains("pulling"), "{answer}");
 
     let status = status_of(&wisp, "large").await;
     assert_eq!(status["state"], "pulling", "{status}");
@@ -731,12 +741,8 @@ async fn a_registry_that_goes_away_mid_pull_leaves_nothing_half_stored() {
     push_large_probe(registry, "large/cut:1");
     let proxy = GatedProxy::start(&registry.host).await;
     let wisp = wisp_for_proxy(&proxy);
-    proxy.limit(1 << 20);
     let reference = proxy.reference("large/cut:1");
-    let body =
-        serde_json::json!({ "service": "cut", "image": reference, "protocol": "cgi" }).to_string();
-    let got = wisp.invoke("POST", "/system/functions", &body).await;
-    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    deploy_held(&wisp, &proxy, "cut", "large/cut:1").await;
     // Some of the layer arrived; then the registry is gone.
     eventually("part of the layer", Duration::from_secs(10), async || {
         let status = status_of(&wisp, "cut").await;
@@ -767,15 +773,7 @@ async fn a_registry_that_goes_away_mid_pull_leaves_nothing_half_stored() {
         out.contains("failed") && out.contains("deploy failed"),
         "{out}"
     );
-    for dir in [
-        "images/blobs/sha256",
-        "images/layers",
-        "images/images",
-        "images/tmp",
-    ] {
-        let entries = std::fs::read_dir(wisp.data_dir.join(dir)).unwrap().count();
-        assert_eq!(entries, 0, "{dir} is empty");
-    }
+    assert_no_image_stored(&wisp);
 
     // The registry is back: the next deploy starts over and runs, and the
     // CLI shows the layer as it arrives.
@@ -794,13 +792,8 @@ async fn a_registry_that_goes_away_mid_pull_leaves_nothing_half_stored() {
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
 
     // A deploy still pulling can be deleted: it stops, and is gone.
-    proxy.limit(1 << 20);
-    let body = serde_json::json!({ "service": "gone", "image": proxy.reference("large/probe-gone:1"), "protocol": "cgi" });
     push_large_probe(registry, "large/probe-gone:1");
-    let got = wisp
-        .invoke("POST", "/system/functions", &body.to_string())
-        .await;
-    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    deploy_held(&wisp, &proxy, "gone", "large/probe-gone:1").await;
     wisp.cli(&["rm", "gone"]).expect_success();
     assert!(!wisp.function_names().await.contains(&"gone".to_owned()));
     let got = wisp.invoke("GET", "/function/gone", "").await;
@@ -815,23 +808,13 @@ async fn a_deploy_accepted_before_a_restart_is_taken_up_after_it() {
     let proxy = GatedProxy::start(&registry.host).await;
     let dir = tempfile::tempdir().unwrap();
     let start = || {
-        Wisp::builder()
+        reaching(&proxy.host)
             .data_dir(dir.path())
-            .arg("--insecure-registry")
-            .arg(&proxy.host)
             .start()
             .expect("start wisp")
     };
     let mut wisp = start();
-    proxy.limit(1 << 20);
-    let body = serde_json::json!({
-        "service": "restarted",
-        "image": proxy.reference("large/restart:1"),
-        "protocol": "cgi",
-    })
-    .to_string();
-    let got = wisp.invoke("POST", "/system/functions", &body).await;
-    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    deploy_held(&wisp, &proxy, "restarted", "large/restart:1").await;
     wisp.kill();
 
     // The new server pulls again; the function runs once it has.
@@ -853,9 +836,5 @@ async fn a_deploy_accepted_before_a_restart_is_taken_up_after_it() {
 
 /// A server that may reach the proxy over plain HTTP.
 fn wisp_for_proxy(proxy: &GatedProxy) -> Wisp {
-    Wisp::builder()
-        .arg("--insecure-registry")
-        .arg(&proxy.host)
-        .start()
-        .expect("start wisp")
+    reaching(&proxy.host).start().expect("start wisp")
 }
