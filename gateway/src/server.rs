@@ -271,7 +271,7 @@ impl App {
         let function = match self.function(name) {
             Ok(function) => function,
             Err(unknown) => match self.pending.get(name).map(|p| p.clone()) {
-                Some(pending) => self.deployed(name, &pending).await?,
+                Some(pending) => self.deployed(name, pending).await?,
                 None => return Err(unknown),
             },
         };
@@ -292,19 +292,39 @@ impl App {
     async fn deployed(
         &self,
         name: &str,
-        pending: &crate::pending::PendingDeploy,
+        pending: Arc<crate::pending::PendingDeploy>,
     ) -> Result<Arc<Function>, GatewayError> {
         use crate::pending::DeployState;
-        let deadline = Duration::from_millis(pending.draft.limits.timeout_ms);
-        match pending.settled(deadline).await {
-            DeployState::Done => self.function(name),
-            DeployState::Failed(reason) => Err(GatewayError::NotReady(format!(
-                "function {name} is not deployed: {reason}"
-            ))),
-            DeployState::Pulling => Err(GatewayError::NotReady(format!(
-                "function {name} is still pulling {}; try again shortly",
-                pending.reference
-            ))),
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(pending.draft.limits.timeout_ms);
+        let mut pending = pending;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let state = pending.settled(left).await;
+            // A newer deploy of the name replaced this one: serve what it
+            // installed, or wait for it.
+            if matches!(state, DeployState::Failed(_)) {
+                if let Ok(function) = self.function(name) {
+                    return Ok(function);
+                }
+                if let Some(newer) = self.pending.get(name).map(|p| p.clone())
+                    && !Arc::ptr_eq(&newer, &pending)
+                    && !left.is_zero()
+                {
+                    pending = newer;
+                    continue;
+                }
+            }
+            return match state {
+                DeployState::Done => self.function(name),
+                DeployState::Failed(reason) => Err(GatewayError::NotReady(format!(
+                    "function {name} is not deployed: {reason}"
+                ))),
+                DeployState::Pulling => Err(GatewayError::NotReady(format!(
+                    "function {name} is still pulling {}; try again shortly",
+                    pending.reference
+                ))),
+            };
         }
     }
 

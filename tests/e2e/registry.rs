@@ -736,6 +736,27 @@ async fn a_deploy_answers_while_it_pulls_and_its_first_requests_wait() {
 }
 
 #[tokio::test]
+async fn a_request_waiting_for_a_replaced_deploy_is_served_by_its_replacement() {
+    let registry = TestRegistry::open();
+    push_large_probe(registry, "large/swap:1");
+    let proxy = GatedProxy::start(&registry.host).await;
+    let wisp = wisp_for_proxy(&proxy);
+    deploy_held(&wisp, &proxy, "swap", "large/swap:1").await;
+    let waiting = wisp.spawn_invoke("GET", "/function/swap/", "");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the request waits for the pull");
+    // A deploy of a file replaces the one still pulling.
+    wisp.deploy("swap", artifacts::HELLO).await;
+    let answer = waiting.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(answer.text().contains("Hello"), "{}", answer.text());
+    proxy.open();
+    let status = status_of(&wisp, "swap").await;
+    assert_eq!(status["kind"], "wasm-http", "{status}");
+    assert!(status.get("deploying").is_none(), "{status}");
+}
+
+#[tokio::test]
 async fn a_registry_that_goes_away_mid_pull_leaves_nothing_half_stored() {
     let registry = TestRegistry::open();
     push_large_probe(registry, "large/cut:1");
