@@ -1,12 +1,14 @@
 //! The control API under `/system/*` (the caller is already authorized):
 //! deploy, update, list, inspect and delete functions, upload artifacts,
 //! pull, list, name and remove images, save registry logins, prune (see
-//! [`crate::prune`]), report the gateway's version. A deploy by registry
-//! reference pulls before it takes the deploy lock. Deploys are atomic: the artifact is checked and compiled first,
-//! then the registry is written in one transaction, then routing switches
-//! to the new version while the old one drains. A deploy holds its
-//! artifact from before it is checked, and an old version what it runs
-//! until it has drained, so that no prune takes them away.
+//! [`crate::prune`]), list the pulls in flight, report the gateway's
+//! version. A deploy by registry reference pulls in a task of its own,
+//! without the deploy lock, and may be answered 202 before it is done (see
+//! [`crate::pending`]). Deploys are atomic: the artifact is checked and
+//! compiled first, then the registry is written in one transaction, then
+//! routing switches to the new version while the old one drains. A deploy
+//! holds its artifact from before it is checked, and an old version what
+//! it runs until it has drained, so that no prune takes them away.
 
 use std::num::IntErrorKind;
 use std::sync::Arc;

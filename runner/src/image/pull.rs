@@ -21,6 +21,10 @@
 //! wasm layer is verified and stored as an artifact, and deployed as a
 //! `.wasm` file would be.
 //!
+//! A pull reports how far it is — its phase, and each layer's bytes as
+//! they arrive — into the [`ProgressSink`] of its options, which the
+//! server lists for `GET /system/pulls` and the CLI draws.
+//!
 //! A registry may have a mirror (`--registry-mirror docker.io=URL`, for
 //! hosts that reach no public registry, or a pull-through cache): its
 //! references are fetched from there, under the same names.
