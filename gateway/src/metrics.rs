@@ -3,7 +3,7 @@
 //! (`gateway_function_invocation_total`, `gateway_functions_seconds`,
 //! `gateway_service_count`); wisp adds cold-start, instance, queue and
 //! in-flight series. The gauges are read from each function's counters
-//! at scrape time ([`LiveGauges`]) and rare series are made by their first
+//! at scrape time (`LiveGauges`) and rare series are made by their first
 //! event, so that an idle function costs little (see docs/architecture.md,
 //! "Logs and metrics").
 //! Labels come only from deployed function names, HTTP status codes and
