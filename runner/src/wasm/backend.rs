@@ -57,9 +57,57 @@ pub struct WasmBackend {
     cgi_linker: Arc<cgi::CgiLinker>,
     /// File-name suffix of precompiled code: changes when the engine does.
     compiled_suffix: Arc<str>,
+    /// Stores alive, for the epoch clock.
+    epochs: Arc<Epochs>,
     /// Linked code in use, by artifact.
     linked_http: Arc<Mutex<HashMap<Digest, Weak<http::HttpPre>>>>,
     linked_cgi: Arc<Mutex<HashMap<Digest, Weak<cgi::CgiPre>>>>,
+}
+
+/// How many stores exist: the epoch clock ticks only while one does.
+#[derive(Default)]
+pub(crate) struct Epochs {
+    stores: Mutex<usize>,
+    wake: std::sync::Condvar,
+}
+
+impl Epochs {
+    /// Counts a store while the result lives; keep it in the store's data.
+    pub(crate) fn ticking(self: &Arc<Self>) -> Ticking {
+        let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        *stores += 1;
+        if *stores == 1 {
+            self.wake.notify_one();
+        }
+        Ticking(self.clone())
+    }
+
+    /// Blocks while no store exists, asking `alive` once a second whether
+    /// the engine is still there; false once it is not.
+    fn wait_for_a_store(&self, alive: impl Fn() -> bool) -> bool {
+        let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        while *stores == 0 {
+            if !alive() {
+                return false;
+            }
+            stores = self
+                .wake
+                .wait_timeout(stores, Duration::from_secs(1))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+/// One store, counted by [`Epochs`] until it is dropped.
+pub(crate) struct Ticking(Arc<Epochs>);
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        let mut stores = self.0.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        *stores = stores.saturating_sub(1);
+    }
 }
 
 /// The live entry of `cache` for `digest`, or a new one from `link`
@@ -87,12 +135,21 @@ impl WasmBackend {
     pub fn new(artifacts: ArtifactStore, config: &WasmConfig) -> wasmtime::Result<Self> {
         let engine = Engine::new(&engine_config(config))?;
         let ticker = engine.weak();
+        let epochs = Arc::new(Epochs::default());
+        let parked = epochs.clone();
         // The epoch clock. A plain thread: it must keep ticking even when
-        // every tokio worker is busy running guests.
+        // every tokio worker is busy running guests. It ticks only while a
+        // store exists (a guest may run), so an idle server has no timer.
         std::thread::Builder::new()
             .name("wisp-epoch".into())
             .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
+                loop {
+                    if !parked.wait_for_a_store(|| ticker.upgrade().is_some()) {
+                        return;
+                    }
+                    let Some(engine) = ticker.upgrade() else {
+                        return;
+                    };
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
@@ -107,6 +164,7 @@ impl WasmBackend {
             engine,
             artifacts,
             compiled_suffix,
+            epochs,
             linked_http: Arc::default(),
             linked_cgi: Arc::default(),
         })
@@ -225,9 +283,12 @@ impl Backend for WasmBackend {
                     })?;
             Ok(match linked {
                 Linked::Http(pre) => {
-                    Box::new(http::HttpInstance::new(pre, spec)) as Box<dyn Instance>
+                    Box::new(http::HttpInstance::new(pre, spec, backend.epochs.clone()))
+                        as Box<dyn Instance>
                 }
-                Linked::Cgi(pre) => Box::new(cgi::CgiInstance::new(pre, spec)),
+                Linked::Cgi(pre) => {
+                    Box::new(cgi::CgiInstance::new(pre, spec, backend.epochs.clone()))
+                }
             })
         })
         .await

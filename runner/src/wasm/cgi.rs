@@ -14,6 +14,7 @@ use wasmtime::{Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
+use super::backend::{Epochs, Ticking};
 use super::guest::{MemoryCap, TailPipe, arm_deadline, classify, wasi_builder};
 use crate::backend::{Body, Instance, InvokeError, RequestInfo};
 use crate::protocol::cgi;
@@ -24,6 +25,8 @@ pub type CgiLinker = Linker<CgiState>;
 pub struct CgiState {
     wasi: WasiP1Ctx,
     memory: MemoryCap,
+    /// Keeps the epoch clock ticking while the store exists.
+    _ticking: Ticking,
 }
 
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<CgiLinker> {
@@ -38,6 +41,7 @@ pub struct CgiInstance {
     /// Shared by every instance of the same code (see `WasmBackend::link`).
     pre: Arc<CgiPre>,
     spec: Arc<FunctionSpec>,
+    epochs: Arc<Epochs>,
 }
 
 pub type CgiPre = wasmtime::InstancePre<CgiState>;
@@ -52,8 +56,8 @@ pub fn pre(linker: &CgiLinker, module: &Module) -> wasmtime::Result<CgiPre> {
 }
 
 impl CgiInstance {
-    pub fn new(pre: Arc<CgiPre>, spec: Arc<FunctionSpec>) -> Self {
-        CgiInstance { pre, spec }
+    pub(crate) fn new(pre: Arc<CgiPre>, spec: Arc<FunctionSpec>, epochs: Arc<Epochs>) -> Self {
+        CgiInstance { pre, spec, epochs }
     }
 
     async fn run(&self, req: Request<Body>, deadline: Instant) -> Result<Bytes, InvokeError> {
@@ -80,6 +84,7 @@ impl CgiInstance {
             CgiState {
                 wasi: builder.build_p1(),
                 memory,
+                _ticking: self.epochs.ticking(),
             },
         );
         store.limiter(|state| &mut state.memory);

@@ -25,6 +25,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
+use super::backend::{Epochs, Ticking};
 use super::guest::{MemoryCap, TailPipe, arm_deadline, classify, wasi_builder};
 use crate::backend::{Body, BodyError, Instance, InvokeError};
 use crate::spec::{FunctionSpec, OutboundGrant};
@@ -38,6 +39,8 @@ pub struct HttpState {
     table: ResourceTable,
     outbound: OutboundPolicy,
     memory: MemoryCap,
+    /// Keeps the epoch clock ticking while the store exists.
+    _ticking: Ticking,
 }
 
 impl WasiView for HttpState {
@@ -124,6 +127,7 @@ pub struct HttpInstance {
     spec: Arc<FunctionSpec>,
     reuse: u32,
     idle: Arc<std::sync::Mutex<Vec<Warm>>>,
+    epochs: Arc<Epochs>,
 }
 
 /// An instantiated store waiting for its next request.
@@ -145,13 +149,14 @@ pub fn pre(linker: &HttpLinker, component: &Component) -> wasmtime::Result<HttpP
 }
 
 impl HttpInstance {
-    pub fn new(pre: Arc<HttpPre>, spec: Arc<FunctionSpec>) -> Self {
+    pub(crate) fn new(pre: Arc<HttpPre>, spec: Arc<FunctionSpec>, epochs: Arc<Epochs>) -> Self {
         let reuse = spec.scaling.instance_reuse.unwrap_or(1).max(1);
         HttpInstance {
             pre,
             spec,
             reuse,
             idle: Arc::new(std::sync::Mutex::new(Vec::new())),
+            epochs,
         }
     }
 
@@ -198,6 +203,7 @@ impl HttpInstance {
                 table: ResourceTable::new(),
                 outbound: OutboundPolicy { spec: spec.clone() },
                 memory,
+                _ticking: self.epochs.ticking(),
             },
         );
         store.limiter(|state| &mut state.memory);
