@@ -65,6 +65,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Releases what the backend holds beyond its instances (sandboxes made
     /// ahead of demand), at server shutdown.
     async fn shutdown(&self) {}
+
+    /// Whether the host is too busy to feed another instance: a pool that
+    /// has instances then queues (and sheds) rather than starting more.
+    fn saturated(&self) -> bool {
+        false
+    }
 }
 
 /// What [`Backend::prepare`] found an artifact to be.

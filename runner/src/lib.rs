@@ -11,12 +11,14 @@
 //! - the executors: [`wasm`] (wasmtime) and [`container`] (namespaces,
 //!   overlayfs, cgroups, seccomp, its own init);
 //! - [`body`]: streamed, capped bodies;
+//! - [`host`]: how busy the host's CPUs are (a pool's scale-up signal);
 //! - the stores: [`store`] (artifacts, handlers' logs) and [`image`] (OCI
 //!   images and their unpacked layers).
 
 pub mod backend;
 pub mod body;
 pub mod container;
+pub mod host;
 pub mod image;
 pub mod pool;
 pub mod protocol;

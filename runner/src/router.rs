@@ -75,6 +75,11 @@ impl Backend for Router {
         }
     }
 
+    /// The CPUs are nearly all busy ([`crate::host::CpuLoad`]).
+    fn saturated(&self) -> bool {
+        crate::host::CpuLoad::host().saturated()
+    }
+
     async fn shutdown(&self) {
         self.wasm.shutdown().await;
         self.container.shutdown().await;

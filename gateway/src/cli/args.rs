@@ -333,7 +333,7 @@ pub struct BenchArgs {
     /// How long warm and rate run, e.g. `10s` [default: 10s unless --requests].
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,
-    /// Requests at once [default: warm 16, burst 100, rate and cold 1].
+    /// Requests at once; in rate mode the most in flight, each on a kept-alive connection [default: warm 16, burst 100, rate 256, cold 1].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Requests per second (rate mode).

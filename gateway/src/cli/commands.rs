@@ -469,7 +469,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let concurrency = args.concurrency.unwrap_or(match args.mode {
         Mode::Warm => 16,
         Mode::Burst => 100,
-        Mode::Rate | Mode::Cold => 1,
+        Mode::Rate => 256,
+        Mode::Cold => 1,
     });
     let config = BenchConfig {
         function: args.name,

@@ -8,8 +8,15 @@
 //!   queue needs (a cold start), counting the capacity of the instances
 //!   already starting, up to `max_instances`: a burst of N first requests
 //!   starts ⌈N / concurrency⌉ instances and shares them.
-//! - Past `max_instances` requests queue; a full queue answers 429 (with
-//!   `Retry-After`), a wait past `queue_timeout` 503.
+//! - With instances running, the pool grows at most twofold per round of
+//!   starts, and not at all while the host's CPUs are saturated
+//!   ([`Backend::saturated`]): an instance the host cannot feed adds the
+//!   cost of its start and no throughput. Held there, or at
+//!   `max_instances`, requests queue: beyond `queue_size` (past the
+//!   capacity already starting) they are answered 429 with `Retry-After`
+//!   — at `max_instances` at once, when held by the host once the queue
+//!   has not emptied for 250 ms (a burst drains within that, overload
+//!   does not) — and a wait past `queue_timeout` gets 503.
 //! - One deadline per request (`limits.timeout`) covers queueing, cold
 //!   start and handling, response body included: past it before the
 //!   response head, 504; past it mid-body, the body is cut with an error
@@ -142,6 +149,26 @@ struct State {
     /// The reaper runs: only while there are instances beyond
     /// `min_instances`, so an idle function has no task and no timer.
     reaping: bool,
+    /// Since when the queue has not been empty.
+    queued_since: Option<Instant>,
+    /// How long a cold start takes (a moving average).
+    start_estimate: Duration,
+    /// A timer will look at the queue again.
+    rechecking: bool,
+}
+
+/// The cold-start estimate before the first start.
+const FIRST_START_ESTIMATE: Duration = Duration::from_millis(5);
+
+/// A queue that has not emptied for this long is overload, not a burst.
+const STANDING: Duration = Duration::from_millis(250);
+
+impl State {
+    /// Whether the queue has stood for [`STANDING`].
+    fn queue_standing(&self, now: Instant) -> bool {
+        self.queued_since
+            .is_some_and(|since| now.duration_since(since) >= STANDING)
+    }
 }
 
 struct Slot {
@@ -203,6 +230,9 @@ impl Pool {
                 last_error: None,
                 retired: false,
                 reaping: false,
+                queued_since: None,
+                start_estimate: FIRST_START_ESTIMATE,
+                rechecking: false,
             }),
             changed: Notify::new(),
             reaper_wake: Arc::new(Notify::new()),
@@ -308,23 +338,43 @@ impl Inner {
                 self.report(&state);
                 return Ok(lease);
             }
+            let now = Instant::now();
             let at_max = state.slots.len() + state.starting >= state.scaling.max_instances;
+            // With instances running, a host whose CPUs are saturated caps
+            // the pool where it stands: another instance would not be fed.
+            let held = !at_max && !state.slots.is_empty() && self.backend.saturated();
             let coming = state.starting * state.scaling.concurrency;
-            if at_max && state.queue.len() >= coming + state.scaling.queue_size {
-                return Err(InvokeError::QueueFull {
-                    function: self.spec.name.clone(),
-                    detail: format!(
+            let full = state.queue.len() >= coming + state.scaling.queue_size;
+            // At `max_instances` a full queue sheds at once; held by the
+            // host, only once the queue stands (a burst drains, overload
+            // does not).
+            if full && (at_max || (held && state.queue_standing(now))) {
+                let detail = if at_max {
+                    format!(
                         "all {} instances are busy and {} requests are queued",
                         state.scaling.max_instances,
                         state.queue.len()
-                    ),
+                    )
+                } else {
+                    format!(
+                        "the host's CPUs are saturated, its {} instances are busy and {} requests are queued",
+                        state.slots.len(),
+                        state.queue.len()
+                    )
+                };
+                return Err(InvokeError::QueueFull {
+                    function: self.spec.name.clone(),
+                    detail,
                 });
             }
             // Waiting for an instance that is starting (or about to) is a
             // cold start, bounded by the deadline; waiting because every
             // instance is busy is queueing, bounded by the queue timeout too.
-            let queued_past_max = at_max && state.queue.len() >= coming;
+            let queued_past_max = (at_max || held) && state.queue.len() >= coming;
             let (tx, rx) = oneshot::channel();
+            if state.queue.is_empty() {
+                state.queued_since = Some(now);
+            }
             state.queue.push_back(Waiter { tx });
             let queue_timeout = state.scaling.queue_timeout;
             self.rebalance(state);
@@ -385,6 +435,7 @@ impl Inner {
         loop {
             state.queue.retain(|w| !w.tx.is_closed());
             if state.queue.is_empty() {
+                state.queued_since = None;
                 break;
             }
             let Some(slot_index) = state
@@ -425,11 +476,35 @@ impl Inner {
         let mut starts = 0;
         let now = Instant::now();
         let backing_off = state.backoff_until.is_some_and(|t| now < t);
-        if !state.retired || !state.queue.is_empty() {
-            while !backing_off
-                && state.queue.len() > state.starting * scaling.concurrency
+        let mut recheck_at = None;
+        let wanted = |state: &State| {
+            state.queue.len() > state.starting * scaling.concurrency
                 && state.slots.len() + state.starting < scaling.max_instances
-            {
+        };
+        if (!state.retired || !state.queue.is_empty()) && !backing_off && wanted(&state) {
+            // From zero the pool starts all the queue needs at once (a
+            // burst of first requests). With instances running, a queue
+            // that drains sooner than an instance starts is no reason to
+            // start one: the pool waits until the queue has stood as long as
+            // its cold starts take, starts none while the host's CPUs are
+            // saturated, and at most doubles per round of starts.
+            let grow = if state.slots.is_empty() {
+                true
+            } else {
+                match state.queued_since.map(|since| since + state.start_estimate) {
+                    Some(due) if now < due => {
+                        recheck_at = Some(due);
+                        false
+                    }
+                    _ => !self.backend.saturated(),
+                }
+            };
+            let growth = if state.slots.is_empty() {
+                usize::MAX
+            } else {
+                state.slots.len()
+            };
+            while grow && wanted(&state) && state.starting < growth {
                 state.starting += 1;
                 starts += 1;
             }
@@ -451,15 +526,33 @@ impl Inner {
                 let _ = waiter.tx.send(Err(self.backoff_error(&state, now)));
             }
         }
+        if state.queue.is_empty() {
+            state.queued_since = None;
+        }
         self.report(&state);
         // Instances beyond the minimum may idle out: the reaper watches.
         let reap = !state.retired && !state.reaping && state.slots.len() > scaling.min_instances;
         if reap {
             state.reaping = true;
         }
+        let recheck = recheck_at.filter(|_| !state.rechecking);
+        if recheck.is_some() {
+            state.rechecking = true;
+        }
         drop(state);
         if reap {
             tokio::spawn(reaper(Arc::downgrade(self), self.reaper_wake.clone()));
+        }
+        if let Some(at) = recheck {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                if let Some(inner) = pool.upgrade() {
+                    let mut state = lock(&inner.state);
+                    state.rechecking = false;
+                    inner.rebalance(state);
+                }
+            });
         }
         for _ in 0..starts {
             tokio::spawn(self.clone().start_one());
@@ -515,6 +608,7 @@ impl Inner {
         state.starting -= 1;
         state.failures = 0;
         state.backoff_until = None;
+        state.start_estimate = (state.start_estimate * 3 + total) / 4;
         let cold = ColdStart {
             total,
             phases: instance.start_phases(),

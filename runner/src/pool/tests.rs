@@ -25,6 +25,8 @@ struct Fake {
     live: Arc<AtomicUsize>,
     /// Most requests ever in flight on one instance.
     max_busy: Arc<AtomicUsize>,
+    /// What `saturated` answers: the host's CPUs are all busy.
+    saturated: AtomicBool,
 }
 
 struct FakeInstance {
@@ -66,6 +68,10 @@ impl Backend for Fake {
             max_busy: self.max_busy.clone(),
             stopped: Arc::new(AtomicBool::new(false)),
         }))
+    }
+
+    fn saturated(&self) -> bool {
+        self.saturated.load(Ordering::SeqCst)
     }
 }
 
@@ -265,6 +271,121 @@ async fn past_max_requests_queue_then_429_when_the_queue_is_full() {
     }
     assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
     assert_eq!(events.max_queue.load(Ordering::SeqCst), 5);
+}
+
+/// Starts `n` requests of `sleep_ms` each, in tasks.
+fn spawn_calls(
+    pool: &Arc<Pool>,
+    n: usize,
+    sleep_ms: u64,
+) -> Vec<tokio::task::JoinHandle<Result<Served, InvokeError>>> {
+    (0..n)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { call(&pool, sleep_ms).await })
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saturated_host_holds_a_running_pool_and_sheds_only_a_standing_queue() {
+    let fake = fake(10);
+    let (pool, _) = pool(
+        &fake,
+        ScalingSpec {
+            concurrency: Some(1),
+            max_instances: Some(100),
+            queue_size: Some(3),
+            ..Default::default()
+        },
+    );
+    call(&pool, 1).await.unwrap();
+    fake.saturated.store(true, Ordering::SeqCst);
+    // A burst on the one instance: it queues, however long, and starts
+    // nothing the host could not feed.
+    let burst = spawn_calls(&pool, 6, 100);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
+    // The queue has stood for 250 ms: past its size, the excess is shed.
+    tokio::time::sleep(Duration::from_millis(260)).await;
+    let shed = call(&pool, 1).await;
+    assert!(
+        matches!(&shed, Err(InvokeError::QueueFull { detail, .. }) if detail.contains("saturated")),
+        "{:?}",
+        shed.err()
+    );
+    for c in burst {
+        assert!(c.await.unwrap().is_ok(), "the burst is served");
+    }
+    // Unsaturated again, a queue starts instances once more.
+    fake.saturated.store(false, Ordering::SeqCst);
+    for c in spawn_calls(&pool, 4, 100) {
+        assert!(c.await.unwrap().is_ok());
+    }
+    assert!(fake.starts.load(Ordering::SeqCst) > 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn from_zero_a_burst_starts_what_it_needs_even_on_a_saturated_host() {
+    let fake = fake(10);
+    let (pool, _) = pool(
+        &fake,
+        ScalingSpec {
+            concurrency: Some(2),
+            max_instances: Some(100),
+            ..Default::default()
+        },
+    );
+    fake.saturated.store(true, Ordering::SeqCst);
+    for c in spawn_calls(&pool, 10, 20) {
+        assert!(c.await.unwrap().is_ok());
+    }
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 5, "⌈10 / 2⌉ instances");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_instances_running_a_queue_starts_instances_once_it_stands_and_at_most_doubling() {
+    let fake = fake(10);
+    let (pool, _) = pool(
+        &fake,
+        ScalingSpec {
+            concurrency: Some(1),
+            max_instances: Some(100),
+            ..Default::default()
+        },
+    );
+    call(&pool, 1).await.unwrap();
+    // A queue that would drain before an instance started starts none.
+    for c in spawn_calls(&pool, 2, 2) {
+        assert!(c.await.unwrap().is_ok());
+    }
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
+    // A queue that stands as long as a cold start (the estimate is now
+    // 6.25 ms) does, doubling the instances per round of 10 ms starts.
+    let calls = spawn_calls(&pool, 20, 1_000);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 1, "the queue is young");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        fake.starts.load(Ordering::SeqCst),
+        2,
+        "1 running, 1 starting"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        fake.starts.load(Ordering::SeqCst),
+        4,
+        "2 running, 2 starting"
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(
+        fake.starts.load(Ordering::SeqCst),
+        20,
+        "one per queued request"
+    );
+    for c in calls {
+        assert!(c.await.unwrap().is_ok());
+    }
 }
 
 #[tokio::test(start_paused = true)]

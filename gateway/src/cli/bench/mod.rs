@@ -2,8 +2,11 @@
 //!
 //! - `warm`: a closed loop, `--concurrency` workers each sending its next
 //!   request when the last one answered, for `--duration` or `--requests`.
-//! - `rate`: an open loop at `--rate` requests per second; each latency is
-//!   measured from the request's due time ([`schedule`]).
+//! - `rate`: an open loop at `--rate` requests per second, at most
+//!   `--concurrency` in flight (as wrk2 and k6's arrival-rate executors
+//!   do); each latency is measured from the request's due time
+//!   ([`schedule`]), so a request sent late because all were in flight
+//!   counts its wait.
 //! - `cold`: every measured request finds the function at zero instances:
 //!   the bench deploys `--requests` copies of it (same artifact and
 //!   settings, named `<name>-bench-<n>`), calls each once, and removes them;
@@ -325,23 +328,29 @@ async fn rate(bench: &Bench) -> anyhow::Result<()> {
     let config = &bench.config;
     let start = Instant::now();
     let schedule = schedule::Schedule::new(start, config.rate.unwrap_or(1.0));
-    let end = start + config.duration.unwrap_or(Duration::from_secs(10));
-    let end = if config.requests.is_some() && config.duration.is_none() {
-        start + Duration::from_secs(24 * 3600)
-    } else {
-        end
+    let end = match (config.requests, config.duration) {
+        (Some(_), None) => start + Duration::from_secs(24 * 3600),
+        (_, duration) => start + duration.unwrap_or(Duration::from_secs(10)),
     };
     let ticker = tick_seconds(bench);
-    schedule::run_open_loop(schedule, end, config.requests, |due| {
-        let bench = bench.clone();
-        async move {
-            bench.send(&bench.config.function, due).await;
-            if bench.config.requests.is_some() {
-                bench.progress.inc(1);
+    let next = Arc::new(AtomicU64::new(0));
+    bench
+        .in_parallel(config.concurrency as u64, |bench| {
+            let next = next.clone();
+            async move {
+                schedule::run_worker(schedule, end, bench.config.requests, &next, |due| {
+                    let bench = bench.clone();
+                    async move {
+                        bench.send(&bench.config.function, due).await;
+                        if bench.config.requests.is_some() {
+                            bench.progress.inc(1);
+                        }
+                    }
+                })
+                .await
             }
-        }
-    })
-    .await;
+        })
+        .await?;
     ticker.abort();
     Ok(())
 }
