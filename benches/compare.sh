@@ -8,6 +8,7 @@
 #   benches/compare.sh            REPEATS=5 benches/compare.sh
 #   SKIP_WASMTIME=1 benches/compare.sh   (no wasmtime install, no wasm anchor)
 #   SKIP_MANY=1 benches/compare.sh       (not the 10,000-function run, ~3 min)
+#   SKIP_CURVE=1 benches/compare.sh      (not the load-latency curves, ~2 min)
 #
 # Binaries are built into and taken from ${CARGO_TARGET_DIR:-target}/release.
 set -euo pipefail
@@ -149,6 +150,29 @@ for r in $(seq "$repeats"); do
   read -r p50 p99 _ < <(json "$work/wburst.json"); record "burst of 1,000, hello (wasm)" wisp "$p50" "$p99"
   density
 done
+
+# Load and overload, once (~2 min): each function's load-latency curve.
+if [ -z "${SKIP_CURVE:-}" ]; then
+  echo "compare: load curves" >&2
+  mkdir -p "$work/curves"
+  OUT="$work/curves" bash benches/scripts/load-curve.sh 5 >"$work/curves.txt" 2>/dev/null || true
+  for f in ping ping-max hello; do
+    [ -f "$work/curves/load-$f.json" ] || continue
+    python3 - "$work/curves/load-$f.json" "$f" >>"$work/extra" <<'PY'
+import json, sys
+c, f = json.load(open(sys.argv[1])), sys.argv[2]
+steps = {s["load_percent"]: s for s in c["steps"]}
+below = [s for p, s in steps.items() if p < 90]
+print(f"load curve {f}: most 429 below 90 % of peak (%, target 0)|{max((100 * s['shed'] for s in below), default=0):.1f}")
+for p in (110, 150):
+    if p in steps:
+        print(f"load curve {f}: goodput at {p} % (% of peak, target ≥ 90)|{100 * steps[p]['goodput_rps'] / c['peak_rps']:.1f}")
+if 75 in steps:
+    l = steps[75]["report"]["latency"]
+    print(f"load curve {f}: p99 / p50 at 75 % (target ≤ 3)|{l['p99_ms'] / max(l['p50_ms'], 1e-9):.1f}")
+PY
+  done
+fi
 
 # Scale in functions, once (it takes minutes): 10,000 copies of hello.
 if [ -z "${SKIP_MANY:-}" ]; then

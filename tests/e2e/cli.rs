@@ -189,11 +189,51 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
     let names = wisp.function_names().await;
     assert_eq!(names, ["hello"]);
 
+    // The load-latency curve: the peak, then each step, in a table, as
+    // JSON and as a plot.
+    let json = dir.path().join("curve.json");
+    let plot = dir.path().join("curve.svg");
+    let out = wisp.cli(&[
+        "bench",
+        "hello",
+        "--mode",
+        "curve",
+        "--steps",
+        "20,50",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "8",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(out.success, "curve: {}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("closed-loop peak"), "{}", out.stdout);
+    let curve: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let peak = curve["peak_rps"].as_f64().unwrap();
+    assert!(peak > 0.0, "{curve}");
+    let steps = curve["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{curve}");
+    for (step, percent) in steps.iter().zip([20.0, 50.0]) {
+        let offered = step["offered_rps"].as_f64().unwrap();
+        assert!((offered - peak * percent / 100.0).abs() < 1.0, "{step}");
+        assert_eq!(step["report"]["mode"], "rate");
+        assert!(step["goodput_rps"].as_f64().unwrap() > 0.0, "{step}");
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("offered load"),
+        "a curve is drawn"
+    );
+
     // Bad input: one line, non-zero exit.
     for args in [
         vec!["bench", "nope"],
         vec!["bench", "hello", "--duration", "0s"],
         vec!["bench", "hello", "--mode", "rate"],
+        vec!["bench", "hello", "--mode", "curve", "--steps", "0,50"],
     ] {
         let out = wisp.cli(&args);
         assert!(!out.success, "{args:?}: {}", out.stdout);

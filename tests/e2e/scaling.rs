@@ -144,12 +144,11 @@ async fn past_max_requests_queue_and_a_full_queue_answers_429() {
     let wisp = Wisp::start();
     let one_runs_one_waits = ["--max", "1", "--concurrency", "1", "--queue-size", "1"];
     wisp.deploy_slow("slow", "1", &one_runs_one_waits);
-    // The calls start 100 ms apart.
+    // The second call queues at 100 ms; the third comes once the queue
+    // has stood 250 ms (a burst is absorbed, a standing queue is not).
     let mut calls = Vec::new();
-    for i in 0..3 {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    for pause in [0, 100, 300] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
         calls.push(wisp.spawn_invoke("GET", "/function/slow/", ""));
     }
     let mut statuses = Vec::new();

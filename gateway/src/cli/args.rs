@@ -324,7 +324,8 @@ pub struct BenchArgs {
     pub name: String,
     /// warm: closed loop; rate: open loop at --rate; cold: every request
     /// finds zero instances (copies of the function); burst: concurrent
-    /// first requests.
+    /// first requests; curve: the closed-loop peak, then rate at --steps
+    /// percent of it (--duration each, default 5s).
     #[arg(long, value_enum, default_value = "warm")]
     pub mode: super::bench::Mode,
     /// Requests to measure [default: cold 20, burst --concurrency; warm and rate run for --duration].
@@ -339,6 +340,9 @@ pub struct BenchArgs {
     /// Requests per second (rate mode).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Offered loads of curve mode, percent of the closed-loop peak.
+    #[arg(long, value_delimiter = ',', default_value = "50,75,90,110,150")]
+    pub steps: Vec<u32>,
     /// Path below the function.
     #[arg(long, default_value = "/")]
     pub path: String,
@@ -351,7 +355,8 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Draw the latency distribution (CDF and histogram) to this SVG file.
+    /// Draw the latency distribution (CDF and histogram) to this SVG file;
+    /// in curve mode, latency and goodput against the offered load.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     #[command(flatten)]

@@ -469,14 +469,18 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let concurrency = args.concurrency.unwrap_or(match args.mode {
         Mode::Warm => 16,
         Mode::Burst => 100,
-        Mode::Rate => 256,
+        Mode::Rate | Mode::Curve => 256,
         Mode::Cold => 1,
     });
+    let duration = match args.mode {
+        Mode::Curve => Some(args.duration.unwrap_or(std::time::Duration::from_secs(5))),
+        _ => args.duration,
+    };
     let config = BenchConfig {
         function: args.name,
         mode: args.mode,
         requests: args.requests,
-        duration: args.duration,
+        duration,
         concurrency,
         rate: args.rate,
         path: args.path,
@@ -486,6 +490,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         plot: args.plot,
     };
     let client = connect(&args.connect)?;
+    if config.mode == Mode::Curve {
+        config.validate()?;
+        if args.steps.is_empty() || args.steps.contains(&0) {
+            anyhow::bail!("--steps takes percents of the peak above zero, e.g. 50,75,90,110,150");
+        }
+        let curve = super::bench::curve::run(&client, &config, &args.steps).await?;
+        print!("{}", super::bench::curve::render(&curve));
+        return Ok(());
+    }
     let report = super::bench::run(&client, &config).await?;
     print!("{}", super::bench::render(&report));
     Ok(())

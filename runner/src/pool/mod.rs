@@ -12,11 +12,11 @@
 //!   starts, and not at all while the host's CPUs are saturated
 //!   ([`Backend::saturated`]): an instance the host cannot feed adds the
 //!   cost of its start and no throughput. Held there, or at
-//!   `max_instances`, requests queue: beyond `queue_size` (past the
-//!   capacity already starting) they are answered 429 with `Retry-After`
-//!   — at `max_instances` at once, when held by the host once the queue
-//!   has not emptied for 250 ms (a burst drains within that, overload
-//!   does not) — and a wait past `queue_timeout` gets 503.
+//!   `max_instances`, requests queue. Once the queue has not emptied for
+//!   250 ms (a burst drains within that, overload does not) requests
+//!   beyond `queue_size` (past the capacity already starting) are
+//!   answered 429 with `Retry-After` at once (with `queue_size` 0, from
+//!   the start); a wait past `queue_timeout` gets 503.
 //! - One deadline per request (`limits.timeout`) covers queueing, cold
 //!   start and handling, response body included: past it before the
 //!   response head, 504; past it mid-body, the body is cut with an error
@@ -345,10 +345,10 @@ impl Inner {
             let held = !at_max && !state.slots.is_empty() && self.backend.saturated();
             let coming = state.starting * state.scaling.concurrency;
             let full = state.queue.len() >= coming + state.scaling.queue_size;
-            // At `max_instances` a full queue sheds at once; held by the
-            // host, only once the queue stands (a burst drains, overload
-            // does not).
-            if full && (at_max || (held && state.queue_standing(now))) {
+            // A full queue sheds once it stands (a burst drains, overload
+            // does not); a queue of size 0 absorbs no burst.
+            let standing = state.scaling.queue_size == 0 || state.queue_standing(now);
+            if full && (at_max || held) && standing {
                 let detail = if at_max {
                     format!(
                         "all {} instances are busy and {} requests are queued",

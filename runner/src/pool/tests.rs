@@ -255,22 +255,25 @@ async fn past_max_requests_queue_then_429_when_the_queue_is_full() {
     let calls: Vec<_> = (0..5)
         .map(|_| {
             let pool = pool.clone();
-            tokio::spawn(async move { call(&pool, 100).await })
+            tokio::spawn(async move { call(&pool, 400).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    // 2 starting + 3 queued: the sixth is refused at once.
+    // 2 starting + 3 queued, the queue full: a burst still queues...
+    let burst = spawn_calls(&pool, 1, 1);
+    // ...but once the queue has stood 250 ms, the excess is refused.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     let refused = call(&pool, 1).await;
     assert!(
         matches!(refused, Err(InvokeError::QueueFull { .. })),
         "{:?}",
         refused.err()
     );
-    for c in calls {
+    for c in calls.into_iter().chain(burst) {
         assert!(c.await.unwrap().is_ok());
     }
     assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
-    assert_eq!(events.max_queue.load(Ordering::SeqCst), 5);
+    assert_eq!(events.max_queue.load(Ordering::SeqCst), 6);
 }
 
 /// Starts `n` requests of `sleep_ms` each, in tasks.

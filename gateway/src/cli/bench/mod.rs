@@ -13,10 +13,13 @@
 //!   `--concurrency` workers share the copies, so the throughput is the
 //!   rate of cold starts the server sustains.
 //! - `burst`: `--concurrency` concurrent first requests to a fresh copy.
+//! - `curve`: the load-latency curve, rate steps scaled to the closed-loop
+//!   peak ([`curve`]).
 //!
 //! Latencies go into an HDR histogram; cold starts also record the phases
 //! the server reports in `Server-Timing`.
 
+pub mod curve;
 pub mod plot;
 pub mod schedule;
 pub mod stats;
@@ -48,6 +51,7 @@ pub enum Mode {
     Rate,
     Cold,
     Burst,
+    Curve,
 }
 
 /// One run's settings.
@@ -135,6 +139,7 @@ pub async fn run(client: &Client, config: &BenchConfig) -> anyhow::Result<Report
         Mode::Rate => rate(&bench).await?,
         Mode::Cold => cold(&bench, &status).await?,
         Mode::Burst => burst(&bench, &status).await?,
+        Mode::Curve => bail!("--mode curve runs several benches: see curve::run"),
     }
     bench.progress.finish_and_clear();
     let recorder = bench
