@@ -343,6 +343,11 @@ pub fn install(store: Arc<LogStore>) -> io::Result<()> {
 /// written by the store's thread) and mirrors it to the server's log at
 /// debug level.
 pub fn record(function: &str, instance: &str, stream: &str, text: &str) {
+    // Nothing written: nothing to wake the writer thread for (a guest that
+    // prints nothing used to send two empty chunks per request).
+    if text.is_empty() {
+        return;
+    }
     if tracing::enabled!(target: "wisp::function", tracing::Level::DEBUG) {
         for line in text.lines().filter(|l| !l.is_empty()) {
             tracing::debug!(target: "wisp::function", function, instance, stream, "{}", escape_controls(line));
