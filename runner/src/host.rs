@@ -61,8 +61,8 @@ impl CpuLoad {
 
     /// Whether the CPUs were (nearly) all busy in the last second.
     pub fn saturated(&self) -> bool {
-        self.busy_share();
-        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.refresh();
         last.saturated_at.is_some_and(|at| at.elapsed() < REMEMBER)
     }
 
@@ -70,24 +70,32 @@ impl CpuLoad {
     /// `/proc/stat` cannot be read.
     pub fn busy_share(&self) -> f64 {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.refresh();
+        last.busy_share
+    }
+}
+
+impl Reading {
+    /// Takes a new reading if the last is at least [`MIN_SPAN`] old.
+    fn refresh(&mut self) {
         let now = Instant::now();
-        if now.duration_since(last.at) < MIN_SPAN {
-            return last.busy_share;
+        if now.duration_since(self.at) < MIN_SPAN {
+            return;
         }
         let Some(ticks) = read_ticks() else {
-            return 0.0;
+            self.busy_share = 0.0;
+            return;
         };
         // Clock ticks are coarse (10 ms): a span with no tick keeps the
         // previous figure rather than reading as idle.
-        if let Some(share) = share_between(last.ticks, ticks) {
-            last.busy_share = share;
-            last.at = now;
-            last.ticks = ticks;
+        if let Some(share) = share_between(self.ticks, ticks) {
+            self.busy_share = share;
+            self.at = now;
+            self.ticks = ticks;
             if share >= SATURATED {
-                last.saturated_at = Some(now);
+                self.saturated_at = Some(now);
             }
         }
-        last.busy_share
     }
 }
 

@@ -435,7 +435,6 @@ impl Inner {
         loop {
             state.queue.retain(|w| !w.tx.is_closed());
             if state.queue.is_empty() {
-                state.queued_since = None;
                 break;
             }
             let Some(slot_index) = state
@@ -488,23 +487,20 @@ impl Inner {
             // start one: the pool waits until the queue has stood as long as
             // its cold starts take, starts none while the host's CPUs are
             // saturated, and at most doubles per round of starts.
-            let grow = if state.slots.is_empty() {
-                true
+            // How many may be starting at once; zero holds the pool.
+            let growth = if state.slots.is_empty() {
+                usize::MAX
             } else {
                 match state.queued_since.map(|since| since + state.start_estimate) {
                     Some(due) if now < due => {
                         recheck_at = Some(due);
-                        false
+                        0
                     }
-                    _ => !self.backend.saturated(),
+                    _ if self.backend.saturated() => 0,
+                    _ => state.slots.len(),
                 }
             };
-            let growth = if state.slots.is_empty() {
-                usize::MAX
-            } else {
-                state.slots.len()
-            };
-            while grow && wanted(&state) && state.starting < growth {
+            while wanted(&state) && state.starting < growth {
                 state.starting += 1;
                 starts += 1;
             }

@@ -227,12 +227,7 @@ async fn a_burst_starts_only_the_instances_it_needs_and_shares_them() {
             ..Default::default()
         },
     );
-    let calls: Vec<_> = (0..10)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { call(&pool, 20).await })
-        })
-        .collect();
+    let calls = spawn_calls(&pool, 10, 20);
     for c in calls {
         assert_eq!(c.await.unwrap().unwrap().response.status(), StatusCode::OK);
     }
@@ -252,12 +247,7 @@ async fn past_max_requests_queue_then_429_when_the_queue_is_full() {
             ..Default::default()
         },
     );
-    let calls: Vec<_> = (0..5)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move { call(&pool, 400).await })
-        })
-        .collect();
+    let calls = spawn_calls(&pool, 5, 400);
     tokio::time::sleep(Duration::from_millis(1)).await;
     // 2 starting + 3 queued, the queue full: a burst still queues...
     let burst = spawn_calls(&pool, 1, 1);

@@ -139,7 +139,8 @@ impl WasmBackend {
         let parked = epochs.clone();
         // The epoch clock. A plain thread: it must keep ticking even when
         // every tokio worker is busy running guests. It ticks only while a
-        // store exists (a guest may run), so an idle server has no timer.
+        // store exists (a guest may run); otherwise it waits, waking once a
+        // second only to see whether the engine is gone.
         std::thread::Builder::new()
             .name("wisp-epoch".into())
             .spawn(move || {
