@@ -72,6 +72,18 @@ impl Client {
         headers: HeaderMap,
         body: Body,
     ) -> Result<Response<Incoming>, ClientError> {
+        self.send_once(method, path, headers, body)
+            .await
+            .map_err(|e| e.into_client(&self.gateway))
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<Response<Incoming>, SendError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.gateway));
@@ -84,17 +96,11 @@ impl Client {
                 h.insert(header::AUTHORIZATION, value);
             }
         }
-        let request = builder.body(body).map_err(|e| ClientError::Request {
+        let request = builder.body(body).map_err(|e| SendError::Request {
             gateway: self.gateway.clone(),
             detail: e.to_string(),
         })?;
-        self.http
-            .request(request)
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                gateway: self.gateway.clone(),
-                detail: error_chain(&e),
-            })
+        Ok(self.http.request(request).await?)
     }
 
     /// Sends a request and reads the whole response.
@@ -105,7 +111,22 @@ impl Client {
         headers: HeaderMap,
         body: impl Into<Bytes>,
     ) -> Result<Answer, ClientError> {
-        let response = self.send(method, path, headers, full_body(body)).await?;
+        let body = body.into();
+        let mut sent = self
+            .send_once(
+                method.clone(),
+                path,
+                headers.clone(),
+                full_body(body.clone()),
+            )
+            .await;
+        // A kept-alive connection the server closed as idle just as the
+        // request went out fails without an answer. A safe request is sent
+        // again, once, on a new connection (as Go's and curl's clients do).
+        if method.is_safe() && sent.as_ref().is_err_and(SendError::closed_unanswered) {
+            sent = self.send_once(method, path, headers, full_body(body)).await;
+        }
+        let response = sent.map_err(|e| e.into_client(&self.gateway))?;
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
@@ -296,6 +317,37 @@ impl Client {
     }
 }
 
+/// Why one attempt at a request failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("invalid request to {gateway}: {detail}")]
+    Request { gateway: String, detail: String },
+    #[error(transparent)]
+    Http(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// The connection closed before any of the response arrived.
+    fn closed_unanswered(&self) -> bool {
+        let SendError::Http(e) = self else {
+            return false;
+        };
+        std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<hyper::Error>())
+            .is_some_and(hyper::Error::is_incomplete_message)
+    }
+
+    fn into_client(self, gateway: &str) -> ClientError {
+        match self {
+            SendError::Request { gateway, detail } => ClientError::Request { gateway, detail },
+            SendError::Http(e) => ClientError::Unreachable {
+                gateway: gateway.to_owned(),
+                detail: error_chain(&e),
+            },
+        }
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -305,4 +357,79 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// Reads one request head (these requests have no body).
+    async fn read_head(stream: &mut TcpStream) -> bool {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// A server whose first connection answers one request and then closes
+    /// on reading the second, unanswered: the race of a kept-alive connection
+    /// closed as idle just as a request goes out. Later connections answer.
+    async fn closing_server() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            if read_head(&mut first).await {
+                let _ = first.write_all(OK).await;
+            }
+            read_head(&mut first).await;
+            drop(first);
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    while read_head(&mut stream).await {
+                        let _ = stream.write_all(OK).await;
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_safe_request_on_a_connection_closed_unanswered_is_sent_again() {
+        let client = Client::new(&closing_server().await, None);
+        for _ in 0..2 {
+            let answer = client
+                .call(Method::GET, "/healthz", HeaderMap::new(), "")
+                .await
+                .unwrap();
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_request_on_a_connection_closed_unanswered_is_not_sent_again() {
+        let client = Client::new(&closing_server().await, None);
+        let first = client
+            .call(Method::POST, "/function/f", HeaderMap::new(), "")
+            .await
+            .unwrap();
+        assert_eq!(first.status, StatusCode::OK);
+        let second = client
+            .call(Method::POST, "/function/f", HeaderMap::new(), "")
+            .await;
+        assert!(
+            matches!(second, Err(ClientError::Unreachable { .. })),
+            "{second:?}"
+        );
+    }
 }
