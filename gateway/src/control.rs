@@ -407,7 +407,10 @@ impl App {
         let carried = previous
             .as_ref()
             .map_or(0, |f| f.invocations.load(Ordering::Relaxed));
-        let function_metrics = Arc::new(self.metrics.function(&name));
+        let function_metrics = Arc::new(
+            self.metrics
+                .function(&name, previous.as_ref().map(|f| &*f.metrics)),
+        );
         let function = Arc::new(Function {
             pool: Arc::new(Pool::new(
                 stored.spec.clone(),
@@ -644,9 +647,9 @@ impl App {
         self.registry.remove(name)?;
         if let Some((_, old)) = self.functions.remove(name) {
             old.metrics.silence();
+            self.metrics.forget(&old.metrics);
             self.retire(old);
         }
-        self.metrics.forget(name);
         self.logs.remove(name);
         tracing::info!(function = %name, "deleted");
         Ok(text(StatusCode::OK, format!("deleted {name}\n")))

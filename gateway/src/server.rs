@@ -174,7 +174,7 @@ impl App {
         let functions = DashMap::new();
         for stored in registry.list()? {
             let name = stored.spec.name.to_string();
-            let function_metrics = Arc::new(metrics.function(&name));
+            let function_metrics = Arc::new(metrics.function(&name, None));
             let function = Function {
                 pool: Arc::new(Pool::new(
                     stored.spec.clone(),

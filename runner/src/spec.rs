@@ -300,6 +300,9 @@ impl FunctionKind {
     }
 
     /// The backend that runs this kind (a metrics label).
+    /// Every value of [`FunctionKind::backend`].
+    pub const BACKENDS: [&'static str; 2] = ["wasm", "container"];
+
     pub fn backend(self) -> &'static str {
         match self {
             FunctionKind::WasmHttp | FunctionKind::WasmCgi => "wasm",
