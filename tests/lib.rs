@@ -552,7 +552,7 @@ fn make_busybox_rootfs() -> anyhow::Result<tempfile::TempDir> {
     )?;
     for applet in [
         "sh", "ls", "grep", "cat", "hostname", "wget", "awk", "sleep", "id", "echo", "pidof",
-        "kill", "printf", "true",
+        "kill", "printf", "true", "nc", "httpd",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
@@ -588,6 +588,13 @@ id) id -u; id -g ;;
 net)
   if wget -q -T 2 -O /dev/null "http://127.0.0.1:$HOST_PORT/healthz" 2>/dev/null; then echo loopback:connected; else echo loopback:refused; fi
   if wget -q -T 2 -O /dev/null "http://$HOST_IP:$HOST_PORT/healthz" 2>/dev/null; then echo host:connected; else echo host:refused; fi ;;
+sockets) cat /proc/net/tcp /proc/net/tcp6 ;;
+litter)
+  # Listeners left running for the sandbox's life (both die with it).
+  nc -l -p 9000 </dev/null >/dev/null 2>&1 &
+  httpd -p 127.0.0.1:9001 -h /www
+  sleep 0.2
+  cat /proc/net/tcp /proc/net/tcp6 ;;
 write) echo pwned > /etc/motd && cat /etc/motd ;;
 read) cat /etc/motd ;;
 spin) awk 'BEGIN { for (i = 0; i < 300000; i++) s += i; print "spun" }' ;;

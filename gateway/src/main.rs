@@ -10,9 +10,10 @@ fn main() -> std::process::ExitCode {
     // Containers are cloned by a spawner process forked now, while this
     // process still has one thread (the async runtime starts below).
     let spawner = match &cli.command {
-        wisp::cli::Command::Serve(_) => {
+        wisp::cli::Command::Serve(args) => {
             Some(wisp_runner::container::spawner::SpawnerHandle::launch(
                 wisp_runner::container::plan::IdMap::default(),
+                args.reuse_netns,
             ))
         }
         _ => None,

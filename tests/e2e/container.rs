@@ -450,6 +450,74 @@ async fn the_sandbox_is_isolated() {
     }
 }
 
+/// The TCP ports listening in a `/proc/net/tcp` (or `tcp6`) listing.
+fn listening_ports(listing: &str) -> BTreeSet<u16> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state) = (fields.get(1)?, fields.get(3)?);
+            let port = local.rsplit(':').next()?;
+            (*state == "0A").then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
+}
+
+/// `text` without its terminal colour codes (`ESC [ … m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('\x1b') {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Issue 13: a sandbox may get the network namespace of one that exited.
+/// Whatever a function left in it (here two listeners, still running when
+/// its sandbox was stopped) is gone for the next sandbox, whose handler
+/// binds the same port; and a namespace is in fact reused.
+#[tokio::test]
+async fn a_reused_network_namespace_holds_nothing_of_the_sandbox_before() {
+    let wisp = Wisp::start();
+    let rootfs = busybox_rootfs();
+    let handler_only = BTreeSet::from([8080]);
+    let mut reused = Vec::new();
+    for round in 0..8 {
+        let name = format!("netns-{round}");
+        deploy_probe(&wisp, &name, rootfs.path(), "http", &[]);
+        let (status, before) = probe(&wisp, &name, "sockets").await;
+        assert_eq!(status, StatusCode::OK, "round {round}: {before}");
+        assert_eq!(
+            listening_ports(&before),
+            handler_only,
+            "round {round}: {before}"
+        );
+        let (_, littered) = probe(&wisp, &name, "litter").await;
+        let ports = listening_ports(&littered);
+        assert!(
+            ports.contains(&9000) && ports.contains(&9001),
+            "round {round}: the listeners run: {littered}"
+        );
+        wisp.cli(&["rm", &name]).expect_success();
+        let started = format!("function={name} ");
+        if plain(&wisp.log())
+            .lines()
+            .any(|l| l.contains(&started) && l.contains("netns_reused=true"))
+        {
+            reused.push(round);
+        }
+    }
+    assert!(
+        !reused.is_empty(),
+        "no sandbox got a kept network namespace: {}",
+        wisp.log()
+    );
+}
+
 /// Issue 11, finding 8: the seccomp filter was a deny-list that allowed
 /// everything else: system calls newer than the list, `personality` with
 /// any value, `socket` of any family, and x32 numbers (bit 30 set), which

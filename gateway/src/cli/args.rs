@@ -96,6 +96,13 @@ pub struct ServeArgs {
     /// demand, so a cold start only mounts the image and starts the handler.
     #[arg(long, env = "WISP_PREMADE_SANDBOXES", default_value_t = wisp_runner::container::DEFAULT_PREMADE)]
     pub premade_sandboxes: usize,
+    /// Give a sandbox the network namespace of one that exited, once it is
+    /// found empty (no socket, no TIME_WAIT; its configuration cannot
+    /// change), instead of making a new one: cheaper container starts.
+    /// Loopback traffic counters carry over; `false` makes a fresh
+    /// namespace for every sandbox (see docs/architecture.md).
+    #[arg(long, env = "WISP_REUSE_NETNS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reuse_netns: bool,
     /// Most bytes one image import may write: the archive's files copied
     /// out plus its layers unpacked (an image past it is refused with 413).
     #[arg(long, env = "WISP_MAX_IMAGE_SIZE", default_value = "4Gi", value_parser = bytes)]

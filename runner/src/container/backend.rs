@@ -300,6 +300,7 @@ impl Backend for ContainerBackend {
             sandbox,
             control,
             pid,
+            netns_reused,
         } = premade;
         if was_premade {
             // Made at idle priority; one that has not finished setting up
@@ -364,6 +365,7 @@ impl Backend for ContainerBackend {
             function = %function,
             pid,
             premade = was_premade,
+            netns_reused,
             cgroup_ns_ms = ms(timings.cloned, timings.sandbox),
             assign_ms = ms(requested, timings.assigned),
             rootfs_ms = ms(timings.assigned, timings.rootfs),

@@ -24,6 +24,7 @@ mod error;
 mod init;
 mod init_link;
 mod instance;
+mod netns;
 pub mod plan;
 mod premade;
 pub mod proto;

@@ -43,6 +43,8 @@ pub(crate) struct Premade {
     pub(crate) control: OwnedFd,
     /// Host pid of init.
     pub(crate) pid: i32,
+    /// Its network namespace is a kept one.
+    pub(crate) netns_reused: bool,
 }
 
 impl PremadePool {
@@ -108,6 +110,7 @@ impl PremadePool {
             },
             control: spawned.control,
             pid: spawned.pid,
+            netns_reused: spawned.netns_reused,
         })
     }
 

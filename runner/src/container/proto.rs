@@ -40,8 +40,14 @@ pub struct SpawnRequest {
 /// socket to the container's init and a pidfd of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpawnReply {
-    Spawned { pid: i32 },
-    Failed { error: String },
+    /// `netns_reused`: the sandbox got a kept network namespace.
+    Spawned {
+        pid: i32,
+        netns_reused: bool,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// Init → gateway.
@@ -89,6 +95,7 @@ pub enum Stage {
     Pdeathsig,
     Cgroup,
     CgroupNamespace,
+    NetworkNamespace,
     Loopback,
     MakePrivate,
     Hostname,
@@ -117,6 +124,7 @@ impl std::fmt::Display for Stage {
             Stage::Pdeathsig => "pdeathsig",
             Stage::Cgroup => "cgroup",
             Stage::CgroupNamespace => "cgroup namespace",
+            Stage::NetworkNamespace => "network namespace",
             Stage::Loopback => "loopback",
             Stage::MakePrivate => "making / private",
             Stage::Hostname => "hostname",
@@ -410,6 +418,7 @@ mod tests {
                 Pdeathsig,
                 Cgroup,
                 CgroupNamespace,
+                NetworkNamespace,
                 Loopback,
                 MakePrivate,
                 Hostname,
@@ -522,7 +531,8 @@ mod tests {
 
         fn spawn_reply() -> impl Strategy<Value = SpawnReply> {
             prop_oneof![
-                any::<i32>().prop_map(|pid| SpawnReply::Spawned { pid }),
+                (any::<i32>(), any::<bool>())
+                    .prop_map(|(pid, netns_reused)| SpawnReply::Spawned { pid, netns_reused }),
                 text().prop_map(|error| SpawnReply::Failed { error }),
             ]
         }

@@ -28,6 +28,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use tokio::io::unix::AsyncFd;
 
+use crate::container::netns::{self, NetnsPool};
 use crate::container::plan::IdMap;
 use crate::container::proto::{self, ProtoError, SpawnReply, SpawnRequest};
 use crate::container::seccomp::Filters;
@@ -100,7 +101,9 @@ pub enum LaunchError {
 impl SpawnerHandle {
     /// Forks the spawner. Call it first thing in `main`, before any thread
     /// (the async runtime above all) exists; it refuses otherwise.
-    pub fn launch(id_map: IdMap) -> Result<SpawnerHandle, LaunchError> {
+    /// `reuse_netns`: sandboxes get the network namespaces of exited
+    /// ones, once found clean (see [`crate::container::netns`]).
+    pub fn launch(id_map: IdMap, reuse_netns: bool) -> Result<SpawnerHandle, LaunchError> {
         let euid = nix::unistd::geteuid();
         if !euid.is_root() {
             return Err(LaunchError::NotRoot(euid.as_raw()));
@@ -126,7 +129,7 @@ impl SpawnerHandle {
         match forked {
             ForkResult::Child => {
                 drop(ours);
-                let code = spawner_main(theirs, parent, id_map);
+                let code = spawner_main(theirs, parent, id_map, reuse_netns);
                 std::process::exit(code);
             }
             ForkResult::Parent { child } => {
@@ -157,7 +160,7 @@ fn thread_count() -> usize {
 }
 
 /// The spawner's life. Returns its exit code.
-fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap) -> i32 {
+fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) -> i32 {
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != parent
     {
         return 1;
@@ -186,11 +189,18 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap) -> i32 {
         Ok(fd) => fd,
         Err(e) => return refuse_all(format!("making the containers' user namespace: {e}")),
     };
+    let mut netns = match NetnsPool::new(if reuse_netns { netns::KEPT } else { 0 }) {
+        Ok(pool) => pool,
+        Err(e) => return refuse_all(format!("opening the spawner's network namespace: {e}")),
+    };
     let mut buf = Vec::new();
     loop {
-        reap();
+        reap(&mut netns);
+        // Exited sandboxes' namespaces are looked at again soon, until
+        // the gateway has closed its connections into them.
+        let wait = if netns.settling() { 10u16 } else { 1000 };
         let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
+        match poll(&mut fds, PollTimeout::from(wait)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(_) => return 1,
@@ -210,13 +220,18 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap) -> i32 {
             }
             Err(_) => return 1,
         };
-        let reply = spawn_one(&req, &sock, userns.as_fd(), &filters, &mut stack);
+        let reply = spawn_one(
+            &req,
+            &sock,
+            userns.as_fd(),
+            &filters,
+            &mut stack,
+            &mut netns,
+        );
         let sent = match reply {
-            Ok((pid, control, pidfd)) => proto::send(
-                sock.as_fd(),
-                &SpawnReply::Spawned { pid: pid.as_raw() },
-                &[control.as_fd(), pidfd.as_fd()],
-            ),
+            Ok((spawned, control, pidfd)) => {
+                proto::send(sock.as_fd(), &spawned, &[control.as_fd(), pidfd.as_fd()])
+            }
             Err(error) => proto::send(
                 sock.as_fd(),
                 &SpawnReply::Failed {
@@ -231,7 +246,8 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap) -> i32 {
     }
 }
 
-/// Clones one container; returns its pid, the gateway's end of its control
+/// Clones one container, into a kept network namespace if there is one;
+/// returns the reply for the gateway, its end of the container's control
 /// socket and a pidfd.
 fn spawn_one(
     req: &SpawnRequest,
@@ -239,7 +255,8 @@ fn spawn_one(
     userns: BorrowedFd<'_>,
     filters: &Filters,
     stack: &mut [u8],
-) -> Result<(Pid, OwnedFd, OwnedFd), CloneError> {
+    netns: &mut NetnsPool,
+) -> Result<(SpawnReply, OwnedFd, OwnedFd), CloneError> {
     let (gateway_end, container_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -248,15 +265,19 @@ fn spawn_one(
     )
     .map_err(sys_at("socketpair"))?;
     let inherited = [sock.as_raw_fd(), gateway_end.as_raw_fd()];
-    let flags = CloneFlags::CLONE_NEWPID
+    let reused = netns.take();
+    let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET;
+        | CloneFlags::CLONE_NEWIPC;
+    if reused.is_none() {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let reused_fd = reused.as_ref().map(AsRawFd::as_raw_fd);
     let control = container_end.as_fd();
     let child = Box::new(|| {
         init::close_inherited(&inherited);
-        init::container_main(req, control, userns, filters)
+        init::container_main(req, control, userns, reused_fd, filters)
     });
     #[expect(
         clippy::disallowed_methods,
@@ -266,8 +287,14 @@ fn spawn_one(
     // runs on its own copy of `stack` and of the whole address space.
     let pid = unsafe { nix::sched::clone(child, stack, flags, Some(Signal::SIGCHLD as i32)) }
         .map_err(sys_at("clone"))?;
+    let netns_reused = reused.is_some();
+    netns.lend(pid, reused);
     let pidfd = sys::pidfd_open(pid.as_raw()).map_err(sys_at("pidfd_open"))?;
-    Ok((pid, gateway_end, pidfd))
+    let reply = SpawnReply::Spawned {
+        pid: pid.as_raw(),
+        netns_reused,
+    };
+    Ok((reply, gateway_end, pidfd))
 }
 
 /// Makes the user namespace containers enter: a child is cloned into a new
@@ -316,13 +343,17 @@ fn make_userns(id_map: IdMap, stack: &mut [u8]) -> Result<OwnedFd, CloneError> {
 }
 
 /// Collects exited containers (their exit is reported to the gateway by
-/// the control socket closing; the spawner only frees the pids).
-fn reap() {
+/// the control socket closing; the spawner frees the pids) and takes
+/// their network namespaces back.
+fn reap(netns: &mut NetnsPool) {
     while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-        if matches!(status, WaitStatus::StillAlive) {
-            break;
+        match status {
+            WaitStatus::StillAlive => break,
+            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => netns.exited(pid),
+            _ => {}
         }
     }
+    netns.settle();
 }
 
 /// The gateway's client of the spawner.
@@ -335,6 +366,8 @@ pub struct Spawned {
     pub pid: i32,
     pub control: OwnedFd,
     pub pidfd: OwnedFd,
+    /// It runs in a kept network namespace, not a new one.
+    pub netns_reused: bool,
 }
 
 impl Spawner {
@@ -355,7 +388,7 @@ impl Spawner {
             .await
             .map_err(SpawnError::Gone)?;
         match reply {
-            SpawnReply::Spawned { pid } => {
+            SpawnReply::Spawned { pid, netns_reused } => {
                 let mut fds = fds.into_iter();
                 match (fds.next(), fds.next()) {
                     (Some(control), Some(pidfd)) => {
@@ -364,6 +397,7 @@ impl Spawner {
                             pid,
                             control,
                             pidfd,
+                            netns_reused,
                         })
                     }
                     _ => Err(SpawnError::NoDescriptors),

@@ -62,6 +62,17 @@ pub fn loopback_up() -> nix::Result<()> {
     Ok(())
 }
 
+/// The TCP settings of a sandbox's network namespace (of the calling
+/// thread: the files under `/proc/sys/net` are those of whoever opens
+/// them), written when it is made: no `TIME_WAIT` entries
+/// (`tcp_max_tw_buckets` 0) and no metrics cached from closed connections
+/// (`tcp_no_metrics_save`). Both keep an exited sandbox's namespace empty
+/// for the next (see `container::netns`).
+pub fn sandbox_tcp() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/tcp_max_tw_buckets", "0")?;
+    std::fs::write("/proc/sys/net/ipv4/tcp_no_metrics_save", "1")
+}
+
 /// Empties the capability bounding set, so no later `execve` (not even of
 /// a setuid binary, or by uid 0) can gain a capability. Needs `CAP_SETPCAP`.
 pub fn drop_bounding_set() -> nix::Result<()> {

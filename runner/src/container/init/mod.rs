@@ -74,6 +74,7 @@ pub(crate) fn container_main(
     req: &SpawnRequest,
     control: BorrowedFd<'_>,
     userns: BorrowedFd<'_>,
+    netns: Option<i32>,
     filters: &Filters,
 ) -> isize {
     let mut timings = Timings {
@@ -95,7 +96,7 @@ pub(crate) fn container_main(
         // Best effort: a sandbox at normal priority is only less polite.
         let _ = sys::set_idle_priority(None, true);
     }
-    if let Err(f) = setup::isolate(req) {
+    if let Err(f) = setup::isolate(req, netns) {
         return report(f);
     }
     // The handler's process, forked now so that the fork, the user

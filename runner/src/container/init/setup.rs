@@ -4,7 +4,7 @@
 //! function's once its plan arrives.
 
 use std::fs;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
@@ -19,9 +19,10 @@ use crate::container::plan::SandboxPlan;
 use crate::container::proto::{SpawnRequest, Stage};
 use crate::container::sys;
 
-/// What does not depend on the function: cgroup, cgroup namespace,
-/// loopback, mount propagation.
-pub(super) fn isolate(req: &SpawnRequest) -> Result<(), SetupError> {
+/// What does not depend on the function: network namespace (a kept one,
+/// `netns`, is entered; a new one is set up), cgroup, cgroup namespace,
+/// mount propagation.
+pub(super) fn isolate(req: &SpawnRequest, netns: Option<i32>) -> Result<(), SetupError> {
     umask(Mode::empty());
     sys::reset_sigchld().map_err(at(Stage::Signals))?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(at(Stage::Pdeathsig))?;
@@ -32,7 +33,18 @@ pub(super) fn isolate(req: &SpawnRequest) -> Result<(), SetupError> {
         })?;
     }
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(at(Stage::CgroupNamespace))?;
-    sys::loopback_up().map_err(at(Stage::Loopback))?;
+    match netns {
+        Some(fd) => {
+            // SAFETY: the spawner's descriptor of the kept namespace, in
+            // this process's copy of its table; closed here, once entered.
+            let ns = unsafe { OwnedFd::from_raw_fd(fd) };
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(at(Stage::NetworkNamespace))?;
+        }
+        None => {
+            sys::loopback_up().map_err(at(Stage::Loopback))?;
+            sys::sandbox_tcp().map_err(at(Stage::NetworkNamespace))?;
+        }
+    }
     // No mount event crosses between this namespace and the host's.
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
