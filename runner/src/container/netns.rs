@@ -107,7 +107,9 @@ impl NetnsPool {
     /// The sandbox whose init is `pid` exited: its namespace is kept once
     /// it is found empty.
     pub(crate) fn exited(&mut self, pid: Pid) {
-        if let Some(ns) = self.lent.remove(&pid) {
+        if let Some(ns) = self.lent.remove(&pid)
+            && self.free.len() < self.keep
+        {
             self.returning.push((ns, Instant::now()));
         }
     }
@@ -124,8 +126,14 @@ impl NetnsPool {
         let now = Instant::now();
         let returning = std::mem::take(&mut self.returning);
         for (ns, since) in returning {
+            // With as many kept as wanted, the rest are let go unlooked-at
+            // (many sandboxes ending at once would otherwise each be looked
+            // into every 10 ms while their connections close).
+            if self.free.len() >= self.keep {
+                continue;
+            }
             match self.contents(&ns) {
-                Ok(Contents::Empty) if self.free.len() < self.keep => self.free.push(ns),
+                Ok(Contents::Empty) => self.free.push(ns),
                 Ok(Contents::Busy) if now.duration_since(since) < SETTLE => {
                     self.returning.push((ns, since));
                 }
@@ -192,6 +200,40 @@ mod tests {
         ] {
             assert_eq!(sockstat_contents(&busy), Contents::Busy, "{busy}");
         }
+    }
+
+    /// A new, empty namespace made as a sandbox's is, by a thread.
+    fn sandbox_netns() -> OwnedFd {
+        std::thread::spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).unwrap();
+            crate::container::sys::loopback_up().unwrap();
+            crate::container::sys::sandbox_tcp().unwrap();
+            OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").unwrap())
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn empty_namespaces_of_exited_sandboxes_are_kept_up_to_the_limit() {
+        let mut pool = NetnsPool::new(2).unwrap();
+        for pid in 1..=3 {
+            pool.lend(Pid::from_raw(pid), Some(sandbox_netns()));
+        }
+        assert!(pool.take().is_none());
+        for pid in 1..=3 {
+            pool.exited(Pid::from_raw(pid));
+        }
+        pool.settle();
+        assert!(!pool.settling());
+        assert!(pool.take().is_some() && pool.take().is_some());
+        assert!(pool.take().is_none(), "at most 2 are kept");
+        // Keeping none: nothing is lent, looked at or kept.
+        let mut none = NetnsPool::new(0).unwrap();
+        none.lend(Pid::from_raw(1), Some(sandbox_netns()));
+        none.exited(Pid::from_raw(1));
+        assert!(!none.settling());
+        assert!(none.take().is_none());
     }
 
     /// A real namespace, made by a thread of this test: busy while a
