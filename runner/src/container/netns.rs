@@ -137,7 +137,8 @@ impl NetnsPool {
                 Ok(Contents::Busy) if now.duration_since(since) < SETTLE => {
                     self.returning.push((ns, since));
                 }
-                // Full, still busy, or unreadable: the kernel tears it down.
+                // Still busy after `SETTLE`, or unreadable: the kernel tears
+                // it down.
                 _ => {}
             }
         }

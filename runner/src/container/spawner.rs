@@ -14,8 +14,11 @@
 //! (`PR_SET_PDEATHSIG`), and every container's init with the spawner.
 //!
 //! Each request costs the spawner one `clone` (the namespaces are made
-//! there) and one `pidfd_open`; everything else happens in the new
-//! container, in parallel with the next request.
+//! there, except a network namespace kept from an exited sandbox, which
+//! the container enters: [`crate::container::netns`]) and one
+//! `pidfd_open`; everything else happens in the new container, in
+//! parallel with the next request. Between requests the spawner reaps
+//! exited containers and looks into their network namespaces.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;

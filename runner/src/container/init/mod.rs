@@ -4,7 +4,8 @@
 //!
 //! Set-up order (verified on the development machine, see
 //! docs/architecture.md): join the cgroup and make a cgroup namespace;
-//! loopback up; make `/` private; fork the zygote, the future handler,
+//! enter the kept network namespace the spawner passed, or set up the new
+//! one (loopback up, the sandbox's TCP settings); make `/` private; fork the zygote, the future handler,
 //! which enters the user namespace, empties its bounding set (entering
 //! the namespace gave it back in full) and installs the seccomp filter; make
 //! `/proc`, `/dev` (with its nodes) and `/tmp` as detached mounts — a
