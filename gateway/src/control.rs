@@ -418,6 +418,7 @@ impl App {
                 function_metrics.clone(),
             )),
             metrics: function_metrics,
+            script_name: crate::server::script_name(&name),
             stored,
             invocations: AtomicU64::new(carried),
         });
@@ -753,6 +754,7 @@ impl App {
             pool: function.pool.clone(),
             invocations: AtomicU64::new(function.invocations.load(Ordering::Relaxed)),
             metrics: function.metrics.clone(),
+            script_name: function.script_name.clone(),
         });
         self.functions.insert(name.to_owned(), updated);
         let ignored: Vec<String> = request.unknown.keys().cloned().collect();

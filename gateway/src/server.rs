@@ -83,6 +83,8 @@ pub struct Function {
     pub invocations: AtomicU64,
     /// Shared with the pool, which reports its instances into it.
     pub metrics: Arc<FunctionMetrics>,
+    /// `/function/{name}`, the CGI `SCRIPT_NAME` of its requests.
+    pub script_name: Arc<str>,
 }
 
 /// Everything a request may need.
@@ -182,6 +184,7 @@ impl App {
                     function_metrics.clone(),
                 )),
                 metrics: function_metrics,
+                script_name: script_name(&name),
                 stored,
                 invocations: AtomicU64::new(0),
             };
@@ -220,9 +223,12 @@ impl App {
     }
 
     /// Answers one request; never fails (errors become responses).
-    pub async fn handle(self: Arc<Self>, req: Request<Body>, remote: SocketAddr) -> Response<Body> {
+    pub async fn handle(self: Arc<Self>, req: Request<Body>, remote: &Client) -> Response<Body> {
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // A clone shares the request's buffer: the route borrows from it
+        // while the request itself moves on.
+        let uri = req.uri().clone();
+        let path = uri.path();
         let started = std::time::Instant::now();
         let result = match route(&path) {
             Route::Healthz | Route::Metrics if !is_get(&method) => {
@@ -232,10 +238,7 @@ impl App {
             Route::Invoke { .. } if !forwards(&method) => Err(GatewayError::MethodNotAllowed {
                 allow: FORWARDED_METHODS,
             }),
-            Route::Invoke { name, rest } => {
-                let (name, rest) = (name.to_owned(), rest.to_owned());
-                self.invoke(&name, &rest, req, remote).await
-            }
+            Route::Invoke { name, rest } => self.invoke(name, rest, req, remote).await,
             Route::Metrics => {
                 let mut dropped = self.logs.dropped();
                 dropped.retain(|(name, _)| self.functions.contains_key(name));
@@ -247,7 +250,7 @@ impl App {
                 );
                 Ok(response)
             }
-            Route::NotFound => Err(GatewayError::NotFound(path.clone())),
+            Route::NotFound => Err(GatewayError::NotFound(path.to_owned())),
             system => {
                 if crate::auth::is_authorized(req.headers(), &self.token) {
                     self.control(system, req).await
@@ -266,7 +269,7 @@ impl App {
         name: &str,
         rest: &str,
         req: Request<Body>,
-        remote: SocketAddr,
+        remote: &Client,
     ) -> Result<Response<Body>, GatewayError> {
         let function = match self.function(name) {
             Ok(function) => function,
@@ -334,7 +337,7 @@ impl App {
         name: &str,
         rest: &str,
         req: Request<Body>,
-        remote: SocketAddr,
+        remote: &Client,
     ) -> Result<Response<Body>, GatewayError> {
         let spec = function.pool.spec();
         let limit = spec.limits.max_body_bytes;
@@ -352,15 +355,15 @@ impl App {
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
         {
-            Some(prior) => format!("{prior}, {}", remote.ip()),
-            None => remote.ip().to_string(),
+            Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", remote.addr.ip())).ok(),
+            None => Some(remote.ip.clone()),
         };
-        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        if let Some(value) = forwarded {
             parts.headers.insert("x-forwarded-for", value);
         }
         parts.extensions.insert(RequestInfo {
-            script_name: format!("/function/{name}"),
-            remote_addr: Some(remote),
+            script_name: function.script_name.clone(),
+            remote_addr: Some(remote.addr),
         });
         let (body, too_large) = wisp_runner::body::cap(body, limit);
         function.invocations.fetch_add(1, Ordering::Relaxed);
@@ -379,9 +382,14 @@ impl App {
                 self.metrics.cold_start(name, spec.kind.backend(), cold);
                 server_timing(cold)
             }
-            None => "warm".to_owned(),
+            None => String::new(),
         };
-        if let Ok(value) = HeaderValue::from_str(&timing) {
+        let timing = if timing.is_empty() {
+            Ok(HeaderValue::from_static("warm"))
+        } else {
+            HeaderValue::from_str(&timing)
+        };
+        if let Ok(value) = timing {
             response.headers_mut().insert("server-timing", value);
         }
         Ok(response)
@@ -459,8 +467,33 @@ pub(crate) fn declares_more_than(headers: &HeaderMap, limit: u64) -> bool {
         .is_some_and(|len| len > limit)
 }
 
+/// `/function/{name}`: the path prefix that routes to a function.
+pub(crate) fn script_name(name: &str) -> Arc<str> {
+    format!("/function/{name}").into()
+}
+
+/// The headers that are always connection-scoped.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+}
+
 /// Removes the connection-scoped headers a proxy must not forward (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at each name, no removal (which
+    // hashes every name it is asked to remove).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -581,6 +614,22 @@ pub async fn serve(
     Ok(())
 }
 
+/// The client at the other end of a connection.
+pub struct Client {
+    pub addr: SocketAddr,
+    /// Its address as a header value (`X-Forwarded-For`), made once per
+    /// connection rather than once per request.
+    ip: HeaderValue,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Client { addr, ip }
+    }
+}
+
 /// Serves one client connection until it ends or the server closes it
 /// (idle, evicted, shutting down: see [`Connections`]).
 fn serve_connection(
@@ -592,12 +641,14 @@ fn serve_connection(
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let admitted = Arc::new(admitted);
     let tracker = admitted.clone();
+    let client = Arc::new(Client::new(remote));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
+        let client = client.clone();
         let in_flight = tracker.request();
         async move {
             let req = req.map(|b| b.map_err(BodyError::from).boxed_unsync());
-            let response = app.handle(req, remote).await;
+            let response = app.handle(req, &client).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });

@@ -371,7 +371,7 @@ impl Eq for Cause {}
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
     /// The path prefix that routed to the function, e.g. `/function/hello`.
-    pub script_name: String,
+    pub script_name: std::sync::Arc<str>,
     /// The client's address.
     pub remote_addr: Option<std::net::SocketAddr>,
 }

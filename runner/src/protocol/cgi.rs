@@ -128,11 +128,11 @@ pub fn variables(
         ("SERVER_NAME".to_owned(), server_name.to_owned()),
         ("SERVER_PORT".to_owned(), server_port.to_owned()),
         ("REQUEST_METHOD".to_owned(), parts.method.to_string()),
-        ("SCRIPT_NAME".to_owned(), info.script_name.clone()),
+        ("SCRIPT_NAME".to_owned(), info.script_name.to_string()),
         ("PATH_INFO".to_owned(), path.to_owned()),
         ("QUERY_STRING".to_owned(), query.to_owned()),
         ("CONTENT_LENGTH".to_owned(), content_length.to_string()),
-        ("X_MATCHED_ROUTE".to_owned(), info.script_name.clone()),
+        ("X_MATCHED_ROUTE".to_owned(), info.script_name.to_string()),
         ("X_RAW_PATH_INFO".to_owned(), path.to_owned()),
         (
             "X_FULL_URL".to_owned(),

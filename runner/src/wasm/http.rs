@@ -5,12 +5,14 @@
 //! cargo, componentize-py or componentize-js run unchanged.
 //!
 //! Request and response bodies stream in both directions: the guest runs in
-//! its own task and keeps writing the response body after its headers have
-//! gone out, bounded by the request's deadline.
+//! the request's task until it answers, then inside the response body (which
+//! runs it before each frame), and keeps writing the body after its headers
+//! have gone out, bounded by the request's deadline.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use http::{Request, Response};
@@ -232,28 +234,21 @@ impl Instance for HttpInstance {
             .http()
             .new_incoming_request(Scheme::Http, req)
             .map_err(internal)?;
-        let responded = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let out = {
-            let responded = responded.clone();
-            store
-                .data_mut()
-                .http()
-                .new_response_outparam_from_callback(move |response| {
-                    responded.store(true, Ordering::Release);
-                    let _ = tx.send(response);
-                })
-                .map_err(internal)?
-        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam_from_callback(move |response| {
+                let _ = tx.send(response);
+            })
+            .map_err(internal)?;
 
         let pre = self.pre.clone();
         let task_spec = spec.clone();
         let task_memory_hit = memory_hit.clone();
         let (reuse, idle) = (self.reuse, self.idle.clone());
-        let failed = Arc::new(AtomicBool::new(false));
-        let task_failed = failed.clone();
-        let guest = tokio::spawn(async move {
-            let run = async {
+        let run = async move {
+            let call = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
                     None => pre.instantiate_async(&mut store).await?,
@@ -267,73 +262,76 @@ impl Instance for HttpInstance {
             // The deadline covers the body too: epochs stop a guest that
             // computes; this stops one that waits (in a host call, on a
             // timer, on a client that does not read).
-            let result = match tokio::time::timeout_at(deadline, run).await {
+            let result = match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
                 Err(_) => Err(wasmtime::Error::new(wasmtime::Trap::Interrupt)),
             };
             stdout.log(&task_spec, "stdout");
             stderr.log(&task_spec, "stderr");
-            match result {
-                Ok(proxy) => {
-                    if uses + 1 < reuse && !task_memory_hit.load(Ordering::Acquire) {
-                        idle.lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(Warm {
-                                store,
-                                proxy,
-                                uses: uses + 1,
-                                stdout,
-                                stderr,
-                                memory_hit: task_memory_hit,
-                            });
-                    }
-                    Ok(())
-                }
-                Err(e) if responded.load(Ordering::Acquire) => {
-                    // The caller already has the status line; all we can do
-                    // is cut the body short — with an error, never a clean
-                    // end (the flag is set before the store, which holds the
-                    // body's sender, is dropped) — and say why in the log.
-                    task_failed.store(true, Ordering::Release);
-                    let error = classify(&task_spec, &e, &task_memory_hit);
-                    tracing::warn!(function = %task_spec.name, error = %error, detail = ?e, "guest failed after responding");
-                    Ok(())
-                }
-                Err(e) => Err(e),
+            let proxy = result?;
+            if uses + 1 < reuse && !task_memory_hit.load(Ordering::Acquire) {
+                idle.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(Warm {
+                        store,
+                        proxy,
+                        uses: uses + 1,
+                        stdout,
+                        stderr,
+                        memory_hit: task_memory_hit,
+                    });
             }
-        });
+            Ok(())
+        };
+        let mut guest = Guest {
+            run: Some(Box::pin(run)),
+            spec: spec.clone(),
+            memory_hit,
+        };
 
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Ok(response))) => Ok(response.map(|body| {
-                GuestBody {
-                    inner: body.map_err(BodyError::from),
-                    failed,
+        // The guest runs in this task until it has answered (or ended), and
+        // then in the response body's, which it feeds: no task of its own,
+        // and no wake-up of another thread per request.
+        let (answer, ended) = std::future::poll_fn(|cx| {
+            let ended = guest.poll(cx);
+            match std::pin::Pin::new(&mut rx).poll(cx) {
+                Poll::Ready(answer) => Poll::Ready((answer.ok(), ended)),
+                Poll::Pending if ended.is_ready() => Poll::Ready((None, ended)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match (answer, ended) {
+            (Some(Ok(response)), ended) => {
+                let mut failed = false;
+                if let Poll::Ready(Err(e)) = &ended {
+                    guest.failed_after_responding(e);
+                    failed = true;
                 }
-                .boxed_unsync()
-            })),
-            Ok(Ok(Err(code))) => Err(InvokeError::BadResponse {
+                Ok(response.map(|body| {
+                    GuestBody {
+                        inner: body.map_err(BodyError::from),
+                        guest,
+                        failed,
+                    }
+                    .boxed_unsync()
+                }))
+            }
+            (Some(Err(code)), _) => Err(InvokeError::BadResponse {
                 function: spec.name.clone(),
                 detail: format!("the guest answered with error code {code:?}"),
             }),
-            Ok(Err(_)) => {
-                // The guest returned (or died) without setting a response.
-                match tokio::time::timeout_at(deadline, guest).await {
-                    Ok(Ok(Ok(()))) => Err(InvokeError::BadResponse {
-                        function: spec.name.clone(),
-                        detail: "the guest returned without setting a response".into(),
-                    }),
-                    Ok(Ok(Err(e))) => Err(classify(spec, &e, &memory_hit)),
-                    Ok(Err(join)) => Err(InvokeError::Trap {
-                        function: spec.name.clone(),
-                        detail: format!("guest task failed: {join}"),
-                    }),
-                    Err(_) => Err(timeout(spec)),
-                }
-            }
-            Err(_) => {
-                guest.abort();
-                Err(timeout(spec))
-            }
+            (None, Poll::Ready(Err(e))) => Err(guest.classify(&e)),
+            (None, Poll::Ready(Ok(()))) => Err(InvokeError::BadResponse {
+                function: spec.name.clone(),
+                detail: "the guest returned without setting a response".into(),
+            }),
+            // The guest dropped its response unset and runs on (dropping
+            // `guest` hands it to a task of its own).
+            (None, Poll::Pending) => Err(InvokeError::BadResponse {
+                function: spec.name.clone(),
+                detail: "the guest dropped its response without setting it".into(),
+            }),
         }
     }
 
@@ -345,10 +343,61 @@ impl Instance for HttpInstance {
     async fn stop(self: Box<Self>) {}
 }
 
-fn timeout(spec: &FunctionSpec) -> InvokeError {
-    InvokeError::Timeout {
-        function: spec.name.clone(),
-        timeout: spec.limits.timeout(),
+/// One request's run of the guest: instantiation (unless reused), the
+/// handler call, its logs, and the store's return to the idle list, bounded
+/// by the request's deadline. Polled by the request and then by the
+/// response body; whoever drops it before it ends hands it to a task of its
+/// own, so the guest always runs to its end (or its deadline), as it would
+/// have in a task of its own from the start.
+struct Guest {
+    run: Option<std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>>,
+    spec: Arc<FunctionSpec>,
+    memory_hit: Arc<AtomicBool>,
+}
+
+impl Guest {
+    /// Runs the guest on; `Ready` once, with how it ended, and `Pending`
+    /// ever after.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<wasmtime::Result<()>> {
+        let Some(run) = self.run.as_mut() else {
+            return Poll::Pending;
+        };
+        let ended = run.as_mut().poll(cx);
+        if ended.is_ready() {
+            self.run = None;
+        }
+        ended
+    }
+
+    fn classify(&self, error: &wasmtime::Error) -> InvokeError {
+        classify(&self.spec, error, &self.memory_hit)
+    }
+
+    /// Says in the log why a guest that had already answered failed.
+    fn failed_after_responding(&self, error: &wasmtime::Error) {
+        let reason = self.classify(error);
+        tracing::warn!(function = %self.spec.name, error = %reason, detail = ?error, "guest failed after responding");
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let rest = Guest {
+            run: None,
+            spec: self.spec.clone(),
+            memory_hit: self.memory_hit.clone(),
+        };
+        runtime.spawn(async move {
+            if let Err(e) = run.await {
+                rest.failed_after_responding(&e);
+            }
+        });
     }
 }
 
@@ -359,12 +408,13 @@ fn body_error_to_wasi(e: BodyError) -> wasmtime_wasi_http::Error {
     }
 }
 
-/// A guest's response body: ends with an error, not cleanly, when the guest
-/// failed (trapped, ran out of memory, overran its deadline) before it
-/// finished the body.
+/// A guest's response body, which runs the guest on as it is read: ends
+/// with an error, not cleanly, when the guest failed (trapped, ran out of
+/// memory, overran its deadline) before it finished the body.
 struct GuestBody<B> {
     inner: B,
-    failed: Arc<AtomicBool>,
+    guest: Guest,
+    failed: bool,
 }
 
 /// The error a [`GuestBody`] ends with.
@@ -381,11 +431,17 @@ where
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
-        use std::task::Poll;
-        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(None | Some(Err(_))) if self.failed.load(Ordering::Acquire) => {
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(Err(e)) = this.guest.poll(cx) {
+            this.guest.failed_after_responding(&e);
+            this.failed = true;
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            // The guest's end is told by the flag: the store, which holds
+            // the body's sender, is dropped only after it is set.
+            Poll::Ready(None | Some(Err(_))) if this.failed => {
                 Poll::Ready(Some(Err(Box::new(CutShort))))
             }
             other => other,
@@ -393,7 +449,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not while the guest runs: the body's reader is what runs it.
+        self.guest.run.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
