@@ -230,7 +230,7 @@ impl App {
         let uri = req.uri().clone();
         let path = uri.path();
         let started = std::time::Instant::now();
-        let result = match route(&path) {
+        let result = match route(path) {
             Route::Healthz | Route::Metrics if !is_get(&method) => {
                 Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" })
             }

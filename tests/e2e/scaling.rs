@@ -167,6 +167,30 @@ async fn past_max_requests_queue_and_a_full_queue_answers_429() {
     );
 }
 
+/// A response whose body nobody reads (HEAD) still lets the guest run to
+/// its end: its instance goes back for reuse, as after a GET.
+#[tokio::test]
+async fn a_reused_wasm_instance_survives_a_head_request() {
+    let wisp = Wisp::start();
+    wisp.deploy_with("reused", artifacts::MISBEHAVE, |d| {
+        d.instance_reuse = Some(10);
+    })
+    .await
+    .unwrap();
+    let count = || async { wisp.invoke("GET", "/function/reused/count", "").await };
+    assert_eq!(count().await.text(), "1\n");
+    let head = wisp.invoke("HEAD", "/function/reused/count", "").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty(), "no body for HEAD");
+    // The guest may finish just after the headers went out.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        count().await.text(),
+        "3\n",
+        "the HEAD request ran on the same instance"
+    );
+}
+
 #[tokio::test]
 async fn wasm_instances_are_fresh_per_request_unless_reuse_is_asked_for() {
     let wisp = Wisp::start();
