@@ -472,19 +472,19 @@ pub(crate) fn script_name(name: &str) -> Arc<str> {
     format!("/function/{name}").into()
 }
 
-/// The headers that are always connection-scoped.
+/// The headers that are always connection-scoped, besides `Keep-Alive`.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ]
-    .contains(name)
-        || name.as_str() == "keep-alive"
+    HOP_BY_HOP.contains(name) || name.as_str() == "keep-alive"
 }
 
 /// Removes the connection-scoped headers a proxy must not forward (RFC 9110 §7.6.1).
@@ -504,18 +504,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
+    headers.remove("keep-alive");
 }
 
 pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
@@ -726,5 +718,14 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+
+        // Each one alone, without a `Connection` header naming it.
+        for name in ["keep-alive", "te", "upgrade", "proxy-authorization"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static("x"));
+            headers.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers.len(), 1, "{name} is removed");
+        }
     }
 }
