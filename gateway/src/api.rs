@@ -289,6 +289,9 @@ pub struct FunctionStatus {
     /// wisp: the request body limit in bytes.
     pub max_body_size: u64,
     pub allow_outbound: Vec<String>,
+    /// The secrets the function reads (names only, never values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// wisp, container functions: how the handler is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
@@ -551,8 +554,8 @@ pub enum DeploymentError {
     PullPolicy(String),
     #[error("namespace {namespace:?} does not exist: wisp has only {NAMESPACE:?}")]
     Namespace { namespace: String },
-    #[error("secrets are not supported by wisp; pass configuration in envVars")]
-    Secrets,
+    #[error("rawValue of secret {name:?} is not base64")]
+    SecretEncoding { name: String },
     #[error("envProcess is not supported by wasm functions")]
     EnvProcess,
     #[error("{field} applies only to container images, and this artifact is WebAssembly")]
@@ -582,9 +585,12 @@ impl FunctionDeployment {
     ) -> Result<FunctionSpec, DeploymentError> {
         let name = FunctionName::new(&self.service)?;
         check_namespace(self.namespace.as_deref())?;
-        if self.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(DeploymentError::Secrets);
+        let mut secrets = self.secrets.clone().unwrap_or_default();
+        for secret in &secrets {
+            spec::validate_secret_name(secret)?;
         }
+        secrets.sort();
+        secrets.dedup();
         if self.env_process.as_ref().is_some_and(|p| !p.is_empty()) {
             return Err(DeploymentError::EnvProcess);
         }
@@ -622,6 +628,8 @@ impl FunctionDeployment {
             container: None,
             scaling: self.scaling()?,
             source: None,
+            secrets,
+            secrets_dir: None,
         })
     }
 
@@ -968,6 +976,84 @@ pub enum ImageRef {
     Registry(Box<Reference>),
 }
 
+/// `POST`/`PUT /system/secrets`: a secret and its value. `rawValue`
+/// (base64, for binary values) wins over `value` when both are given, as
+/// in OpenFaaS. `Debug` shows no value, so that no log prints one.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub name: String,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub namespace: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub value: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub raw_value: Option<String>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Secret {
+    /// Checks the name and namespace; returns the value's bytes.
+    pub fn checked_value(&self) -> Result<Vec<u8>, DeploymentError> {
+        SecretDescription {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+        }
+        .check()?;
+        use base64::Engine as _;
+        match self.raw_value.as_deref().filter(|raw| !raw.is_empty()) {
+            Some(raw) => base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map_err(|_| DeploymentError::SecretEncoding {
+                    name: self.name.clone(),
+                }),
+            None => Ok(self.value.clone().unwrap_or_default().into_bytes()),
+        }
+    }
+}
+
+/// A secret without its value: what `GET /system/secrets` lists, and
+/// `DELETE /system/secrets`' body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretDescription {
+    pub name: String,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub namespace: Option<String>,
+}
+
+impl SecretDescription {
+    /// Refuses a name unusable as a file name and a namespace not wisp's.
+    pub fn check(&self) -> Result<(), DeploymentError> {
+        spec::validate_secret_name(&self.name)?;
+        check_namespace(self.namespace.as_deref())
+    }
+}
+
 impl FunctionStatus {
     pub fn new(stored: &StoredFunction, invocation_count: u64, replicas: u64) -> Self {
         let spec = &stored.spec;
@@ -998,6 +1084,7 @@ impl FunctionStatus {
             timeout: format!("{}ms", spec.limits.timeout_ms),
             max_body_size: spec.limits.max_body_bytes,
             allow_outbound: spec.allow_outbound.clone(),
+            secrets: spec.secrets.clone(),
             port: spec.container.as_ref().and_then(|c| c.port),
             command: spec
                 .container
@@ -1411,10 +1498,23 @@ mod tests {
             Err(DeploymentError::NotAnArtifact { .. })
         ));
         let secrets = FunctionDeployment {
-            secrets: Some(vec!["s".into()]),
+            secrets: Some(vec!["s".into(), "b".into(), "s".into()]),
             ..base.clone()
         };
-        assert_eq!(secrets.to_spec(kind), Err(DeploymentError::Secrets));
+        assert_eq!(secrets.to_spec(kind).unwrap().secrets, ["b", "s"]);
+        for bad in ["", "..", "a/b"] {
+            let secrets = FunctionDeployment {
+                secrets: Some(vec![bad.into()]),
+                ..base.clone()
+            };
+            assert!(
+                matches!(
+                    secrets.to_spec(kind),
+                    Err(DeploymentError::Spec(SpecError::InvalidSecretName { .. }))
+                ),
+                "{bad:?}"
+            );
+        }
         let ns = FunctionDeployment {
             namespace: Some("other".into()),
             ..base.clone()

@@ -23,7 +23,7 @@ use wisp_runner::backend::{Body, PrepareError, PullFailure, PulledArtifact, full
 use wisp_runner::image::pull::PullPhase;
 use wisp_runner::image::pull::{self, Credentials, PullOptions, Reference};
 use wisp_runner::image::{ImageStore, StoreError};
-use wisp_runner::pool::{Pool, StopReason};
+use wisp_runner::pool::StopReason;
 use wisp_runner::spec::{Digest, FunctionKind, FunctionSpec, ImageSource};
 
 use crate::api::{
@@ -136,6 +136,9 @@ impl App {
             (Route::Registries, _) => Err(GatewayError::MethodNotAllowed {
                 allow: "GET, POST, DELETE",
             }),
+            (Route::Secrets, _) => self.secrets(req).await,
+            (Route::Namespaces, Method::GET) => json(StatusCode::OK, &[crate::api::NAMESPACE]),
+            (Route::Namespaces, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (_, _) => Err(GatewayError::NotFound(req.uri().path().to_owned())),
         }
     }
@@ -157,6 +160,7 @@ impl App {
         };
         // Validate everything cheap before compiling anything.
         let draft = deployment.to_spec_with(FunctionKind::WasmHttp, artifact)?;
+        self.check_secrets(&draft.secrets)?;
         // Under the lock, so that a prune either sees the hold or has
         // finished (and `prepare` finds the artifact gone).
         let _hold = {
@@ -258,6 +262,7 @@ impl App {
         // the pull finds.
         let placeholder = Digest::from_sha256(&[0; 32]);
         let draft = deployment.to_spec_with(FunctionKind::WasmHttp, placeholder)?;
+        self.check_secrets(&draft.secrets)?;
         let name = draft.name.to_string();
         if update && !self.functions.contains_key(&name) && !self.pending.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));
@@ -402,26 +407,9 @@ impl App {
         if update && previous.is_none() && !self.pending.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));
         }
-        let stored = StoredFunction::new(spec);
-        self.registry.put(&stored)?;
-        let carried = previous
-            .as_ref()
-            .map_or(0, |f| f.invocations.load(Ordering::Relaxed));
-        let function_metrics = Arc::new(
-            self.metrics
-                .function(&name, previous.as_ref().map(|f| &*f.metrics)),
-        );
-        let function = Arc::new(Function {
-            pool: Arc::new(Pool::new(
-                stored.spec.clone(),
-                self.backend.clone(),
-                function_metrics.clone(),
-            )),
-            metrics: function_metrics,
-            script_name: crate::server::script_name(&name),
-            stored,
-            invocations: AtomicU64::new(carried),
-        });
+        // Its secrets are written (and found to exist) before it is stored.
+        let function = self.new_function(StoredFunction::new(spec), previous.as_deref(), true)?;
+        self.registry.put(&function.stored)?;
         tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), ?ignored, "deployed");
         self.functions.insert(name.clone(), function);
         // This deploy is the name's latest: one still pulling is replaced.
@@ -658,7 +646,7 @@ impl App {
 
     /// Stops `old` once its requests are done (in the background); what it
     /// runs is held from prunes until then. Call it under the deploy lock.
-    fn retire(&self, old: Arc<Function>) {
+    pub(crate) fn retire(&self, old: Arc<Function>) {
         let spec = &old.stored.spec;
         let image = spec.container.as_ref().map(|c| c.image.clone());
         let hold = self.holds.hold(spec.artifact.clone(), image);
@@ -755,6 +743,7 @@ impl App {
             invocations: AtomicU64::new(function.invocations.load(Ordering::Relaxed)),
             metrics: function.metrics.clone(),
             script_name: function.script_name.clone(),
+            secrets: function.secrets.clone(),
         });
         self.functions.insert(name.to_owned(), updated);
         let ignored: Vec<String> = request.unknown.keys().cloned().collect();
@@ -1022,7 +1011,7 @@ async fn read_optional_json<T: DeserializeOwned>(
         .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
 }
 
-async fn read_body(req: Request<Body>) -> Result<bytes::Bytes, GatewayError> {
+pub(crate) async fn read_body(req: Request<Body>) -> Result<bytes::Bytes, GatewayError> {
     wisp_runner::body::collect(req.into_body(), MAX_JSON_BYTES)
         .await
         .map_err(
@@ -1079,6 +1068,21 @@ fn ignored_note(fields: &[String]) -> String {
 }
 
 /// The last value of `key` in a (percent-encoded) query.
+/// A yes/no query parameter (`key`, `key=true`, `key=1`; `key=false`,
+/// `key=0`), `false` when absent.
+pub(crate) fn flag(query: Option<&str>, key: &str) -> Result<bool, GatewayError> {
+    match query_param(query, key).as_deref() {
+        None | Some("false" | "0") => Ok(false),
+        Some("" | "true" | "1") => Ok(true),
+        Some(other) => {
+            let other: String = other.chars().take(40).collect();
+            Err(GatewayError::BadRequest(format!(
+                "{key}={other:?}: expected true or false"
+            )))
+        }
+    }
+}
+
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == key)
@@ -1086,7 +1090,10 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, GatewayError> {
+pub(crate) fn json<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+) -> Result<Response<Body>, GatewayError> {
     let bytes = serde_json::to_vec(value)
         .map_err(|e| GatewayError::BadRequest(format!("encoding the response: {e}")))?;
     let mut response = Response::new(full_body(bytes));

@@ -5,7 +5,9 @@
 //! restarted server takes up again. Every write is a transaction, so a
 //! crash leaves either the old or the new function, never half of one, and
 //! storing a function ends its deploy in the same transaction; redb's file
-//! lock keeps a second server off the same data dir.
+//! lock keeps a second server off the same data dir. A third table holds
+//! the secrets, `namespace/name` → value: the file is 0600 in a 0700 data
+//! dir, and values leave it only for the functions that use them.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,6 +18,21 @@ use wisp_runner::spec::FunctionSpec;
 
 const FUNCTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("functions");
 const DEPLOYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("deploys");
+const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
+
+/// A secret's key: `namespace/name` (a namespace has no `/`, a name neither).
+fn secret_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// How [`Registry::put_secret`] treats an existing secret of the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretWrite {
+    /// Refused if the name exists.
+    Create,
+    /// Refused if the name does not exist.
+    Update,
+}
 
 /// What the registry keeps per function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +117,7 @@ impl Registry {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(FUNCTIONS).map_err(storage)?;
         txn.open_table(DEPLOYS).map_err(storage)?;
+        txn.open_table(SECRETS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Registry { db })
     }
@@ -164,6 +182,74 @@ impl Registry {
         Ok(out)
     }
 
+    /// Stores a secret's value; returns whether it was written (`false`:
+    /// it exists and `write` is `Create`, or it is missing and `write` is
+    /// `Update`).
+    pub fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+        write: SecretWrite,
+    ) -> Result<bool, RegistryError> {
+        let key = secret_key(namespace, name);
+        let txn = self.db.begin_write().map_err(storage)?;
+        let written = {
+            let mut table = txn.open_table(SECRETS).map_err(storage)?;
+            let exists = table.get(key.as_str()).map_err(storage)?.is_some();
+            let allowed = match write {
+                SecretWrite::Create => !exists,
+                SecretWrite::Update => exists,
+            };
+            if allowed {
+                table.insert(key.as_str(), value).map_err(storage)?;
+            }
+            allowed
+        };
+        txn.commit().map_err(storage)?;
+        Ok(written)
+    }
+
+    /// A secret's value, if it exists.
+    pub fn secret(&self, namespace: &str, name: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(SECRETS).map_err(storage)?;
+        let value = table
+            .get(secret_key(namespace, name).as_str())
+            .map_err(storage)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// The names of the secrets in `namespace`, sorted.
+    pub fn secret_names(&self, namespace: &str) -> Result<Vec<String>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(SECRETS).map_err(storage)?;
+        let prefix = secret_key(namespace, "");
+        let mut out = Vec::new();
+        for entry in table.range(prefix.as_str()..).map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            match key.value().strip_prefix(prefix.as_str()) {
+                Some(name) => out.push(name.to_owned()),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a secret; returns whether it existed.
+    pub fn remove_secret(&self, namespace: &str, name: &str) -> Result<bool, RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let existed = {
+            let mut table = txn.open_table(SECRETS).map_err(storage)?;
+            table
+                .remove(secret_key(namespace, name).as_str())
+                .map_err(storage)?
+                .is_some()
+        };
+        txn.commit().map_err(storage)?;
+        Ok(existed)
+    }
+
     /// Every stored function, by name.
     pub fn list(&self) -> Result<Vec<StoredFunction>, RegistryError> {
         let txn = self.db.begin_read().map_err(storage)?;
@@ -200,6 +286,8 @@ mod tests {
             container: None,
             scaling: wisp_runner::spec::ScalingSpec::default(),
             source: None,
+            secrets: vec![],
+            secrets_dir: None,
         }
     }
 
@@ -243,6 +331,60 @@ mod tests {
         );
         registry.remove_deploy("c").unwrap();
         assert!(registry.deploys().unwrap().is_empty());
+    }
+
+    #[test]
+    fn secrets_are_kept_per_namespace_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.redb");
+        {
+            let registry = Registry::open(&path).unwrap();
+            assert!(
+                registry
+                    .put_secret("ns", "b", b"2", SecretWrite::Create)
+                    .unwrap()
+            );
+            assert!(
+                registry
+                    .put_secret("ns", "a", b"1", SecretWrite::Create)
+                    .unwrap()
+            );
+            assert!(
+                registry
+                    .put_secret("ns2", "c", b"3", SecretWrite::Create)
+                    .unwrap()
+            );
+            assert!(
+                !registry
+                    .put_secret("ns", "a", b"x", SecretWrite::Create)
+                    .unwrap()
+            );
+            assert!(
+                !registry
+                    .put_secret("ns", "z", b"x", SecretWrite::Update)
+                    .unwrap()
+            );
+            assert!(
+                registry
+                    .put_secret("ns", "b", b"22", SecretWrite::Update)
+                    .unwrap()
+            );
+        }
+        let registry = Registry::open(&path).unwrap();
+        assert_eq!(registry.secret_names("ns").unwrap(), ["a", "b"]);
+        assert_eq!(
+            registry.secret("ns", "a").unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            registry.secret("ns", "b").unwrap().as_deref(),
+            Some(&b"22"[..])
+        );
+        assert_eq!(registry.secret("ns", "c").unwrap(), None);
+        assert!(registry.remove_secret("ns", "a").unwrap());
+        assert!(!registry.remove_secret("ns", "a").unwrap());
+        assert_eq!(registry.secret_names("ns").unwrap(), ["b"]);
+        assert_eq!(registry.secret_names("ns2").unwrap(), ["c"]);
     }
 
     #[test]

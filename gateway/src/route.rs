@@ -26,6 +26,10 @@ pub enum Route<'a> {
     Prune,
     /// `/system/registries`
     Registries,
+    /// `/system/secrets`
+    Secrets,
+    /// `/system/namespaces`
+    Namespaces,
     /// Any other `/system/...` path.
     UnknownSystem,
     /// `/function/{name}` and `/function/{name}/{rest...}`; `rest` starts
@@ -50,6 +54,8 @@ pub fn route(path: &str) -> Route<'_> {
         "/system/logs" => return Route::Logs,
         "/system/prune" => return Route::Prune,
         "/system/registries" => return Route::Registries,
+        "/system/secrets" => return Route::Secrets,
+        "/system/namespaces" => return Route::Namespaces,
         _ => {}
     }
     if let Some(name) = path.strip_prefix("/system/function/") {
@@ -85,6 +91,8 @@ mod tests {
         assert_eq!(route("/system/functions"), Route::Functions);
         assert_eq!(route("/system/function/hello"), Route::Function("hello"));
         assert_eq!(route("/system/nope"), Route::UnknownSystem);
+        assert_eq!(route("/system/secrets"), Route::Secrets);
+        assert_eq!(route("/system/namespaces"), Route::Namespaces);
         assert_eq!(
             route("/function/hello"),
             Route::Invoke {

@@ -85,6 +85,43 @@ pub struct Function {
     pub metrics: Arc<FunctionMetrics>,
     /// `/function/{name}`, the CGI `SCRIPT_NAME` of its requests.
     pub script_name: Arc<str>,
+    /// This version's secrets (shared with a copy that only changed its
+    /// scaling), removed when the version is gone.
+    pub secrets: Option<Arc<crate::secrets::SecretsDir>>,
+}
+
+impl Function {
+    /// A version of the function `stored` (its secrets written out for
+    /// it), carrying the metrics and the count of `previous`.
+    fn new(
+        stored: StoredFunction,
+        previous: Option<&Function>,
+        backend: &Arc<dyn Backend>,
+        metrics: &Metrics,
+        secrets: &crate::secrets::SecretFiles,
+        registry: &Registry,
+        deploying: bool,
+    ) -> Result<Function, GatewayError> {
+        let mut stored = stored;
+        let name = stored.spec.name.to_string();
+        let dir = secrets.make(registry, &name, &stored.spec.secrets, deploying)?;
+        stored.spec.secrets_dir = dir.as_ref().map(|d| d.path().to_owned());
+        let function_metrics = Arc::new(metrics.function(&name, previous.map(|f| &*f.metrics)));
+        Ok(Function {
+            pool: Arc::new(Pool::new(
+                stored.spec.clone(),
+                backend.clone(),
+                function_metrics.clone(),
+            )),
+            metrics: function_metrics,
+            script_name: script_name(&name),
+            stored,
+            invocations: AtomicU64::new(
+                previous.map_or(0, |f| f.invocations.load(Ordering::Relaxed)),
+            ),
+            secrets: dir.map(Arc::new),
+        })
+    }
 }
 
 /// Everything a request may need.
@@ -111,6 +148,8 @@ pub struct App {
     pub(crate) logins: crate::credentials::RegistryLogins,
     pub(crate) prune: PruneConfig,
     pub(crate) metrics: Metrics,
+    /// Where function versions get their secrets' files.
+    pub(crate) secrets: crate::secrets::SecretFiles,
 }
 
 impl App {
@@ -173,21 +212,20 @@ impl App {
             container: Arc::new(container),
         });
         let metrics = Metrics::new().map_err(|e| anyhow::anyhow!("registering metrics: {e}"))?;
+        let secrets =
+            crate::secrets::SecretFiles::open(config.data_dir.join("run").join("secrets"))
+                .with_context(|| {
+                    format!(
+                        "making the secrets directory in {}",
+                        config.data_dir.display()
+                    )
+                })?;
         let functions = DashMap::new();
         for stored in registry.list()? {
             let name = stored.spec.name.to_string();
-            let function_metrics = Arc::new(metrics.function(&name, None));
-            let function = Function {
-                pool: Arc::new(Pool::new(
-                    stored.spec.clone(),
-                    backend.clone(),
-                    function_metrics.clone(),
-                )),
-                metrics: function_metrics,
-                script_name: script_name(&name),
-                stored,
-                invocations: AtomicU64::new(0),
-            };
+            let function =
+                Function::new(stored, None, &backend, &metrics, &secrets, &registry, false)
+                    .map_err(|e| anyhow::anyhow!("loading function {name}: {e}"))?;
             functions.insert(name, Arc::new(function));
         }
         tracing::info!(functions = functions.len(), data_dir = %config.data_dir.display(), "registry loaded");
@@ -210,8 +248,29 @@ impl App {
             logins,
             prune: config.prune,
             metrics,
+            secrets,
         };
         Ok((Arc::new(app), fresh.then_some(token)))
+    }
+
+    /// A version of the function `stored` to route to, replacing
+    /// `previous`; `deploying` refuses secrets that do not exist.
+    pub(crate) fn new_function(
+        &self,
+        stored: StoredFunction,
+        previous: Option<&Function>,
+        deploying: bool,
+    ) -> Result<Arc<Function>, GatewayError> {
+        Function::new(
+            stored,
+            previous,
+            &self.backend,
+            &self.metrics,
+            &self.secrets,
+            &self.registry,
+            deploying,
+        )
+        .map(Arc::new)
     }
 
     /// The deployed function `name`, or the error that answers 404.

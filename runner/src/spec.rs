@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,11 @@ pub const DEFAULT_CPU_MILLIS: u32 = 1000;
 pub const MAX_MEMORY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Longest deadline a function may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+/// Longest secret name accepted (a DNS subdomain, as Kubernetes names secrets).
+pub const MAX_SECRET_NAME_LEN: usize = 253;
+/// Where a function finds its secrets, one read-only file each, in a
+/// container and in a wasm guest alike (where OpenFaaS and faasd mount them).
+pub const SECRETS_PATH: &str = "/var/openfaas/secrets";
 
 /// A deployed function, as wisp runs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +71,14 @@ pub struct FunctionSpec {
     /// Where the artifact came from when it was pulled from a registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ImageSource>,
+    /// The secrets the function reads, by name: files in [`SECRETS_PATH`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// The host directory holding this version's secrets, one file each,
+    /// which the gateway makes when it installs the function (so that a
+    /// changed secret makes a new version); never stored.
+    #[serde(skip)]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// A registry reference a function was deployed from, and what it resolved
@@ -497,6 +511,8 @@ pub enum SpecError {
     },
     #[error("invalid environment variable {name:?}: {reason}")]
     InvalidEnv { name: String, reason: &'static str },
+    #[error("invalid secret name {name:?}: {reason}")]
+    InvalidSecretName { name: String, reason: &'static str },
 }
 
 /// Parses a byte quantity as Kubernetes and OpenFaaS write them: `134217728`,
@@ -568,10 +584,59 @@ pub fn validate_env_name(name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// Checks that a secret name is usable as a file name in
+/// [`SECRETS_PATH`]: 1 to 253 of `a-z A-Z 0-9 . _ -`, not starting with a
+/// dot (so never `.` or `..`).
+pub fn validate_secret_name(name: &str) -> Result<(), SpecError> {
+    let invalid = |reason| SpecError::InvalidSecretName {
+        name: name.chars().take(80).collect(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("the name is empty"));
+    }
+    if name.len() > MAX_SECRET_NAME_LEN {
+        return Err(invalid("longer than 253 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid(
+            "only letters, digits, '.', '_' and '-' are allowed",
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(invalid("the name starts with '.'"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn secret_names() {
+        for good in ["aws-key", "db.password", "A_1", &"a".repeat(253)] {
+            assert!(validate_secret_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a b",
+            "é",
+            "a\0",
+            &"a".repeat(254),
+        ] {
+            assert!(validate_secret_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names() {
@@ -653,6 +718,8 @@ mod tests {
             container: None,
             scaling: ScalingSpec::default(),
             source: None,
+            secrets: vec![],
+            secrets_dir: None,
         };
         assert_eq!(spec.outbound_grant("example.com"), None);
         spec.allow_outbound = vec!["example.com".into(), "::1".into()];

@@ -17,5 +17,6 @@ mod metrics;
 mod python;
 mod registry;
 mod scaling;
+mod secrets;
 mod spec;
 mod wasm_http;

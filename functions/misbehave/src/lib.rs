@@ -7,6 +7,8 @@
 //!   chunks M ms apart;
 //! - `/fetch?url=U` makes an outbound HTTP GET and reports what happened;
 //! - `/env?name=K` prints an environment variable; `/stderr` writes to stderr;
+//! - `/read?path=P` prints a file (or why it cannot be read), `/write?path=P`
+//!   tries to write one;
 //! - `/headers` echoes the request headers;
 //! - `/silent` returns without setting a response.
 
@@ -122,6 +124,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehave {
             "/env" => {
                 let value = std::env::var(param(query, "name").unwrap_or("")).unwrap_or_default();
                 respond(out, 200, &[value.as_bytes()], 0);
+            }
+            "/read" => {
+                let path = param(query, "path").unwrap_or("");
+                let bytes = std::fs::read(path).unwrap_or_else(|e| format!("error: {e}").into());
+                respond(out, 200, &[&bytes], 0);
+            }
+            "/write" => {
+                let path = param(query, "path").unwrap_or("");
+                let text = match std::fs::write(path, b"overwritten") {
+                    Ok(()) => "written".to_owned(),
+                    Err(e) => format!("error: {e}"),
+                };
+                respond(out, 200, &[text.as_bytes()], 0);
             }
             "/stderr" => {
                 eprintln!("misbehave wrote this to stderr");

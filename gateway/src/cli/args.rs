@@ -61,6 +61,46 @@ pub enum Command {
     Images(ConnectArgs),
     /// Remove the artifacts and images (and layers) no function uses, once past the server's --prune-grace.
     Prune(PruneArgs),
+    /// Manage secrets: values functions read as files in /var/openfaas/secrets.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create a secret (its value from --from-file, --from-literal, or standard input).
+    Create(SecretValueArgs),
+    /// Replace a secret's value; the functions using it roll to new instances that read it.
+    Update(SecretValueArgs),
+    /// List secrets (names only: values are never shown).
+    Ls(ConnectArgs),
+    /// Remove a secret.
+    Rm(SecretRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretValueArgs {
+    /// Secret name (the file name functions read it from).
+    pub name: String,
+    /// Read the value from this file (binary values are kept as they are).
+    #[arg(long, conflicts_with = "from_literal")]
+    pub from_file: Option<PathBuf>,
+    /// The value itself (visible in the process list: prefer --from-file or standard input).
+    #[arg(long)]
+    pub from_literal: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretRmArgs {
+    /// Secret name.
+    pub name: String,
+    /// Remove it even though functions use it (their running instances keep it; their next deploy fails until it exists again).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +264,9 @@ pub struct DeployArgs {
     /// Environment variable for the function, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// A secret the function reads as /var/openfaas/secrets/NAME (repeatable; `wisp secret create` makes one).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
     /// Request deadline [default: 30s].
     #[arg(long, env = "WISP_DEPLOY_TIMEOUT")]
     pub timeout: Option<String>,

@@ -282,6 +282,41 @@ impl Client {
         Ok(answer.text())
     }
 
+    /// `POST /system/secrets` (`update`: `PUT`).
+    pub async fn put_secret(
+        &self,
+        secret: &crate::api::Secret,
+        update: bool,
+    ) -> Result<String, ClientError> {
+        let body = self.encode(secret)?;
+        let method = if update { Method::PUT } else { Method::POST };
+        let answer = self.system(method, "/system/secrets", body).await?;
+        Ok(answer.text())
+    }
+
+    /// `GET /system/secrets`: names, never values.
+    pub async fn secrets(&self) -> Result<Vec<crate::api::SecretDescription>, ClientError> {
+        let answer = self
+            .system(Method::GET, "/system/secrets", Bytes::new())
+            .await?;
+        self.decode(&answer)
+    }
+
+    /// `DELETE /system/secrets`; `force` deletes one that functions use.
+    pub async fn delete_secret(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let body = self.encode(&crate::api::SecretDescription {
+            name: name.to_owned(),
+            namespace: None,
+        })?;
+        let path = if force {
+            "/system/secrets?force=true"
+        } else {
+            "/system/secrets"
+        };
+        self.system(Method::DELETE, path, body).await?;
+        Ok(())
+    }
+
     /// `GET /system/pulls`: the pulls the server is running.
     pub async fn pulls(&self) -> Result<Vec<crate::api::PullStatus>, ClientError> {
         let answer = self

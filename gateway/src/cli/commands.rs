@@ -16,7 +16,7 @@ use crate::connections::{ConnectionLimits, default_max_connections};
 
 use super::args::{
     BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LoginArgs, LogsArgs, PruneArgs,
-    PullArgs, RegistryArgs,
+    PullArgs, RegistryArgs, SecretCommand, SecretValueArgs,
 };
 use super::client::{Client, ClientError};
 use crate::api::{FunctionDeployment, FunctionResources};
@@ -120,6 +120,7 @@ pub async fn run(
             print!("{}", connect(&args.connect)?.logout(&request).await?);
             Ok(())
         }
+        Command::Secret(command) => secret(command).await,
         Command::Invoke(args) => invoke(args).await,
         Command::Ls(args) => ls(args).await,
         Command::Images(args) => images(args).await,
@@ -192,6 +193,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         service: args.name.clone(),
         image,
         env_vars: key_values("--env", &args.env)?,
+        secrets: (!args.secrets.is_empty()).then(|| args.secrets.clone()),
         labels: key_values("--label", &args.labels)?,
         limits: (args.memory.is_some() || args.cpu.is_some()).then(|| FunctionResources {
             memory: args.memory.clone(),
@@ -314,6 +316,55 @@ async fn login(args: LoginArgs) -> anyhow::Result<()> {
         insecure: args.insecure,
     };
     print!("{}", connect(&args.connect)?.login(&request).await?);
+    Ok(())
+}
+
+/// `wisp secret …`.
+async fn secret(command: SecretCommand) -> anyhow::Result<()> {
+    match command {
+        SecretCommand::Create(args) => put_secret(args, false).await,
+        SecretCommand::Update(args) => put_secret(args, true).await,
+        SecretCommand::Ls(args) => {
+            for secret in connect(&args)?.secrets().await? {
+                println!("{}", secret.name);
+            }
+            Ok(())
+        }
+        SecretCommand::Rm(args) => {
+            connect(&args.connect)?
+                .delete_secret(&args.name, args.force)
+                .await?;
+            println!("removed secret {}", args.name);
+            Ok(())
+        }
+    }
+}
+
+/// `wisp secret create|update NAME`: the value from a file, the command
+/// line or standard input, sent whole (binary values as `rawValue`).
+async fn put_secret(args: SecretValueArgs, update: bool) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let value = match (&args.from_file, &args.from_literal) {
+        (Some(path), _) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, Some(literal)) => literal.clone().into_bytes(),
+        (None, None) => {
+            let mut value = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut value)
+                .context("reading the value from standard input")?;
+            value
+        }
+    };
+    let secret = crate::api::Secret {
+        name: args.name.clone(),
+        raw_value: Some(base64::engine::general_purpose::STANDARD.encode(&value)),
+        ..crate::api::Secret::default()
+    };
+    print!(
+        "{}",
+        connect(&args.connect)?.put_secret(&secret, update).await?
+    );
     Ok(())
 }
 

@@ -157,6 +157,7 @@ impl ContainerBackend {
             cpu_millis: Some(options.cpu_cap_millis()),
             pids: plan::DEFAULT_PIDS,
             scratch_bytes: plan::DEFAULT_SCRATCH_BYTES,
+            secrets: spec.secrets_dir.clone(),
         };
         let ids = users::resolve(image.config.user.as_deref(), &layers, self.id_map)
             .map_err(SandboxError::User)?;

@@ -12,7 +12,8 @@
 //! (they are overlay lower dirs; writes land in a size-capped tmpfs), a
 //! minimal `/dev` on a tmpfs whose nodes init makes with `mknodat` as host
 //! root, before it enters the user namespace (which may not make device
-//! nodes), and no host paths at all.
+//! nodes), and no host paths but the function's own secrets, bound
+//! read-only, when it asks for some.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,7 @@ use crate::container::cgroup::CgroupLimits;
 use crate::container::users::Ids;
 use crate::image::ImageConfig;
 use crate::protocol::Protocol;
+use crate::spec::SECRETS_PATH;
 
 /// Port a `http` handler listens on inside its network namespace.
 pub const DEFAULT_PORT: u16 = 8080;
@@ -49,6 +51,10 @@ pub struct ContainerSettings {
     pub cpu_millis: Option<u32>,
     pub pids: u64,
     pub scratch_bytes: u64,
+    /// The host directory of the function's secrets, bound read-only at
+    /// [`SECRETS_PATH`]: the one host path a sandbox may see, and only when
+    /// the function asks for secrets.
+    pub secrets: Option<PathBuf>,
 }
 
 /// Operator settings: where the container's root maps to on the host.
@@ -234,7 +240,10 @@ pub fn plan(
             lower: layers.iter().rev().cloned().collect(),
             scratch_bytes: settings.scratch_bytes,
         },
-        mounts: standard_mounts(),
+        mounts: standard_mounts()
+            .into_iter()
+            .chain(settings.secrets.as_ref().map(|dir| secrets_mount(dir)))
+            .collect(),
         devices: standard_devices(),
         process: Process {
             argv,
@@ -253,6 +262,22 @@ pub fn plan(
         no_new_privs: true,
         capabilities: Vec::new(),
     })
+}
+
+/// The function's secrets directory, bound read-only (and inert: no
+/// set-uid, no devices, no execution) at [`SECRETS_PATH`].
+fn secrets_mount(dir: &std::path::Path) -> Mount {
+    Mount {
+        source: dir.to_string_lossy().into_owned(),
+        target: SECRETS_PATH.to_owned(),
+        fstype: None,
+        bind: true,
+        read_only: true,
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+        data: String::new(),
+    }
 }
 
 /// The device nodes of every container's `/dev`.
@@ -323,6 +348,7 @@ mod tests {
             cpu_millis: Some(500),
             pids: DEFAULT_PIDS,
             scratch_bytes: DEFAULT_SCRATCH_BYTES,
+            secrets: None,
         }
     }
 
@@ -435,6 +461,29 @@ mod tests {
             ),
             Err(PlanError::WorkingDir { .. })
         ));
+    }
+
+    #[test]
+    fn secrets_are_the_one_host_path_and_only_when_asked_for() {
+        let s = ContainerSettings {
+            secrets: Some(PathBuf::from("/data/run/secrets/ping.1")),
+            ..settings()
+        };
+        let plan = plan(
+            &s,
+            &image(),
+            &[PathBuf::from("/l")],
+            IdMap::default(),
+            root(),
+        )
+        .unwrap();
+        let binds: Vec<_> = plan.mounts.iter().filter(|m| m.bind).collect();
+        assert_eq!(binds.len(), 1);
+        let secrets = binds[0];
+        assert_eq!(secrets.source, "/data/run/secrets/ping.1");
+        assert_eq!(secrets.target, "/var/openfaas/secrets");
+        assert!(secrets.read_only && secrets.nosuid && secrets.nodev && secrets.noexec);
+        assert_eq!(&plan.mounts[..standard_mounts().len()], standard_mounts());
     }
 
     #[test]

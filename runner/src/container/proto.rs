@@ -494,6 +494,7 @@ mod tests {
                         cpu_millis: cgi.then_some(500),
                         pids: plan::DEFAULT_PIDS,
                         scratch_bytes: plan::DEFAULT_SCRATCH_BYTES,
+                        secrets: None,
                     };
                     let image = ImageConfig {
                         entrypoint,

@@ -273,6 +273,68 @@ pub(crate) fn detached_mount(
     owned(mnt).ok_or_else(|| fail("fsmount"))
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_SETATTR_EMPTY_PATH: libc::c_uint = libc::AT_EMPTY_PATH as libc::c_uint;
+
+/// `struct mount_attr` of <linux/mount.h>.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A detached bind mount of the host directory `source` (that mount
+/// only, not those below it) with mount attributes `attrs`, for
+/// [`attach_mount`] to put in place once the host's tree is gone from
+/// view (after `pivot_root`).
+pub(crate) fn bind_tree(source: &str, attrs: libc::c_uint) -> Result<OwnedFd, MountApiError> {
+    let fail = |step: &str| MountApiError {
+        fstype: source.to_owned(),
+        step: step.to_owned(),
+        source: Errno::last(),
+    };
+    let path = std::ffi::CString::new(source).map_err(|_| MountApiError {
+        fstype: source.to_owned(),
+        step: "path".to_owned(),
+        source: Errno::EINVAL,
+    })?;
+    // SAFETY: valid C string; the result is checked.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let tree = owned(tree).ok_or_else(|| fail("open_tree"))?;
+    let attr = MountAttr {
+        attr_set: u64::from(attrs),
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: valid descriptor, C string and attribute block of the size
+    // passed; the result is checked.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            MOUNT_SETATTR_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(fail("mount_setattr"));
+    }
+    Ok(tree)
+}
+
 /// Attaches the detached mount `mount` at `target` (resolved from this
 /// process's root and working directory).
 pub(crate) fn attach_mount(mount: BorrowedFd<'_>, target: &str) -> nix::Result<()> {

@@ -153,6 +153,8 @@ fn spec(scaling: ScalingSpec) -> FunctionSpec {
         container: None,
         scaling,
         source: None,
+        secrets: vec![],
+        secrets_dir: None,
     }
 }
 

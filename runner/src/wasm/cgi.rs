@@ -72,7 +72,7 @@ impl CgiInstance {
         let vars = cgi::variables(&parts, &info, body.len());
         let stdout = MemoryOutputPipe::new(cgi::MAX_OUTPUT_BYTES);
         let stderr = TailPipe::default();
-        let mut builder = wasi_builder(spec);
+        let mut builder = wasi_builder(spec)?;
         builder
             .envs(&vars)
             .stdin(MemoryInputPipe::new(body))

@@ -16,7 +16,7 @@ use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-use crate::backend::InvokeError;
+use crate::backend::{InvokeError, StartError};
 use crate::spec::FunctionSpec;
 
 /// Bytes of a guest's stderr (and, for wasi:http, stdout) kept for the log.
@@ -120,8 +120,10 @@ pub fn arm_deadline<T: Send>(store: &mut Store<T>, deadline: Instant) {
 }
 
 /// A WASI context with the function's environment and nothing else: no
-/// preopened directories, no sockets, no name lookups, no inherited stdio.
-pub fn wasi_builder(spec: &FunctionSpec) -> WasiCtxBuilder {
+/// sockets, no name lookups, no inherited stdio, and no preopened
+/// directory but the function's secrets, read-only at
+/// [`SECRETS_PATH`](crate::spec::SECRETS_PATH), when it has some.
+pub fn wasi_builder(spec: &FunctionSpec) -> Result<WasiCtxBuilder, StartError> {
     let mut builder = WasiCtxBuilder::new();
     builder
         .args(&[spec.name.as_str()])
@@ -129,7 +131,19 @@ pub fn wasi_builder(spec: &FunctionSpec) -> WasiCtxBuilder {
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    builder
+    if let Some(dir) = &spec.secrets_dir {
+        builder
+            .preopened_dir(
+                dir,
+                crate::spec::SECRETS_PATH,
+                wasmtime_wasi::FsPerms::ReadOnly,
+            )
+            .map_err(|e| StartError::Instantiate {
+                function: spec.name.clone(),
+                detail: format!("opening its secrets: {e:#}"),
+            })?;
+    }
+    Ok(builder)
 }
 
 /// Turns the error a guest call ended with into what the caller is told.

@@ -29,7 +29,7 @@ use wasmtime_wasi_http::{
 
 use super::backend::{Epochs, Ticking};
 use super::guest::{MemoryCap, TailPipe, arm_deadline, classify, wasi_builder};
-use crate::backend::{Body, BodyError, Instance, InvokeError};
+use crate::backend::{Body, BodyError, Instance, InvokeError, StartError};
 use crate::spec::{FunctionSpec, OutboundGrant};
 
 pub type HttpLinker = Linker<HttpState>;
@@ -163,16 +163,23 @@ impl HttpInstance {
     }
 
     /// A store with a reused instance if one is idle, else a fresh store.
+    #[expect(
+        clippy::type_complexity,
+        reason = "the parts of one store, taken apart at once"
+    )]
     fn store(
         &self,
-    ) -> (
-        Store<HttpState>,
-        Option<Proxy>,
-        u32,
-        TailPipe,
-        TailPipe,
-        Arc<AtomicBool>,
-    ) {
+    ) -> Result<
+        (
+            Store<HttpState>,
+            Option<Proxy>,
+            u32,
+            TailPipe,
+            TailPipe,
+            Arc<AtomicBool>,
+        ),
+        StartError,
+    > {
         if self.reuse > 1
             && let Some(warm) = self
                 .idle
@@ -180,19 +187,19 @@ impl HttpInstance {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .pop()
         {
-            return (
+            return Ok((
                 warm.store,
                 Some(warm.proxy),
                 warm.uses,
                 warm.stdout,
                 warm.stderr,
                 warm.memory_hit,
-            );
+            ));
         }
         let spec = &self.spec;
         let stdout = TailPipe::default();
         let stderr = TailPipe::default();
-        let wasi = wasi_builder(spec)
+        let wasi = wasi_builder(spec)?
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .build();
@@ -209,7 +216,7 @@ impl HttpInstance {
             },
         );
         store.limiter(|state| &mut state.memory);
-        (store, None, 0, stdout, stderr, memory_hit)
+        Ok((store, None, 0, stdout, stderr, memory_hit))
     }
 }
 
@@ -221,7 +228,7 @@ impl Instance for HttpInstance {
             .extensions()
             .get::<crate::pool::Deadline>()
             .map_or_else(|| Instant::now() + spec.limits.timeout(), |d| d.0);
-        let (mut store, proxy, uses, stdout, stderr, memory_hit) = self.store();
+        let (mut store, proxy, uses, stdout, stderr, memory_hit) = self.store()?;
         arm_deadline(&mut store, deadline);
 
         let req = req.map(|body| body.map_err(body_error_to_wasi));

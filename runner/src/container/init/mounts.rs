@@ -2,7 +2,9 @@
 //! (image layers read-only, writes in the tmpfs), `pivot_root` into it,
 //! and the standard mounts (`/proc`, `/dev` with its nodes, `/dev/pts`,
 //! `/dev/shm`, `/tmp`) — made ahead as detached mounts ([`Premounted`])
-//! and attached after `pivot_root`, or mounted then.
+//! and attached after `pivot_root`, or mounted then — and last the plan's
+//! binds of host directories (a function's secrets), cloned before
+//! `pivot_root` and attached after it.
 
 use std::fs;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -81,6 +83,18 @@ pub(super) fn mount_rootfs(
         Some(opts.as_str()),
     )
     .map_err(at(Stage::Overlay))?;
+    // Host directories are bound while the host's tree is still in view,
+    // and put in place after the standard mounts.
+    let binds = plan
+        .mounts
+        .iter()
+        .filter(|m| m.bind)
+        .map(|m| {
+            sys::bind_tree(&m.source, attributes(m))
+                .map(|tree| (m.target.as_str(), tree))
+                .map_err(|e| SetupError::new(Stage::Mounts, format!("{}: {e}", m.target)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     chdir(&root).map_err(at(Stage::PivotRoot))?;
     pivot_root(".", ".").map_err(at(Stage::PivotRoot))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(at(Stage::DetachHostRoot))?;
@@ -89,19 +103,40 @@ pub(super) fn mount_rootfs(
     // Only the standard mounts are made ahead; the scratch tmpfs was
     // used above whatever the plan's mounts.
     match premounted.filter(|p| p.fits(plan)) {
-        Some(premounted) => premounted.attach(),
+        Some(premounted) => premounted.attach()?,
         None => {
             let (uid, gid) = (plan.id_map.host_uid, plan.id_map.host_gid);
-            for m in &plan.mounts {
+            for m in plan.mounts.iter().filter(|m| !m.bind) {
                 mount_one(m, plan)?;
                 if m.target == "/dev" {
                     let dev = fs::File::open("/dev").map_err(at(Stage::Devices))?;
                     make_devices(dev.as_fd(), &plan.devices, uid, gid)?;
                 }
             }
-            Ok(())
         }
     }
+    for (target, tree) in &binds {
+        mount_point(target)?;
+        sys::attach_mount(tree.as_fd(), target)
+            .map_err(|e| SetupError::new(Stage::Mounts, format!("{target}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A mount's flags as mount attributes (`MOUNT_ATTR_*`).
+fn attributes(m: &Mount) -> libc::c_uint {
+    let mut attrs = 0;
+    for (set, attr) in [
+        (m.read_only, sys::MOUNT_ATTR_RDONLY),
+        (m.nosuid, sys::MOUNT_ATTR_NOSUID),
+        (m.nodev, sys::MOUNT_ATTR_NODEV),
+        (m.noexec, sys::MOUNT_ATTR_NOEXEC),
+    ] {
+        if set {
+            attrs |= attr;
+        }
+    }
+    attrs
 }
 
 /// Mounts the scratch tmpfs (`bytes` big) on `dir`, with the overlay's
@@ -166,20 +201,9 @@ impl Premounted {
             if fstype == "tmpfs" {
                 options.extend([format!("uid={uid}"), format!("gid={gid}")]);
             }
-            let mut attrs = 0;
-            for (set, attr) in [
-                (m.read_only, sys::MOUNT_ATTR_RDONLY),
-                (m.nosuid, sys::MOUNT_ATTR_NOSUID),
-                (m.nodev, sys::MOUNT_ATTR_NODEV),
-                (m.noexec, sys::MOUNT_ATTR_NOEXEC),
-            ] {
-                if set {
-                    attrs |= attr;
-                }
-            }
             let options: Vec<&str> = options.iter().map(String::as_str).collect();
-            let mount =
-                sys::detached_mount(fstype, &options, attrs).map_err(|e| fail(e.to_string()))?;
+            let mount = sys::detached_mount(fstype, &options, attributes(m))
+                .map_err(|e| fail(e.to_string()))?;
             if m.target == "/dev" {
                 make_devices(
                     mount.as_fd(),
@@ -214,9 +238,13 @@ impl Premounted {
         })
     }
 
-    /// Whether these are the mounts `plan` asks for.
+    /// Whether these are the filesystems `plan` asks for (its binds are
+    /// made apart).
     fn fits(&self, plan: &SandboxPlan) -> bool {
-        plan.mounts == crate::container::plan::standard_mounts()
+        plan.mounts
+            .iter()
+            .filter(|m| !m.bind)
+            .eq(&crate::container::plan::standard_mounts())
             && plan.devices == crate::container::plan::standard_devices()
             && self.owner == (plan.id_map.host_uid, plan.id_map.host_gid)
     }

@@ -1,0 +1,297 @@
+//! Secrets, as OpenFaaS has them: values kept in the registry
+//! ([`crate::registry::Registry::put_secret`]), managed through
+//! `/system/secrets` (which lists names, never values), and read by the
+//! functions that name them as files in `/var/openfaas/secrets`.
+//!
+//! A function version gets a directory of its own, [`SecretsDir`], made
+//! when the version is installed and removed once the version is gone;
+//! the container backend binds it read-only into each sandbox, the wasm
+//! backend preopens it read-only. So updating a secret rolls the functions
+//! that use it: each gets a new version with a new directory, and the old
+//! version drains with the values it started with. Nothing here logs a
+//! value, and no error quotes one.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{Request, Response, StatusCode};
+use wisp_runner::backend::Body;
+
+use crate::api::{NAMESPACE, Secret, SecretDescription};
+use crate::registry::{Registry, SecretWrite};
+use crate::rescue::GatewayError;
+use crate::server::{App, Function, text};
+
+/// Where the versions' secret directories are made.
+pub struct SecretFiles {
+    root: PathBuf,
+    next: AtomicU64,
+}
+
+/// One function version's secrets, one read-only file each; removed when
+/// dropped (when the version is gone).
+#[derive(Debug)]
+pub struct SecretsDir {
+    path: PathBuf,
+}
+
+impl SecretsDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SecretsDir {
+    fn drop(&mut self) {
+        // The directory is read-only: a server that is not root could not
+        // empty it otherwise.
+        let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700));
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(dir = %self.path.display(), error = %e, "removing a function's secrets");
+        }
+    }
+}
+
+impl SecretFiles {
+    /// Opens `root` (in the data dir, which only the server may enter),
+    /// removing the directories a previous server left.
+    pub fn open(root: PathBuf) -> io::Result<SecretFiles> {
+        if root.exists() {
+            for entry in std::fs::read_dir(&root)? {
+                let path = entry?.path();
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)?;
+        Ok(SecretFiles {
+            root,
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// Writes the secrets `names` of the function `function` into a new
+    /// directory, or `None` if it has none. A secret missing from the
+    /// registry is an error naming it on a deploy (`deploying`); otherwise
+    /// (a restart, a roll, after a forced delete) it is left out and
+    /// logged.
+    pub fn make(
+        &self,
+        registry: &Registry,
+        function: &str,
+        names: &[String],
+        deploying: bool,
+    ) -> Result<Option<SecretsDir>, GatewayError> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let mut values = Vec::with_capacity(names.len());
+        for name in names {
+            match registry.secret(NAMESPACE, name)? {
+                Some(value) => values.push((name, value)),
+                None if deploying => return Err(missing(name)),
+                None => {
+                    tracing::warn!(function, secret = %name, "the function's secret was deleted: its instances start without it");
+                }
+            }
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let dir = SecretsDir {
+            path: self.root.join(format!("{function}.{n}")),
+        };
+        let write = || -> io::Result<()> {
+            std::fs::DirBuilder::new().mode(0o700).create(&dir.path)?;
+            for (name, value) in &values {
+                // Readable by the handler whatever uid it runs as: nothing
+                // else reaches this directory (the data dir is 0700).
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o444)
+                    .open(dir.path.join(name))?;
+                io::Write::write_all(&mut file, value)?;
+            }
+            std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o555))
+        };
+        write().map_err(|e| {
+            GatewayError::Conflict(format!("writing the secrets of function {function}: {e}"))
+        })?;
+        Ok(Some(dir))
+    }
+}
+
+/// The error for a secret that does not exist.
+pub fn missing(name: &str) -> GatewayError {
+    GatewayError::BadRequest(format!(
+        "secret {name:?} does not exist in namespace {NAMESPACE}: create it first (`wisp secret create {name}`)"
+    ))
+}
+
+/// Reads a secret request's JSON without quoting any of it in an error:
+/// serde's messages may hold a piece of the value.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let message = e.to_string();
+        let detail = if message.starts_with("missing field") {
+            message
+                .split(" at line")
+                .next()
+                .unwrap_or("a field is missing")
+                .to_owned()
+        } else {
+            match e.classify() {
+                serde_json::error::Category::Data => {
+                    "name, namespace, value and rawValue are strings".to_owned()
+                }
+                _ => format!("not JSON (line {}, column {})", e.line(), e.column()),
+            }
+        };
+        GatewayError::BadRequest(format!("invalid secret: {detail}"))
+    })
+}
+
+impl App {
+    /// `GET/POST/PUT/DELETE /system/secrets`.
+    pub(crate) async fn secrets(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let method = req.method().clone();
+        let force = crate::control::flag(req.uri().query(), "force")?;
+        match method {
+            http::Method::GET => {
+                let list: Vec<SecretDescription> = self
+                    .registry
+                    .secret_names(NAMESPACE)?
+                    .into_iter()
+                    .map(|name| SecretDescription {
+                        name,
+                        namespace: Some(NAMESPACE.to_owned()),
+                    })
+                    .collect();
+                crate::control::json(StatusCode::OK, &list)
+            }
+            http::Method::POST | http::Method::PUT => {
+                let secret: Secret = parse(&crate::control::read_body(req).await?)?;
+                let value = secret.checked_value()?;
+                self.write_secret(&secret.name, &value, method == http::Method::PUT)
+                    .await
+            }
+            http::Method::DELETE => {
+                let secret: SecretDescription = parse(&crate::control::read_body(req).await?)?;
+                secret.check()?;
+                self.delete_secret(&secret.name, force).await
+            }
+            _ => Err(GatewayError::MethodNotAllowed {
+                allow: "GET, POST, PUT, DELETE",
+            }),
+        }
+    }
+
+    async fn write_secret(
+        &self,
+        name: &str,
+        value: &[u8],
+        update: bool,
+    ) -> Result<Response<Body>, GatewayError> {
+        let _serial = self.deploy_lock.lock().await;
+        let write = if update {
+            SecretWrite::Update
+        } else {
+            SecretWrite::Create
+        };
+        if !self.registry.put_secret(NAMESPACE, name, value, write)? {
+            return Err(if update {
+                GatewayError::Missing(format!(
+                    "secret {name:?} does not exist in namespace {NAMESPACE}"
+                ))
+            } else {
+                GatewayError::Conflict(format!(
+                    "secret {name:?} already exists in namespace {NAMESPACE}: update it with PUT (`wisp secret update {name}`)"
+                ))
+            });
+        }
+        if !update {
+            tracing::info!(secret = %name, namespace = NAMESPACE, "secret created");
+            return Ok(text(
+                StatusCode::CREATED,
+                format!("created secret {name}\n"),
+            ));
+        }
+        // New instances of its functions read the new value; the old ones
+        // drain with the one they started with.
+        let users = self.users_of(name);
+        let mut rolled = Vec::new();
+        for old in users {
+            let fresh = self.new_function(old.stored.clone(), Some(&old), false)?;
+            let function = old.stored.spec.name.to_string();
+            self.functions.insert(function.clone(), fresh);
+            self.retire(old);
+            rolled.push(function);
+        }
+        tracing::info!(secret = %name, namespace = NAMESPACE, ?rolled, "secret updated");
+        let note = if rolled.is_empty() {
+            String::new()
+        } else {
+            format!("; new instances of {} read it", rolled.join(", "))
+        };
+        Ok(text(
+            StatusCode::OK,
+            format!("updated secret {name}{note}\n"),
+        ))
+    }
+
+    async fn delete_secret(&self, name: &str, force: bool) -> Result<Response<Body>, GatewayError> {
+        let _serial = self.deploy_lock.lock().await;
+        let mut users: Vec<String> = self
+            .users_of(name)
+            .iter()
+            .map(|f| f.stored.spec.name.to_string())
+            .collect();
+        users.extend(
+            self.pending
+                .iter()
+                .filter(|p| p.draft.secrets.iter().any(|s| s == name))
+                .map(|p| p.key().clone()),
+        );
+        users.sort();
+        users.dedup();
+        if !users.is_empty() && !force {
+            return Err(GatewayError::Conflict(format!(
+                "secret {name:?} is used by {}: deploy them without it first, or delete it with ?force=true (`wisp secret rm --force`; their running instances keep it, their next deploy fails)",
+                users.join(", ")
+            )));
+        }
+        if !self.registry.remove_secret(NAMESPACE, name)? {
+            return Err(GatewayError::Missing(format!(
+                "secret {name:?} does not exist in namespace {NAMESPACE}"
+            )));
+        }
+        tracing::info!(secret = %name, namespace = NAMESPACE, forced_for = ?users, "secret deleted");
+        let mut response = Response::new(wisp_runner::backend::empty_body());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        Ok(response)
+    }
+
+    /// The deployed functions that read the secret `name`.
+    fn users_of(&self, name: &str) -> Vec<Arc<Function>> {
+        self.functions
+            .iter()
+            .filter(|f| f.stored.spec.secrets.iter().any(|s| s == name))
+            .map(|f| f.value().clone())
+            .collect()
+    }
+
+    /// Refuses a deploy that names a secret that does not exist.
+    pub(crate) fn check_secrets(&self, names: &[String]) -> Result<(), GatewayError> {
+        for name in names {
+            if self.registry.secret(NAMESPACE, name)?.is_none() {
+                return Err(missing(name));
+            }
+        }
+        Ok(())
+    }
+}
