@@ -292,6 +292,10 @@ pub struct FunctionStatus {
     /// The secrets the function reads (names only, never values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// The deploy this version is, among the name's (`wisp history`);
+    /// absent while a first deploy is still pulling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     /// wisp, container functions: how the handler is reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
@@ -976,6 +980,53 @@ pub enum ImageRef {
     Registry(Box<Reference>),
 }
 
+/// One kept revision of a function, as `GET /system/revisions/{name}`
+/// lists them (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSummary {
+    pub revision: u64,
+    /// When it was deployed (RFC 3339).
+    pub created_at: String,
+    /// As [`FunctionStatus::image`]: the reference or the artifact digest.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    pub kind: FunctionKind,
+    /// Whether requests go to it now.
+    pub current: bool,
+}
+
+impl RevisionSummary {
+    pub fn new(stored: &StoredFunction, current: u64) -> Self {
+        let spec = &stored.spec;
+        RevisionSummary {
+            revision: stored.revision,
+            created_at: rfc3339(stored.created_at),
+            image: spec
+                .source
+                .as_ref()
+                .map_or_else(|| spec.artifact.to_string(), |s| s.reference.clone()),
+            image_digest: spec.source.as_ref().map(|s| s.manifest.to_string()),
+            kind: spec.kind,
+            current: stored.revision == current,
+        }
+    }
+}
+
+/// `POST /system/rollback/{name}`: the revision to go back to; without
+/// one, the one before the current.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRequest {
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revision: Option<u64>,
+}
+
 /// `POST`/`PUT /system/secrets`: a secret and its value. `rawValue`
 /// (base64, for binary values) wins over `value` when both are given, as
 /// in OpenFaaS. `Debug` shows no value, so that no log prints one.
@@ -1085,6 +1136,7 @@ impl FunctionStatus {
             max_body_size: spec.limits.max_body_bytes,
             allow_outbound: spec.allow_outbound.clone(),
             secrets: spec.secrets.clone(),
+            revision: (stored.revision > 0).then_some(stored.revision),
             port: spec.container.as_ref().and_then(|c| c.port),
             command: spec
                 .container

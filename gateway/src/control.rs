@@ -137,6 +137,10 @@ impl App {
                 allow: "GET, POST, DELETE",
             }),
             (Route::Secrets, _) => self.secrets(req).await,
+            (Route::Revisions(name), Method::GET) => self.revisions(name),
+            (Route::Revisions(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (Route::Rollback(name), Method::POST) => self.rollback(name, req).await,
+            (Route::Rollback(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Namespaces, Method::GET) => json(StatusCode::OK, &[crate::api::NAMESPACE]),
             (Route::Namespaces, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (_, _) => Err(GatewayError::NotFound(req.uri().path().to_owned())),
@@ -382,7 +386,7 @@ impl App {
     /// Stores `spec` and routes its function's requests to it; the old
     /// version drains. `update` refuses a name that has no function; a
     /// `pending` deploy installs only if it is still the name's latest.
-    async fn install(
+    pub(crate) async fn install(
         &self,
         spec: FunctionSpec,
         update: bool,
@@ -408,8 +412,11 @@ impl App {
             return Err(GatewayError::UnknownFunction(name));
         }
         // Its secrets are written (and found to exist) before it is stored.
-        let function = self.new_function(StoredFunction::new(spec), previous.as_deref(), true)?;
-        self.registry.put(&function.stored)?;
+        let mut function =
+            self.new_function(StoredFunction::new(spec), previous.as_deref(), true)?;
+        self.registry
+            .deploy(&mut function.stored, self.revision_history)?;
+        let function = Arc::new(function);
         tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), ?ignored, "deployed");
         self.functions.insert(name.clone(), function);
         // This deploy is the name's latest: one still pulling is replaced.
@@ -732,7 +739,7 @@ impl App {
         request.apply(&mut spec.scaling)?;
         let stored = StoredFunction {
             spec,
-            created_at: function.stored.created_at,
+            ..function.stored.clone()
         };
         self.registry.put(&stored)?;
         function.pool.set_scaling(stored.spec.scaling());
@@ -782,7 +789,7 @@ impl App {
     }
 
     /// Runs `op` on the image store in tokio's blocking pool.
-    async fn on_images<T: Send + 'static>(
+    pub(crate) async fn on_images<T: Send + 'static>(
         &self,
         op: impl FnOnce(&ImageStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, GatewayError> {
@@ -999,7 +1006,7 @@ async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, Gateway
 }
 
 /// [`read_json`] of an optional body: `None` if there is none.
-async fn read_optional_json<T: DeserializeOwned>(
+pub(crate) async fn read_optional_json<T: DeserializeOwned>(
     req: Request<Body>,
 ) -> Result<Option<T>, GatewayError> {
     let bytes = read_body(req).await?;

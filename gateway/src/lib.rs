@@ -3,7 +3,7 @@
 //! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]), the
 //! credentials of the registries it pulls from ([`credentials`]), pulls and
 //! deploys in flight ([`pending`]), the
-//! function registry ([`registry`]), secrets ([`secrets`]), the mapping of every error to a status
+//! function registry ([`registry`]), secrets ([`secrets`]), revisions and rollback ([`revisions`]), the mapping of every error to a status
 //! ([`rescue`]), Prometheus metrics ([`metrics`]), garbage collection of the
 //! data dir ([`prune`]); and, apart from the
 //! server, the `wisp` command line with its client tools ([`cli`]). It
@@ -22,6 +22,7 @@ mod pending;
 pub mod prune;
 pub mod registry;
 pub mod rescue;
+mod revisions;
 pub mod route;
 pub mod secrets;
 pub mod server;

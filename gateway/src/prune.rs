@@ -3,7 +3,8 @@
 //! (records, blobs, unpacked layers) that nothing uses.
 //!
 //! In use, and never removed: what a deployed function names (its artifact
-//! and, for a container, its image), what a deploy under way names (held
+//! and, for a container, its image), what its kept revisions name (so that
+//! a rollback finds it; `--revision-history`), what a deploy under way names (held
 //! from before its artifact is checked until the registry has it), and what
 //! an old version still draining its requests names (held until its pool
 //! has stopped). The rest goes once it is older than the grace period
@@ -129,6 +130,12 @@ impl App {
         let mut images = Vec::new();
         for function in self.functions.iter() {
             let spec = &function.stored.spec;
+            artifacts.insert(spec.artifact.clone());
+            images.extend(spec.container.as_ref().map(|c| c.image.clone()));
+        }
+        // What the kept revisions ran, so that a rollback finds it.
+        for revision in self.registry.all_revisions()? {
+            let spec = &revision.spec;
             artifacts.insert(spec.artifact.clone());
             images.extend(spec.container.as_ref().map(|c| c.image.clone()));
         }

@@ -19,7 +19,37 @@ use wisp_runner::spec::FunctionSpec;
 const FUNCTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("functions");
 const DEPLOYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("deploys");
 const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
+const REVISIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("revisions");
 
+/// A revision's key: `name/<revision, 20 digits>`, so that a name's
+/// revisions are one range, in order (a name has no `/`).
+fn revision_key(name: &str, revision: u64) -> String {
+    format!("{name}/{revision:020}")
+}
+
+/// Every revision of `name` in `table`, oldest first.
+fn revisions_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Vec<StoredFunction>, RegistryError> {
+    let prefix = format!("{name}/");
+    let mut out = Vec::new();
+    for entry in table.range(prefix.as_str()..).map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        if !key.value().starts_with(prefix.as_str()) {
+            break;
+        }
+        out.push(decode(key.value(), value.value())?);
+    }
+    Ok(out)
+}
+
+fn decode(key: &str, value: &[u8]) -> Result<StoredFunction, RegistryError> {
+    serde_json::from_slice(value).map_err(|source| RegistryError::Corrupt {
+        name: key.to_owned(),
+        source,
+    })
+}
 /// A secret's key: `namespace/name` (a namespace has no `/`, a name neither).
 fn secret_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
@@ -34,12 +64,16 @@ pub enum SecretWrite {
     Update,
 }
 
-/// What the registry keeps per function.
+/// What the registry keeps per function, and per revision of one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredFunction {
     pub spec: FunctionSpec,
     /// When this version was deployed, in seconds since the Unix epoch.
     pub created_at: u64,
+    /// The deploy's number among the name's deploys, from 1; 0 until
+    /// [`Registry::deploy`] records it.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl StoredFunction {
@@ -47,7 +81,11 @@ impl StoredFunction {
         let created_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        StoredFunction { spec, created_at }
+        StoredFunction {
+            spec,
+            created_at,
+            revision: 0,
+        }
     }
 }
 
@@ -118,11 +156,94 @@ impl Registry {
         txn.open_table(FUNCTIONS).map_err(storage)?;
         txn.open_table(DEPLOYS).map_err(storage)?;
         txn.open_table(SECRETS).map_err(storage)?;
+        txn.open_table(REVISIONS).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Registry { db })
+        let registry = Registry { db };
+        registry.first_revisions()?;
+        Ok(registry)
     }
 
-    /// Inserts or replaces a function, and ends its deploy.
+    /// Functions stored before revisions were kept become revision 1.
+    fn first_revisions(&self) -> Result<(), RegistryError> {
+        let unrecorded: Vec<StoredFunction> = self
+            .list()?
+            .into_iter()
+            .filter(|f| f.revision == 0)
+            .collect();
+        if unrecorded.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut functions = txn.open_table(FUNCTIONS).map_err(storage)?;
+            let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
+            for mut function in unrecorded {
+                function.revision = 1;
+                let json = serde_json::to_vec(&function).map_err(RegistryError::Encode)?;
+                let name = function.spec.name.as_str();
+                functions.insert(name, json.as_slice()).map_err(storage)?;
+                revisions
+                    .insert(revision_key(name, 1).as_str(), json.as_slice())
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Stores a deploy of a function as its next revision and as the
+    /// function, ends its deploy, and forgets its oldest revisions beyond
+    /// the `keep` newest, in one transaction. Sets `function.revision`.
+    pub fn deploy(&self, function: &mut StoredFunction, keep: usize) -> Result<(), RegistryError> {
+        let name = function.spec.name.to_string();
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
+            let kept = revisions_in(&revisions, &name)?;
+            function.revision = kept.last().map_or(0, |r| r.revision) + 1;
+            let json = serde_json::to_vec(&*function).map_err(RegistryError::Encode)?;
+            revisions
+                .insert(
+                    revision_key(&name, function.revision).as_str(),
+                    json.as_slice(),
+                )
+                .map_err(storage)?;
+            let over = (kept.len() + 1).saturating_sub(keep.max(1));
+            for old in kept.iter().take(over) {
+                revisions
+                    .remove(revision_key(&name, old.revision).as_str())
+                    .map_err(storage)?;
+            }
+            let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
+            table
+                .insert(name.as_str(), json.as_slice())
+                .map_err(storage)?;
+            let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
+            deploys.remove(name.as_str()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// The kept revisions of `name`, oldest first.
+    pub fn revisions(&self, name: &str) -> Result<Vec<StoredFunction>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(REVISIONS).map_err(storage)?;
+        revisions_in(&table, name)
+    }
+
+    /// Every kept revision of every function (what a prune must spare).
+    pub fn all_revisions(&self) -> Result<Vec<StoredFunction>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(REVISIONS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            out.push(decode(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Replaces a function's current version as it is (its scaling
+    /// changed: not a new revision), and ends its deploy.
     pub fn put(&self, function: &StoredFunction) -> Result<(), RegistryError> {
         let json = serde_json::to_vec(function).map_err(RegistryError::Encode)?;
         let name = function.spec.name.as_str();
@@ -136,14 +257,20 @@ impl Registry {
         txn.commit().map_err(storage)
     }
 
-    /// Removes a function and its deploy; returns whether the function
-    /// existed.
+    /// Removes a function, its revisions and its deploy; returns whether
+    /// the function existed.
     pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
         let txn = self.db.begin_write().map_err(storage)?;
         let existed = {
             let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
             let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
             deploys.remove(name).map_err(storage)?;
+            let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
+            for old in revisions_in(&revisions, name)? {
+                revisions
+                    .remove(revision_key(name, old.revision).as_str())
+                    .map_err(storage)?;
+            }
             table.remove(name).map_err(storage)?.is_some()
         };
         txn.commit().map_err(storage)?;
@@ -385,6 +512,63 @@ mod tests {
         assert!(!registry.remove_secret("ns", "a").unwrap());
         assert_eq!(registry.secret_names("ns").unwrap(), ["b"]);
         assert_eq!(registry.secret_names("ns2").unwrap(), ["c"]);
+    }
+
+    #[test]
+    fn deploys_are_numbered_and_the_newest_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.redb");
+        {
+            let registry = Registry::open(&path).unwrap();
+            for expected in 1..=5 {
+                let mut f = StoredFunction::new(spec("a"));
+                registry.deploy(&mut f, 3).unwrap();
+                assert_eq!(f.revision, expected);
+            }
+            let mut b = StoredFunction::new(spec("b"));
+            registry.deploy(&mut b, 3).unwrap();
+            assert_eq!(b.revision, 1);
+            // Scaling changes replace the current version, no revision.
+            let mut scaled = registry.list().unwrap()[0].clone();
+            scaled.spec.scaling.max_instances = Some(7);
+            registry.put(&scaled).unwrap();
+        }
+        let registry = Registry::open(&path).unwrap();
+        let kept: Vec<u64> = registry
+            .revisions("a")
+            .unwrap()
+            .iter()
+            .map(|r| r.revision)
+            .collect();
+        assert_eq!(kept, [3, 4, 5]);
+        let current = &registry.list().unwrap()[0];
+        assert_eq!(
+            (current.revision, current.spec.scaling.max_instances),
+            (5, Some(7))
+        );
+        assert_eq!(registry.all_revisions().unwrap().len(), 4);
+        registry.remove("a").unwrap();
+        assert!(registry.revisions("a").unwrap().is_empty());
+        assert_eq!(registry.revisions("b").unwrap().len(), 1);
+        let mut again = StoredFunction::new(spec("a"));
+        registry.deploy(&mut again, 3).unwrap();
+        assert_eq!(again.revision, 1, "a deleted name starts over");
+    }
+
+    #[test]
+    fn functions_stored_before_revisions_become_revision_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.redb");
+        {
+            let registry = Registry::open(&path).unwrap();
+            registry.put(&StoredFunction::new(spec("old"))).unwrap();
+        }
+        let registry = Registry::open(&path).unwrap();
+        assert_eq!(registry.list().unwrap()[0].revision, 1);
+        assert_eq!(registry.revisions("old").unwrap()[0].revision, 1);
+        let mut next = StoredFunction::new(spec("old"));
+        registry.deploy(&mut next, 10).unwrap();
+        assert_eq!(next.revision, 2);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum Route<'a> {
     Secrets,
     /// `/system/namespaces`
     Namespaces,
+    /// `/system/revisions/{name}`
+    Revisions(&'a str),
+    /// `/system/rollback/{name}`
+    Rollback(&'a str),
     /// Any other `/system/...` path.
     UnknownSystem,
     /// `/function/{name}` and `/function/{name}/{rest...}`; `rest` starts
@@ -64,6 +68,12 @@ pub fn route(path: &str) -> Route<'_> {
     if let Some(name) = path.strip_prefix("/system/scale-function/") {
         return Route::ScaleFunction(name);
     }
+    if let Some(name) = path.strip_prefix("/system/revisions/") {
+        return Route::Revisions(name);
+    }
+    if let Some(name) = path.strip_prefix("/system/rollback/") {
+        return Route::Rollback(name);
+    }
     if path.starts_with("/system/") {
         return Route::UnknownSystem;
     }
@@ -93,6 +103,8 @@ mod tests {
         assert_eq!(route("/system/nope"), Route::UnknownSystem);
         assert_eq!(route("/system/secrets"), Route::Secrets);
         assert_eq!(route("/system/namespaces"), Route::Namespaces);
+        assert_eq!(route("/system/revisions/hello"), Route::Revisions("hello"));
+        assert_eq!(route("/system/rollback/hello"), Route::Rollback("hello"));
         assert_eq!(
             route("/function/hello"),
             Route::Invoke {

@@ -226,7 +226,7 @@ impl App {
         let users = self.users_of(name);
         let mut rolled = Vec::new();
         for old in users {
-            let fresh = self.new_function(old.stored.clone(), Some(&old), false)?;
+            let fresh = Arc::new(self.new_function(old.stored.clone(), Some(&old), false)?);
             let function = old.stored.spec.name.to_string();
             self.functions.insert(function.clone(), fresh);
             self.retire(old);

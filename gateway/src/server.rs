@@ -74,6 +74,8 @@ pub struct ServeConfig {
     pub registry_mirrors: Vec<(String, String)>,
     /// How long a deploy waits for its pull before answering 202.
     pub deploy_wait: Duration,
+    /// Revisions kept per function for rollbacks (the current one included).
+    pub revision_history: usize,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -150,6 +152,8 @@ pub struct App {
     pub(crate) metrics: Metrics,
     /// Where function versions get their secrets' files.
     pub(crate) secrets: crate::secrets::SecretFiles,
+    /// Revisions kept per function (the current one included).
+    pub(crate) revision_history: usize,
 }
 
 impl App {
@@ -249,6 +253,7 @@ impl App {
             prune: config.prune,
             metrics,
             secrets,
+            revision_history: config.revision_history,
         };
         Ok((Arc::new(app), fresh.then_some(token)))
     }
@@ -260,7 +265,7 @@ impl App {
         stored: StoredFunction,
         previous: Option<&Function>,
         deploying: bool,
-    ) -> Result<Arc<Function>, GatewayError> {
+    ) -> Result<Function, GatewayError> {
         Function::new(
             stored,
             previous,
@@ -270,7 +275,6 @@ impl App {
             &self.registry,
             deploying,
         )
-        .map(Arc::new)
     }
 
     /// The deployed function `name`, or the error that answers 404.

@@ -16,6 +16,7 @@ mod logs;
 mod metrics;
 mod python;
 mod registry;
+mod revisions;
 mod scaling;
 mod secrets;
 mod spec;

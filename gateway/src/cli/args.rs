@@ -61,9 +61,24 @@ pub enum Command {
     Images(ConnectArgs),
     /// Remove the artifacts and images (and layers) no function uses, once past the server's --prune-grace.
     Prune(PruneArgs),
+    /// List a function's kept revisions (every deploy is one).
+    History(RmArgs),
+    /// Deploy an earlier revision of a function again (the one before the current, or --to N).
+    Rollback(RollbackArgs),
     /// Manage secrets: values functions read as files in /var/openfaas/secrets.
     #[command(subcommand)]
     Secret(SecretCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Function name.
+    pub name: String,
+    /// The revision to go back to (`wisp history` lists them) [default: the one before the current].
+    #[arg(long)]
+    pub to: Option<u64>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +193,10 @@ pub struct ServeArgs {
     /// pulling, and its requests wait for it).
     #[arg(long, env = "WISP_DEPLOY_WAIT", default_value = "2s", value_parser = duration)]
     pub deploy_wait: Duration,
+    /// Revisions kept per function for `wisp rollback`, the current one
+    /// included; their artifacts and images are kept from prunes.
+    #[arg(long, env = "WISP_REVISION_HISTORY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub revision_history: u32,
 }
 
 fn mirror(text: &str) -> Result<(String, String), String> {

@@ -282,6 +282,30 @@ impl Client {
         Ok(answer.text())
     }
 
+    /// `GET /system/revisions/{name}`: its kept revisions, oldest first.
+    pub async fn revisions(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::api::RevisionSummary>, ClientError> {
+        let answer = self
+            .system(
+                Method::GET,
+                &format!("/system/revisions/{name}"),
+                Bytes::new(),
+            )
+            .await?;
+        self.decode(&answer)
+    }
+
+    /// `POST /system/rollback/{name}`.
+    pub async fn rollback(&self, name: &str, revision: Option<u64>) -> Result<String, ClientError> {
+        let body = self.encode(&crate::api::RollbackRequest { revision })?;
+        let answer = self
+            .system(Method::POST, &format!("/system/rollback/{name}"), body)
+            .await?;
+        Ok(answer.text())
+    }
+
     /// `POST /system/secrets` (`update`: `PUT`).
     pub async fn put_secret(
         &self,

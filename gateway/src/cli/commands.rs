@@ -83,6 +83,7 @@ pub async fn run(
                 insecure_registries: args.insecure_registries,
                 registry_mirrors: args.registry_mirrors,
                 deploy_wait: args.deploy_wait,
+                revision_history: args.revision_history as usize,
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await
@@ -121,6 +122,30 @@ pub async fn run(
             Ok(())
         }
         Command::Secret(command) => secret(command).await,
+        Command::History(args) => {
+            let revisions = connect(&args.connect)?.revisions(&args.name).await?;
+            println!("{:<9} {:<21} {:<10} IMAGE", "REVISION", "DEPLOYED", "KIND");
+            for r in revisions {
+                let mark = if r.current { " (current)" } else { "" };
+                println!(
+                    "{:<9} {:<21} {:<10} {}{mark}",
+                    r.revision,
+                    r.created_at,
+                    r.kind.as_str(),
+                    r.image
+                );
+            }
+            Ok(())
+        }
+        Command::Rollback(args) => {
+            print!(
+                "{}",
+                connect(&args.connect)?
+                    .rollback(&args.name, args.to)
+                    .await?
+            );
+            Ok(())
+        }
         Command::Invoke(args) => invoke(args).await,
         Command::Ls(args) => ls(args).await,
         Command::Images(args) => images(args).await,
