@@ -165,6 +165,7 @@ impl App {
         // Validate everything cheap before compiling anything.
         let draft = deployment.to_spec_with(FunctionKind::WasmHttp, artifact)?;
         self.check_secrets(&draft.secrets)?;
+        crate::calls::RetryPolicy::parse(&draft.annotations).map_err(GatewayError::BadRequest)?;
         // Under the lock, so that a prune either sees the hold or has
         // finished (and `prepare` finds the artifact gone).
         let _hold = {
@@ -267,6 +268,7 @@ impl App {
         let placeholder = Digest::from_sha256(&[0; 32]);
         let draft = deployment.to_spec_with(FunctionKind::WasmHttp, placeholder)?;
         self.check_secrets(&draft.secrets)?;
+        crate::calls::RetryPolicy::parse(&draft.annotations).map_err(GatewayError::BadRequest)?;
         let name = draft.name.to_string();
         if update && !self.functions.contains_key(&name) && !self.pending.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));

@@ -1,6 +1,7 @@
 //! wisp's gateway: the HTTP server, its client connections and its routing
 //! ([`server`], [`connections`], [`route`]),
-//! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]), the
+//! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]),
+//! asynchronous invocations ([`calls`]), the
 //! credentials of the registries it pulls from ([`credentials`]), pulls and
 //! deploys in flight ([`pending`]), the
 //! function registry ([`registry`]), secrets ([`secrets`]), revisions and rollback ([`revisions`]), the mapping of every error to a status
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod calls;
 pub mod cli;
 pub mod connections;
 mod control;

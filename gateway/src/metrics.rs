@@ -20,8 +20,8 @@ use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 use wisp_runner::pool::{ColdStart, PoolEvents, StopReason};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets, in seconds: 100 µs to 60 s.
@@ -48,6 +48,10 @@ pub const DECLARED: &[&str] = &[
     "wisp_log_lines_dropped_total",
     "wisp_image_pull_seconds",
     "wisp_image_pull_bytes_total",
+    "wisp_async_queue_depth",
+    "wisp_async_calls_total",
+    "wisp_async_retries_total",
+    "wisp_async_callbacks_total",
 ];
 
 /// Pull durations, in seconds: 10 ms to 30 min.
@@ -68,6 +72,10 @@ pub struct Metrics {
     log_dropped: IntCounterVec,
     pull_seconds: HistogramVec,
     pull_bytes: IntCounter,
+    async_depth: IntGaugeVec,
+    async_calls: IntCounterVec,
+    async_retries: IntCounterVec,
+    async_callbacks: IntCounterVec,
 }
 
 /// The series of client connections, kept by [`crate::connections`].
@@ -176,6 +184,38 @@ impl Metrics {
         registry.register(Box::new(live.clone()))?;
         registry.register(Box::new(cold_start.clone()))?;
         registry.register(Box::new(cold_start_phases.clone()))?;
+        let async_depth = IntGaugeVec::new(
+            Opts::new(
+                "wisp_async_queue_depth",
+                "Asynchronous calls of each function accepted and not yet run for good (waiting, running, or between retries).",
+            ),
+            &["function_name"],
+        )?;
+        let async_calls = IntCounterVec::new(
+            Opts::new(
+                "wisp_async_calls_total",
+                "Asynchronous calls run for good, by outcome: succeeded (2xx), failed (any other status, after its retries).",
+            ),
+            &["function_name", "outcome"],
+        )?;
+        let async_retries = IntCounterVec::new(
+            Opts::new(
+                "wisp_async_retries_total",
+                "Asynchronous calls run again after a status the function's retry annotations name.",
+            ),
+            &["function_name"],
+        )?;
+        let async_callbacks = IntCounterVec::new(
+            Opts::new(
+                "wisp_async_callbacks_total",
+                "Callbacks of asynchronous calls, by outcome: delivered, failed (given up).",
+            ),
+            &["function_name", "outcome"],
+        )?;
+        registry.register(Box::new(async_depth.clone()))?;
+        registry.register(Box::new(async_calls.clone()))?;
+        registry.register(Box::new(async_retries.clone()))?;
+        registry.register(Box::new(async_callbacks.clone()))?;
         Ok(Metrics {
             registry,
             invocations,
@@ -188,6 +228,10 @@ impl Metrics {
             log_dropped,
             pull_seconds,
             pull_bytes,
+            async_depth,
+            async_calls,
+            async_retries,
+            async_callbacks,
         })
     }
 
@@ -265,6 +309,14 @@ impl Metrics {
         for reason in StopReason::ALL {
             let _ = self.stops.remove_label_values(&[name, reason.as_str()]);
         }
+        let _ = self.async_depth.remove_label_values(&[name]);
+        let _ = self.async_retries.remove_label_values(&[name]);
+        for outcome in ["succeeded", "failed"] {
+            let _ = self.async_calls.remove_label_values(&[name, outcome]);
+        }
+        for outcome in ["delivered", "failed"] {
+            let _ = self.async_callbacks.remove_label_values(&[name, outcome]);
+        }
     }
 
     /// Records one pull: how long it took and how it ended, and the bytes
@@ -274,6 +326,32 @@ impl Metrics {
             .with_label_values(&[outcome])
             .observe(took.as_secs_f64());
         self.pull_bytes.inc_by(downloaded);
+    }
+
+    /// Sets how many asynchronous calls of `function` are not done.
+    pub fn async_depth(&self, function: &str, depth: usize) {
+        self.async_depth
+            .with_label_values(&[function])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an asynchronous call run for good (`succeeded`, `failed`).
+    pub fn async_finished(&self, function: &str, outcome: &str) {
+        self.async_calls
+            .with_label_values(&[function, outcome])
+            .inc();
+    }
+
+    /// Counts an asynchronous call that runs again.
+    pub fn async_retried(&self, function: &str) {
+        self.async_retries.with_label_values(&[function]).inc();
+    }
+
+    /// Counts a callback delivered or given up (`delivered`, `failed`).
+    pub fn async_callback(&self, function: &str, outcome: &str) {
+        self.async_callbacks
+            .with_label_values(&[function, outcome])
+            .inc();
     }
 
     /// The series of client connections.
@@ -578,6 +656,20 @@ mod tests {
         // Rare series come with their first event, not before.
         assert!(!text.contains(r#"function_name="quiet""#), "{text}");
         assert!(!text.contains(r#"reason="crash""#), "{text}");
+        assert!(!text.contains("wisp_async"), "{text}");
+        m.async_depth("hello", 2);
+        m.async_finished("hello", "succeeded");
+        m.async_retried("hello");
+        m.async_callback("hello", "delivered");
+        let text = String::from_utf8(m.render()).unwrap();
+        for series in [
+            r#"wisp_async_queue_depth{function_name="hello"} 2"#,
+            r#"wisp_async_calls_total{function_name="hello",outcome="succeeded"} 1"#,
+            r#"wisp_async_retries_total{function_name="hello"} 1"#,
+            r#"wisp_async_callbacks_total{function_name="hello",outcome="delivered"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
         let mut registered: Vec<String> = m
             .registry
             .gather()

@@ -20,6 +20,8 @@ const FUNCTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("functi
 const DEPLOYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("deploys");
 const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
 const REVISIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("revisions");
+/// Asynchronous calls accepted and not finished, by sequence number.
+const CALLS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("async_calls");
 
 /// A revision's key: `name/<revision, 20 digits>`, so that a name's
 /// revisions are one range, in order (a name has no `/`).
@@ -157,6 +159,7 @@ impl Registry {
         txn.open_table(DEPLOYS).map_err(storage)?;
         txn.open_table(SECRETS).map_err(storage)?;
         txn.open_table(REVISIONS).map_err(storage)?;
+        txn.open_table(CALLS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let registry = Registry { db };
         registry.first_revisions()?;
@@ -377,6 +380,39 @@ impl Registry {
         Ok(existed)
     }
 
+    /// Stores an asynchronous call (new, or changed: a retry is due, its
+    /// result awaits its callback) under `seq`.
+    pub fn put_call(&self, seq: u64, call: &[u8]) -> Result<(), RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut calls = txn.open_table(CALLS).map_err(storage)?;
+            calls.insert(seq, call).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Forgets a finished asynchronous call.
+    pub fn remove_call(&self, seq: u64) -> Result<(), RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut calls = txn.open_table(CALLS).map_err(storage)?;
+            calls.remove(seq).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// The asynchronous calls not finished, in the order they came.
+    pub fn calls(&self) -> Result<Vec<(u64, Vec<u8>)>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let calls = txn.open_table(CALLS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in calls.iter().map_err(storage)? {
+            let (seq, call) = entry.map_err(storage)?;
+            out.push((seq.value(), call.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Every stored function, by name.
     pub fn list(&self) -> Result<Vec<StoredFunction>, RegistryError> {
         let txn = self.db.begin_read().map_err(storage)?;
@@ -569,6 +605,27 @@ mod tests {
         let mut next = StoredFunction::new(spec("old"));
         registry.deploy(&mut next, 10).unwrap();
         assert_eq!(next.revision, 2);
+    }
+
+    #[test]
+    fn calls_are_kept_in_order_until_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.redb");
+        {
+            let registry = Registry::open(&path).unwrap();
+            for seq in [3, 1, 2] {
+                registry
+                    .put_call(seq, format!("call {seq}").as_bytes())
+                    .unwrap();
+            }
+            registry.put_call(2, b"call 2, retried").unwrap();
+            registry.remove_call(1).unwrap();
+        }
+        let registry = Registry::open(&path).unwrap();
+        assert_eq!(
+            registry.calls().unwrap(),
+            [(2, b"call 2, retried".to_vec()), (3, b"call 3".to_vec())]
+        );
     }
 
     #[test]

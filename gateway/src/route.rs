@@ -42,6 +42,11 @@ pub enum Route<'a> {
         name: &'a str,
         rest: &'a str,
     },
+    /// `/async-function/{name}` and `/async-function/{name}/{rest...}`.
+    InvokeAsync {
+        name: &'a str,
+        rest: &'a str,
+    },
     NotFound,
 }
 
@@ -78,16 +83,27 @@ pub fn route(path: &str) -> Route<'_> {
         return Route::UnknownSystem;
     }
     if let Some(tail) = path.strip_prefix("/function/") {
-        let (name, rest) = match tail.find('/') {
-            Some(i) => (&tail[..i], &tail[i..]),
-            None => (tail, "/"),
+        return match split_name(tail) {
+            Some((name, rest)) => Route::Invoke { name, rest },
+            None => Route::NotFound,
         };
-        if name.is_empty() {
-            return Route::NotFound;
-        }
-        return Route::Invoke { name, rest };
+    }
+    if let Some(tail) = path.strip_prefix("/async-function/") {
+        return match split_name(tail) {
+            Some((name, rest)) => Route::InvokeAsync { name, rest },
+            None => Route::NotFound,
+        };
     }
     Route::NotFound
+}
+
+/// `{name}[/{rest...}]` → (name, rest from `/`); `None` without a name.
+fn split_name(tail: &str) -> Option<(&str, &str)> {
+    let (name, rest) = match tail.find('/') {
+        Some(i) => (&tail[..i], &tail[i..]),
+        None => (tail, "/"),
+    };
+    (!name.is_empty()).then_some((name, rest))
 }
 
 #[cfg(test)]
@@ -127,6 +143,14 @@ mod tests {
             }
         );
         assert_eq!(route("/function/"), Route::NotFound);
+        assert_eq!(
+            route("/async-function/hello/a"),
+            Route::InvokeAsync {
+                name: "hello",
+                rest: "/a"
+            }
+        );
+        assert_eq!(route("/async-function/"), Route::NotFound);
         assert_eq!(route("/function//x"), Route::NotFound);
         assert_eq!(route("/"), Route::NotFound);
         assert_eq!(route("/functionx/a"), Route::NotFound);

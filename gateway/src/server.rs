@@ -76,6 +76,8 @@ pub struct ServeConfig {
     pub deploy_wait: Duration,
     /// Revisions kept per function for rollbacks (the current one included).
     pub revision_history: usize,
+    /// Asynchronous invocation.
+    pub calls: crate::calls::AsyncConfig,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -154,6 +156,8 @@ pub struct App {
     pub(crate) secrets: crate::secrets::SecretFiles,
     /// Revisions kept per function (the current one included).
     pub(crate) revision_history: usize,
+    /// Asynchronous calls.
+    pub(crate) calls: crate::calls::Calls,
 }
 
 impl App {
@@ -254,6 +258,8 @@ impl App {
             metrics,
             secrets,
             revision_history: config.revision_history,
+            calls: crate::calls::Calls::new(config.calls.clone())
+                .map_err(|e| anyhow::anyhow!("making the callback client: {e}"))?,
         };
         Ok((Arc::new(app), fresh.then_some(token)))
     }
@@ -302,6 +308,12 @@ impl App {
                 allow: FORWARDED_METHODS,
             }),
             Route::Invoke { name, rest } => self.invoke(name, rest, req, remote).await,
+            Route::InvokeAsync { .. } if !forwards(&method) => {
+                Err(GatewayError::MethodNotAllowed {
+                    allow: FORWARDED_METHODS,
+                })
+            }
+            Route::InvokeAsync { name, rest } => self.invoke_async(name, rest, req, remote).await,
             Route::Metrics => {
                 let mut dropped = self.logs.dropped();
                 dropped.retain(|(name, _)| self.functions.contains_key(name));
@@ -327,7 +339,7 @@ impl App {
         response
     }
 
-    async fn invoke(
+    pub(crate) async fn invoke(
         &self,
         name: &str,
         rest: &str,
@@ -551,7 +563,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes the connection-scoped headers a proxy must not forward (RFC 9110 §7.6.1).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one look at each name, no removal (which
     // hashes every name it is asked to remove).
     if !headers.keys().any(is_hop_by_hop) {
@@ -591,6 +603,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (app, fresh_token) = App::open(&config, spawner)?;
     app.resume_deploys();
+    app.resume_calls();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

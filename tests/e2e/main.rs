@@ -5,6 +5,7 @@
     reason = "test helpers panic on failure by design"
 )]
 
+mod calls;
 mod cgi;
 mod cli;
 mod connections;

@@ -193,6 +193,18 @@ pub struct ServeArgs {
     /// pulling, and its requests wait for it).
     #[arg(long, env = "WISP_DEPLOY_WAIT", default_value = "2s", value_parser = duration)]
     pub deploy_wait: Duration,
+    /// Share of a function's capacity (instances × concurrency) its
+    /// asynchronous calls may use at once; the rest stays free for
+    /// synchronous requests (at least one call runs).
+    #[arg(long, env = "WISP_ASYNC_SHARE", default_value_t = crate::calls::DEFAULT_SHARE, value_parser = share)]
+    pub async_share: f64,
+    /// Asynchronous calls that may wait per function; more are refused with 429.
+    #[arg(long, env = "WISP_ASYNC_QUEUE_MAX", default_value_t = crate::calls::DEFAULT_MAX_QUEUED)]
+    pub async_queue_max: usize,
+    /// Let asynchronous calls' callbacks reach loopback, link-local and this
+    /// host's own addresses (refused by default: no requests into the host).
+    #[arg(long, env = "WISP_ALLOW_LOCAL_CALLBACKS")]
+    pub allow_local_callbacks: bool,
     /// Revisions kept per function for `wisp rollback`, the current one
     /// included; their artifacts and images are kept from prunes.
     #[arg(long, env = "WISP_REVISION_HISTORY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -475,6 +487,12 @@ pub struct InvokeArgs {
     /// Print the status line and response headers to stderr.
     #[arg(long, short = 'i')]
     pub include: bool,
+    /// Queue the call and return at once (`/async-function/`); prints its call id.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// With --async: where the function's response is POSTed when the call is done.
+    #[arg(long, requires = "asynchronous", value_name = "URL")]
+    pub callback: Option<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -494,6 +512,13 @@ pub struct RmArgs {
     pub name: String,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|f| *f > 0.0 && *f <= 1.0)
+        .ok_or_else(|| format!("{s:?}: expected a fraction above 0 and at most 1, such as 0.5"))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

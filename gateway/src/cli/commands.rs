@@ -84,6 +84,11 @@ pub async fn run(
                 registry_mirrors: args.registry_mirrors,
                 deploy_wait: args.deploy_wait,
                 revision_history: args.revision_history as usize,
+                calls: crate::calls::AsyncConfig {
+                    share: args.async_share,
+                    max_queued: args.async_queue_max,
+                    allow_local_callbacks: args.allow_local_callbacks,
+                },
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await
@@ -461,15 +466,34 @@ async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     } else {
         format!("/{}", args.path)
     };
+    if let Some(callback) = &args.callback {
+        let value = HeaderValue::from_str(callback)
+            .with_context(|| format!("invalid callback URL {callback:?}"))?;
+        headers.insert("x-callback-url", value);
+    }
+    let route = if args.asynchronous {
+        "async-function"
+    } else {
+        "function"
+    };
     let response = client
         .send(
             method,
-            &format!("/function/{}{}", args.name, path),
+            &format!("/{route}/{}{}", args.name, path),
             headers,
             wisp_runner::backend::full_body(body),
         )
         .await?;
     let status = response.status();
+    if args.asynchronous && status == http::StatusCode::ACCEPTED {
+        let id = response
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?");
+        println!("queued call {id}");
+        return Ok(());
+    }
     if args.include {
         eprintln!("{:?} {}", response.version(), status);
         for (name, value) in response.headers() {

@@ -540,7 +540,7 @@ struct Puller<'a> {
 }
 
 /// Installs the process's TLS crypto provider (ring) once.
-fn crypto_provider() {
+pub fn crypto_provider() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         // Err means another part of the process installed one first: fine.
