@@ -43,12 +43,17 @@ fn families(text: &str) -> (BTreeSet<String>, Seen) {
 
 /// Families a session of ordinary use leaves alone, each moved by a test of
 /// its own: refused connections (`connections.rs`, a full cap), dropped
-/// output (`logs.rs`, a flood) and pulls (`registry.rs`, a registry).
+/// output (`logs.rs`, a flood), pulls (`registry.rs`, a registry) and
+/// asynchronous calls (`calls.rs`, a callback receiver).
 const EXERCISED_ELSEWHERE: &[&str] = &[
     "wisp_http_connections_refused_total",
     "wisp_log_lines_dropped_total",
     "wisp_image_pull_seconds",
     "wisp_image_pull_bytes_total",
+    "wisp_async_queue_depth",
+    "wisp_async_calls_total",
+    "wisp_async_retries_total",
+    "wisp_async_callbacks_total",
 ];
 
 #[tokio::test]
