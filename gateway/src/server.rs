@@ -283,6 +283,20 @@ impl App {
         )
     }
 
+    /// The function an invocation path's `{name}` means: OpenFaaS's
+    /// `{name}.{namespace}` form names a function of wisp's one namespace
+    /// (split on the last dot). A function whose own name has a dot is
+    /// found by it first.
+    pub(crate) fn qualified<'a>(&self, name: &'a str) -> &'a str {
+        if self.functions.contains_key(name) || self.pending.contains_key(name) {
+            return name;
+        }
+        match name.rsplit_once('.') {
+            Some((base, namespace)) if namespace == crate::api::NAMESPACE => base,
+            _ => name,
+        }
+    }
+
     /// The deployed function `name`, or the error that answers 404.
     pub(crate) fn function(&self, name: &str) -> Result<Arc<Function>, GatewayError> {
         self.functions
@@ -307,13 +321,18 @@ impl App {
             Route::Invoke { .. } if !forwards(&method) => Err(GatewayError::MethodNotAllowed {
                 allow: FORWARDED_METHODS,
             }),
-            Route::Invoke { name, rest } => self.invoke(name, rest, req, remote).await,
+            Route::Invoke { name, rest } => {
+                self.invoke(self.qualified(name), rest, req, remote).await
+            }
             Route::InvokeAsync { .. } if !forwards(&method) => {
                 Err(GatewayError::MethodNotAllowed {
                     allow: FORWARDED_METHODS,
                 })
             }
-            Route::InvokeAsync { name, rest } => self.invoke_async(name, rest, req, remote).await,
+            Route::InvokeAsync { name, rest } => {
+                self.invoke_async(self.qualified(name), rest, req, remote)
+                    .await
+            }
             Route::Metrics => {
                 let mut dropped = self.logs.dropped();
                 dropped.retain(|(name, _)| self.functions.contains_key(name));

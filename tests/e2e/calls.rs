@@ -184,6 +184,31 @@ async fn async_calls_run_retry_and_call_back() {
         assert!(metrics.contains(series), "{series} in\n{metrics}");
     }
 
+    // OpenFaaS's `name.namespace` form, in wisp's one namespace.
+    let qualified = wisp
+        .invoke(
+            "POST",
+            "/function/hello.openfaas-fn/some/path?name=async",
+            "payload",
+        )
+        .await;
+    assert_eq!(
+        (qualified.status, qualified.text()),
+        (StatusCode::OK, sync.clone())
+    );
+    let other = wisp.invoke("POST", "/function/hello.team-a", "").await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    let (status, _, _) = post_async(
+        &wisp,
+        "/async-function/hello.openfaas-fn",
+        &[("x-callback-url", &receiver.url())],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let back = receiver.next().await;
+    assert_eq!(header(&back.headers, "x-function-name"), "hello");
+
     // From the CLI, without a callback.
     let out = wisp
         .cli(&["invoke", "hello", "--async", "-d", "x"])
@@ -195,7 +220,7 @@ async fn async_calls_run_retry_and_call_back() {
         async || {
             wisp.metrics()
                 .await
-                .contains(r#"wisp_async_calls_total{function_name="hello",outcome="succeeded"} 2"#)
+                .contains(r#"wisp_async_calls_total{function_name="hello",outcome="succeeded"} 3"#)
         },
     )
     .await;
