@@ -65,6 +65,8 @@ async fn the_control_api_meets_the_openfaas_spec() {
     // The functions of the `deployed` dictionary; `talker` has log lines.
     wisp.deploy("hello", artifacts::HELLO).await;
     wisp.deploy("cgi-echo", artifacts::CGI_ECHO).await;
+    // The stateful phase deploys it again with a secret (hooks.py's links).
+    let cgi = wisp.upload(artifacts::CGI_ECHO).await.unwrap();
     wisp.deploy("talker", artifacts::MISBEHAVE).await;
     for _ in 0..2 {
         let said = wisp.invoke("GET", "/function/talker/stderr", "").await;
@@ -90,6 +92,7 @@ async fn the_control_api_meets_the_openfaas_spec() {
         .current_dir(work.path())
         .env("SCHEMATHESIS_HOOKS", format!("{OPENAPI}/hooks.py"))
         .env("WISP_TOKEN", &wisp.token)
+        .env("WISP_SPEC_CGI_ARTIFACT", &cgi)
         .args(["--config-file", &config, "--no-color", "run"])
         .arg(format!("{OPENAPI}/openfaas-gateway.yml"))
         .args(["--url", &wisp.addr, "--checks", "all"])
@@ -117,6 +120,12 @@ async fn the_control_api_meets_the_openfaas_spec() {
         output.status.success(),
         "schemathesis found failures ({}):\n{report}",
         output.status
+    );
+    // The stateful phase made a secret and deployed a function with it.
+    let secret_user = wisp.client.function("secret-user").await;
+    assert!(
+        secret_user.is_ok_and(|f| !f.secrets.is_empty()),
+        "the stateful phase deployed no function with a secret:\n{report}"
     );
     let lines: Vec<&str> = report.lines().collect();
     eprintln!(

@@ -8,6 +8,7 @@ checked as published.
 """
 
 import json
+import os
 
 import schemathesis
 
@@ -72,6 +73,38 @@ def before_load_schema(context, raw_schema):
                 operation["responses"].setdefault("401", {"description": "Unauthorized"})
             for status, description in ERRATA.get((path, method), {}).items():
                 operation["responses"].setdefault(status, {"description": description})
+    add_links(raw_schema["paths"])
+
+
+# The stateful phase follows these links (the spec has none): a secret is
+# created, then the function `secret-user` deployed with it (the CGI echo
+# module the test uploaded, WISP_SPEC_CGI_ARTIFACT) and invoked. The
+# deploy's body is the link's whole (`merge_body: false`), so that it is
+# never the empty module under that name. No link goes to the secret's
+# update or deletion: they take the name in the body, and schemathesis
+# counts such a link as followed even when it drew the name itself.
+SECRET_USER = "secret-user"
+
+
+def add_links(paths):
+    artifact = os.environ.get("WISP_SPEC_CGI_ARTIFACT")
+    if not artifact:
+        return
+    paths["/system/secrets"]["post"]["responses"]["201"]["links"] = {
+        "DeployWithIt": {
+            "operationId": "DeployFunction",
+            "requestBody": {
+                "service": SECRET_USER,
+                "image": artifact,
+                "secrets": ["$request.body#/name"],
+            },
+            "x-schemathesis": {"merge_body": False},
+        },
+        "InvokeTheSecretUser": {
+            "operationId": "InvokeFunction",
+            "parameters": {"path.functionName": SECRET_USER},
+        },
+    }
 
 
 @schemathesis.deserializer("application/x-ndjson")
