@@ -45,6 +45,8 @@ use crate::server::{App, Client};
 pub const DEFAULT_SHARE: f64 = 0.5;
 /// Default number of calls that may wait per function.
 pub const DEFAULT_MAX_QUEUED: usize = 10_000;
+/// Default total of the request bodies that may wait per function.
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1024 * 1024 * 1024;
 /// Largest response body kept for a callback; a longer one is cut there.
 const MAX_RESULT_BYTES: u64 = 16 * 1024 * 1024;
 /// Deliveries of one callback before it is given up.
@@ -65,6 +67,9 @@ pub struct AsyncConfig {
     pub share: f64,
     /// Calls that may wait per function; more are refused with 429.
     pub max_queued: usize,
+    /// Bytes of request bodies that may wait per function (they are kept
+    /// in the data dir); more are refused with 429.
+    pub max_queued_bytes: u64,
     /// Whether callbacks may go to loopback, link-local or this host's own
     /// addresses.
     pub allow_local_callbacks: bool,
@@ -75,6 +80,7 @@ impl Default for AsyncConfig {
         AsyncConfig {
             share: DEFAULT_SHARE,
             max_queued: DEFAULT_MAX_QUEUED,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             allow_local_callbacks: false,
         }
     }
@@ -225,6 +231,8 @@ struct Queue {
     waiting: Mutex<VecDeque<(u64, Call)>>,
     /// Accepted and not yet run for good: waiting, running or between retries.
     queued: AtomicUsize,
+    /// Their request bodies' bytes.
+    bytes: AtomicU64,
     running: AtomicUsize,
     /// Wakes the dispatcher (one waiter: a stored permit is not lost).
     wake: Notify,
@@ -251,6 +259,11 @@ impl Queue {
 pub struct Calls {
     config: AsyncConfig,
     next: AtomicU64,
+    /// Set at shutdown: no call starts any more.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Calls running, over all functions; `idle` is told when none is.
+    running: AtomicUsize,
+    idle: Notify,
     queues: DashMap<String, Arc<Queue>>,
     callbacks: reqwest::Client,
     own: Arc<Vec<IpAddr>>,
@@ -272,6 +285,9 @@ impl Calls {
         Ok(Calls {
             config,
             next: AtomicU64::new(1),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            idle: Notify::new(),
             queues: DashMap::new(),
             callbacks,
             own,
@@ -462,6 +478,15 @@ impl App {
                     None => GatewayError::BadRequest(format!("reading the body: {e}")),
                 },
             )?;
+        let waiting = queue.bytes.load(Ordering::Relaxed);
+        if waiting.saturating_add(body.len() as u64) > self.calls.config.max_queued_bytes {
+            return Err(GatewayError::Invoke(InvokeError::QueueFull {
+                function,
+                detail: format!(
+                    "the asynchronous calls waiting hold {waiting} bytes of bodies already (--async-queue-max-bytes)"
+                ),
+            }));
+        }
         let accepted_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -491,6 +516,9 @@ impl App {
         let seq = self.calls.next.fetch_add(1, Ordering::Relaxed);
         self.store_call(seq, &call)?;
         queue.queued.fetch_add(1, Ordering::Relaxed);
+        queue
+            .bytes
+            .fetch_add(call.body.len() as u64, Ordering::Relaxed);
         self.metrics
             .async_depth(name, queue.queued.load(Ordering::Relaxed));
         queue.push(seq, call);
@@ -568,11 +596,14 @@ impl App {
             };
             resumed += 1;
             if call.result.is_some() {
-                tokio::spawn(deliver(self.clone(), seq, call));
+                tokio::spawn(deliver(self.clone(), seq, call, None));
                 continue;
             }
             let queue = self.queue(&call.function);
             queue.queued.fetch_add(1, Ordering::Relaxed);
+            queue
+                .bytes
+                .fetch_add(call.body.len() as u64, Ordering::Relaxed);
             self.metrics
                 .async_depth(&call.function, queue.queued.load(Ordering::Relaxed));
             let wait = Duration::from_millis(call.not_before_ms.saturating_sub(now_ms()));
@@ -597,14 +628,36 @@ impl App {
 /// Runs `function`'s calls in order, no more at once than its slots.
 async fn dispatch(app: Arc<App>, function: String, queue: Arc<Queue>) {
     loop {
-        if queue.running.load(Ordering::Acquire) < app.slots(&function)
+        if !app.calls.stopping.load(Ordering::Acquire)
+            && queue.running.load(Ordering::Acquire) < app.slots(&function)
             && let Some((seq, call)) = queue.pop()
         {
             queue.running.fetch_add(1, Ordering::AcqRel);
+            app.calls.running.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(run(app.clone(), queue.clone(), seq, call));
             continue;
         }
         queue.wake.notified().await;
+    }
+}
+
+impl App {
+    /// At shutdown: starts no more calls and waits for the running ones
+    /// to end (their results stored, so that a restart does not run them
+    /// again). The waiting ones stay stored for the next start.
+    pub(crate) async fn stop_calls(&self) {
+        self.calls.stopping.store(true, Ordering::Release);
+        loop {
+            // Registered before the count is read, so that no wake-up
+            // falls in between.
+            let idle = self.calls.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.calls.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 }
 
@@ -614,6 +667,8 @@ async fn run(app: Arc<App>, queue: Arc<Queue>, seq: u64, mut call: Call) {
     call.attempts += 1;
     let response = invoke(&app, &call).await;
     let seconds = started.elapsed().as_secs_f64();
+    // Counted as running until its outcome is stored.
+    let running = Running(app.clone());
     queue.running.fetch_sub(1, Ordering::AcqRel);
     queue.wake.notify_one();
     let policy = app
@@ -639,6 +694,7 @@ async fn run(app: Arc<App>, queue: Arc<Queue>, seq: u64, mut call: Call) {
             tokio::time::sleep(wait).await;
             queue.push(seq, call);
         });
+        drop(running);
         return;
     }
     let outcome = if (200..300).contains(&response.status) {
@@ -664,7 +720,20 @@ async fn run(app: Arc<App>, queue: Arc<Queue>, seq: u64, mut call: Call) {
     if let Err(e) = app.store_call(seq, &call) {
         tracing::error!(error = %e, "storing an asynchronous call's result");
     }
-    deliver(app, seq, call).await;
+    // A shutdown waits for the callback's first try (a restart would send
+    // a delivered one again), not for its repeats.
+    deliver(app, seq, call, Some(running)).await;
+}
+
+/// A call between its start and its stored outcome, for [`App::stop_calls`].
+struct Running(Arc<App>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.calls.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.calls.idle.notify_waiters();
+        }
+    }
 }
 
 /// Invokes the function as a synchronous request would; the response
@@ -730,7 +799,8 @@ async fn invoke(app: &Arc<App>, call: &Call) -> CallResult {
 
 /// POSTs a finished call's result to its callback, repeating with
 /// back-off while the receiver cannot take it, then forgets the call.
-async fn deliver(app: Arc<App>, seq: u64, call: Call) {
+async fn deliver(app: Arc<App>, seq: u64, call: Call, running: Option<Running>) {
+    let mut running = running;
     let (Some(url), Some(result)) = (&call.callback, &call.result) else {
         app.forget_call(seq);
         return;
@@ -769,8 +839,11 @@ async fn deliver(app: Arc<App>, seq: u64, call: Call) {
             tracing::warn!(function = %call.function, call_id = %call.id, attempt, error = %why, "an asynchronous call's callback failed");
         }
         if done {
-            break;
+            app.metrics.async_callback(&call.function, outcome);
+            app.forget_call(seq);
+            return;
         }
+        drop(running.take());
         if attempt < CALLBACK_ATTEMPTS {
             tokio::time::sleep(wait).await;
             wait *= 2;
@@ -778,6 +851,7 @@ async fn deliver(app: Arc<App>, seq: u64, call: Call) {
     }
     app.metrics.async_callback(&call.function, outcome);
     app.forget_call(seq);
+    drop(running);
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -3,7 +3,8 @@
 //! `/function/{name}/{rest...}` → [`Pool`] → instance → handler.
 //!
 //! Shutdown: on SIGINT/SIGTERM the listener closes, connections finish the
-//! requests they have in flight (up to a grace period), then every pool is
+//! requests they have in flight and asynchronous calls running finish (up
+//! to a grace period; waiting calls stay stored), then every pool is
 //! retired so its instances stop.
 
 use std::convert::Infallible;
@@ -686,11 +687,22 @@ pub async fn serve(
     drop(listener);
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: finishing in-flight requests");
     connections.shut_down();
-    if tokio::time::timeout(config.shutdown_grace, connections.drained())
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    if tokio::time::timeout_at(deadline, connections.drained())
         .await
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+    // Asynchronous calls running finish within the same grace; the ones
+    // waiting stay stored for the next start.
+    if tokio::time::timeout_at(deadline, app.stop_calls())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "grace period over; asynchronous calls still running run again at the next start"
+        );
     }
     let pools: Vec<_> = app.functions.iter().map(|f| f.value().clone()).collect();
     for function in pools {

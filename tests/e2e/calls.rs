@@ -315,14 +315,18 @@ async fn accepted_calls_survive_a_crash_and_each_runs_once() {
     };
     let mut wisp = start();
     let mut receiver = Receiver::start().await;
-    // One call at a time, a few milliseconds each: most are still queued
-    // when the server dies.
+    // One request at a time, and a synchronous one holds it while the
+    // calls are accepted: the first call waits for it in the pool, the
+    // rest in the queue, and none has run when the server dies. (A call
+    // running at a crash runs again after it: its outcome was unknown.)
     wisp.deploy_with("one", artifacts::MISBEHAVE, |d| {
         d.scaling.max_instances = Some(1);
         d.scaling.concurrency = Some(1);
     })
     .await
     .unwrap();
+    let _blocker = wisp.spawn_invoke("GET", "/function/one/sleep?ms=20000", "");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let url = receiver.url();
     let accepted = futures::stream::iter(0..CALLS)
         .map(|i| {
@@ -352,12 +356,7 @@ async fn accepted_calls_survive_a_crash_and_each_runs_once() {
     while let Ok(back) = receiver.got.try_recv() {
         count(&mut seen, back);
     }
-    let before = seen.len();
-    eprintln!("{before} of {CALLS} calls were done when the server was killed");
-    assert!(
-        before < CALLS,
-        "the test needs calls still queued at the crash"
-    );
+    assert!(seen.is_empty(), "calls ran before the crash: {seen:?}");
     let _wisp = start();
     while seen.len() < CALLS {
         let back = receiver.next().await;
@@ -371,4 +370,77 @@ async fn accepted_calls_survive_a_crash_and_each_runs_once() {
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "calls run twice: {twice:?}");
     assert_eq!(seen.len(), CALLS);
+}
+
+// Multi-threaded: the receiver must answer while the test waits for the
+// server to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_lets_running_calls_finish_and_keeps_the_waiting_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        Wisp::builder()
+            .data_dir(dir.path())
+            .arg("--allow-local-callbacks")
+            .start()
+            .unwrap()
+    };
+    let mut wisp = start();
+    let mut receiver = Receiver::start().await;
+    wisp.deploy_with("one", artifacts::MISBEHAVE, |d| {
+        d.scaling.max_instances = Some(1);
+        d.scaling.concurrency = Some(1);
+    })
+    .await
+    .unwrap();
+    let url = receiver.url();
+    for (id, path) in [
+        ("running", "/async-function/one/sleep?ms=1500"),
+        ("waiting", "/async-function/one/sleep?ms=10"),
+    ] {
+        let (status, _, text) = post_async(
+            &wisp,
+            path,
+            &[("x-callback-url", &url), ("x-call-id", id)],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wisp.signal("TERM");
+    let exited = tokio::task::block_in_place(|| wisp.wait(Duration::from_secs(20)));
+    assert!(exited.unwrap().success());
+    assert!(
+        !wisp.log().contains("run again at the next start"),
+        "{}",
+        wisp.log()
+    );
+
+    // The next server runs only the waiting call; both are called back.
+    let next = start();
+    let mut back = Vec::new();
+    for _ in 0..2 {
+        let got = receiver.next().await;
+        assert_eq!(header(&got.headers, "x-function-status"), "200");
+        back.push(header(&got.headers, "x-call-id").to_owned());
+    }
+    back.sort();
+    assert_eq!(back, ["running", "waiting"]);
+    eventually(
+        "the waiting call to be counted",
+        Duration::from_secs(10),
+        async || {
+            next.metrics()
+                .await
+                .contains(r#"wisp_async_calls_total{function_name="one",outcome="succeeded"} 1"#)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        next.metrics()
+            .await
+            .contains(r#"wisp_async_calls_total{function_name="one",outcome="succeeded"} 1"#),
+        "the running call ran again after the restart"
+    );
 }

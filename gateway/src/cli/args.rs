@@ -201,6 +201,10 @@ pub struct ServeArgs {
     /// Asynchronous calls that may wait per function; more are refused with 429.
     #[arg(long, env = "WISP_ASYNC_QUEUE_MAX", default_value_t = crate::calls::DEFAULT_MAX_QUEUED)]
     pub async_queue_max: usize,
+    /// Bytes of request bodies that asynchronous calls waiting per function
+    /// may hold (they are kept in the data dir); more are refused with 429.
+    #[arg(long, env = "WISP_ASYNC_QUEUE_MAX_BYTES", default_value = "1Gi", value_parser = bytes)]
+    pub async_queue_max_bytes: u64,
     /// Let asynchronous calls' callbacks reach loopback, link-local and this
     /// host's own addresses (refused by default: no requests into the host).
     #[arg(long, env = "WISP_ALLOW_LOCAL_CALLBACKS")]

@@ -87,6 +87,7 @@ pub async fn run(
                 calls: crate::calls::AsyncConfig {
                     share: args.async_share,
                     max_queued: args.async_queue_max,
+                    max_queued_bytes: args.async_queue_max_bytes,
                     allow_local_callbacks: args.allow_local_callbacks,
                 },
             };
