@@ -302,29 +302,37 @@ async fn bad_async_calls_get_clear_errors_and_callbacks_stay_off_the_host() {
     assert_eq!(sync.status, StatusCode::OK, "{}", sync.text());
 }
 
-#[tokio::test]
-async fn accepted_calls_survive_a_crash_and_each_runs_once() {
-    const CALLS: usize = 1000;
-    let dir = tempfile::tempdir().unwrap();
-    let start = || {
-        Wisp::builder()
-            .data_dir(dir.path())
-            .arg("--allow-local-callbacks")
-            .start()
-            .unwrap()
-    };
-    let mut wisp = start();
-    let mut receiver = Receiver::start().await;
-    // One request at a time, and a synchronous one holds it while the
-    // calls are accepted: the first call waits for it in the pool, the
-    // rest in the queue, and none has run when the server dies. (A call
-    // running at a crash runs again after it: its outcome was unknown.)
+/// A server on `dir` whose callbacks may reach the test's receiver.
+fn calling_back(dir: &std::path::Path) -> Wisp {
+    Wisp::builder()
+        .data_dir(dir)
+        .arg("--allow-local-callbacks")
+        .start()
+        .unwrap()
+}
+
+/// `one`: misbehave taking one request at a time.
+async fn deploy_one_at_a_time(wisp: &Wisp) {
     wisp.deploy_with("one", artifacts::MISBEHAVE, |d| {
         d.scaling.max_instances = Some(1);
         d.scaling.concurrency = Some(1);
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn accepted_calls_survive_a_crash_and_each_runs_once() {
+    const CALLS: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || calling_back(dir.path());
+    let mut wisp = start();
+    let mut receiver = Receiver::start().await;
+    // One request at a time, and a synchronous one holds it while the
+    // calls are accepted: the first call waits for it in the pool, the
+    // rest in the queue, and none has run when the server dies. (A call
+    // running at a crash runs again after it: its outcome was unknown.)
+    deploy_one_at_a_time(&wisp).await;
     let _blocker = wisp.spawn_invoke("GET", "/function/one/sleep?ms=20000", "");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let url = receiver.url();
@@ -377,21 +385,10 @@ async fn accepted_calls_survive_a_crash_and_each_runs_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_lets_running_calls_finish_and_keeps_the_waiting_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let start = || {
-        Wisp::builder()
-            .data_dir(dir.path())
-            .arg("--allow-local-callbacks")
-            .start()
-            .unwrap()
-    };
+    let start = || calling_back(dir.path());
     let mut wisp = start();
     let mut receiver = Receiver::start().await;
-    wisp.deploy_with("one", artifacts::MISBEHAVE, |d| {
-        d.scaling.max_instances = Some(1);
-        d.scaling.concurrency = Some(1);
-    })
-    .await
-    .unwrap();
+    deploy_one_at_a_time(&wisp).await;
     let url = receiver.url();
     for (id, path) in [
         ("running", "/async-function/one/sleep?ms=1500"),
