@@ -64,6 +64,9 @@ else
   echo "(not root: container functions are skipped; run as root to see them)"
 fi
 echo
+echo "== wisp invoke hello --async --data 'later'   (queued, run in the background)"
+"$wisp" invoke hello --async --data 'later'
+echo
 echo "== wisp ls"
 "$wisp" ls
 cat <<MSG
@@ -75,6 +78,9 @@ wisp is serving on $WISP_GATEWAY (data in $WISP_DATA_DIR, log in $log). Try:
   curl '$WISP_GATEWAY/function/ping/echo?name=you' -d 'to a container'
   $wisp deploy NAME --image image.tar     # docker save / OCI archive / OCI layout dir
   $wisp deploy NAME --binary ./static-server --port 8080
+  curl -i -X POST '$WISP_GATEWAY/async-function/hello' -H 'X-Callback-Url: https://hooks.example.com/done' -d 'later'
+  echo -n s3cret | $wisp secret create api-key && $wisp deploy NAME --image image.tar --secret api-key
+  $wisp history hello && $wisp rollback hello
   WISP_DATA_DIR=$WISP_DATA_DIR $wisp ls
   WISP_DATA_DIR=$WISP_DATA_DIR $wisp deploy NAME your-component.wasm
 The control API token is in $WISP_DATA_DIR/token (the CLI reads it from there).
