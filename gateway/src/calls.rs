@@ -940,6 +940,33 @@ mod tests {
         assert!(allowed.check_callback("http://127.0.0.1:9/x").is_ok());
     }
 
+    #[tokio::test]
+    async fn names_are_resolved_to_reachable_addresses_only() {
+        use reqwest::dns::Resolve as _;
+        let guarded = GuardedResolver {
+            allow_local: false,
+            own: Arc::new(own_addresses()),
+        };
+        // /etc/hosts: no network needed. A name that resolves to loopback
+        // (DNS rebinding) is refused at every delivery.
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let refused = guarded.resolve(name).await.err().unwrap();
+        assert!(
+            refused.to_string().contains("--allow-local-callbacks"),
+            "{refused}"
+        );
+        let open = GuardedResolver {
+            allow_local: true,
+            own: Arc::new(Vec::new()),
+        };
+        let found: Vec<SocketAddr> = open
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(found.iter().all(|a| a.ip().is_loopback()) && !found.is_empty());
+    }
+
     #[test]
     fn call_ids_are_the_callers_or_new_uuids() {
         let mut headers = HeaderMap::new();
