@@ -265,33 +265,45 @@ pub struct Calls {
     running: AtomicUsize,
     idle: Notify,
     queues: DashMap<String, Arc<Queue>>,
-    callbacks: reqwest::Client,
+    /// Made at the first callback: a host without TLS roots (a minimal VM,
+    /// a scratch container) still serves, and says why no callback goes
+    /// out.
+    callbacks: std::sync::OnceLock<Result<reqwest::Client, String>>,
     own: Arc<Vec<IpAddr>>,
 }
 
 impl Calls {
-    pub fn new(config: AsyncConfig) -> Result<Calls, reqwest::Error> {
-        wisp_runner::image::pull::crypto_provider();
-        let own = Arc::new(own_addresses());
-        let callbacks = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(CALLBACK_TIMEOUT)
-            .dns_resolver(Arc::new(GuardedResolver {
-                allow_local: config.allow_local_callbacks,
-                own: own.clone(),
-            }))
-            .build()?;
-        Ok(Calls {
+    pub fn new(config: AsyncConfig) -> Calls {
+        Calls {
             config,
             next: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
             running: AtomicUsize::new(0),
             idle: Notify::new(),
             queues: DashMap::new(),
-            callbacks,
-            own,
-        })
+            callbacks: std::sync::OnceLock::new(),
+            own: Arc::new(own_addresses()),
+        }
+    }
+
+    /// The client that delivers callbacks, or why there is none.
+    fn callback_client(&self) -> Result<&reqwest::Client, &str> {
+        self.callbacks
+            .get_or_init(|| {
+                wisp_runner::image::pull::crypto_provider();
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy()
+                    .timeout(CALLBACK_TIMEOUT)
+                    .dns_resolver(Arc::new(GuardedResolver {
+                        allow_local: self.config.allow_local_callbacks,
+                        own: self.own.clone(),
+                    }))
+                    .build()
+                    .map_err(|e| format!("making the callback client: {}", error_chain(&e)))
+            })
+            .as_ref()
+            .map_err(String::as_str)
     }
 
     /// Checks a callback URL: http or https, with a host that is not a
@@ -807,8 +819,17 @@ async fn deliver(app: Arc<App>, seq: u64, call: Call, running: Option<Running>) 
     };
     let mut wait = CALLBACK_FIRST_WAIT;
     let mut outcome = "failed";
+    let client = match app.calls.callback_client() {
+        Ok(client) => client,
+        Err(why) => {
+            tracing::error!(function = %call.function, call_id = %call.id, error = %why, "an asynchronous call's callback cannot be sent");
+            app.metrics.async_callback(&call.function, outcome);
+            app.forget_call(seq);
+            return;
+        }
+    };
     for attempt in 1..=CALLBACK_ATTEMPTS {
-        let mut request = app.calls.callbacks.post(url.as_str());
+        let mut request = client.post(url.as_str());
         for header in &result.headers {
             request = request.header(header.name.as_str(), header.value.as_slice());
         }
@@ -921,7 +942,8 @@ mod tests {
         for ip in ["10.1.2.3", "192.0.2.8", "2001:db8::1"] {
             assert!(!forbidden(ip.parse().unwrap(), &own), "{ip}");
         }
-        let calls = Calls::new(AsyncConfig::default()).unwrap();
+        let calls = Calls::new(AsyncConfig::default());
+        assert!(calls.callback_client().is_ok());
         for url in [
             "http://127.0.0.1:9/x",
             "http://localhost/x",
@@ -935,8 +957,7 @@ mod tests {
         let allowed = Calls::new(AsyncConfig {
             allow_local_callbacks: true,
             ..AsyncConfig::default()
-        })
-        .unwrap();
+        });
         assert!(allowed.check_callback("http://127.0.0.1:9/x").is_ok());
     }
 

@@ -259,8 +259,7 @@ impl App {
             metrics,
             secrets,
             revision_history: config.revision_history,
-            calls: crate::calls::Calls::new(config.calls.clone())
-                .map_err(|e| anyhow::anyhow!("making the callback client: {e}"))?,
+            calls: crate::calls::Calls::new(config.calls.clone()),
         };
         Ok((Arc::new(app), fresh.then_some(token)))
     }
