@@ -17,9 +17,9 @@ L
 for c in 1 16; do
   echo "== async accept, $c connections"
   wrk -t1 -c$c -d5s -s $D/post.lua http://127.0.0.1:18181/async-function/hello | grep -E "Requests/sec|Latency|Non-2xx"
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   while curl -s http://127.0.0.1:18181/metrics | grep -q 'wisp_async_queue_depth{function_name="hello"} [1-9]'; do sleep 0.1; done
-  echo "drained $(echo "$(date +%s.%N) - $start" | bc) s after wrk"
+  echo "drained $(( ($(date +%s%N) - start) / 1000000 )) ms after wrk"
 done
 echo "== sync, 16 connections"
 wrk -t1 -c16 -d5s -s $D/post.lua http://127.0.0.1:18181/function/hello | grep -E "Requests/sec|Latency"

@@ -300,7 +300,12 @@ impl Calls {
                         own: self.own.clone(),
                     }))
                     .build()
-                    .map_err(|e| format!("making the callback client: {}", error_chain(&e)))
+                    .map_err(|e| {
+                        format!(
+                            "making the callback client: {}",
+                            wisp_runner::image::pull::error_chain(&e)
+                        )
+                    })
             })
             .as_ref()
             .map_err(String::as_str)
@@ -854,7 +859,7 @@ async fn deliver(app: Arc<App>, seq: u64, call: Call, running: Option<Running>) 
                 (true, format!("the receiver answered {}", answer.status()))
             }
             Ok(answer) => (false, format!("the receiver answered {}", answer.status())),
-            Err(e) => (false, error_chain(&e)),
+            Err(e) => (false, wisp_runner::image::pull::error_chain(&e)),
         };
         if !why.is_empty() {
             tracing::warn!(function = %call.function, call_id = %call.id, attempt, error = %why, "an asynchronous call's callback failed");
@@ -873,17 +878,6 @@ async fn deliver(app: Arc<App>, seq: u64, call: Call, running: Option<Running>) 
     app.metrics.async_callback(&call.function, outcome);
     app.forget_call(seq);
     drop(running);
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@
 //! restarted server takes up again. Every write is a transaction, so a
 //! crash leaves either the old or the new function, never half of one, and
 //! storing a function ends its deploy in the same transaction; redb's file
-//! lock keeps a second server off the same data dir. A third table holds
-//! the secrets, `namespace/name` → value: the file is 0600 in a 0700 data
-//! dir, and values leave it only for the functions that use them.
+//! lock keeps a second server off the same data dir. The other tables: the
+//! kept revisions of each function (`name/<revision>`, see
+//! [`Registry::deploy`]), the secrets (`namespace/name` → value: the file
+//! is 0600 in a 0700 data dir, and values leave it only for the functions
+//! that use them) and the asynchronous calls not finished (`crate::calls`).
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

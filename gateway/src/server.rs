@@ -287,12 +287,17 @@ impl App {
     /// `{name}.{namespace}` form names a function of wisp's one namespace
     /// (split on the last dot). A function whose own name has a dot is
     /// found by it first.
+    /// Only a name ending in `.openfaas-fn` is looked up here: the request
+    /// path pays nothing for the form otherwise.
     pub(crate) fn qualified<'a>(&self, name: &'a str) -> &'a str {
-        if self.functions.contains_key(name) || self.pending.contains_key(name) {
-            return name;
-        }
         match name.rsplit_once('.') {
-            Some((base, namespace)) if namespace == crate::api::NAMESPACE => base,
+            Some((base, namespace))
+                if namespace == crate::api::NAMESPACE
+                    && !self.functions.contains_key(name)
+                    && !self.pending.contains_key(name) =>
+            {
+                base
+            }
             _ => name,
         }
     }

@@ -401,21 +401,10 @@ impl SendError {
             SendError::Request { gateway, detail } => ClientError::Request { gateway, detail },
             SendError::Http(e) => ClientError::Unreachable {
                 gateway: gateway.to_owned(),
-                detail: error_chain(&e),
+                detail: wisp_runner::image::pull::error_chain(&e),
             },
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

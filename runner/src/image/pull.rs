@@ -977,7 +977,7 @@ impl<'a> Puller<'a> {
 }
 
 /// An error and its sources, joined: reqwest's own text hides the cause.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
