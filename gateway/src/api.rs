@@ -22,7 +22,8 @@ use wisp_runner::spec::{
 
 use crate::registry::StoredFunction;
 
-/// The namespace wisp reports; it has only one.
+/// The default namespace (OpenFaaS's), where a request that names none
+/// acts; see [`crate::namespaces`].
 pub const NAMESPACE: &str = "openfaas-fn";
 
 /// An optional field that may be left out but is not `null`: the spec's
@@ -265,6 +266,13 @@ pub struct ScalingFields {
 #[serde(rename_all = "camelCase")]
 pub struct DeleteFunctionRequest {
     pub function_name: String,
+    /// wisp (as `?namespace=` in the spec): the function's namespace.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub namespace: Option<String>,
 }
 
 /// One entry of `GET /system/functions`, and `GET /system/function/{name}`.
@@ -556,8 +564,14 @@ pub enum DeploymentError {
     RegistryAuth,
     #[error("{0}")]
     PullPolicy(String),
-    #[error("namespace {namespace:?} does not exist: wisp has only {NAMESPACE:?}")]
+    #[error(
+        "invalid namespace {namespace:?}: lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63"
+    )]
     Namespace { namespace: String },
+    #[error(
+        "{name}.{namespace} is longer than 63 characters: a function's name and namespace together are at most 62"
+    )]
+    QualifiedName { name: String, namespace: String },
     #[error("rawValue of secret {name:?} is not base64")]
     SecretEncoding { name: String },
     #[error("envProcess is not supported by wasm functions")]
@@ -587,8 +601,20 @@ impl FunctionDeployment {
         kind: FunctionKind,
         artifact: Digest,
     ) -> Result<FunctionSpec, DeploymentError> {
-        let name = FunctionName::new(&self.service)?;
+        let bare = FunctionName::new(&self.service)?;
         check_namespace(self.namespace.as_deref())?;
+        let namespace = crate::namespaces::other(self.namespace.as_deref()).map(str::to_owned);
+        let name = match &namespace {
+            None => bare,
+            Some(ns) => {
+                FunctionName::new(&crate::namespaces::key(bare.as_str(), ns)).map_err(|_| {
+                    DeploymentError::QualifiedName {
+                        name: self.service.clone(),
+                        namespace: ns.clone(),
+                    }
+                })?
+            }
+        };
         let mut secrets = self.secrets.clone().unwrap_or_default();
         for secret in &secrets {
             spec::validate_secret_name(secret)?;
@@ -632,6 +658,7 @@ impl FunctionDeployment {
             container: None,
             scaling: self.scaling()?,
             source: None,
+            namespace,
             secrets,
             secrets_dir: None,
         })
@@ -1098,7 +1125,8 @@ pub struct SecretDescription {
 }
 
 impl SecretDescription {
-    /// Refuses a name unusable as a file name and a namespace not wisp's.
+    /// Refuses a name unusable as a file name and a namespace that is not
+    /// a DNS label.
     pub fn check(&self) -> Result<(), DeploymentError> {
         spec::validate_secret_name(&self.name)?;
         check_namespace(self.namespace.as_deref())
@@ -1109,13 +1137,13 @@ impl FunctionStatus {
     pub fn new(stored: &StoredFunction, invocation_count: u64, replicas: u64) -> Self {
         let spec = &stored.spec;
         FunctionStatus {
-            name: spec.name.to_string(),
+            name: crate::namespaces::name_of(spec).to_owned(),
             image: spec
                 .source
                 .as_ref()
                 .map_or_else(|| spec.artifact.to_string(), |s| s.reference.clone()),
             image_digest: spec.source.as_ref().map(|s| s.manifest.to_string()),
-            namespace: NAMESPACE.into(),
+            namespace: crate::namespaces::of(spec).to_owned(),
             env_vars: spec.env.clone(),
             labels: spec.labels.clone(),
             annotations: spec.annotations.clone(),
@@ -1238,17 +1266,15 @@ impl ScalingFields {
     }
 }
 
-/// Whether `namespace` names wisp's one namespace (empty or absent mean it).
-pub fn is_our_namespace(namespace: Option<&str>) -> bool {
-    namespace.is_none_or(|ns| ns.is_empty() || ns == NAMESPACE)
-}
-
-/// Refuses a namespace other than wisp's one (empty means that one).
-fn check_namespace(namespace: Option<&str>) -> Result<(), DeploymentError> {
+/// Refuses a namespace that is not a DNS label (absent or empty mean the
+/// default one). Whether it exists is the server's to say.
+pub fn check_namespace(namespace: Option<&str>) -> Result<(), DeploymentError> {
     match namespace {
-        Some(ns) if !is_our_namespace(Some(ns)) => Err(DeploymentError::Namespace {
-            namespace: ns.to_owned(),
-        }),
+        Some(ns) if !ns.is_empty() && !crate::namespaces::is_valid(ns) => {
+            Err(DeploymentError::Namespace {
+                namespace: ns.chars().take(80).collect(),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -1567,13 +1593,31 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let ns = FunctionDeployment {
-            namespace: Some("other".into()),
+        for (namespace, good) in [("Other", false), ("a.b", false), ("team-a", true)] {
+            let ns = FunctionDeployment {
+                namespace: Some(namespace.into()),
+                ..base.clone()
+            };
+            match ns.to_spec(kind) {
+                Ok(spec) => {
+                    assert!(good, "{namespace}");
+                    assert_eq!(spec.namespace.as_deref(), Some(namespace));
+                    assert_eq!(spec.name.as_str(), format!("{}.{namespace}", base.service));
+                }
+                Err(e) => {
+                    assert!(!good, "{namespace}: {e}");
+                    assert!(matches!(e, DeploymentError::Namespace { .. }), "{e}");
+                }
+            }
+        }
+        let long = FunctionDeployment {
+            service: "f".repeat(40),
+            namespace: Some("n".repeat(40)),
             ..base.clone()
         };
         assert!(matches!(
-            ns.to_spec(kind),
-            Err(DeploymentError::Namespace { .. })
+            long.to_spec(kind),
+            Err(DeploymentError::QualifiedName { .. })
         ));
         let memory = FunctionDeployment {
             limits: Some(FunctionResources {

@@ -2,7 +2,8 @@
 //! start and kept in `<data dir>/token` (mode 0600). Requests to `/system/*`
 //! carry it as `Authorization: Bearer <token>`, or as the password of HTTP
 //! Basic auth (any user name), which is how `faas-cli` and other OpenFaaS
-//! clients send their credentials.
+//! clients send their credentials. Namespace tokens, which the admin
+//! makes, are checked in [`crate::namespaces`].
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -49,30 +50,29 @@ pub fn read(data_dir: &Path) -> std::io::Result<String> {
         .to_owned())
 }
 
-/// Whether the request's credentials carry `token`.
-pub fn is_authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers
+/// The token a request presents, as a Bearer token or as the password of
+/// Basic auth.
+pub fn presented(headers: &HeaderMap) -> Option<String> {
+    let value = headers
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let presented = if let Some(bearer) = strip_scheme(value, "bearer") {
-        bearer.trim().to_owned()
+        .and_then(|v| v.to_str().ok())?;
+    if let Some(bearer) = strip_scheme(value, "bearer") {
+        Some(bearer.trim().to_owned())
     } else if let Some(basic) = strip_scheme(value, "basic") {
-        match base64::engine::general_purpose::STANDARD
+        base64::engine::general_purpose::STANDARD
             .decode(basic.trim())
             .ok()
             .and_then(|raw| String::from_utf8(raw).ok())
             .and_then(|pair| pair.split_once(':').map(|(_, pw)| pw.to_owned()))
-        {
-            Some(password) => password,
-            None => return false,
-        }
     } else {
-        return false;
-    };
-    constant_time_eq(presented.as_bytes(), token.as_bytes())
+        None
+    }
+}
+
+/// Whether the request's credentials carry `token`.
+#[cfg(test)]
+fn is_authorized(headers: &HeaderMap, token: &str) -> bool {
+    presented(headers).is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
 }
 
 fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
@@ -80,7 +80,9 @@ fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
     given.eq_ignore_ascii_case(scheme).then_some(rest)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares without an early exit, so that timing says nothing of where
+/// a guess went wrong.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

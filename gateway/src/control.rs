@@ -30,8 +30,9 @@ use crate::api::{
     ArtifactUploaded, DeleteFunctionRequest, DeployingStatus, FunctionDeployment, FunctionState,
     FunctionStatus, GatewayInfo, ImageRef, ImageSummary, LayerSummary, LoginRequest, LogoutRequest,
     PullRequest, PullResponse, RemoveImageRequest, RemovedImage, ScaleRequest, ServerPullSettings,
-    TagRequest, is_our_namespace,
+    TagRequest,
 };
+use crate::namespaces::{Caller, of};
 use crate::pending::{DeployState, PendingDeploy};
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -45,42 +46,60 @@ impl App {
     pub(crate) async fn control(
         self: &Arc<Self>,
         route: Route<'_>,
+        caller: &Caller,
         req: Request<Body>,
     ) -> Result<Response<Body>, GatewayError> {
         let method = req.method().clone();
+        let namespace = query_param(req.uri().query(), "namespace");
+        let namespace = namespace.as_deref();
+        // The server's stores and logins are the admin's; a namespace
+        // token may upload artifacts (content-addressed) to deploy them.
+        if matches!(
+            route,
+            Route::Images | Route::Pulls | Route::Prune | Route::Registries
+        ) {
+            caller.admin("managing images, registry logins and prunes")?;
+        }
         match (route, method) {
             (Route::SystemInfo, Method::GET) => json(StatusCode::OK, &GatewayInfo::current()),
             (Route::SystemInfo, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Functions, Method::GET) => {
+                let namespace = caller.namespace(namespace)?;
+                self.existing_namespace(&namespace)?;
                 let mut list: Vec<FunctionStatus> = self
                     .functions
                     .iter()
+                    .filter(|f| of(&f.stored.spec) == namespace)
                     .map(|f| self.status(f.value()))
                     .collect();
                 list.extend(
                     self.pending
                         .iter()
-                        .filter(|p| !self.functions.contains_key(p.key()))
+                        .filter(|p| {
+                            of(&p.draft) == namespace && !self.functions.contains_key(p.key())
+                        })
                         .map(|p| self.pending_status(p.value())),
                 );
                 list.sort_by(|a, b| a.name.cmp(&b.name));
                 json(StatusCode::OK, &list)
             }
-            (Route::Functions, Method::POST) => self.deploy(req, false).await,
-            (Route::Functions, Method::PUT) => self.deploy(req, true).await,
+            (Route::Functions, Method::POST) => self.deploy(caller, req, false).await,
+            (Route::Functions, Method::PUT) => self.deploy(caller, req, true).await,
             (Route::Functions, Method::DELETE) => {
+                let query = namespace.map(str::to_owned);
                 let request: DeleteFunctionRequest = read_json(req).await?;
-                self.delete(&request.function_name).await
+                let key = self.key_for(
+                    caller,
+                    &request.function_name,
+                    query.as_deref().or(request.namespace.as_deref()),
+                )?;
+                self.delete(&key).await
             }
             (Route::Functions, _) => Err(GatewayError::MethodNotAllowed {
                 allow: "GET, POST, PUT, DELETE",
             }),
             (Route::Function(name), Method::GET) => {
-                // A function is only in wisp's one namespace.
-                let namespace = query_param(req.uri().query(), "namespace");
-                if !is_our_namespace(namespace.as_deref()) {
-                    return Err(GatewayError::UnknownFunction(name.to_owned()));
-                }
+                let name = &self.key_for(caller, name, namespace)?;
                 let status = match self.function(name) {
                     Ok(function) => self.status(&function),
                     Err(unknown) => match self.pending.get(name) {
@@ -92,19 +111,27 @@ impl App {
             }
             (Route::Function(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, Method::POST) => self.upload(req).await,
-            (Route::Logs, Method::GET) => self.logs(req.uri().query().unwrap_or("")),
+            (Route::Logs, Method::GET) => self.logs(caller, req.uri().query().unwrap_or("")),
             (Route::Logs, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Artifacts, _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::ScaleFunction(name), Method::POST) => {
-                // The path names the function: an unknown one is a 404
-                // whatever the body says. The body is optional (the spec).
-                self.function(name)?;
-                match read_optional_json::<ScaleRequest>(req).await? {
+                // The path names the function (and `?namespace=`, else the
+                // body's namespace): an unknown one is a 404 whatever the
+                // body says. The body is optional (the spec).
+                let query = namespace.map(str::to_owned);
+                let request = parse_optional_json::<ScaleRequest>(&read_body(req).await?);
+                let in_body = match &request {
+                    Ok(Some(r)) => r.namespace.clone(),
+                    _ => None,
+                };
+                let key = self.key_for(caller, name, query.as_deref().or(in_body.as_deref()))?;
+                self.function(&key)?;
+                match request? {
                     Some(request) => {
                         request.check_complete()?;
-                        self.scale(name, request).await
+                        self.scale(&key, request).await
                     }
-                    None => self.scale(name, ScaleRequest::default()).await,
+                    None => self.scale(&key, ScaleRequest::default()).await,
                 }
             }
             (Route::ScaleFunction(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
@@ -136,23 +163,35 @@ impl App {
             (Route::Registries, _) => Err(GatewayError::MethodNotAllowed {
                 allow: "GET, POST, DELETE",
             }),
-            (Route::Secrets, _) => self.secrets(req).await,
-            (Route::Revisions(name), Method::GET) => self.revisions(name),
+            (Route::Secrets, _) => self.secrets(caller, req).await,
+            (Route::Revisions(name), Method::GET) => {
+                self.revisions(&self.key_for(caller, name, namespace)?)
+            }
             (Route::Revisions(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
-            (Route::Rollback(name), Method::POST) => self.rollback(name, req).await,
+            (Route::Rollback(name), Method::POST) => {
+                let key = self.key_for(caller, name, namespace)?;
+                self.rollback(&key, req).await
+            }
             (Route::Rollback(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
-            (Route::Namespaces, Method::GET) => json(StatusCode::OK, &[crate::api::NAMESPACE]),
+            (Route::Namespaces, Method::GET) => self.list_namespaces(caller),
             (Route::Namespaces, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (Route::Namespace(name), _) => self.namespace_route(name, caller, req).await,
+            (Route::Tokens, _) => self.tokens_route(None, caller, req).await,
+            (Route::Token(id), _) => self.tokens_route(Some(id), caller, req).await,
             (_, _) => Err(GatewayError::NotFound(req.uri().path().to_owned())),
         }
     }
 
     async fn deploy(
         self: &Arc<Self>,
+        caller: &Caller,
         req: Request<Body>,
         update: bool,
     ) -> Result<Response<Body>, GatewayError> {
-        let deployment: FunctionDeployment = read_json(req).await?;
+        let mut deployment: FunctionDeployment = read_json(req).await?;
+        let namespace = caller.namespace(deployment.namespace.as_deref())?;
+        self.existing_namespace(&namespace)?;
+        deployment.namespace = Some(namespace);
         let ignored = deployment.ignored_fields();
         let artifact = match deployment.source()? {
             ImageRef::Artifact(artifact) => artifact,
@@ -164,7 +203,8 @@ impl App {
         };
         // Validate everything cheap before compiling anything.
         let draft = deployment.to_spec_with(FunctionKind::WasmHttp, artifact)?;
-        self.check_secrets(&draft.secrets)?;
+        self.check_key_free(&draft)?;
+        self.check_secrets(of(&draft), &draft.secrets)?;
         crate::calls::RetryPolicy::parse(&draft.annotations).map_err(GatewayError::BadRequest)?;
         // Under the lock, so that a prune either sees the hold or has
         // finished (and `prepare` finds the artifact gone).
@@ -190,7 +230,10 @@ impl App {
         update: bool,
         ignored: Vec<String>,
     ) -> Result<Response<Body>, GatewayError> {
-        let name = deployment.service.clone();
+        let name = crate::namespaces::key(
+            &deployment.service,
+            deployment.namespace.as_deref().unwrap_or_default(),
+        );
         let StartedDeploy {
             pending,
             mut task,
@@ -267,7 +310,8 @@ impl App {
         // the pull finds.
         let placeholder = Digest::from_sha256(&[0; 32]);
         let draft = deployment.to_spec_with(FunctionKind::WasmHttp, placeholder)?;
-        self.check_secrets(&draft.secrets)?;
+        self.check_key_free(&draft)?;
+        self.check_secrets(of(&draft), &draft.secrets)?;
         crate::calls::RetryPolicy::parse(&draft.annotations).map_err(GatewayError::BadRequest)?;
         let name = draft.name.to_string();
         if update && !self.functions.contains_key(&name) && !self.pending.contains_key(&name) {
@@ -409,6 +453,8 @@ impl App {
                 pending.reference
             )));
         }
+        // A namespace made while this deploy was checked or pulled.
+        self.check_key_free(&spec)?;
         let previous = self.functions.get(&name).map(|f| f.clone());
         if update && previous.is_none() && !self.pending.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));
@@ -668,10 +714,10 @@ impl App {
     /// `GET /system/logs?name=&tail=&follow=&since=&instance=`: the
     /// function's kept output as NDJSON, then (with `follow`) new lines as
     /// they are written.
-    fn logs(&self, query: &str) -> Result<Response<Body>, GatewayError> {
+    fn logs(&self, caller: &Caller, query: &str) -> Result<Response<Body>, GatewayError> {
         let query = LogQuery::parse(query)?;
-        let name = query.name.clone();
-        if !query.in_our_namespace() || !self.functions.contains_key(&name) {
+        let name = self.key_for(caller, &query.name, query.namespace.as_deref())?;
+        if !self.functions.contains_key(&name) {
             return Err(GatewayError::UnknownFunction(name));
         }
         // Subscribe first, so no line falls between the tail and the follow.
@@ -731,10 +777,7 @@ impl App {
         request: ScaleRequest,
     ) -> Result<Response<Body>, GatewayError> {
         // As in OpenFaaS, the path names the function, whatever serviceName
-        // says; there is no such function in another namespace.
-        if !is_our_namespace(request.namespace.as_deref()) {
-            return Err(GatewayError::UnknownFunction(name.to_owned()));
-        }
+        // says.
         let _serial = self.deploy_lock.lock().await;
         let function = self.function(name)?;
         let mut spec = function.stored.spec.clone();
@@ -947,11 +990,6 @@ impl LogQuery {
         Ok(parsed)
     }
 
-    /// Whether the query names wisp's one namespace (or none).
-    fn in_our_namespace(&self) -> bool {
-        is_our_namespace(self.namespace.as_deref())
-    }
-
     /// Whether `line` passes the `instance` and `since` filters.
     fn selects(&self, line: &wisp_runner::store::logs::LogLine) -> bool {
         let instance = self.instance.as_deref().is_none_or(|i| i == line.instance);
@@ -1011,11 +1049,15 @@ async fn read_json<T: DeserializeOwned>(req: Request<Body>) -> Result<T, Gateway
 pub(crate) async fn read_optional_json<T: DeserializeOwned>(
     req: Request<Body>,
 ) -> Result<Option<T>, GatewayError> {
-    let bytes = read_body(req).await?;
+    parse_optional_json(&read_body(req).await?)
+}
+
+/// An optional JSON body: `None` when empty.
+fn parse_optional_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, GatewayError> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    serde_json::from_slice(&bytes)
+    serde_json::from_slice(bytes)
         .map(Some)
         .map_err(|e| GatewayError::BadRequest(format!("invalid JSON: {e}")))
 }
@@ -1092,7 +1134,7 @@ pub(crate) fn flag(query: Option<&str>, key: &str) -> Result<bool, GatewayError>
     }
 }
 
-fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == key)
         .last()
@@ -1162,15 +1204,12 @@ mod tests {
             let err = LogQuery::parse(bad).unwrap_err();
             assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}: {err}");
         }
-        assert!(
-            LogQuery::parse("name=f&namespace=openfaas-fn")
+        assert_eq!(
+            LogQuery::parse("name=f&namespace=team-a")
                 .unwrap()
-                .in_our_namespace()
-        );
-        assert!(
-            !LogQuery::parse("name=f&namespace=other")
-                .unwrap()
-                .in_our_namespace()
+                .namespace
+                .as_deref(),
+            Some("team-a")
         );
     }
 

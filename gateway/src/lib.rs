@@ -1,6 +1,7 @@
 //! wisp's gateway: the HTTP server, its client connections and its routing
 //! ([`server`], [`connections`], [`route`]),
 //! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]),
+//! namespaces and the tokens scoped to them ([`namespaces`]),
 //! asynchronous invocations ([`calls`]), the
 //! credentials of the registries it pulls from ([`credentials`]), pulls and
 //! deploys in flight ([`pending`]), the
@@ -20,6 +21,7 @@ pub mod connections;
 mod control;
 pub mod credentials;
 pub mod metrics;
+pub mod namespaces;
 mod pending;
 pub mod prune;
 pub mod registry;

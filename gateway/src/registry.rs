@@ -9,8 +9,11 @@
 //! kept revisions of each function (`name/<revision>`, see
 //! [`Registry::deploy`]), the secrets (`namespace/name` → value: the file
 //! is 0600 in a 0700 data dir, and values leave it only for the functions
-//! that use them) and the asynchronous calls not finished (`crate::calls`).
+//! that use them), the asynchronous calls not finished (`crate::calls`),
+//! the namespaces made beside the default one, and the namespace tokens
+//! (by the SHA-256 of the token: the tokens themselves are not kept).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,6 +25,10 @@ const FUNCTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("functi
 const DEPLOYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("deploys");
 const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
 const REVISIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("revisions");
+/// Namespaces other than the default: name → [`NamespaceRecord`].
+const NAMESPACES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("namespaces");
+/// Namespace tokens: hex SHA-256 of the token → [`TokenRecord`].
+const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 /// Asynchronous calls accepted and not finished, by sequence number.
 const CALLS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("async_calls");
 
@@ -80,11 +87,51 @@ pub struct StoredFunction {
     pub revision: u64,
 }
 
+/// A namespace made with `POST /system/namespace/{name}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// A namespace token, as kept: the token itself is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// What `wisp token rm` names it by: the start of its hash.
+    pub id: String,
+    pub namespace: String,
+    /// A note of who or what it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &[u8],
+) -> Result<T, RegistryError> {
+    serde_json::from_slice(value).map_err(|source| RegistryError::Corrupt {
+        name: key.to_owned(),
+        source,
+    })
+}
+
 impl StoredFunction {
     pub fn new(spec: FunctionSpec) -> Self {
-        let created_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let created_at = now_secs();
         StoredFunction {
             spec,
             created_at,
@@ -162,6 +209,8 @@ impl Registry {
         txn.open_table(SECRETS).map_err(storage)?;
         txn.open_table(REVISIONS).map_err(storage)?;
         txn.open_table(CALLS).map_err(storage)?;
+        txn.open_table(NAMESPACES).map_err(storage)?;
+        txn.open_table(TOKENS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let registry = Registry { db };
         registry.first_revisions()?;
@@ -415,6 +464,121 @@ impl Registry {
         Ok(out)
     }
 
+    /// Stores a namespace; returns whether it was written (`false`: it
+    /// exists and `create` is set, or it is missing and `create` is not).
+    pub fn put_namespace(
+        &self,
+        namespace: &NamespaceRecord,
+        create: bool,
+    ) -> Result<bool, RegistryError> {
+        let json = serde_json::to_vec(namespace).map_err(RegistryError::Encode)?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        let written = {
+            let mut table = txn.open_table(NAMESPACES).map_err(storage)?;
+            let exists = table
+                .get(namespace.name.as_str())
+                .map_err(storage)?
+                .is_some();
+            if exists != create {
+                table
+                    .insert(namespace.name.as_str(), json.as_slice())
+                    .map_err(storage)?;
+            }
+            exists != create
+        };
+        txn.commit().map_err(storage)?;
+        Ok(written)
+    }
+
+    /// A namespace made beside the default one, if it exists.
+    pub fn namespace(&self, name: &str) -> Result<Option<NamespaceRecord>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(NAMESPACES).map_err(storage)?;
+        let value = table.get(name).map_err(storage)?;
+        value.map(|v| decode_json(name, v.value())).transpose()
+    }
+
+    /// The namespaces made beside the default one, by name.
+    pub fn namespaces(&self) -> Result<Vec<NamespaceRecord>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(NAMESPACES).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (name, value) = entry.map_err(storage)?;
+            out.push(decode_json(name.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Removes a namespace and its tokens in one transaction; returns
+    /// whether it existed. The caller has checked that nothing is in it.
+    pub fn remove_namespace(&self, name: &str) -> Result<bool, RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let existed = {
+            let mut namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
+            let existed = namespaces.remove(name).map_err(storage)?.is_some();
+            let mut tokens = txn.open_table(TOKENS).map_err(storage)?;
+            tokens
+                .retain(|key, value| {
+                    decode_json::<TokenRecord>(key, value).map_or(true, |t| t.namespace != name)
+                })
+                .map_err(storage)?;
+            existed
+        };
+        txn.commit().map_err(storage)?;
+        Ok(existed)
+    }
+
+    /// Stores a namespace token under the hex SHA-256 of the token.
+    pub fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), RegistryError> {
+        let json = serde_json::to_vec(token).map_err(RegistryError::Encode)?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(TOKENS).map_err(storage)?;
+            table.insert(hash, json.as_slice()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// The namespace token whose SHA-256 is `hash`, if there is one.
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(TOKENS).map_err(storage)?;
+        let value = table.get(hash).map_err(storage)?;
+        value.map(|v| decode_json("token", v.value())).transpose()
+    }
+
+    /// Every namespace token, oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(TOKENS).map_err(storage)?;
+        let mut out: Vec<TokenRecord> = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (_, value) = entry.map_err(storage)?;
+            out.push(decode_json("token", value.value())?);
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Revokes the namespace token `id`; returns whether it existed.
+    pub fn remove_token(&self, id: &str) -> Result<bool, RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let mut removed = false;
+        {
+            let mut table = txn.open_table(TOKENS).map_err(storage)?;
+            table
+                .retain(|key, value| {
+                    let matches = decode_json::<TokenRecord>(key, value).is_ok_and(|t| t.id == id);
+                    removed |= matches;
+                    !matches
+                })
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(removed)
+    }
+
     /// Every stored function, by name.
     pub fn list(&self) -> Result<Vec<StoredFunction>, RegistryError> {
         let txn = self.db.begin_read().map_err(storage)?;
@@ -451,6 +615,7 @@ mod tests {
             container: None,
             scaling: wisp_runner::spec::ScalingSpec::default(),
             source: None,
+            namespace: None,
             secrets: vec![],
             secrets_dir: None,
         }

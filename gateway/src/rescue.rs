@@ -23,6 +23,9 @@ pub enum GatewayError {
         "missing or invalid token: send Authorization: Bearer <token> (the token is in the server's data dir)"
     )]
     Unauthorized,
+    /// A namespace token asked for what is not its namespace's.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("invalid request: {0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -65,6 +68,7 @@ impl GatewayError {
             E::UnknownFunction(_) | E::NotFound(_) => StatusCode::NOT_FOUND,
             E::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             E::Unauthorized => StatusCode::UNAUTHORIZED,
+            E::Forbidden(_) => StatusCode::FORBIDDEN,
             E::BadRequest(_) | E::Deployment(_) => StatusCode::BAD_REQUEST,
             E::Conflict(_) => StatusCode::CONFLICT,
             E::Missing(_) => StatusCode::NOT_FOUND,

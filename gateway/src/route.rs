@@ -30,6 +30,12 @@ pub enum Route<'a> {
     Secrets,
     /// `/system/namespaces`
     Namespaces,
+    /// `/system/namespace/{name}`
+    Namespace(&'a str),
+    /// `/system/tokens`
+    Tokens,
+    /// `/system/tokens/{id}`
+    Token(&'a str),
     /// `/system/revisions/{name}`
     Revisions(&'a str),
     /// `/system/rollback/{name}`
@@ -65,6 +71,7 @@ pub fn route(path: &str) -> Route<'_> {
         "/system/registries" => return Route::Registries,
         "/system/secrets" => return Route::Secrets,
         "/system/namespaces" => return Route::Namespaces,
+        "/system/tokens" => return Route::Tokens,
         _ => {}
     }
     if let Some(name) = path.strip_prefix("/system/function/") {
@@ -78,6 +85,12 @@ pub fn route(path: &str) -> Route<'_> {
     }
     if let Some(name) = path.strip_prefix("/system/rollback/") {
         return Route::Rollback(name);
+    }
+    if let Some(name) = path.strip_prefix("/system/namespace/") {
+        return Route::Namespace(name);
+    }
+    if let Some(id) = path.strip_prefix("/system/tokens/") {
+        return Route::Token(id);
     }
     if path.starts_with("/system/") {
         return Route::UnknownSystem;
@@ -118,6 +131,9 @@ mod tests {
         assert_eq!(route("/system/function/hello"), Route::Function("hello"));
         assert_eq!(route("/system/nope"), Route::UnknownSystem);
         assert_eq!(route("/system/secrets"), Route::Secrets);
+        assert_eq!(route("/system/namespace/t"), Route::Namespace("t"));
+        assert_eq!(route("/system/tokens"), Route::Tokens);
+        assert_eq!(route("/system/tokens/ab12"), Route::Token("ab12"));
         assert_eq!(route("/system/namespaces"), Route::Namespaces);
         assert_eq!(route("/system/revisions/hello"), Route::Revisions("hello"));
         assert_eq!(route("/system/rollback/hello"), Route::Rollback("hello"));

@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::{Request, Response, StatusCode};
 use wisp_runner::backend::Body;
 
-use crate::api::{NAMESPACE, Secret, SecretDescription};
+use wisp_runner::spec::FunctionSpec;
+
+use crate::api::{Secret, SecretDescription};
+use crate::namespaces::{Caller, of};
 use crate::registry::{Registry, SecretWrite};
 use crate::rescue::GatewayError;
 use crate::server::{App, Function, text};
@@ -76,26 +79,26 @@ impl SecretFiles {
         })
     }
 
-    /// Writes the secrets `names` of the function `function` into a new
-    /// directory, or `None` if it has none. A secret missing from the
-    /// registry is an error naming it on a deploy (`deploying`); otherwise
-    /// (a restart, a roll, after a forced delete) it is left out and
-    /// logged.
+    /// Writes the secrets of the function `spec` (from its namespace)
+    /// into a new directory, or `None` if it has none. A secret missing
+    /// from the registry is an error naming it on a deploy (`deploying`);
+    /// otherwise (a restart, a roll, after a forced delete) it is left out
+    /// and logged.
     pub fn make(
         &self,
         registry: &Registry,
-        function: &str,
-        names: &[String],
+        spec: &FunctionSpec,
         deploying: bool,
     ) -> Result<Option<SecretsDir>, GatewayError> {
+        let (function, names) = (spec.name.as_str(), &spec.secrets);
         if names.is_empty() {
             return Ok(None);
         }
         let mut values = Vec::with_capacity(names.len());
         for name in names {
-            match registry.secret(NAMESPACE, name)? {
+            match registry.secret(of(spec), name)? {
                 Some(value) => values.push((name, value)),
-                None if deploying => return Err(missing(name)),
+                None if deploying => return Err(missing(of(spec), name)),
                 None => {
                     tracing::warn!(function, secret = %name, "the function's secret was deleted: its instances start without it");
                 }
@@ -127,9 +130,9 @@ impl SecretFiles {
 }
 
 /// The error for a secret that does not exist.
-pub fn missing(name: &str) -> GatewayError {
+pub fn missing(namespace: &str, name: &str) -> GatewayError {
     GatewayError::BadRequest(format!(
-        "secret {name:?} does not exist in namespace {NAMESPACE}: create it first (`wisp secret create {name}`)"
+        "secret {name:?} does not exist in namespace {namespace}: create it first (`wisp secret create {name}`)"
     ))
 }
 
@@ -158,18 +161,31 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError
 
 impl App {
     /// `GET/POST/PUT/DELETE /system/secrets`.
-    pub(crate) async fn secrets(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+    /// The secret's namespace is the body's (or `?namespace=`), else the
+    /// caller's.
+    pub(crate) async fn secrets(
+        &self,
+        caller: &Caller,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
         let method = req.method().clone();
         let force = crate::control::flag(req.uri().query(), "force")?;
+        let query = crate::control::query_param(req.uri().query(), "namespace");
+        let namespace_of = |named: Option<&str>| -> Result<String, GatewayError> {
+            let namespace = caller.namespace(query.as_deref().or(named))?;
+            self.existing_namespace(&namespace)?;
+            Ok(namespace)
+        };
         match method {
             http::Method::GET => {
+                let namespace = namespace_of(None)?;
                 let list: Vec<SecretDescription> = self
                     .registry
-                    .secret_names(NAMESPACE)?
+                    .secret_names(&namespace)?
                     .into_iter()
                     .map(|name| SecretDescription {
                         name,
-                        namespace: Some(NAMESPACE.to_owned()),
+                        namespace: Some(namespace.clone()),
                     })
                     .collect();
                 crate::control::json(StatusCode::OK, &list)
@@ -177,13 +193,20 @@ impl App {
             http::Method::POST | http::Method::PUT => {
                 let secret: Secret = parse(&crate::control::read_body(req).await?)?;
                 let value = secret.checked_value()?;
-                self.write_secret(&secret.name, &value, method == http::Method::PUT)
-                    .await
+                let namespace = namespace_of(secret.namespace.as_deref())?;
+                self.write_secret(
+                    &namespace,
+                    &secret.name,
+                    &value,
+                    method == http::Method::PUT,
+                )
+                .await
             }
             http::Method::DELETE => {
                 let secret: SecretDescription = parse(&crate::control::read_body(req).await?)?;
                 secret.check()?;
-                self.delete_secret(&secret.name, force).await
+                let namespace = namespace_of(secret.namespace.as_deref())?;
+                self.delete_secret(&namespace, &secret.name, force).await
             }
             _ => Err(GatewayError::MethodNotAllowed {
                 allow: "GET, POST, PUT, DELETE",
@@ -193,6 +216,7 @@ impl App {
 
     async fn write_secret(
         &self,
+        namespace: &str,
         name: &str,
         value: &[u8],
         update: bool,
@@ -203,19 +227,19 @@ impl App {
         } else {
             SecretWrite::Create
         };
-        if !self.registry.put_secret(NAMESPACE, name, value, write)? {
+        if !self.registry.put_secret(namespace, name, value, write)? {
             return Err(if update {
                 GatewayError::Missing(format!(
-                    "secret {name:?} does not exist in namespace {NAMESPACE}"
+                    "secret {name:?} does not exist in namespace {namespace}"
                 ))
             } else {
                 GatewayError::Conflict(format!(
-                    "secret {name:?} already exists in namespace {NAMESPACE}: update it with PUT (`wisp secret update {name}`)"
+                    "secret {name:?} already exists in namespace {namespace}: update it with PUT (`wisp secret update {name}`)"
                 ))
             });
         }
         if !update {
-            tracing::info!(secret = %name, namespace = NAMESPACE, "secret created");
+            tracing::info!(secret = %name, %namespace, "secret created");
             return Ok(text(
                 StatusCode::CREATED,
                 format!("created secret {name}\n"),
@@ -223,7 +247,7 @@ impl App {
         }
         // New instances of its functions read the new value; the old ones
         // drain with the one they started with.
-        let users = self.users_of(name);
+        let users = self.users_of(namespace, name);
         let mut rolled = Vec::new();
         for old in users {
             let fresh = Arc::new(self.new_function(old.stored.clone(), Some(&old), false)?);
@@ -232,7 +256,7 @@ impl App {
             self.retire(old);
             rolled.push(function);
         }
-        tracing::info!(secret = %name, namespace = NAMESPACE, ?rolled, "secret updated");
+        tracing::info!(secret = %name, %namespace, ?rolled, "secret updated");
         let note = if rolled.is_empty() {
             String::new()
         } else {
@@ -244,17 +268,22 @@ impl App {
         ))
     }
 
-    async fn delete_secret(&self, name: &str, force: bool) -> Result<Response<Body>, GatewayError> {
+    async fn delete_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<Response<Body>, GatewayError> {
         let _serial = self.deploy_lock.lock().await;
         let mut users: Vec<String> = self
-            .users_of(name)
+            .users_of(namespace, name)
             .iter()
             .map(|f| f.stored.spec.name.to_string())
             .collect();
         users.extend(
             self.pending
                 .iter()
-                .filter(|p| p.draft.secrets.iter().any(|s| s == name))
+                .filter(|p| of(&p.draft) == namespace && p.draft.secrets.iter().any(|s| s == name))
                 .map(|p| p.key().clone()),
         );
         users.sort();
@@ -265,31 +294,37 @@ impl App {
                 users.join(", ")
             )));
         }
-        if !self.registry.remove_secret(NAMESPACE, name)? {
+        if !self.registry.remove_secret(namespace, name)? {
             return Err(GatewayError::Missing(format!(
-                "secret {name:?} does not exist in namespace {NAMESPACE}"
+                "secret {name:?} does not exist in namespace {namespace}"
             )));
         }
-        tracing::info!(secret = %name, namespace = NAMESPACE, forced_for = ?users, "secret deleted");
+        tracing::info!(secret = %name, %namespace, forced_for = ?users, "secret deleted");
         let mut response = Response::new(wisp_runner::backend::empty_body());
         *response.status_mut() = StatusCode::NO_CONTENT;
         Ok(response)
     }
 
-    /// The deployed functions that read the secret `name`.
-    fn users_of(&self, name: &str) -> Vec<Arc<Function>> {
+    /// The deployed functions that read the secret `name` of `namespace`.
+    fn users_of(&self, namespace: &str, name: &str) -> Vec<Arc<Function>> {
         self.functions
             .iter()
-            .filter(|f| f.stored.spec.secrets.iter().any(|s| s == name))
+            .filter(|f| {
+                of(&f.stored.spec) == namespace && f.stored.spec.secrets.iter().any(|s| s == name)
+            })
             .map(|f| f.value().clone())
             .collect()
     }
 
     /// Refuses a deploy that names a secret that does not exist.
-    pub(crate) fn check_secrets(&self, names: &[String]) -> Result<(), GatewayError> {
+    pub(crate) fn check_secrets(
+        &self,
+        namespace: &str,
+        names: &[String],
+    ) -> Result<(), GatewayError> {
         for name in names {
-            if self.registry.secret(NAMESPACE, name)?.is_none() {
-                return Err(missing(name));
+            if self.registry.secret(namespace, name)?.is_none() {
+                return Err(missing(namespace, name));
             }
         }
         Ok(())

@@ -109,7 +109,7 @@ impl Function {
     ) -> Result<Function, GatewayError> {
         let mut stored = stored;
         let name = stored.spec.name.to_string();
-        let dir = secrets.make(registry, &name, &stored.spec.secrets, deploying)?;
+        let dir = secrets.make(registry, &stored.spec, deploying)?;
         stored.spec.secrets_dir = dir.as_ref().map(|d| d.path().to_owned());
         let function_metrics = Arc::new(metrics.function(&name, previous.map(|f| &*f.metrics)));
         Ok(Function {
@@ -350,13 +350,10 @@ impl App {
                 Ok(response)
             }
             Route::NotFound => Err(GatewayError::NotFound(path.to_owned())),
-            system => {
-                if crate::auth::is_authorized(req.headers(), &self.token) {
-                    self.control(system, req).await
-                } else {
-                    Err(GatewayError::Unauthorized)
-                }
-            }
+            system => match self.caller(req.headers()) {
+                Ok(caller) => self.control(system, &caller, req).await,
+                Err(e) => Err(e),
+            },
         };
         let response = result.unwrap_or_else(|e| rescue(&e));
         tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");

@@ -71,6 +71,10 @@ pub struct FunctionSpec {
     /// Where the artifact came from when it was pulled from a registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ImageSource>,
+    /// The namespace the function lives in, if not the default one; then
+    /// `name` is `{its name}.{namespace}` (the gateway's key for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The secrets the function reads, by name: files in [`SECRETS_PATH`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
@@ -718,6 +722,7 @@ mod tests {
             container: None,
             scaling: ScalingSpec::default(),
             source: None,
+            namespace: None,
             secrets: vec![],
             secrets_dir: None,
         };

@@ -15,6 +15,7 @@ mod faults;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod namespaces;
 mod python;
 mod registry;
 mod revisions;

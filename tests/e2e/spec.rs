@@ -65,6 +65,15 @@ async fn the_control_api_meets_the_openfaas_spec() {
     // The functions of the `deployed` dictionary; `talker` has log lines.
     wisp.deploy("hello", artifacts::HELLO).await;
     wisp.deploy("cgi-echo", artifacts::CGI_ECHO).await;
+    // A second namespace (the `namespace` dictionary's), holding `hello`
+    // too: `{name}.{namespace}` and `?namespace=` reach it.
+    wisp.cli(&["namespace", "create", "team-a"])
+        .expect_success();
+    wisp.deploy_with("hello", artifacts::HELLO, |d| {
+        d.namespace = Some("team-a".into());
+    })
+    .await
+    .unwrap();
     // The stateful phase deploys it again with a secret (hooks.py's links).
     let cgi = wisp.upload(artifacts::CGI_ECHO).await.unwrap();
     wisp.deploy("talker", artifacts::MISBEHAVE).await;

@@ -47,7 +47,7 @@ ERRATA = {
 OPTIONAL = {
     # faas-provider's ScaleServiceRequest has `namespace,omitempty`: faas-cli
     # sends no namespace when it has none (the gateway's autoscaler never
-    # does). wisp reads a missing namespace as its one namespace.
+    # does). wisp reads a missing namespace as the default one.
     "ScaleServiceRequest": {"namespace"},
 }
 

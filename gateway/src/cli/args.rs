@@ -68,6 +68,57 @@ pub enum Command {
     /// Manage secrets: values functions read as files in /var/openfaas/secrets.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Manage namespaces (the admin's): functions and secrets live in one.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// Manage namespace tokens (the admin's): each manages one namespace's functions and secrets.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Make a namespace.
+    Create(NamespaceArgs),
+    /// List namespaces (a namespace token sees its own).
+    Ls(ConnectArgs),
+    /// Remove an empty namespace, and revoke its tokens.
+    Rm(NamespaceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NamespaceArgs {
+    /// Namespace name (lower-case letters, digits and '-'; at most 63).
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token for one namespace and print it (it is shown only this once).
+    Create(TokenCreateArgs),
+    /// List namespace tokens (their ids, never the tokens).
+    Ls(ConnectArgs),
+    /// Revoke a namespace token.
+    Rm(TokenRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Who or what the token is for.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRmArgs {
+    /// The token's id (`wisp token ls`).
+    pub id: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +288,9 @@ pub struct ConnectArgs {
     /// Data dir of a local gateway, to read its token from [default: /var/lib/wisp as root, ./.wisp otherwise].
     #[arg(long, env = "WISP_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The namespace of the functions and secrets to act on [default: openfaas-fn, or a namespace token's own].
+    #[arg(long, short = 'n', env = "WISP_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,9 @@ pub struct Client {
     http: HyperClient<HttpConnector, Body>,
     gateway: String,
     token: Option<String>,
+    /// The namespace function and secret calls name (`None`: the
+    /// server's default for the token).
+    namespace: Option<String>,
 }
 
 impl Client {
@@ -57,11 +60,42 @@ impl Client {
             http: HyperClient::builder(TokioExecutor::new()).build(connector),
             gateway: gateway.trim_end_matches('/').to_owned(),
             token,
+            namespace: None,
         }
     }
 
     pub fn gateway(&self) -> &str {
         &self.gateway
+    }
+
+    /// This client acting in `namespace` (`None`: the server's default
+    /// for the token: its namespace, or `openfaas-fn` for the admin).
+    pub fn in_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace.filter(|ns| !ns.is_empty());
+        self
+    }
+
+    /// `path` with `namespace=` added to its query when one is set.
+    pub fn scoped(&self, path: &str) -> String {
+        match &self.namespace {
+            None => path.to_owned(),
+            Some(ns) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                let query: String = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("namespace", ns)
+                    .finish();
+                format!("{path}{sep}{query}")
+            }
+        }
+    }
+
+    /// How invocation paths name the function `name`: `{name}`, or
+    /// `{name}.{namespace}` outside the default namespace.
+    pub fn qualified(&self, name: &str) -> String {
+        match crate::namespaces::other(self.namespace.as_deref()) {
+            None => name.to_owned(),
+            Some(ns) => format!("{name}.{ns}"),
+        }
     }
 
     /// Sends a request and returns the response with its body unread.
@@ -189,7 +223,13 @@ impl Client {
     }
 
     pub async fn deploy(&self, deployment: &FunctionDeployment) -> Result<(), ClientError> {
-        let body = self.encode(deployment)?;
+        let body = match (&deployment.namespace, &self.namespace) {
+            (None, Some(ns)) => self.encode(&FunctionDeployment {
+                namespace: Some(ns.clone()),
+                ..deployment.clone()
+            })?,
+            _ => self.encode(deployment)?,
+        };
         self.system(Method::POST, "/system/functions", body)
             .await
             .map(drop)
@@ -197,7 +237,7 @@ impl Client {
 
     pub async fn list(&self) -> Result<Vec<FunctionStatus>, ClientError> {
         let answer = self
-            .system(Method::GET, "/system/functions", Bytes::new())
+            .system(Method::GET, &self.scoped("/system/functions"), Bytes::new())
             .await?;
         self.decode(&answer)
     }
@@ -206,7 +246,7 @@ impl Client {
         let answer = self
             .system(
                 Method::GET,
-                &format!("/system/function/{name}"),
+                &self.scoped(&format!("/system/function/{name}")),
                 Bytes::new(),
             )
             .await?;
@@ -215,7 +255,7 @@ impl Client {
 
     pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
         let body = serde_json::json!({ "functionName": name }).to_string();
-        self.system(Method::DELETE, "/system/functions", body)
+        self.system(Method::DELETE, &self.scoped("/system/functions"), body)
             .await
             .map(drop)
     }
@@ -230,7 +270,7 @@ impl Client {
         let answer = self
             .system(
                 Method::POST,
-                &format!("/system/scale-function/{name}"),
+                &self.scoped(&format!("/system/scale-function/{name}")),
                 body,
             )
             .await?;
@@ -290,7 +330,7 @@ impl Client {
         let answer = self
             .system(
                 Method::GET,
-                &format!("/system/revisions/{name}"),
+                &self.scoped(&format!("/system/revisions/{name}")),
                 Bytes::new(),
             )
             .await?;
@@ -301,7 +341,11 @@ impl Client {
     pub async fn rollback(&self, name: &str, revision: Option<u64>) -> Result<String, ClientError> {
         let body = self.encode(&crate::api::RollbackRequest { revision })?;
         let answer = self
-            .system(Method::POST, &format!("/system/rollback/{name}"), body)
+            .system(
+                Method::POST,
+                &self.scoped(&format!("/system/rollback/{name}")),
+                body,
+            )
             .await?;
         Ok(answer.text())
     }
@@ -314,14 +358,16 @@ impl Client {
     ) -> Result<String, ClientError> {
         let body = self.encode(secret)?;
         let method = if update { Method::PUT } else { Method::POST };
-        let answer = self.system(method, "/system/secrets", body).await?;
+        let answer = self
+            .system(method, &self.scoped("/system/secrets"), body)
+            .await?;
         Ok(answer.text())
     }
 
     /// `GET /system/secrets`: names, never values.
     pub async fn secrets(&self) -> Result<Vec<crate::api::SecretDescription>, ClientError> {
         let answer = self
-            .system(Method::GET, "/system/secrets", Bytes::new())
+            .system(Method::GET, &self.scoped("/system/secrets"), Bytes::new())
             .await?;
         self.decode(&answer)
     }
@@ -337,8 +383,74 @@ impl Client {
         } else {
             "/system/secrets"
         };
-        self.system(Method::DELETE, path, body).await?;
+        self.system(Method::DELETE, &self.scoped(path), body)
+            .await?;
         Ok(())
+    }
+
+    /// `GET /system/namespaces`.
+    pub async fn namespaces(&self) -> Result<Vec<String>, ClientError> {
+        let answer = self
+            .system(Method::GET, "/system/namespaces", Bytes::new())
+            .await?;
+        self.decode(&answer)
+    }
+
+    /// `POST /system/namespace/{name}` (the admin's).
+    pub async fn create_namespace(&self, name: &str) -> Result<String, ClientError> {
+        let body = self.encode(&crate::namespaces::FunctionNamespace {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        })?;
+        let answer = self
+            .system(Method::POST, &format!("/system/namespace/{name}"), body)
+            .await?;
+        Ok(answer.text())
+    }
+
+    /// `DELETE /system/namespace/{name}` (the admin's): an empty one.
+    pub async fn delete_namespace(&self, name: &str) -> Result<(), ClientError> {
+        self.system(
+            Method::DELETE,
+            &format!("/system/namespace/{name}"),
+            Bytes::new(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /system/tokens` (the admin's): a token for `namespace`.
+    pub async fn create_token(
+        &self,
+        namespace: &str,
+        description: &str,
+    ) -> Result<crate::namespaces::NewToken, ClientError> {
+        let body = self.encode(&crate::namespaces::TokenRequest {
+            namespace: namespace.to_owned(),
+            description: description.to_owned(),
+        })?;
+        let answer = self.system(Method::POST, "/system/tokens", body).await?;
+        self.decode(&answer)
+    }
+
+    /// `GET /system/tokens` (the admin's): the namespace tokens, without
+    /// the tokens themselves.
+    pub async fn tokens(&self) -> Result<Vec<crate::registry::TokenRecord>, ClientError> {
+        let answer = self
+            .system(Method::GET, "/system/tokens", Bytes::new())
+            .await?;
+        self.decode(&answer)
+    }
+
+    /// `DELETE /system/tokens/{id}` (the admin's).
+    pub async fn delete_token(&self, id: &str) -> Result<(), ClientError> {
+        self.system(
+            Method::DELETE,
+            &format!("/system/tokens/{id}"),
+            Bytes::new(),
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /system/pulls`: the pulls the server is running.

@@ -15,8 +15,9 @@ use wisp_runner::wasm::WasmConfig;
 use crate::connections::{ConnectionLimits, default_max_connections};
 
 use super::args::{
-    BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LoginArgs, LogsArgs, PruneArgs,
-    PullArgs, RegistryArgs, SecretCommand, SecretValueArgs,
+    BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LoginArgs, LogsArgs,
+    NamespaceCommand, PruneArgs, PullArgs, RegistryArgs, SecretCommand, SecretValueArgs,
+    TokenCommand,
 };
 use super::client::{Client, ClientError};
 use crate::api::{FunctionDeployment, FunctionResources};
@@ -128,6 +129,8 @@ pub async fn run(
             Ok(())
         }
         Command::Secret(command) => secret(command).await,
+        Command::Namespace(command) => namespace(command).await,
+        Command::Token(command) => token(command).await,
         Command::History(args) => {
             let revisions = connect(&args.connect)?.revisions(&args.name).await?;
             println!("{:<9} {:<21} {:<10} IMAGE", "REVISION", "DEPLOYED", "KIND");
@@ -185,7 +188,7 @@ fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
             crate::auth::read(&dir).ok()
         }
     };
-    Ok(Client::new(&args.gateway, token))
+    Ok(Client::new(&args.gateway, token).in_namespace(args.namespace.clone()))
 }
 
 fn key_values(what: &str, items: &[String]) -> anyhow::Result<Option<BTreeMap<String, String>>> {
@@ -270,7 +273,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         args.name,
         status.kind.as_str(),
         client.gateway(),
-        args.name
+        client.qualified(&args.name)
     );
     Ok(())
 }
@@ -366,6 +369,71 @@ async fn secret(command: SecretCommand) -> anyhow::Result<()> {
                 .delete_secret(&args.name, args.force)
                 .await?;
             println!("removed secret {}", args.name);
+            Ok(())
+        }
+    }
+}
+
+/// `wisp namespace …`.
+async fn namespace(command: NamespaceCommand) -> anyhow::Result<()> {
+    match command {
+        NamespaceCommand::Create(args) => {
+            print!(
+                "{}",
+                connect(&args.connect)?.create_namespace(&args.name).await?
+            );
+            Ok(())
+        }
+        NamespaceCommand::Ls(args) => {
+            for namespace in connect(&args)?.namespaces().await? {
+                println!("{namespace}");
+            }
+            Ok(())
+        }
+        NamespaceCommand::Rm(args) => {
+            connect(&args.connect)?.delete_namespace(&args.name).await?;
+            println!("removed namespace {} and revoked its tokens", args.name);
+            Ok(())
+        }
+    }
+}
+
+/// `wisp token …`.
+async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create(args) => {
+            let Some(namespace) = args.connect.namespace.clone() else {
+                bail!("name the token's namespace: wisp token create --namespace NAME");
+            };
+            let made = connect(&args.connect)?
+                .create_token(&namespace, &args.description)
+                .await?;
+            eprintln!(
+                "token {} for namespace {} (shown only now; use it as WISP_TOKEN, or as the password of faas-cli login):",
+                made.id, made.namespace
+            );
+            println!("{}", made.token);
+            Ok(())
+        }
+        TokenCommand::Ls(args) => {
+            println!(
+                "{:<13} {:<24} {:<21} DESCRIPTION",
+                "ID", "NAMESPACE", "CREATED"
+            );
+            for t in connect(&args)?.tokens().await? {
+                println!(
+                    "{:<13} {:<24} {:<21} {}",
+                    t.id,
+                    t.namespace,
+                    wisp_runner::store::logs::rfc3339(t.created_at, None),
+                    t.description
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Rm(args) => {
+            connect(&args.connect)?.delete_token(&args.id).await?;
+            println!("revoked token {}", args.id);
             Ok(())
         }
     }
@@ -480,7 +548,7 @@ async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     let response = client
         .send(
             method,
-            &format!("/{route}/{}{}", args.name, path),
+            &format!("/{route}/{}{}", client.qualified(&args.name), path),
             headers,
             wisp_runner::backend::full_body(body),
         )
@@ -607,7 +675,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let client = connect(&args.connect)?;
-    let mut query = format!("/system/logs?name={}", args.name);
+    let mut query = client.scoped(&format!("/system/logs?name={}", args.name));
     match args.tail {
         // The API reads tail=0 as "every line" (OpenFaaS's spec): ask for
         // the lines written from now on instead.

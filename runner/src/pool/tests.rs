@@ -153,6 +153,7 @@ fn spec(scaling: ScalingSpec) -> FunctionSpec {
         container: None,
         scaling,
         source: None,
+        namespace: None,
         secrets: vec![],
         secrets_dir: None,
     }
