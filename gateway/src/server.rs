@@ -283,12 +283,12 @@ impl App {
         )
     }
 
-    /// The function an invocation path's `{name}` means: OpenFaaS's
-    /// `{name}.{namespace}` form names a function of wisp's one namespace
-    /// (split on the last dot). A function whose own name has a dot is
-    /// found by it first.
-    /// Only a name ending in `.openfaas-fn` is looked up here: the request
-    /// path pays nothing for the form otherwise.
+    /// The key of the function an invocation path's `{name}` means.
+    /// `{name}.{namespace}` is already the key of a function of another
+    /// namespace ([`crate::namespaces`]); `{name}.openfaas-fn` names one of
+    /// the default namespace, whose key is `{name}`. A function whose own
+    /// name ends in `.openfaas-fn` is found by it first. Only such a name
+    /// is looked up twice: the request path pays nothing otherwise.
     pub(crate) fn qualified<'a>(&self, name: &'a str) -> &'a str {
         match name.rsplit_once('.') {
             Some((base, namespace))
