@@ -40,6 +40,8 @@ struct Native {
     /// Prefix of its constants: `<PREFIX>_BIN`, `_OCI_LAYOUT`, `_DOCKER_ARCHIVE`.
     constant: &'static str,
     exposed_ports: &'static [&'static str],
+    /// Where the program goes in its image (its entrypoint) [default: `/{package}`].
+    entrypoint: Option<&'static str>,
 }
 
 const NATIVES: &[Native] = &[
@@ -47,17 +49,27 @@ const NATIVES: &[Native] = &[
         package: "ping",
         constant: "PING",
         exposed_ports: &["8080/tcp"],
+        entrypoint: None,
     },
     Native {
         package: "cgi-echo-native",
         constant: "CGI_NATIVE",
         exposed_ports: &[],
+        entrypoint: None,
     },
     // A test fixture (CGI): which system calls the sandbox refuses.
     Native {
         package: "syscall-probe",
         constant: "SYSCALL_PROBE",
         exposed_ports: &[],
+        entrypoint: None,
+    },
+    // A Lambda custom runtime, where AWS's `provided` images keep one.
+    Native {
+        package: "lambda-hello",
+        constant: "LAMBDA_HELLO",
+        exposed_ports: &[],
+        entrypoint: Some("/var/runtime/bootstrap"),
     },
 ];
 
@@ -135,8 +147,10 @@ fn main() {
 fn write_images(native: &Native, bin: &Path, images: &Path) -> (PathBuf, PathBuf) {
     let package = native.package;
     let program = fs::read(bin).unwrap_or_else(|e| panic!("read {}: {e}", bin.display()));
-    let entrypoint = format!("/{package}");
-    let layer = Layer::from_file(package, &program, 0o755);
+    let entrypoint = native
+        .entrypoint
+        .map_or_else(|| format!("/{package}"), str::to_owned);
+    let layer = Layer::from_file(entrypoint.trim_start_matches('/'), &program, 0o755);
 
     let mut container = json!({
         "Entrypoint": [entrypoint],

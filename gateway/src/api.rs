@@ -685,9 +685,12 @@ impl FunctionDeployment {
         let container = match (prepared.kind, prepared.image) {
             (FunctionKind::Container, Some(image)) => Some(ContainerOptions {
                 image,
-                protocol: match self.protocol.as_deref() {
-                    Some(p) => Protocol::parse(p)?,
-                    None => Protocol::Http,
+                // An image holding a Lambda runtime speaks Lambda's
+                // protocol unless the deploy names another.
+                protocol: match (self.protocol.as_deref(), prepared.lambda_bootstrap) {
+                    (Some(p), _) => Protocol::parse(p)?,
+                    (None, Some(_)) => Protocol::Lambda,
+                    (None, None) => Protocol::Http,
                 },
                 port: self.port,
                 command: self.command.clone().unwrap_or_default(),

@@ -400,27 +400,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 
 /// A new call id: a random (version 4) UUID.
 fn new_call_id() -> String {
-    let mut b = [0u8; 16];
-    if getrandom::fill(&mut b).is_err() {
-        // No randomness: unique enough from the clock and a counter.
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = u128::from(COUNTER.fetch_add(1, Ordering::Relaxed));
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b = (t ^ (n << 64)).to_be_bytes();
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    wisp_runner::protocol::new_uuid()
 }
 
 /// The caller's `X-Call-Id`, if it is one wisp keeps (visible ASCII, not

@@ -106,9 +106,10 @@ impl GatewayError {
                 InvokeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 InvokeError::BadRequest { .. } => StatusCode::BAD_REQUEST,
                 InvokeError::Trap { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-                InvokeError::OutOfMemory { .. } | InvokeError::BadResponse { .. } => {
-                    StatusCode::BAD_GATEWAY
-                }
+                // As a Lambda function URL answers a function's error.
+                InvokeError::OutOfMemory { .. }
+                | InvokeError::BadResponse { .. }
+                | InvokeError::Unhandled { .. } => StatusCode::BAD_GATEWAY,
                 InvokeError::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 InvokeError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
                 InvokeError::Start(StartError::NotReady { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -125,6 +126,16 @@ impl GatewayError {
                     "function {function} failed: its handler crashed (details are in the server log)"
                 )
             }
+            // Its message may hold what the caller should not see; its type
+            // names what went wrong.
+            GatewayError::Invoke(InvokeError::Unhandled {
+                function,
+                error_type,
+                ..
+            }) => format!(
+                "function {function} returned an error ({}); the message is in the server log",
+                error_type.chars().take(120).collect::<String>()
+            ),
             GatewayError::Invoke(InvokeError::Start(e)) => match e {
                 // What the function's own handler did is the caller's business.
                 StartError::Exited {

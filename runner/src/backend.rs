@@ -79,6 +79,9 @@ pub struct Prepared {
     pub kind: FunctionKind,
     /// For an OCI image: the digest of its manifest in the image store.
     pub image: Option<Digest>,
+    /// For an OCI image holding a Lambda runtime: where (one of
+    /// [`crate::protocol::lambda::BOOTSTRAP_PATHS`]).
+    pub lambda_bootstrap: Option<&'static str>,
 }
 
 /// What [`Backend::pull`] fetched and prepared.
@@ -257,12 +260,12 @@ pub enum StartError {
         /// `; stderr: …` or empty.
         stderr: String,
     },
-    #[error(
-        "function {function}: the handler did not accept connections on port {port} within {timeout:?}"
-    )]
+    /// `waited_for`: what the handler did not do, e.g. `accept
+    /// connections on port 8080`.
+    #[error("function {function}: the handler did not {waited_for} within {timeout:?}")]
     NotReady {
         function: FunctionName,
-        port: u16,
+        waited_for: String,
         timeout: Duration,
     },
     #[error("function {function}: the sandbox could not be made: {cause}")]
@@ -290,6 +293,14 @@ pub enum InvokeError {
     Trap {
         function: FunctionName,
         detail: String,
+    },
+    /// A Lambda function's handler returned an error (it reported it to
+    /// the Runtime API; the sandbox is fine).
+    #[error("function {function} returned an error: {error_type}: {message}")]
+    Unhandled {
+        function: FunctionName,
+        error_type: String,
+        message: String,
     },
     #[error("request body to function {function} is larger than its limit of {limit_bytes} bytes")]
     BodyTooLarge {

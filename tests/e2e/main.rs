@@ -12,6 +12,7 @@ mod connections;
 mod container;
 mod control;
 mod faults;
+mod lambda;
 mod lifecycle;
 mod logs;
 mod metrics;

@@ -19,5 +19,6 @@ pub fn all() -> &'static [(&'static str, &'static str)] {
         ("cgi-echo-native-oci", CGI_NATIVE_OCI_LAYOUT),
         ("cgi-echo-native-docker", CGI_NATIVE_DOCKER_ARCHIVE),
         ("syscall-probe", SYSCALL_PROBE_BIN),
+        ("lambda-hello-docker", LAMBDA_HELLO_DOCKER_ARCHIVE),
     ]
 }

@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::BodyExt;
 use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
 use wisp_runner::image::ImportLimits;
+use wisp_runner::protocol::Protocol;
 use wisp_runner::wasm::WasmConfig;
 
 use crate::connections::{ConnectionLimits, default_max_connections};
@@ -268,10 +269,22 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         (None, Some(digest)) => format!("{}@{digest}", status.image),
         (None, None) => status.image.clone(),
     };
+    // The protocol, when it is not the default: a Lambda runtime found in
+    // the image is said here.
+    let kind = match status.protocol {
+        Some(p @ (Protocol::Lambda | Protocol::Cgi)) => {
+            let how = if args.protocol.is_none() && p == Protocol::Lambda {
+                ", found a Lambda runtime in the image"
+            } else {
+                ""
+            };
+            format!("{}, {} protocol{how}", status.kind.as_str(), p.as_str())
+        }
+        _ => status.kind.as_str().to_owned(),
+    };
     println!(
-        "deployed {} ({}, {what})\ninvoke: curl {}/function/{}",
+        "deployed {} ({kind}, {what})\ninvoke: curl {}/function/{}",
         args.name,
-        status.kind.as_str(),
         client.gateway(),
         client.qualified(&args.name)
     );

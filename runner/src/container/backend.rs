@@ -21,6 +21,7 @@ use crate::container::cgroup::{Cgroups, Layout, RealFs};
 use crate::container::error::{SandboxError, UnavailableError};
 use crate::container::init_link::{InitLink, NotReady, NsConnector, stderr_suffix, wait_ready};
 use crate::container::instance::{ContainerInstance, Transport};
+use crate::container::lambda::{Init, RuntimeApi};
 use crate::container::plan::{self, ContainerSettings, IdMap, SandboxPlan};
 use crate::container::premade::{Premade, PremadePool};
 use crate::container::proto::{self, ToInit};
@@ -95,7 +96,9 @@ impl ContainerBackend {
     /// Refuses, at deploy time rather than at the first request, an image
     /// that cannot run here: containers unavailable, or a `User` the image
     /// does not have.
-    async fn check_image(&self, image: &Image) -> Result<(), PrepareError> {
+    /// Checks a pulled image as an import does (its user exists); returns
+    /// where it keeps a Lambda runtime, if it has one.
+    async fn check_image(&self, image: &Image) -> Result<Option<&'static str>, PrepareError> {
         let digest = image.manifest_digest.to_string();
         if let Err(e) = &self.premade {
             return Err(PrepareError::ContainersUnavailable {
@@ -105,17 +108,18 @@ impl ContainerBackend {
         let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
         let user = image.config.user.clone();
         let id_map = self.id_map;
-        tokio::task::spawn_blocking(move || users::resolve(user.as_deref(), &layers, id_map))
-            .await
-            .map_err(|e| PrepareError::Storage {
-                digest: digest.clone(),
-                cause: Cause::new(e),
-            })?
-            .map_err(|e| PrepareError::BadImage {
-                digest,
-                cause: Cause::new(e),
-            })?;
-        Ok(())
+        tokio::task::spawn_blocking(move || {
+            users::resolve(user.as_deref(), &layers, id_map).map(|_| lambda_bootstrap(&layers))
+        })
+        .await
+        .map_err(|e| PrepareError::Storage {
+            digest: digest.clone(),
+            cause: Cause::new(e),
+        })?
+        .map_err(|e| PrepareError::BadImage {
+            digest,
+            cause: Cause::new(e),
+        })
     }
 
     fn premade(&self) -> Result<&Arc<PremadePool>, SandboxError> {
@@ -223,7 +227,8 @@ impl Backend for ContainerBackend {
             let layers: Vec<PathBuf> = image.layers.iter().map(|l| l.path.clone()).collect();
             users::resolve(image.config.user.as_deref(), &layers, id_map)
                 .map_err(|e| ImportFailure::User(Cause::new(e)))?;
-            Ok::<_, ImportFailure>(image)
+            let bootstrap = lambda_bootstrap(&layers);
+            Ok::<_, ImportFailure>((image, bootstrap))
         })
         .await
         .map_err(|e| PrepareError::Storage {
@@ -249,10 +254,12 @@ impl Backend for ContainerBackend {
                 ImportFailure::User(cause) => PrepareError::BadImage { digest, cause },
             }
         })?;
-        tracing::info!(artifact = %digest, image = %image.manifest_digest, layers = image.layers.len(), "image imported");
+        let (image, lambda_bootstrap) = image;
+        tracing::info!(artifact = %digest, image = %image.manifest_digest, layers = image.layers.len(), lambda_bootstrap, "image imported");
         Ok(Prepared {
             kind: FunctionKind::Container,
             image: Some(image.manifest_digest),
+            lambda_bootstrap,
         })
     }
 
@@ -271,17 +278,19 @@ impl Backend for ContainerBackend {
                     prepared: Prepared {
                         kind: FunctionKind::WasmHttp,
                         image: None,
+                        lambda_bootstrap: None,
                     },
                     report,
                 });
             }
         };
-        self.check_image(&image).await?;
+        let lambda_bootstrap = self.check_image(&image).await?;
         Ok(PulledArtifact {
             artifact: image.manifest_digest.clone(),
             prepared: Prepared {
                 kind: FunctionKind::Container,
                 image: Some(image.manifest_digest.clone()),
+                lambda_bootstrap,
             },
             report,
         })
@@ -339,10 +348,10 @@ impl Backend for ContainerBackend {
             .map_err(|_| match protocol {
                 Protocol::Http => StartError::NotReady {
                     function: function.clone(),
-                    port,
+                    waited_for: format!("accept connections on port {port}"),
                     timeout,
                 },
-                Protocol::Cgi => sandbox_err(SandboxError::NoReport(timeout)),
+                Protocol::Cgi | Protocol::Lambda => sandbox_err(SandboxError::NoReport(timeout)),
             })?;
         let (timings, first_conn) = match first {
             Ok(ready) => ready,
@@ -375,7 +384,12 @@ impl Backend for ContainerBackend {
             total_ms = ms(requested, proto::monotonic_ns()),
             "container started"
         );
+        let (first_conn, listener) = match protocol {
+            Protocol::Lambda => (None, first_conn),
+            _ => (first_conn, None),
+        };
         let link = InitLink::start(function.clone(), pid, control, first_conn);
+        let mut ready = timings.ready;
         let transport = match protocol {
             Protocol::Http => Transport::Http(Box::new(
                 Client::builder(TokioExecutor::new())
@@ -383,13 +397,75 @@ impl Backend for ContainerBackend {
                     .build(NsConnector(link.clone())),
             )),
             Protocol::Cgi => Transport::Cgi { env: cgi_env },
+            Protocol::Lambda => {
+                let listener = listener.ok_or_else(|| {
+                    sandbox_err(SandboxError::Control(std::io::Error::other(
+                        "init sent no Runtime API socket",
+                    )))
+                })?;
+                let (api, server) =
+                    RuntimeApi::serve(function.clone(), spec.limits.max_body_bytes, listener)
+                        .map_err(|e| sandbox_err(SandboxError::Control(e)))?;
+                let transport = Transport::Lambda {
+                    api: api.clone(),
+                    server,
+                };
+                // The runtime's init: until it asks for its first event.
+                let left = timeout.saturating_sub(Duration::from_nanos(
+                    proto::monotonic_ns().saturating_sub(requested),
+                ));
+                let init = tokio::time::timeout(left, async {
+                    tokio::select! {
+                        init = api.init_done() => Some(init),
+                        () = link.wait_dead() => None,
+                    }
+                })
+                .await;
+                match init {
+                    Ok(Some(Init::Done)) => {}
+                    Ok(Some(Init::Failed(error))) => {
+                        return Err(StartError::Exited {
+                            function,
+                            status: format!(
+                                "its init failed: {}: {}",
+                                error.error_type,
+                                error.error_message.chars().take(512).collect::<String>()
+                            ),
+                            stderr: String::new(),
+                        });
+                    }
+                    Ok(Some(Init::Running) | None) => {
+                        let status = if sandbox.oom_killed() {
+                            "killed by the OOM killer: out of memory".to_owned()
+                        } else {
+                            link.dead_reason()
+                                .unwrap_or_else(|| "the sandbox ended".to_owned())
+                        };
+                        return Err(StartError::Exited {
+                            function,
+                            status,
+                            stderr: "; its output is in `wisp logs`".to_owned(),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(StartError::NotReady {
+                            function,
+                            waited_for: "ask the Lambda Runtime API for its first invocation"
+                                .to_owned(),
+                            timeout,
+                        });
+                    }
+                }
+                ready = proto::monotonic_ns();
+                transport
+            }
         };
         let phase = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
         let phases = vec![
             ("sandbox", phase(requested, timings.assigned)),
             ("rootfs", phase(timings.assigned, timings.rootfs)),
             ("exec", phase(timings.rootfs, timings.exec)),
-            ("ready", phase(timings.exec, timings.ready)),
+            ("ready", phase(timings.exec, ready)),
         ];
         Ok(Box::new(ContainerInstance {
             function,
@@ -407,6 +483,33 @@ impl Backend for ContainerBackend {
             pool.close().await;
         }
     }
+}
+
+/// Where an image's unpacked layers (bottom first) keep a Lambda runtime:
+/// the first of [`crate::protocol::lambda::BOOTSTRAP_PATHS`] that the top
+/// layer holding it (or its whiteout) has.
+fn lambda_bootstrap(layers: &[PathBuf]) -> Option<&'static str> {
+    crate::protocol::lambda::BOOTSTRAP_PATHS
+        .into_iter()
+        .find(|path| {
+            let relative = path.trim_start_matches('/');
+            let whiteout = Path::new(relative).parent().map(|dir| {
+                let name = Path::new(relative).file_name().unwrap_or_default();
+                dir.join(format!(".wh.{}", name.to_string_lossy()))
+            });
+            for layer in layers.iter().rev() {
+                if std::fs::symlink_metadata(layer.join(relative)).is_ok() {
+                    return true;
+                }
+                if whiteout
+                    .as_ref()
+                    .is_some_and(|w| std::fs::symlink_metadata(layer.join(w)).is_ok())
+                {
+                    return false;
+                }
+            }
+            false
+        })
 }
 
 /// Why a deploy-time import failed: the import itself, or the image's user.

@@ -18,10 +18,11 @@ use hyper_util::client::legacy::Client;
 
 use crate::backend::{Body, Instance, InvokeError, RequestInfo};
 use crate::container::init_link::{InitLink, NsConnector, log_output};
+use crate::container::lambda::{Invocation, Outcome, RuntimeApi};
 use crate::container::proto::{ExitStatus, Stream, ToInit};
 use crate::container::sandbox::Sandbox;
 use crate::pool::Deadline;
-use crate::protocol::cgi;
+use crate::protocol::{cgi, lambda};
 use crate::spec::{FunctionName, Limits};
 use crate::store::logs::escape_controls;
 
@@ -38,6 +39,19 @@ pub(crate) enum Transport {
     Http(Box<Client<NsConnector, Body>>),
     /// One process per request; `env` is the plan's environment.
     Cgi { env: Vec<String> },
+    /// A Lambda runtime, fed through the Runtime API served on `server`.
+    Lambda {
+        api: Arc<RuntimeApi>,
+        server: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        if let Transport::Lambda { server, .. } = self {
+            server.abort();
+        }
+    }
 }
 
 /// One running container.
@@ -240,6 +254,145 @@ impl ContainerInstance {
     }
 }
 
+impl ContainerInstance {
+    /// Hands the request to the Lambda runtime as a function URL event
+    /// and maps its result back.
+    async fn invoke_lambda(
+        &self,
+        api: &RuntimeApi,
+        req: Request<Body>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Body>, InvokeError> {
+        let function = &self.function;
+        let info = req
+            .extensions()
+            .get::<RequestInfo>()
+            .cloned()
+            .unwrap_or_default();
+        let (parts, body) = req.into_parts();
+        let input = cgi::read_body(body, function, self.limits.max_body_bytes).await?;
+        let id = crate::protocol::new_uuid();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = lambda::event(
+            &parts,
+            &input,
+            &lambda::EventContext {
+                path: parts.uri.path(),
+                request_id: &id,
+                source_ip: info
+                    .remote_addr
+                    .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string()),
+                epoch_ms: now_ms,
+            },
+        );
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        api.invoke(Invocation {
+            id,
+            event: Bytes::from(event.to_string()),
+            deadline_ms: now_ms + u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+            trace_id: header("x-amzn-trace-id"),
+            client_context: header("x-amz-client-context"),
+            reply,
+        })
+        .await
+        .map_err(|e| self.failure(e))?;
+        let outcome = tokio::select! {
+            outcome = outcome => outcome.map_err(|_| self.failure("the Runtime API dropped the invocation"))?,
+            () = self.link.wait_dead() => {
+                return Err(self.failure("the runtime exited during the invocation"));
+            }
+        };
+        let invalid = |e: lambda::ResultError| InvokeError::BadResponse {
+            function: function.clone(),
+            detail: e.to_string(),
+        };
+        match outcome {
+            Outcome::Result(payload) => {
+                let (status, headers, body) = lambda::response(&payload).map_err(invalid)?;
+                let mut response = Response::new(crate::backend::full_body(body));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                Ok(response)
+            }
+            Outcome::Stream { content_type, body } => {
+                if content_type.as_deref() == Some(lambda::HTTP_INTEGRATION) {
+                    return streamed_with_prelude(function, body).await;
+                }
+                let mut response = Response::new(body);
+                if let Some(value) = content_type.and_then(|c| http::HeaderValue::from_str(&c).ok())
+                {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONTENT_TYPE, value);
+                }
+                Ok(response)
+            }
+            Outcome::Error(error) => {
+                tracing::info!(function = %function, error_type = %error.error_type, error = %escape_controls(&error.error_message), "the Lambda function reported an error");
+                Err(InvokeError::Unhandled {
+                    function: function.clone(),
+                    error_type: error.error_type,
+                    message: error.error_message,
+                })
+            }
+        }
+    }
+}
+
+/// A streamed response that starts with the HTTP integration prelude: the
+/// prelude is read (up to [`lambda::MAX_PRELUDE_BYTES`]) for the head, the
+/// rest streams on as the body.
+async fn streamed_with_prelude(
+    function: &FunctionName,
+    mut body: Body,
+) -> Result<Response<Body>, InvokeError> {
+    let invalid = |detail: String| InvokeError::BadResponse {
+        function: function.clone(),
+        detail,
+    };
+    let mut sent = bytes::BytesMut::new();
+    let (end, start) = loop {
+        if let Some(split) = lambda::split_prelude(&sent) {
+            break split;
+        }
+        if sent.len() > lambda::MAX_PRELUDE_BYTES {
+            return Err(invalid(
+                "the streamed response's prelude is too long".into(),
+            ));
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    sent.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return Err(invalid(e.to_string())),
+            None => return Err(invalid("the streamed response ended in its prelude".into())),
+        }
+    };
+    let sent = sent.freeze();
+    let (status, headers) = lambda::prelude(&sent[..end]).map_err(|e| invalid(e.to_string()))?;
+    let first = sent.slice(start..);
+    let first = (!first.is_empty()).then(|| Ok(http_body::Frame::data(first)));
+    let rest = http_body_util::BodyStream::new(body);
+    use futures::StreamExt;
+    let frames = futures::stream::iter(first).chain(rest);
+    let mut response = Response::new(http_body_util::StreamBody::new(frames).boxed_unsync());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
 /// How a CGI process ended.
 struct CgiExit {
     status: Result<ExitStatus, crate::container::init_link::LinkError>,
@@ -308,6 +461,7 @@ impl Instance for ContainerInstance {
             match &self.transport {
                 Transport::Http(client) => self.invoke_http(client, req).await,
                 Transport::Cgi { env } => self.invoke_cgi(env, req).await,
+                Transport::Lambda { api, .. } => self.invoke_lambda(api, req, deadline).await,
             }
         };
         match tokio::time::timeout_at(deadline, work).await {
@@ -332,7 +486,11 @@ impl Instance for ContainerInstance {
     }
 
     fn concurrency(&self) -> usize {
-        usize::MAX
+        match self.transport {
+            // The sandbox is Lambda's unit of concurrency.
+            Transport::Lambda { .. } => 1,
+            _ => usize::MAX,
+        }
     }
 
     fn is_healthy(&self) -> bool {

@@ -8,6 +8,7 @@
 //! - `instance`: [`ContainerInstance`], one running container, forwarding
 //!   requests by its protocol;
 //! - `init_link`: the gateway's end of a container's control socket;
+//! - `lambda`: the Lambda Runtime API a `lambda` sandbox's runtime calls;
 //! - `sandbox`: what a container holds on the host, and its release;
 //! - [`users`]: an image's user and group names.
 //!
@@ -24,6 +25,7 @@ mod error;
 mod init;
 mod init_link;
 mod instance;
+mod lambda;
 mod netns;
 pub mod plan;
 mod premade;

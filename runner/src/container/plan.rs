@@ -210,6 +210,14 @@ pub fn plan(
     set("PATH", DEFAULT_PATH);
     set("HOSTNAME", &settings.name);
     set("HOME", if uid == 0 { "/root" } else { "/" });
+    if settings.protocol == Protocol::Lambda {
+        let handler = image.cmd.join(" ");
+        for (name, value) in
+            crate::protocol::lambda::environment(&settings.name, settings.memory_bytes, &handler)
+        {
+            set(name, &value);
+        }
+    }
     for entry in &image.env {
         if let Some((name, value)) = entry.split_once('=') {
             set(name, value);

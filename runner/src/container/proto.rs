@@ -53,7 +53,8 @@ pub enum SpawnReply {
 /// Init → gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromInit {
-    /// The sandbox is ready; for `http`, a connected socket rides along.
+    /// The sandbox is ready; for `http`, a connected socket rides along,
+    /// for `lambda` the Runtime API's listening socket.
     Ready { timings: Timings },
     /// Setting the sandbox up failed at `stage`.
     SetupFailed { stage: Stage, error: String },
@@ -114,6 +115,7 @@ pub enum Stage {
     Pipes,
     Fork,
     Poll,
+    RuntimeApi,
     Exec,
 }
 
@@ -143,6 +145,7 @@ impl std::fmt::Display for Stage {
             Stage::Pipes => "pipes",
             Stage::Fork => "fork",
             Stage::Poll => "poll",
+            Stage::RuntimeApi => "the Lambda Runtime API's socket",
             Stage::Exec => "exec",
         })
     }

@@ -43,6 +43,7 @@ impl Backend for Fake {
         Ok(Prepared {
             kind: FunctionKind::Container,
             image: None,
+            lambda_bootstrap: None,
         })
     }
 

@@ -253,7 +253,11 @@ impl Backend for WasmBackend {
                     digest: artifact.as_str().to_owned(),
                     detail: format!("{e:#}"),
                 })?;
-            Ok(Prepared { kind, image: None })
+            Ok(Prepared {
+                kind,
+                image: None,
+                lambda_bootstrap: None,
+            })
         })
         .await
         .map_err(|e| PrepareError::Storage {

@@ -1,6 +1,7 @@
 //! The container's PID 1 once it is set up: starts the handler (the
-//! zygote's exec for `http`; one process per request for `cgi`), probes
-//! its port until it accepts, answers the gateway's requests (connections,
+//! zygote's exec for `http` and `lambda`; one process per request for
+//! `cgi`), probes an `http` handler's port until it accepts, makes a
+//! `lambda` runtime's Runtime API socket, answers the gateway's requests (connections,
 //! CGI runs, stop), forwards the handler's output, reaps every process
 //! reparented to it, and returns when the handler exits, when asked to
 //! stop, or when the gateway goes away.
@@ -107,6 +108,43 @@ impl<'a> Supervisor<'a> {
                     next_probe: Instant::now(),
                     backoff: Duration::from_micros(50),
                 });
+            }
+            Protocol::Lambda => {
+                // The Runtime API's socket, made here, in the sandbox's
+                // network namespace, before the runtime runs: the gateway
+                // serves it, and the runtime finds it already listening.
+                let listener = std::net::TcpListener::bind((
+                    std::net::Ipv4Addr::LOCALHOST,
+                    crate::protocol::lambda::RUNTIME_API_PORT,
+                ))
+                .map_err(at(Stage::RuntimeApi))?;
+                let zygote = self
+                    .zygote
+                    .take()
+                    .ok_or_else(|| SetupError::new(Stage::Exec, "the handler's process is gone"))?;
+                let command = Command::of(self.plan, &[]).map_err(at(Stage::Exec))?;
+                let (pid, stdout, stderr) = zygote.exec(&command).map_err(at(Stage::Exec))?;
+                self.timings.exec = monotonic_ns();
+                // Ready from init's side; the gateway waits for the
+                // runtime's first `next`.
+                self.timings.ready = self.timings.exec;
+                self.handler = Some(RunningHandler {
+                    pid,
+                    port: 0,
+                    stdout: Some(stdout),
+                    stderr: Some(stderr),
+                    ready: true,
+                    next_probe: Instant::now(),
+                    backoff: Duration::ZERO,
+                });
+                let fd = OwnedFd::from(listener);
+                let _ = proto::send(
+                    self.control,
+                    &FromInit::Ready {
+                        timings: self.timings,
+                    },
+                    &[fd.as_fd()],
+                );
             }
             Protocol::Cgi => {
                 // One process per request: the zygote is not needed.

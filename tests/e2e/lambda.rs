@@ -1,0 +1,152 @@
+//! AWS Lambda functions run unchanged: a custom runtime built with AWS's
+//! `lambda_runtime` (an image whose entrypoint is `/var/runtime/bootstrap`)
+//! is found to be one at deploy, fetches function URL events from the
+//! Runtime API wisp serves inside its sandbox, and its results, errors,
+//! crashes and overruns come back as Lambda's would.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use wisp_e2e::{Wisp, artifacts};
+
+#[tokio::test]
+async fn a_lambda_runtime_function_runs_unchanged() {
+    let wisp = Wisp::start();
+    let out = wisp
+        .cli(&[
+            "deploy",
+            "hello-lambda",
+            "--image",
+            artifacts::LAMBDA_HELLO_DOCKER_ARCHIVE,
+            "--timeout",
+            "2s",
+        ])
+        .expect_success();
+    assert!(
+        out.contains("lambda protocol, found a Lambda runtime in the image"),
+        "{out}"
+    );
+
+    // A request becomes a v2 event; the described response comes back,
+    // cookies as Set-Cookie.
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", "s=1; t=2".parse().unwrap());
+    let answer = wisp
+        .client
+        .call(
+            http::Method::POST,
+            "/function/hello-lambda/items/7?a=1",
+            headers,
+            bytes::Bytes::from_static(b"payload"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        answer.text(),
+        r#"hello from lambda: POST /items/7?a=1 cookies=["s=1","t=2"] base64=false body=payload"#
+    );
+    assert_eq!(answer.headers["x-handled-by"], "lambda_runtime");
+    assert_eq!(answer.headers["content-type"], "text/plain");
+    let cookies: Vec<_> = answer.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    let timing = answer.headers["server-timing"].to_str().unwrap();
+    assert!(timing.starts_with("cold"), "{timing}");
+
+    // Binary bodies travel base64, as in AWS.
+    let binary = wisp
+        .client
+        .call(
+            http::Method::POST,
+            "/function/hello-lambda/bin",
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(&[0xff, 0x00, 0x01]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        binary.text().ends_with("base64=true body=/wAB"),
+        "{}",
+        binary.text()
+    );
+
+    // No statusCode: the result is a JSON body.
+    let plain = wisp.invoke("GET", "/function/hello-lambda/plain", "").await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(plain.headers["content-type"], "application/json");
+    assert_eq!(plain.text(), r#"{"message":"no statusCode here"}"#);
+
+    // What the runtime was told.
+    let context = wisp
+        .invoke("GET", "/function/hello-lambda/context", "")
+        .await;
+    let context: serde_json::Value = serde_json::from_str(&context.text()).unwrap();
+    assert_eq!(context["functionName"], "hello-lambda");
+    assert_eq!(context["memory"], 128, "{context}");
+    assert_eq!(context["version"], "$LATEST");
+    assert_eq!(context["region"], "us-east-1");
+    assert_eq!(context["taskRoot"], "/var/task");
+    assert_eq!(context["runtimeApi"], "127.0.0.1:9001");
+    assert!(
+        context["arn"]
+            .as_str()
+            .unwrap()
+            .ends_with(":function:hello-lambda")
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let deadline = context["deadlineMs"].as_u64().unwrap();
+    assert!(
+        deadline > now_ms && deadline <= now_ms + 2_500,
+        "the deadline is the function's timeout away: {deadline} vs now {now_ms}"
+    );
+
+    // An error the handler returns: a 502 (as a function URL answers)
+    // naming its type, not its message; the sandbox is kept (the next
+    // request is warm).
+    let error = wisp.invoke("GET", "/function/hello-lambda/error", "").await;
+    assert_eq!(error.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        error.text().contains("returned an error") && !error.text().contains("on purpose"),
+        "{}",
+        error.text()
+    );
+    assert!(wisp.log().contains("the handler failed on purpose"));
+    let after = wisp.invoke("GET", "/function/hello-lambda/plain", "").await;
+    assert!(
+        after.headers["server-timing"]
+            .to_str()
+            .unwrap()
+            .starts_with("warm")
+    );
+
+    // A crash in the middle of an invocation: 502, and a new sandbox.
+    let crash = wisp.invoke("GET", "/function/hello-lambda/exit", "").await;
+    assert_eq!(crash.status, StatusCode::BAD_GATEWAY, "{}", crash.text());
+    let next = wisp.invoke("GET", "/function/hello-lambda/plain", "").await;
+    assert_eq!(next.status, StatusCode::OK);
+
+    // Past its timeout: 504, the sandbox replaced.
+    let slow = wisp
+        .invoke("GET", "/function/hello-lambda/sleep?ms=5000", "")
+        .await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.text());
+    let quick = wisp
+        .invoke("GET", "/function/hello-lambda/sleep?ms=1", "")
+        .await;
+    assert_eq!(
+        (quick.status, quick.text()),
+        (StatusCode::OK, "slept 1 ms".to_owned())
+    );
+
+    // One invocation at a time per sandbox: two at once take two.
+    let (a, b) = tokio::join!(
+        wisp.invoke("GET", "/function/hello-lambda/sleep?ms=300", ""),
+        wisp.invoke("GET", "/function/hello-lambda/sleep?ms=300", ""),
+    );
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(wisp.replicas("hello-lambda").await >= 2);
+}
