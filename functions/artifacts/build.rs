@@ -71,6 +71,13 @@ const NATIVES: &[Native] = &[
         exposed_ports: &[],
         entrypoint: Some("/var/runtime/bootstrap"),
     },
+    // The same, built with AWS's HTTP adapter (`lambda_http`).
+    Native {
+        package: "lambda-http",
+        constant: "LAMBDA_HTTP",
+        exposed_ports: &[],
+        entrypoint: Some("/var/runtime/bootstrap"),
+    },
 ];
 
 fn main() {

@@ -150,3 +150,110 @@ async fn a_lambda_runtime_function_runs_unchanged() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(wisp.replicas("hello-lambda").await >= 2);
 }
+
+#[tokio::test]
+async fn a_lambda_http_function_sees_the_request_the_client_made_and_streams() {
+    let wisp = Wisp::start();
+    wisp.cli(&[
+        "deploy",
+        "web",
+        "--image",
+        artifacts::LAMBDA_HTTP_DOCKER_ARCHIVE,
+    ])
+    .expect_success();
+    // lambda_http reads the event back into an http::Request: it must be
+    // the request sent (v2, not mistaken for v1).
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-thing", "42".parse().unwrap());
+    headers.insert("cookie", "c1=a; c2=b".parse().unwrap());
+    let answer = wisp
+        .client
+        .call(
+            http::Method::PUT,
+            "/function/web/a/b?x=1&y=two",
+            headers,
+            bytes::Bytes::from_static(b"text body"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let mut seen: serde_json::Value = serde_json::from_str(&answer.text()).unwrap();
+    // Beside the client's: the gateway's X-Forwarded-For, Lambda's trace id.
+    let headers = seen["headers"].take();
+    assert_eq!(headers["x-thing"], "42", "{headers}");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{headers}");
+    assert!(headers["x-amzn-trace-id"].is_string(), "{headers}");
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "method": "PUT",
+            "path": "/a/b",
+            "query": {"x": "1", "y": "two"},
+            "headers": null,
+            "cookies": ["c1=a; c2=b"],
+            "body": "text body",
+        })
+    );
+    let cookies: Vec<_> = answer.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["one=1", "two=2"]);
+    let binary = wisp
+        .client
+        .call(
+            http::Method::POST,
+            "/function/web/",
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(&[0, 159, 146, 150]),
+        )
+        .await
+        .unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&binary.text()).unwrap();
+    assert_eq!(seen["body"], "4 bytes");
+    let teapot = wisp.invoke("GET", "/function/web/status/418", "").await;
+    assert_eq!(teapot.status, StatusCode::IM_A_TEAPOT);
+
+    // Streamed: the head from the prelude, the chunks as they are made.
+    wisp.cli(&[
+        "deploy",
+        "stream",
+        "--image",
+        artifacts::LAMBDA_HTTP_DOCKER_ARCHIVE,
+        "--env",
+        "STREAM=1",
+    ])
+    .expect_success();
+    let started = std::time::Instant::now();
+    let response = wisp.stream("/function/stream/").await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["x-streamed"], "yes");
+    assert_eq!(response.headers()["set-cookie"], "s=1");
+    let mut body = response.into_body();
+    let mut chunks = Vec::new();
+    let mut first_at = None;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            first_at.get_or_insert(started.elapsed());
+            chunks.push(String::from_utf8_lossy(&data).into_owned());
+        }
+    }
+    let whole = chunks.concat();
+    assert_eq!(
+        whole, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n",
+        "{chunks:?}"
+    );
+    assert!(
+        chunks.len() > 1,
+        "the chunks arrive as they are made: {chunks:?}"
+    );
+    // A stream the function breaks off ends the response with an error,
+    // not as if it were whole.
+    let response = wisp.stream("/function/stream/fail").await;
+    let mut body = response.into_body();
+    let mut failed = false;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if frame.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "a broken stream must not end cleanly");
+}

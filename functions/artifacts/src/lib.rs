@@ -20,5 +20,6 @@ pub fn all() -> &'static [(&'static str, &'static str)] {
         ("cgi-echo-native-docker", CGI_NATIVE_DOCKER_ARCHIVE),
         ("syscall-probe", SYSCALL_PROBE_BIN),
         ("lambda-hello-docker", LAMBDA_HELLO_DOCKER_ARCHIVE),
+        ("lambda-http-docker", LAMBDA_HTTP_DOCKER_ARCHIVE),
     ]
 }

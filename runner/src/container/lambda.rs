@@ -277,7 +277,10 @@ impl RuntimeApi {
                             }
                             None => continue,
                         },
-                        Err(frame) => Ok(frame),
+                        Err(frame) => match frame.data_ref().and_then(written_error) {
+                            Some(failed) => Err(Box::new(failed) as BodyError),
+                            None => Ok(frame),
+                        },
                     },
                     Err(e) => Err(Box::new(e) as BodyError),
                 };
@@ -330,7 +333,31 @@ impl RuntimeApi {
     }
 }
 
-/// A streamed response the runtime ended with an error (its trailers).
+/// What `lambda_runtime` writes into a streamed body when the stream
+/// fails (it sends no real trailers): `Lambda-Runtime-Function-Error-Type:
+/// T\r\nLambda-Runtime-Function-Error-Body: <base64>\r\n`, as one chunk.
+fn written_error(data: &Bytes) -> Option<StreamFailed> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(data).ok()?;
+    let rest = text.strip_prefix("Lambda-Runtime-Function-Error-Type: ")?;
+    let (kind, rest) = rest.split_once("\r\n")?;
+    let body = rest
+        .strip_prefix("Lambda-Runtime-Function-Error-Body: ")
+        .map(|b| b.trim_end())
+        .map(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_or_else(
+                    |_| b.to_owned(),
+                    |raw| String::from_utf8_lossy(&raw).into_owned(),
+                )
+        })
+        .unwrap_or_default();
+    Some(StreamFailed(kind.to_owned(), body))
+}
+
+/// A streamed response the runtime ended with an error (its trailers, or
+/// their text in the body).
 #[derive(Debug, thiserror::Error)]
 #[error("the function failed while it streamed its response: {0}: {1}")]
 struct StreamFailed(String, String);
@@ -390,4 +417,24 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_written_into_a_stream_is_read_as_one() {
+        // lambda_runtime's text for an error with message "boom".
+        let text = Bytes::from_static(
+            b"Lambda-Runtime-Function-Error-Type: Runtime.StreamError\r\nLambda-Runtime-Function-Error-Body: Ym9vbQ==\r\n",
+        );
+        let failed = written_error(&text).unwrap();
+        assert_eq!(
+            (failed.0.as_str(), failed.1.as_str()),
+            ("Runtime.StreamError", "boom")
+        );
+        assert!(written_error(&Bytes::from_static(b"chunk 1\n")).is_none());
+        assert!(written_error(&Bytes::from_static(&[0xff, 0xfe])).is_none());
+    }
 }
