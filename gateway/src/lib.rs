@@ -2,7 +2,8 @@
 //! ([`server`], [`connections`], [`route`]),
 //! the OpenFaaS-shaped control API ([`control`], [`api`], [`auth`]),
 //! namespaces and the tokens scoped to them ([`namespaces`]),
-//! asynchronous invocations ([`calls`]), the
+//! asynchronous invocations ([`calls`]), AWS Lambda's Invoke API
+//! ([`lambda_api`]), the
 //! credentials of the registries it pulls from ([`credentials`]), pulls and
 //! deploys in flight ([`pending`]), the
 //! function registry ([`registry`]), secrets ([`secrets`]), revisions and rollback ([`revisions`]), the mapping of every error to a status
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod connections;
 mod control;
 pub mod credentials;
+pub mod lambda_api;
 pub mod metrics;
 pub mod namespaces;
 mod pending;

@@ -53,6 +53,8 @@ pub enum Route<'a> {
         name: &'a str,
         rest: &'a str,
     },
+    /// AWS Lambda's Invoke API: `/2015-03-31/functions/{name}/invocations`.
+    LambdaInvoke(&'a str),
     NotFound,
 }
 
@@ -101,6 +103,13 @@ pub fn route(path: &str) -> Route<'_> {
             None => Route::NotFound,
         };
     }
+    if let Some(name) = path
+        .strip_prefix("/2015-03-31/functions/")
+        .and_then(|rest| rest.strip_suffix("/invocations"))
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+    {
+        return Route::LambdaInvoke(name);
+    }
     if let Some(tail) = path.strip_prefix("/async-function/") {
         return match split_name(tail) {
             Some((name, rest)) => Route::InvokeAsync { name, rest },
@@ -133,6 +142,11 @@ mod tests {
         assert_eq!(route("/system/secrets"), Route::Secrets);
         assert_eq!(route("/system/namespace/t"), Route::Namespace("t"));
         assert_eq!(route("/system/tokens"), Route::Tokens);
+        assert_eq!(
+            route("/2015-03-31/functions/f/invocations"),
+            Route::LambdaInvoke("f")
+        );
+        assert_eq!(route("/2015-03-31/functions//invocations"), Route::NotFound);
         assert_eq!(route("/system/tokens/ab12"), Route::Token("ab12"));
         assert_eq!(route("/system/namespaces"), Route::Namespaces);
         assert_eq!(route("/system/revisions/hello"), Route::Revisions("hello"));

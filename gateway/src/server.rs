@@ -338,6 +338,7 @@ impl App {
                 self.invoke_async(self.qualified(name), rest, req, remote)
                     .await
             }
+            Route::LambdaInvoke(name) => self.lambda_invoke(name, req, remote).await,
             Route::Metrics => {
                 let mut dropped = self.logs.dropped();
                 dropped.retain(|(name, _)| self.functions.contains_key(name));
@@ -461,6 +462,15 @@ impl App {
             script_name: function.script_name.clone(),
             remote_addr: Some(remote.addr),
         });
+        if parts
+            .headers
+            .remove(crate::lambda_api::DIRECT_HEADER)
+            .is_some()
+        {
+            parts
+                .extensions
+                .insert(wisp_runner::protocol::lambda::Direct);
+        }
         let (body, too_large) = wisp_runner::body::cap(body, limit);
         function.invocations.fetch_add(1, Ordering::Relaxed);
         let result = function.pool.invoke(Request::from_parts(parts, body)).await;

@@ -271,23 +271,44 @@ impl ContainerInstance {
             .unwrap_or_default();
         let (parts, body) = req.into_parts();
         let input = cgi::read_body(body, function, self.limits.max_body_bytes).await?;
+        let direct = parts.extensions.get::<lambda::Direct>().is_some();
+        if direct
+            && !input.is_empty()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&input).is_err()
+        {
+            return Err(InvokeError::BadRequest {
+                function: function.clone(),
+                detail: "the payload is not JSON".into(),
+            });
+        }
         let id = crate::protocol::new_uuid();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let event = lambda::event(
-            &parts,
-            &input,
-            &lambda::EventContext {
-                path: parts.uri.path(),
-                request_id: &id,
-                source_ip: info
-                    .remote_addr
-                    .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string()),
-                epoch_ms: now_ms,
-            },
-        );
+        let event = if direct {
+            if input.is_empty() {
+                Bytes::from_static(b"{}")
+            } else {
+                input.clone()
+            }
+        } else {
+            Bytes::from(
+                lambda::event(
+                    &parts,
+                    &input,
+                    &lambda::EventContext {
+                        path: parts.uri.path(),
+                        request_id: &id,
+                        source_ip: info
+                            .remote_addr
+                            .map_or_else(|| "127.0.0.1".to_owned(), |a| a.ip().to_string()),
+                        epoch_ms: now_ms,
+                    },
+                )
+                .to_string(),
+            )
+        };
         let header = |name: &str| {
             parts
                 .headers
@@ -298,7 +319,7 @@ impl ContainerInstance {
         let (reply, outcome) = tokio::sync::oneshot::channel();
         api.invoke(Invocation {
             id,
-            event: Bytes::from(event.to_string()),
+            event,
             deadline_ms: now_ms + u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
             trace_id: header("x-amzn-trace-id"),
             client_context: header("x-amz-client-context"),
@@ -316,6 +337,27 @@ impl ContainerInstance {
             function: function.clone(),
             detail: e.to_string(),
         };
+        if direct {
+            // The Invoke API's answer: the result as it is.
+            let mut response = match outcome {
+                Outcome::Result(payload) => Response::new(crate::backend::full_body(payload)),
+                Outcome::Stream { body, .. } => Response::new(body),
+                Outcome::Error(error) => {
+                    let mut response =
+                        Response::new(crate::backend::full_body(error.to_json().to_string()));
+                    response.headers_mut().insert(
+                        lambda::FUNCTION_ERROR_HEADER,
+                        http::HeaderValue::from_static("Unhandled"),
+                    );
+                    response
+                }
+            };
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
+        }
         match outcome {
             Outcome::Result(payload) => {
                 let (status, headers, body) = lambda::response(&payload).map_err(invalid)?;

@@ -77,6 +77,16 @@ pub const BOOTSTRAP_PATHS: [&str; 4] = [
     "/lambda-entrypoint.sh",
 ];
 
+/// A request extension: the request comes through Lambda's Invoke API,
+/// so its body is the event itself and the response is the raw result
+/// (and an error is a 200 with `X-Amz-Function-Error: Unhandled`), rather
+/// than an HTTP request mapped to a function URL event and back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Direct;
+
+/// The header of a function's error in the Invoke API's answer.
+pub const FUNCTION_ERROR_HEADER: &str = "x-amz-function-error";
+
 /// What [`event`] needs beside the request's parts and body.
 #[derive(Debug, Clone)]
 pub struct EventContext<'a> {
