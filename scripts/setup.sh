@@ -60,3 +60,14 @@ if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, versi
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
 fi
+# boto3 calls the Lambda Invoke API as AWS users' code does
+# (tests/e2e/lambda.rs): pinned in tests/aws/requirements.txt.
+aws_requirements="$root/tests/aws/requirements.txt"
+aws_venv="${CARGO_TARGET_DIR:-$root/target}/aws"
+pinned=$(sed -n 's/^boto3==//p' "$aws_requirements")
+if [ "$("$aws_venv/bin/python" -c 'import boto3; print(boto3.__version__)' 2>/dev/null)" != "$pinned" ]; then
+  echo "setup: boto3 $pinned in $aws_venv"
+  rm -rf "$aws_venv"
+  python3 -m venv "$aws_venv"
+  "$aws_venv/bin/pip" install --quiet --disable-pip-version-check -r "$aws_requirements"
+fi

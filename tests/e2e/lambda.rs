@@ -4,6 +4,7 @@
 //! Runtime API wisp serves inside its sandbox, and its results, errors,
 //! crashes and overruns come back as Lambda's would.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -387,4 +388,44 @@ async fn the_invoke_api_answers_as_lambda_does() {
     )
     .await;
     assert_eq!(odd.status, StatusCode::BAD_REQUEST);
+}
+
+/// The virtualenv with boto3 that `scripts/setup.sh` makes in the cargo
+/// target dir (`target/<profile>/deps/e2e-…` → `target/aws`).
+fn aws_python() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let python = exe.ancestors().nth(3).unwrap().join("aws/bin/python");
+    assert!(
+        python.exists(),
+        "{} does not exist: run scripts/setup.sh",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_invokes_functions_as_on_aws() {
+    let wisp = Wisp::start();
+    wisp.cli(&[
+        "deploy",
+        "hello-lambda",
+        "--image",
+        artifacts::LAMBDA_HELLO_DOCKER_ARCHIVE,
+    ])
+    .expect_success();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws/invoke.py");
+    let out = tokio::process::Command::new(aws_python())
+        .arg(&script)
+        .arg(wisp.client.gateway())
+        .arg("hello-lambda")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "boto3: {stdout}{stderr}"
+    );
 }
