@@ -71,3 +71,11 @@ if [ "$("$aws_venv/bin/python" -c 'import boto3; print(boto3.__version__)' 2>/de
   python3 -m venv "$aws_venv"
   "$aws_venv/bin/pip" install --quiet --disable-pip-version-check -r "$aws_requirements"
 fi
+ric_requirements="$root/tests/aws/awslambdaric.txt"
+ric_dir="${CARGO_TARGET_DIR:-$root/target}/awslambdaric"
+pinned=$(sed -n 's/^awslambdaric==//p' "$ric_requirements")
+if [ ! -d "$ric_dir/awslambdaric-$pinned.dist-info" ]; then
+  echo "setup: awslambdaric $pinned in $ric_dir"
+  rm -rf "$ric_dir"
+  "$aws_venv/bin/pip" install --quiet --disable-pip-version-check --target "$ric_dir" -r "$ric_requirements"
+fi

@@ -429,3 +429,145 @@ async fn boto3_invokes_functions_as_on_aws() {
         "boto3: {stdout}{stderr}"
     );
 }
+
+/// A root filesystem running a Python function with AWS's runtime
+/// interface client: the host's Python (its binary, standard library and
+/// the shared libraries they load, at the paths the host has them),
+/// `awslambdaric` from `scripts/setup.sh`, and `tests/aws/app.py` in
+/// `/var/task`. Returns it and the interpreter's path.
+fn python_lambda_rootfs() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let probe = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys, sysconfig; print(os.path.realpath(sys.executable)); print(sysconfig.get_paths()['stdlib'])",
+        ])
+        .output()
+        .unwrap();
+    let probe = String::from_utf8(probe.stdout).unwrap();
+    let mut lines = probe.lines();
+    let (python, stdlib) = (
+        lines.next().unwrap().to_owned(),
+        lines.next().unwrap().to_owned(),
+    );
+    let inside = |host: &str| root.join(host.trim_start_matches('/'));
+    let copy = |host: &std::path::Path| {
+        let to = inside(host.to_str().unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        if !to.exists() {
+            std::fs::copy(host, &to).unwrap();
+        }
+    };
+    copy(std::path::Path::new(&python));
+    // The standard library, without what a function does not import.
+    let skip = [
+        "site-packages",
+        "test",
+        "__pycache__",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "ensurepip",
+        "lib2to3",
+    ];
+    let mut objects = vec![PathBuf::from(&python)];
+    let mut dirs = vec![PathBuf::from(&stdlib)];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if skip.contains(&name.as_str()) {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                copy(&path);
+                if name.ends_with(".so") {
+                    objects.push(path);
+                }
+            }
+        }
+    }
+    // The function and the runtime interface client.
+    let task = root.join("var/task");
+    std::fs::create_dir_all(&task).unwrap();
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(manifest.join("aws/app.py"), task.join("app.py")).unwrap();
+    let ric = aws_python()
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join("awslambdaric");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", ric.display()))
+        .arg(&task)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for entry in std::fs::read_dir(&ric).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "so") {
+            objects.push(path);
+        }
+    }
+    // The shared libraries all of it loads.
+    for object in &objects {
+        let out = std::process::Command::new("ldd")
+            .arg(object)
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let path = match line.split_once("=>") {
+                Some((_, to)) => to.trim().split(' ').next().unwrap_or(""),
+                None => line.trim().split(' ').next().unwrap_or(""),
+            };
+            if path.starts_with('/') {
+                copy(std::path::Path::new(path));
+            }
+        }
+    }
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    (dir, python)
+}
+
+#[tokio::test]
+async fn a_python_function_runs_on_awslambdaric() {
+    let wisp = Wisp::start();
+    let (rootfs, python) = python_lambda_rootfs();
+    let rootfs = rootfs.path().to_str().unwrap();
+    let out = wisp
+        .cli(&[
+            "deploy",
+            "py",
+            "--rootfs",
+            rootfs,
+            "--protocol",
+            "lambda",
+            "--memory",
+            "256Mi",
+            "--env",
+            "PYTHONPATH=/var/task",
+            "--",
+            &python,
+            "-m",
+            "awslambdaric",
+            "app.handler",
+        ])
+        .expect_success();
+    assert!(out.contains("lambda protocol"), "{out}");
+    let answer = wisp.invoke("POST", "/function/py/greet", "hi").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        answer.text(),
+        "hello from python: POST /greet function=py memory=256 body=hi"
+    );
+    // The Python client reports errors without an error-type header.
+    let failed = wisp.invoke("GET", "/function/py/error", "").await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY, "{}", failed.text());
+    assert!(failed.text().contains("ValueError"), "{}", failed.text());
+    let again = wisp.invoke("POST", "/function/py/again", "").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+}
