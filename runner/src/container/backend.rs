@@ -409,6 +409,7 @@ impl Backend for ContainerBackend {
                 let transport = Transport::Lambda {
                     api: api.clone(),
                     server,
+                    concurrency: crate::protocol::lambda::max_concurrency(&spec.env),
                 };
                 // The runtime's init: until it asks for its first event.
                 let left = timeout.saturating_sub(Duration::from_nanos(

@@ -43,6 +43,9 @@ pub(crate) enum Transport {
     Lambda {
         api: Arc<RuntimeApi>,
         server: tokio::task::JoinHandle<()>,
+        /// Invocations at once: 1, as on Lambda, unless the function sets
+        /// `AWS_LAMBDA_MAX_CONCURRENCY` for a runtime that takes more.
+        concurrency: usize,
     },
 }
 
@@ -530,7 +533,7 @@ impl Instance for ContainerInstance {
     fn concurrency(&self) -> usize {
         match self.transport {
             // The sandbox is Lambda's unit of concurrency.
-            Transport::Lambda { .. } => 1,
+            Transport::Lambda { concurrency, .. } => concurrency,
             _ => usize::MAX,
         }
     }

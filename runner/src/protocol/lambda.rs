@@ -64,6 +64,20 @@ pub fn environment(
     ]
 }
 
+/// Most invocations a sandbox takes at once when the function sets
+/// `AWS_LAMBDA_MAX_CONCURRENCY` (Lambda Managed Instances' setting, which
+/// runtimes such as `lambda_runtime`'s concurrent mode read).
+pub const MAX_CONCURRENCY: usize = 64;
+
+/// How many invocations a sandbox of a function with `env` takes at once:
+/// 1, as on Lambda, or its `AWS_LAMBDA_MAX_CONCURRENCY` (at most
+/// [`MAX_CONCURRENCY`]).
+pub fn max_concurrency(env: &std::collections::BTreeMap<String, String>) -> usize {
+    env.get("AWS_LAMBDA_MAX_CONCURRENCY")
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .map_or(1, |n| n.clamp(1, MAX_CONCURRENCY))
+}
+
 /// The region a function is told it runs in, unless its env says another.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
@@ -487,6 +501,16 @@ mod tests {
         assert_eq!(headers["set-cookie"], "c=1");
         assert_eq!(&sent[body..], b"rest");
         assert!(split_prelude(b"{\"statusCode\":200}\0\0\0").is_none());
+    }
+
+    #[test]
+    fn concurrency_is_one_unless_the_function_says() {
+        let env = |v: &str| [("AWS_LAMBDA_MAX_CONCURRENCY".to_owned(), v.to_owned())].into();
+        assert_eq!(max_concurrency(&Default::default()), 1);
+        assert_eq!(max_concurrency(&env("8")), 8);
+        assert_eq!(max_concurrency(&env("0")), 1);
+        assert_eq!(max_concurrency(&env("100000")), MAX_CONCURRENCY);
+        assert_eq!(max_concurrency(&env("lots")), 1);
     }
 
     #[test]
