@@ -370,20 +370,6 @@ impl Backend for ContainerBackend {
                 });
             }
         };
-        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
-        tracing::info!(
-            function = %function,
-            pid,
-            premade = was_premade,
-            netns_reused,
-            cgroup_ns_ms = ms(timings.cloned, timings.sandbox),
-            assign_ms = ms(requested, timings.assigned),
-            rootfs_ms = ms(timings.assigned, timings.rootfs),
-            exec_ms = ms(timings.rootfs, timings.exec),
-            ready_ms = ms(timings.exec, timings.ready),
-            total_ms = ms(requested, proto::monotonic_ns()),
-            "container started"
-        );
         let (first_conn, listener) = match protocol {
             Protocol::Lambda => (None, first_conn),
             _ => (first_conn, None),
@@ -461,6 +447,20 @@ impl Backend for ContainerBackend {
                 transport
             }
         };
+        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
+        tracing::info!(
+            function = %function,
+            pid,
+            premade = was_premade,
+            netns_reused,
+            cgroup_ns_ms = ms(timings.cloned, timings.sandbox),
+            assign_ms = ms(requested, timings.assigned),
+            rootfs_ms = ms(timings.assigned, timings.rootfs),
+            exec_ms = ms(timings.rootfs, timings.exec),
+            ready_ms = ms(timings.exec, ready),
+            total_ms = ms(requested, proto::monotonic_ns()),
+            "container started"
+        );
         let phase = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
         let phases = vec![
             ("sandbox", phase(requested, timings.assigned)),
