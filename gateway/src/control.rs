@@ -460,8 +460,11 @@ impl App {
             return Err(GatewayError::UnknownFunction(name));
         }
         // Its secrets are written (and found to exist) before it is stored.
-        let mut function =
-            self.new_function(StoredFunction::new(spec), previous.as_deref(), true)?;
+        // Its revision is known before its sandboxes are (a Lambda function
+        // is told it): `deploy` records this one, under the same lock.
+        let mut stored = StoredFunction::new(spec);
+        stored.revision = self.registry.next_revision(&name)?;
+        let mut function = self.new_function(stored, previous.as_deref(), true)?;
         self.registry
             .deploy(&mut function.stored, self.revision_history)?;
         let function = Arc::new(function);

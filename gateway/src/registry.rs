@@ -277,6 +277,11 @@ impl Registry {
         txn.commit().map_err(storage)
     }
 
+    /// The revision the next [`Registry::deploy`] of `name` records.
+    pub fn next_revision(&self, name: &str) -> Result<u64, RegistryError> {
+        Ok(self.revisions(name)?.last().map_or(0, |r| r.revision) + 1)
+    }
+
     /// The kept revisions of `name`, oldest first.
     pub fn revisions(&self, name: &str) -> Result<Vec<StoredFunction>, RegistryError> {
         let txn = self.db.begin_read().map_err(storage)?;

@@ -77,6 +77,8 @@ pub struct ServeConfig {
     pub deploy_wait: Duration,
     /// Revisions kept per function for rollbacks (the current one included).
     pub revision_history: usize,
+    /// `AWS_REGION` of Lambda functions whose env names none.
+    pub lambda_region: String,
     /// Asynchronous invocation.
     pub calls: crate::calls::AsyncConfig,
 }
@@ -97,7 +99,13 @@ pub struct Function {
 
 impl Function {
     /// A version of the function `stored` (its secrets written out for
-    /// it), carrying the metrics and the count of `previous`.
+    /// it), carrying the metrics and the count of `previous`. A Lambda
+    /// function's sandboxes are told its revision and `lambda_region`
+    /// unless its env says otherwise.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the server's parts a function version is made from"
+    )]
     fn new(
         stored: StoredFunction,
         previous: Option<&Function>,
@@ -106,18 +114,32 @@ impl Function {
         secrets: &crate::secrets::SecretFiles,
         registry: &Registry,
         deploying: bool,
+        lambda_region: &str,
     ) -> Result<Function, GatewayError> {
         let mut stored = stored;
         let name = stored.spec.name.to_string();
         let dir = secrets.make(registry, &stored.spec, deploying)?;
         stored.spec.secrets_dir = dir.as_ref().map(|d| d.path().to_owned());
         let function_metrics = Arc::new(metrics.function(&name, previous.map(|f| &*f.metrics)));
+        let mut run = stored.spec.clone();
+        if run
+            .container
+            .as_ref()
+            .is_some_and(|c| c.protocol == wisp_runner::protocol::Protocol::Lambda)
+        {
+            let version = stored.revision.max(1).to_string();
+            for (name, value) in [
+                ("AWS_LAMBDA_FUNCTION_VERSION", version.as_str()),
+                ("AWS_REGION", lambda_region),
+                ("AWS_DEFAULT_REGION", lambda_region),
+            ] {
+                run.env
+                    .entry(name.to_owned())
+                    .or_insert_with(|| value.to_owned());
+            }
+        }
         Ok(Function {
-            pool: Arc::new(Pool::new(
-                stored.spec.clone(),
-                backend.clone(),
-                function_metrics.clone(),
-            )),
+            pool: Arc::new(Pool::new(run, backend.clone(), function_metrics.clone())),
             metrics: function_metrics,
             script_name: script_name(&name),
             stored,
@@ -157,6 +179,7 @@ pub struct App {
     pub(crate) secrets: crate::secrets::SecretFiles,
     /// Revisions kept per function (the current one included).
     pub(crate) revision_history: usize,
+    pub(crate) lambda_region: String,
     /// Asynchronous calls.
     pub(crate) calls: crate::calls::Calls,
 }
@@ -232,9 +255,17 @@ impl App {
         let functions = DashMap::new();
         for stored in registry.list()? {
             let name = stored.spec.name.to_string();
-            let function =
-                Function::new(stored, None, &backend, &metrics, &secrets, &registry, false)
-                    .map_err(|e| anyhow::anyhow!("loading function {name}: {e}"))?;
+            let function = Function::new(
+                stored,
+                None,
+                &backend,
+                &metrics,
+                &secrets,
+                &registry,
+                false,
+                &config.lambda_region,
+            )
+            .map_err(|e| anyhow::anyhow!("loading function {name}: {e}"))?;
             functions.insert(name, Arc::new(function));
         }
         tracing::info!(functions = functions.len(), data_dir = %config.data_dir.display(), "registry loaded");
@@ -259,6 +290,7 @@ impl App {
             metrics,
             secrets,
             revision_history: config.revision_history,
+            lambda_region: config.lambda_region.clone(),
             calls: crate::calls::Calls::new(config.calls.clone()),
         };
         Ok((Arc::new(app), fresh.then_some(token)))
@@ -280,6 +312,7 @@ impl App {
             &self.secrets,
             &self.registry,
             deploying,
+            &self.lambda_region,
         )
     }
 

@@ -12,7 +12,10 @@ use wisp_e2e::{Wisp, artifacts};
 
 #[tokio::test]
 async fn a_lambda_runtime_function_runs_unchanged() {
-    let wisp = Wisp::start();
+    let wisp = Wisp::builder()
+        .env("WISP_LAMBDA_REGION", "eu-west-1")
+        .start()
+        .unwrap();
     let out = wisp
         .cli(&[
             "deploy",
@@ -84,8 +87,11 @@ async fn a_lambda_runtime_function_runs_unchanged() {
     let context: serde_json::Value = serde_json::from_str(&context.text()).unwrap();
     assert_eq!(context["functionName"], "hello-lambda");
     assert_eq!(context["memory"], 128, "{context}");
-    assert_eq!(context["version"], "$LATEST");
-    assert_eq!(context["region"], "us-east-1");
+    assert_eq!(context["version"], "1", "the revision");
+    assert_eq!(
+        context["region"], "eu-west-1",
+        "the server's --lambda-region"
+    );
     assert_eq!(context["taskRoot"], "/var/task");
     assert_eq!(context["runtimeApi"], "127.0.0.1:9001");
     assert!(

@@ -264,6 +264,10 @@ pub struct ServeArgs {
     /// included; their artifacts and images are kept from prunes.
     #[arg(long, env = "WISP_REVISION_HISTORY", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub revision_history: u32,
+    /// The AWS region Lambda functions are told they run in
+    /// (`AWS_REGION`), unless a function's env names another.
+    #[arg(long, env = "WISP_LAMBDA_REGION", default_value = wisp_runner::protocol::lambda::DEFAULT_REGION)]
+    pub lambda_region: String,
 }
 
 fn mirror(text: &str) -> Result<(String, String), String> {

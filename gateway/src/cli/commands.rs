@@ -86,6 +86,7 @@ pub async fn run(
                 registry_mirrors: args.registry_mirrors,
                 deploy_wait: args.deploy_wait,
                 revision_history: args.revision_history as usize,
+                lambda_region: args.lambda_region,
                 calls: crate::calls::AsyncConfig {
                     share: args.async_share,
                     max_queued: args.async_queue_max,
