@@ -90,25 +90,8 @@ impl<'a> Supervisor<'a> {
             .map_err(at(Stage::Signals))?;
 
         match self.plan.protocol {
-            Protocol::Http => {
-                let port = self.plan.port;
-                let zygote = self
-                    .zygote
-                    .take()
-                    .ok_or_else(|| SetupError::new(Stage::Exec, "the handler's process is gone"))?;
-                let command = Command::of(self.plan, &[]).map_err(at(Stage::Exec))?;
-                let (pid, stdout, stderr) = zygote.exec(&command).map_err(at(Stage::Exec))?;
-                self.timings.exec = monotonic_ns();
-                self.handler = Some(RunningHandler {
-                    pid,
-                    port,
-                    stdout: Some(stdout),
-                    stderr: Some(stderr),
-                    ready: false,
-                    next_probe: Instant::now(),
-                    backoff: Duration::from_micros(50),
-                });
-            }
+            // Probed until its port accepts.
+            Protocol::Http => self.exec_handler(self.plan.port, false)?,
             Protocol::Lambda => {
                 // The Runtime API's socket, made here, in the sandbox's
                 // network namespace, before the runtime runs: the gateway
@@ -118,25 +101,10 @@ impl<'a> Supervisor<'a> {
                     crate::protocol::lambda::RUNTIME_API_PORT,
                 ))
                 .map_err(at(Stage::RuntimeApi))?;
-                let zygote = self
-                    .zygote
-                    .take()
-                    .ok_or_else(|| SetupError::new(Stage::Exec, "the handler's process is gone"))?;
-                let command = Command::of(self.plan, &[]).map_err(at(Stage::Exec))?;
-                let (pid, stdout, stderr) = zygote.exec(&command).map_err(at(Stage::Exec))?;
-                self.timings.exec = monotonic_ns();
                 // Ready from init's side; the gateway waits for the
                 // runtime's first `next`.
+                self.exec_handler(0, true)?;
                 self.timings.ready = self.timings.exec;
-                self.handler = Some(RunningHandler {
-                    pid,
-                    port: 0,
-                    stdout: Some(stdout),
-                    stderr: Some(stderr),
-                    ready: true,
-                    next_probe: Instant::now(),
-                    backoff: Duration::ZERO,
-                });
                 let fd = OwnedFd::from(listener);
                 let _ = proto::send(
                     self.control,
@@ -224,6 +192,28 @@ impl<'a> Supervisor<'a> {
                 return Ok(());
             }
         }
+    }
+
+    /// Execs the handler in the zygote; an `http` one (`ready` false) is
+    /// then probed on `port` until it accepts.
+    fn exec_handler(&mut self, port: u16, ready: bool) -> Result<(), SetupError> {
+        let zygote = self
+            .zygote
+            .take()
+            .ok_or_else(|| SetupError::new(Stage::Exec, "the handler's process is gone"))?;
+        let command = Command::of(self.plan, &[]).map_err(at(Stage::Exec))?;
+        let (pid, stdout, stderr) = zygote.exec(&command).map_err(at(Stage::Exec))?;
+        self.timings.exec = monotonic_ns();
+        self.handler = Some(RunningHandler {
+            pid,
+            port,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            ready,
+            next_probe: Instant::now(),
+            backoff: Duration::from_micros(50),
+        });
+        Ok(())
     }
 
     fn poll_timeout(&self) -> PollTimeout {
