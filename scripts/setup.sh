@@ -38,6 +38,10 @@ command -v skopeo >/dev/null 2>&1 || need_debs+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need_debs+=(apache2-utils)
 # The bearer-token test's token server signs its tokens with openssl.
 command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)
+# Cluster mode talks to etcd: the client crate compiles etcd's protobuf
+# definitions with protoc, and the cluster tests run a 3-member etcd.
+command -v protoc >/dev/null 2>&1 || need_debs+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need_debs+=(etcd-server)
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: apt-get install ${need_debs[*]}"

@@ -21,6 +21,7 @@ pub use wisp::cli::client::{Answer, Client};
 
 pub use wisp_function_artifacts as artifacts;
 
+pub mod etcd;
 pub mod registry;
 
 /// Path of the `wisp` binary under test.

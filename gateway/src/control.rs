@@ -175,6 +175,11 @@ impl App {
             (Route::Rollback(_), _) => Err(GatewayError::MethodNotAllowed { allow: "POST" }),
             (Route::Namespaces, Method::GET) => self.list_namespaces(caller),
             (Route::Namespaces, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (Route::Nodes, Method::GET) => {
+                caller.admin("listing the cluster's nodes")?;
+                json(StatusCode::OK, &self.nodes())
+            }
+            (Route::Nodes, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Namespace(name), _) => self.namespace_route(name, caller, req).await,
             (Route::Tokens, _) => self.tokens_route(None, caller, req).await,
             (Route::Token(id), _) => self.tokens_route(Some(id), caller, req).await,

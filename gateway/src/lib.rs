@@ -8,7 +8,7 @@
 //! deploys in flight ([`pending`]), the
 //! function registry ([`registry`]), secrets ([`secrets`]), revisions and rollback ([`revisions`]), the mapping of every error to a status
 //! ([`rescue`]), Prometheus metrics ([`metrics`]), garbage collection of the
-//! data dir ([`prune`]); and, apart from the
+//! data dir ([`prune`]), cluster membership on etcd ([`cluster`]); and, apart from the
 //! server, the `wisp` command line with its client tools ([`cli`]). It
 //! reaches the sandboxes only through `wisp_runner`'s `Pool` and `Backend`.
 
@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod calls;
 pub mod cli;
+pub mod cluster;
 pub mod connections;
 mod control;
 pub mod credentials;

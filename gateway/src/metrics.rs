@@ -453,6 +453,11 @@ impl FunctionMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Its requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.live.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Counts an invocation as in flight until the guard is dropped (also
     /// when the client goes away and the request is cancelled).
     pub fn in_flight_guard(&self) -> impl Drop + use<> {

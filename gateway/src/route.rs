@@ -34,6 +34,8 @@ pub enum Route<'a> {
     Namespace(&'a str),
     /// `/system/tokens`
     Tokens,
+    /// `/system/nodes`: the cluster's members.
+    Nodes,
     /// `/system/tokens/{id}`
     Token(&'a str),
     /// `/system/revisions/{name}`
@@ -74,6 +76,7 @@ pub fn route(path: &str) -> Route<'_> {
         "/system/secrets" => return Route::Secrets,
         "/system/namespaces" => return Route::Namespaces,
         "/system/tokens" => return Route::Tokens,
+        "/system/nodes" => return Route::Nodes,
         _ => {}
     }
     if let Some(name) = path.strip_prefix("/system/function/") {

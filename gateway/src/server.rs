@@ -81,6 +81,8 @@ pub struct ServeConfig {
     pub lambda_region: String,
     /// Asynchronous invocation.
     pub calls: crate::calls::AsyncConfig,
+    /// Cluster mode: the etcd this node shares with the others.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -182,6 +184,8 @@ pub struct App {
     pub(crate) lambda_region: String,
     /// Asynchronous calls.
     pub(crate) calls: crate::calls::Calls,
+    /// This node's cluster, in cluster mode (set once joined).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl App {
@@ -292,6 +296,7 @@ impl App {
             revision_history: config.revision_history,
             lambda_region: config.lambda_region.clone(),
             calls: crate::calls::Calls::new(config.calls.clone()),
+            cluster: std::sync::OnceLock::new(),
         };
         Ok((Arc::new(app), fresh.then_some(token)))
     }
@@ -672,6 +677,19 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let local = listener.local_addr()?;
+    if let Some(cluster) = &config.cluster {
+        let mut cluster = cluster.clone();
+        if cluster.advertise.is_empty() {
+            cluster.advertise = format!("http://{local}");
+        }
+        let weak = Arc::downgrade(&app);
+        let load: crate::cluster::LoadFn = Arc::new(move || match weak.upgrade() {
+            Some(app) => app.load(),
+            None => crate::cluster::NodeLoad::default(),
+        });
+        let joined = crate::cluster::Cluster::join(cluster, load).await?;
+        let _ = app.cluster.set(joined);
+    }
     if let Some(token) = fresh_token {
         println!(
             "wisp: control API token (shown once, kept in {}): {token}",
@@ -730,6 +748,11 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: finishing in-flight requests");
+    // The other nodes stop sending requests here now, not when the lease
+    // would have expired.
+    if let Some(cluster) = app.cluster.get() {
+        cluster.leave().await;
+    }
     connections.shut_down();
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     if tokio::time::timeout_at(deadline, connections.drained())

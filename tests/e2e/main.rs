@@ -8,6 +8,7 @@
 mod calls;
 mod cgi;
 mod cli;
+mod cluster;
 mod connections;
 mod container;
 mod control;

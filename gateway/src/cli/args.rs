@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Upload a function's artifact and deploy it (replacing a function of the same name).
     Deploy(Box<DeployArgs>),
     /// Call a function and print its response body.
@@ -74,6 +74,8 @@ pub enum Command {
     /// Manage namespace tokens (the admin's): each manages one namespace's functions and secrets.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// List the cluster's nodes with their load (a node on its own lists itself).
+    Nodes(ConnectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,6 +270,42 @@ pub struct ServeArgs {
     /// (`AWS_REGION`), unless a function's env names another.
     #[arg(long, env = "WISP_LAMBDA_REGION", default_value = wisp_runner::protocol::lambda::DEFAULT_REGION)]
     pub lambda_region: String,
+    /// Join a cluster: the etcd endpoints it shares (comma-separated URLs,
+    /// e.g. http://h1:2379,http://h2:2379). Without it the node is on its own.
+    #[arg(long, env = "WISP_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The cluster's name: its keys live under /wisp/<name>/ in etcd.
+    #[arg(long, env = "WISP_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
+    /// This node's name in the cluster [default: the host name].
+    #[arg(long, env = "WISP_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The URL the other nodes reach this one at [default: http://<listen address>].
+    #[arg(long, env = "WISP_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// How long after its last renewal a dead node drops out of the cluster.
+    #[arg(long, env = "WISP_LEASE_TTL", default_value = "10s", value_parser = duration)]
+    pub lease_ttl: Duration,
+    /// A CA certificate (PEM) to trust for etcd over TLS.
+    #[arg(long, env = "WISP_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd, with --etcd-key.
+    #[arg(long, env = "WISP_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "WISP_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user, with --etcd-password (etcd's own authentication).
+    #[arg(long, env = "WISP_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    /// The etcd user's password.
+    #[arg(
+        long,
+        env = "WISP_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    pub etcd_password: Option<String>,
 }
 
 fn mirror(text: &str) -> Result<(String, String), String> {

@@ -480,6 +480,14 @@ impl Client {
         self.decode(&answer)
     }
 
+    /// `GET /system/nodes` (the admin's).
+    pub async fn nodes(&self) -> Result<crate::cluster::NodesView, ClientError> {
+        let answer = self
+            .system(Method::GET, "/system/nodes", Bytes::new())
+            .await?;
+        self.decode(&answer)
+    }
+
     pub async fn info(&self) -> Result<GatewayInfo, ClientError> {
         let answer = self
             .system(Method::GET, "/system/info", Bytes::new())

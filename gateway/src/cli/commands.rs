@@ -93,6 +93,15 @@ pub async fn run(
                     max_queued_bytes: args.async_queue_max_bytes,
                     allow_local_callbacks: args.allow_local_callbacks,
                 },
+                cluster: cluster_config(
+                    args.etcd,
+                    args.cluster_name,
+                    args.node_name,
+                    args.advertise,
+                    args.lease_ttl,
+                    (args.etcd_ca, args.etcd_cert, args.etcd_key),
+                    args.etcd_user.zip(args.etcd_password),
+                )?,
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await
@@ -133,6 +142,42 @@ pub async fn run(
         Command::Secret(command) => secret(command).await,
         Command::Namespace(command) => namespace(command).await,
         Command::Token(command) => token(command).await,
+        Command::Nodes(args) => {
+            let view = connect(&args)?.nodes().await?;
+            match &view.cluster {
+                Some(name) => println!(
+                    "cluster {name}, registry in etcd{}; answered by {}",
+                    if view.reachable {
+                        ""
+                    } else {
+                        " (out of reach: last view)"
+                    },
+                    view.this_node
+                ),
+                None => println!("a node on its own (registry in its data dir)"),
+            }
+            println!(
+                "{:<20} {:<28} {:<8} {:>4} {:>9} {:>9} {:>9}",
+                "NODE", "ADDRESS", "VERSION", "CPUS", "IN-FLIGHT", "INSTANCES", "FUNCTIONS"
+            );
+            for node in view.nodes {
+                println!(
+                    "{:<20} {:<28} {:<8} {:>4} {:>9} {:>9} {:>9}",
+                    node.name,
+                    if node.address.is_empty() {
+                        "-"
+                    } else {
+                        &node.address
+                    },
+                    node.version,
+                    node.cpus,
+                    node.load.in_flight,
+                    node.load.instances,
+                    node.load.functions
+                );
+            }
+            Ok(())
+        }
         Command::History(args) => {
             let revisions = connect(&args.connect)?.revisions(&args.name).await?;
             println!("{:<9} {:<21} {:<10} IMAGE", "REVISION", "DEPLOYED", "KIND");
@@ -859,4 +904,51 @@ pub fn is_unreachable(e: &anyhow::Error) -> bool {
         e.downcast_ref::<ClientError>(),
         Some(ClientError::Unreachable { .. })
     )
+}
+
+/// The cluster `serve` joins, if `--etcd` names any endpoint.
+fn cluster_config(
+    endpoints: Vec<String>,
+    name: String,
+    node: Option<String>,
+    advertise: Option<String>,
+    lease_ttl: std::time::Duration,
+    (ca, cert, key): (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    user: Option<(String, String)>,
+) -> anyhow::Result<Option<crate::cluster::ClusterConfig>> {
+    let endpoints: Vec<String> = endpoints
+        .into_iter()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Ok(None);
+    }
+    let node = node.unwrap_or_else(crate::cluster::local_node_name);
+    for (what, value) in [("--cluster-name", &name), ("--node-name", &node)] {
+        if !crate::namespaces::is_valid(value) {
+            anyhow::bail!(
+                "{what} {value:?} must be a DNS label: lowercase letters, digits and '-', at most 63"
+            );
+        }
+    }
+    if lease_ttl < std::time::Duration::from_secs(2) {
+        anyhow::bail!("--lease-ttl must be at least 2s, not {lease_ttl:?}");
+    }
+    let advertise = advertise.unwrap_or_default();
+    let scheme = advertise.starts_with("http://") || advertise.starts_with("https://");
+    if !advertise.is_empty() && !scheme {
+        anyhow::bail!("--advertise must be an http:// or https:// URL, not {advertise:?}");
+    }
+    Ok(Some(crate::cluster::ClusterConfig {
+        endpoints,
+        name,
+        node,
+        advertise: advertise.trim_end_matches('/').to_owned(),
+        lease_ttl,
+        ca,
+        cert,
+        key,
+        user,
+    }))
 }
