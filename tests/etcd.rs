@@ -23,6 +23,8 @@ struct Member {
     data: PathBuf,
     /// Dropping it (closing the shell's stdin) stops the member.
     stdin: Option<ChildStdin>,
+    /// The shell, which exits once the member has.
+    shell: Option<std::process::Child>,
 }
 
 /// A running etcd cluster.
@@ -61,6 +63,7 @@ impl TestEtcd {
                 peer: free_port()?,
                 data: dir.path().join(format!("m{i}")),
                 stdin: None,
+                shell: None,
             });
         }
         let initial = members
@@ -106,7 +109,11 @@ impl TestEtcd {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", m.name)))?;
         let mut child = Command::new("sh")
-            .args(["-c", r#"etcd "$@" & e=$!; read _; kill $e; wait $e"#, "sh"])
+            .args([
+                "-c",
+                r#"etcd "$@" & e=$!; read _; kill -9 $e; wait $e"#,
+                "sh",
+            ])
             .args([
                 "--name",
                 &m.name,
@@ -140,12 +147,13 @@ impl TestEtcd {
             .spawn()
             .context("starting etcd (Debian package etcd-server)")?;
         m.stdin = Some(child.stdin.take().context("stdin")?);
-        // Reaped by nobody: it ends with its stdin.
-        std::mem::forget(child);
+        // Ends with its stdin (also when the test binary exits).
+        m.shell = Some(child);
         Ok(())
     }
 
-    /// Stops member `i` as a crash would look to its clients (it is killed).
+    /// Stops member `i` as a crash would (SIGKILL), and waits until it has
+    /// exited.
     pub fn stop_member(&self, i: usize) {
         let mut members = self
             .members
@@ -156,12 +164,9 @@ impl TestEtcd {
         {
             let _ = stdin.write_all(b"\n");
             drop(stdin);
-            // Until its port is closed.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", m.client)).is_ok()
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(20));
+            // Until it has exited (and let go of its data dir's lock).
+            if let Some(mut shell) = m.shell.take() {
+                let _ = shell.wait();
             }
         }
     }
@@ -191,10 +196,15 @@ impl TestEtcd {
                     break;
                 }
                 if Instant::now() > deadline {
+                    // The end of each member's log.
                     let logs: String = (1..=3)
                         .map(|i| {
-                            std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
-                                .unwrap_or_default()
+                            let log =
+                                std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                                    .unwrap_or_default();
+                            let lines: Vec<&str> = log.lines().collect();
+                            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                            format!("--- m{i} ---\n{tail}\n")
                         })
                         .collect();
                     bail!("etcd on port {port} is not healthy; logs:\n{logs}");

@@ -43,6 +43,27 @@ pub fn load_or_create(data_dir: &Path) -> std::io::Result<(String, bool)> {
     Ok((token, true))
 }
 
+/// Makes `token` the data dir's token (a cluster's nodes share one, given
+/// to each with `--token-file`).
+pub fn install(data_dir: &Path, token: &str) -> std::io::Result<()> {
+    let token = token.trim();
+    if token.len() < 16 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the token must be at least 16 characters",
+        ));
+    }
+    let path = token_path(data_dir);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()
+}
+
 /// Reads the token of a data dir, for the CLI.
 pub fn read(data_dir: &Path) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(token_path(data_dir))?

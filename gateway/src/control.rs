@@ -180,6 +180,24 @@ impl App {
                 json(StatusCode::OK, &self.nodes())
             }
             (Route::Nodes, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
+            (Route::Blob(digest), Method::GET) => {
+                caller.admin("reading artifacts (the nodes' own route)")?;
+                let digest = wisp_runner::spec::Digest::parse(digest)
+                    .map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+                if !self.artifacts.contains(&digest) {
+                    return Err(GatewayError::NotFound(format!("artifact {digest}")));
+                }
+                let bytes = tokio::fs::read(self.artifacts.blob_path(&digest))
+                    .await
+                    .map_err(|e| GatewayError::NotFound(format!("artifact {digest}: {e}")))?;
+                let mut response = crate::server::text(StatusCode::OK, bytes);
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/octet-stream"),
+                );
+                Ok(response)
+            }
+            (Route::Blob(_), _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),
             (Route::Namespace(name), _) => self.namespace_route(name, caller, req).await,
             (Route::Tokens, _) => self.tokens_route(None, caller, req).await,
             (Route::Token(id), _) => self.tokens_route(Some(id), caller, req).await,
@@ -470,6 +488,10 @@ impl App {
         let mut stored = StoredFunction::new(spec);
         stored.revision = self.registry.next_revision(&name)?;
         let mut function = self.new_function(stored, previous.as_deref(), true)?;
+        // In a cluster the deploy is the store's first, then this node's.
+        if let Some(cluster) = self.cluster.get() {
+            cluster.put_function(&function.stored).await?;
+        }
         self.registry
             .deploy(&mut function.stored, self.revision_history)?;
         let function = Arc::new(function);
@@ -696,6 +718,9 @@ impl App {
                 None => Err(GatewayError::UnknownFunction(name.to_owned())),
             };
         }
+        if let Some(cluster) = self.cluster.get() {
+            cluster.delete_function(name).await?;
+        }
         self.registry.remove(name)?;
         if let Some((_, old)) = self.functions.remove(name) {
             old.metrics.silence();
@@ -794,18 +819,12 @@ impl App {
             spec,
             ..function.stored.clone()
         };
+        if let Some(cluster) = self.cluster.get() {
+            cluster.put_function(&stored).await?;
+        }
         self.registry.put(&stored)?;
-        function.pool.set_scaling(stored.spec.scaling());
         let scaling = stored.spec.scaling();
-        let updated = Arc::new(Function {
-            stored,
-            pool: function.pool.clone(),
-            invocations: AtomicU64::new(function.invocations.load(Ordering::Relaxed)),
-            metrics: function.metrics.clone(),
-            script_name: function.script_name.clone(),
-            secrets: function.secrets.clone(),
-        });
-        self.functions.insert(name.to_owned(), updated);
+        self.rescaled(&function, stored);
         let ignored: Vec<String> = request.unknown.keys().cloned().collect();
         let capped = if request.replicas_capped() {
             format!(
@@ -828,6 +847,22 @@ impl App {
                 ignored_note(&ignored)
             ),
         ))
+    }
+
+    /// Routes to `function` with `stored`'s scaling from now on: the same
+    /// pool and instances, its limits changed. Under the deploy lock.
+    pub(crate) fn rescaled(&self, function: &Function, stored: StoredFunction) {
+        function.pool.set_scaling(stored.spec.scaling());
+        let name = stored.spec.name.to_string();
+        let updated = Arc::new(Function {
+            stored,
+            pool: function.pool.clone(),
+            invocations: AtomicU64::new(function.invocations.load(Ordering::Relaxed)),
+            metrics: function.metrics.clone(),
+            script_name: function.script_name.clone(),
+            secrets: function.secrets.clone(),
+        });
+        self.functions.insert(name, updated);
     }
 
     /// The image each deployed container function runs, by function.

@@ -248,12 +248,35 @@ impl Registry {
     /// function, ends its deploy, and forgets its oldest revisions beyond
     /// the `keep` newest, in one transaction. Sets `function.revision`.
     pub fn deploy(&self, function: &mut StoredFunction, keep: usize) -> Result<(), RegistryError> {
+        self.record(function, keep, None)
+    }
+
+    /// As [`Registry::deploy`], but records the revision another node of
+    /// the cluster gave the deploy (this node's copy of the registry may
+    /// lack the ones before it).
+    pub fn replicate(&self, function: &StoredFunction, keep: usize) -> Result<(), RegistryError> {
+        let mut function = function.clone();
+        let revision = function.revision;
+        self.record(&mut function, keep, Some(revision))
+    }
+
+    fn record(
+        &self,
+        function: &mut StoredFunction,
+        keep: usize,
+        revision: Option<u64>,
+    ) -> Result<(), RegistryError> {
         let name = function.spec.name.to_string();
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
             let kept = revisions_in(&revisions, &name)?;
-            function.revision = kept.last().map_or(0, |r| r.revision) + 1;
+            function.revision =
+                revision.unwrap_or_else(|| kept.last().map_or(0, |r| r.revision) + 1);
+            let kept: Vec<_> = kept
+                .into_iter()
+                .filter(|r| r.revision != function.revision)
+                .collect();
             let json = serde_json::to_vec(&*function).map_err(RegistryError::Encode)?;
             revisions
                 .insert(

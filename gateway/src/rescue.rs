@@ -50,6 +50,9 @@ pub enum GatewayError {
     /// The function's deploy is still pulling its image, or failed to.
     #[error("{0}")]
     NotReady(String),
+    /// Another node of the cluster failed the forwarded request.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("image store: {0}")]
     Images(#[from] StoreError),
     #[error("{0}")]
@@ -101,6 +104,7 @@ impl GatewayError {
             ) => StatusCode::BAD_REQUEST,
             E::Upload(UploadError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             E::ShuttingDown | E::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::BadGateway(_) => StatusCode::BAD_GATEWAY,
             E::Invoke(e) => match e {
                 InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 InvokeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -200,6 +204,11 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         | GatewayError::NotReady(_)
         | GatewayError::Invoke(InvokeError::Capacity { .. } | InvokeError::QueueFull { .. }) => {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            // Not run: another node of a cluster may take it.
+            headers.insert(
+                crate::cluster::forward::SHED_HEADER,
+                HeaderValue::from_static("1"),
+            );
         }
         _ => {}
     }

@@ -36,6 +36,8 @@ pub enum Route<'a> {
     Tokens,
     /// `/system/nodes`: the cluster's members.
     Nodes,
+    /// `/system/blobs/{digest}`: an artifact, for a peer node.
+    Blob(&'a str),
     /// `/system/tokens/{id}`
     Token(&'a str),
     /// `/system/revisions/{name}`
@@ -93,6 +95,9 @@ pub fn route(path: &str) -> Route<'_> {
     }
     if let Some(name) = path.strip_prefix("/system/namespace/") {
         return Route::Namespace(name);
+    }
+    if let Some(digest) = path.strip_prefix("/system/blobs/") {
+        return Route::Blob(digest);
     }
     if let Some(id) = path.strip_prefix("/system/tokens/") {
         return Route::Token(id);

@@ -83,6 +83,9 @@ pub struct ServeConfig {
     pub calls: crate::calls::AsyncConfig,
     /// Cluster mode: the etcd this node shares with the others.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The control API's token, from `--token-file`, instead of the data
+    /// dir's own.
+    pub token: Option<String>,
 }
 
 /// A deployed function: what the registry holds and the pool serving it.
@@ -186,6 +189,10 @@ pub struct App {
     pub(crate) calls: crate::calls::Calls,
     /// This node's cluster, in cluster mode (set once joined).
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Forwards invocations to their home node in a cluster.
+    pub(crate) forwarder: crate::cluster::forward::Forwarder,
+    /// Fetches artifacts from peers in a cluster.
+    pub(crate) peers: reqwest::Client,
 }
 
 impl App {
@@ -204,6 +211,11 @@ impl App {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("making {} private", config.data_dir.display()))?;
+        }
+        if let Some(token) = &config.token {
+            crate::auth::install(&config.data_dir, token).with_context(|| {
+                format!("installing the token in {}", config.data_dir.display())
+            })?;
         }
         let (token, fresh) = crate::auth::load_or_create(&config.data_dir)
             .with_context(|| format!("reading the token in {}", config.data_dir.display()))?;
@@ -297,6 +309,15 @@ impl App {
             lambda_region: config.lambda_region.clone(),
             calls: crate::calls::Calls::new(config.calls.clone()),
             cluster: std::sync::OnceLock::new(),
+            forwarder: crate::cluster::forward::forwarder(),
+            peers: {
+                wisp_runner::image::pull::crypto_provider();
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(Duration::from_secs(2))
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("making the peers' HTTP client: {e}"))?
+            },
         };
         Ok((Arc::new(app), fresh.then_some(token)))
     }
@@ -365,7 +386,11 @@ impl App {
                 allow: FORWARDED_METHODS,
             }),
             Route::Invoke { name, rest } => {
-                self.invoke(self.qualified(name), rest, req, remote).await
+                let key = self.qualified(name);
+                match self.elsewhere(key, req.headers()) {
+                    Some(order) => Ok(self.forward(key, rest, order, req, remote).await),
+                    None => self.invoke(key, rest, req, remote).await,
+                }
             }
             Route::InvokeAsync { .. } if !forwards(&method) => {
                 Err(GatewayError::MethodNotAllowed {
@@ -688,7 +713,10 @@ pub async fn serve(
             None => crate::cluster::NodeLoad::default(),
         });
         let joined = crate::cluster::Cluster::join(cluster, load).await?;
-        let _ = app.cluster.set(joined);
+        let _ = app.cluster.set(joined.clone());
+        let (changes, applied) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(joined.follow_functions(changes));
+        tokio::spawn(app.clone().apply_changes(applied));
     }
     if let Some(token) = fresh_token {
         println!(

@@ -1,16 +1,34 @@
-//! Cluster membership on a real 3-member etcd: three `wisp serve --etcd`
+//! Clusters on a real 3-member etcd. Membership: three `wisp serve --etcd`
 //! nodes see each other; a node killed with SIGKILL drops out when its
 //! lease expires, one stopped cleanly at once; a second node under a live
 //! node's name is refused; with one etcd member down nothing changes.
+//! Functions: a deploy on one node serves through every node, from one
+//! warm home; scaling and deletes reach every node.
 
 use std::time::Duration;
 
 use wisp_e2e::etcd::TestEtcd;
-use wisp_e2e::{Wisp, eventually};
+use wisp_e2e::{Wisp, artifacts, eventually};
+
+/// The token every node of the test clusters answers to.
+const TOKEN: &str = "cluster-test-token-0123456789abcdef";
+
+fn token_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let file = tempfile::NamedTempFile::new().expect("token file");
+        std::fs::write(file.path(), TOKEN).expect("write token");
+        file
+    })
+    .path()
+    .to_owned()
+}
 
 /// A node of `cluster` named `name`, on the shared etcd, with a 2 s lease.
 fn node(etcd: &TestEtcd, cluster: &str, name: &str) -> Wisp {
     Wisp::builder()
+        .arg("--token-file")
+        .arg(&token_file().display().to_string())
         .arg("--etcd")
         .arg(&etcd.endpoints())
         .arg("--cluster-name")
@@ -67,6 +85,8 @@ async fn nodes_join_see_each_other_and_leave() {
 
     // A second node under a live node's name is refused.
     let taken = Wisp::builder()
+        .arg("--token-file")
+        .arg(&token_file().display().to_string())
         .arg("--etcd")
         .arg(&etcd.endpoints())
         .arg("--cluster-name")
@@ -145,4 +165,208 @@ async fn one_etcd_member_down_changes_nothing() {
     .await;
     drop(three);
     etcd.start_member(0).expect("restart member");
+}
+
+/// The 200s `wisp` counted for `function`, from its `/metrics`.
+async fn served(wisp: &Wisp, function: &str) -> u64 {
+    let metrics = wisp.metrics().await;
+    let series =
+        format!("gateway_function_invocation_total{{code=\"200\",function_name=\"{function}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_on_one_node_serves_through_every_node_from_one_home() {
+    let etcd = TestEtcd::shared();
+    let nodes = [
+        node(etcd, "functions", "f1"),
+        node(etcd, "functions", "f2"),
+        node(etcd, "functions", "f3"),
+    ];
+    for wisp in &nodes {
+        eventually("all three listed", Duration::from_secs(5), async || {
+            members(wisp).await.len() == 3
+        })
+        .await;
+    }
+    // The same token works on every node.
+    for wisp in &nodes {
+        assert_eq!(wisp.token, TOKEN);
+    }
+
+    nodes[0].deploy("hello", artifacts::HELLO).await;
+    let deployed = std::time::Instant::now();
+    for wisp in &nodes[1..] {
+        eventually(
+            "hello through another node",
+            Duration::from_secs(5),
+            async || wisp.invoke("GET", "/function/hello", "").await.status == 200,
+        )
+        .await;
+    }
+    println!(
+        "deploy on f1 to success on f2 and f3: {:?}",
+        deployed.elapsed()
+    );
+    // Every node knows it (its registry copy), with its revision.
+    for wisp in &nodes {
+        eventually(
+            "hello in every registry",
+            Duration::from_secs(2),
+            async || {
+                wisp.client
+                    .function("hello")
+                    .await
+                    .is_ok_and(|f| f.revision == Some(1))
+            },
+        )
+        .await;
+    }
+
+    // Through whichever node, the calls meet one warm home.
+    for _ in 0..10 {
+        for wisp in &nodes {
+            let answer = wisp.invoke("GET", "/function/hello", "").await;
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            assert!(answer.text().contains("Hello"), "{}", answer.text());
+        }
+    }
+    let mut counts = Vec::new();
+    for wisp in &nodes {
+        counts.push(served(wisp, "hello").await);
+    }
+    counts.sort_unstable();
+    assert_eq!(counts[..2], [0, 0], "only the home serves: {counts:?}");
+    assert!(counts[2] >= 30, "the home served them all: {counts:?}");
+
+    // A scaling change on one node reaches the others.
+    let out = nodes[1]
+        .cli(&["scale", "hello", "--max", "3"])
+        .expect_success();
+    assert!(out.contains("max 3"), "{out}");
+    for wisp in &nodes {
+        eventually("max 3 everywhere", Duration::from_secs(2), async || {
+            wisp.client
+                .function("hello")
+                .await
+                .is_ok_and(|f| f.scaling.max_instances == 3)
+        })
+        .await;
+    }
+
+    // A new revision deployed on another node replaces it everywhere.
+    nodes[2].deploy("hello", artifacts::HELLO).await;
+    for wisp in &nodes {
+        eventually(
+            "revision 2 everywhere",
+            Duration::from_secs(2),
+            async || {
+                wisp.client
+                    .function("hello")
+                    .await
+                    .is_ok_and(|f| f.revision == Some(2))
+            },
+        )
+        .await;
+    }
+
+    // A delete on one node ends it everywhere.
+    nodes[2].cli(&["rm", "hello"]).expect_success();
+    for wisp in &nodes {
+        eventually(
+            "hello gone everywhere",
+            Duration::from_secs(2),
+            async || {
+                wisp.invoke("GET", "/function/hello", "").await.status == 404
+                    && wisp.client.function("hello").await.is_err()
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_alone_never_needs_a_token_file_but_a_cluster_does() {
+    let refused = Wisp::builder()
+        .arg("--etcd")
+        .arg(&TestEtcd::shared().endpoints())
+        .start();
+    let Err(refused) = refused else {
+        panic!("a cluster node started without --token-file");
+    };
+    assert!(refused.to_string().contains("--token-file"), "{refused:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_etcd_gone_nodes_serve_their_last_view_refuse_writes_and_converge_after() {
+    // Its own etcd: this test stops every member.
+    let etcd = TestEtcd::start().expect("start etcd");
+    let a = node(&etcd, "outage", "a");
+    let b = node(&etcd, "outage", "b");
+    for wisp in [&a, &b] {
+        eventually("both nodes listed", Duration::from_secs(5), async || {
+            members(wisp).await == ["a", "b"]
+        })
+        .await;
+    }
+    a.deploy("hello", artifacts::HELLO).await;
+    eventually("hello through b", Duration::from_secs(5), async || {
+        b.invoke("GET", "/function/hello", "").await.status == 200
+    })
+    .await;
+
+    for i in 0..3 {
+        etcd.stop_member(i);
+    }
+    // Serving goes on from the last view, through either node.
+    for _ in 0..5 {
+        for wisp in [&a, &b] {
+            let answer = wisp.invoke("GET", "/function/hello", "").await;
+            assert_eq!(answer.status, 200, "{}", answer.text());
+        }
+    }
+    // Writes are refused with the reason.
+    let refused = a.cli(&["scale", "hello", "--max", "4"]).expect_failure();
+    assert!(
+        refused.contains("etcd") && refused.contains("out of reach"),
+        "{refused}"
+    );
+    let refused = b.cli(&["rm", "hello"]).expect_failure();
+    assert!(refused.contains("out of reach"), "{refused}");
+    eventually("a to see etcd gone", Duration::from_secs(10), async || {
+        !a.client.nodes().await.expect("nodes").reachable
+    })
+    .await;
+    assert_eq!(b.invoke("GET", "/function/hello", "").await.status, 200);
+
+    for i in 0..3 {
+        etcd.start_member(i).expect("restart member");
+    }
+    etcd.wait_healthy(Duration::from_secs(20))
+        .expect("etcd healthy again");
+    eventually(
+        "a to reach etcd again",
+        Duration::from_secs(10),
+        async || a.client.nodes().await.expect("nodes").reachable,
+    )
+    .await;
+    // Writes work again and reach the other node.
+    eventually(
+        "a scale to go through",
+        Duration::from_secs(10),
+        async || a.cli(&["scale", "hello", "--max", "4"]).success,
+    )
+    .await;
+    eventually("b to see max 4", Duration::from_secs(5), async || {
+        b.client
+            .function("hello")
+            .await
+            .is_ok_and(|f| f.scaling.max_instances == 4)
+    })
+    .await;
+    assert_eq!(members(&b).await, ["a", "b"]);
 }

@@ -270,6 +270,10 @@ pub struct ServeArgs {
     /// (`AWS_REGION`), unless a function's env names another.
     #[arg(long, env = "WISP_LAMBDA_REGION", default_value = wisp_runner::protocol::lambda::DEFAULT_REGION)]
     pub lambda_region: String,
+    /// Read the control API's token from this file instead of making one
+    /// (every node of a cluster needs the same; a Kubernetes Secret, say).
+    #[arg(long, env = "WISP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Join a cluster: the etcd endpoints it shares (comma-separated URLs,
     /// e.g. http://h1:2379,http://h2:2379). Without it the node is on its own.
     #[arg(long, env = "WISP_ETCD", value_delimiter = ',')]

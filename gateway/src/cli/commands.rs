@@ -17,7 +17,7 @@ use crate::connections::{ConnectionLimits, default_max_connections};
 
 use super::args::{
     BenchArgs, Cli, Command, ConnectArgs, DeployArgs, InvokeArgs, LoginArgs, LogsArgs,
-    NamespaceCommand, PruneArgs, PullArgs, RegistryArgs, SecretCommand, SecretValueArgs,
+    NamespaceCommand, PruneArgs, PullArgs, RegistryArgs, SecretCommand, SecretValueArgs, ServeArgs,
     TokenCommand,
 };
 use super::client::{Client, ClientError};
@@ -57,6 +57,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            let cluster = cluster_config(&args)?;
             let config = ServeConfig {
                 listen: args.listen,
                 data_dir: args.data_dir.unwrap_or_else(default_data_dir),
@@ -93,15 +94,14 @@ pub async fn run(
                     max_queued_bytes: args.async_queue_max_bytes,
                     allow_local_callbacks: args.allow_local_callbacks,
                 },
-                cluster: cluster_config(
-                    args.etcd,
-                    args.cluster_name,
-                    args.node_name,
-                    args.advertise,
-                    args.lease_ttl,
-                    (args.etcd_ca, args.etcd_cert, args.etcd_key),
-                    args.etcd_user.zip(args.etcd_password),
-                )?,
+                token: match &args.token_file {
+                    Some(path) => Some(
+                        std::fs::read_to_string(path)
+                            .with_context(|| format!("reading --token-file {}", path.display()))?,
+                    ),
+                    None => None,
+                },
+                cluster,
             };
             let spawner = spawner.unwrap_or(Err(LaunchError::NotStarted));
             serve(config, spawner, shutdown_signal()).await
@@ -907,15 +907,10 @@ pub fn is_unreachable(e: &anyhow::Error) -> bool {
 }
 
 /// The cluster `serve` joins, if `--etcd` names any endpoint.
-fn cluster_config(
-    endpoints: Vec<String>,
-    name: String,
-    node: Option<String>,
-    advertise: Option<String>,
-    lease_ttl: std::time::Duration,
-    (ca, cert, key): (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
-    user: Option<(String, String)>,
-) -> anyhow::Result<Option<crate::cluster::ClusterConfig>> {
+fn cluster_config(args: &ServeArgs) -> anyhow::Result<Option<crate::cluster::ClusterConfig>> {
+    let endpoints = args.etcd.clone();
+    let name = args.cluster_name.clone();
+    let advertise = args.advertise.clone();
     let endpoints: Vec<String> = endpoints
         .into_iter()
         .map(|e| e.trim().to_owned())
@@ -924,7 +919,15 @@ fn cluster_config(
     if endpoints.is_empty() {
         return Ok(None);
     }
-    let node = node.unwrap_or_else(crate::cluster::local_node_name);
+    if args.token_file.is_none() {
+        anyhow::bail!(
+            "--etcd needs --token-file: every node of a cluster answers to the same token, and the nodes use it between themselves"
+        );
+    }
+    let node = args
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::cluster::local_node_name);
     for (what, value) in [("--cluster-name", &name), ("--node-name", &node)] {
         if !crate::namespaces::is_valid(value) {
             anyhow::bail!(
@@ -932,6 +935,7 @@ fn cluster_config(
             );
         }
     }
+    let lease_ttl = args.lease_ttl;
     if lease_ttl < std::time::Duration::from_secs(2) {
         anyhow::bail!("--lease-ttl must be at least 2s, not {lease_ttl:?}");
     }
@@ -946,9 +950,9 @@ fn cluster_config(
         node,
         advertise: advertise.trim_end_matches('/').to_owned(),
         lease_ttl,
-        ca,
-        cert,
-        key,
-        user,
+        ca: args.etcd_ca.clone(),
+        cert: args.etcd_cert.clone(),
+        key: args.etcd_key.clone(),
+        user: args.etcd_user.clone().zip(args.etcd_password.clone()),
     }))
 }

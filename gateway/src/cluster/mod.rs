@@ -12,9 +12,13 @@
 //! reach it keeps the last list it saw. [`ring`] ranks the members for a
 //! function key (rendezvous hashing).
 //!
-//! Not built yet (issue 16): the registry of record in etcd, forwarding
-//! requests to a function's home node, fetching artifacts from peers.
+//! The functions' registry of record is in etcd ([`functions`]) and
+//! invocations go to their function's home node ([`forward`]).
+//! Not built yet (issue 16): secrets, namespaces, tokens and asynchronous
+//! calls in etcd; cluster-wide `--min`; singletons under an election.
 
+pub mod forward;
+pub mod functions;
 pub mod ring;
 
 use std::collections::BTreeMap;
@@ -88,6 +92,9 @@ pub struct Cluster {
     /// Whether the last exchange with etcd succeeded.
     reachable: AtomicBool,
     lease: std::sync::Mutex<Option<i64>>,
+    /// The etcd revision each function's key was at when this node last
+    /// saw it: a write holds only if it still is.
+    seen: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// Why a node could not join its cluster.
@@ -167,6 +174,7 @@ impl Cluster {
             members: RwLock::new(BTreeMap::new()),
             reachable: AtomicBool::new(false),
             lease: std::sync::Mutex::new(None),
+            seen: std::sync::Mutex::default(),
         });
         // A second node of the same name would steal the first one's
         // functions and drop it from the list at its own exit.
@@ -175,7 +183,10 @@ impl Cluster {
         let existing = loop {
             match cluster.client.clone().get(key.as_str(), None).await {
                 Ok(existing) => break existing,
-                Err(_) if tries + 1 < ATTEMPTS => tries += 1,
+                Err(_) if tries + 1 < ATTEMPTS => {
+                    tries += 1;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
                 Err(source) => {
                     return Err(JoinError::Register {
                         node: cluster.config.node.clone(),
@@ -197,6 +208,7 @@ impl Cluster {
         let mut tries = 0;
         while let Err(source) = cluster.register().await {
             tries += 1;
+            tokio::time::sleep(RETRY_PAUSE).await;
             if tries >= ATTEMPTS {
                 return Err(JoinError::Register {
                     node: cluster.config.node.clone(),
@@ -343,7 +355,10 @@ async fn renew(cluster: std::sync::Weak<Cluster>, load: LoadFn) {
         // A member that is down fails the request the client's balancer
         // sent it; the next try goes to another.
         let mut renewed = Err(etcd_client::Error::InvalidArgs("not tried".into()));
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
             match tokio::time::timeout(every, renew_once(&cluster, lease, changed)).await {
                 Ok(Ok(alive)) => {
                     renewed = Ok(alive);
@@ -376,8 +391,12 @@ async fn renew(cluster: std::sync::Weak<Cluster>, load: LoadFn) {
     }
 }
 
-/// Tries of a request before etcd counts as out of reach.
-const ATTEMPTS: usize = 3;
+/// Tries of a request before etcd counts as out of reach: the client's
+/// balancer may send a request to a member that is down, and moves off it
+/// only after a failure there.
+const ATTEMPTS: usize = 5;
+/// The pause between two tries.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// One renewal of `lease`, and this node's record rewritten if its load
 /// `changed`; whether the lease is still alive.

@@ -1,0 +1,367 @@
+//! The functions' registry of record in etcd: `/wisp/<cluster>/functions/<key>`
+//! holds each function's [`StoredFunction`] (spec, revision, scaling).
+//!
+//! A node writes there first — a deploy, a scaling change, a delete — in a
+//! transaction that holds only if the key is still at the etcd revision
+//! this node last saw (so two nodes deploying one name at once cannot both
+//! number their deploy N: the second gets 409 and tries again), and then
+//! applies the change to its own redb copy and pools as a node alone does.
+//! Every node follows the prefix (snapshot at R, watch from R+1, a new
+//! snapshot when the watch breaks or was compacted) and applies what other
+//! nodes wrote: the artifact is fetched from a peer that has it (digest
+//! verified) if this node lacks it, a container image is imported from it,
+//! and the function's new version is made and routed to while the old one
+//! drains — the same steps as a local deploy. With etcd out of reach,
+//! writes answer 503 and the node serves what it last saw.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+
+use super::{ATTEMPTS, Cluster, RETRY_PAUSE};
+use crate::registry::StoredFunction;
+use crate::rescue::GatewayError;
+use crate::server::App;
+use wisp_runner::spec::Digest;
+
+/// A change to the functions another node (or this one) made.
+#[derive(Debug)]
+pub enum Change {
+    /// Everything etcd holds, after a (re)start of the watch: functions not
+    /// in it were deleted meanwhile.
+    Snapshot(Vec<StoredFunction>),
+    Put(Box<StoredFunction>),
+    Delete(String),
+}
+
+impl Cluster {
+    fn functions_prefix(&self) -> String {
+        format!("{}functions/", self.prefix())
+    }
+
+    fn seen(&self, key: &str) -> i64 {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Writes `stored` (a deploy or a scaling change) unless another node
+    /// changed the function since this node saw it.
+    pub async fn put_function(&self, stored: &StoredFunction) -> Result<(), GatewayError> {
+        let key = stored.spec.name.to_string();
+        let json = serde_json::to_vec(stored)
+            .map_err(|e| GatewayError::NotReady(format!("encoding {key}: {e}")))?;
+        let path = format!("{}{key}", self.functions_prefix());
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                path.as_str(),
+                CompareOp::Equal,
+                self.seen(&key),
+            )])
+            .and_then([TxnOp::put(path.as_str(), json, None)]);
+        self.commit(&key, txn).await
+    }
+
+    /// Deletes the function `key` unless another node changed it since this
+    /// node saw it.
+    pub async fn delete_function(&self, key: &str) -> Result<(), GatewayError> {
+        let path = format!("{}{key}", self.functions_prefix());
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                path.as_str(),
+                CompareOp::Equal,
+                self.seen(key),
+            )])
+            .and_then([TxnOp::delete(path.as_str(), None)]);
+        self.commit(key, txn).await
+    }
+
+    async fn commit(&self, key: &str, txn: Txn) -> Result<(), GatewayError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            let mut client = self.client.clone();
+            match tokio::time::timeout(Duration::from_secs(5), client.txn(txn.clone())).await {
+                Ok(Ok(response)) if response.succeeded() => {
+                    let revision = response.header().map_or(0, |h| h.revision());
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(key.to_owned(), revision);
+                    self.reachable.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(Ok(_)) => {
+                    return Err(GatewayError::Conflict(format!(
+                        "function {key} was changed on another node meanwhile; try again"
+                    )));
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+        }
+        self.unreachable(&last);
+        Err(GatewayError::NotReady(format!(
+            "the cluster's store (etcd) is out of reach, so nothing can be changed now ({last}); this node serves what it last saw"
+        )))
+    }
+
+    /// Follows the functions' prefix, sending what changes to `changes`.
+    pub(crate) async fn follow_functions(self: Arc<Self>, changes: mpsc::UnboundedSender<Change>) {
+        let mut failures = 0;
+        loop {
+            match self.functions_round(&changes).await {
+                Err(e) if failures + 1 >= ATTEMPTS => {
+                    self.unreachable(&e);
+                    failures += 1;
+                }
+                Err(_) => failures += 1,
+                Ok(()) => failures = 0,
+            }
+            if changes.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn functions_round(&self, changes: &mpsc::UnboundedSender<Change>) -> Result<(), String> {
+        let prefix = self.functions_prefix();
+        let mut client = self.client.clone();
+        let snapshot = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let revision = snapshot.header().map_or(0, |h| h.revision());
+        let mut all = Vec::new();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut now = HashMap::new();
+            for kv in snapshot.kvs() {
+                match serde_json::from_slice::<StoredFunction>(kv.value()) {
+                    Ok(stored) => {
+                        now.insert(stored.spec.name.to_string(), kv.mod_revision());
+                        all.push(stored);
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "an unreadable function in etcd; skipped")
+                    }
+                }
+            }
+            *seen = now;
+        }
+        if changes.send(Change::Snapshot(all)).is_err() {
+            return Ok(());
+        }
+        let mut stream = client
+            .watch(
+                prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let Some(response) = stream.message().await.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            if response.canceled() || response.compact_revision() > 0 {
+                return Err(format!(
+                    "the functions' watch was cancelled ({}); reading them again",
+                    response.cancel_reason()
+                ));
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key())
+                    .trim_start_matches(prefix.as_str())
+                    .to_owned();
+                self.seen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.clone(), kv.mod_revision());
+                let change = match event.event_type() {
+                    EventType::Put => match serde_json::from_slice::<StoredFunction>(kv.value()) {
+                        Ok(stored) => Change::Put(Box::new(stored)),
+                        Err(e) => {
+                            tracing::warn!(%key, error = %e, "an unreadable function in etcd; skipped");
+                            continue;
+                        }
+                    },
+                    EventType::Delete => {
+                        self.seen
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(key.clone(), 0);
+                        Change::Delete(key)
+                    }
+                };
+                if changes.send(change).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl App {
+    /// Applies the functions' changes as the cluster's store reports them.
+    pub(crate) async fn apply_changes(
+        self: Arc<Self>,
+        mut changes: mpsc::UnboundedReceiver<Change>,
+    ) {
+        while let Some(change) = changes.recv().await {
+            match change {
+                Change::Snapshot(all) => {
+                    let keys: std::collections::HashSet<String> =
+                        all.iter().map(|s| s.spec.name.to_string()).collect();
+                    let gone: Vec<String> = self
+                        .functions
+                        .iter()
+                        .map(|f| f.key().clone())
+                        .filter(|k| !keys.contains(k))
+                        .collect();
+                    for key in gone {
+                        self.apply_delete(&key).await;
+                    }
+                    for stored in all {
+                        self.apply_put(stored).await;
+                    }
+                }
+                Change::Put(stored) => self.apply_put(*stored).await,
+                Change::Delete(key) => self.apply_delete(&key).await,
+            }
+        }
+    }
+
+    async fn apply_put(&self, stored: StoredFunction) {
+        let key = stored.spec.name.to_string();
+        if let Err(e) = self.replicate(stored).await {
+            tracing::warn!(function = %key, error = %e, "could not apply another node's deploy; this node does not serve it");
+        }
+    }
+
+    async fn replicate(&self, stored: StoredFunction) -> Result<(), GatewayError> {
+        let key = stored.spec.name.to_string();
+        if self.functions.get(&key).is_some_and(|f| f.stored == stored) {
+            return Ok(());
+        }
+        // Its code here first (outside the deploy lock: it may download).
+        self.ensure_artifact(&stored.spec.artifact).await?;
+        let _hold = self.holds.hold(
+            stored.spec.artifact.clone(),
+            stored.spec.container.as_ref().map(|c| c.image.clone()),
+        );
+        if stored.spec.container.is_some() {
+            self.backend.prepare(&stored.spec.artifact).await?;
+        }
+        let _serial = self.deploy_lock.lock().await;
+        let previous = self.functions.get(&key).map(|f| f.clone());
+        if let Some(current) = &previous {
+            if current.stored == stored {
+                return Ok(());
+            }
+            if current.stored.revision == stored.revision
+                && current.stored.spec.artifact == stored.spec.artifact
+            {
+                // Only its scaling changed.
+                self.registry.put(&stored)?;
+                self.rescaled(current, stored);
+                tracing::info!(function = %key, "scaled on another node");
+                return Ok(());
+            }
+        }
+        self.registry.replicate(&stored, self.revision_history)?;
+        let function = Arc::new(self.new_function(stored, previous.as_deref(), false)?);
+        tracing::info!(function = %key, revision = function.stored.revision, "deployed on another node");
+        self.functions.insert(key, function);
+        if let Some(old) = previous {
+            self.retire(old);
+        }
+        Ok(())
+    }
+
+    async fn apply_delete(&self, key: &str) {
+        let _serial = self.deploy_lock.lock().await;
+        if let Err(e) = self.registry.remove(key) {
+            tracing::warn!(function = %key, error = %e, "removing a function deleted on another node");
+        }
+        if let Some((_, old)) = self.functions.remove(key) {
+            old.metrics.silence();
+            self.metrics.forget(&old.metrics);
+            self.retire(old);
+            self.logs.remove(key);
+            tracing::info!(function = %key, "deleted on another node");
+        }
+    }
+
+    /// The artifact `digest` in this node's store: fetched from the first
+    /// peer that has it, and kept only if its bytes have that digest.
+    pub(crate) async fn ensure_artifact(&self, digest: &Digest) -> Result<(), GatewayError> {
+        if self.artifacts.contains(digest) {
+            return Ok(());
+        }
+        let Some(cluster) = self.cluster.get() else {
+            return Err(GatewayError::NotReady(format!(
+                "artifact {digest} is not in this node's store"
+            )));
+        };
+        let mut reasons = Vec::new();
+        for peer in cluster.members() {
+            if peer.name == cluster.node() {
+                continue;
+            }
+            let url = format!("{}/system/blobs/{digest}", peer.address);
+            let answer = self
+                .peers
+                .get(&url)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status);
+            let response = match answer {
+                Ok(response) => response,
+                Err(e) => {
+                    reasons.push(format!("{}: {e}", peer.name));
+                    continue;
+                }
+            };
+            let stream = response
+                .bytes_stream()
+                .map(|c| c.map_err(|e| e.to_string()));
+            let stream = Box::pin(stream);
+            match self
+                .artifacts
+                .put_verified(stream, self.max_artifact_bytes, Some(digest))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(%digest, peer = %peer.name, "artifact fetched from a peer");
+                    return Ok(());
+                }
+                Err(e) => reasons.push(format!("{}: {e}", peer.name)),
+            }
+        }
+        Err(GatewayError::NotReady(format!(
+            "no node could give artifact {digest}: {}",
+            if reasons.is_empty() {
+                "there is no other node".to_owned()
+            } else {
+                reasons.join("; ")
+            }
+        )))
+    }
+}
