@@ -83,3 +83,15 @@ if [ ! -d "$ric_dir/awslambdaric-$pinned.dist-info" ]; then
   rm -rf "$ric_dir"
   "$aws_venv/bin/pip" install --quiet --disable-pip-version-check --target "$ric_dir" -r "$ric_requirements"
 fi
+# The Kubernetes manifests (deploy/kubernetes/) are validated offline
+# against the Kubernetes schemas kubernetes-validate bundles
+# (tests/e2e/cluster.rs).
+k8s_requirements="$root/deploy/kubernetes/requirements.txt"
+k8s_venv="${CARGO_TARGET_DIR:-$root/target}/k8s-validate"
+pinned=$(sed -n 's/^kubernetes-validate==//p' "$k8s_requirements")
+if [ "$("$k8s_venv/bin/kubernetes-validate" --version 2>/dev/null | awk '{print $NF}')" != "$pinned" ]; then
+  echo "setup: kubernetes-validate $pinned in $k8s_venv"
+  rm -rf "$k8s_venv"
+  python3 -m venv "$k8s_venv"
+  "$k8s_venv/bin/pip" install --quiet --disable-pip-version-check -r "$k8s_requirements"
+fi

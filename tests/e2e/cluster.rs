@@ -370,3 +370,71 @@ async fn with_etcd_gone_nodes_serve_their_last_view_refuse_writes_and_converge_a
     .await;
     assert_eq!(members(&b).await, ["a", "b"]);
 }
+
+/// Every manifest in `deploy/kubernetes/` validates offline against the
+/// Kubernetes schemas (kubernetes-validate, strict: no unknown fields),
+/// and the DaemonSet runs wisp as the docs say.
+#[test]
+fn kubernetes_manifests_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("deploy/kubernetes");
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .ancestors()
+        .nth(3)
+        .expect("target dir")
+        .join("k8s-validate/bin/kubernetes-validate");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run scripts/setup.sh",
+        bin.display()
+    );
+    let mut manifests: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 4, "{manifests:?}");
+    let out = std::process::Command::new(&bin)
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for kind in [
+        "daemonset/wisp",
+        "service/wisp",
+        "statefulset/etcd",
+        "configmap/wisp",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {kind}")),
+            "{text}"
+        );
+    }
+    // The settings the DaemonSet gives are ones `wisp serve` takes.
+    let daemonset = std::fs::read_to_string(dir.join("wisp.yaml")).expect("wisp.yaml");
+    let config = std::fs::read_to_string(dir.join("config.yaml")).expect("config.yaml");
+    let help = std::process::Command::new(wisp_e2e::wisp_bin())
+        .args(["serve", "--help"])
+        .output()
+        .expect("wisp serve --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for text in [&daemonset, &config] {
+        for var in text
+            .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .filter(|w| w.starts_with("WISP_"))
+        {
+            assert!(
+                help.contains(&format!("env: {var}")),
+                "wisp serve takes no {var}"
+            );
+        }
+    }
+}

@@ -928,12 +928,18 @@ fn cluster_config(args: &ServeArgs) -> anyhow::Result<Option<crate::cluster::Clu
         .node_name
         .clone()
         .unwrap_or_else(crate::cluster::local_node_name);
-    for (what, value) in [("--cluster-name", &name), ("--node-name", &node)] {
-        if !crate::namespaces::is_valid(value) {
-            anyhow::bail!(
-                "{what} {value:?} must be a DNS label: lowercase letters, digits and '-', at most 63"
-            );
-        }
+    if !crate::namespaces::is_valid(&name) {
+        anyhow::bail!(
+            "--cluster-name {name:?} must be a DNS label: lowercase letters, digits and '-', at most 63"
+        );
+    }
+    // Kubernetes node names (the DaemonSet's default) may be DNS names.
+    let subdomain =
+        !node.is_empty() && node.len() <= 253 && node.split('.').all(crate::namespaces::is_valid);
+    if !subdomain {
+        anyhow::bail!(
+            "--node-name {node:?} must be a DNS name: labels of lowercase letters, digits and '-', joined by '.'"
+        );
     }
     let lease_ttl = args.lease_ttl;
     if lease_ttl < std::time::Duration::from_secs(2) {

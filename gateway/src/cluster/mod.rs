@@ -588,7 +588,7 @@ impl crate::server::App {
 /// This host's name (`/proc/sys/kernel/hostname`), the default node name.
 pub fn local_node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
+        .map(|h| h.trim().to_ascii_lowercase())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "wisp".to_owned())
