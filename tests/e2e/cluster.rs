@@ -438,3 +438,93 @@ fn kubernetes_manifests_validate() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_under_load_costs_only_its_requests_in_flight() {
+    let etcd = TestEtcd::shared();
+    let mut nodes = vec![
+        node(etcd, "killing", "k1"),
+        node(etcd, "killing", "k2"),
+        node(etcd, "killing", "k3"),
+    ];
+    for wisp in &nodes {
+        eventually("all three listed", Duration::from_secs(5), async || {
+            members(wisp).await.len() == 3
+        })
+        .await;
+    }
+    nodes[0].deploy("hello", artifacts::HELLO).await;
+    for wisp in &nodes {
+        eventually(
+            "hello through every node",
+            Duration::from_secs(5),
+            async || wisp.invoke("GET", "/function/hello", "").await.status == 200,
+        )
+        .await;
+    }
+    // The home counts every call.
+    let mut home = 0;
+    for (i, wisp) in nodes.iter().enumerate() {
+        if served(wisp, "hello").await >= 3 {
+            home = i;
+        }
+    }
+    let entry = (home + 1) % 3;
+    let report = nodes[0].data_dir.join("bench.json");
+    let mut bench = nodes[entry].cli_command(&[
+        "bench",
+        "hello",
+        "--mode",
+        "rate",
+        "--rate",
+        "200",
+        "--concurrency",
+        "16",
+        "--duration",
+        "6s",
+        "--json",
+        &report.display().to_string(),
+    ]);
+    let run = tokio::task::spawn_blocking(move || bench.output().expect("wisp bench"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = std::time::Instant::now();
+    nodes[home].kill();
+    let survivor = &nodes[entry];
+    eventually(
+        "the killed home to drop out",
+        Duration::from_secs(8),
+        async || members(survivor).await.len() == 2,
+    )
+    .await;
+    println!(
+        "the killed node dropped out after {:?}",
+        killed_at.elapsed()
+    );
+    let out = run.await.expect("bench task");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report JSON");
+    let requests = report["requests"].as_u64().unwrap_or_default();
+    let errors = report["errors"].as_u64().unwrap_or_default();
+    let ok = report["statuses"]["200"].as_u64().unwrap_or_default();
+    println!(
+        "requests {requests}, 200s {ok}, errors {errors}, statuses {}",
+        report["statuses"]
+    );
+    assert!(requests >= 600, "{report}");
+    // Only what was in flight on the killed node may fail: at most the
+    // bench's 16 requests at once.
+    assert!(
+        requests - ok <= 16,
+        "{} of {requests} failed: {report}",
+        requests - ok
+    );
+    // And the function serves on through the other two.
+    for wisp in nodes.iter().filter(|w| w.pid() != 0) {
+        assert_eq!(wisp.invoke("GET", "/function/hello", "").await.status, 200);
+    }
+}

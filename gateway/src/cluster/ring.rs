@@ -68,6 +68,23 @@ where
         .map(|(_, node)| node)
 }
 
+/// Where a request for `key` goes: the first node in its rank order that
+/// `has_room`, else its home (where it queues or is shed). What a node
+/// forwarding a request does, with `has_room` standing for "did not answer
+/// 429/503 marked shed" (`cluster::forward`); the simulation in
+/// `benches/sim` runs this very function.
+pub fn place<'a, I>(key: &str, nodes: I, has_room: impl Fn(&str) -> bool) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    let order = rank(key, nodes);
+    order
+        .iter()
+        .copied()
+        .find(|node| has_room(node))
+        .or_else(|| order.first().copied())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +117,20 @@ mod tests {
             assert_eq!(home(&key, all.iter().map(String::as_str)), Some(forward[0]));
         }
         assert_eq!(home("x", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn place_spills_in_rank_order_and_falls_back_to_the_home() {
+        let all = ["a", "b", "c", "d"];
+        let order = rank("k", all);
+        assert_eq!(place("k", all, |_| true), Some(order[0]));
+        assert_eq!(place("k", all, |n| n != order[0]), Some(order[1]));
+        assert_eq!(
+            place("k", all, |n| n != order[0] && n != order[1]),
+            Some(order[2])
+        );
+        assert_eq!(place("k", all, |_| false), Some(order[0]));
+        assert_eq!(place("k", std::iter::empty(), |_| true), None);
     }
 
     #[test]
