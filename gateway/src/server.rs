@@ -716,7 +716,8 @@ pub async fn serve(
         let _ = app.cluster.set(joined.clone());
         let (changes, applied) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(joined.follow_functions(changes));
-        tokio::spawn(app.clone().apply_changes(applied));
+        let marker = config.data_dir.join(crate::cluster::functions::MEMBER_FILE);
+        tokio::spawn(app.clone().apply_changes(applied, marker));
     }
     if let Some(token) = fresh_token {
         println!(

@@ -528,3 +528,47 @@ async fn a_node_killed_under_load_costs_only_its_requests_in_flight() {
         assert_eq!(wisp.invoke("GET", "/function/hello", "").await.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_ran_alone_brings_its_functions_and_later_learns_what_was_deleted() {
+    let etcd = TestEtcd::shared();
+    let dir = tempfile::tempdir().expect("data dir");
+    let in_cluster = |builder: wisp_e2e::WispBuilder, name: &str| {
+        builder
+            .arg("--token-file")
+            .arg(&token_file().display().to_string())
+            .arg("--etcd")
+            .arg(&etcd.endpoints())
+            .arg("--cluster-name")
+            .arg("joining")
+            .arg("--node-name")
+            .arg(name)
+            .arg("--lease-ttl")
+            .arg("2s")
+            .start()
+            .expect("start a cluster node")
+    };
+    {
+        let alone = Wisp::builder().data_dir(dir.path()).start().expect("alone");
+        alone.deploy("solo", artifacts::HELLO).await;
+    }
+    let mut first = in_cluster(Wisp::builder().data_dir(dir.path()), "j1");
+    let other = in_cluster(Wisp::builder(), "j2");
+    eventually(
+        "solo through the other node",
+        Duration::from_secs(5),
+        async || other.invoke("GET", "/function/solo", "").await.status == 200,
+    )
+    .await;
+    // Deleted while the first node is away: gone there when it is back.
+    first.kill();
+    other.cli(&["rm", "solo"]).expect_success();
+    let first = in_cluster(Wisp::builder().data_dir(dir.path()), "j1");
+    eventually(
+        "solo gone on the returning node",
+        Duration::from_secs(5),
+        async || first.client.function("solo").await.is_err(),
+    )
+    .await;
+    assert_eq!(other.invoke("GET", "/function/solo", "").await.status, 404);
+}

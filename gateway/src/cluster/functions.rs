@@ -217,25 +217,58 @@ impl Cluster {
     }
 }
 
+/// In a node's data dir once it has joined a cluster: the cluster's name.
+/// A node without it (its first join) publishes the functions it has that
+/// the cluster lacks; a node with it takes their absence as their deletion
+/// while it was away.
+pub const MEMBER_FILE: &str = "cluster-member";
+
 impl App {
     /// Applies the functions' changes as the cluster's store reports them.
     pub(crate) async fn apply_changes(
         self: Arc<Self>,
         mut changes: mpsc::UnboundedReceiver<Change>,
+        marker: std::path::PathBuf,
     ) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        let mut joined =
+            std::fs::read_to_string(&marker).is_ok_and(|name| name.trim() == cluster.name());
         while let Some(change) = changes.recv().await {
             match change {
                 Change::Snapshot(all) => {
                     let keys: std::collections::HashSet<String> =
                         all.iter().map(|s| s.spec.name.to_string()).collect();
-                    let gone: Vec<String> = self
+                    let gone: Vec<Arc<crate::server::Function>> = self
                         .functions
                         .iter()
-                        .map(|f| f.key().clone())
-                        .filter(|k| !keys.contains(k))
+                        .filter(|f| !keys.contains(f.key()))
+                        .map(|f| f.value().clone())
                         .collect();
-                    for key in gone {
-                        self.apply_delete(&key).await;
+                    for function in gone {
+                        let key = function.stored.spec.name.to_string();
+                        if joined {
+                            self.apply_delete(&key).await;
+                            continue;
+                        }
+                        // A node's first join: what it ran alone joins the cluster.
+                        match cluster.put_function(&function.stored).await {
+                            Ok(()) => {
+                                tracing::info!(function = %key, "published to the cluster at this node's first join")
+                            }
+                            Err(e) => {
+                                tracing::warn!(function = %key, error = %e, "could not publish to the cluster; it stays on this node")
+                            }
+                        }
+                    }
+                    if !joined {
+                        match std::fs::write(&marker, cluster.name()) {
+                            Ok(()) => joined = true,
+                            Err(e) => {
+                                tracing::warn!(path = %marker.display(), error = %e, "cannot record this node's membership")
+                            }
+                        }
                     }
                     for stored in all {
                         self.apply_put(stored).await;

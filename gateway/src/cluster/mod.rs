@@ -177,15 +177,20 @@ impl Cluster {
             seen: std::sync::Mutex::default(),
         });
         // A second node of the same name would steal the first one's
-        // functions and drop it from the list at its own exit.
+        // functions and drop it from the list at its own exit. The name
+        // held at another address may be this node's own previous run,
+        // killed before its lease expired (a pod restarted with a new IP):
+        // wait out one lease before refusing.
         let key = cluster.node_key(&cluster.config.node);
+        let patience = tokio::time::Instant::now() + cluster.config.lease_ttl + RETRY_PAUSE * 10;
         let mut tries = 0;
-        let existing = loop {
-            match cluster.client.clone().get(key.as_str(), None).await {
-                Ok(existing) => break existing,
+        loop {
+            let existing = match cluster.client.clone().get(key.as_str(), None).await {
+                Ok(existing) => existing,
                 Err(_) if tries + 1 < ATTEMPTS => {
                     tries += 1;
                     tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
                 }
                 Err(source) => {
                     return Err(JoinError::Register {
@@ -193,17 +198,24 @@ impl Cluster {
                         source,
                     });
                 }
+            };
+            let Some(record) = existing
+                .kvs()
+                .first()
+                .and_then(|kv| serde_json::from_slice::<NodeRecord>(kv.value()).ok())
+                .filter(|record| record.address != cluster.config.advertise)
+            else {
+                break;
+            };
+            if tokio::time::Instant::now() >= patience {
+                return Err(JoinError::Taken {
+                    node: cluster.config.node.clone(),
+                    cluster: cluster.config.name.clone(),
+                    address: record.address,
+                });
             }
-        };
-        if let Some(kv) = existing.kvs().first()
-            && let Ok(record) = serde_json::from_slice::<NodeRecord>(kv.value())
-            && record.address != cluster.config.advertise
-        {
-            return Err(JoinError::Taken {
-                node: cluster.config.node.clone(),
-                cluster: cluster.config.name.clone(),
-                address: record.address,
-            });
+            tracing::info!(node = %cluster.config.node, held_at = %record.address, "the node name is held; waiting for that lease to expire");
+            tokio::time::sleep(RETRY_PAUSE * 5).await;
         }
         let mut tries = 0;
         while let Err(source) = cluster.register().await {
