@@ -708,6 +708,18 @@ impl App {
         if let Some(pending) = &pending {
             pending.cancel();
         }
+        // In a cluster, a function this node could not apply (its artifact
+        // out of reach, say) is still deleted where it is recorded.
+        if !self.functions.contains_key(name)
+            && pending.is_none()
+            && let Some(cluster) = self.cluster.get()
+            && cluster.holds_function(name)
+        {
+            cluster.delete_function(name).await?;
+            self.registry.remove(name)?;
+            tracing::info!(function = %name, "deleted (from the cluster; this node did not run it)");
+            return Ok(text(StatusCode::OK, format!("deleted {name}\n")));
+        }
         if !self.functions.contains_key(name) {
             return match pending {
                 Some(_) => {

@@ -560,6 +560,13 @@ async fn a_node_that_ran_alone_brings_its_functions_and_later_learns_what_was_de
         async || other.invoke("GET", "/function/solo", "").await.status == 200,
     )
     .await;
+    // In the other node's registry too (its artifact fetched from the first).
+    eventually(
+        "solo in the other node's registry",
+        Duration::from_secs(5),
+        async || other.client.function("solo").await.is_ok(),
+    )
+    .await;
     // Deleted while the first node is away: gone there when it is back.
     first.kill();
     other.cli(&["rm", "solo"]).expect_success();

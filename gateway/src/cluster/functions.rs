@@ -53,6 +53,11 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// Whether etcd held the function `key` when this node last looked.
+    pub fn holds_function(&self, key: &str) -> bool {
+        self.seen(key) > 0
+    }
+
     /// Writes `stored` (a deploy or a scaling change) unless another node
     /// changed the function since this node saw it.
     pub async fn put_function(&self, stored: &StoredFunction) -> Result<(), GatewayError> {
