@@ -191,8 +191,6 @@ pub struct App {
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Forwards invocations to their home node in a cluster.
     pub(crate) forwarder: crate::cluster::forward::Forwarder,
-    /// Fetches artifacts from peers in a cluster.
-    pub(crate) peers: reqwest::Client,
 }
 
 impl App {
@@ -310,14 +308,6 @@ impl App {
             calls: crate::calls::Calls::new(config.calls.clone()),
             cluster: std::sync::OnceLock::new(),
             forwarder: crate::cluster::forward::forwarder(),
-            peers: {
-                wisp_runner::image::pull::crypto_provider();
-                reqwest::Client::builder()
-                    .no_proxy()
-                    .connect_timeout(Duration::from_secs(2))
-                    .build()
-                    .map_err(|e| anyhow::anyhow!("making the peers' HTTP client: {e}"))?
-            },
         };
         Ok((Arc::new(app), fresh.then_some(token)))
     }

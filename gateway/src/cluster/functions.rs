@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use futures::StreamExt as _;
+use http_body_util::BodyExt as _;
 use tokio::sync::mpsc;
 
 use super::{ATTEMPTS, Cluster, RETRY_PAUSE};
@@ -362,15 +363,7 @@ impl App {
             if peer.name == cluster.node() {
                 continue;
             }
-            let url = format!("{}/system/blobs/{digest}", peer.address);
-            let answer = self
-                .peers
-                .get(&url)
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status);
-            let response = match answer {
+            let response = match self.fetch_blob(&peer.address, digest).await {
                 Ok(response) => response,
                 Err(e) => {
                     reasons.push(format!("{}: {e}", peer.name));
@@ -378,7 +371,8 @@ impl App {
                 }
             };
             let stream = response
-                .bytes_stream()
+                .into_body()
+                .into_data_stream()
                 .map(|c| c.map_err(|e| e.to_string()));
             let stream = Box::pin(stream);
             match self
@@ -401,5 +395,41 @@ impl App {
                 reasons.join("; ")
             }
         )))
+    }
+
+    /// Asks the peer at `address` for the blob `digest`: its answer when
+    /// that is a success, or why not.
+    async fn fetch_blob(
+        &self,
+        address: &str,
+        digest: &Digest,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let empty = http_body_util::Empty::<bytes::Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let request = http::Request::get(format!("{address}/system/blobs/{digest}"))
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            )
+            .body(empty)
+            .map_err(|e| format!("bad peer address: {e}"))?;
+        let response = self
+            .forwarder
+            .request(request)
+            .await
+            .map_err(|e| wisp_runner::image::pull::error_chain(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        Err(format!("{status}: {}", text.trim()))
     }
 }
