@@ -55,6 +55,8 @@ const CALLBACK_ATTEMPTS: u32 = 5;
 const CALLBACK_FIRST_WAIT: Duration = Duration::from_secs(1);
 /// Longest a callback's receiver may take to answer.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries, a second apart, to remove a finished call from etcd.
+const FORGET_ATTEMPTS: u32 = 10;
 /// Longest caller-given call id kept.
 const MAX_CALL_ID: usize = 128;
 
@@ -225,10 +227,17 @@ impl RetryPolicy {
     }
 }
 
+/// Where a call is kept: this node's registry, or the cluster's etcd.
+#[derive(Debug, Clone)]
+enum Stored {
+    Local(u64),
+    Cluster(String),
+}
+
 /// A function's calls waiting in memory.
 #[derive(Default)]
 struct Queue {
-    waiting: Mutex<VecDeque<(u64, Call)>>,
+    waiting: Mutex<VecDeque<(Stored, Call)>>,
     /// Accepted and not yet run for good: waiting, running or between retries.
     queued: AtomicUsize,
     /// Their request bodies' bytes.
@@ -239,7 +248,7 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, seq: u64, call: Call) {
+    fn push(&self, seq: Stored, call: Call) {
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -247,7 +256,15 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    fn pop(&self) -> Option<(u64, Call)> {
+    /// `call` is off the queue for good (run, or taken by another node):
+    /// the calls still queued.
+    fn done(&self, call: &Call) -> usize {
+        self.bytes
+            .fetch_sub(call.body.len() as u64, Ordering::AcqRel);
+        self.queued.fetch_sub(1, Ordering::AcqRel).saturating_sub(1)
+    }
+
+    fn pop(&self) -> Option<(Stored, Call)> {
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -265,6 +282,9 @@ pub struct Calls {
     running: AtomicUsize,
     idle: Notify,
     queues: DashMap<String, Arc<Queue>>,
+    /// In a cluster: the calls this node has taken up (queued, running,
+    /// waiting to retry or to call back), by key.
+    taken: Mutex<std::collections::HashSet<String>>,
     /// Made at the first callback: a host without TLS roots (a minimal VM,
     /// a scratch container) still serves, and says why no callback goes
     /// out.
@@ -281,6 +301,7 @@ impl Calls {
             running: AtomicUsize::new(0),
             idle: Notify::new(),
             queues: DashMap::new(),
+            taken: Mutex::default(),
             callbacks: std::sync::OnceLock::new(),
             own: Arc::new(own_addresses()),
         }
@@ -424,13 +445,20 @@ impl App {
         req: Request<Body>,
         remote: &Client,
     ) -> Result<Response<Body>, GatewayError> {
-        let limits = match self.function(name) {
+        let mut limits = match self.function(name) {
             Ok(function) => function.stored.spec.limits,
             Err(unknown) => match self.pending.get(name) {
                 Some(pending) => pending.draft.limits,
                 None => return Err(unknown),
             },
         };
+        let cluster = self.cluster.get().cloned();
+        if cluster.is_some() {
+            // Kept in etcd, within its request limit.
+            limits.max_body_bytes = limits
+                .max_body_bytes
+                .min(crate::cluster::calls::CLUSTER_CALL_BYTES);
+        }
         let function =
             FunctionName::new(name).map_err(|_| GatewayError::UnknownFunction(name.to_owned()))?;
         let too_large = || {
@@ -511,14 +539,22 @@ impl App {
             result: None,
         };
         let seq = self.calls.next.fetch_add(1, Ordering::Relaxed);
-        self.store_call(seq, &call)?;
-        queue.queued.fetch_add(1, Ordering::Relaxed);
-        queue
-            .bytes
-            .fetch_add(call.body.len() as u64, Ordering::Relaxed);
-        self.metrics
-            .async_depth(name, queue.queued.load(Ordering::Relaxed));
-        queue.push(seq, call);
+        match cluster {
+            None => {
+                let seq = Stored::Local(seq);
+                self.store_call(&seq, &call).await?;
+                self.take_up(seq, call);
+            }
+            Some(cluster) => {
+                let key = cluster.call_key(name, accepted_ns, seq);
+                let seq = Stored::Cluster(key.clone());
+                self.store_call(&seq, &call).await?;
+                // Its home runs it; another node's learns of it from etcd.
+                if self.is_home(&cluster, name) {
+                    self.take_up(seq, call);
+                }
+            }
+        }
         let mut response = Response::new(full_body(""));
         *response.status_mut() = StatusCode::ACCEPTED;
         response.headers_mut().insert("x-call-id", id_value);
@@ -526,17 +562,119 @@ impl App {
         Ok(response)
     }
 
-    fn store_call(&self, seq: u64, call: &Call) -> Result<(), GatewayError> {
+    async fn store_call(&self, seq: &Stored, call: &Call) -> Result<(), GatewayError> {
         let json = serde_json::to_vec(call)
             .map_err(|e| GatewayError::BadRequest(format!("storing the call: {e}")))?;
-        self.registry.put_call(seq, &json)?;
-        Ok(())
+        match (seq, self.cluster.get()) {
+            (Stored::Cluster(key), Some(cluster)) => cluster.put_call(key, json).await,
+            (Stored::Cluster(_), None) => Err(GatewayError::NotReady("not in a cluster".into())),
+            (Stored::Local(seq), _) => Ok(self.registry.put_call(*seq, &json)?),
+        }
     }
 
-    fn forget_call(&self, seq: u64) {
-        if let Err(e) = self.registry.remove_call(seq) {
+    async fn forget_call(&self, seq: &Stored) {
+        let result = match (seq, self.cluster.get()) {
+            (Stored::Local(seq), _) => self.registry.remove_call(*seq).map_err(|e| e.to_string()),
+            (Stored::Cluster(key), cluster) => {
+                let Some(cluster) = cluster else {
+                    return;
+                };
+                let mut forgotten = cluster.forget_call(key).await;
+                for _ in 1..FORGET_ATTEMPTS {
+                    if forgotten.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    forgotten = cluster.forget_call(key).await;
+                }
+                // Only once it is gone from etcd: until then this node
+                // holds its claim, and would take it up again (it stays
+                // taken when etcd stays out of reach: it runs again only
+                // after this node's lease ends).
+                if forgotten.is_ok() {
+                    self.calls
+                        .taken
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(key);
+                }
+                forgotten
+            }
+        };
+        if let Err(e) = result {
             tracing::error!(error = %e, "removing a finished asynchronous call");
         }
+    }
+
+    /// Queues an accepted call that has not run for good.
+    fn take_up(self: &Arc<Self>, seq: Stored, call: Call) {
+        if let Stored::Cluster(key) = &seq
+            && !self
+                .calls
+                .taken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key.clone())
+        {
+            return;
+        }
+        let queue = self.queue(&call.function);
+        queue.queued.fetch_add(1, Ordering::Relaxed);
+        queue
+            .bytes
+            .fetch_add(call.body.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .async_depth(&call.function, queue.queued.load(Ordering::Relaxed));
+        let wait = Duration::from_millis(call.not_before_ms.saturating_sub(now_ms()));
+        if wait.is_zero() {
+            queue.push(seq, call);
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                queue.push(seq, call);
+            });
+        }
+    }
+
+    /// In a cluster, claims call `key` before it runs: whether this node
+    /// holds it. One another node holds is dropped here; one that cannot
+    /// be claimed now (etcd out of reach) is queued again a little later.
+    async fn claim(&self, key: &str, queue: &Arc<Queue>, seq: &Stored, call: &Call) -> bool {
+        use crate::cluster::calls::Claimed;
+        let claimed = match self.cluster.get() {
+            Some(cluster) => cluster.claim_call(key).await,
+            None => Ok(Claimed::Elsewhere),
+        };
+        match claimed {
+            Ok(Claimed::Held) => true,
+            Ok(Claimed::Elsewhere) => {
+                self.calls
+                    .taken
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(key);
+                let left = queue.done(call);
+                self.metrics.async_depth(&call.function, left);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(function = %call.function, call_id = %call.id, error = %e, "an asynchronous call cannot be claimed now; it is tried again in a second");
+                let (queue, seq, call) = (queue.clone(), seq.clone(), call.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    queue.push(seq, call);
+                });
+                false
+            }
+        }
+    }
+
+    /// Whether this node is `function`'s home in `cluster`.
+    fn is_home(&self, cluster: &crate::cluster::Cluster, function: &str) -> bool {
+        cluster
+            .rank(function)
+            .first()
+            .is_some_and(|home| home.name == cluster.node())
     }
 
     /// The queue of `function`, and its dispatcher the first time.
@@ -582,36 +720,24 @@ impl App {
         let last = stored.last().map_or(0, |(seq, _)| *seq);
         self.calls.next.fetch_max(last + 1, Ordering::Relaxed);
         let mut resumed = 0usize;
-        for (seq, json) in stored {
+        for (n, json) in stored {
             let call: Call = match serde_json::from_slice(&json) {
                 Ok(call) => call,
                 Err(e) => {
-                    tracing::error!(seq, error = %e, "an asynchronous call is unreadable; it is dropped");
-                    self.forget_call(seq);
+                    tracing::error!(seq = n, error = %e, "an asynchronous call is unreadable; it is dropped");
+                    if let Err(e) = self.registry.remove_call(n) {
+                        tracing::error!(error = %e, "removing an unreadable asynchronous call");
+                    }
                     continue;
                 }
             };
+            let seq = Stored::Local(n);
             resumed += 1;
             if call.result.is_some() {
                 tokio::spawn(deliver(self.clone(), seq, call, None));
                 continue;
             }
-            let queue = self.queue(&call.function);
-            queue.queued.fetch_add(1, Ordering::Relaxed);
-            queue
-                .bytes
-                .fetch_add(call.body.len() as u64, Ordering::Relaxed);
-            self.metrics
-                .async_depth(&call.function, queue.queued.load(Ordering::Relaxed));
-            let wait = Duration::from_millis(call.not_before_ms.saturating_sub(now_ms()));
-            if wait.is_zero() {
-                queue.push(seq, call);
-            } else {
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    queue.push(seq, call);
-                });
-            }
+            self.take_up(seq, call);
         }
         if resumed > 0 {
             tracing::info!(
@@ -619,6 +745,131 @@ impl App {
                 "taking up the asynchronous calls accepted before"
             );
         }
+    }
+}
+
+impl App {
+    /// In a cluster: takes up the calls this node is home for, as etcd
+    /// shows them stored (a watch) and as a sweep finds them held by no
+    /// node (their node died, their home moved, the watch broke).
+    pub(crate) async fn follow_calls(self: Arc<Self>) {
+        use crate::cluster::calls::SWEEP_EVERY;
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        let (found, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let watching = {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = cluster.watch_calls(&found).await {
+                        tracing::debug!(error = %e, "the calls' watch broke; watching again");
+                    }
+                    if found.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.calls.stopping.load(Ordering::Acquire) {
+            tokio::select! {
+                next = seen.recv() => match next {
+                    Some((key, json)) => self.take_up_stored(&cluster, key, &json),
+                    None => break,
+                },
+                _ = sweep.tick() => self.sweep_calls(&cluster).await,
+            }
+        }
+        watching.abort();
+    }
+
+    /// Takes up the calls this node is home for that no node holds.
+    async fn sweep_calls(self: &Arc<Self>, cluster: &crate::cluster::Cluster) {
+        let unclaimed = match cluster.unclaimed_calls().await {
+            Ok(unclaimed) => unclaimed,
+            Err(e) => {
+                tracing::debug!(error = %e, "looking for asynchronous calls no node holds");
+                return;
+            }
+        };
+        for key in unclaimed {
+            if !self.is_home(cluster, &key.function) || self.is_taken(&key.key) {
+                continue;
+            }
+            match cluster.get_call(&key.key).await {
+                Ok(Some(json)) => self.take_up_stored(cluster, key, &json),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading an asynchronous call");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn is_taken(&self, key: &str) -> bool {
+        self.calls
+            .taken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(key)
+    }
+
+    /// Takes up call `key`, stored as `json`, if this node is its home
+    /// and does not have it yet: queued to run, or, when it has run, its
+    /// callback delivered.
+    fn take_up_stored(
+        self: &Arc<Self>,
+        cluster: &crate::cluster::Cluster,
+        key: crate::cluster::calls::CallKey,
+        json: &[u8],
+    ) {
+        if !self.is_home(cluster, &key.function) || self.is_taken(&key.key) {
+            return;
+        }
+        let call: Call = match serde_json::from_slice(json) {
+            Ok(call) => call,
+            Err(e) => {
+                tracing::error!(key = %key.key, error = %e, "an asynchronous call in etcd is unreadable; it is dropped");
+                let (cluster, key) = (self.cluster.get().cloned(), key.key);
+                tokio::spawn(async move {
+                    if let Some(cluster) = cluster {
+                        let _ = cluster.forget_call(&key).await;
+                    }
+                });
+                return;
+            }
+        };
+        let seq = Stored::Cluster(key.key.clone());
+        if call.result.is_none() {
+            self.take_up(seq, call);
+            return;
+        }
+        // Run by a node that died before its callback was delivered.
+        self.calls
+            .taken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.key.clone());
+        let app = self.clone();
+        tokio::spawn(async move {
+            let held = match app.cluster.get() {
+                Some(cluster) => cluster.claim_call(&key.key).await,
+                None => return,
+            };
+            if matches!(held, Ok(crate::cluster::calls::Claimed::Held)) {
+                deliver(app, seq, call, None).await;
+            } else {
+                app.calls
+                    .taken
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key.key);
+            }
+        });
     }
 }
 
@@ -659,7 +910,15 @@ impl App {
 }
 
 /// Runs one call, then schedules its retry or delivers its callback.
-async fn run(app: Arc<App>, queue: Arc<Queue>, seq: u64, mut call: Call) {
+async fn run(app: Arc<App>, queue: Arc<Queue>, seq: Stored, mut call: Call) {
+    if let Stored::Cluster(key) = &seq
+        && !app.claim(key, &queue, &seq, &call).await
+    {
+        queue.running.fetch_sub(1, Ordering::AcqRel);
+        queue.wake.notify_one();
+        drop(Running(app.clone()));
+        return;
+    }
     let started = Instant::now();
     call.attempts += 1;
     let response = invoke(&app, &call).await;
@@ -684,7 +943,7 @@ async fn run(app: Arc<App>, queue: Arc<Queue>, seq: u64, mut call: Call) {
             now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
         tracing::info!(function = %call.function, call_id = %call.id, status = response.status, attempt = call.attempts, wait_ms = wait.as_millis() as u64, "asynchronous call failed; it runs again");
         app.metrics.async_retried(&call.function);
-        if let Err(e) = app.store_call(seq, &call) {
+        if let Err(e) = app.store_call(&seq, &call).await {
             tracing::error!(error = %e, "storing an asynchronous call's retry");
         }
         tokio::spawn(async move {
@@ -700,10 +959,7 @@ async fn run(app: Arc<App>, queue: Arc<Queue>, seq: u64, mut call: Call) {
         "failed"
     };
     app.metrics.async_finished(&call.function, outcome);
-    let left = queue
-        .queued
-        .fetch_sub(1, Ordering::AcqRel)
-        .saturating_sub(1);
+    let left = queue.done(&call);
     app.metrics.async_depth(&call.function, left);
     tracing::debug!(function = %call.function, call_id = %call.id, status = response.status, attempts = call.attempts, "asynchronous call done");
     call.result = Some(CallResult {
@@ -711,10 +967,18 @@ async fn run(app: Arc<App>, queue: Arc<Queue>, seq: u64, mut call: Call) {
         ..response
     });
     if call.callback.is_none() {
-        app.forget_call(seq);
+        app.forget_call(&seq).await;
         return;
     }
-    if let Err(e) = app.store_call(seq, &call) {
+    if matches!(seq, Stored::Cluster(_))
+        && let Some(result) = &mut call.result
+    {
+        // Kept in etcd, within its request limit.
+        result
+            .body
+            .truncate(crate::cluster::calls::CLUSTER_CALL_BYTES as usize);
+    }
+    if let Err(e) = app.store_call(&seq, &call).await {
         tracing::error!(error = %e, "storing an asynchronous call's result");
     }
     // A shutdown waits for the callback's first try (a restart would send
@@ -796,10 +1060,10 @@ async fn invoke(app: &Arc<App>, call: &Call) -> CallResult {
 
 /// POSTs a finished call's result to its callback, repeating with
 /// back-off while the receiver cannot take it, then forgets the call.
-async fn deliver(app: Arc<App>, seq: u64, call: Call, running: Option<Running>) {
+async fn deliver(app: Arc<App>, seq: Stored, call: Call, running: Option<Running>) {
     let mut running = running;
     let (Some(url), Some(result)) = (&call.callback, &call.result) else {
-        app.forget_call(seq);
+        app.forget_call(&seq).await;
         return;
     };
     let mut wait = CALLBACK_FIRST_WAIT;
@@ -809,7 +1073,7 @@ async fn deliver(app: Arc<App>, seq: u64, call: Call, running: Option<Running>) 
         Err(why) => {
             tracing::error!(function = %call.function, call_id = %call.id, error = %why, "an asynchronous call's callback cannot be sent");
             app.metrics.async_callback(&call.function, outcome);
-            app.forget_call(seq);
+            app.forget_call(&seq).await;
             return;
         }
     };
@@ -846,7 +1110,7 @@ async fn deliver(app: Arc<App>, seq: u64, call: Call, running: Option<Running>) 
         }
         if done {
             app.metrics.async_callback(&call.function, outcome);
-            app.forget_call(seq);
+            app.forget_call(&seq).await;
             return;
         }
         drop(running.take());
@@ -856,7 +1120,7 @@ async fn deliver(app: Arc<App>, seq: u64, call: Call, running: Option<Running>) 
         }
     }
     app.metrics.async_callback(&call.function, outcome);
-    app.forget_call(seq);
+    app.forget_call(&seq).await;
     drop(running);
 }
 

@@ -708,6 +708,7 @@ pub async fn serve(
         tokio::spawn(joined.follow_functions(changes));
         let marker = config.data_dir.join(crate::cluster::functions::MEMBER_FILE);
         tokio::spawn(app.clone().apply_changes(applied, marker));
+        tokio::spawn(app.clone().follow_calls());
     }
     if let Some(token) = fresh_token {
         println!(

@@ -15,19 +15,19 @@ use tokio::sync::mpsc;
 use wisp_e2e::{Wisp, artifacts, eventually};
 
 /// A callback as the receiver got it.
-struct Received {
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Received {
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 /// An HTTP server on loopback that takes callbacks.
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
-    got: mpsc::UnboundedReceiver<Received>,
+    pub(crate) got: mpsc::UnboundedReceiver<Received>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, got) = mpsc::unbounded_channel();
@@ -65,11 +65,11 @@ impl Receiver {
         Receiver { addr, got }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/done", self.addr)
     }
 
-    async fn next(&mut self) -> Received {
+    pub(crate) async fn next(&mut self) -> Received {
         tokio::time::timeout(Duration::from_secs(20), self.got.recv())
             .await
             .expect("a callback within 20 s")
@@ -77,7 +77,7 @@ impl Receiver {
     }
 }
 
-async fn post_async(
+pub(crate) async fn post_async(
     wisp: &Wisp,
     path: &str,
     headers: &[(&str, &str)],
@@ -99,7 +99,7 @@ async fn post_async(
     (answer.status, answer.headers, text)
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())

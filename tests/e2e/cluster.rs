@@ -26,7 +26,13 @@ fn token_file() -> std::path::PathBuf {
 
 /// A node of `cluster` named `name`, on the shared etcd, with a 2 s lease.
 fn node(etcd: &TestEtcd, cluster: &str, name: &str) -> Wisp {
-    Wisp::builder()
+    node_with(etcd, cluster, name, &[])
+}
+
+/// [`node`], with more arguments to `wisp serve`.
+fn node_with(etcd: &TestEtcd, cluster: &str, name: &str, more: &[&str]) -> Wisp {
+    more.iter()
+        .fold(Wisp::builder(), |builder, arg| builder.arg(arg))
         .arg("--token-file")
         .arg(&token_file().display().to_string())
         .arg("--etcd")
@@ -169,9 +175,15 @@ async fn one_etcd_member_down_changes_nothing() {
 
 /// The 200s `wisp` counted for `function`, from its `/metrics`.
 async fn served(wisp: &Wisp, function: &str) -> u64 {
+    answered(wisp, function, 200).await
+}
+
+/// The answers with `code` `wisp` counted for `function`.
+async fn answered(wisp: &Wisp, function: &str, code: u16) -> u64 {
     let metrics = wisp.metrics().await;
-    let series =
-        format!("gateway_function_invocation_total{{code=\"200\",function_name=\"{function}\"}} ");
+    let series = format!(
+        "gateway_function_invocation_total{{code=\"{code}\",function_name=\"{function}\"}} "
+    );
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series.as_str()))
@@ -337,6 +349,10 @@ async fn with_etcd_gone_nodes_serve_their_last_view_refuse_writes_and_converge_a
     );
     let refused = b.cli(&["rm", "hello"]).expect_failure();
     assert!(refused.contains("out of reach"), "{refused}");
+    // So are asynchronous calls: they are kept in etcd.
+    let refused = a.invoke("POST", "/async-function/hello", "").await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains("etcd"), "{}", refused.text());
     eventually("a to see etcd gone", Duration::from_secs(10), async || {
         !a.client.nodes().await.expect("nodes").reachable
     })
@@ -578,4 +594,140 @@ async fn a_node_that_ran_alone_brings_its_functions_and_later_learns_what_was_de
     )
     .await;
     assert_eq!(other.invoke("GET", "/function/solo", "").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_calls_live_in_etcd_and_outlive_the_node_that_took_them() {
+    use crate::calls::{Receiver, header, post_async};
+    const CALLS: usize = 60;
+    let etcd = TestEtcd::shared();
+    let local = ["--allow-local-callbacks"];
+    let mut nodes = vec![
+        node_with(etcd, "queue", "q1", &local),
+        node_with(etcd, "queue", "q2", &local),
+    ];
+    for wisp in &nodes {
+        eventually("both listed", Duration::from_secs(5), async || {
+            members(wisp).await.len() == 2
+        })
+        .await;
+    }
+    // One request at a time; failures retried.
+    nodes[0]
+        .deploy_with("one", artifacts::MISBEHAVE, |d| {
+            d.scaling.max_instances = Some(1);
+            d.scaling.concurrency = Some(1);
+            d.annotations = Some(
+                [
+                    ("com.openfaas.retry.attempts", "3"),
+                    ("com.openfaas.retry.codes", "500"),
+                    ("com.openfaas.retry.min_wait", "50ms"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            );
+        })
+        .await
+        .unwrap();
+    for wisp in &nodes {
+        eventually("one on both nodes", Duration::from_secs(5), async || {
+            wisp.client.function("one").await.is_ok()
+                && wisp
+                    .invoke("GET", "/function/one/env?name=X", "")
+                    .await
+                    .status
+                    == 200
+        })
+        .await;
+    }
+    let home = usize::from(served(&nodes[1], "one").await > served(&nodes[0], "one").await);
+    let entry = 1 - home;
+    assert_eq!(served(&nodes[entry], "one").await, 0);
+    let mut receiver = Receiver::start().await;
+    let url = receiver.url();
+
+    // Accepted by the other node, run by the home.
+    for i in 0..3 {
+        let id = format!("first-{i}");
+        let (status, headers, text) = post_async(
+            &nodes[entry],
+            "/async-function/one/env?name=X",
+            &[("x-callback-url", &url), ("x-call-id", &id)],
+            "",
+        )
+        .await;
+        assert_eq!(status, 202, "{text}");
+        assert_eq!(header(&headers, "x-call-id"), id);
+    }
+    for _ in 0..3 {
+        let back = receiver.next().await;
+        assert_eq!(header(&back.headers, "x-function-status"), "200");
+        assert!(header(&back.headers, "x-call-id").starts_with("first-"));
+    }
+    assert_eq!(served(&nodes[entry], "one").await, 0, "the home ran them");
+    // Retried by the home under its claim: three runs, one callback.
+    let (status, _, text) = post_async(
+        &nodes[entry],
+        "/async-function/one/trap",
+        &[("x-callback-url", &url), ("x-call-id", "failing")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let back = receiver.next().await;
+    assert_eq!(header(&back.headers, "x-function-status"), "500");
+    assert_eq!(header(&back.headers, "x-call-id"), "failing");
+    assert_eq!(answered(&nodes[home], "one", 500).await, 3);
+    assert_eq!(answered(&nodes[entry], "one", 500).await, 0);
+
+    // The home busy with a synchronous call: the calls accepted next wait
+    // in etcd (half of them taken by the home itself) when it dies.
+    let _blocker = nodes[home].spawn_invoke("GET", "/function/one/sleep?ms=20000", "");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..CALLS {
+        let id = format!("call-{i}");
+        let through = if i % 2 == 0 { home } else { entry };
+        let (status, _, text) = post_async(
+            &nodes[through],
+            "/async-function/one/sleep?ms=1",
+            &[("x-callback-url", &url), ("x-call-id", &id)],
+            "",
+        )
+        .await;
+        assert_eq!(status, 202, "{text}");
+    }
+    let killed = std::time::Instant::now();
+    nodes[home].kill();
+    let mut seen: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    while seen.values().sum::<u32>() < CALLS as u32 {
+        let back = receiver.next().await;
+        assert_eq!(
+            header(&back.headers, "x-function-status"),
+            "200",
+            "{:?}",
+            back.body
+        );
+        *seen
+            .entry(header(&back.headers, "x-call-id").to_owned())
+            .or_default() += 1;
+    }
+    println!(
+        "{CALLS} calls of a killed home ran on the survivor within {:?}",
+        killed.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(back) = receiver.got.try_recv() {
+        *seen
+            .entry(header(&back.headers, "x-call-id").to_owned())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "calls run twice: {twice:?}");
+    assert_eq!(seen.len(), CALLS);
+
+    // A body larger than etcd keeps is refused, clearly.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let (status, _, text) = post_async(&nodes[entry], "/async-function/one/env", &[], &big).await;
+    assert_eq!(status, 413, "{text}");
 }

@@ -17,6 +17,7 @@
 //! Not built yet (issue 16): secrets, namespaces, tokens and asynchronous
 //! calls in etcd; cluster-wide `--min`; singletons under an election.
 
+pub mod calls;
 pub mod forward;
 pub mod functions;
 pub mod ring;
