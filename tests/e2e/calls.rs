@@ -441,3 +441,31 @@ async fn a_shutdown_lets_running_calls_finish_and_keeps_the_waiting_ones() {
         "the running call ran again after the restart"
     );
 }
+
+#[tokio::test]
+async fn the_queues_byte_budget_is_given_back_as_calls_finish() {
+    let wisp = Wisp::builder()
+        .arg("--allow-local-callbacks")
+        .arg("--async-queue-max-bytes")
+        .arg("100")
+        .start()
+        .unwrap();
+    let mut receiver = Receiver::start().await;
+    wisp.deploy("hello", artifacts::HELLO).await;
+    let body = "x".repeat(60);
+    // Each fits alone; together they would not: the budget is what waits,
+    // not what was ever taken.
+    for i in 0..5 {
+        let id = format!("budget-{i}");
+        let (status, _, text) = post_async(
+            &wisp,
+            "/async-function/hello",
+            &[("x-callback-url", &receiver.url()), ("x-call-id", &id)],
+            &body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "call {i}: {text}");
+        let back = receiver.next().await;
+        assert_eq!(header(&back.headers, "x-call-id"), id);
+    }
+}
