@@ -94,6 +94,44 @@ impl TestEtcd {
             .join(",")
     }
 
+    /// Every key under `prefix` and its value, as etcd holds them (read
+    /// through etcd's JSON gateway on the first member).
+    pub fn range(&self, prefix: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let port = self
+            .members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .first()
+            .map(|m| m.client)
+            .ok_or_else(|| anyhow::anyhow!("no etcd member"))?;
+        // The prefix's range end: its last byte plus one.
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let body = serde_json::json!({"key": b64.encode(prefix), "range_end": b64.encode(&end)});
+        let out = Command::new("curl")
+            .args(["-fsS", "-m", "5", "-X", "POST", "-d"])
+            .arg(body.to_string())
+            .arg(format!("http://127.0.0.1:{port}/v3/kv/range"))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "etcd range: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let mut found = Vec::new();
+        for kv in answer["kvs"].as_array().into_iter().flatten() {
+            let key = b64.decode(kv["key"].as_str().unwrap_or_default())?;
+            let value = b64.decode(kv["value"].as_str().unwrap_or_default())?;
+            found.push((String::from_utf8_lossy(&key).into_owned(), value));
+        }
+        Ok(found)
+    }
+
     /// Starts member `i` (0-based), again after [`Self::stop_member`].
     pub fn start_member(&self, i: usize) -> anyhow::Result<()> {
         let mut members = self

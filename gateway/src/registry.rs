@@ -73,6 +73,8 @@ pub enum SecretWrite {
     Create,
     /// Refused if the name does not exist.
     Update,
+    /// Made or replaced (a copy of the cluster's record).
+    Replace,
 }
 
 /// What the registry keeps per function, and per revision of one.
@@ -409,6 +411,7 @@ impl Registry {
             let allowed = match write {
                 SecretWrite::Create => !exists,
                 SecretWrite::Update => exists,
+                SecretWrite::Replace => true,
             };
             if allowed {
                 table.insert(key.as_str(), value).map_err(storage)?;
@@ -427,6 +430,20 @@ impl Registry {
             .get(secret_key(namespace, name).as_str())
             .map_err(storage)?;
         Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Every secret's namespace and name, sorted.
+    pub fn all_secrets(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(SECRETS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            if let Some((namespace, name)) = key.value().split_once('/') {
+                out.push((namespace.to_owned(), name.to_owned()));
+            }
+        }
+        Ok(out)
     }
 
     /// The names of the secrets in `namespace`, sorted.

@@ -23,6 +23,8 @@ use wisp_runner::backend::Body;
 use wisp_runner::spec::FunctionSpec;
 
 use crate::api::{Secret, SecretDescription};
+use crate::cluster::Cluster;
+use crate::cluster::secrets::{SealedSecret, Sealer};
 use crate::namespaces::{Caller, of};
 use crate::registry::{Registry, SecretWrite};
 use crate::rescue::GatewayError;
@@ -227,7 +229,23 @@ impl App {
         } else {
             SecretWrite::Create
         };
-        if !self.registry.put_secret(namespace, name, value, write)? {
+        let written = match self.cluster.get() {
+            // The cluster's record first, then this node's copy.
+            Some(cluster) => {
+                let sealed = SealedSecret {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    sealed: Sealer::new(&self.token, cluster.name())?
+                        .seal(namespace, name, value)?,
+                };
+                cluster.write_secret(&sealed, update).await?
+                    && self
+                        .registry
+                        .put_secret(namespace, name, value, SecretWrite::Replace)?
+            }
+            None => self.registry.put_secret(namespace, name, value, write)?,
+        };
+        if !written {
             return Err(if update {
                 GatewayError::Missing(format!(
                     "secret {name:?} does not exist in namespace {namespace}"
@@ -245,17 +263,7 @@ impl App {
                 format!("created secret {name}\n"),
             ));
         }
-        // New instances of its functions read the new value; the old ones
-        // drain with the one they started with.
-        let users = self.users_of(namespace, name);
-        let mut rolled = Vec::new();
-        for old in users {
-            let fresh = Arc::new(self.new_function(old.stored.clone(), Some(&old), false)?);
-            let function = old.stored.spec.name.to_string();
-            self.functions.insert(function.clone(), fresh);
-            self.retire(old);
-            rolled.push(function);
-        }
+        let rolled = self.roll_users(namespace, name)?;
         tracing::info!(secret = %name, %namespace, ?rolled, "secret updated");
         let note = if rolled.is_empty() {
             String::new()
@@ -294,7 +302,14 @@ impl App {
                 users.join(", ")
             )));
         }
-        if !self.registry.remove_secret(namespace, name)? {
+        let existed = match self.cluster.get() {
+            Some(cluster) => {
+                let held = cluster.delete_secret(namespace, name).await?;
+                self.registry.remove_secret(namespace, name)? || held
+            }
+            None => self.registry.remove_secret(namespace, name)?,
+        };
+        if !existed {
             return Err(GatewayError::Missing(format!(
                 "secret {name:?} does not exist in namespace {namespace}"
             )));
@@ -303,6 +318,129 @@ impl App {
         let mut response = Response::new(wisp_runner::backend::empty_body());
         *response.status_mut() = StatusCode::NO_CONTENT;
         Ok(response)
+    }
+
+    /// Gives the functions that read secret `name` of `namespace` a new
+    /// version: new instances read its new value, the old ones drain with
+    /// the one they started with. Their names.
+    fn roll_users(&self, namespace: &str, name: &str) -> Result<Vec<String>, GatewayError> {
+        let mut rolled = Vec::new();
+        for old in self.users_of(namespace, name) {
+            let fresh = Arc::new(self.new_function(old.stored.clone(), Some(&old), false)?);
+            let function = old.stored.spec.name.to_string();
+            self.functions.insert(function.clone(), fresh);
+            self.retire(old);
+            rolled.push(function);
+        }
+        Ok(rolled)
+    }
+
+    /// In a cluster: a secret another node wrote (or this one: then it is
+    /// the copy already), applied to this node's copy.
+    pub(crate) async fn apply_secret(&self, cluster: &Cluster, secret: &SealedSecret) {
+        let (namespace, name) = (secret.namespace.as_str(), secret.name.as_str());
+        let value = match Sealer::new(&self.token, cluster.name()) {
+            Ok(sealer) => match sealer.open(secret) {
+                Ok(value) => value,
+                Err(e) => {
+                    tracing::error!(error = %e, "a secret from the cluster is not applied; this node keeps its copy");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "secrets cannot be opened");
+                return;
+            }
+        };
+        let _serial = self.deploy_lock.lock().await;
+        let applied = self.registry.secret(namespace, name).and_then(|current| {
+            if current.as_deref() == Some(value.as_slice()) {
+                return Ok(None);
+            }
+            self.registry
+                .put_secret(namespace, name, &value, SecretWrite::Replace)?;
+            Ok(Some(current.is_some()))
+        });
+        match applied {
+            Ok(None) => {}
+            Ok(Some(updated)) => {
+                let rolled = if updated {
+                    self.roll_users(namespace, name).unwrap_or_else(|e| {
+                        tracing::warn!(secret = %name, %namespace, error = %e, "rolling the functions that read a secret");
+                        Vec::new()
+                    })
+                } else {
+                    Vec::new()
+                };
+                tracing::info!(secret = %name, %namespace, ?rolled, "secret written on another node");
+            }
+            Err(e) => {
+                tracing::error!(secret = %name, %namespace, error = %e, "storing a secret from the cluster");
+            }
+        }
+    }
+
+    /// In a cluster: a secret another node deleted.
+    pub(crate) async fn apply_secret_delete(&self, namespace: &str, name: &str) {
+        let _serial = self.deploy_lock.lock().await;
+        match self.registry.remove_secret(namespace, name) {
+            Ok(true) => {
+                tracing::info!(secret = %name, %namespace, "secret deleted on another node")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(secret = %name, %namespace, error = %e, "removing a secret deleted on another node")
+            }
+        }
+    }
+
+    /// In a cluster: every secret etcd holds. This node's secrets it does
+    /// not hold were deleted while the node was away — or, at the node's
+    /// first join (`joined` false), are published to the cluster.
+    pub(crate) async fn apply_secrets_snapshot(
+        &self,
+        cluster: &Cluster,
+        secrets: Vec<SealedSecret>,
+        joined: bool,
+    ) {
+        let held: std::collections::HashSet<(String, String)> = secrets
+            .iter()
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+            .collect();
+        let local = self.registry.all_secrets().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "listing this node's secrets");
+            Vec::new()
+        });
+        for (namespace, name) in local.into_iter().filter(|key| !held.contains(key)) {
+            if joined {
+                self.apply_secret_delete(&namespace, &name).await;
+                continue;
+            }
+            let published = async {
+                let value = self
+                    .registry
+                    .secret(&namespace, &name)?
+                    .ok_or_else(|| missing(&namespace, &name))?;
+                let sealed = SealedSecret {
+                    sealed: Sealer::new(&self.token, cluster.name())?
+                        .seal(&namespace, &name, &value)?,
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                };
+                cluster.write_secret(&sealed, false).await
+            };
+            match published.await {
+                Ok(_) => {
+                    tracing::info!(secret = %name, %namespace, "published to the cluster at this node's first join")
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %name, %namespace, error = %e, "could not publish a secret to the cluster; it stays on this node")
+                }
+            }
+        }
+        for secret in &secrets {
+            self.apply_secret(cluster, secret).await;
+        }
     }
 
     /// The deployed functions that read the secret `name` of `namespace`.

@@ -567,6 +567,9 @@ async fn a_node_that_ran_alone_brings_its_functions_and_later_learns_what_was_de
     {
         let alone = Wisp::builder().data_dir(dir.path()).start().expect("alone");
         alone.deploy("solo", artifacts::HELLO).await;
+        alone
+            .cli(&["secret", "create", "solo-key", "--from-literal", "v"])
+            .expect_success();
     }
     let mut first = in_cluster(Wisp::builder().data_dir(dir.path()), "j1");
     let other = in_cluster(Wisp::builder(), "j2");
@@ -581,6 +584,18 @@ async fn a_node_that_ran_alone_brings_its_functions_and_later_learns_what_was_de
         "solo in the other node's registry",
         Duration::from_secs(5),
         async || other.client.function("solo").await.is_ok(),
+    )
+    .await;
+    // Its secrets too.
+    eventually(
+        "solo-key on the other node",
+        Duration::from_secs(5),
+        async || {
+            other
+                .cli(&["secret", "ls"])
+                .expect_success()
+                .contains("solo-key")
+        },
     )
     .await;
     // Deleted while the first node is away: gone there when it is back.
@@ -730,4 +745,112 @@ async fn async_calls_live_in_etcd_and_outlive_the_node_that_took_them() {
     let big = "x".repeat(2 * 1024 * 1024);
     let (status, _, text) = post_async(&nodes[entry], "/async-function/one/env", &[], &big).await;
     assert_eq!(status, 413, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_every_node_sealed_and_roll_the_functions_that_read_them() {
+    const VALUE: &str = "cluster-s3cr3t";
+    const NEW_VALUE: &str = "cluster-r0tated";
+    let etcd = TestEtcd::shared();
+    let nodes = [node(etcd, "sealed", "s1"), node(etcd, "sealed", "s2")];
+    for wisp in &nodes {
+        eventually("both listed", Duration::from_secs(5), async || {
+            members(wisp).await.len() == 2
+        })
+        .await;
+    }
+    nodes[0]
+        .cli(&["secret", "create", "db", "--from-literal", VALUE])
+        .expect_success();
+    // Made on one node, a deploy that reads it works on the other.
+    nodes[1]
+        .deploy_with("reader", artifacts::MISBEHAVE, |d| {
+            d.secrets = Some(vec!["db".to_owned()]);
+        })
+        .await
+        .unwrap();
+    // Marked as forwarded: it runs on the node it is sent to, whichever is
+    // the function's home.
+    let read = async |wisp: &Wisp| {
+        let mut here = http::HeaderMap::new();
+        here.insert("x-wisp-forwarded", http::HeaderValue::from_static("test"));
+        wisp.client
+            .call(
+                http::Method::GET,
+                "/function/reader/read?path=/var/openfaas/secrets/db",
+                here,
+                bytes::Bytes::new(),
+            )
+            .await
+            .expect("read")
+            .text()
+    };
+    for wisp in &nodes {
+        eventually(
+            "the secret read through each node",
+            Duration::from_secs(5),
+            async || read(wisp).await == VALUE,
+        )
+        .await;
+        let listed = wisp.cli(&["secret", "ls"]).expect_success();
+        assert!(listed.contains("db") && !listed.contains(VALUE), "{listed}");
+    }
+    // etcd holds it sealed: the name, never the value.
+    let stored = etcd
+        .range("/wisp/sealed/registry/secrets/")
+        .expect("etcd range");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].0, "/wisp/sealed/registry/secrets/openfaas-fn/db");
+    assert!(
+        !stored[0]
+            .1
+            .windows(VALUE.len())
+            .any(|w| w == VALUE.as_bytes()),
+        "the value is in etcd in the clear"
+    );
+
+    // Updated on the other node: every node's copy, and the function's
+    // new instances, read the new value.
+    nodes[1]
+        .cli(&["secret", "update", "db", "--from-literal", NEW_VALUE])
+        .expect_success();
+    for wisp in &nodes {
+        eventually(
+            "the new value through each node",
+            Duration::from_secs(5),
+            async || read(wisp).await == NEW_VALUE,
+        )
+        .await;
+    }
+    // Two nodes cannot both make one name.
+    let twice = nodes[1]
+        .cli(&["secret", "create", "db", "--from-literal", "x"])
+        .expect_failure();
+    assert!(twice.contains("already exists"), "{twice}");
+
+    // In use: refused on any node unless forced; then gone everywhere.
+    let refused = nodes[0].cli(&["secret", "rm", "db"]).expect_failure();
+    assert!(refused.contains("used by reader"), "{refused}");
+    nodes[0]
+        .cli(&["secret", "rm", "db", "--force"])
+        .expect_success();
+    eventually(
+        "db gone on the other node",
+        Duration::from_secs(5),
+        async || {
+            !nodes[1]
+                .cli(&["secret", "ls"])
+                .expect_success()
+                .contains("db")
+        },
+    )
+    .await;
+    assert!(
+        etcd.range("/wisp/sealed/registry/secrets/")
+            .expect("range")
+            .is_empty()
+    );
+    for wisp in &nodes {
+        assert!(!wisp.log().contains(VALUE) && !wisp.log().contains(NEW_VALUE));
+    }
 }

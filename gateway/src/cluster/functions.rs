@@ -24,6 +24,7 @@ use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use tokio::sync::mpsc;
 
+use super::secrets::SealedSecret;
 use super::{ATTEMPTS, Cluster, RETRY_PAUSE};
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
@@ -33,16 +34,24 @@ use wisp_runner::spec::Digest;
 /// A change to the functions another node (or this one) made.
 #[derive(Debug)]
 pub enum Change {
-    /// Everything etcd holds, after a (re)start of the watch: functions not
-    /// in it were deleted meanwhile.
-    Snapshot(Vec<StoredFunction>),
+    /// Everything etcd holds, after a (re)start of the watch: functions
+    /// and secrets not in it were deleted meanwhile.
+    Snapshot {
+        functions: Vec<StoredFunction>,
+        secrets: Vec<SealedSecret>,
+    },
     Put(Box<StoredFunction>),
     Delete(String),
+    SecretPut(SealedSecret),
+    SecretDelete {
+        namespace: String,
+        name: String,
+    },
 }
 
 impl Cluster {
     fn functions_prefix(&self) -> String {
-        format!("{}functions/", self.prefix())
+        format!("{}functions/", self.registry_prefix())
     }
 
     fn seen(&self, key: &str) -> i64 {
@@ -142,31 +151,44 @@ impl Cluster {
     }
 
     async fn functions_round(&self, changes: &mpsc::UnboundedSender<Change>) -> Result<(), String> {
-        let prefix = self.functions_prefix();
+        let prefix = self.registry_prefix();
+        let functions_prefix = self.functions_prefix();
         let mut client = self.client.clone();
         let snapshot = client
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| e.to_string())?;
         let revision = snapshot.header().map_or(0, |h| h.revision());
-        let mut all = Vec::new();
+        let mut functions = Vec::new();
+        let mut secrets = Vec::new();
         {
             let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             let mut now = HashMap::new();
             for kv in snapshot.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                if let Some(secret) = self.secret_of(&key, kv.value()) {
+                    secrets.push(secret);
+                    continue;
+                }
+                if !key.starts_with(functions_prefix.as_str()) {
+                    continue;
+                }
                 match serde_json::from_slice::<StoredFunction>(kv.value()) {
                     Ok(stored) => {
                         now.insert(stored.spec.name.to_string(), kv.mod_revision());
-                        all.push(stored);
+                        functions.push(stored);
                     }
                     Err(e) => {
-                        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "an unreadable function in etcd; skipped")
+                        tracing::warn!(%key, error = %e, "an unreadable function in etcd; skipped")
                     }
                 }
             }
             *seen = now;
         }
-        if changes.send(Change::Snapshot(all)).is_err() {
+        if changes
+            .send(Change::Snapshot { functions, secrets })
+            .is_err()
+        {
             return Ok(());
         }
         let mut stream = client
@@ -186,34 +208,47 @@ impl Cluster {
             };
             if response.canceled() || response.compact_revision() > 0 {
                 return Err(format!(
-                    "the functions' watch was cancelled ({}); reading them again",
+                    "the registry's watch was cancelled ({}); reading it again",
                     response.cancel_reason()
                 ));
             }
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key())
-                    .trim_start_matches(prefix.as_str())
-                    .to_owned();
-                self.seen
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key.clone(), kv.mod_revision());
-                let change = match event.event_type() {
-                    EventType::Put => match serde_json::from_slice::<StoredFunction>(kv.value()) {
-                        Ok(stored) => Change::Put(Box::new(stored)),
-                        Err(e) => {
-                            tracing::warn!(%key, error = %e, "an unreadable function in etcd; skipped");
-                            continue;
-                        }
-                    },
-                    EventType::Delete => {
-                        self.seen
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(key.clone(), 0);
-                        Change::Delete(key)
+                let path = String::from_utf8_lossy(kv.key());
+                let change = if let Some(secret) = self.secret_of(&path, kv.value()) {
+                    match event.event_type() {
+                        EventType::Put => Change::SecretPut(secret),
+                        EventType::Delete => Change::SecretDelete {
+                            namespace: secret.namespace,
+                            name: secret.name,
+                        },
                     }
+                } else if let Some(key) = path.strip_prefix(functions_prefix.as_str()) {
+                    let key = key.to_owned();
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(key.clone(), kv.mod_revision());
+                    match event.event_type() {
+                        EventType::Put => {
+                            match serde_json::from_slice::<StoredFunction>(kv.value()) {
+                                Ok(stored) => Change::Put(Box::new(stored)),
+                                Err(e) => {
+                                    tracing::warn!(%key, error = %e, "an unreadable function in etcd; skipped");
+                                    continue;
+                                }
+                            }
+                        }
+                        EventType::Delete => {
+                            self.seen
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .insert(key.clone(), 0);
+                            Change::Delete(key)
+                        }
+                    }
+                } else {
+                    continue;
                 };
                 if changes.send(change).is_err() {
                     return Ok(());
@@ -243,7 +278,12 @@ impl App {
             std::fs::read_to_string(&marker).is_ok_and(|name| name.trim() == cluster.name());
         while let Some(change) = changes.recv().await {
             match change {
-                Change::Snapshot(all) => {
+                Change::Snapshot {
+                    functions: all,
+                    secrets,
+                } => {
+                    // Secrets first: the functions may read them.
+                    self.apply_secrets_snapshot(&cluster, secrets, joined).await;
                     let keys: std::collections::HashSet<String> =
                         all.iter().map(|s| s.spec.name.to_string()).collect();
                     let gone: Vec<Arc<crate::server::Function>> = self
@@ -282,6 +322,10 @@ impl App {
                 }
                 Change::Put(stored) => self.apply_put(*stored).await,
                 Change::Delete(key) => self.apply_delete(&key).await,
+                Change::SecretPut(secret) => self.apply_secret(&cluster, &secret).await,
+                Change::SecretDelete { namespace, name } => {
+                    self.apply_secret_delete(&namespace, &name).await;
+                }
             }
         }
     }

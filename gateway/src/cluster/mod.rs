@@ -21,6 +21,7 @@ pub mod calls;
 pub mod forward;
 pub mod functions;
 pub mod ring;
+pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
