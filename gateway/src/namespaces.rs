@@ -27,6 +27,8 @@ use wisp_runner::backend::Body;
 use wisp_runner::spec::FunctionSpec;
 
 use crate::api::NAMESPACE;
+use crate::cluster::Cluster;
+use crate::cluster::records::{Expect, Kind, Record};
 use crate::control::{json, read_optional_json};
 use crate::registry::{NamespaceRecord, TokenRecord, now_secs};
 use crate::rescue::GatewayError;
@@ -282,7 +284,7 @@ impl App {
         }
         let _serial = self.deploy_lock.lock().await;
         if method == Method::DELETE {
-            return self.delete_namespace(name);
+            return self.delete_namespace(name).await;
         }
         let body: FunctionNamespace = read_optional_json(req).await?.unwrap_or_default();
         if body.name.as_deref().is_some_and(|n| n != name) {
@@ -318,7 +320,25 @@ impl App {
             annotations: body.annotations.unwrap_or_default(),
             created_at,
         };
-        if !self.registry.put_namespace(&record, create)? {
+        let written = match self.cluster.get() {
+            // The cluster's record first, then this node's copy.
+            Some(cluster) => {
+                let expect = if create {
+                    Expect::Absent
+                } else {
+                    Expect::Present
+                };
+                let held = cluster
+                    .put_record(&Record::of(Kind::Namespace, name, &record)?, expect)
+                    .await?;
+                if held {
+                    self.registry.replace_namespace(&record)?;
+                }
+                held
+            }
+            None => self.registry.put_namespace(&record, create)?,
+        };
+        if !written {
             return Err(if create {
                 GatewayError::Conflict(format!("namespace {name} already exists"))
             } else {
@@ -340,7 +360,7 @@ impl App {
     }
 
     /// Removes an empty namespace and its tokens (the deploy lock held).
-    fn delete_namespace(&self, name: &str) -> Result<Response<Body>, GatewayError> {
+    async fn delete_namespace(&self, name: &str) -> Result<Response<Body>, GatewayError> {
         let mut used: Vec<String> = self
             .functions
             .iter()
@@ -367,7 +387,23 @@ impl App {
                 used.join(", ")
             )));
         }
-        if !self.registry.remove_namespace(name)? {
+        let existed = match self.cluster.get() {
+            Some(cluster) => {
+                let tokens: Vec<(Kind, String)> = self
+                    .registry
+                    .token_entries()?
+                    .into_iter()
+                    .filter(|(_, token)| token.namespace == name)
+                    .map(|(hash, _)| (Kind::Token, hash))
+                    .collect();
+                let held = cluster
+                    .delete_record(Kind::Namespace, name, &tokens)
+                    .await?;
+                self.registry.remove_namespace(name)? || held
+            }
+            None => self.registry.remove_namespace(name)?,
+        };
+        if !existed {
             return Err(GatewayError::Missing(format!(
                 "namespace {name} does not exist"
             )));
@@ -415,6 +451,14 @@ impl App {
                     description: request.description,
                     created_at: now_secs(),
                 };
+                if let Some(cluster) = self.cluster.get() {
+                    let held = cluster
+                        .put_record(&Record::of(Kind::Token, &hashed, &record)?, Expect::Absent)
+                        .await?;
+                    if !held {
+                        return Err(GatewayError::Conflict("that token exists already".into()));
+                    }
+                }
                 self.registry.put_token(&hashed, &record)?;
                 tracing::info!(id = %record.id, namespace = %record.namespace, "namespace token made");
                 json(
@@ -429,7 +473,22 @@ impl App {
             }
             (None, _) => Err(GatewayError::MethodNotAllowed { allow: "GET, POST" }),
             (Some(id), Method::DELETE) => {
-                if !self.registry.remove_token(id)? {
+                let removed = match self.cluster.get() {
+                    Some(cluster) => {
+                        let mut held = false;
+                        for (hash, _) in self
+                            .registry
+                            .token_entries()?
+                            .into_iter()
+                            .filter(|(_, token)| token.id == id)
+                        {
+                            held |= cluster.delete_record(Kind::Token, &hash, &[]).await?;
+                        }
+                        self.registry.remove_token(id)? || held
+                    }
+                    None => self.registry.remove_token(id)?,
+                };
+                if !removed {
                     return Err(GatewayError::Missing(format!(
                         "no token has the id {}",
                         id.chars().take(80).collect::<String>()
@@ -441,6 +500,100 @@ impl App {
                 Ok(response)
             }
             (Some(_), _) => Err(GatewayError::MethodNotAllowed { allow: "DELETE" }),
+        }
+    }
+}
+
+impl App {
+    /// In a cluster: a namespace or token another node wrote (`json`) or
+    /// deleted, applied to this node's copy.
+    pub(crate) async fn apply_record(&self, kind: Kind, id: &str, json: Option<Vec<u8>>) {
+        let _serial = self.deploy_lock.lock().await;
+        let applied = match (kind, json) {
+            (Kind::Namespace, Some(json)) => serde_json::from_slice::<NamespaceRecord>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|record| {
+                    self.registry
+                        .replace_namespace(&record)
+                        .map_err(|e| e.to_string())
+                }),
+            (Kind::Namespace, None) => self
+                .registry
+                .remove_namespace(id)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            (Kind::Token, Some(json)) => serde_json::from_slice::<TokenRecord>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|record| {
+                    self.registry
+                        .put_token(id, &record)
+                        .map_err(|e| e.to_string())
+                }),
+            (Kind::Token, None) => self
+                .registry
+                .remove_token_hash(id)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = applied {
+            // The id of a token is its hash: not the token, but kept out
+            // of the logs all the same.
+            let shown = if kind == Kind::Token { "(a token)" } else { id };
+            tracing::error!(?kind, id = %shown, error = %e, "applying a change from the cluster");
+        }
+    }
+
+    /// In a cluster: every namespace and token etcd holds. This node's
+    /// that etcd does not hold were deleted while it was away — or, at its
+    /// first join (`joined` false), are published to the cluster.
+    pub(crate) async fn apply_records_snapshot(
+        &self,
+        cluster: &Cluster,
+        records: Vec<Record>,
+        joined: bool,
+    ) {
+        let held: std::collections::HashSet<(Kind, String)> =
+            records.iter().map(|r| (r.kind, r.id.clone())).collect();
+        let mut local: Vec<Result<Record, GatewayError>> = Vec::new();
+        match self.registry.namespaces() {
+            Ok(namespaces) => local.extend(
+                namespaces
+                    .iter()
+                    .map(|n| Record::of(Kind::Namespace, &n.name, n)),
+            ),
+            Err(e) => tracing::error!(error = %e, "listing this node's namespaces"),
+        }
+        match self.registry.token_entries() {
+            Ok(tokens) => local.extend(
+                tokens
+                    .iter()
+                    .map(|(hash, token)| Record::of(Kind::Token, hash, token)),
+            ),
+            Err(e) => tracing::error!(error = %e, "listing this node's tokens"),
+        }
+        for record in local.into_iter().flatten() {
+            if held.contains(&(record.kind, record.id.clone())) {
+                continue;
+            }
+            if joined {
+                self.apply_record(record.kind, &record.id, None).await;
+                continue;
+            }
+            match cluster.put_record(&record, Expect::Absent).await {
+                Ok(_) => {
+                    tracing::info!(kind = ?record.kind, "published to the cluster at this node's first join")
+                }
+                Err(e) => {
+                    tracing::warn!(kind = ?record.kind, error = %e, "could not publish to the cluster; it stays on this node")
+                }
+            }
+        }
+        // Namespaces before their tokens.
+        let mut records = records;
+        records.sort_by_key(|r| r.kind == Kind::Token);
+        for record in records {
+            self.apply_record(record.kind, &record.id, Some(record.json))
+                .await;
         }
     }
 }

@@ -535,6 +535,19 @@ impl Registry {
         Ok(written)
     }
 
+    /// Stores a namespace, made or replaced (a copy of the cluster's).
+    pub fn replace_namespace(&self, namespace: &NamespaceRecord) -> Result<(), RegistryError> {
+        let json = serde_json::to_vec(namespace).map_err(RegistryError::Encode)?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(NAMESPACES).map_err(storage)?;
+            table
+                .insert(namespace.name.as_str(), json.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
     /// A namespace made beside the default one, if it exists.
     pub fn namespace(&self, name: &str) -> Result<Option<NamespaceRecord>, RegistryError> {
         let txn = self.db.begin_read().map_err(storage)?;
@@ -604,6 +617,32 @@ impl Registry {
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
+    }
+
+    /// Every namespace token with the hash it is kept under.
+    pub fn token_entries(&self) -> Result<Vec<(String, TokenRecord)>, RegistryError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(TOKENS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (hash, value) = entry.map_err(storage)?;
+            out.push((
+                hash.value().to_owned(),
+                decode_json("token", value.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Revokes the namespace token kept under `hash`; whether it existed.
+    pub fn remove_token_hash(&self, hash: &str) -> Result<bool, RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let existed = {
+            let mut table = txn.open_table(TOKENS).map_err(storage)?;
+            table.remove(hash).map_err(storage)?.is_some()
+        };
+        txn.commit().map_err(storage)?;
+        Ok(existed)
     }
 
     /// Revokes the namespace token `id`; returns whether it existed.

@@ -854,3 +854,96 @@ async fn secrets_reach_every_node_sealed_and_roll_the_functions_that_read_them()
         assert!(!wisp.log().contains(VALUE) && !wisp.log().contains(NEW_VALUE));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaces_and_their_tokens_work_on_every_node() {
+    use crate::namespaces::{call_as, cli_as};
+    let etcd = TestEtcd::shared();
+    let nodes = [node(etcd, "tenants", "t1"), node(etcd, "tenants", "t2")];
+    for wisp in &nodes {
+        eventually("both listed", Duration::from_secs(5), async || {
+            members(wisp).await.len() == 2
+        })
+        .await;
+    }
+    nodes[0]
+        .cli(&["namespace", "create", "team"])
+        .expect_success();
+    let token = nodes[0]
+        .cli(&["token", "create", "--namespace", "team"])
+        .expect_success()
+        .trim()
+        .to_owned();
+    // Made on one node, the token opens the other, in its namespace only.
+    eventually("the token on t2", Duration::from_secs(5), async || {
+        call_as(
+            &nodes[1],
+            &token,
+            http::Method::GET,
+            "/system/functions",
+            "",
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    assert_eq!(
+        nodes[1].cli(&["namespace", "ls"]).expect_success(),
+        "openfaas-fn\nteam\n"
+    );
+    let out = cli_as(&nodes[1], &token, &["deploy", "app", artifacts::HELLO]).expect_success();
+    assert!(out.contains("deployed app"), "{out}");
+    for wisp in &nodes {
+        eventually(
+            "app.team through each node",
+            Duration::from_secs(5),
+            async || wisp.invoke("GET", "/function/app.team", "").await.status == 200,
+        )
+        .await;
+    }
+    let (status, _) = call_as(&nodes[0], &token, http::Method::GET, "/system/tokens", "").await;
+    assert_eq!(status, 403, "a namespace token manages no tokens");
+    // Two nodes cannot both make one namespace.
+    let twice = nodes[1]
+        .cli(&["namespace", "create", "team"])
+        .expect_failure();
+    assert!(twice.contains("already exists"), "{twice}");
+
+    // Revoked on the other node: refused on both.
+    let listed = nodes[1].cli(&["token", "ls"]).expect_success();
+    let id = listed
+        .lines()
+        .find(|l| l.contains("team"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the token listed on t2")
+        .to_owned();
+    nodes[1].cli(&["token", "rm", &id]).expect_success();
+    for wisp in &nodes {
+        eventually("the token refused", Duration::from_secs(5), async || {
+            call_as(wisp, &token, http::Method::GET, "/system/functions", "")
+                .await
+                .0
+                == 401
+        })
+        .await;
+    }
+    // An empty namespace deleted on one node is gone on the other.
+    nodes[0]
+        .cli(&["rm", "app", "--namespace", "team"])
+        .expect_success();
+    nodes[1].cli(&["namespace", "rm", "team"]).expect_success();
+    eventually("team gone on t1", Duration::from_secs(5), async || {
+        nodes[0].cli(&["namespace", "ls"]).expect_success() == "openfaas-fn\n"
+    })
+    .await;
+    assert!(
+        etcd.range("/wisp/tenants/registry/namespaces/")
+            .expect("range")
+            .is_empty()
+    );
+    assert!(
+        etcd.range("/wisp/tenants/registry/tokens/")
+            .expect("range")
+            .is_empty()
+    );
+}

@@ -9,7 +9,7 @@ use wisp::cli::client::Client;
 use wisp_e2e::{Wisp, artifacts};
 
 /// A request with `token` as its bearer token.
-async fn call_as(
+pub(crate) async fn call_as(
     wisp: &Wisp,
     token: &str,
     method: Method,
@@ -37,7 +37,7 @@ async fn read(wisp: &Wisp, path: &str) -> (StatusCode, String) {
 }
 
 /// Runs the CLI with a namespace token instead of the admin's.
-fn cli_as(wisp: &Wisp, token: &str, args: &[&str]) -> wisp_e2e::CliOutput {
+pub(crate) fn cli_as(wisp: &Wisp, token: &str, args: &[&str]) -> wisp_e2e::CliOutput {
     wisp.cli_command(args)
         .env("WISP_TOKEN", token)
         .output()

@@ -24,6 +24,7 @@ use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use tokio::sync::mpsc;
 
+use super::records::{Kind, Record};
 use super::secrets::SealedSecret;
 use super::{ATTEMPTS, Cluster, RETRY_PAUSE};
 use crate::registry::StoredFunction;
@@ -39,6 +40,7 @@ pub enum Change {
     Snapshot {
         functions: Vec<StoredFunction>,
         secrets: Vec<SealedSecret>,
+        records: Vec<Record>,
     },
     Put(Box<StoredFunction>),
     Delete(String),
@@ -46,6 +48,12 @@ pub enum Change {
     SecretDelete {
         namespace: String,
         name: String,
+    },
+    /// A namespace or token written (`json`) or deleted (`None`).
+    Record {
+        kind: Kind,
+        id: String,
+        json: Option<Vec<u8>>,
     },
 }
 
@@ -161,6 +169,7 @@ impl Cluster {
         let revision = snapshot.header().map_or(0, |h| h.revision());
         let mut functions = Vec::new();
         let mut secrets = Vec::new();
+        let mut records = Vec::new();
         {
             let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             let mut now = HashMap::new();
@@ -168,6 +177,10 @@ impl Cluster {
                 let key = String::from_utf8_lossy(kv.key());
                 if let Some(secret) = self.secret_of(&key, kv.value()) {
                     secrets.push(secret);
+                    continue;
+                }
+                if let Some(record) = self.record_of(&key, kv.value()) {
+                    records.push(record);
                     continue;
                 }
                 if !key.starts_with(functions_prefix.as_str()) {
@@ -185,10 +198,12 @@ impl Cluster {
             }
             *seen = now;
         }
-        if changes
-            .send(Change::Snapshot { functions, secrets })
-            .is_err()
-        {
+        let snapshot = Change::Snapshot {
+            functions,
+            secrets,
+            records,
+        };
+        if changes.send(snapshot).is_err() {
             return Ok(());
         }
         let mut stream = client
@@ -222,6 +237,12 @@ impl Cluster {
                             namespace: secret.namespace,
                             name: secret.name,
                         },
+                    }
+                } else if let Some(record) = self.record_of(&path, kv.value()) {
+                    Change::Record {
+                        kind: record.kind,
+                        id: record.id,
+                        json: (event.event_type() == EventType::Put).then_some(record.json),
                     }
                 } else if let Some(key) = path.strip_prefix(functions_prefix.as_str()) {
                     let key = key.to_owned();
@@ -281,8 +302,11 @@ impl App {
                 Change::Snapshot {
                     functions: all,
                     secrets,
+                    records,
                 } => {
-                    // Secrets first: the functions may read them.
+                    // Namespaces and secrets first: the functions are in
+                    // them and read them.
+                    self.apply_records_snapshot(&cluster, records, joined).await;
                     self.apply_secrets_snapshot(&cluster, secrets, joined).await;
                     let keys: std::collections::HashSet<String> =
                         all.iter().map(|s| s.spec.name.to_string()).collect();
@@ -326,6 +350,7 @@ impl App {
                 Change::SecretDelete { namespace, name } => {
                     self.apply_secret_delete(&namespace, &name).await;
                 }
+                Change::Record { kind, id, json } => self.apply_record(kind, &id, json).await,
             }
         }
     }

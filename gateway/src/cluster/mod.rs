@@ -20,6 +20,7 @@
 pub mod calls;
 pub mod forward;
 pub mod functions;
+pub mod records;
 pub mod ring;
 pub mod secrets;
 

@@ -161,7 +161,7 @@ impl Cluster {
             secret.sealed.clone(),
             None,
         )]);
-        self.secret_txn(txn).await
+        self.registry_txn(txn).await
     }
 
     /// Deletes a secret if it exists; whether it did.
@@ -174,10 +174,11 @@ impl Cluster {
         let txn = Txn::new()
             .when([Compare::version(path.as_str(), CompareOp::Greater, 0)])
             .and_then([TxnOp::delete(path.as_str(), None)]);
-        self.secret_txn(txn).await
+        self.registry_txn(txn).await
     }
 
-    async fn secret_txn(&self, txn: Txn) -> Result<bool, GatewayError> {
+    /// Commits a registry write; whether its compares held.
+    pub(super) async fn registry_txn(&self, txn: Txn) -> Result<bool, GatewayError> {
         let mut client = self.client.clone();
         match tokio::time::timeout(std::time::Duration::from_secs(5), client.txn(txn)).await {
             Ok(Ok(answer)) => Ok(answer.succeeded()),
