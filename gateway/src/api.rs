@@ -943,7 +943,7 @@ impl PullResponse {
 
 /// The pull policy (by default `always` for a tag, `missing` for a
 /// digest), credentials and plain-HTTP registries of one pull.
-fn pull_options(
+pub(crate) fn pull_options(
     policy: Option<&str>,
     registry_auth: Option<&str>,
     insecure_registries: Option<&[String]>,

@@ -658,7 +658,7 @@ impl App {
 
     /// Pulls through the backend, counting it in the metrics; a request
     /// without credentials uses the saved login or the docker config's.
-    async fn pull_counted(
+    pub(crate) async fn pull_counted(
         &self,
         reference: &Reference,
         options: &PullOptions,
@@ -678,7 +678,7 @@ impl App {
         result
     }
 
-    fn pull_settings(&self) -> ServerPullSettings {
+    pub(crate) fn pull_settings(&self) -> ServerPullSettings {
         ServerPullSettings {
             insecure_registries: self.insecure_registries.clone(),
             registry_mirrors: self.registry_mirrors.clone(),

@@ -947,3 +947,60 @@ async fn namespaces_and_their_tokens_work_on_every_node() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_by_reference_is_pulled_by_every_node() {
+    let registry = wisp_e2e::registry::TestRegistry::open();
+    registry.push(
+        std::path::Path::new(artifacts::PING_DOCKER_ARCHIVE),
+        "cluster-ping:1",
+    );
+    let reference = registry.reference("cluster-ping:1");
+    let etcd = TestEtcd::shared();
+    let insecure = ["--insecure-registry", registry.host.as_str()];
+    let nodes = [
+        node_with(etcd, "pulling", "p1", &insecure),
+        node_with(etcd, "pulling", "p2", &insecure),
+    ];
+    for wisp in &nodes {
+        eventually("both listed", Duration::from_secs(5), async || {
+            members(wisp).await.len() == 2
+        })
+        .await;
+    }
+    nodes[0]
+        .cli(&["deploy", "ping", "--image", &reference])
+        .expect_success();
+    let digest = nodes[0]
+        .client
+        .function("ping")
+        .await
+        .expect("ping on p1")
+        .image_digest
+        .expect("the pinned digest");
+    for wisp in &nodes {
+        eventually(
+            "ping pulled on each node",
+            Duration::from_secs(30),
+            async || wisp.client.function("ping").await.is_ok(),
+        )
+        .await;
+        let status = wisp.client.function("ping").await.expect("ping");
+        assert_eq!(status.image_digest.as_deref(), Some(digest.as_str()));
+        // Marked as forwarded: it runs on the node it is sent to.
+        let mut here = http::HeaderMap::new();
+        here.insert("x-wisp-forwarded", http::HeaderValue::from_static("test"));
+        let answer = wisp
+            .client
+            .call(
+                http::Method::GET,
+                "/function/ping/ping",
+                here,
+                bytes::Bytes::new(),
+            )
+            .await
+            .expect("ping");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.text().trim(), "pong");
+    }
+}

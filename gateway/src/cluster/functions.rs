@@ -279,6 +279,18 @@ impl Cluster {
     }
 }
 
+/// Whether `stored` runs a container image pulled from a registry: its
+/// artifact is the image's manifest, in the image store (no archive to
+/// import, none a peer could give).
+fn pulled_image(stored: &StoredFunction) -> bool {
+    stored.spec.source.is_some()
+        && stored
+            .spec
+            .container
+            .as_ref()
+            .is_some_and(|c| c.image == stored.spec.artifact)
+}
+
 /// In a node's data dir once it has joined a cluster: the cluster's name.
 /// A node without it (its first join) publishes the functions it has that
 /// the cluster lacks; a node with it takes their absence as their deletion
@@ -368,12 +380,12 @@ impl App {
             return Ok(());
         }
         // Its code here first (outside the deploy lock: it may download).
-        self.ensure_artifact(&stored.spec.artifact).await?;
+        self.ensure_code(&stored).await?;
         let _hold = self.holds.hold(
             stored.spec.artifact.clone(),
             stored.spec.container.as_ref().map(|c| c.image.clone()),
         );
-        if stored.spec.container.is_some() {
+        if stored.spec.container.is_some() && !pulled_image(&stored) {
             self.backend.prepare(&stored.spec.artifact).await?;
         }
         let _serial = self.deploy_lock.lock().await;
@@ -414,6 +426,55 @@ impl App {
             self.logs.remove(key);
             tracing::info!(function = %key, "deleted on another node");
         }
+    }
+
+    /// What `stored` runs, on this node: its artifact from a peer, or —
+    /// deployed by reference — its image or component pulled from its
+    /// registry, pinned to the manifest the deploying node pulled.
+    async fn ensure_code(&self, stored: &StoredFunction) -> Result<(), GatewayError> {
+        let spec = &stored.spec;
+        if pulled_image(stored) {
+            if matches!(self.images.image(&spec.artifact), Ok(Some(_))) {
+                return Ok(());
+            }
+            return self.pull_replica(stored).await;
+        }
+        match self.ensure_artifact(&spec.artifact).await {
+            Err(e) if spec.source.is_some() => self
+                .pull_replica(stored)
+                .await
+                .map_err(|pulling| GatewayError::NotReady(format!("{e}; pulling it: {pulling}"))),
+            other => other,
+        }
+    }
+
+    /// Pulls what `stored` was deployed from, by the digest it resolved to,
+    /// with this node's registry settings and saved logins.
+    async fn pull_replica(&self, stored: &StoredFunction) -> Result<(), GatewayError> {
+        let Some(source) = &stored.spec.source else {
+            return Err(GatewayError::NotReady(format!(
+                "{} was not deployed from a registry",
+                stored.spec.name
+            )));
+        };
+        let named = wisp_runner::image::pull::parse_reference(&source.reference)
+            .map_err(GatewayError::NotReady)?;
+        let pinned = wisp_runner::image::pull::Reference::with_digest(
+            named.registry().to_owned(),
+            named.repository().to_owned(),
+            source.manifest.to_string(),
+        );
+        let options =
+            crate::api::pull_options(Some("missing"), None, None, &pinned, &self.pull_settings())?;
+        let pulled = self.pull_counted(&pinned, &options).await?;
+        if pulled.artifact != stored.spec.artifact {
+            return Err(GatewayError::NotReady(format!(
+                "{pinned} is {} here, not the {} deployed",
+                pulled.artifact, stored.spec.artifact
+            )));
+        }
+        tracing::info!(function = %stored.spec.name, image = %pinned, "pulled for a deploy on another node");
+        Ok(())
     }
 
     /// The artifact `digest` in this node's store: fetched from the first
