@@ -864,7 +864,7 @@ impl App {
     /// Routes to `function` with `stored`'s scaling from now on: the same
     /// pool and instances, its limits changed. Under the deploy lock.
     pub(crate) fn rescaled(&self, function: &Function, stored: StoredFunction) {
-        function.pool.set_scaling(stored.spec.scaling());
+        function.pool.set_scaling(self.scaling_here(&stored.spec));
         let name = stored.spec.name.to_string();
         let updated = Arc::new(Function {
             stored,

@@ -120,6 +120,7 @@ impl Function {
         registry: &Registry,
         deploying: bool,
         lambda_region: &str,
+        warm: bool,
     ) -> Result<Function, GatewayError> {
         let mut stored = stored;
         let name = stored.spec.name.to_string();
@@ -127,6 +128,10 @@ impl Function {
         stored.spec.secrets_dir = dir.as_ref().map(|d| d.path().to_owned());
         let function_metrics = Arc::new(metrics.function(&name, previous.map(|f| &*f.metrics)));
         let mut run = stored.spec.clone();
+        if !warm {
+            // Another node is its home: it keeps the instances warm.
+            run.scaling.min_instances = Some(0);
+        }
         if run
             .container
             .as_ref()
@@ -187,6 +192,10 @@ pub struct App {
     pub(crate) lambda_region: String,
     /// Asynchronous calls.
     pub(crate) calls: crate::calls::Calls,
+    /// In a cluster: the latest version of each function the cluster's
+    /// store holds, as this node last heard (what a retried apply checks
+    /// it is still wanted).
+    pub(crate) wanted: DashMap<String, StoredFunction>,
     /// This node's cluster, in cluster mode (set once joined).
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Forwards invocations to their home node in a cluster.
@@ -278,6 +287,8 @@ impl App {
                 &registry,
                 false,
                 &config.lambda_region,
+                // Before joining a cluster (`follow_homes` settles it).
+                true,
             )
             .map_err(|e| anyhow::anyhow!("loading function {name}: {e}"))?;
             functions.insert(name, Arc::new(function));
@@ -306,6 +317,7 @@ impl App {
             revision_history: config.revision_history,
             lambda_region: config.lambda_region.clone(),
             calls: crate::calls::Calls::new(config.calls.clone()),
+            wanted: DashMap::new(),
             cluster: std::sync::OnceLock::new(),
             forwarder: crate::cluster::forward::forwarder(),
         };
@@ -320,6 +332,7 @@ impl App {
         previous: Option<&Function>,
         deploying: bool,
     ) -> Result<Function, GatewayError> {
+        let stored_key = stored.spec.name.to_string();
         Function::new(
             stored,
             previous,
@@ -329,7 +342,49 @@ impl App {
             &self.registry,
             deploying,
             &self.lambda_region,
+            self.warms_here(&stored_key),
         )
+    }
+
+    /// Whether this node keeps function `key`'s `--min` instances warm:
+    /// alone, always; in a cluster, when it is the function's home (so
+    /// `--min` counts across the cluster, not per node).
+    pub(crate) fn warms_here(&self, key: &str) -> bool {
+        self.cluster
+            .get()
+            .is_none_or(|cluster| cluster.is_home(key))
+    }
+
+    /// `spec`'s scaling as this node's pool applies it.
+    pub(crate) fn scaling_here(
+        &self,
+        spec: &wisp_runner::spec::FunctionSpec,
+    ) -> wisp_runner::spec::Scaling {
+        let mut scaling = spec.scaling();
+        if !self.warms_here(spec.name.as_str()) {
+            scaling.min_instances = 0;
+        }
+        scaling
+    }
+
+    /// In a cluster: each time a node joins or leaves, the functions whose
+    /// home moved here warm their `--min` instances, and those whose home
+    /// moved away let theirs go idle.
+    pub(crate) async fn follow_homes(self: Arc<Self>) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        let mut moved = cluster.homes_moved();
+        loop {
+            for function in self.functions.iter() {
+                function
+                    .pool
+                    .set_scaling(self.scaling_here(&function.stored.spec));
+            }
+            if moved.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The key of the function an invocation path's `{name}` means.
@@ -709,6 +764,7 @@ pub async fn serve(
         let marker = config.data_dir.join(crate::cluster::functions::MEMBER_FILE);
         tokio::spawn(app.clone().apply_changes(applied, marker));
         tokio::spawn(app.clone().follow_calls());
+        tokio::spawn(app.clone().follow_homes());
     }
     if let Some(token) = fresh_token {
         println!(

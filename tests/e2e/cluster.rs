@@ -1004,3 +1004,56 @@ async fn a_deploy_by_reference_is_pulled_by_every_node() {
         assert_eq!(answer.text().trim(), "pong");
     }
 }
+
+/// The instances `wisp` has of `function`, in every state.
+async fn instances(wisp: &Wisp, function: &str) -> u64 {
+    let label = format!("function_name=\"{function}\"");
+    wisp.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("wisp_instances{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn min_instances_are_kept_warm_by_the_home_alone_and_move_with_it() {
+    let etcd = TestEtcd::shared();
+    let mut nodes = vec![node(etcd, "warm", "w1"), node(etcd, "warm", "w2")];
+    for wisp in &nodes {
+        eventually("both listed", Duration::from_secs(5), async || {
+            members(wisp).await.len() == 2
+        })
+        .await;
+    }
+    nodes[0]
+        .deploy_with("hello", artifacts::HELLO, |d| {
+            d.scaling.min_instances = Some(1);
+        })
+        .await
+        .unwrap();
+    for wisp in &nodes {
+        eventually("hello on both nodes", Duration::from_secs(5), async || {
+            wisp.client.function("hello").await.is_ok()
+        })
+        .await;
+    }
+    // One warm instance in the cluster, on the home.
+    eventually("one instance in all", Duration::from_secs(5), async || {
+        instances(&nodes[0], "hello").await + instances(&nodes[1], "hello").await == 1
+    })
+    .await;
+    let home = usize::from(instances(&nodes[1], "hello").await == 1);
+    let other = 1 - home;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(instances(&nodes[other], "hello").await, 0);
+
+    // The home dies: the other node warms it.
+    nodes[home].kill();
+    eventually(
+        "the survivor to warm hello",
+        Duration::from_secs(8),
+        async || instances(&nodes[other], "hello").await == 1,
+    )
+    .await;
+}

@@ -367,11 +367,37 @@ impl App {
         }
     }
 
-    async fn apply_put(&self, stored: StoredFunction) {
+    /// Applies another node's deploy or scaling change; one that cannot be
+    /// applied now (its code not yet on a peer, a registry out of reach) is
+    /// tried again, with back-off, until it is or a newer change replaces it.
+    async fn apply_put(self: &Arc<Self>, stored: StoredFunction) {
         let key = stored.spec.name.to_string();
-        if let Err(e) = self.replicate(stored).await {
-            tracing::warn!(function = %key, error = %e, "could not apply another node's deploy; this node does not serve it");
-        }
+        self.wanted.insert(key.clone(), stored.clone());
+        let Err(e) = self.replicate(stored.clone()).await else {
+            return;
+        };
+        tracing::warn!(function = %key, error = %e, "could not apply another node's deploy yet; trying again");
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(wait).await;
+                // A newer change, or a delete, is applied on its own.
+                if app.wanted.get(&key).is_none_or(|w| *w != stored) {
+                    return;
+                }
+                match app.replicate(stored.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(function = %key, "applied another node's deploy");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(function = %key, error = %e, "another node's deploy still cannot be applied");
+                    }
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        });
     }
 
     async fn replicate(&self, stored: StoredFunction) -> Result<(), GatewayError> {
@@ -415,6 +441,7 @@ impl App {
     }
 
     async fn apply_delete(&self, key: &str) {
+        self.wanted.remove(key);
         let _serial = self.deploy_lock.lock().await;
         if let Err(e) = self.registry.remove(key) {
             tracing::warn!(function = %key, error = %e, "removing a function deleted on another node");

@@ -92,6 +92,9 @@ pub struct Cluster {
     client: Client,
     me: RwLock<NodeRecord>,
     members: RwLock<BTreeMap<String, NodeRecord>>,
+    /// Counts the changes to the set of members (not their records'
+    /// updates): what moves functions' homes.
+    moved: tokio::sync::watch::Sender<u64>,
     /// Whether the last exchange with etcd succeeded.
     reachable: AtomicBool,
     lease: std::sync::Mutex<Option<i64>>,
@@ -175,6 +178,7 @@ impl Cluster {
             client,
             me: RwLock::new(me),
             members: RwLock::new(BTreeMap::new()),
+            moved: tokio::sync::watch::Sender::new(0),
             reachable: AtomicBool::new(false),
             lease: std::sync::Mutex::new(None),
             seen: std::sync::Mutex::default(),
@@ -230,6 +234,25 @@ impl Cluster {
                     source,
                 });
             }
+        }
+        // The members as they are now, before anything routes or fetches
+        // from a peer; the follower keeps them current from here.
+        let prefix = format!("{}nodes/", cluster.prefix());
+        if let Ok(snapshot) = cluster
+            .client
+            .clone()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+        {
+            *cluster
+                .members
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = snapshot
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<NodeRecord>(kv.value()).ok())
+                .map(|record| (record.name.clone(), record))
+                .collect();
         }
         tokio::spawn(renew(Arc::downgrade(&cluster), load));
         tokio::spawn(follow_members(Arc::downgrade(&cluster)));
@@ -287,6 +310,19 @@ impl Cluster {
             .into_iter()
             .filter_map(|name| by_name.remove(&name))
             .collect()
+    }
+
+    /// Told each time a node joins or leaves (functions' homes move).
+    pub fn homes_moved(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.moved.subscribe()
+    }
+
+    /// Whether this node is the home of function `key`: with no view of
+    /// the members yet, it counts as its own home.
+    pub fn is_home(&self, key: &str) -> bool {
+        self.rank(key)
+            .first()
+            .is_none_or(|home| home.name == self.node())
     }
 
     fn prefix(&self) -> String {
@@ -488,10 +524,21 @@ async fn members_round(cluster: &Cluster) -> Result<(), String> {
             members.insert(record.name.clone(), record);
         }
     }
-    *cluster
+    let previous = std::mem::replace(
+        &mut *cluster
+            .members
+            .write()
+            .unwrap_or_else(PoisonError::into_inner),
+        members,
+    );
+    if !previous.keys().eq(cluster
         .members
-        .write()
-        .unwrap_or_else(PoisonError::into_inner) = members;
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys())
+    {
+        cluster.moved.send_modify(|n| *n += 1);
+    }
     let mut stream = client
         .watch(
             prefix.as_str(),
@@ -528,6 +575,7 @@ async fn members_round(cluster: &Cluster) -> Result<(), String> {
                     if let Ok(record) = serde_json::from_slice::<NodeRecord>(kv.value()) {
                         if !members.contains_key(&name) {
                             tracing::info!(node = %name, address = %record.address, "a node joined");
+                            cluster.moved.send_modify(|n| *n += 1);
                         }
                         members.insert(name, record);
                     }
@@ -535,6 +583,7 @@ async fn members_round(cluster: &Cluster) -> Result<(), String> {
                 EventType::Delete => {
                     if members.remove(&name).is_some() {
                         tracing::info!(node = %name, "a node left");
+                        cluster.moved.send_modify(|n| *n += 1);
                     }
                 }
             }
