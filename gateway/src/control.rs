@@ -187,13 +187,22 @@ impl App {
                 if !self.artifacts.contains(&digest) {
                     return Err(GatewayError::NotFound(format!("artifact {digest}")));
                 }
-                let bytes = tokio::fs::read(self.artifacts.blob_path(&digest))
+                let file = tokio::fs::File::open(self.artifacts.blob_path(&digest))
                     .await
                     .map_err(|e| GatewayError::NotFound(format!("artifact {digest}: {e}")))?;
-                let mut response = crate::server::text(StatusCode::OK, bytes);
+                let length = file
+                    .metadata()
+                    .await
+                    .map_err(|e| GatewayError::NotFound(format!("artifact {digest}: {e}")))?
+                    .len();
+                let mut response = Response::new(file_body(file));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/octet-stream"),
+                );
+                response.headers_mut().insert(
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from(length),
                 );
                 Ok(response)
             }
@@ -1209,6 +1218,23 @@ pub(crate) fn json<T: Serialize>(
         http::HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// `file`'s bytes as a body, read as it is sent (an artifact may be large).
+fn file_body(file: tokio::fs::File) -> Body {
+    use tokio::io::AsyncReadExt as _;
+    const CHUNK: usize = 64 * 1024;
+    let chunks = futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut chunk = bytes::BytesMut::with_capacity(CHUNK);
+        match file.read_buf(&mut chunk).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(hyper::body::Frame::data(chunk.freeze())), Some(file))),
+            // The error ends the body (and the peer's digest check fails).
+            Err(e) => Some((Err(wisp_runner::backend::BodyError::from(e)), None)),
+        }
+    });
+    http_body_util::StreamBody::new(chunks).boxed_unsync()
 }
 
 #[cfg(test)]
