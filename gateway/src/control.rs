@@ -499,7 +499,9 @@ impl App {
         let mut function = self.new_function(stored, previous.as_deref(), true)?;
         // In a cluster the deploy is the store's first, then this node's.
         if let Some(cluster) = self.cluster.get() {
-            cluster.put_function(&function.stored).await?;
+            cluster
+                .put_function(&function.stored, Some(self.revision_history))
+                .await?;
         }
         self.registry
             .deploy(&mut function.stored, self.revision_history)?;
@@ -841,7 +843,7 @@ impl App {
             ..function.stored.clone()
         };
         if let Some(cluster) = self.cluster.get() {
-            cluster.put_function(&stored).await?;
+            cluster.put_function(&stored, None).await?;
         }
         self.registry.put(&stored)?;
         let scaling = stored.spec.scaling();

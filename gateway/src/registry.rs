@@ -314,6 +314,37 @@ impl Registry {
         revisions_in(&table, name)
     }
 
+    /// Records `function` in its history as it is (a cluster's copy).
+    pub fn put_revision(&self, function: &StoredFunction) -> Result<(), RegistryError> {
+        let json = serde_json::to_vec(function).map_err(RegistryError::Encode)?;
+        let name = function.spec.name.to_string();
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
+            revisions
+                .insert(
+                    revision_key(&name, function.revision).as_str(),
+                    json.as_slice(),
+                )
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Drops revision `revision` of `name` from its history.
+    pub fn remove_revision(&self, name: &str, revision: u64) -> Result<bool, RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let existed = {
+            let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
+            revisions
+                .remove(revision_key(name, revision).as_str())
+                .map_err(storage)?
+                .is_some()
+        };
+        txn.commit().map_err(storage)?;
+        Ok(existed)
+    }
+
     /// Every kept revision of every function (what a prune must spare).
     pub fn all_revisions(&self) -> Result<Vec<StoredFunction>, RegistryError> {
         let txn = self.db.begin_read().map_err(storage)?;

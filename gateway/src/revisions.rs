@@ -90,6 +90,13 @@ impl App {
                 "revision {from} of {name} cannot be restored: {what} is gone; deploy it again"
             ))
         };
+        if self.cluster.get().is_some() {
+            // Recorded on another node: its code may have to come here.
+            // (Unless it is gone everywhere: the checks below say so.)
+            if let Err(e) = self.ensure_code(target).await {
+                tracing::debug!(function = %name, from, error = %e, "fetching an old revision's code");
+            }
+        }
         let stored = match image.clone() {
             Some(digest) => self.on_images(move |store| store.image(&digest)).await?,
             None => None,

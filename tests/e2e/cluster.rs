@@ -477,6 +477,14 @@ async fn a_node_killed_under_load_costs_only_its_requests_in_flight() {
             async || wisp.invoke("GET", "/function/hello", "").await.status == 200,
         )
         .await;
+        // In its registry too (a node forwards what it has not applied
+        // yet; `wisp bench` asks the entry node for the function).
+        eventually(
+            "hello in every registry",
+            Duration::from_secs(5),
+            async || wisp.client.function("hello").await.is_ok(),
+        )
+        .await;
     }
     // The home counts every call.
     let mut home = 0;
@@ -1056,4 +1064,101 @@ async fn min_instances_are_kept_warm_by_the_home_alone_and_move_with_it() {
         async || instances(&nodes[other], "hello").await == 1,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revisions_are_one_history_on_every_node_and_roll_back_anywhere() {
+    let etcd = TestEtcd::shared();
+    let keep = ["--revision-history", "3"];
+    let first = [
+        node_with(etcd, "history", "h1", &keep),
+        node_with(etcd, "history", "h2", &keep),
+    ];
+    for wisp in &first {
+        eventually("both listed", Duration::from_secs(5), async || {
+            members(wisp).await.len() == 2
+        })
+        .await;
+    }
+    // Revisions 1 (hello) and 2 (misbehave), from different nodes.
+    first[0].deploy("app", artifacts::HELLO).await;
+    eventually("revision 1 on h2", Duration::from_secs(5), async || {
+        first[1]
+            .client
+            .function("app")
+            .await
+            .is_ok_and(|f| f.revision == Some(1))
+    })
+    .await;
+    first[1].deploy("app", artifacts::MISBEHAVE).await;
+    let late = node_with(etcd, "history", "h3", &keep);
+    let numbers = |history: &str| -> Vec<String> {
+        history
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    // A node that joined after both deploys lists both.
+    eventually(
+        "the whole history on h3",
+        Duration::from_secs(5),
+        async || {
+            late.cli(&["history", "app"])
+                .success
+                .then(|| numbers(&late.cli(&["history", "app"]).stdout))
+                == Some(vec!["1".to_owned(), "2".to_owned()])
+        },
+    )
+    .await;
+    // It rolls back to revision 1, whose code it never had (a peer gives
+    // it), and that is revision 3 everywhere.
+    let out = late.cli(&["rollback", "app", "--to", "1"]).expect_success();
+    assert!(out.contains("deployed as revision 3"), "{out}");
+    for wisp in first.iter().chain([&late]) {
+        eventually(
+            "revision 3 everywhere",
+            Duration::from_secs(5),
+            async || {
+                wisp.invoke("GET", "/function/app", "")
+                    .await
+                    .text()
+                    .contains("Hello")
+                    && wisp
+                        .client
+                        .function("app")
+                        .await
+                        .is_ok_and(|f| f.revision == Some(3))
+            },
+        )
+        .await;
+    }
+    // Two more: three kept (3, 4, 5), on every node and in etcd.
+    first[0].deploy("app", artifacts::HELLO).await;
+    first[1].deploy("app", artifacts::HELLO).await;
+    let kept = vec!["3".to_owned(), "4".to_owned(), "5".to_owned()];
+    for wisp in first.iter().chain([&late]) {
+        eventually(
+            "3, 4, 5 kept everywhere",
+            Duration::from_secs(5),
+            async || numbers(&wisp.cli(&["history", "app"]).stdout) == kept,
+        )
+        .await;
+    }
+    let stored = etcd
+        .range("/wisp/history/registry/revisions/app/")
+        .expect("etcd range");
+    assert_eq!(
+        stored.len(),
+        3,
+        "{:?}",
+        stored.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    // A delete takes the history with it.
+    late.cli(&["rm", "app"]).expect_success();
+    assert!(
+        etcd.range("/wisp/history/registry/revisions/")
+            .expect("etcd range")
+            .is_empty()
+    );
 }

@@ -19,7 +19,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use tokio::sync::mpsc;
@@ -41,6 +43,7 @@ pub enum Change {
         functions: Vec<StoredFunction>,
         secrets: Vec<SealedSecret>,
         records: Vec<Record>,
+        revisions: Vec<StoredFunction>,
     },
     Put(Box<StoredFunction>),
     Delete(String),
@@ -48,6 +51,13 @@ pub enum Change {
     SecretDelete {
         namespace: String,
         name: String,
+    },
+    /// A function's revision recorded.
+    Revision(Box<StoredFunction>),
+    /// A function's revision dropped from its history.
+    RevisionGone {
+        key: String,
+        revision: u64,
     },
     /// A namespace or token written (`json`) or deleted (`None`).
     Record {
@@ -60,6 +70,14 @@ pub enum Change {
 impl Cluster {
     fn functions_prefix(&self) -> String {
         format!("{}functions/", self.registry_prefix())
+    }
+
+    fn revisions_prefix(&self) -> String {
+        format!("{}revisions/", self.registry_prefix())
+    }
+
+    fn revision_path(&self, key: &str, revision: u64) -> String {
+        format!("{}{key}/{revision:020}", self.revisions_prefix())
     }
 
     fn seen(&self, key: &str) -> i64 {
@@ -77,19 +95,41 @@ impl Cluster {
     }
 
     /// Writes `stored` (a deploy or a scaling change) unless another node
-    /// changed the function since this node saw it.
-    pub async fn put_function(&self, stored: &StoredFunction) -> Result<(), GatewayError> {
+    /// changed the function since this node saw it. A deploy (`history`:
+    /// the revisions kept) also records its revision, in the same
+    /// transaction, and drops the revisions past that many.
+    pub async fn put_function(
+        &self,
+        stored: &StoredFunction,
+        history: Option<usize>,
+    ) -> Result<(), GatewayError> {
         let key = stored.spec.name.to_string();
         let json = serde_json::to_vec(stored)
             .map_err(|e| GatewayError::NotReady(format!("encoding {key}: {e}")))?;
         let path = format!("{}{key}", self.functions_prefix());
+        let mut ops = vec![TxnOp::put(path.as_str(), json.clone(), None)];
+        if let Some(keep) = history {
+            ops.push(TxnOp::put(
+                self.revision_path(&key, stored.revision),
+                json,
+                None,
+            ));
+            // Kept: the newest `keep`, this one included.
+            let oldest_kept = stored.revision.saturating_sub(keep.max(1) as u64 - 1);
+            if oldest_kept > 1 {
+                ops.push(TxnOp::delete(
+                    self.revision_path(&key, 0),
+                    Some(DeleteOptions::new().with_range(self.revision_path(&key, oldest_kept))),
+                ));
+            }
+        }
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 path.as_str(),
                 CompareOp::Equal,
                 self.seen(&key),
             )])
-            .and_then([TxnOp::put(path.as_str(), json, None)]);
+            .and_then(ops);
         self.commit(&key, txn).await
     }
 
@@ -103,7 +143,13 @@ impl Cluster {
                 CompareOp::Equal,
                 self.seen(key),
             )])
-            .and_then([TxnOp::delete(path.as_str(), None)]);
+            .and_then([
+                TxnOp::delete(path.as_str(), None),
+                TxnOp::delete(
+                    format!("{}{key}/", self.revisions_prefix()),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+            ]);
         self.commit(key, txn).await
     }
 
@@ -170,6 +216,8 @@ impl Cluster {
         let mut functions = Vec::new();
         let mut secrets = Vec::new();
         let mut records = Vec::new();
+        let mut revisions = Vec::new();
+        let revisions_prefix = self.revisions_prefix();
         {
             let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             let mut now = HashMap::new();
@@ -181,6 +229,15 @@ impl Cluster {
                 }
                 if let Some(record) = self.record_of(&key, kv.value()) {
                     records.push(record);
+                    continue;
+                }
+                if key.starts_with(revisions_prefix.as_str()) {
+                    match serde_json::from_slice::<StoredFunction>(kv.value()) {
+                        Ok(stored) => revisions.push(stored),
+                        Err(e) => {
+                            tracing::warn!(%key, error = %e, "an unreadable revision in etcd; skipped")
+                        }
+                    }
                     continue;
                 }
                 if !key.starts_with(functions_prefix.as_str()) {
@@ -202,6 +259,7 @@ impl Cluster {
             functions,
             secrets,
             records,
+            revisions,
         };
         if changes.send(snapshot).is_err() {
             return Ok(());
@@ -243,6 +301,27 @@ impl Cluster {
                         kind: record.kind,
                         id: record.id,
                         json: (event.event_type() == EventType::Put).then_some(record.json),
+                    }
+                } else if let Some(rest) = path.strip_prefix(revisions_prefix.as_str()) {
+                    match event.event_type() {
+                        EventType::Put => {
+                            match serde_json::from_slice::<StoredFunction>(kv.value()) {
+                                Ok(stored) => Change::Revision(Box::new(stored)),
+                                Err(e) => {
+                                    tracing::warn!(key = %path, error = %e, "an unreadable revision in etcd; skipped");
+                                    continue;
+                                }
+                            }
+                        }
+                        EventType::Delete => {
+                            let Some((key, revision)) = rest
+                                .rsplit_once('/')
+                                .and_then(|(k, r)| Some((k.to_owned(), r.parse::<u64>().ok()?)))
+                            else {
+                                continue;
+                            };
+                            Change::RevisionGone { key, revision }
+                        }
                     }
                 } else if let Some(key) = path.strip_prefix(functions_prefix.as_str()) {
                     let key = key.to_owned();
@@ -315,6 +394,7 @@ impl App {
                     functions: all,
                     secrets,
                     records,
+                    revisions,
                 } => {
                     // Namespaces and secrets first: the functions are in
                     // them and read them.
@@ -335,7 +415,10 @@ impl App {
                             continue;
                         }
                         // A node's first join: what it ran alone joins the cluster.
-                        match cluster.put_function(&function.stored).await {
+                        match cluster
+                            .put_function(&function.stored, Some(self.revision_history))
+                            .await
+                        {
                             Ok(()) => {
                                 tracing::info!(function = %key, "published to the cluster at this node's first join")
                             }
@@ -352,6 +435,7 @@ impl App {
                             }
                         }
                     }
+                    self.apply_revisions_snapshot(revisions, joined);
                     for stored in all {
                         self.apply_put(stored).await;
                     }
@@ -363,6 +447,41 @@ impl App {
                     self.apply_secret_delete(&namespace, &name).await;
                 }
                 Change::Record { kind, id, json } => self.apply_record(kind, &id, json).await,
+                Change::Revision(stored) => {
+                    if let Err(e) = self.registry.put_revision(&stored) {
+                        tracing::warn!(function = %stored.spec.name, error = %e, "recording a revision from the cluster");
+                    }
+                }
+                Change::RevisionGone { key, revision } => {
+                    if let Err(e) = self.registry.remove_revision(&key, revision) {
+                        tracing::warn!(function = %key, error = %e, "dropping a revision the cluster dropped");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The functions' histories as etcd holds them: recorded here; and,
+    /// unless this is the node's first join, a revision this node keeps of
+    /// a function etcd keeps revisions of, but not that one, was dropped
+    /// while the node was away.
+    fn apply_revisions_snapshot(&self, revisions: Vec<StoredFunction>, joined: bool) {
+        let held: std::collections::HashSet<(String, u64)> = revisions
+            .iter()
+            .map(|r| (r.spec.name.to_string(), r.revision))
+            .collect();
+        let keys: std::collections::HashSet<&str> = held.iter().map(|(k, _)| k.as_str()).collect();
+        if joined {
+            for local in self.registry.all_revisions().unwrap_or_default() {
+                let key = local.spec.name.to_string();
+                if keys.contains(key.as_str()) && !held.contains(&(key.clone(), local.revision)) {
+                    let _ = self.registry.remove_revision(&key, local.revision);
+                }
+            }
+        }
+        for stored in &revisions {
+            if let Err(e) = self.registry.put_revision(stored) {
+                tracing::warn!(function = %stored.spec.name, error = %e, "recording a revision from the cluster");
             }
         }
     }
@@ -458,7 +577,7 @@ impl App {
     /// What `stored` runs, on this node: its artifact from a peer, or —
     /// deployed by reference — its image or component pulled from its
     /// registry, pinned to the manifest the deploying node pulled.
-    async fn ensure_code(&self, stored: &StoredFunction) -> Result<(), GatewayError> {
+    pub(crate) async fn ensure_code(&self, stored: &StoredFunction) -> Result<(), GatewayError> {
         let spec = &stored.spec;
         if pulled_image(stored) {
             if matches!(self.images.image(&spec.artifact), Ok(Some(_))) {
