@@ -1162,3 +1162,164 @@ async fn revisions_are_one_history_on_every_node_and_roll_back_anywhere() {
             .is_empty()
     );
 }
+
+/// Runs `script` under `sh -e` in `dir`.
+fn sh(dir: &std::path::Path, script: &str) {
+    let out = std::process::Command::new("sh")
+        .args(["-ec", script])
+        .current_dir(dir)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_a_user() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path();
+    // A CA, a server certificate for 127.0.0.1 and a client certificate.
+    std::fs::write(
+        path.join("server.ext"),
+        // etcd 3.4 also dials itself with it (its JSON gateway).
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    std::fs::write(path.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    sh(
+        path,
+        "ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+         openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=wisp-test-ca 2>/dev/null
+         for who in server client; do
+           openssl req $ec -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null
+           openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -out $who.pem -days 2 -extfile $who.ext 2>/dev/null
+         done",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let peer = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    // Under a shell that kills it when the test binary's end of its stdin
+    // closes (however the test ends).
+    let mut etcd = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"etcd "$@" & e=$!; read _; kill -9 $e; wait $e"#,
+            "sh",
+        ])
+        .current_dir(path)
+        .args(["--name", "tls", "--data-dir", "data"])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .arg("--listen-peer-urls")
+        .arg(format!("http://127.0.0.1:{peer}"))
+        .arg("--initial-advertise-peer-urls")
+        .arg(format!("http://127.0.0.1:{peer}"))
+        .arg("--initial-cluster")
+        .arg(format!("tls=http://127.0.0.1:{peer}"))
+        .args(["--cert-file", "server.pem", "--key-file", "server.key"])
+        .args(["--trusted-ca-file", "ca.pem", "--client-cert-auth"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start etcd");
+    let curl = |api: &str, body: &str| {
+        std::process::Command::new("curl")
+            .current_dir(path)
+            .args([
+                "-fsS",
+                "-m",
+                "2",
+                "--cacert",
+                "ca.pem",
+                "--cert",
+                "client.pem",
+            ])
+            .args(["--key", "client.key", "-X", "POST", "-d", body])
+            .arg(format!("{url}/v3/{api}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    eventually("etcd over TLS", Duration::from_secs(10), async || {
+        curl("kv/range", r#"{"key":"AA=="}"#)
+    })
+    .await;
+    // etcd's own authentication: a root user, then auth on.
+    assert!(curl(
+        "auth/user/add",
+        r#"{"name":"root","password":"pw-root"}"#
+    ));
+    assert!(curl("auth/user/grant", r#"{"user":"root","role":"root"}"#));
+    assert!(curl("auth/enable", "{}"));
+
+    let tls = |builder: wisp_e2e::WispBuilder| {
+        builder
+            .arg("--token-file")
+            .arg(&token_file().display().to_string())
+            .arg("--etcd")
+            .arg(&url)
+            .arg("--etcd-ca")
+            .arg(&path.join("ca.pem").display().to_string())
+            .arg("--node-name")
+            .arg("secure")
+            .arg("--lease-ttl")
+            .arg("2s")
+    };
+    let with_cert = |builder: wisp_e2e::WispBuilder| {
+        tls(builder)
+            .arg("--etcd-cert")
+            .arg(&path.join("client.pem").display().to_string())
+            .arg("--etcd-key")
+            .arg(&path.join("client.key").display().to_string())
+    };
+    // Without a client certificate, or with a wrong password: refused at
+    // start, saying why.
+    let Err(refused) = tls(Wisp::builder())
+        .arg("--etcd-user")
+        .arg("root")
+        .env("WISP_ETCD_PASSWORD", "pw-root")
+        .start()
+    else {
+        panic!("a node joined without a client certificate");
+    };
+    assert!(refused.to_string().contains("etcd"), "{refused}");
+    let Err(refused) = with_cert(Wisp::builder())
+        .arg("--etcd-user")
+        .arg("root")
+        .env("WISP_ETCD_PASSWORD", "wrong")
+        .start()
+    else {
+        panic!("a node joined with a wrong etcd password");
+    };
+    assert!(refused.to_string().contains("etcd"), "{refused}");
+    assert!(!refused.to_string().contains("wrong"), "{refused}");
+
+    let wisp = with_cert(Wisp::builder())
+        .arg("--etcd-user")
+        .arg("root")
+        .env("WISP_ETCD_PASSWORD", "pw-root")
+        .start()
+        .expect("a node over TLS with its certificate and user");
+    assert_eq!(members(&wisp).await, ["secure"]);
+    wisp.deploy("hello", artifacts::HELLO).await;
+    assert_eq!(wisp.invoke("GET", "/function/hello", "").await.status, 200);
+    drop(wisp);
+    drop(etcd.stdin.take());
+    let _ = etcd.wait();
+}
