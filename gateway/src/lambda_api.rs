@@ -88,6 +88,11 @@ impl App {
                 ),
             ));
         }
+        // In a cluster the function's home answers it whole, as the Invoke
+        // API does: its warm instances, its queue, its logs for a tail.
+        if let Some(order) = self.elsewhere(&name, req.headers()) {
+            return Ok(self.forward(&name, "/", order, req, remote).await);
+        }
         let kind = req
             .headers()
             .get("x-amz-invocation-type")

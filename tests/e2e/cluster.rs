@@ -254,6 +254,28 @@ async fn a_deploy_on_one_node_serves_through_every_node_from_one_home() {
     counts.sort_unstable();
     assert_eq!(counts[..2], [0, 0], "only the home serves: {counts:?}");
     assert!(counts[2] >= 30, "the home served them all: {counts:?}");
+    // So does the Lambda Invoke API, through whichever node.
+    for wisp in &nodes {
+        let answer = wisp
+            .client
+            .call(
+                http::Method::POST,
+                "/2015-03-31/functions/hello/invocations",
+                http::HeaderMap::new(),
+                bytes::Bytes::from_static(b"{}"),
+            )
+            .await
+            .expect("the Invoke API");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert!(answer.text().contains("Hello"), "{}", answer.text());
+    }
+    let mut after = Vec::new();
+    for wisp in &nodes {
+        after.push(served(wisp, "hello").await);
+    }
+    after.sort_unstable();
+    assert_eq!(after[..2], [0, 0], "only the home serves: {after:?}");
+    assert_eq!(after[2], counts[2] + 3, "{after:?}");
 
     // A scaling change on one node reaches the others.
     let out = nodes[1]
