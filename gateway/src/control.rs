@@ -60,6 +60,19 @@ impl App {
         ) {
             caller.admin("managing images, registry logins and prunes")?;
         }
+        // A cluster member not joined yet changes nothing the cluster
+        // keeps (what is the node's own — its stores, logins — it may).
+        if self.joining.load(Ordering::Acquire)
+            && !matches!(method, Method::GET | Method::HEAD)
+            && !matches!(
+                route,
+                Route::Artifacts | Route::Images | Route::Pulls | Route::Prune | Route::Registries
+            )
+        {
+            return Err(GatewayError::NotReady(
+                "the cluster's store (etcd) has been out of reach since this node started, so nothing can be changed now; this node serves what it last saw".into(),
+            ));
+        }
         match (route, method) {
             (Route::SystemInfo, Method::GET) => json(StatusCode::OK, &GatewayInfo::current()),
             (Route::SystemInfo, _) => Err(GatewayError::MethodNotAllowed { allow: "GET" }),

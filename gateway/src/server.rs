@@ -196,6 +196,9 @@ pub struct App {
     /// store holds, as this node last heard (what a retried apply checks
     /// it is still wanted).
     pub(crate) wanted: DashMap<String, StoredFunction>,
+    /// A cluster member that started while etcd was out of reach, not
+    /// joined yet: it serves its last view and refuses changes.
+    pub(crate) joining: std::sync::atomic::AtomicBool,
     /// This node's cluster, in cluster mode (set once joined).
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Forwards invocations to their home node in a cluster.
@@ -318,6 +321,7 @@ impl App {
             lambda_region: config.lambda_region.clone(),
             calls: crate::calls::Calls::new(config.calls.clone()),
             wanted: DashMap::new(),
+            joining: std::sync::atomic::AtomicBool::new(false),
             cluster: std::sync::OnceLock::new(),
             forwarder: crate::cluster::forward::forwarder(),
         };
@@ -344,6 +348,42 @@ impl App {
             &self.lambda_region,
             self.warms_here(&stored_key),
         )
+    }
+
+    /// Starts following the cluster this node `joined`.
+    fn start_cluster(
+        self: Arc<Self>,
+        joined: Arc<crate::cluster::Cluster>,
+        marker: std::path::PathBuf,
+    ) {
+        let _ = self.cluster.set(joined.clone());
+        self.joining.store(false, Ordering::Release);
+        let (changes, applied) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(joined.follow_functions(changes));
+        tokio::spawn(self.clone().apply_changes(applied, marker));
+        tokio::spawn(self.clone().follow_calls());
+        tokio::spawn(self.follow_homes());
+    }
+
+    /// Tries to join the cluster until it can (etcd was out of reach at
+    /// start), a few seconds apart.
+    async fn join_later(
+        self: Arc<Self>,
+        config: crate::cluster::ClusterConfig,
+        load: crate::cluster::LoadFn,
+        marker: std::path::PathBuf,
+    ) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            match crate::cluster::Cluster::join(config.clone(), load.clone()).await {
+                Ok(joined) => {
+                    tracing::info!("etcd is back: joined the cluster");
+                    self.start_cluster(joined, marker);
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "joining the cluster"),
+            }
+        }
     }
 
     /// Whether this node keeps function `key`'s `--min` instances warm:
@@ -757,14 +797,21 @@ pub async fn serve(
             Some(app) => app.load(),
             None => crate::cluster::NodeLoad::default(),
         });
-        let joined = crate::cluster::Cluster::join(cluster, load).await?;
-        let _ = app.cluster.set(joined.clone());
-        let (changes, applied) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(joined.follow_functions(changes));
         let marker = config.data_dir.join(crate::cluster::functions::MEMBER_FILE);
-        tokio::spawn(app.clone().apply_changes(applied, marker));
-        tokio::spawn(app.clone().follow_calls());
-        tokio::spawn(app.clone().follow_homes());
+        let member_before =
+            std::fs::read_to_string(&marker).is_ok_and(|name| name.trim() == cluster.name);
+        match crate::cluster::Cluster::join(cluster.clone(), load.clone()).await {
+            Ok(joined) => app.clone().start_cluster(joined, marker),
+            // A node that has been a member serves its last view while
+            // etcd is out of reach, and joins when it is back; a first
+            // join, or a misconfiguration, stops the start.
+            Err(e) if member_before && e.is_unreachable() => {
+                tracing::warn!(error = %e, "etcd is out of reach; serving this node's last view and joining when it is back");
+                app.joining.store(true, Ordering::Release);
+                tokio::spawn(app.clone().join_later(cluster, load, marker));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     if let Some(token) = fresh_token {
         println!(

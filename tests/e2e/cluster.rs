@@ -1345,3 +1345,65 @@ async fn a_node_reaches_etcd_over_tls_with_a_client_certificate_and_a_user() {
     drop(etcd.stdin.take());
     let _ = etcd.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_restarted_while_etcd_is_down_serves_its_last_view_and_joins_later() {
+    // Its own etcd: this test stops every member.
+    let etcd = TestEtcd::start().expect("start etcd");
+    let dir = tempfile::tempdir().expect("data dir");
+    let in_cluster = |builder: wisp_e2e::WispBuilder, name: &str| {
+        builder
+            .arg("--token-file")
+            .arg(&token_file().display().to_string())
+            .arg("--etcd")
+            .arg(&etcd.endpoints())
+            .arg("--cluster-name")
+            .arg("restarting")
+            .arg("--node-name")
+            .arg(name)
+            .arg("--lease-ttl")
+            .arg("2s")
+            .start()
+    };
+    let mut member = in_cluster(Wisp::builder().data_dir(dir.path()), "r1").expect("r1");
+    member.deploy("hello", artifacts::HELLO).await;
+    member.kill();
+    for i in 0..3 {
+        etcd.stop_member(i);
+    }
+    // A node that never joined needs etcd to start.
+    assert!(in_cluster(Wisp::builder(), "fresh").is_err());
+    // A member starts from its last view, and changes nothing.
+    let member = in_cluster(Wisp::builder().data_dir(dir.path()), "r1")
+        .expect("a member starts while etcd is down");
+    let answer = member.invoke("GET", "/function/hello", "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let refused = member
+        .cli(&["scale", "hello", "--max", "4"])
+        .expect_failure();
+    assert!(refused.contains("out of reach"), "{refused}");
+
+    for i in 0..3 {
+        etcd.start_member(i).expect("restart member");
+    }
+    etcd.wait_healthy(Duration::from_secs(20))
+        .expect("etcd healthy again");
+    eventually("r1 to join", Duration::from_secs(15), async || {
+        member
+            .client
+            .nodes()
+            .await
+            .is_ok_and(|view| view.cluster.as_deref() == Some("restarting"))
+    })
+    .await;
+    eventually(
+        "a change to go through",
+        Duration::from_secs(10),
+        async || member.cli(&["scale", "hello", "--max", "4"]).success,
+    )
+    .await;
+    assert_eq!(
+        member.invoke("GET", "/function/hello", "").await.status,
+        200
+    );
+}

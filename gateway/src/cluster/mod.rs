@@ -131,6 +131,13 @@ pub enum JoinError {
     },
 }
 
+impl JoinError {
+    /// Whether etcd could not be reached (rather than refusing this node).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, JoinError::Connect { .. } | JoinError::Register { .. })
+    }
+}
+
 impl Cluster {
     /// Connects to etcd, registers this node on a lease and starts following
     /// the member list; `load` is read at each renewal.
