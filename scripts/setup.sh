@@ -41,6 +41,10 @@ command -v openssl >/dev/null 2>&1 || need_debs+=(openssl)
 # Cluster mode talks to etcd: the client crate compiles etcd's protobuf
 # definitions with protoc, and the cluster tests run a 3-member etcd.
 command -v protoc >/dev/null 2>&1 || need_debs+=(protobuf-compiler)
+# protoc's own well-known types (google/protobuf/descriptor.proto, which
+# etcd's definitions import) come with libprotobuf-dev, only a Recommends
+# of protobuf-compiler, which --no-install-recommends leaves out.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_debs+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need_debs+=(etcd-server)
 if [ ${#need_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
