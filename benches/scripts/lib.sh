@@ -1,10 +1,11 @@
 # Shell functions shared by benches/compare.sh and benches/scripts/*.sh.
 # Source it from the repository root:   . benches/scripts/lib.sh
 # Binaries are taken from ${CARGO_TARGET_DIR:-target}/release, where
-# `cargo build --release` puts them.
+# `cargo build --release` puts them; WISP_BIN names another `wisp` binary
+# (a build kept aside, to compare two builds on the same artifacts).
 
 release=${CARGO_TARGET_DIR:-target}/release
-wisp=$release/wisp
+wisp=${WISP_BIN:-$release/wisp}
 
 # artifact NAME → the path of an example function or image, as
 # `wisp-function-artifacts` lists them (hello, ping, ping-docker, …).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Warm requests through wisp, by wrk: `hello` (wasm, a fresh instance per
 # request) with 64 and 1 connections, and `ping` (a warm container, one
-# instance taking 256 requests at once) with 64. Prints p50, p99 and
+# instance taking 256 requests at once) with 64 and 1. Prints p50, p99 and
 # requests per second of each. Quick enough to run before and after a
 # change, alternating the two builds (CARGO_TARGET_DIR=A, then B, …).
 #
@@ -33,3 +33,4 @@ row() {
 row "hello (wasm), 64 connections" "$WISP_GATEWAY/function/hello/" 64
 row "hello (wasm), 1 connection" "$WISP_GATEWAY/function/hello/" 1
 row "ping (container), 64 connections" "$WISP_GATEWAY/function/ping/ping" 64
+row "ping (container), 1 connection" "$WISP_GATEWAY/function/ping/ping" 1

@@ -1314,3 +1314,70 @@ async fn containers_get_one_cpu_unless_they_ask_for_another() {
     let described = wisp.client.function("plain").await.unwrap();
     assert_eq!(described.limits.cpu.as_deref(), Some("1000m"));
 }
+
+/// Requests reach a container's handler over kept-alive connections that
+/// the requests themselves drive: bodies of every size come back whole,
+/// one after another and many at once (each answer is its own request's),
+/// and a response its client abandons half-read leaves no broken
+/// connection behind for the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_handlers_connections_carry_request_after_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wisp = Wisp::start();
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    for size in [0usize, 1, 100, 64 * 1024, 1024 * 1024] {
+        let body = "x".repeat(size);
+        for _ in 0..3 {
+            let answer = wisp.invoke("POST", "/function/ping/echo", &body).await;
+            assert_eq!(answer.status, StatusCode::OK, "{size} bytes");
+            assert!(
+                answer.text().ends_with(&format!("body: {body}\n")),
+                "{size} bytes: the body came back whole"
+            );
+        }
+    }
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let body = format!("call-{i}-{}", "y".repeat(i * 1000));
+            (
+                wisp.spawn_invoke("POST", "/function/ping/echo", &body),
+                body,
+            )
+        })
+        .collect();
+    for (call, body) in calls {
+        let answer = call.await.expect("call");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            answer.text().ends_with(&format!("body: {body}\n")),
+            "each answer is its own request's"
+        );
+    }
+    // A client that sends 4 MiB, reads the first bytes of the echo and
+    // hangs up.
+    let addr = wisp.addr.trim_start_matches("http://").to_owned();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let big = vec![b'z'; 4 << 20];
+        let head = format!(
+            "POST /function/ping/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream.write_all(&big).await.expect("body");
+        let mut first = [0u8; 64];
+        let n = stream.read(&mut first).await.expect("read");
+        assert!(
+            first[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&first[..n])
+        );
+        drop(stream);
+        let pong = wisp.invoke("GET", "/function/ping/ping", "").await;
+        assert_eq!(pong.status, StatusCode::OK, "{}", pong.text());
+        assert_eq!(pong.text(), "pong");
+    }
+    assert!(!wisp.log().contains("panicked"), "{}", wisp.log());
+}

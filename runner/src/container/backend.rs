@@ -11,15 +11,14 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::backend::{
     Backend, Cause, Instance, PrepareError, Prepared, PulledArtifact, StartError,
 };
 use crate::container::cgroup::{Cgroups, Layout, RealFs};
 use crate::container::error::{SandboxError, UnavailableError};
-use crate::container::init_link::{InitLink, NotReady, NsConnector, stderr_suffix, wait_ready};
+use crate::container::handler_conns::HandlerConns;
+use crate::container::init_link::{InitLink, NotReady, stderr_suffix, wait_ready};
 use crate::container::instance::{ContainerInstance, Transport};
 use crate::container::lambda::{Init, RuntimeApi};
 use crate::container::plan::{self, ContainerSettings, IdMap, SandboxPlan};
@@ -377,11 +376,7 @@ impl Backend for ContainerBackend {
         let link = InitLink::start(function.clone(), pid, control, first_conn);
         let mut ready = timings.ready;
         let transport = match protocol {
-            Protocol::Http => Transport::Http(Box::new(
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(None)
-                    .build(NsConnector(link.clone())),
-            )),
+            Protocol::Http => Transport::Http(HandlerConns::new(link.clone())),
             Protocol::Cgi => Transport::Cgi { env: cgi_env },
             Protocol::Lambda => {
                 let listener = listener.ok_or_else(|| {

@@ -3,16 +3,14 @@
 //! it, an [`InitLink`] task reads init's messages and hands each to
 //! whoever waits for it (a new connection to the handler, a CGI process's
 //! end, the handler's output for the logs, the handler's exit).
-//! [`NsConnector`] is hyper's connector on top: each new connection to the
-//! handler is a socket init made inside the sandbox's network namespace.
+//! [`InitLink::connect`] gives the handler's connections (see
+//! `handler_conns`): each is a socket init made inside the sandbox's
+//! network namespace.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use http::Uri;
-use hyper_util::rt::TokioIo;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
 
@@ -183,7 +181,7 @@ impl InitLink {
     }
 
     /// A new connection to the handler's port, made inside the sandbox.
-    async fn connect(&self) -> Result<OwnedFd, LinkError> {
+    pub(crate) async fn connect(&self) -> Result<OwnedFd, LinkError> {
         if let Some(fd) = lock(&self.spare).take() {
             return Ok(fd);
         }
@@ -256,34 +254,5 @@ pub(crate) fn stderr_suffix(tail: &str) -> String {
     } else {
         let start = tail.char_indices().rev().nth(499).map_or(0, |(i, _)| i);
         format!("; stderr: {}", &tail[start..])
-    }
-}
-
-/// hyper-util's connector for one sandbox: every new connection is a
-/// socket init made in the sandbox's network namespace.
-#[derive(Clone)]
-pub(crate) struct NsConnector(pub(crate) Arc<InitLink>);
-
-impl tower_service::Service<Uri> for NsConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let link = self.0.clone();
-        Box::pin(async move {
-            let fd = link.connect().await.map_err(std::io::Error::other)?;
-            let stream = std::net::TcpStream::from(fd);
-            stream.set_nonblocking(true)?;
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(tokio::net::TcpStream::from_std(stream)?))
-        })
     }
 }

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
 
 use crate::backend::{Body, Instance, InvokeError, RequestInfo};
-use crate::container::init_link::{InitLink, NsConnector, log_output};
+use crate::container::handler_conns::HandlerConns;
+use crate::container::init_link::{InitLink, log_output};
 use crate::container::lambda::{Invocation, Outcome, RuntimeApi};
 use crate::container::proto::{ExitStatus, Stream, ToInit};
 use crate::container::sandbox::Sandbox;
@@ -36,7 +36,7 @@ const CGI_CHUNK_BYTES: usize = 16 * 1024;
 /// How requests reach the handler.
 pub(crate) enum Transport {
     /// HTTP over connections init makes to the handler's port.
-    Http(Box<Client<NsConnector, Body>>),
+    Http(HandlerConns),
     /// One process per request; `env` is the plan's environment.
     Cgi { env: Vec<String> },
     /// A Lambda runtime, fed through the Runtime API served on `server`.
@@ -101,30 +101,13 @@ impl ContainerInstance {
 
     async fn invoke_http(
         &self,
-        client: &Client<NsConnector, Body>,
+        conns: &HandlerConns,
         req: Request<Body>,
     ) -> Result<Response<Body>, InvokeError> {
-        let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        parts.uri = Uri::try_from(format!("http://localhost{path}")).map_err(|e| {
-            InvokeError::BadRequest {
-                function: self.function.clone(),
-                detail: e.to_string(),
-            }
-        })?;
-        parts.version = http::Version::HTTP_11;
-        let response = client
-            .request(Request::from_parts(parts, body))
+        conns
+            .send(req)
             .await
-            .map_err(|e| self.failure(format!("forwarding to the handler: {e}")))?;
-        Ok(response.map(|body| {
-            body.map_err(|e| -> crate::backend::BodyError { Box::new(e) })
-                .boxed_unsync()
-        }))
+            .map_err(|e| self.failure(format!("forwarding to the handler: {e}")))
     }
 
     async fn invoke_cgi(
@@ -504,7 +487,7 @@ impl Instance for ContainerInstance {
         );
         let work = async {
             match &self.transport {
-                Transport::Http(client) => self.invoke_http(client, req).await,
+                Transport::Http(conns) => self.invoke_http(conns, req).await,
                 Transport::Cgi { env } => self.invoke_cgi(env, req).await,
                 Transport::Lambda { api, .. } => self.invoke_lambda(api, req, deadline).await,
             }

@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod cgroup;
 mod error;
+mod handler_conns;
 mod init;
 mod init_link;
 mod instance;
