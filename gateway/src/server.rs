@@ -28,6 +28,7 @@ use wisp_runner::container::ContainerBackend;
 use wisp_runner::container::spawner::{LaunchError, SpawnerHandle};
 use wisp_runner::image::ImportLimits;
 use wisp_runner::pool::{Pool, StopReason};
+use wisp_runner::quiet::Quietly;
 use wisp_runner::router::Router;
 use wisp_runner::store::artifact::ArtifactStore;
 use wisp_runner::wasm::{WasmBackend, WasmConfig};
@@ -864,7 +865,16 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(app.clone(), &builder, stream, remote, admitted));
+                // Polled quietly: hyper's dispatcher and the guests it runs
+                // wake the connection's task from inside its own poll
+                // (`wisp_runner::quiet`).
+                tokio::spawn(Quietly::new(serve_connection(
+                    app.clone(),
+                    &builder,
+                    stream,
+                    remote,
+                    admitted,
+                )));
             }
             () = &mut shutdown => break,
         }

@@ -11,6 +11,7 @@
 //! - the executors: [`wasm`] (wasmtime) and [`container`] (namespaces,
 //!   overlayfs, cgroups, seccomp, its own init);
 //! - [`body`]: streamed, capped bodies;
+//! - [`quiet`]: polling a future without it waking its own task;
 //! - [`host`]: how busy the host's CPUs are (a pool's scale-up signal);
 //! - the stores: [`store`] (artifacts, handlers' logs) and [`image`] (OCI
 //!   images and their unpacked layers).
@@ -22,6 +23,7 @@ pub mod host;
 pub mod image;
 pub mod pool;
 pub mod protocol;
+pub mod quiet;
 pub mod router;
 pub mod spec;
 pub mod store;

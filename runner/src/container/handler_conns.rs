@@ -11,7 +11,7 @@
 //! or body is dropped part-way is closed with it (HTTP/1.1 cannot abandon
 //! one message and go on), as hyper's client does.
 //!
-//! The connection is polled with a waker of its own ([`Quiet`]): hyper's
+//! The connection is polled with a waker of its own ([`QuietWaker`]): hyper's
 //! dispatcher wakes the request's future when it hands over the response,
 //! from inside the poll that drives it. Passed to the task, that wake would
 //! reschedule it as if it had yielded, and tokio then wakes the other
@@ -21,11 +21,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker, ready};
-
-use futures::task::AtomicWaker;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, header};
@@ -36,98 +33,56 @@ use hyper_util::rt::TokioIo;
 
 use crate::backend::{Body, BodyError};
 use crate::container::init_link::InitLink;
+use crate::quiet::QuietWaker;
 
 type Io = TokioIo<tokio::net::TcpStream>;
 
 /// One connection: the half that sends requests and the dispatcher that
-/// moves bytes, polled by whoever holds it.
+/// moves bytes, polled by whoever holds it, with a waker of its own.
 struct Conn {
-    send: http1::SendRequest<Body>,
-    conn: http1::Connection<Io, Body>,
-    quiet: Arc<Quiet>,
-    waker: Waker,
+    http: Http,
+    quiet: QuietWaker,
 }
 
-impl Conn {
-    fn new(send: http1::SendRequest<Body>, conn: http1::Connection<Io, Body>) -> Conn {
-        let quiet = Arc::new(Quiet::default());
-        let waker = Waker::from(quiet.clone());
-        Conn {
-            send,
-            conn,
-            quiet,
-            waker,
-        }
-    }
+struct Http {
+    send: http1::SendRequest<Body>,
+    conn: http1::Connection<Io, Body>,
+}
 
+impl Http {
     /// Moves the connection's bytes; `true` while it can carry more
     /// messages.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         matches!(self.conn.poll_without_shutdown(cx), Poll::Pending)
     }
+}
+
+impl Conn {
+    fn new(send: http1::SendRequest<Body>, conn: http1::Connection<Io, Body>) -> Conn {
+        Conn {
+            http: Http { send, conn },
+            quiet: QuietWaker::default(),
+        }
+    }
 
     /// Runs `section` with wakes of the connection's waker held back: the
     /// caller polls the connection right after, which sees what they were
     /// for (sending a request wakes the dispatcher waiting for one).
-    fn quietly<R>(&mut self, section: impl FnOnce(&mut Conn) -> R) -> R {
-        self.quiet.polling.store(true, Ordering::SeqCst);
-        let result = section(self);
-        self.quiet.polling.store(false, Ordering::SeqCst);
-        result
+    fn quietly<R>(&mut self, section: impl FnOnce(&mut Http) -> R) -> R {
+        let http = &mut self.http;
+        self.quiet.hold(|| section(http))
     }
 
     /// Runs `step` (which drives the connection and polls what waits on
-    /// it) with the connection's own waker in place of the task's: a wake
-    /// raised while `step` runs polls it again here rather than
-    /// rescheduling the task. A few rounds at most: a step that keeps
-    /// waking itself is yielding on purpose (hyper's and tokio's budgets),
-    /// and then the task is woken and yields.
+    /// it) with the connection's own waker in place of the task's (see
+    /// [`QuietWaker::poll`]).
     fn poll_quietly<R>(
         &mut self,
         cx: &mut Context<'_>,
-        mut step: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<R>,
+        mut step: impl FnMut(&mut Http, &mut Context<'_>) -> Poll<R>,
     ) -> Poll<R> {
-        const ROUNDS: usize = 4;
-        self.quiet.task.register(cx.waker());
-        let waker = self.waker.clone();
-        let mut own = Context::from_waker(&waker);
-        for _ in 0..ROUNDS {
-            self.quiet.polling.store(true, Ordering::SeqCst);
-            self.quiet.woken.store(false, Ordering::SeqCst);
-            let result = step(self, &mut own);
-            self.quiet.polling.store(false, Ordering::SeqCst);
-            if result.is_ready() {
-                return result;
-            }
-            if !self.quiet.woken.swap(false, Ordering::SeqCst) {
-                return Poll::Pending;
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// The waker a connection is polled with: outside [`Conn::poll_quietly`]
-/// it wakes the task that polled last; inside, it only notes the wake.
-#[derive(Default)]
-struct Quiet {
-    task: AtomicWaker,
-    polling: AtomicBool,
-    woken: AtomicBool,
-}
-
-impl Wake for Quiet {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(Ordering::SeqCst) {
-            self.woken.store(true, Ordering::SeqCst);
-        } else {
-            self.task.wake();
-        }
+        let http = &mut self.http;
+        self.quiet.poll(cx, |cx| step(http, cx))
     }
 }
 
@@ -314,7 +269,7 @@ impl Drop for DrivenBody {
         // Dropping the body wakes the dispatcher, which is not waiting.
         let body = self.body.take();
         conn.quietly(move |_| drop(body));
-        if whole && !conn.send.is_closed() {
+        if whole && !conn.http.send.is_closed() {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

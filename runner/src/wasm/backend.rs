@@ -64,38 +64,66 @@ pub struct WasmBackend {
     linked_cgi: Arc<Mutex<HashMap<Digest, Weak<cgi::CgiPre>>>>,
 }
 
-/// How many stores exist: the epoch clock ticks only while one does.
+/// How many stores exist: the epoch clock ticks only while one does, and
+/// for [`EPOCH_LINGER`] after the last one went.
 #[derive(Default)]
 pub(crate) struct Epochs {
-    stores: Mutex<usize>,
+    state: Mutex<EpochState>,
     wake: std::sync::Condvar,
 }
+
+#[derive(Default)]
+struct EpochState {
+    stores: usize,
+    /// The clock waits on `wake`.
+    parked: bool,
+}
+
+/// How long the clock keeps ticking with no store. A function served a
+/// store per request would otherwise park and wake it on every request: a
+/// futex call and a wake-up of the clock's thread each time (counted on
+/// `hello`, one connection: one futex call a request).
+const EPOCH_LINGER: Duration = Duration::from_secs(1);
 
 impl Epochs {
     /// Counts a store while the result lives; keep it in the store's data.
     pub(crate) fn ticking(self: &Arc<Self>) -> Ticking {
-        let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
-        *stores += 1;
-        if *stores == 1 {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.stores += 1;
+        if state.parked {
             self.wake.notify_one();
         }
         Ticking(self.clone())
     }
 
-    /// Blocks while no store exists, asking `alive` once a second whether
-    /// the engine is still there; false once it is not.
-    fn wait_for_a_store(&self, alive: impl Fn() -> bool) -> bool {
-        let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
-        while *stores == 0 {
+    /// Returns at once while a store exists or one existed within
+    /// [`EPOCH_LINGER`] (`idle_ticks` counts the ticks since); else blocks
+    /// until one does, asking `alive` once a second whether the engine is
+    /// still there. False once it is not.
+    fn wait_for_a_store(&self, idle_ticks: &mut u32, alive: impl Fn() -> bool) -> bool {
+        let linger = (EPOCH_LINGER.as_millis() / EPOCH_TICK.as_millis().max(1)) as u32;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.stores > 0 {
+            *idle_ticks = 0;
+            return true;
+        }
+        *idle_ticks = idle_ticks.saturating_add(1);
+        if *idle_ticks <= linger {
+            return true;
+        }
+        while state.stores == 0 {
             if !alive() {
                 return false;
             }
-            stores = self
+            state.parked = true;
+            state = self
                 .wake
-                .wait_timeout(stores, Duration::from_secs(1))
+                .wait_timeout(state, Duration::from_secs(1))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            state.parked = false;
         }
+        *idle_ticks = 0;
         true
     }
 }
@@ -105,8 +133,8 @@ pub(crate) struct Ticking(Arc<Epochs>);
 
 impl Drop for Ticking {
     fn drop(&mut self) {
-        let mut stores = self.0.stores.lock().unwrap_or_else(PoisonError::into_inner);
-        *stores = stores.saturating_sub(1);
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.stores = state.stores.saturating_sub(1);
     }
 }
 
@@ -139,13 +167,15 @@ impl WasmBackend {
         let parked = epochs.clone();
         // The epoch clock. A plain thread: it must keep ticking even when
         // every tokio worker is busy running guests. It ticks only while a
-        // store exists (a guest may run); otherwise it waits, waking once a
-        // second only to see whether the engine is gone.
+        // store exists (a guest may run) and for a second after; otherwise
+        // it waits, waking once a second only to see whether the engine is
+        // gone.
         std::thread::Builder::new()
             .name("wisp-epoch".into())
             .spawn(move || {
+                let mut idle_ticks = 0;
                 loop {
-                    if !parked.wait_for_a_store(|| ticker.upgrade().is_some()) {
+                    if !parked.wait_for_a_store(&mut idle_ticks, || ticker.upgrade().is_some()) {
                         return;
                     }
                     let Some(engine) = ticker.upgrade() else {
