@@ -575,10 +575,12 @@ fn make_busybox_rootfs() -> anyhow::Result<tempfile::TempDir> {
 }
 
 /// The CGI probe: `?pids`, `?caps`, `?net`, … report what the sandbox looks
-/// like from inside; `?hog`, `?spin` and `?forkbomb` push at its limits.
+/// like from inside; `?hog`, `?spin` and `?forkbomb` push at its limits;
+/// `?fail` exits with status 3 before it answers.
 const PROBE: &str = r#"#!/bin/sh
 # The hog fails before it answers: the caller sees why (a 502).
 [ "$QUERY_STRING" = hog ] && exec awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }'
+[ "$QUERY_STRING" = fail ] && { echo "failing on purpose" >&2; exit 3; }
 printf 'Content-Type: text/plain\r\n\r\n'
 case "$QUERY_STRING" in
 pids) for p in /proc/[0-9]*; do echo "${p#/proc/}"; done ;;

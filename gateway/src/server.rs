@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub wasm: WasmConfig,
     /// Container sandboxes made ahead of demand.
     pub premade_sandboxes: usize,
+    /// Sandboxes get the emptied cgroups of exited ones.
+    pub reuse_cgroups: bool,
     /// What one image import may write.
     pub images: ImportLimits,
     /// Garbage collection of unused artifacts and images.
@@ -252,6 +254,7 @@ impl App {
             &config.data_dir,
             spawner,
             config.premade_sandboxes,
+            config.reuse_cgroups,
             config.images,
         )
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;

@@ -82,6 +82,21 @@ fn sandbox_cgroups(pid: u32) -> BTreeSet<String> {
         .collect()
 }
 
+/// The sandbox cgroups of the server with `pid` that hold a process (the
+/// others are emptied ones kept for the next sandbox).
+fn populated_sandbox_cgroups(pid: u32) -> BTreeSet<String> {
+    sandbox_dirs(pid, "memory")
+        .iter()
+        .filter(|d| populated(d))
+        .filter_map(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+}
+
 /// The directories of the server with `pid`'s sandbox cgroups that hold
 /// `controller`'s files: below this process's own cgroup (the server runs
 /// in it too), in the unified hierarchy on cgroup v2 or in the
@@ -664,6 +679,81 @@ async fn a_memory_hog_is_oom_killed_and_its_sandbox_replaced() {
     assert_eq!(status, StatusCode::OK, "a new sandbox serves: {body}");
 }
 
+/// A sandbox's cgroup outlives it, kept for the next sandbox: lifted to
+/// no limit while a pre-made sandbox waits in it, the next function's
+/// limit once that one serves, and the OOM kill it counts from the last
+/// function not taken for the next one's.
+#[tokio::test]
+async fn a_kept_cgroup_carries_nothing_over_to_the_next_function() {
+    let wisp = Wisp::builder()
+        .arg("--premade-sandboxes")
+        .arg("1")
+        .start()
+        .unwrap();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "hog", rootfs.path(), "cgi", &["--memory", "32Mi"]);
+    let (status, body) = probe(&wisp, "hog", "hog").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("out of memory"), "{body}");
+    wisp.client.delete("hog").await.unwrap();
+
+    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let oom_kills = |dir: &Path| -> u64 {
+        ["memory.events", "memory.oom_control"]
+            .iter()
+            .flat_map(|f| read(dir, f).lines().map(str::to_owned).collect::<Vec<_>>())
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // memory.max on v2, memory.limit_in_bytes on v1 (no limit: "max", or
+    // the largest page-aligned value).
+    let memory_limit = |dir: &Path| -> String {
+        let v2 = read(dir, "memory.max");
+        let text = if v2.is_empty() {
+            read(dir, "memory.limit_in_bytes")
+        } else {
+            v2
+        };
+        match text.trim() {
+            "max" | "9223372036854771712" => "none".to_owned(),
+            other => other.to_owned(),
+        }
+    };
+    let hogs = || -> Vec<PathBuf> {
+        sandbox_dirs(wisp.pid(), "memory")
+            .into_iter()
+            .filter(|d| oom_kills(d) > 0)
+            .collect()
+    };
+    // A cold start takes the waiting sandbox; its replacement gets the hog's
+    // kept cgroup, without limits.
+    deploy_probe(&wisp, "next", rootfs.path(), "cgi", &["--memory", "64Mi"]);
+    assert_eq!(probe(&wisp, "next", "id").await.0, StatusCode::OK);
+    eventually(
+        "the hog's cgroup to hold a pre-made sandbox",
+        Duration::from_secs(10),
+        async || {
+            let hogs = hogs();
+            hogs.len() == 1 && populated(&hogs[0]) && memory_limit(&hogs[0]) == "none"
+        },
+    )
+    .await;
+    // The next cold start takes that sandbox: its function's limit, and no
+    // OOM kill reported for it.
+    deploy_probe(&wisp, "after", rootfs.path(), "cgi", &["--memory", "48Mi"]);
+    let (status, body) = probe(&wisp, "after", "id").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let hogs = hogs();
+    assert_eq!(hogs.len(), 1, "{hogs:?}");
+    assert_eq!(memory_limit(&hogs[0]), (48u64 << 20).to_string());
+    // A failure is asked whether the OOM killer struck: the hog's kill,
+    // counted in the same cgroup, is not this function's.
+    let (status, body) = probe(&wisp, "after", "fail").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(!body.contains("out of memory"), "{body}");
+    assert!(body.contains("failed"), "{body}");
+}
+
 #[tokio::test]
 async fn a_fork_bomb_stops_at_the_pids_limit() {
     let wisp = Wisp::start();
@@ -870,7 +960,7 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     eventually(
         "the pre-made sandboxes",
         Duration::from_secs(10),
-        async || sandbox_cgroups(pid).len() == 2,
+        async || populated_sandbox_cgroups(pid).len() == 2,
     )
     .await;
     wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
@@ -881,14 +971,15 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     eventually(
         "a replacement pre-made sandbox",
         Duration::from_secs(10),
-        async || sandbox_cgroups(pid).len() == 3,
+        async || populated_sandbox_cgroups(pid).len() == 3,
     )
     .await;
     wisp.client.delete("ping").await.unwrap();
+    // Its cgroup is emptied and kept for the next sandbox.
     eventually(
         "the function's sandbox to go",
         Duration::from_secs(10),
-        async || sandbox_cgroups(pid).len() == 2,
+        async || populated_sandbox_cgroups(pid).len() == 2 && sandbox_cgroups(pid).len() == 3,
     )
     .await;
     assert_eq!(mounts(), mounts_before, "no mount reached the host");

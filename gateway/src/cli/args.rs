@@ -211,6 +211,13 @@ pub struct ServeArgs {
     /// namespace for every sandbox (see docs/architecture.md).
     #[arg(long, env = "WISP_REUSE_NETNS", default_value_t = true, action = clap::ArgAction::Set)]
     pub reuse_netns: bool,
+    /// Give a sandbox the cgroup of one that exited, once no process is
+    /// left in it, with its limits lifted until its function's are set,
+    /// instead of making a new one: cheaper container starts. Its counters
+    /// (and up to 16 MiB of page cache charged to it) carry over; `false`
+    /// makes a fresh cgroup for every sandbox (see docs/architecture.md).
+    #[arg(long, env = "WISP_REUSE_CGROUPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reuse_cgroups: bool,
     /// Most bytes one image import may write: the archive's files copied
     /// out plus its layers unpacked (an image past it is refused with 413).
     #[arg(long, env = "WISP_MAX_IMAGE_SIZE", default_value = "4Gi", value_parser = bytes)]

@@ -75,6 +75,7 @@ pub async fn run(
                     max_instances: args.max_wasm_instances,
                 },
                 premade_sandboxes: args.premade_sandboxes,
+                reuse_cgroups: args.reuse_cgroups,
                 images: ImportLimits {
                     max_bytes: args.max_image_size,
                     max_entries: args.max_image_entries,

@@ -60,6 +60,7 @@ impl ContainerBackend {
         data_dir: &Path,
         spawner: Result<SpawnerHandle, LaunchError>,
         premade: usize,
+        reuse_cgroups: bool,
         limits: ImportLimits,
     ) -> Result<ContainerBackend, StoreError> {
         let id_map = IdMap::default();
@@ -71,7 +72,7 @@ impl ContainerBackend {
             .with_limits(limits);
         let pool = spawner
             .map_err(UnavailableError::NoSpawner)
-            .and_then(|handle| premade_pool(handle, data_dir, id_map, premade))
+            .and_then(|handle| premade_pool(handle, data_dir, id_map, premade, reuse_cgroups))
             .map_err(Arc::new);
         match &pool {
             Ok(pool) if pool.target() > 0 => {
@@ -175,6 +176,7 @@ fn premade_pool(
     data_dir: &Path,
     id_map: IdMap,
     target: usize,
+    reuse_cgroups: bool,
 ) -> Result<Arc<PremadePool>, UnavailableError> {
     let cgroups = Layout::detect()
         .and_then(|layout| {
@@ -182,6 +184,9 @@ fn premade_pool(
             Cgroups::new(layout, Box::new(RealFs), &ours)
         })
         .map_err(UnavailableError::Cgroups)?;
+    if !reuse_cgroups {
+        cgroups.keep_at_most(0);
+    }
     let spawner = Spawner::new(handle).map_err(UnavailableError::Spawner)?;
     let scratch = data_dir.join("run").join("scratch");
     std::fs::create_dir_all(&scratch).map_err(|source| UnavailableError::Scratch {
@@ -310,6 +315,7 @@ impl Backend for ContainerBackend {
             control,
             pid,
             netns_reused,
+            cgroup_reused,
         } = premade;
         if was_premade {
             // Made at idle priority; one that has not finished setting up
@@ -448,6 +454,7 @@ impl Backend for ContainerBackend {
             pid,
             premade = was_premade,
             netns_reused,
+            cgroup_reused,
             cgroup_ns_ms = ms(timings.cloned, timings.sandbox),
             assign_ms = ms(requested, timings.assigned),
             rootfs_ms = ms(timings.assigned, timings.rootfs),

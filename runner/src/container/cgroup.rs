@@ -23,6 +23,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 /// Default CFS period: 100 ms, the kernel's default.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -222,6 +223,32 @@ pub fn limit_writes(v2: bool, limits: &CgroupLimits) -> Vec<(Controller, &'stati
     }
 }
 
+/// What lifts every limit [`limit_writes`] sets, in an order the kernel
+/// accepts (on v1 memory + swap is raised before memory, which may not
+/// exceed it).
+pub fn lift_writes(v2: bool) -> Vec<(Controller, &'static str, &'static str)> {
+    if v2 {
+        vec![
+            (Controller::Memory, "memory.max", "max"),
+            (Controller::Memory, "memory.swap.max", "max"),
+            (Controller::Cpu, "cpu.max", "max"),
+            (Controller::Pids, "pids.max", "max"),
+        ]
+    } else {
+        vec![
+            (Controller::Memory, "memory.memsw.limit_in_bytes", "-1"),
+            (Controller::Memory, "memory.limit_in_bytes", "-1"),
+            (Controller::Cpu, "cpu.cfs_quota_us", "-1"),
+            (Controller::Pids, "pids.max", "max"),
+        ]
+    }
+}
+
+/// Files absent when the kernel has no swap accounting.
+fn optional(file: &str) -> bool {
+    file == "memory.memsw.limit_in_bytes" || file == "memory.swap.max"
+}
+
 /// The file operations cgroup management needs.
 pub trait CgroupFs: Send + Sync {
     fn create_dir(&self, path: &Path) -> io::Result<()>;
@@ -272,7 +299,25 @@ pub struct Cgroups {
     /// `wisp`'s directory per hierarchy (one entry on v2).
     parents: Vec<(Option<Controller>, PathBuf)>,
     fs: Box<dyn CgroupFs>,
+    /// Emptied sandbox cgroups waiting for the next sandbox.
+    kept: Mutex<Kept>,
 }
+
+/// Emptied cgroups kept for reuse ([`Cgroups::keep`]).
+struct Kept {
+    /// How many at most; 0 after [`Cgroups::stop_keeping`].
+    max: usize,
+    cgroups: Vec<Cgroup>,
+}
+
+/// How many emptied cgroups are kept at most, by default
+/// ([`Cgroups::keep_at_most`]).
+pub const KEPT_CGROUPS: usize = 32;
+
+/// An emptied cgroup still charged more memory than this (page cache its
+/// last sandbox read stays charged to it) is removed rather than kept: the
+/// next function's memory limit would first have to reclaim it.
+pub const KEPT_MAX_CHARGE: u64 = 16 << 20;
 
 /// One sandbox's cgroup (a directory per hierarchy).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,6 +381,10 @@ impl Cgroups {
             layout,
             parents,
             fs,
+            kept: Mutex::new(Kept {
+                max: KEPT_CGROUPS,
+                cgroups: Vec::new(),
+            }),
         };
         if let Layout::V2 { mount } = &cgroups.layout {
             cgroups.enable_for_children(&mount.join(own(None)), ours)?;
@@ -448,16 +497,100 @@ impl Cgroups {
         Ok(cgroup)
     }
 
+    /// A cgroup for a new sandbox, without limits: an emptied one kept by
+    /// [`Cgroups::keep`] if there is one (it keeps its name), else the new
+    /// cgroup `name`. `true` when it was kept.
+    pub fn take_unlimited(&self, name: &str) -> Result<(Cgroup, bool), CgroupError> {
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cgroups
+            .pop();
+        match kept {
+            Some(cgroup) => Ok((cgroup, true)),
+            None => self.create_unlimited(name).map(|c| (c, false)),
+        }
+    }
+
+    /// Keeps `cgroup`, which no process is in any more, for the next
+    /// sandbox instead of removing it: making and removing a cgroup costs
+    /// ~0.1 ms per hierarchy each way, and the kernel's teardown of a
+    /// removed one more in a worker. Its limits are lifted to none (as a
+    /// new cgroup's); what carries over is described in
+    /// `docs/architecture.md` ("Cgroups are reused"). Gives it back when it
+    /// is not kept — as many as [`Cgroups::keep_at_most`] allows are kept,
+    /// it is charged more than [`KEPT_MAX_CHARGE`], or a write failed — for
+    /// the caller to remove.
+    pub fn keep(&self, cgroup: Cgroup) -> Result<(), Cgroup> {
+        let room = |kept: &Kept| kept.cgroups.len() < kept.max;
+        if !room(&self.kept.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Err(cgroup);
+        }
+        if self
+            .memory_charge(&cgroup)
+            .is_none_or(|bytes| bytes > KEPT_MAX_CHARGE)
+        {
+            return Err(cgroup);
+        }
+        for (controller, file, value) in lift_writes(self.layout.is_v2()) {
+            let path = cgroup.dir(controller).join(file);
+            if optional(file) && !self.fs.exists(&path) {
+                continue;
+            }
+            if self.fs.write(&path, value).is_err() {
+                return Err(cgroup);
+            }
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if !room(&kept) {
+            return Err(cgroup);
+        }
+        kept.cgroups.push(cgroup);
+        Ok(())
+    }
+
+    /// Keeps at most `max` emptied cgroups ([`KEPT_CGROUPS`] unless told
+    /// otherwise; 0: none, every cgroup is removed with its sandbox).
+    pub fn keep_at_most(&self, max: usize) {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner).max = max;
+    }
+
+    /// Keeps no more cgroups and removes the kept ones (at shutdown).
+    pub fn stop_keeping(&self) {
+        let kept = {
+            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            kept.max = 0;
+            std::mem::take(&mut kept.cgroups)
+        };
+        for cgroup in kept {
+            if let Err(e) = self.remove(&cgroup) {
+                tracing::warn!(error = %e, "a kept sandbox cgroup could not be removed");
+            }
+        }
+    }
+
+    /// The memory charged to the cgroup, in bytes.
+    fn memory_charge(&self, cgroup: &Cgroup) -> Option<u64> {
+        let file = if self.layout.is_v2() {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        let text = self
+            .fs
+            .read(&cgroup.dir(Controller::Memory).join(file))
+            .ok()?;
+        text.trim().parse().ok()
+    }
+
     /// Writes `limits` into the cgroup.
     pub fn apply_limits(&self, cgroup: &Cgroup, limits: &CgroupLimits) -> Result<(), CgroupError> {
         for (controller, file, value) in limit_writes(self.layout.is_v2(), limits) {
             let dir = cgroup.dir(controller);
             let path = dir.join(file);
-            if file == "memory.memsw.limit_in_bytes" || file == "memory.swap.max" {
-                // Optional: absent when the kernel has no swap accounting.
-                if !self.fs.exists(&path) {
-                    continue;
-                }
+            if optional(file) && !self.fs.exists(&path) {
+                continue;
             }
             self.fs.write(&path, &value).map_err(io_err(&path))?;
         }
@@ -799,6 +932,61 @@ mod tests {
         cgroups.remove(&cg).unwrap();
         assert!(cgroups.existing().unwrap().is_empty());
         assert!(cgroups.create("../escape", &limits).is_err());
+    }
+
+    /// An emptied cgroup is kept with its limits lifted, handed to the next
+    /// sandbox, and removed when keeping stops; one still charged much
+    /// memory, or one past the cap, is given back for removal.
+    #[test]
+    fn emptied_cgroups_are_kept_lifted_and_reused() {
+        let fs = v2_host("/", "cpu memory pids", "", &[]);
+        let cgroups =
+            Cgroups::with_own_cgroups(v2_layout(), Box::new(fs.clone()), "0::/\n", &[]).unwrap();
+        let limits = CgroupLimits {
+            memory_bytes: 1 << 20,
+            cpu_millis: Some(250),
+            pids: 10,
+        };
+        let base = Path::new("/cg/wisp");
+        let cg = cgroups.create("sb-1", &limits).unwrap();
+        let charge = |bytes: u64| {
+            fs.files
+                .lock()
+                .unwrap()
+                .insert(base.join("sb-1/memory.current"), bytes.to_string());
+        };
+        charge(KEPT_MAX_CHARGE + 1);
+        let cg = cgroups.keep(cg).expect_err("too much memory charged");
+        charge(4096);
+        cgroups.keep(cg.clone()).unwrap();
+        {
+            let files = fs.files.lock().unwrap();
+            assert_eq!(files[&base.join("sb-1/memory.max")], "max");
+            assert_eq!(files[&base.join("sb-1/memory.swap.max")], "max");
+            assert_eq!(files[&base.join("sb-1/cpu.max")], "max");
+            assert_eq!(files[&base.join("sb-1/pids.max")], "max");
+        }
+        assert_eq!(cgroups.take_unlimited("sb-2").unwrap(), (cg.clone(), true));
+        let (fresh, kept) = cgroups.take_unlimited("sb-2").unwrap();
+        assert!(!kept);
+        assert_eq!(fresh.name(), "sb-2");
+
+        // At most KEPT_CGROUPS.
+        for _ in 0..KEPT_CGROUPS {
+            cgroups.keep(cg.clone()).unwrap();
+        }
+        assert!(cgroups.keep(cg.clone()).is_err());
+        assert!(cgroups.existing().unwrap().contains(&cg));
+        cgroups.stop_keeping();
+        assert!(!cgroups.existing().unwrap().contains(&cg), "removed");
+        assert!(
+            cgroups.keep(fresh.clone()).is_err(),
+            "no keeping after the stop"
+        );
+        assert!(!cgroups.take_unlimited("sb-3").unwrap().1);
+        cgroups.keep_at_most(1);
+        cgroups.keep(fresh.clone()).unwrap();
+        assert!(cgroups.keep(fresh).is_err(), "one at most");
     }
 
     /// A host whose init enables no controller (the kernel's state at boot):

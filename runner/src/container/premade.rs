@@ -1,6 +1,7 @@
 //! The pool of pre-made sandboxes: sandboxes whose namespaces, cgroup and
 //! init exist before any function needs them, so that a cold start only
-//! mounts a root filesystem and execs. [`PremadePool`] keeps `target` of
+//! mounts a root filesystem and execs. Their cgroups are emptied ones kept
+//! from exited sandboxes where there are some ([`Cgroups::keep`]). [`PremadePool`] keeps `target` of
 //! them waiting (made at idle priority), hands one out per start and
 //! refills behind it; it is also the one place sandboxes are made.
 
@@ -45,6 +46,8 @@ pub(crate) struct Premade {
     pub(crate) pid: i32,
     /// Its network namespace is a kept one.
     pub(crate) netns_reused: bool,
+    /// Its cgroup is a kept one.
+    pub(crate) cgroup_reused: bool,
 }
 
 impl PremadePool {
@@ -79,10 +82,16 @@ impl PremadePool {
     async fn make(&self, background: bool) -> Result<Premade, SandboxError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!("sandbox-{}-{seq}", self.owner);
-        let cgroup = self
+        let (cgroup, cgroup_reused) = self
             .cgroups
-            .create_unlimited(&name)
+            .take_unlimited(&name)
             .map_err(SandboxError::Cgroup)?;
+        // A kept cgroup counts its earlier sandboxes' OOM kills.
+        let oom_seen = if cgroup_reused {
+            self.cgroups.oom_kills(&cgroup).unwrap_or(0)
+        } else {
+            0
+        };
         let guard = CgroupGuard {
             cgroups: self.cgroups.clone(),
             cgroup: Some(cgroup),
@@ -106,11 +115,12 @@ impl PremadePool {
             sandbox: Sandbox {
                 pidfd: spawned.pidfd,
                 cgroup: guard,
-                oom_seen: AtomicU64::new(0),
+                oom_seen: AtomicU64::new(oom_seen),
             },
             control: spawned.control,
             pid: spawned.pid,
             netns_reused: spawned.netns_reused,
+            cgroup_reused,
         })
     }
 
@@ -153,6 +163,9 @@ impl PremadePool {
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.refill.notify_one();
+        // The sandboxes released from now on remove their cgroups.
+        let cgroups = self.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || cgroups.stop_keeping()).await;
         let waiting: Vec<Premade> = lock(&self.waiting).drain(..).collect();
         for premade in waiting {
             premade.sandbox.release().await;

@@ -1,7 +1,8 @@
 //! What a container holds on the host — its init (by pidfd) and its
-//! cgroup — and how it is let go: killed, then the cgroup removed once the
-//! kernel has finished its processes off. Also the sweep, at start, of the
-//! cgroups that servers no longer running left behind.
+//! cgroup — and how it is let go: killed, then, once the kernel has
+//! finished its processes off, the cgroup kept for the next sandbox
+//! ([`Cgroups::keep`]) or removed. Also the sweep, at start, of the cgroups
+//! that servers no longer running left behind.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -43,12 +44,13 @@ impl Sandbox {
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
     }
 
-    /// Kills the sandbox and waits until its cgroup is gone.
+    /// Kills the sandbox and waits until its cgroup is empty (and kept)
+    /// or gone.
     pub(crate) async fn release(mut self) {
         self.kill();
         if let Some(cgroup) = self.cgroup.cgroup.take() {
             let cgroups = self.cgroup.cgroups.clone();
-            let _ = tokio::task::spawn_blocking(move || remove_cgroup(&cgroups, &cgroup)).await;
+            let _ = tokio::task::spawn_blocking(move || retire_cgroup(&cgroups, cgroup)).await;
         }
     }
 }
@@ -59,7 +61,8 @@ impl Drop for Sandbox {
     }
 }
 
-/// Removes the cgroup when dropped (after the sandbox's processes).
+/// Keeps or removes the cgroup when dropped (after the sandbox's
+/// processes).
 pub(crate) struct CgroupGuard {
     pub(crate) cgroups: Arc<Cgroups>,
     pub(crate) cgroup: Option<Cgroup>,
@@ -69,8 +72,8 @@ impl Drop for CgroupGuard {
     fn drop(&mut self) {
         if let Some(cgroup) = self.cgroup.take() {
             let cgroups = self.cgroups.clone();
-            // Removal waits for the kernel to finish the processes off.
-            std::thread::spawn(move || remove_cgroup(&cgroups, &cgroup));
+            // This waits for the kernel to finish the processes off.
+            std::thread::spawn(move || retire_cgroup(&cgroups, cgroup));
         }
     }
 }
@@ -126,19 +129,46 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Kills what is left in `cgroup`, and once the kernel has finished its
+/// processes off keeps it for another sandbox or removes it.
+fn retire_cgroup(cgroups: &Cgroups, cgroup: Cgroup) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cgroups.processes(&cgroup) {
+            Ok(pids) if pids.is_empty() => {
+                if let Err(cgroup) = cgroups.keep(cgroup) {
+                    remove_cgroup(cgroups, &cgroup);
+                }
+                return;
+            }
+            Ok(pids) => kill_all(&pids),
+            Err(_) => break,
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    remove_cgroup(cgroups, &cgroup);
+}
+
+fn kill_all(pids: &[u32]) {
+    for &pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Kills what is left in `cgroup` and removes it, retrying while the
 /// kernel finishes off its processes.
 fn remove_cgroup(cgroups: &Cgroups, cgroup: &Cgroup) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        for pid in cgroups.processes(cgroup).unwrap_or_default() {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+        kill_all(&cgroups.processes(cgroup).unwrap_or_default());
         match cgroups.remove(cgroup) {
             Ok(()) => return,
             Err(e) if Instant::now() >= deadline => {
