@@ -979,6 +979,10 @@ mod tests {
         assert!(cgroups.existing().unwrap().contains(&cg));
         cgroups.stop_keeping();
         assert!(!cgroups.existing().unwrap().contains(&cg), "removed");
+        fs.files
+            .lock()
+            .unwrap()
+            .insert(base.join("sb-2/memory.current"), "0".into());
         assert!(
             cgroups.keep(fresh.clone()).is_err(),
             "no keeping after the stop"
