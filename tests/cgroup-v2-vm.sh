@@ -34,6 +34,7 @@ log=$cache/console.log
 default_tests=(
   container::the_sandbox_is_isolated
   container::a_memory_hog_is_oom_killed_and_its_sandbox_replaced
+  container::a_kept_cgroup_carries_nothing_over_to_the_next_function
   container::a_fork_bomb_stops_at_the_pids_limit
   container::a_cpu_hog_is_throttled_at_its_cpu_limit
   container::nothing_is_left_behind_after_teardown_or_a_crash
