@@ -20,6 +20,11 @@
 //! and its spawner into the leaf `wisp-server` beside `wisp`; a cgroup
 //! shared with other processes (a login session's scope) is refused with
 //! that reason. Limits: no I/O limits; CPU is a CFS quota, not shares.
+//!
+//! A sandbox's cgroup outlives it: once empty it is kept, its limits
+//! lifted, for the next sandbox ([`Cgroups::keep`],
+//! [`Cgroups::take_unlimited`]; docs/architecture.md, "Cgroups are
+//! reused").
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,10 @@
 //! The pool of pre-made sandboxes: sandboxes whose namespaces, cgroup and
 //! init exist before any function needs them, so that a cold start only
-//! mounts a root filesystem and execs. Their cgroups are emptied ones kept
-//! from exited sandboxes where there are some ([`Cgroups::keep`]). [`PremadePool`] keeps `target` of
+//! mounts a root filesystem and execs. [`PremadePool`] keeps `target` of
 //! them waiting (made at idle priority), hands one out per start and
-//! refills behind it; it is also the one place sandboxes are made.
+//! refills behind it; it is also the one place sandboxes are made. A new
+//! sandbox gets an emptied cgroup kept from an exited one where there is
+//! one ([`Cgroups::keep`]).
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;

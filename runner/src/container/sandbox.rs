@@ -50,7 +50,8 @@ impl Sandbox {
         self.kill();
         if let Some(cgroup) = self.cgroup.cgroup.take() {
             let cgroups = self.cgroup.cgroups.clone();
-            let _ = tokio::task::spawn_blocking(move || retire_cgroup(&cgroups, cgroup)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || retire_cgroup(&cgroups, cgroup, true)).await;
         }
     }
 }
@@ -73,7 +74,7 @@ impl Drop for CgroupGuard {
         if let Some(cgroup) = self.cgroup.take() {
             let cgroups = self.cgroups.clone();
             // This waits for the kernel to finish the processes off.
-            std::thread::spawn(move || retire_cgroup(&cgroups, cgroup));
+            std::thread::spawn(move || retire_cgroup(&cgroups, cgroup, true));
         }
     }
 }
@@ -89,12 +90,11 @@ pub(crate) fn sweep_leftovers(cgroups: &Cgroups) -> usize {
         return 0;
     };
     let mut removed = 0;
-    for cgroup in &existing {
-        let owner = cgroup.name().rsplit('-').nth(1).unwrap_or("");
-        if owner_is_running(owner) {
+    for cgroup in existing {
+        if owner_is_running(cgroup.name().rsplit('-').nth(1).unwrap_or("")) {
             continue;
         }
-        remove_cgroup(cgroups, cgroup);
+        retire_cgroup(cgroups, cgroup, false);
         removed += 1;
     }
     removed
@@ -129,54 +129,42 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Kills what is left in `cgroup`, and once the kernel has finished its
-/// processes off keeps it for another sandbox or removes it.
-fn retire_cgroup(cgroups: &Cgroups, cgroup: Cgroup) {
+/// Kills what is left in `cgroup` and, once the kernel has finished its
+/// processes off, keeps it for another sandbox ([`Cgroups::keep`]) if
+/// `keep`, else (or if it is not kept) removes it; gives up after 5 s,
+/// leaving it to the next start's sweep.
+fn retire_cgroup(cgroups: &Cgroups, mut cgroup: Cgroup, mut keep: bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match cgroups.processes(&cgroup) {
-            Ok(pids) if pids.is_empty() => {
-                if let Err(cgroup) = cgroups.keep(cgroup) {
-                    remove_cgroup(cgroups, &cgroup);
-                }
-                return;
+        let pids = cgroups.processes(&cgroup).unwrap_or_default();
+        if pids.is_empty() && keep {
+            match cgroups.keep(cgroup) {
+                Ok(()) => return,
+                Err(back) => (cgroup, keep) = (back, false),
             }
-            Ok(pids) => kill_all(&pids),
-            Err(_) => break,
         }
-        if Instant::now() >= deadline {
-            break;
+        for &pid in &pids {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if pids.is_empty() || !keep {
+            match cgroups.remove(&cgroup) {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::warn!(error = %e, "a sandbox cgroup could not be removed");
+                    return;
+                }
+                Err(_) => {}
+            }
+        } else if Instant::now() >= deadline {
+            tracing::warn!("a sandbox cgroup still had processes after 5 s");
+            return;
         }
         std::thread::sleep(Duration::from_millis(2));
-    }
-    remove_cgroup(cgroups, &cgroup);
-}
-
-fn kill_all(pids: &[u32]) {
-    for &pid in pids {
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-/// Kills what is left in `cgroup` and removes it, retrying while the
-/// kernel finishes off its processes.
-fn remove_cgroup(cgroups: &Cgroups, cgroup: &Cgroup) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        kill_all(&cgroups.processes(cgroup).unwrap_or_default());
-        match cgroups.remove(cgroup) {
-            Ok(()) => return,
-            Err(e) if Instant::now() >= deadline => {
-                tracing::warn!(error = %e, "a sandbox cgroup could not be removed");
-                return;
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(2)),
-        }
     }
 }
 

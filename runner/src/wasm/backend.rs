@@ -84,6 +84,7 @@ struct EpochState {
 /// futex call and a wake-up of the clock's thread each time (counted on
 /// `hello`, one connection: one futex call a request).
 const EPOCH_LINGER: Duration = Duration::from_secs(1);
+const LINGER_TICKS: u32 = (EPOCH_LINGER.as_millis() / EPOCH_TICK.as_millis()) as u32;
 
 impl Epochs {
     /// Counts a store while the result lives; keep it in the store's data.
@@ -101,14 +102,13 @@ impl Epochs {
     /// until one does, asking `alive` once a second whether the engine is
     /// still there. False once it is not.
     fn wait_for_a_store(&self, idle_ticks: &mut u32, alive: impl Fn() -> bool) -> bool {
-        let linger = (EPOCH_LINGER.as_millis() / EPOCH_TICK.as_millis().max(1)) as u32;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.stores > 0 {
             *idle_ticks = 0;
             return true;
         }
         *idle_ticks = idle_ticks.saturating_add(1);
-        if *idle_ticks <= linger {
+        if *idle_ticks <= LINGER_TICKS {
             return true;
         }
         while state.stores == 0 {
