@@ -22,11 +22,7 @@ unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 wasmtime_version=48.0.8
 
 ./scripts/setup.sh
-need=()
-for tool in crun runc wrk; do command -v "$tool" >/dev/null || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_missing crun runc wrk
 if [ -z "${SKIP_WASMTIME:-}" ] && ! wasmtime --version 2>/dev/null | grep -q "$wasmtime_version"; then
   echo "compare: cargo install wasmtime-cli@$wasmtime_version (once; takes a while)"
   cargo install --quiet --locked "wasmtime-cli@$wasmtime_version"

@@ -10,12 +10,14 @@
 #
 # WISP_A and WISP_B are `wisp` binaries (copies of target/release/wisp
 # built from the two commits); the artifacts and the proxy come from
-# ${CARGO_TARGET_DIR:-target}/release. Needs wrk, curl and root.
+# ${CARGO_TARGET_DIR:-target}/release. Needs curl and root (installs wrk
+# if missing; perf stat is used if installed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . benches/scripts/lib.sh
 [ $# -ge 2 ] || { echo "usage: $0 WISP_A WISP_B [ROUNDS] [CONNECTIONS] [SECONDS]" >&2; exit 2; }
 a=$1 b=$2 rounds=${3:-5} conns=${4:-1} seconds=${5:-5}
+install_missing wrk
 port=18952
 dir=$(mktemp -d)
 PORT=18941 "$(artifact ping)" >/dev/null 2>&1 &

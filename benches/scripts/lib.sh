@@ -101,3 +101,25 @@ wrk_run() {
     $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)} /Requests\/sec/ {rps=$2}
     END {print p50, p99, rps}'
 }
+
+# install_missing TOOL…: installs the Debian packages of the tools that are
+# not on PATH (perf comes in linux-perf; the others are their own package).
+install_missing() {
+  local tool need=()
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || need+=("$([ "$tool" = perf ] && echo linux-perf || echo "$tool")")
+  done
+  [ ${#need[@]} -eq 0 ] && return 0
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+# alternate ROUNDS A B FN: runs `FN ROUND A` and `FN ROUND B` for every
+# round, the order swapped each round (A first in odd rounds), so that a
+# drift of the machine does not favour either build.
+alternate() {
+  local rounds=$1 a=$2 b=$3 fn=$4 r
+  for r in $(seq "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then "$fn" "$r" "$a"; "$fn" "$r" "$b"
+    else "$fn" "$r" "$b"; "$fn" "$r" "$a"; fi
+  done
+}

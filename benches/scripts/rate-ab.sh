@@ -40,7 +40,4 @@ PY
   stop_wisp
 }
 
-for r in $(seq "$rounds"); do
-  if [ $((r % 2)) = 1 ]; then order="$a $b"; else order="$b $a"; fi
-  for bin in $order; do one_build "$r" "$bin"; done
-done
+alternate "$rounds" "$a" "$b" one_build

@@ -10,13 +10,15 @@
 #
 # WISP_A and WISP_B are `wisp` binaries (copies of target/release/wisp
 # built from the two commits); the artifacts come from
-# ${CARGO_TARGET_DIR:-target}/release. Needs wrk, perf, curl and root.
+# ${CARGO_TARGET_DIR:-target}/release. Needs root (installs wrk and perf
+# if missing) and curl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . benches/scripts/lib.sh
 [ $# -ge 2 ] || { echo "usage: $0 WISP_A WISP_B [ROUNDS] [CONNECTIONS] [SECONDS]" >&2; exit 2; }
 a=$1 b=$2 rounds=${3:-3} conns=${4:-1} seconds=${5:-4}
 threads=$([ "$conns" -gt 1 ] && echo 2 || echo 1)
+install_missing wrk perf
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 port=18953
 dir=$(mktemp -d)
@@ -51,7 +53,4 @@ one_build() { # ROUND BINARY
   stop_wisp
 }
 
-for r in $(seq "$rounds"); do
-  if [ $((r % 2)) = 1 ]; then order="$a $b"; else order="$b $a"; fi
-  for bin in $order; do one_build "$r" "$bin"; done
-done
+alternate "$rounds" "$a" "$b" one_build
