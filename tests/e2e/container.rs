@@ -831,6 +831,24 @@ async fn handlers_that_exit_or_never_listen_get_clear_errors() {
     wisp.deploy_rootfs("nocmd", rootfs.path(), &["--cmd", "/no/such"]);
     let answer = wisp.invoke("GET", "/function/nocmd/", "").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+
+    // An executable file the kernel cannot run: the exec's own error.
+    let junk = rootfs.path().join("bin/junk");
+    std::fs::write(&junk, "not a program\n").unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&junk, executable).unwrap();
+    wisp.deploy_rootfs("junk", rootfs.path(), &["--cmd", "/bin/junk"]);
+    let answer = wisp.invoke("GET", "/function/junk/", "").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+    assert!(
+        wisp.log()
+            .contains(r#"exec: exec "/bin/junk": Exec format error"#),
+        "the exec's error reaches the log"
+    );
+    // The sandbox it failed in left nothing running: the next function
+    // starts as usual.
+    let answer = wisp.invoke("GET", "/function/quits/", "").await;
+    assert!(answer.text().contains("exit status 3"), "{}", answer.text());
 }
 
 #[tokio::test]
