@@ -32,8 +32,8 @@ const PROBE_FIRST: Duration = Duration::from_micros(50);
 /// While a handler has been starting for less than [`PROBE_FAST_FOR`],
 /// probes are at most this far apart: most handlers listen within a few
 /// milliseconds, and a probe that just missed must not add milliseconds to
-/// the cold start (with a 5 ms cap, a handler ready at 1.6 ms was found at
-/// 3.15 ms — the "ready" phase's p99 was ~3.5 ms).
+/// the cold start (doubling up to 5 ms, a handler that listens at 1.6 ms
+/// is found at 3.15 ms).
 const PROBE_FAST_GAP: Duration = Duration::from_micros(250);
 const PROBE_FAST_FOR: Duration = Duration::from_millis(25);
 /// After that, slow starters (an interpreter loading its modules) are
