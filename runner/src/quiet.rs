@@ -127,8 +127,9 @@ impl QuietWaker {
             let again = self.quiet.woken_during_poll();
             if result.is_ready() {
                 if again {
-                    // A wake for what is left of the task (the caller may
-                    // poll other futures with this waker).
+                    // The wake may be for something `step` polled that
+                    // outlives this result (the connection a finished
+                    // request drove): the task polls it again.
                     self.quiet.state.store(IDLE, Ordering::SeqCst);
                     cx.waker().wake_by_ref();
                 }
@@ -203,11 +204,8 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
     }
 
-    /// A wake from another thread while the future is polled is never
-    /// lost: it either makes the poll run again or wakes the task. (The
-    /// first version noted such a wake after the poll had decided to
-    /// return: the task slept until some other wake, such as a connection's
-    /// 30 s header-read timer — the rare ~29 s requests in the benches.)
+    /// A wake from another thread racing the end of a poll is never lost:
+    /// it either makes the poll run again or wakes the task (see `Quiet`).
     #[test]
     fn a_wake_from_another_thread_during_the_poll_is_never_lost() {
         for _ in 0..20_000 {

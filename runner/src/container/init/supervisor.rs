@@ -257,8 +257,8 @@ impl<'a> Supervisor<'a> {
         until.map(|t| TimeSpec::from_duration(t.saturating_duration_since(Instant::now())))
     }
 
-    /// Tries the handler's port while it is not ready yet, backing off
-    /// from 50 µs to 5 ms between tries.
+    /// Tries the handler's port while it is not ready yet, at the gaps
+    /// [`next_backoff`] gives.
     fn probe_readiness(&mut self) {
         let Some(h) = self.handler.as_mut() else {
             return;
