@@ -827,6 +827,16 @@ async fn handlers_that_exit_or_never_listen_get_clear_errors() {
         answer.text()
     );
     assert!(answer.text().contains("port 8080"), "{}", answer.text());
+    // The operator learns where it was: init and the handler it waited on.
+    let log = wisp.log();
+    let stuck = log
+        .lines()
+        .find(|l| l.contains("the sandbox did not get ready in time"))
+        .unwrap_or_default();
+    assert!(
+        stuck.contains("(wisp-spawner) state S") && stuck.contains("(sleep) state S in"),
+        "{stuck}"
+    );
 
     wisp.deploy_rootfs("nocmd", rootfs.path(), &["--cmd", "/no/such"]);
     let answer = wisp.invoke("GET", "/function/nocmd/", "").await;

@@ -350,13 +350,17 @@ impl Backend for ContainerBackend {
         let timeout = spec.limits.timeout().min(MAX_START);
         let first = tokio::time::timeout(timeout, wait_ready(&function, pid, &control))
             .await
-            .map_err(|_| match protocol {
+            .map_err(|_| {
+                // Where it is stuck, for the operator: not for the client.
+                tracing::warn!(function = %function, ?timeout, processes = %super::stuck::describe(pid), "the sandbox did not get ready in time");
+                match protocol {
                 Protocol::Http => StartError::NotReady {
                     function: function.clone(),
                     waited_for: format!("accept connections on port {port}"),
                     timeout,
                 },
                 Protocol::Cgi | Protocol::Lambda => sandbox_err(SandboxError::NoReport(timeout)),
+            }
             })?;
         let (timings, first_conn) = match first {
             Ok(ready) => ready,

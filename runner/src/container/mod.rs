@@ -34,6 +34,7 @@ pub mod proto;
 mod sandbox;
 pub mod seccomp;
 pub mod spawner;
+mod stuck;
 mod sys;
 pub mod users;
 

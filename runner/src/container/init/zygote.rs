@@ -246,10 +246,10 @@ impl Zygote {
         }
     }
 
-    /// Ends the zygote unused.
+    /// Ends the zygote unused. Init's `SIGCHLD` handling reaps it: a
+    /// start does not wait for its exit.
     pub(super) fn discard(self) {
         let _ = kill(self.pid, Signal::SIGKILL);
-        let _ = waitpid(self.pid, None);
     }
 }
 
