@@ -41,6 +41,7 @@ default_tests=(
   container::on_cgroup_v2_a_server_alone_in_its_cgroup_moves_to_a_leaf
   container::a_starting_server_leaves_a_live_servers_sandboxes_alone
   container::ping_runs_from_a_docker_archive_and_an_oci_layout
+  container::the_server_turns_on_cgroup2_favordynmods_unless_asked_not_to
 )
 if [ $# -gt 0 ]; then
   test_args=("$@")
@@ -164,7 +165,8 @@ export PATH=/bin HOME=/root TMPDIR=/tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# As systemd mounts it: the server must keep these options.
+mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
 ip link set lo up
 insmod /lib/modules/overlay.ko
 echo "kernel $(uname -r); cgroup controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"

@@ -171,6 +171,9 @@ impl WispBuilder {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)
+            // The host's cgroup2 option is one test's to change
+            // (`the_server_turns_on_cgroup2_favordynmods_unless_asked_not_to`).
+            .env("WISP_CGROUP_FAVORDYNMODS", "false")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("WISP_LOG", "info,wisp=debug")
             .stdout(Stdio::piped())

@@ -64,10 +64,9 @@ pub struct ServeConfig {
     /// Largest artifact `POST /system/artifacts` accepts.
     pub max_artifact_bytes: u64,
     pub wasm: WasmConfig,
-    /// Container sandboxes made ahead of demand.
-    pub premade_sandboxes: usize,
-    /// Sandboxes get the emptied cgroups of exited ones.
-    pub reuse_cgroups: bool,
+    /// How container sandboxes are made: how many ahead of demand, with
+    /// which cgroups.
+    pub sandboxes: wisp_runner::container::SandboxOptions,
     /// What one image import may write.
     pub images: ImportLimits,
     /// Garbage collection of unused artifacts and images.
@@ -253,8 +252,7 @@ impl App {
             artifacts.clone(),
             &config.data_dir,
             spawner,
-            config.premade_sandboxes,
-            config.reuse_cgroups,
+            config.sandboxes,
             config.images,
         )
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;

@@ -1051,6 +1051,66 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     assert_eq!(mounts(), mounts_before);
 }
 
+/// The host's first writable cgroup2 mount and its superblock's options
+/// (without `rw`).
+fn cgroup2_options() -> (PathBuf, Vec<String>) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let options = right.strip_prefix("cgroup2 ")?.split(' ').nth(1)?;
+            let options: Vec<String> = options.split(',').map(str::to_owned).collect();
+            if options.iter().any(|o| o == "ro") {
+                return None;
+            }
+            let mount = PathBuf::from(left.split(' ').nth(4)?);
+            Some((mount, options.into_iter().filter(|o| o != "rw").collect()))
+        })
+        .expect("this test needs a writable cgroup2 mount")
+}
+
+/// The server turns on the host's cgroup2 `favordynmods` (a sandbox's
+/// cgroup join then never waits for an RCU grace period), keeping the
+/// hierarchy's other options; asked not to, it leaves the host alone.
+#[tokio::test]
+async fn the_server_turns_on_cgroup2_favordynmods_unless_asked_not_to() {
+    let favored = |options: &[String]| options.iter().any(|o| o == "favordynmods");
+    // Off, as on a host that never had it.
+    let (mount, mut others) = cgroup2_options();
+    others.retain(|o| o != "favordynmods");
+    wisp_runner::container::cgroup_tuning::reconfigure(&mount, &others).unwrap();
+    assert!(!favored(&cgroup2_options().1));
+
+    let wisp = Wisp::builder()
+        .env("WISP_CGROUP_FAVORDYNMODS", "false")
+        .start()
+        .unwrap();
+    assert!(!favored(&cgroup2_options().1), "left alone");
+    drop(wisp);
+
+    let wisp = Wisp::builder()
+        .env("WISP_CGROUP_FAVORDYNMODS", "true")
+        .start()
+        .unwrap();
+    let (now_mount, mut now) = cgroup2_options();
+    assert_eq!(now_mount, mount);
+    assert!(favored(&now), "{now:?}");
+    now.retain(|o| o != "favordynmods");
+    assert_eq!(now, others, "the hierarchy's other options are kept");
+    assert!(
+        wisp.log().contains("turned on cgroup2 favordynmods"),
+        "{}",
+        wisp.log()
+    );
+    // Sandboxes start as before.
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    assert_eq!(
+        wisp.invoke("GET", "/function/ping/ping", "").await.text(),
+        "pong"
+    );
+}
+
 /// The cgroup v2 hierarchy's mount if it has the memory, cpu and pids
 /// controllers (a pure v2 host); `None` on v1 and hybrid hosts.
 fn cgroup_v2_mount() -> Option<PathBuf> {

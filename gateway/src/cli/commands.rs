@@ -74,8 +74,11 @@ pub async fn run(
                 wasm: WasmConfig {
                     max_instances: args.max_wasm_instances,
                 },
-                premade_sandboxes: args.premade_sandboxes,
-                reuse_cgroups: args.reuse_cgroups,
+                sandboxes: wisp_runner::container::SandboxOptions {
+                    premade: args.premade_sandboxes,
+                    reuse_cgroups: args.reuse_cgroups,
+                    favordynmods: args.cgroup_favordynmods,
+                },
                 images: ImportLimits {
                     max_bytes: args.max_image_size,
                     max_entries: args.max_image_entries,

@@ -49,18 +49,29 @@ pub struct ContainerBackend {
     id_map: IdMap,
 }
 
+/// How the container backend makes its sandboxes.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxOptions {
+    /// Sandboxes kept made ahead of demand.
+    pub premade: usize,
+    /// Whether a sandbox may take the cgroup of one that exited.
+    pub reuse_cgroups: bool,
+    /// Whether to turn on the host's cgroup2 `favordynmods`
+    /// (see [`super::cgroup_tuning`]).
+    pub favordynmods: bool,
+}
+
 impl ContainerBackend {
     /// `spawner` is the spawner `main` forked, or why there is none (not
     /// root, …); without it deploying a container function is refused with
-    /// that reason, and wasm functions are unaffected. `premade` sandboxes
+    /// that reason, and wasm functions are unaffected. `sandboxes.premade` sandboxes
     /// are kept ready ahead of demand (needs a tokio runtime); an image
     /// import writes at most `limits`.
     pub fn new(
         artifacts: ArtifactStore,
         data_dir: &Path,
         spawner: Result<SpawnerHandle, LaunchError>,
-        premade: usize,
-        reuse_cgroups: bool,
+        sandboxes: SandboxOptions,
         limits: ImportLimits,
     ) -> Result<ContainerBackend, StoreError> {
         let id_map = IdMap::default();
@@ -72,7 +83,7 @@ impl ContainerBackend {
             .with_limits(limits);
         let pool = spawner
             .map_err(UnavailableError::NoSpawner)
-            .and_then(|handle| premade_pool(handle, data_dir, id_map, premade, reuse_cgroups))
+            .and_then(|handle| premade_pool(handle, data_dir, id_map, sandboxes))
             .map_err(Arc::new);
         match &pool {
             Ok(pool) if pool.target() > 0 => {
@@ -175,8 +186,7 @@ fn premade_pool(
     handle: SpawnerHandle,
     data_dir: &Path,
     id_map: IdMap,
-    target: usize,
-    reuse_cgroups: bool,
+    options: SandboxOptions,
 ) -> Result<Arc<PremadePool>, UnavailableError> {
     let cgroups = Layout::detect()
         .and_then(|layout| {
@@ -184,8 +194,12 @@ fn premade_pool(
             Cgroups::new(layout, Box::new(RealFs), &ours)
         })
         .map_err(UnavailableError::Cgroups)?;
-    if !reuse_cgroups {
+    if !options.reuse_cgroups {
         cgroups.keep_at_most(0);
+    }
+    if options.favordynmods {
+        let outcome = super::cgroup_tuning::favor_dynamic_modifications();
+        super::cgroup_tuning::log(&outcome);
     }
     let spawner = Spawner::new(handle).map_err(UnavailableError::Spawner)?;
     let scratch = data_dir.join("run").join("scratch");
@@ -205,7 +219,7 @@ fn premade_pool(
         Arc::new(cgroups),
         scratch,
         id_map,
-        target,
+        options.premade,
     )))
 }
 

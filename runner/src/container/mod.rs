@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod cgroup;
+pub mod cgroup_tuning;
 mod error;
 mod handler_conns;
 mod init;
@@ -38,6 +39,6 @@ mod stuck;
 mod sys;
 pub mod users;
 
-pub use backend::{ContainerBackend, DEFAULT_PREMADE};
+pub use backend::{ContainerBackend, DEFAULT_PREMADE, SandboxOptions};
 pub use error::{SandboxError, UnavailableError};
 pub use instance::ContainerInstance;

@@ -4,7 +4,9 @@
 //! mounts, `move_mount`). One small function each, with its `unsafe`
 //! justified.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use nix::errno::Errno;
 
@@ -187,6 +189,8 @@ const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSCONFIG_CMD_RECONFIGURE: libc::c_uint = 7;
+const FSPICK_CLOEXEC: libc::c_uint = 1;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 pub(crate) const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
@@ -205,14 +209,14 @@ pub(crate) struct MountApiError {
     source: Errno,
 }
 
-/// A new, detached mount of `fstype` with `options` (`key=value` sets a
-/// string, a bare `key` a flag) and mount attributes `attrs`; the
-/// descriptor refers to its root.
-pub(crate) fn detached_mount(
+/// Sets `options` (`key=value` sets a string, a bare `key` a flag) on
+/// the filesystem context `fs`, then runs `command` on it.
+fn configure(
+    fs: BorrowedFd<'_>,
     fstype: &str,
     options: &[&str],
-    attrs: libc::c_uint,
-) -> Result<OwnedFd, MountApiError> {
+    command: libc::c_uint,
+) -> Result<(), MountApiError> {
     let cstr = |s: &str| {
         std::ffi::CString::new(s).map_err(|_| MountApiError {
             fstype: fstype.to_owned(),
@@ -225,10 +229,6 @@ pub(crate) fn detached_mount(
         step: what.to_owned(),
         source: Errno::last(),
     };
-    let name = cstr(fstype)?;
-    // SAFETY: valid C string; the result is checked.
-    let fs = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
-    let fs = owned(fs).ok_or_else(|| fail("fsopen"))?;
     for option in options.iter().filter(|o| !o.is_empty()) {
         let (key, value) = match option.split_once('=') {
             Some((k, v)) => (cstr(k)?, Some(cstr(v)?)),
@@ -255,22 +255,73 @@ pub(crate) fn detached_mount(
     }
     let null: *const libc::c_char = std::ptr::null();
     // SAFETY: as above.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            null,
-            null,
-            0,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), command, null, null, 0) };
     if r < 0 {
-        return Err(fail("create"));
+        let step = if command == FSCONFIG_CMD_CREATE {
+            "create"
+        } else {
+            "reconfigure"
+        };
+        return Err(fail(step));
     }
-    // SAFETY: as above.
+    Ok(())
+}
+
+/// A new, detached mount of `fstype` with `options` (`key=value` sets a
+/// string, a bare `key` a flag) and mount attributes `attrs`; the
+/// descriptor refers to its root.
+pub(crate) fn detached_mount(
+    fstype: &str,
+    options: &[&str],
+    attrs: libc::c_uint,
+) -> Result<OwnedFd, MountApiError> {
+    let fail = |what: &str| MountApiError {
+        fstype: fstype.to_owned(),
+        step: what.to_owned(),
+        source: Errno::last(),
+    };
+    let name = std::ffi::CString::new(fstype).map_err(|_| MountApiError {
+        fstype: fstype.to_owned(),
+        step: "name".to_owned(),
+        source: Errno::EINVAL,
+    })?;
+    // SAFETY: valid C string; the result is checked.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
+    let fs = owned(fs).ok_or_else(|| fail("fsopen"))?;
+    configure(fs.as_fd(), fstype, options, FSCONFIG_CMD_CREATE)?;
+    // SAFETY: valid descriptor; the result is checked.
     let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
     owned(mnt).ok_or_else(|| fail("fsmount"))
+}
+
+/// Reconfigures the filesystem (the superblock, not the mount's own
+/// attributes) mounted at `mount` with exactly `options`: what is not
+/// named goes back to its default.
+pub(crate) fn reconfigure(
+    mount: &Path,
+    fstype: &str,
+    options: &[&str],
+) -> Result<(), MountApiError> {
+    let path = std::ffi::CString::new(mount.as_os_str().as_bytes()).map_err(|_| MountApiError {
+        fstype: fstype.to_owned(),
+        step: "path".to_owned(),
+        source: Errno::EINVAL,
+    })?;
+    // SAFETY: valid C string; the result is checked.
+    let fs = unsafe {
+        libc::syscall(
+            libc::SYS_fspick,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            FSPICK_CLOEXEC,
+        )
+    };
+    let fs = owned(fs).ok_or_else(|| MountApiError {
+        fstype: fstype.to_owned(),
+        step: "fspick".to_owned(),
+        source: Errno::last(),
+    })?;
+    configure(fs.as_fd(), fstype, options, FSCONFIG_CMD_RECONFIGURE)
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
