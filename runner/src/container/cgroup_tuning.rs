@@ -9,10 +9,14 @@
 //! `cgroup_mutex` held, so the other sandboxes being made wait behind it.
 //! Back to back, a cold start that takes a sandbox still joining its
 //! cgroup waits for it: that was most of the back-to-back p99 (see
-//! BENCHMARKS.md). With `favordynmods` the rwsem stays in its slow mode,
-//! so a join never waits for a grace period; forks and exits on the host
-//! pay a memory barrier instead of a per-CPU increment
-//! (Documentation/admin-guide/cgroup-v2.rst: "favordynmods").
+//! BENCHMARKS.md). With `favordynmods` (Linux 6.0+) the rwsem stays in
+//! its slow mode, so a join never waits for a grace period; forks and
+//! exits on the host pay a memory barrier instead of a per-CPU increment
+//! (Documentation/admin-guide/cgroup-v2.rst: "favordynmods"). From Linux
+//! 6.18 it also makes a `cgroup.procs` write take the joining process's
+//! own rwsem instead of the global one, and that switch is one-way: it
+//! stays until reboot even if the option is turned off again. Operators
+//! who prefer to choose at boot have `cgroup_favordynmods=true`.
 //!
 //! The option belongs to the one cgroup2 hierarchy, but the rwsem is
 //! global, so on a hybrid host (v1 controllers beside an empty cgroup2
