@@ -1,8 +1,8 @@
 //! The few system calls the container backend makes that neither `std` nor
 //! `nix` wraps safely: pidfds, bringing loopback up, capability sets,
 //! `close_range`, scheduling policy and the new mount API (detached
-//! mounts, `move_mount`). One small function each, with its `unsafe`
-//! justified.
+//! mounts, `move_mount`, reconfiguring a mounted filesystem). One small
+//! function each, with its `unsafe` justified.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
