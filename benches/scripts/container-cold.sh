@@ -14,8 +14,10 @@
 # pre-made sandbox this happened before the request); assign = request →
 # the sandbox has its plan (with none pre-made: includes making one, i.e.
 # clone into new namespaces); rootfs = hostname, tmpfs + overlay mounts,
-# pivot_root, /proc /dev /tmp, user namespace; exec = fork + privileges
-# dropped + seccomp + execve; ready = exec → the port accepts.
+# pivot_root, /proc /dev /tmp, user namespace; limits = init waiting for
+# the gateway's `Start` (the cgroup's limits written); exec = the command
+# to the zygote (forked, privileges dropped and seccomp applied ahead) and
+# its execve; ready = exec → the port accepts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . benches/scripts/lib.sh
@@ -45,7 +47,7 @@ run() {
   echo "wisp, $1 pre-made sandboxes: ping cold start, request → first response byte (curl time_starttransfer):"
   echo "  total         $(printf '%s\n' "${client[@]}" | stats)"
   echo "  server phases (log lines 'container started'; premade=$(grep -c '"premade":true' "$dir.log") of $n):"
-  for phase in cgroup_ns_ms assign_ms rootfs_ms exec_ms ready_ms total_ms; do
+  for phase in cgroup_ns_ms assign_ms rootfs_ms limits_ms exec_ms ready_ms total_ms; do
     printf '    %-12s %s\n' "${phase%_ms}" "$(grep '"container started"' "$dir.log" | sed -n "s/.*\"$phase\":\([0-9.e-]*\).*/\1/p" | stats)"
   done
 }

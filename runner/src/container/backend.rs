@@ -476,7 +476,8 @@ impl Backend for ContainerBackend {
             cgroup_ns_ms = ms(timings.cloned, timings.sandbox),
             assign_ms = ms(requested, timings.assigned),
             rootfs_ms = ms(timings.assigned, timings.rootfs),
-            exec_ms = ms(timings.rootfs, timings.exec),
+            limits_ms = ms(timings.rootfs, timings.started),
+            exec_ms = ms(timings.started, timings.exec),
             ready_ms = ms(timings.exec, ready),
             total_ms = ms(requested, proto::monotonic_ns()),
             "container started"
@@ -485,7 +486,9 @@ impl Backend for ContainerBackend {
         let phases = vec![
             ("sandbox", phase(requested, timings.assigned)),
             ("rootfs", phase(timings.assigned, timings.rootfs)),
-            ("exec", phase(timings.rootfs, timings.exec)),
+            // Init waiting for the gateway's `Start` (limits written).
+            ("limits", phase(timings.rootfs, timings.started)),
+            ("exec", phase(timings.started, timings.exec)),
             ("ready", phase(timings.exec, ready)),
         ];
         Ok(Box::new(ContainerInstance {

@@ -208,6 +208,8 @@ pub struct Timings {
     pub assigned: u64,
     /// Rootfs mounted, root pivoted, user namespace entered.
     pub rootfs: u64,
+    /// `Start` arrived: the gateway has written the cgroup's limits.
+    pub started: u64,
     /// The handler was exec'd.
     pub exec: u64,
     /// The handler accepted a connection (or, for CGI, init was ready).
@@ -445,13 +447,14 @@ mod tests {
         }
 
         fn from_init() -> impl Strategy<Value = FromInit> {
-            let timings = any::<[u64; 6]>().prop_map(|t| Timings {
+            let timings = any::<[u64; 7]>().prop_map(|t| Timings {
                 cloned: t[0],
                 sandbox: t[1],
                 assigned: t[2],
                 rootfs: t[3],
-                exec: t[4],
-                ready: t[5],
+                started: t[4],
+                exec: t[5],
+                ready: t[6],
             });
             let stream = prop::sample::select(vec![Stream::Stdout, Stream::Stderr]);
             prop_oneof![

@@ -132,6 +132,7 @@ pub(crate) fn container_main(
         Ok((ToInit::Start, _)) => {}
         _ => return 0,
     }
+    timings.started = monotonic_ns();
     let mut init = Supervisor::new(&plan, control, filters, timings, zygote);
     match init.run() {
         Ok(()) => 0,
