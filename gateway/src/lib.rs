@@ -23,6 +23,7 @@ pub mod connections;
 mod control;
 pub mod credentials;
 pub mod lambda_api;
+mod linger;
 pub mod metrics;
 pub mod namespaces;
 mod pending;

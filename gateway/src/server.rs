@@ -831,6 +831,7 @@ pub async fn serve(
         config.connections,
         app.metrics.connections(),
     ));
+    crate::linger::limit_to(config.connections.max);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Timeouts on silent, half-sent and idle connections are kept by
     // `Connections`; hyper's own header-read timeout also guards each
@@ -952,6 +953,7 @@ fn serve_connection(
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
+    let (stream, linger) = crate::linger::Lingering::new(stream);
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();
@@ -968,6 +970,8 @@ fn serve_connection(
         };
         tracing::debug!(%remote, ?reason, "closing connection");
         admitted.closing(reason);
+        // Closed to free its descriptor, or for good: not kept lingering.
+        linger.store(false, std::sync::atomic::Ordering::Relaxed);
         // Requests in flight finish (h1 closes after the response, h2 sends
         // GOAWAY); a connection with nothing in flight is dropped.
         conn.as_mut().graceful_shutdown();

@@ -129,6 +129,14 @@ async fn oversized_bodies_are_413_declared_or_streamed() {
         );
         assert!(declared.text().contains("1024"), "{}", declared.text());
     }
+    // Declared past the limit and sent whole: the gateway answers before
+    // reading the body, and the client, still sending it, gets the 413,
+    // not a reset connection.
+    let huge = "x".repeat(8 << 20);
+    for _ in 0..3 {
+        let declared = wisp.invoke("POST", "/function/cgi", &huge).await;
+        assert_eq!(declared.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
     // Chunked, without Content-Length: caught while streaming.
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
     let client = HyperClient::builder(TokioExecutor::new()).build_http();
