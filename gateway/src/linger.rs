@@ -8,10 +8,10 @@
 //! pipe" or "connection reset", often before it has read the answer that
 //! said why (RFC 9112 §9.6 warns of this). Like nginx's lingering close
 //! and Go's `net/http`, a [`Lingering`] socket whose client has not closed
-//! its side when the connection is dropped is kept open a little longer: its write side is
-//! shut (the answer, then a FIN, reach the client) and what the client
-//! still sends is read and thrown away, until it closes, [`LINGER_FOR`]
-//! has passed or [`LINGER_BYTES`] have been read.
+//! its side when the connection is dropped is kept open a little longer:
+//! its write side is shut (the answer, then a FIN, reach the client) and
+//! what the client still sends is read and thrown away, until it closes,
+//! [`LINGER_FOR`] has passed or [`LINGER_BYTES`] have been read.
 //!
 //! A lingering socket keeps a descriptor, so the number lingering at once
 //! is capped at a quarter of the connection cap ([`limit_to`]); past that
