@@ -64,9 +64,9 @@ pub struct SandboxOptions {
 impl ContainerBackend {
     /// `spawner` is the spawner `main` forked, or why there is none (not
     /// root, …); without it deploying a container function is refused with
-    /// that reason, and wasm functions are unaffected. `sandboxes.premade` sandboxes
-    /// are kept ready ahead of demand (needs a tokio runtime); an image
-    /// import writes at most `limits`.
+    /// that reason, and wasm functions are unaffected. `sandboxes.premade`
+    /// sandboxes are kept ready ahead of demand (needs a tokio runtime); an
+    /// image import writes at most `limits`.
     pub fn new(
         artifacts: ArtifactStore,
         data_dir: &Path,
@@ -366,15 +366,18 @@ impl Backend for ContainerBackend {
             .await
             .map_err(|_| {
                 // Where it is stuck, for the operator: not for the client.
-                tracing::warn!(function = %function, ?timeout, processes = %super::stuck::describe(pid), "the sandbox did not get ready in time");
+                let processes = super::stuck::describe(pid);
+                tracing::warn!(function = %function, ?timeout, %processes, "the sandbox did not get ready in time");
                 match protocol {
-                Protocol::Http => StartError::NotReady {
-                    function: function.clone(),
-                    waited_for: format!("accept connections on port {port}"),
-                    timeout,
-                },
-                Protocol::Cgi | Protocol::Lambda => sandbox_err(SandboxError::NoReport(timeout)),
-            }
+                    Protocol::Http => StartError::NotReady {
+                        function: function.clone(),
+                        waited_for: format!("accept connections on port {port}"),
+                        timeout,
+                    },
+                    Protocol::Cgi | Protocol::Lambda => {
+                        sandbox_err(SandboxError::NoReport(timeout))
+                    }
+                }
             })?;
         let (timings, first_conn) = match first {
             Ok(ready) => ready,
