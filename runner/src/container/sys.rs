@@ -198,7 +198,8 @@ pub(crate) const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
 pub(crate) const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
 pub(crate) const MOUNT_ATTR_NOEXEC: libc::c_uint = 0x8;
 
-/// A step of making a detached mount that failed.
+/// A step of making a detached mount, or of reconfiguring a mounted
+/// filesystem, that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{fstype}: {step}: {source}")]
 pub(crate) struct MountApiError {
@@ -209,6 +210,26 @@ pub(crate) struct MountApiError {
     source: Errno,
 }
 
+impl MountApiError {
+    /// `step` on `fstype` failed with the last system call's error.
+    fn last(fstype: &str, step: &str) -> MountApiError {
+        MountApiError {
+            fstype: fstype.to_owned(),
+            step: step.to_owned(),
+            source: Errno::last(),
+        }
+    }
+}
+
+/// `s` as a C string; one with a NUL byte is `EINVAL` at `step`.
+fn c_string(fstype: &str, step: &str, s: &[u8]) -> Result<std::ffi::CString, MountApiError> {
+    std::ffi::CString::new(s).map_err(|_| MountApiError {
+        fstype: fstype.to_owned(),
+        step: step.to_owned(),
+        source: Errno::EINVAL,
+    })
+}
+
 /// Sets `options` (`key=value` sets a string, a bare `key` a flag) on
 /// the filesystem context `fs`, then runs `command` on it.
 fn configure(
@@ -217,18 +238,7 @@ fn configure(
     options: &[&str],
     command: libc::c_uint,
 ) -> Result<(), MountApiError> {
-    let cstr = |s: &str| {
-        std::ffi::CString::new(s).map_err(|_| MountApiError {
-            fstype: fstype.to_owned(),
-            step: format!("{s:?}"),
-            source: Errno::EINVAL,
-        })
-    };
-    let fail = |what: &str| MountApiError {
-        fstype: fstype.to_owned(),
-        step: what.to_owned(),
-        source: Errno::last(),
-    };
+    let cstr = |s: &str| c_string(fstype, &format!("{s:?}"), s.as_bytes());
     for option in options.iter().filter(|o| !o.is_empty()) {
         let (key, value) = match option.split_once('=') {
             Some((k, v)) => (cstr(k)?, Some(cstr(v)?)),
@@ -250,7 +260,7 @@ fn configure(
             )
         };
         if r < 0 {
-            return Err(fail(option));
+            return Err(MountApiError::last(fstype, option));
         }
     }
     let null: *const libc::c_char = std::ptr::null();
@@ -262,7 +272,7 @@ fn configure(
         } else {
             "reconfigure"
         };
-        return Err(fail(step));
+        return Err(MountApiError::last(fstype, step));
     }
     Ok(())
 }
@@ -275,23 +285,14 @@ pub(crate) fn detached_mount(
     options: &[&str],
     attrs: libc::c_uint,
 ) -> Result<OwnedFd, MountApiError> {
-    let fail = |what: &str| MountApiError {
-        fstype: fstype.to_owned(),
-        step: what.to_owned(),
-        source: Errno::last(),
-    };
-    let name = std::ffi::CString::new(fstype).map_err(|_| MountApiError {
-        fstype: fstype.to_owned(),
-        step: "name".to_owned(),
-        source: Errno::EINVAL,
-    })?;
+    let name = c_string(fstype, "name", fstype.as_bytes())?;
     // SAFETY: valid C string; the result is checked.
     let fs = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
-    let fs = owned(fs).ok_or_else(|| fail("fsopen"))?;
+    let fs = owned(fs).ok_or_else(|| MountApiError::last(fstype, "fsopen"))?;
     configure(fs.as_fd(), fstype, options, FSCONFIG_CMD_CREATE)?;
     // SAFETY: valid descriptor; the result is checked.
     let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
-    owned(mnt).ok_or_else(|| fail("fsmount"))
+    owned(mnt).ok_or_else(|| MountApiError::last(fstype, "fsmount"))
 }
 
 /// Reconfigures the filesystem (the superblock, not the mount's own
@@ -302,11 +303,7 @@ pub(crate) fn reconfigure(
     fstype: &str,
     options: &[&str],
 ) -> Result<(), MountApiError> {
-    let path = std::ffi::CString::new(mount.as_os_str().as_bytes()).map_err(|_| MountApiError {
-        fstype: fstype.to_owned(),
-        step: "path".to_owned(),
-        source: Errno::EINVAL,
-    })?;
+    let path = c_string(fstype, "path", mount.as_os_str().as_bytes())?;
     // SAFETY: valid C string; the result is checked.
     let fs = unsafe {
         libc::syscall(
@@ -316,11 +313,7 @@ pub(crate) fn reconfigure(
             FSPICK_CLOEXEC,
         )
     };
-    let fs = owned(fs).ok_or_else(|| MountApiError {
-        fstype: fstype.to_owned(),
-        step: "fspick".to_owned(),
-        source: Errno::last(),
-    })?;
+    let fs = owned(fs).ok_or_else(|| MountApiError::last(fstype, "fspick"))?;
     configure(fs.as_fd(), fstype, options, FSCONFIG_CMD_RECONFIGURE)
 }
 
@@ -341,16 +334,8 @@ struct MountAttr {
 /// [`attach_mount`] to put in place once the host's tree is gone from
 /// view (after `pivot_root`).
 pub(crate) fn bind_tree(source: &str, attrs: libc::c_uint) -> Result<OwnedFd, MountApiError> {
-    let fail = |step: &str| MountApiError {
-        fstype: source.to_owned(),
-        step: step.to_owned(),
-        source: Errno::last(),
-    };
-    let path = std::ffi::CString::new(source).map_err(|_| MountApiError {
-        fstype: source.to_owned(),
-        step: "path".to_owned(),
-        source: Errno::EINVAL,
-    })?;
+    let fail = |step: &str| MountApiError::last(source, step);
+    let path = c_string(source, "path", source.as_bytes())?;
     // SAFETY: valid C string; the result is checked.
     let tree = unsafe {
         libc::syscall(
