@@ -137,17 +137,12 @@ impl Layout {
         controllers: impl Fn(&Path) -> String,
     ) -> Result<Layout, CgroupError> {
         let mut v1 = [None, None, None];
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let Some(mount) = left.split(' ').nth(4) else {
-                continue;
-            };
-            let mut right = right.split(' ');
-            let fstype = right.next().unwrap_or("");
-            let options = right.nth(1).unwrap_or("");
-            let mount = PathBuf::from(unescape_mountinfo(mount));
+        for Mounted {
+            mount,
+            fstype,
+            options,
+        } in mounts(mountinfo)
+        {
             match fstype {
                 "cgroup2" => {
                     let offered = controllers(&mount);
@@ -179,8 +174,32 @@ impl Layout {
     }
 }
 
+/// One line of `/proc/self/mountinfo`: where, what, and the filesystem's
+/// own (superblock) options.
+pub(crate) struct Mounted<'a> {
+    pub(crate) mount: PathBuf,
+    pub(crate) fstype: &'a str,
+    pub(crate) options: &'a str,
+}
+
+/// The mounts `mountinfo` lists, in its order; malformed lines skipped.
+pub(crate) fn mounts(mountinfo: &str) -> impl Iterator<Item = Mounted<'_>> {
+    mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount = left.split(' ').nth(4)?;
+        let mut right = right.split(' ');
+        let fstype = right.next().unwrap_or("");
+        let options = right.nth(1).unwrap_or("");
+        Some(Mounted {
+            mount: PathBuf::from(unescape_mountinfo(mount)),
+            fstype,
+            options,
+        })
+    })
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal.
-pub(crate) fn unescape_mountinfo(s: &str) -> String {
+fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ")
         .replace("\\011", "\t")
         .replace("\\012", "\n")

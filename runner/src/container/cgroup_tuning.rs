@@ -49,19 +49,9 @@ pub enum Plan {
 
 impl Plan {
     pub fn from_mountinfo(mountinfo: &str) -> Plan {
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mut right = right.split(' ');
-            if right.next() != Some("cgroup2") {
-                continue;
-            }
-            let Some(mount) = left.split(' ').nth(4) else {
-                continue;
-            };
-            let mount = PathBuf::from(super::cgroup::unescape_mountinfo(mount));
-            let options: Vec<&str> = right.nth(1).unwrap_or("").split(',').collect();
+        let cgroup2 = super::cgroup::mounts(mountinfo).filter(|m| m.fstype == "cgroup2");
+        for super::cgroup::Mounted { mount, options, .. } in cgroup2 {
+            let options: Vec<&str> = options.split(',').collect();
             if options.contains(&"ro") {
                 continue;
             }
