@@ -366,7 +366,7 @@ impl Backend for ContainerBackend {
             .await
             .map_err(|_| {
                 // Where it is stuck, for the operator: not for the client.
-                let processes = super::stuck::describe(pid);
+                let processes = super::procs::describe(pid);
                 tracing::warn!(function = %function, ?timeout, %processes, "the sandbox did not get ready in time");
                 match protocol {
                     Protocol::Http => StartError::NotReady {

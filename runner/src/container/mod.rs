@@ -31,11 +31,11 @@ mod lambda;
 mod netns;
 pub mod plan;
 mod premade;
+mod procs;
 pub mod proto;
 mod sandbox;
 pub mod seccomp;
 pub mod spawner;
-mod stuck;
 mod sys;
 pub mod users;
 

@@ -1,7 +1,9 @@
-//! What a sandbox's processes are doing, for the log, when its init has
-//! not answered in time: each process under init with its state, the
-//! kernel function it sleeps in and, where the kernel shows it (root
-//! only), its kernel stack. Read from `/proc` only on that error path.
+//! Processes as `/proc` shows them: one process's `stat` line ([`stat`],
+//! whose command name may hold spaces and parentheses), and what a
+//! sandbox's processes are doing, for the log, when its init has not
+//! answered in time ([`describe`]): each process under init with its
+//! state, the kernel function it sleeps in and, where the kernel shows it
+//! (root only), its kernel stack — read only on that error path.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -12,23 +14,31 @@ const STACK_FRAMES: usize = 12;
 /// Processes past this many are counted, not described.
 const MAX_PROCESSES: usize = 16;
 
-/// One `/proc/<pid>/stat`'s fields that say where a process is.
-struct Stat {
-    comm: String,
-    state: char,
-    ppid: i32,
+/// The fields of `/proc/<pid>/stat` wisp reads.
+pub(crate) struct Stat {
+    pub(crate) comm: String,
+    pub(crate) state: char,
+    pub(crate) ppid: i32,
+    /// When it started, in clock ticks after boot.
+    pub(crate) start_time: u64,
 }
 
-fn stat(pid: i32) -> Option<Stat> {
+/// Process `pid`'s `stat` line; `None` if it is gone.
+pub(crate) fn stat(pid: i32) -> Option<Stat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `comm` is in parentheses and may hold spaces and parentheses.
+    // `comm` (field 2) is in parentheses and may hold spaces and
+    // parentheses: the fields after it are counted from the last `)`.
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_owned();
-    let mut rest = text.get(close + 1..)?.split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some(Stat { comm, state, ppid })
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // Fields 3 (state), 4 (ppid) and 22 (starttime).
+    Some(Stat {
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        start_time: rest.get(19)?.parse().ok()?,
+    })
 }
 
 /// Every process's parent, from one pass over `/proc`.

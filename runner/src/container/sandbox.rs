@@ -122,11 +122,7 @@ fn owner_is_running(owner: &str) -> bool {
 
 /// When process `pid` started, in clock ticks after boot.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count
-    // from the last `)`; field 3 is the first after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    super::procs::stat(i32::try_from(pid).ok()?).map(|s| s.start_time)
 }
 
 /// Kills what is left in `cgroup` and, once the kernel has finished its
