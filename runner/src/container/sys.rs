@@ -91,48 +91,6 @@ pub fn drop_bounding_set() -> nix::Result<()> {
     Ok(())
 }
 
-/// Clears the ambient, inheritable, permitted and effective capability sets
-/// of the calling thread.
-pub fn clear_capabilities() -> nix::Result<()> {
-    // SAFETY: prctl with integer arguments.
-    Errno::result(unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        )
-    })?;
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: capset reads a v3 header and two data structs that we own.
-    Errno::result(unsafe {
-        libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr())
-    })
-    .map(drop)
-}
-
 /// Marks every descriptor from `first` up close-on-exec.
 pub fn cloexec_from(first: u32) -> nix::Result<()> {
     // SAFETY: close_range with integer arguments.

@@ -5,8 +5,9 @@
 //! Set-up order (verified on the development machine, see
 //! docs/architecture.md): join the cgroup and make a cgroup namespace;
 //! enter the kept network namespace the spawner passed, or set up the new
-//! one (loopback up, the sandbox's TCP settings); make `/` private; fork the zygote, the future handler,
-//! which enters the user namespace, empties its bounding set (entering
+//! one (loopback up, the sandbox's TCP settings); make `/` private; make
+//! the zygote, the future handler (a `clone(CLONE_VM)`: it shares init's
+//! memory until it execs), which enters the user namespace, empties its bounding set (entering
 //! the namespace gave it back in full) and installs the seccomp filter; make
 //! `/proc`, `/dev` (with its nodes) and `/tmp` as detached mounts — a
 //! pre-made sandbox waits here for a function — then hostname; mount the
@@ -100,7 +101,7 @@ pub(crate) fn container_main(
     if let Err(f) = setup::isolate(req, netns) {
         return report(f);
     }
-    // The handler's process, forked now so that the fork, the user
+    // The handler's process, made now so that making it, the user
     // namespace and the seccomp filter are not paid during a cold start.
     let zygote = match Zygote::fork(control, userns, filters) {
         Ok(z) => z,

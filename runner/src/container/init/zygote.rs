@@ -1,23 +1,22 @@
-//! The handler's process: the zygote, forked while the sandbox is
-//! pre-made (user namespace, empty bounding set, `no_new_privs` and
-//! seccomp already applied),
-//! which execs the function's command once it has one; and, for CGI, one
-//! process forked per request. A [`Command`] is everything init resolved
-//! (executable along the image's `PATH`, environment, ids), so the child
-//! only applies it.
+//! The handler's process: the zygote, made while the sandbox is pre-made
+//! (user namespace, empty bounding set, `no_new_privs` and seccomp already
+//! applied), which execs the function's command once it has one; and, for
+//! CGI, one process forked per request. A [`Command`] is everything init
+//! resolved (executable along the image's `PATH`, environment, ids); init
+//! turns it into a [`Prepared`] one (C strings), so that the child only
+//! applies it, allocating nothing: the zygote shares init's memory (see
+//! [`Zygote`]).
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use nix::sched::{CloneFlags, setns};
-use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::stat::{Mode, umask};
+use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
-use nix::unistd::{ForkResult, Gid, Pid, Uid, chdir, setresgid, setresuid};
+use nix::unistd::{ForkResult, Pid, chdir};
 
 use super::{SetupError, at};
 use crate::container::plan::SandboxPlan;
@@ -58,10 +57,6 @@ pub(super) enum ExecError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the command: {0}")]
-    Command(#[source] serde_json::Error),
-    #[error("{0}")]
-    Seccomp(#[source] crate::container::seccomp::SeccompError),
     #[error("refusing to run: this process's / is not the container's")]
     NotContainerRoot,
     #[error("exec {path:?}: {}", source.desc())]
@@ -93,7 +88,7 @@ fn io_step(what: &str) -> impl FnOnce(std::io::Error) -> ExecError + '_ {
 
 /// What a process needs to become the handler: everything resolved by
 /// init, so that the process only has to apply it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug)]
 pub(super) struct Command {
     path: String,
     argv: Vec<String>,
@@ -133,20 +128,301 @@ impl Command {
     }
 }
 
-/// The handler's process before it is the handler: forked while the
-/// sandbox waits for a function, already in the user namespace, with an
-/// empty bounding set, `no_new_privs` and the seccomp filter, blocked
-/// until init sends it a [`Command`] (JSON, then end of file).
+/// Where a handler's process failed, as its failure record names it: the
+/// process reports a step and an errno, never text, because the zygote
+/// must not allocate (see [`Zygote`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    Ready = 0,
+    Pdeathsig,
+    Root,
+    RootStat,
+    UserNamespace,
+    BoundingSet,
+    NoNewPrivs,
+    Seccomp,
+    NotContainerRoot,
+    Signals,
+    Stdin,
+    Stdout,
+    Stderr,
+    Setsid,
+    Setgroups,
+    Setresgid,
+    Setresuid,
+    Capabilities,
+    Cwd,
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 20] = [
+        Step::Ready,
+        Step::Pdeathsig,
+        Step::Root,
+        Step::RootStat,
+        Step::UserNamespace,
+        Step::BoundingSet,
+        Step::NoNewPrivs,
+        Step::Seccomp,
+        Step::NotContainerRoot,
+        Step::Signals,
+        Step::Stdin,
+        Step::Stdout,
+        Step::Stderr,
+        Step::Setsid,
+        Step::Setgroups,
+        Step::Setresgid,
+        Step::Setresuid,
+        Step::Capabilities,
+        Step::Cwd,
+        Step::Exec,
+    ];
+
+    fn what(self) -> &'static str {
+        match self {
+            Step::Ready => "ready",
+            Step::Pdeathsig => "pdeathsig",
+            Step::Root => "working directory /",
+            Step::RootStat => "/",
+            Step::UserNamespace => "user namespace",
+            Step::BoundingSet => "bounding set",
+            Step::NoNewPrivs => "no_new_privs",
+            Step::Seccomp => "seccomp filter",
+            Step::NotContainerRoot => "root",
+            Step::Signals => "signal mask",
+            Step::Stdin => "stdin",
+            Step::Stdout => "stdout",
+            Step::Stderr => "stderr",
+            Step::Setsid => "setsid",
+            Step::Setgroups => "setgroups",
+            Step::Setresgid => "setresgid",
+            Step::Setresuid => "setresuid",
+            Step::Capabilities => "capabilities",
+            Step::Cwd => "working directory",
+            Step::Exec => "exec",
+        }
+    }
+}
+
+/// A step and the errno it failed with: what a handler's process writes
+/// to its failure pipe before it exits.
+type Failure = (Step, i32);
+
+/// The failure pipe's record: the step, then the errno (native endian).
+const RECORD: usize = 5;
+
+fn record((step, errno): Failure) -> [u8; RECORD] {
+    let e = errno.to_ne_bytes();
+    [step as u8, e[0], e[1], e[2], e[3]]
+}
+
+/// A failure record read back by init; `None` when it is not one.
+fn parse_record(bytes: &[u8]) -> Option<Failure> {
+    let (&step, errno) = bytes.split_first()?;
+    let errno: [u8; 4] = errno.try_into().ok()?;
+    Some((
+        *Step::ALL.get(usize::from(step))?,
+        i32::from_ne_bytes(errno),
+    ))
+}
+
+fn rustix_errno(step: Step) -> impl FnOnce(rustix::io::Errno) -> Failure {
+    move |e| (step, e.raw_os_error())
+}
+
+/// In a handler's process: writes its failure record and exits. Only
+/// system calls: the zygote shares init's memory and must not run libc's
+/// or Rust's exit handlers in it.
+fn fail(failure_pipe: BorrowedFd<'_>, failure: Failure) -> ! {
+    let _ = rustix::io::write(failure_pipe, &record(failure));
+    exit_now(127)
+}
+
+fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` ends the process at once; nothing of this process's
+    // runs after it.
+    unsafe { libc::_exit(code) }
+}
+
+/// A [`Command`] as the C strings and pointer arrays `execve` takes, made
+/// by init. The process that execs it only reads it, so that it need not
+/// allocate.
+struct Prepared {
+    path: CString,
+    argv: Vec<*const libc::c_char>,
+    env: Vec<*const libc::c_char>,
+    /// What `argv` and `env` point into.
+    _strings: (Vec<CString>, Vec<CString>),
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    root: (u64, u64),
+}
+
+impl Prepared {
+    fn new(command: &Command) -> Result<Prepared, ExecError> {
+        let (path, argv, env) = command.c_strings()?;
+        let cwd =
+            CString::new(command.cwd.as_str()).map_err(|_| ExecError::Nul(command.cwd.clone()))?;
+        let pointers = |strings: &[CString]| {
+            strings
+                .iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        Ok(Prepared {
+            path,
+            argv: pointers(&argv),
+            env: pointers(&env),
+            _strings: (argv, env),
+            cwd,
+            uid: command.uid,
+            gid: command.gid,
+            root: command.root,
+        })
+    }
+
+    /// The error a failure record of this command's process stands for.
+    fn error(&self, (step, errno): Failure) -> ExecError {
+        let source = nix::Error::from_raw(errno);
+        match step {
+            Step::NotContainerRoot => ExecError::NotContainerRoot,
+            Step::Exec => ExecError::Exec {
+                path: self.path.clone(),
+                source,
+            },
+            Step::Cwd => ExecError::Sys {
+                what: format!("working directory {:?}", self.cwd),
+                source,
+            },
+            _ => ExecError::Sys {
+                what: step.what().to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+/// The zygote's stack: it runs in init's memory (`CLONE_VM`), on pages of
+/// its own, with a guard page below them.
+struct Stack {
+    base: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+/// Enough for the zygote's few frames; pages it does not touch cost nothing.
+const ZYGOTE_STACK: usize = 256 << 10;
+
+impl Stack {
+    fn new() -> nix::Result<Stack> {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect};
+        let len = std::num::NonZeroUsize::new(ZYGOTE_STACK).ok_or(nix::Error::EINVAL)?;
+        // SAFETY: a new private mapping, aliased by nothing.
+        let base = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK,
+            )
+        }?;
+        let stack = Stack {
+            base,
+            len: ZYGOTE_STACK,
+        };
+        // SAFETY: the lowest page of the mapping just made: an overflow
+        // faults there instead of writing into init's memory.
+        unsafe { mprotect(stack.base, 4096, ProtFlags::PROT_NONE) }?;
+        Ok(stack)
+    }
+
+    /// The initial stack pointer: the top, 16-byte aligned.
+    fn top(&self) -> *mut libc::c_void {
+        self.base
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(self.len)
+            .cast()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `Stack::new`; the caller ensures no
+        // process runs on it any more.
+        let _ = unsafe { nix::sys::mman::munmap(self.base, self.len) };
+    }
+}
+
+/// What the zygote reads from init's memory: descriptor numbers (valid in
+/// its own table, a copy of init's at the clone) and the seccomp filter.
+struct Shared {
+    command: i32,
+    failure: i32,
+    stdout: i32,
+    stderr: i32,
+    userns: i32,
+    /// init's ends and its control socket, closed in the zygote.
+    close: [i32; 5],
+    filters: *const Filters,
+}
+
+/// The zygote's memory, in init: its stack and what it reads.
+struct Memory {
+    stack: Stack,
+    shared: Shared,
+}
+
+/// [`Memory`] freed only by [`ZygoteMemory::free`], once the zygote has
+/// exec'd or exited; leaked when dropped (the zygote may still run on it).
+struct ZygoteMemory(Option<Box<Memory>>);
+
+impl ZygoteMemory {
+    fn free(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for ZygoteMemory {
+    fn drop(&mut self) {
+        if let Some(memory) = self.0.take() {
+            std::mem::forget(memory);
+        }
+    }
+}
+
+/// The handler's process before it is the handler: made while the sandbox
+/// waits for a function, already in the user namespace, with an empty
+/// bounding set, `no_new_privs` and the seccomp filter, blocked until init
+/// gives it a command.
+///
+/// It is a `clone(CLONE_VM)` of init, not a fork: it shares init's memory
+/// until its `execve`, so making it copies no page tables, its writes fault
+/// no pages, and its `execve` tears down no copy of init's address space
+/// (on a cold start's path). The price is discipline in the zygote:
+/// - its set-up (namespace, bounding set, filter) runs while init waits for
+///   its "ready" byte, so only one of the two runs at a time;
+/// - from then on the two run at once, and the zygote only makes system
+///   calls through `rustix` (which never touch errno, a thread-local it
+///   would share with init) on data init prepared, allocating nothing,
+///   until `execve` (libc's: errno is read only if it fails, and init is
+///   then blocked reading the failure pipe);
+/// - init frees the zygote's stack and the command only once the failure
+///   pipe (close-on-exec) is at end of file: the zygote has exec'd or died.
 pub(super) struct Zygote {
     pub(super) pid: Pid,
-    /// init → zygote: the command.
+    /// init → zygote: the address of the [`Prepared`] command.
     command: OwnedFd,
-    /// zygote → init: why it could not exec; end of file when it did
-    /// (the pipe is close-on-exec).
+    /// zygote → init: "ready", then a failure record; end of file once it
+    /// has exec'd (the pipe is close-on-exec).
     failure: OwnedFd,
     /// The read ends of its stdout and stderr.
     stdout: OwnedFd,
     stderr: OwnedFd,
+    memory: ZygoteMemory,
 }
 
 impl Zygote {
@@ -162,79 +438,97 @@ impl Zygote {
         let (failure_r, failure_w) = control_pipe()?;
         let (out_r, out_w) = output_pipe()?;
         let (err_r, err_w) = output_pipe()?;
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "init is single-threaded: it forks the handler's process"
-        )]
-        // SAFETY: init is single-threaded, so the child may allocate and
-        // run arbitrary code until it execs.
-        let forked = unsafe { nix::unistd::fork() };
-        match forked.map_err(at(Stage::Fork))? {
-            ForkResult::Child => {
-                drop((command_w, failure_r, out_r, err_r));
-                sys::close_raw(control.as_raw_fd());
-                let error = Zygote::wait_and_exec(command_r, out_w, err_w, userns, filters)
-                    .map_or_else(|e| e.to_string(), |()| String::new());
-                let _ = fs::File::from(failure_w).write_all(error.as_bytes());
-                std::process::exit(127);
+        let memory = Box::new(Memory {
+            stack: Stack::new().map_err(at(Stage::Fork))?,
+            shared: Shared {
+                command: command_r.as_raw_fd(),
+                failure: failure_w.as_raw_fd(),
+                stdout: out_w.as_raw_fd(),
+                stderr: err_w.as_raw_fd(),
+                userns: userns.as_raw_fd(),
+                close: [
+                    command_w.as_raw_fd(),
+                    failure_r.as_raw_fd(),
+                    out_r.as_raw_fd(),
+                    err_r.as_raw_fd(),
+                    control.as_raw_fd(),
+                ],
+                filters,
+            },
+        });
+        let shared: *const Shared = &memory.shared;
+        // SAFETY: the child runs `zygote_main` on its own stack, reading
+        // `memory`, which init keeps until the child has exec'd or exited
+        // (see `Zygote`). No `CLONE_FILES`/`CLONE_FS`: its descriptors,
+        // root and working directory are its own.
+        let pid = unsafe {
+            libc::clone(
+                zygote_main,
+                memory.stack.top(),
+                libc::CLONE_VM | libc::SIGCHLD,
+                shared.cast_mut().cast(),
+            )
+        };
+        let pid = nix::Error::result(pid).map_err(at(Stage::Fork))?;
+        drop((command_r, failure_w, out_w, err_w));
+        let zygote = Zygote {
+            pid: Pid::from_raw(pid),
+            command: command_w,
+            failure: failure_r,
+            stdout: out_r,
+            stderr: err_r,
+            memory: ZygoteMemory(Some(memory)),
+        };
+        // Wait for its set-up: until "ready" it may use libc.
+        let mut first = [0u8; RECORD];
+        let n = read_full(zygote.failure.as_fd(), &mut first[..1]);
+        match (n, first[0]) {
+            (1, ready) if ready == Step::Ready as u8 => Ok(zygote),
+            _ => {
+                let n = n + read_full(zygote.failure.as_fd(), &mut first[n..]);
+                let error = match parse_record(&first[..n]) {
+                    Some((step, errno)) => ExecError::Sys {
+                        what: step.what().to_owned(),
+                        source: nix::Error::from_raw(errno),
+                    },
+                    None => ExecError::Gone(std::io::ErrorKind::UnexpectedEof.into()),
+                };
+                // It exited (or dies now): its memory may be freed.
+                let _ = kill(zygote.pid, Signal::SIGKILL);
+                let _ = waitpid(zygote.pid, None);
+                zygote.memory.free();
+                Err(SetupError::new(Stage::Fork, error))
             }
-            ForkResult::Parent { child } => Ok(Zygote {
-                pid: child,
-                command: command_w,
-                failure: failure_r,
-                stdout: out_r,
-                stderr: err_r,
-            }),
         }
-    }
-
-    /// In the zygote: everything that does not depend on the function,
-    /// then waits for the command. Returns only on failure, or with `Ok`
-    /// when init dropped the sandbox without a function.
-    fn wait_and_exec(
-        command: OwnedFd,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-        userns: BorrowedFd<'_>,
-        filters: &Filters,
-    ) -> Result<(), ExecError> {
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(sys_step("pdeathsig"))?;
-        // At the host's `/` for now: pivot_root moves it to the container's.
-        chdir("/").map_err(sys_step("working directory"))?;
-        setns(userns, CloneFlags::CLONE_NEWUSER).map_err(sys_step("user namespace"))?;
-        // Entering a user namespace gives the full bounding set back (the
-        // kernel's `set_cred_user_ns`), whatever init dropped before the
-        // fork: the zygote drops it itself, with the `CAP_SETPCAP` it now
-        // has in the namespace, so that the handler, like a CGI process,
-        // starts with none.
-        sys::drop_bounding_set().map_err(sys_step("bounding set"))?;
-        nix::sys::prctl::set_no_new_privs().map_err(sys_step("no_new_privs"))?;
-        // The filter goes on last: everything the zygote does from here to
-        // `execve` must be allowed by it.
-        filters.apply().map_err(ExecError::Seccomp)?;
-        warm_up();
-        let mut text = Vec::new();
-        fs::File::from(command)
-            .read_to_end(&mut text)
-            .map_err(io_step("reading the command"))?;
-        if text.is_empty() {
-            return Ok(());
-        }
-        let command: Command = serde_json::from_slice(&text).map_err(ExecError::Command)?;
-        Err(become_handler(&command, None, stdout, stderr, None))
     }
 
     /// Gives the zygote its command; returns the handler's pid and the
     /// read ends of its stdout and stderr once it has exec'd.
     pub(super) fn exec(self, command: &Command) -> Result<(Pid, OwnedFd, OwnedFd), ExecError> {
-        let text = serde_json::to_vec(command).map_err(ExecError::Command)?;
-        let sent = fs::File::from(self.command).write_all(&text);
-        let mut why = String::new();
-        let _ = fs::File::from(self.failure).read_to_string(&mut why);
-        let failed = match sent {
-            Err(e) => Some(ExecError::Gone(e)),
-            Ok(()) if !why.is_empty() => Some(ExecError::Child(why)),
-            Ok(()) => None,
+        let prepared = match Prepared::new(command) {
+            Ok(p) => p,
+            Err(e) => {
+                self.discard();
+                return Err(e);
+            }
+        };
+        let address = (&raw const prepared).expose_provenance().to_ne_bytes();
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        let sent = rustix::io::write(&self.command, &address);
+        let mut got = [0u8; RECORD];
+        let n = read_full(self.failure.as_fd(), &mut got);
+        // End of file: the zygote has exec'd or is gone; nothing of init's
+        // memory is used by it any more.
+        let _ = read_full(self.failure.as_fd(), &mut [0u8; 1]);
+        self.memory.free();
+        let failed = match (sent, n) {
+            (_, RECORD) => Some(
+                parse_record(&got).map_or(ExecError::Child("an unreadable failure".into()), |f| {
+                    prepared.error(f)
+                }),
+            ),
+            (Err(e), _) => Some(ExecError::Gone(e.into())),
+            (Ok(_), _) => None,
         };
         match failed {
             None => Ok((self.pid, self.stdout, self.stderr)),
@@ -247,31 +541,85 @@ impl Zygote {
     }
 
     /// Ends the zygote unused. Init's `SIGCHLD` handling reaps it: a
-    /// start does not wait for its exit.
+    /// start does not wait for its exit (so its memory is left to init's
+    /// exit: it may not be freed before the zygote is gone).
     pub(super) fn discard(self) {
         let _ = kill(self.pid, Signal::SIGKILL);
     }
 }
 
-/// Runs, on a made-up command, the code the zygote runs on its real one,
-/// so that its pages are mapped (a fork maps none of the executable's) and
-/// its heap has grown before a cold start needs them.
-fn warm_up() {
-    let sample = Command {
-        path: "/bin/true".into(),
-        argv: vec!["true".into()],
-        env: vec!["PATH=/bin".into()],
-        cwd: "/".into(),
-        uid: 0,
-        gid: 0,
-        root: (0, 0),
-    };
-    if let Ok(text) = serde_json::to_vec(&sample)
-        && let Ok(parsed) = serde_json::from_slice::<Command>(&text)
+/// Reads until `buf` is full or end of file; returns how much was read.
+fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while let Some(rest) = buf.get_mut(n..)
+        && !rest.is_empty()
     {
-        let _ = parsed.c_strings();
+        match rustix::io::read(fd, rest) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
     }
-    let _ = fs::metadata("/");
+    n
+}
+
+/// The zygote, from `clone` to `execve`, in init's memory (see [`Zygote`]).
+extern "C" fn zygote_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: init keeps `Shared` until this process has exec'd or exited.
+    let shared = unsafe { &*arg.cast_const().cast::<Shared>() };
+    // SAFETY: descriptors of this process's table, open until it execs.
+    let fd = |raw: i32| unsafe { BorrowedFd::borrow_raw(raw) };
+    let failure = fd(shared.failure);
+    if let Err(f) = set_up(shared) {
+        fail(failure, f);
+    }
+    if rustix::io::write(failure, &[Step::Ready as u8]).is_err() {
+        exit_now(127);
+    }
+    // init runs again: from here only `rustix`, no allocation.
+    let mut address = [0u8; 8];
+    if read_full(fd(shared.command), &mut address) != address.len() {
+        // No command: the sandbox was dropped unused.
+        exit_now(0);
+    }
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    // SAFETY: init sent the address of a `Prepared` it keeps until this
+    // process has exec'd or exited.
+    let prepared =
+        unsafe { &*std::ptr::with_exposed_provenance::<Prepared>(usize::from_ne_bytes(address)) };
+    let failed = become_handler(prepared, None, fd(shared.stdout), fd(shared.stderr), None);
+    fail(failure, failed)
+}
+
+/// The zygote's set-up, while init waits for it: everything that does not
+/// depend on the function.
+fn set_up(shared: &Shared) -> Result<(), Failure> {
+    for raw in shared.close {
+        // SAFETY: init's ends of the pipes and its control socket, copies
+        // in this process's table that nothing here uses.
+        let _ = unsafe { libc::close(raw) };
+    }
+    let nix_errno = |step: Step| move |e: nix::Error| (step, e as i32);
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(nix_errno(Step::Pdeathsig))?;
+    // At the host's `/` for now: pivot_root moves it to the container's.
+    chdir("/").map_err(nix_errno(Step::Root))?;
+    // SAFETY: the user namespace's descriptor, open in init for the
+    // sandbox's life (and so in this table).
+    let userns = unsafe { BorrowedFd::borrow_raw(shared.userns) };
+    setns(userns, CloneFlags::CLONE_NEWUSER).map_err(nix_errno(Step::UserNamespace))?;
+    // Entering a user namespace gives the full bounding set back (the
+    // kernel's `set_cred_user_ns`), whatever init dropped before the
+    // clone: the zygote drops it itself, with the `CAP_SETPCAP` it now
+    // has in the namespace, so that the handler, like a CGI process,
+    // starts with none.
+    sys::drop_bounding_set().map_err(nix_errno(Step::BoundingSet))?;
+    nix::sys::prctl::set_no_new_privs().map_err(nix_errno(Step::NoNewPrivs))?;
+    // The filter goes on last: everything the zygote does from here to
+    // `execve` must be allowed by it.
+    // SAFETY: init's filters, alive while init waits for this set-up.
+    let filters = unsafe { &*shared.filters };
+    filters.apply().map_err(|e| (Step::Seccomp, e.errno()))
 }
 
 /// Starts a CGI process: the plan's command with `extra_env` added, as
@@ -285,7 +633,7 @@ pub(super) fn spawn_cgi(
     stderr: OwnedFd,
     filters: &Filters,
 ) -> Result<Pid, ExecError> {
-    let command = Command::of(plan, extra_env)?;
+    let prepared = Prepared::new(&Command::of(plan, extra_env)?)?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_step("pipe"))?;
     #[expect(
@@ -299,73 +647,111 @@ pub(super) fn spawn_cgi(
         Err(e) => Err(sys_step("fork")(e)),
         Ok(ForkResult::Child) => {
             drop(err_r);
-            let error = become_handler(&command, Some(stdin), stdout, stderr, Some(filters));
-            let _ = fs::File::from(err_w).write_all(error.to_string().as_bytes());
-            std::process::exit(127);
+            let failed = become_handler(
+                &prepared,
+                Some(stdin.as_fd()),
+                stdout.as_fd(),
+                stderr.as_fd(),
+                Some(filters),
+            );
+            fail(err_w.as_fd(), failed)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(err_w);
             drop(stdout);
             drop(stderr);
-            let mut why = String::new();
-            let _ = fs::File::from(err_r).read_to_string(&mut why);
-            if why.is_empty() {
-                Ok(child)
-            } else {
-                let _ = waitpid(child, None);
-                Err(ExecError::Child(why))
+            let mut got = [0u8; RECORD];
+            let n = read_full(err_r.as_fd(), &mut got);
+            if n == 0 {
+                return Ok(child);
             }
+            let _ = waitpid(child, None);
+            Err(parse_record(&got[..n])
+                .map_or(ExecError::Child("an unreadable failure".into()), |f| {
+                    prepared.error(f)
+                }))
         }
     }
 }
 
-/// In a forked child: becomes `command`'s process. `filters` is the
+/// In a handler's process: becomes `prepared`'s command. `filters` is the
 /// seccomp filter to install, unless the process has it already. Returns
-/// only on failure, with why.
+/// only on failure, with where. Allocates nothing and makes its system
+/// calls through `rustix`, so that the zygote may run it in init's memory.
 fn become_handler(
-    command: &Command,
-    stdin: Option<OwnedFd>,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+    prepared: &Prepared,
+    stdin: Option<BorrowedFd<'_>>,
+    stdout: BorrowedFd<'_>,
+    stderr: BorrowedFd<'_>,
     filters: Option<&Filters>,
-) -> ExecError {
-    let run = || -> Result<std::convert::Infallible, ExecError> {
-        let (path, argv, env) = command.c_strings()?;
-        let root = fs::metadata("/").map_err(io_step("/"))?;
-        if (root.dev(), root.ino()) != command.root {
-            return Err(ExecError::NotContainerRoot);
+) -> Failure {
+    let run = || -> Result<std::convert::Infallible, Failure> {
+        let root = rustix::fs::stat(c"/").map_err(rustix_errno(Step::RootStat))?;
+        if (root.st_dev, root.st_ino) != prepared.root {
+            return Err((Step::NotContainerRoot, 0));
         }
-        SigSet::all()
-            .thread_unblock()
-            .map_err(sys_step("signal mask"))?;
-        let stdin = match stdin {
-            Some(fd) => fd,
-            None => fs::File::open("/dev/null")
-                .map_err(io_step("/dev/null"))?
-                .into(),
+        // SAFETY: an all-zero `sigset_t` is the empty set; pthread_sigmask
+        // returns its error rather than setting errno.
+        let rc = unsafe {
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut())
         };
-        nix::unistd::dup2_stdin(&stdin).map_err(sys_step("stdin"))?;
-        nix::unistd::dup2_stdout(&stdout).map_err(sys_step("stdout"))?;
-        nix::unistd::dup2_stderr(&stderr).map_err(sys_step("stderr"))?;
-        nix::unistd::setsid().map_err(sys_step("setsid"))?;
-        let (uid, gid) = (Uid::from_raw(command.uid), Gid::from_raw(command.gid));
-        nix::unistd::setgroups(&[]).map_err(sys_step("setgroups"))?;
-        setresgid(gid, gid, gid).map_err(sys_step("setresgid"))?;
-        setresuid(uid, uid, uid).map_err(sys_step("setresuid"))?;
-        sys::clear_capabilities().map_err(sys_step("capabilities"))?;
-        chdir(command.cwd.as_str()).map_err(|source| ExecError::Sys {
-            what: format!("working directory {:?}", command.cwd),
-            source,
-        })?;
-        umask(Mode::from_bits_truncate(0o022));
-        if let Some(filters) = filters {
-            nix::sys::prctl::set_no_new_privs().map_err(sys_step("no_new_privs"))?;
-            filters.apply().map_err(ExecError::Seccomp)?;
+        if rc != 0 {
+            return Err((Step::Signals, rc));
         }
-        nix::unistd::execve(&path, &argv, &env).map_err(|source| ExecError::Exec { path, source })
+        match stdin {
+            Some(fd) => rustix::stdio::dup2_stdin(fd),
+            None => rustix::fs::open(
+                c"/dev/null",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .and_then(rustix::stdio::dup2_stdin),
+        }
+        .map_err(rustix_errno(Step::Stdin))?;
+        rustix::stdio::dup2_stdout(stdout).map_err(rustix_errno(Step::Stdout))?;
+        rustix::stdio::dup2_stderr(stderr).map_err(rustix_errno(Step::Stderr))?;
+        rustix::process::setsid().map_err(rustix_errno(Step::Setsid))?;
+        rustix::thread::set_thread_groups(&[]).map_err(rustix_errno(Step::Setgroups))?;
+        let gid = rustix::process::Gid::from_raw_unchecked(prepared.gid);
+        rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(rustix_errno(Step::Setresgid))?;
+        let uid = rustix::process::Uid::from_raw_unchecked(prepared.uid);
+        rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(rustix_errno(Step::Setresuid))?;
+        rustix::thread::clear_ambient_capability_set()
+            .and_then(|()| {
+                let none = rustix::thread::CapabilitySet::empty();
+                rustix::thread::set_capabilities(
+                    None,
+                    rustix::thread::CapabilitySets {
+                        effective: none,
+                        permitted: none,
+                        inheritable: none,
+                    },
+                )
+            })
+            .map_err(rustix_errno(Step::Capabilities))?;
+        rustix::process::chdir(prepared.cwd.as_c_str()).map_err(rustix_errno(Step::Cwd))?;
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+        if let Some(filters) = filters {
+            rustix::thread::set_no_new_privs(true).map_err(rustix_errno(Step::NoNewPrivs))?;
+            filters.apply().map_err(|e| (Step::Seccomp, e.errno()))?;
+        }
+        // SAFETY: NULL-terminated arrays of pointers to C strings, all
+        // owned by `prepared`.
+        unsafe {
+            libc::execve(
+                prepared.path.as_ptr(),
+                prepared.argv.as_ptr(),
+                prepared.env.as_ptr(),
+            )
+        };
+        Err((
+            Step::Exec,
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ))
     };
     match run() {
-        Err(e) => e,
+        Err(failure) => failure,
         Ok(never) => match never {},
     }
 }
@@ -428,6 +814,42 @@ mod tests {
             resolve(&argv("sub"), &env),
             Err(ExecError::NotFound(name)) if name == "sub"
         ));
+    }
+
+    #[test]
+    fn failure_records_name_every_step_and_its_errno() {
+        for (i, step) in Step::ALL.iter().enumerate() {
+            assert_eq!(*step as usize, i, "Step::ALL is in discriminant order");
+            assert_eq!(parse_record(&record((*step, 13))), Some((*step, 13)));
+        }
+        assert_eq!(parse_record(&[]), None);
+        assert_eq!(parse_record(&[Step::Exec as u8, 1, 0]), None, "cut short");
+        assert_eq!(parse_record(&[200, 0, 0, 0, 0]), None, "no such step");
+        let command = Command {
+            path: "/bin/run".into(),
+            argv: vec!["run".into(), "--flag".into()],
+            env: vec!["A=1".into()],
+            cwd: "/srv".into(),
+            uid: 1000,
+            gid: 1000,
+            root: (1, 2),
+        };
+        let prepared = Prepared::new(&command).unwrap();
+        assert_eq!(prepared.argv.len(), 3, "argv ends with a null pointer");
+        assert!(prepared.argv.last().unwrap().is_null());
+        assert!(prepared.env.last().unwrap().is_null());
+        assert_eq!(
+            prepared.error((Step::Exec, libc::ENOENT)).to_string(),
+            "exec \"/bin/run\": No such file or directory"
+        );
+        assert_eq!(
+            prepared.error((Step::Cwd, libc::ENOENT)).to_string(),
+            "working directory \"/srv\": ENOENT: No such file or directory"
+        );
+        assert_eq!(
+            prepared.error((Step::NotContainerRoot, 0)).to_string(),
+            "refusing to run: this process's / is not the container's"
+        );
     }
 
     #[test]

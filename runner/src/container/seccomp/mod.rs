@@ -71,6 +71,19 @@ pub enum SeccompError {
     Apply(#[source] seccompiler::Error),
 }
 
+impl SeccompError {
+    /// The errno an installation failed with (0 for any other error).
+    pub fn errno(&self) -> i32 {
+        match self {
+            SeccompError::Apply(seccompiler::Error::Prctl(e) | seccompiler::Error::Seccomp(e)) => {
+                e.raw_os_error().unwrap_or(0)
+            }
+            SeccompError::Apply(seccompiler::Error::EmptyFilter) => libc::EINVAL,
+            _ => 0,
+        }
+    }
+}
+
 impl Filters {
     /// Compiles the filter for the host's architecture and kernel.
     pub fn compile() -> Result<Filters, SeccompError> {
