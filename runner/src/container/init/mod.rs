@@ -103,7 +103,7 @@ pub(crate) fn container_main(
     }
     // The handler's process, made now so that making it, the user
     // namespace and the seccomp filter are not paid during a cold start.
-    let zygote = match Zygote::fork(control, userns, filters) {
+    let zygote = match Zygote::spawn(control, userns, filters) {
         Ok(z) => z,
         Err(f) => return report(f),
     };

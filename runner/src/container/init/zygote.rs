@@ -426,7 +426,9 @@ pub(super) struct Zygote {
 }
 
 impl Zygote {
-    pub(super) fn fork(
+    /// Makes the zygote and waits until it has set itself up (or says
+    /// why it could not).
+    pub(super) fn spawn(
         control: BorrowedFd<'_>,
         userns: BorrowedFd<'_>,
         filters: &Filters,
