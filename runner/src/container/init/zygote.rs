@@ -157,51 +157,47 @@ enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 20] = [
-        Step::Ready,
-        Step::Pdeathsig,
-        Step::Root,
-        Step::RootStat,
-        Step::UserNamespace,
-        Step::BoundingSet,
-        Step::NoNewPrivs,
-        Step::Seccomp,
-        Step::NotContainerRoot,
-        Step::Signals,
-        Step::Stdin,
-        Step::Stdout,
-        Step::Stderr,
-        Step::Setsid,
-        Step::Setgroups,
-        Step::Setresgid,
-        Step::Setresuid,
-        Step::Capabilities,
-        Step::Cwd,
-        Step::Exec,
+    /// Every step, in the order of their discriminants (what a failure
+    /// record carries), with what an error message calls it.
+    const NAMES: [(Step, &'static str); 20] = [
+        (Step::Ready, "ready"),
+        (Step::Pdeathsig, "pdeathsig"),
+        (Step::Root, "working directory /"),
+        (Step::RootStat, "/"),
+        (Step::UserNamespace, "user namespace"),
+        (Step::BoundingSet, "bounding set"),
+        (Step::NoNewPrivs, "no_new_privs"),
+        (Step::Seccomp, "seccomp filter"),
+        (Step::NotContainerRoot, "root"),
+        (Step::Signals, "signal mask"),
+        (Step::Stdin, "stdin"),
+        (Step::Stdout, "stdout"),
+        (Step::Stderr, "stderr"),
+        (Step::Setsid, "setsid"),
+        (Step::Setgroups, "setgroups"),
+        (Step::Setresgid, "setresgid"),
+        (Step::Setresuid, "setresuid"),
+        (Step::Capabilities, "capabilities"),
+        (Step::Cwd, "working directory"),
+        (Step::Exec, "exec"),
     ];
 
+    fn from_u8(byte: u8) -> Option<Step> {
+        Step::NAMES.get(usize::from(byte)).map(|(step, _)| *step)
+    }
+
     fn what(self) -> &'static str {
-        match self {
-            Step::Ready => "ready",
-            Step::Pdeathsig => "pdeathsig",
-            Step::Root => "working directory /",
-            Step::RootStat => "/",
-            Step::UserNamespace => "user namespace",
-            Step::BoundingSet => "bounding set",
-            Step::NoNewPrivs => "no_new_privs",
-            Step::Seccomp => "seccomp filter",
-            Step::NotContainerRoot => "root",
-            Step::Signals => "signal mask",
-            Step::Stdin => "stdin",
-            Step::Stdout => "stdout",
-            Step::Stderr => "stderr",
-            Step::Setsid => "setsid",
-            Step::Setgroups => "setgroups",
-            Step::Setresgid => "setresgid",
-            Step::Setresuid => "setresuid",
-            Step::Capabilities => "capabilities",
-            Step::Cwd => "working directory",
-            Step::Exec => "exec",
+        Step::NAMES
+            .get(self as usize)
+            .map_or("?", |(_, what)| *what)
+    }
+
+    /// The error a failure at this step stands for, when it needs nothing
+    /// of the command to say.
+    fn error(self, errno: i32) -> ExecError {
+        ExecError::Sys {
+            what: self.what().to_owned(),
+            source: nix::Error::from_raw(errno),
         }
     }
 }
@@ -222,10 +218,7 @@ fn record((step, errno): Failure) -> [u8; RECORD] {
 fn parse_record(bytes: &[u8]) -> Option<Failure> {
     let (&step, errno) = bytes.split_first()?;
     let errno: [u8; 4] = errno.try_into().ok()?;
-    Some((
-        *Step::ALL.get(usize::from(step))?,
-        i32::from_ne_bytes(errno),
-    ))
+    Some((Step::from_u8(step)?, i32::from_ne_bytes(errno)))
 }
 
 fn rustix_errno(step: Step) -> impl FnOnce(rustix::io::Errno) -> Failure {
@@ -298,10 +291,7 @@ impl Prepared {
                 what: format!("working directory {:?}", self.cwd),
                 source,
             },
-            _ => ExecError::Sys {
-                what: step.what().to_owned(),
-                source,
-            },
+            _ => step.error(errno),
         }
     }
 }
@@ -489,10 +479,7 @@ impl Zygote {
             _ => {
                 let n = n + read_full(zygote.failure.as_fd(), &mut first[n..]);
                 let error = match parse_record(&first[..n]) {
-                    Some((step, errno)) => ExecError::Sys {
-                        what: step.what().to_owned(),
-                        source: nix::Error::from_raw(errno),
-                    },
+                    Some((step, errno)) => step.error(errno),
                     None => ExecError::Gone(std::io::ErrorKind::UnexpectedEof.into()),
                 };
                 // It exited (or dies now): its memory may be freed.
@@ -820,8 +807,8 @@ mod tests {
 
     #[test]
     fn failure_records_name_every_step_and_its_errno() {
-        for (i, step) in Step::ALL.iter().enumerate() {
-            assert_eq!(*step as usize, i, "Step::ALL is in discriminant order");
+        for (i, (step, _)) in Step::NAMES.iter().enumerate() {
+            assert_eq!(*step as usize, i, "Step::NAMES is in discriminant order");
             assert_eq!(parse_record(&record((*step, 13))), Some((*step, 13)));
         }
         assert_eq!(parse_record(&[]), None);
