@@ -197,22 +197,18 @@ impl Cluster {
         // wait out one lease before refusing.
         let key = cluster.node_key(&cluster.config.node);
         let patience = tokio::time::Instant::now() + cluster.config.lease_ttl + RETRY_PAUSE * 10;
-        let mut tries = 0;
+        let refused = |source| JoinError::Register {
+            node: cluster.config.node.clone(),
+            source,
+        };
         loop {
-            let existing = match cluster.client.clone().get(key.as_str(), None).await {
-                Ok(existing) => existing,
-                Err(_) if tries + 1 < ATTEMPTS => {
-                    tries += 1;
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-                Err(source) => {
-                    return Err(JoinError::Register {
-                        node: cluster.config.node.clone(),
-                        source,
-                    });
-                }
-            };
+            let existing = cluster
+                .persist(|mut client| {
+                    let key = key.clone();
+                    async move { client.get(key, None).await }
+                })
+                .await
+                .map_err(refused)?;
             let Some(record) = existing
                 .kvs()
                 .first()
@@ -231,24 +227,19 @@ impl Cluster {
             tracing::info!(node = %cluster.config.node, held_at = %record.address, "the node name is held; waiting for that lease to expire");
             tokio::time::sleep(RETRY_PAUSE * 5).await;
         }
-        let mut tries = 0;
-        while let Err(source) = cluster.register().await {
-            tries += 1;
-            tokio::time::sleep(RETRY_PAUSE).await;
-            if tries >= ATTEMPTS {
-                return Err(JoinError::Register {
-                    node: cluster.config.node.clone(),
-                    source,
-                });
-            }
-        }
+        cluster.register().await.map_err(refused)?;
         // The members as they are now, before anything routes or fetches
         // from a peer; the follower keeps them current from here.
         let prefix = format!("{}nodes/", cluster.prefix());
         if let Ok(snapshot) = cluster
-            .client
-            .clone()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .persist(|mut client| {
+                let prefix = prefix.clone();
+                async move {
+                    client
+                        .get(prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await
         {
             *cluster
@@ -347,19 +338,51 @@ impl Cluster {
 
     /// A new lease and this node's key on it.
     async fn register(&self) -> Result<i64, etcd_client::Error> {
-        let mut client = self.client.clone();
         let ttl = i64::try_from(self.config.lease_ttl.as_secs().max(1)).unwrap_or(10);
-        let lease = client.lease_grant(ttl, None).await?.id();
-        client
-            .put(
-                self.node_key(&self.config.node),
-                self.record(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await?;
+        let lease = self
+            .persist(|mut client| async move { client.lease_grant(ttl, None).await })
+            .await?
+            .id();
+        let key = self.node_key(&self.config.node);
+        let record = self.record();
+        self.persist(|mut client| {
+            let (key, record) = (key.clone(), record.clone());
+            async move {
+                client
+                    .put(key, record, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
         *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
         self.reachable.store(true, Ordering::Relaxed);
         Ok(lease)
+    }
+
+    /// Runs one etcd request until it succeeds or `PATIENCE` has passed:
+    /// the client's balancer may send a request to a member that is down,
+    /// and moves off it only after a failure there, so a single try (or a
+    /// few quick ones) fails now and then while one member of three is down.
+    async fn persist<T, F, Fut>(&self, mut call: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let error = match tokio::time::timeout(left, call(self.client.clone())).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => e,
+                Err(_) => etcd_client::Error::InvalidArgs(format!(
+                    "no answer from etcd within {PATIENCE:?}"
+                )),
+            };
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 
     /// Leaves the cluster at once (a clean shutdown): the lease is revoked,
@@ -455,6 +478,8 @@ async fn renew(cluster: std::sync::Weak<Cluster>, load: LoadFn) {
 const ATTEMPTS: usize = 5;
 /// The pause between two tries.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long joining (or registering again) keeps trying one request.
+const PATIENCE: Duration = Duration::from_secs(5);
 
 /// One renewal of `lease`, and this node's record rewritten if its load
 /// `changed`; whether the lease is still alive.
