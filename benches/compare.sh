@@ -50,6 +50,8 @@ record() {
   if [ -n "$3" ] && [ -n "$4" ]; then echo "$1|$2|$3|$4|${5:-}" >>"$results"; else echo "compare: no result for $1 / $2" >&2; fi
 }
 json() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['latency']['p50_ms'], r['latency']['p99_ms'], r['throughput_rps'])" "$1"; }
+# Answers other than 200 (and requests with no answer) in a bench's JSON.
+not_ok() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sum(n for s, n in r.get('statuses', {}).items() if s != '200'))" "$1"; }
 
 # Anchors for container start: crun and runc running /bin/true in ping's
 # rootfs (its layer plus a static busybox as /bin/true).
@@ -148,8 +150,10 @@ for r in $(seq "$repeats"); do
   read -r p50 p99 rps < <(wrk_run http://127.0.0.1:18941/ping 1); record "warm ping, 1 connection" "ping direct" "$p50" "$p99" "$rps"
   "$wisp" bench ping-scaled --mode burst --concurrency 1000 --path /ping --json "$work/burst.json" >/dev/null
   read -r p50 p99 _ < <(json "$work/burst.json"); record "burst of 1,000, ping (conc. 8, max 200)" wisp "$p50" "$p99"
+  extra "burst of 1,000, ping: answers other than 200 (target 0)" "$(not_ok "$work/burst.json")"
   "$wisp" bench hello --mode burst --concurrency 1000 --json "$work/wburst.json" >/dev/null
   read -r p50 p99 _ < <(json "$work/wburst.json"); record "burst of 1,000, hello (wasm)" wisp "$p50" "$p99"
+  extra "burst of 1,000, hello: answers other than 200 (target 0)" "$(not_ok "$work/wburst.json")"
   density
 done
 
