@@ -77,16 +77,18 @@ impl Cluster {
 
     /// Stores call `key`: the new one accepted, or its retry or result.
     pub(crate) async fn put_call(&self, key: &str, json: Vec<u8>) -> Result<(), GatewayError> {
-        let mut client = self.client.clone();
-        client
-            .put(format!("{}{key}", self.calls_prefix()), json, None)
-            .await
-            .map_err(|e| {
-                self.unreachable(&e.to_string());
-                GatewayError::NotReady(format!(
-                    "the cluster's store (etcd) is unreachable, so the call cannot be kept: {e}"
-                ))
-            })?;
+        let key = format!("{}{key}", self.calls_prefix());
+        self.persist(|mut client| {
+            let (key, json) = (key.clone(), json.clone());
+            async move { client.put(key, json, None).await }
+        })
+        .await
+        .map_err(|e| {
+            self.unreachable(&e.to_string());
+            GatewayError::NotReady(format!(
+                "the cluster's store (etcd) is unreachable, so the call cannot be kept: {e}"
+            ))
+        })?;
         Ok(())
     }
 

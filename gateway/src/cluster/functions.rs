@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use super::records::{Kind, Record};
 use super::secrets::SealedSecret;
-use super::{ATTEMPTS, Cluster, RETRY_PAUSE};
+use super::{ATTEMPTS, Cluster};
 use crate::registry::StoredFunction;
 use crate::rescue::GatewayError;
 use crate::server::App;
@@ -154,35 +154,33 @@ impl Cluster {
     }
 
     async fn commit(&self, key: &str, txn: Txn) -> Result<(), GatewayError> {
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(RETRY_PAUSE).await;
+        let answer = self
+            .persist(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await;
+        match answer {
+            Ok(response) if response.succeeded() => {
+                let revision = response.header().map_or(0, |h| h.revision());
+                self.seen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.to_owned(), revision);
+                self.reachable.store(true, Ordering::Relaxed);
+                Ok(())
             }
-            let mut client = self.client.clone();
-            match tokio::time::timeout(Duration::from_secs(5), client.txn(txn.clone())).await {
-                Ok(Ok(response)) if response.succeeded() => {
-                    let revision = response.header().map_or(0, |h| h.revision());
-                    self.seen
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key.to_owned(), revision);
-                    self.reachable.store(true, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Ok(Ok(_)) => {
-                    return Err(GatewayError::Conflict(format!(
-                        "function {key} was changed on another node meanwhile; try again"
-                    )));
-                }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out".into(),
+            Ok(_) => Err(GatewayError::Conflict(format!(
+                "function {key} was changed on another node meanwhile; try again"
+            ))),
+            Err(e) => {
+                let e = e.to_string();
+                self.unreachable(&e);
+                Err(GatewayError::NotReady(format!(
+                    "the cluster's store (etcd) is out of reach, so nothing can be changed now ({e}); this node serves what it last saw"
+                )))
             }
         }
-        self.unreachable(&last);
-        Err(GatewayError::NotReady(format!(
-            "the cluster's store (etcd) is out of reach, so nothing can be changed now ({last}); this node serves what it last saw"
-        )))
     }
 
     /// Follows the functions' prefix, sending what changes to `changes`.

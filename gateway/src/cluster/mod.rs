@@ -12,10 +12,12 @@
 //! reach it keeps the last list it saw. [`ring`] ranks the members for a
 //! function key (rendezvous hashing).
 //!
-//! The functions' registry of record is in etcd ([`functions`]) and
-//! invocations go to their function's home node ([`forward`]).
-//! Not built yet (issue 16): secrets, namespaces, tokens and asynchronous
-//! calls in etcd; cluster-wide `--min`; singletons under an election.
+//! The functions' registry of record is in etcd ([`functions`]), and so
+//! are secrets ([`secrets`]), namespaces and their tokens ([`records`])
+//! and asynchronous calls ([`calls`]); invocations go to their function's
+//! home node ([`forward`]), which also keeps the function's `--min`.
+//! Requests to etcd that a join or a client's write waits on are retried
+//! across its members ([`Cluster::persist`]).
 
 pub mod calls;
 pub mod forward;
@@ -363,6 +365,10 @@ impl Cluster {
     /// the client's balancer may send a request to a member that is down,
     /// and moves off it only after a failure there, so a single try (or a
     /// few quick ones) fails now and then while one member of three is down.
+    /// Every request a join or a client's write makes goes through here.
+    /// A request that reached etcd but whose answer was lost is sent again,
+    /// so a write under compares may then find its own earlier commit and
+    /// answer "changed meanwhile".
     async fn persist<T, F, Fut>(&self, mut call: F) -> Result<T, etcd_client::Error>
     where
         F: FnMut(Client) -> Fut,
@@ -478,7 +484,8 @@ async fn renew(cluster: std::sync::Weak<Cluster>, load: LoadFn) {
 const ATTEMPTS: usize = 5;
 /// The pause between two tries.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// How long joining (or registering again) keeps trying one request.
+/// How long [`Cluster::persist`] keeps trying one request: a join's, a
+/// registration's, or a write a client waits on.
 const PATIENCE: Duration = Duration::from_secs(5);
 
 /// One renewal of `lease`, and this node's record rewritten if its load

@@ -179,18 +179,16 @@ impl Cluster {
 
     /// Commits a registry write; whether its compares held.
     pub(super) async fn registry_txn(&self, txn: Txn) -> Result<bool, GatewayError> {
-        let mut client = self.client.clone();
-        match tokio::time::timeout(std::time::Duration::from_secs(5), client.txn(txn)).await {
-            Ok(Ok(answer)) => Ok(answer.succeeded()),
-            Ok(Err(e)) => {
-                self.unreachable(&e.to_string());
-                Err(self.out_of_reach(&e.to_string()))
-            }
-            Err(_) => {
-                self.unreachable("timed out");
-                Err(self.out_of_reach("timed out"))
-            }
-        }
+        let answer = self
+            .persist(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await;
+        answer.map(|answer| answer.succeeded()).map_err(|e| {
+            self.unreachable(&e.to_string());
+            self.out_of_reach(&e.to_string())
+        })
     }
 
     fn out_of_reach(&self, why: &str) -> GatewayError {
