@@ -478,9 +478,10 @@ async fn renew(cluster: std::sync::Weak<Cluster>, load: LoadFn) {
     }
 }
 
-/// Tries of a request before etcd counts as out of reach: the client's
-/// balancer may send a request to a member that is down, and moves off it
-/// only after a failure there.
+/// Tries of a lease renewal, and failed rounds of a follower, before etcd
+/// counts as out of reach: the client's balancer may send a request to a
+/// member that is down, and moves off it only after a failure there.
+/// (Requests a client waits on have [`PATIENCE`] instead.)
 const ATTEMPTS: usize = 5;
 /// The pause between two tries.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
