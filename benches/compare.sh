@@ -37,9 +37,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 WISP_LOG=warn start_wisp $port "$work/wisp.log"
 pids+=("$server")
-"$wisp" deploy hello "$(artifact hello)" >/dev/null
-"$wisp" deploy hello-reuse "$(artifact hello)" --instance-reuse 1000 >/dev/null
-"$wisp" deploy ping --image "$(artifact ping-docker)" --max 1 --concurrency 256 >/dev/null
+deploy_warm_set
 # Bursts: a container function that scales out (issue 13's setting).
 "$wisp" deploy ping-scaled --image "$(artifact ping-docker)" --concurrency 8 --max 200 >/dev/null
 

@@ -37,6 +37,16 @@ stop_wisp() {
   server=
 }
 
+# deploy_warm_set: deploys the functions of the warm rows as compare.sh
+# measures them — `hello` (a fresh instance per request), `hello-reuse`
+# (--instance-reuse 1000) and `ping` (one container taking 256 requests at
+# once) — with "$wisp", to WISP_GATEWAY.
+deploy_warm_set() {
+  "$wisp" deploy hello "$(artifact hello)" >/dev/null
+  "$wisp" deploy hello-reuse "$(artifact hello)" --instance-reuse 1000 >/dev/null
+  "$wisp" deploy ping --image "$(artifact ping-docker)" --max 1 --concurrency 256 >/dev/null
+}
+
 # image_of NAME → the artifact digest the deployed function NAME runs. Needs
 # WISP_GATEWAY and WISP_DATA_DIR (for the token).
 image_of() {

@@ -34,9 +34,7 @@ serve() { # BINARY PORT
   WISP_LOG=warn start_wisp "$2" "$dir/$2.log"
   servers+=("$server")
   server=
-  "$wisp" deploy hello "$(artifact hello)" >/dev/null
-  "$wisp" deploy hello-reuse "$(artifact hello)" --instance-reuse 1000 >/dev/null
-  "$wisp" deploy ping --image "$(artifact ping-docker)" --max 1 --concurrency 256 >/dev/null
+  deploy_warm_set
 }
 serve "$a" $port_a
 serve "$b" $port_b

@@ -29,9 +29,7 @@ one_build() { # ROUND BINARY
   export WISP_GATEWAY=http://127.0.0.1:$port WISP_DATA_DIR=$dir
   wisp=$2
   WISP_LOG=warn start_wisp $port "$dir/wisp.log"
-  "$wisp" deploy hello "$(artifact hello)" >/dev/null
-  "$wisp" deploy hello-reuse "$(artifact hello)" --instance-reuse 1000 >/dev/null
-  "$wisp" deploy ping --image "$(artifact ping-docker)" --max 1 --concurrency 256 >/dev/null
+  deploy_warm_set
   local f
   for f in hello hello-reuse ping/ping; do
     wrk -t1 -c"$conns" -d1s "$WISP_GATEWAY/function/$f" >/dev/null
