@@ -154,12 +154,7 @@ impl Cluster {
     }
 
     async fn commit(&self, key: &str, txn: Txn) -> Result<(), GatewayError> {
-        let answer = self
-            .persist(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await;
+        let answer = self.persist_txn(txn).await;
         match answer {
             Ok(response) if response.succeeded() => {
                 let revision = response.header().map_or(0, |h| h.revision());

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
-    WatchOptions,
+    Txn, TxnResponse, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -389,6 +389,15 @@ impl Cluster {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// Commits `txn` through [`Cluster::persist`].
+    async fn persist_txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        self.persist(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
     }
 
     /// Leaves the cluster at once (a clean shutdown): the lease is revoked,

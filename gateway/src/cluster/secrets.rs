@@ -179,12 +179,7 @@ impl Cluster {
 
     /// Commits a registry write; whether its compares held.
     pub(super) async fn registry_txn(&self, txn: Txn) -> Result<bool, GatewayError> {
-        let answer = self
-            .persist(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await;
+        let answer = self.persist_txn(txn).await;
         answer.map(|answer| answer.succeeded()).map_err(|e| {
             self.unreachable(&e.to_string());
             self.out_of_reach(&e.to_string())
