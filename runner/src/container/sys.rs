@@ -127,13 +127,24 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
     Ok(unsafe { tokio::io::unix::AsyncFd::register(fd) }?)
 }
 
-/// Sets the scheduling policy of `pid` (this process when `None`):
-/// `SCHED_IDLE` when `idle`, else `SCHED_OTHER` (nice 0).
-pub(crate) fn set_idle_priority(pid: Option<nix::unistd::Pid>, idle: bool) -> nix::Result<()> {
-    let policy = if idle {
-        libc::SCHED_IDLE
-    } else {
-        libc::SCHED_OTHER
+/// The scheduling policy a sandbox's processes run at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Priority {
+    /// `SCHED_IDLE`: a sandbox pre-made ahead of demand, which must never
+    /// take a CPU from work that is waited on.
+    Background,
+    /// `SCHED_BATCH` (nice 0): a sandbox that serves. The same fair share
+    /// of the CPUs as `SCHED_OTHER`, but its wake-ups do not preempt the
+    /// task that woke it: a request the gateway writes to a handler does
+    /// not switch the gateway out in the middle of its work.
+    Serving,
+}
+
+/// Sets the scheduling policy of `pid` (this process when `None`).
+pub(crate) fn set_priority(pid: Option<nix::unistd::Pid>, priority: Priority) -> nix::Result<()> {
+    let policy = match priority {
+        Priority::Background => libc::SCHED_IDLE,
+        Priority::Serving => libc::SCHED_BATCH,
     };
     let param = libc::sched_param { sched_priority: 0 };
     let pid = pid.map_or(0, nix::unistd::Pid::as_raw);

@@ -39,7 +39,7 @@ use std::os::fd::BorrowedFd;
 
 use crate::container::proto::{self, FromInit, SpawnRequest, Stage, Timings, ToInit, monotonic_ns};
 use crate::container::seccomp::Filters;
-use crate::container::sys;
+use crate::container::sys::{self, Priority};
 
 use mounts::Premounted;
 use supervisor::Supervisor;
@@ -94,10 +94,15 @@ pub(crate) fn container_main(
         );
         1
     };
-    if req.background {
-        // Best effort: a sandbox at normal priority is only less polite.
-        let _ = sys::set_idle_priority(None, true);
-    }
+    // Best effort: a sandbox at normal priority is only less polite.
+    let _ = sys::set_priority(
+        None,
+        if req.background {
+            Priority::Background
+        } else {
+            Priority::Serving
+        },
+    );
     if let Err(f) = setup::isolate(req, netns) {
         return report(f);
     }
@@ -122,7 +127,7 @@ pub(crate) fn container_main(
     timings.assigned = monotonic_ns();
     if req.background {
         // The gateway raised init when it took the sandbox.
-        let _ = sys::set_idle_priority(Some(zygote.pid), false);
+        let _ = sys::set_priority(Some(zygote.pid), Priority::Serving);
     }
     if let Err(f) = setup::take_function(&plan, &req.scratch, userns, premounted) {
         return report(f);
