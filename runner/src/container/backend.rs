@@ -335,10 +335,7 @@ impl Backend for ContainerBackend {
             // Made at idle priority; one that has not finished setting up
             // must not wait behind busy CPUs now that a request waits on it
             // (init raises its zygote itself when it gets the plan).
-            let _ = sys::set_priority(
-                Some(nix::unistd::Pid::from_raw(pid)),
-                sys::Priority::Serving,
-            );
+            let _ = sys::set_priority(Some(nix::unistd::Pid::from_raw(pid)), sys::Priority::Normal);
         }
         let control = sys::async_fd(control).map_err(|e| sandbox_err(SandboxError::Control(e)))?;
         let (protocol, port) = (plan.protocol, plan.port);

@@ -133,10 +133,13 @@ pub(crate) enum Priority {
     /// `SCHED_IDLE`: a sandbox pre-made ahead of demand, which must never
     /// take a CPU from work that is waited on.
     Background,
-    /// `SCHED_BATCH` (nice 0): a sandbox that serves. The same fair share
-    /// of the CPUs as `SCHED_OTHER`, but its wake-ups do not preempt the
-    /// task that woke it: a request the gateway writes to a handler does
-    /// not switch the gateway out in the middle of its work.
+    /// `SCHED_OTHER` (nice 0): init once its sandbox is taken, so that the
+    /// steps of a cold start it is woken for run at once.
+    Normal,
+    /// `SCHED_BATCH` (nice 0): the function's own processes. The same fair
+    /// share of the CPUs as `SCHED_OTHER`, but their wake-ups do not
+    /// preempt the task that woke them: a request the gateway writes to a
+    /// handler does not switch the gateway out in the middle of its work.
     Serving,
 }
 
@@ -144,6 +147,7 @@ pub(crate) enum Priority {
 pub(crate) fn set_priority(pid: Option<nix::unistd::Pid>, priority: Priority) -> nix::Result<()> {
     let policy = match priority {
         Priority::Background => libc::SCHED_IDLE,
+        Priority::Normal => libc::SCHED_OTHER,
         Priority::Serving => libc::SCHED_BATCH,
     };
     let param = libc::sched_param { sched_priority: 0 };

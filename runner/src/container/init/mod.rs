@@ -94,15 +94,10 @@ pub(crate) fn container_main(
         );
         1
     };
-    // Best effort: a sandbox at normal priority is only less polite.
-    let _ = sys::set_priority(
-        None,
-        if req.background {
-            Priority::Background
-        } else {
-            Priority::Serving
-        },
-    );
+    if req.background {
+        // Best effort: a sandbox at normal priority is only less polite.
+        let _ = sys::set_priority(None, Priority::Background);
+    }
     if let Err(f) = setup::isolate(req, netns) {
         return report(f);
     }
@@ -125,10 +120,9 @@ pub(crate) fn container_main(
         _ => return 0,
     };
     timings.assigned = monotonic_ns();
-    if req.background {
-        // The gateway raised init when it took the sandbox.
-        let _ = sys::set_priority(Some(zygote.pid), Priority::Serving);
-    }
+    // The function's processes run at the serving policy (the gateway
+    // raised init itself, if it was pre-made, when it took the sandbox).
+    let _ = sys::set_priority(Some(zygote.pid), Priority::Serving);
     if let Err(f) = setup::take_function(&plan, &req.scratch, userns, premounted) {
         return report(f);
     }

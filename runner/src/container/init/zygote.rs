@@ -636,6 +636,8 @@ pub(super) fn spawn_cgi(
         Err(e) => Err(sys_step("fork")(e)),
         Ok(ForkResult::Child) => {
             drop(err_r);
+            // Best effort, as for the zygote: see `sys::Priority::Serving`.
+            let _ = sys::set_priority(None, sys::Priority::Serving);
             let failed = become_handler(
                 &prepared,
                 Some(stdin.as_fd()),
