@@ -40,6 +40,7 @@ default_tests=(
   container::nothing_is_left_behind_after_teardown_or_a_crash
   container::on_cgroup_v2_a_server_alone_in_its_cgroup_moves_to_a_leaf
   container::a_starting_server_leaves_a_live_servers_sandboxes_alone
+  container::sandboxes_start_from_a_mount_table_without_the_hosts_mounts
   container::ping_runs_from_a_docker_archive_and_an_oci_layout
   container::the_server_turns_on_cgroup2_favordynmods_unless_asked_not_to
 )

@@ -465,6 +465,64 @@ async fn the_sandbox_is_isolated() {
     }
 }
 
+/// Sandboxes start from the spawner's mount namespace, which holds only
+/// what they use of the host before `pivot_root` (a small root, `/proc`,
+/// the data dir, wisp's cgroup directories): each sandbox copies and
+/// detaches a dozen mounts, not the host's whole table (hundreds on a
+/// Kubernetes node). A mount made on the host before the server started,
+/// and the host's own `/sys`, are not in it; sandboxes, their secrets and
+/// limits still work (the tests above and below).
+#[tokio::test]
+async fn sandboxes_start_from_a_mount_table_without_the_hosts_mounts() {
+    let extra = tempfile::tempdir().unwrap();
+    let target = extra.path().to_str().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs", target])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs on {target}");
+    struct Unmount<'a>(&'a str);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(target);
+    assert!(mounts().contains(target), "the host has the extra mount");
+
+    let wisp = Wisp::start();
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    let answer = wisp.invoke("GET", "/function/ping/ping", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+
+    let spawner = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", wisp.pid()))
+        .unwrap()
+        .split_whitespace()
+        .map(|pid| pid.to_owned())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "wisp-spawner")
+        })
+        .expect("the server's spawner");
+    let view: BTreeSet<String> = std::fs::read_to_string(format!("/proc/{spawner}/mountinfo"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').skip(4).take(1).collect::<String>())
+        .collect();
+    let data_dir = wisp.data_dir.to_str().unwrap();
+    for kept in ["/", "/proc", data_dir] {
+        assert!(view.contains(kept), "{kept} in {view:?}");
+    }
+    for gone in [target, "/sys", "/dev"] {
+        assert!(!view.contains(gone), "{gone} in {view:?}");
+    }
+    assert!(
+        view.iter()
+            .all(|m| m == "/" || m == "/proc" || m == data_dir || m.contains("cgroup")),
+        "only the root, /proc, the data dir and cgroup directories: {view:?}"
+    );
+}
+
 /// The TCP ports listening in a `/proc/net/tcp` (or `tcp6`) listing.
 fn listening_ports(listing: &str) -> BTreeSet<u16> {
     listing

@@ -214,10 +214,17 @@ fn premade_pool(
             "removed what a previous wisp serve left behind"
         );
     }
+    // Sandboxes use these before `pivot_root`: the data dir (layers,
+    // scratch, secrets) and the cgroups they join.
+    let host_dirs = std::iter::once(data_dir)
+        .chain(cgroups.parent_dirs())
+        .map(Path::to_path_buf)
+        .collect();
     Ok(Arc::new(PremadePool::new(
         spawner,
         Arc::new(cgroups),
         scratch,
+        host_dirs,
         id_map,
         options.premade,
     )))

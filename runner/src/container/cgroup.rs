@@ -491,6 +491,12 @@ impl Cgroups {
         &self.layout
     }
 
+    /// `wisp`'s directory in each hierarchy: every sandbox cgroup is in
+    /// one of these.
+    pub fn parent_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.parents.iter().map(|(_, dir)| dir.as_path())
+    }
+
     /// Makes the cgroup `name` with `limits`.
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
         let cgroup = self.create_unlimited(name)?;

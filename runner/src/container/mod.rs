@@ -16,6 +16,8 @@
 //! - [`plan`]: the set-up of one sandbox as a value (pure, unit-tested);
 //! - [`cgroup`]: memory, CPU and pids limits on cgroup v1 and v2;
 //! - [`spawner`]: the single-threaded process that clones containers;
+//! - `host_view`: the spawner's mount namespace, what sandboxes see of
+//!   the host before their `pivot_root`;
 //! - `init`: what runs inside: set-up, then PID 1;
 //! - [`seccomp`], `sys`, [`proto`]: the filter, raw calls, messages.
 
@@ -24,6 +26,7 @@ pub mod cgroup;
 pub mod cgroup_tuning;
 mod error;
 mod handler_conns;
+mod host_view;
 mod init;
 mod init_link;
 mod instance;

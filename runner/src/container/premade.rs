@@ -26,6 +26,9 @@ pub(crate) struct PremadePool {
     spawner: Spawner,
     pub(crate) cgroups: Arc<Cgroups>,
     scratch: PathBuf,
+    /// What sandboxes use of the host before `pivot_root`
+    /// ([`SpawnRequest::host_dirs`]).
+    host_dirs: Vec<PathBuf>,
     id_map: IdMap,
     seq: AtomicU64,
     /// This server, as its sandboxes' cgroups name it.
@@ -56,6 +59,7 @@ impl PremadePool {
         spawner: Spawner,
         cgroups: Arc<Cgroups>,
         scratch: PathBuf,
+        host_dirs: Vec<PathBuf>,
         id_map: IdMap,
         target: usize,
     ) -> PremadePool {
@@ -63,6 +67,7 @@ impl PremadePool {
             spawner,
             cgroups,
             scratch,
+            host_dirs,
             id_map,
             seq: AtomicU64::new(0),
             owner: owner_tag(),
@@ -106,6 +111,7 @@ impl PremadePool {
             background,
             id_map: self.id_map,
             scratch: self.scratch.clone(),
+            host_dirs: self.host_dirs.clone(),
         };
         let spawned = self
             .spawner

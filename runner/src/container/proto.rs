@@ -34,6 +34,13 @@ pub struct SpawnRequest {
     /// An empty host directory the sandbox mounts its scratch tmpfs on
     /// (inside its own mount namespace, so every sandbox uses the same one).
     pub scratch: PathBuf,
+    /// The host directories a sandbox uses before its `pivot_root` (the
+    /// data dir, wisp's cgroup directories): with the first request, the
+    /// spawner moves into a mount namespace that holds only these and
+    /// `/proc` ([`crate::container::host_view`]). Empty: the host's whole
+    /// mount table, as sandboxes had it before.
+    #[serde(default)]
+    pub host_dirs: Vec<PathBuf>,
 }
 
 /// Spawner → gateway. With `Spawned`, the descriptors are the control
@@ -570,6 +577,7 @@ mod tests {
                     background,
                     id_map: IdMap::default(),
                     scratch: PathBuf::from("/scratch"),
+                    host_dirs: vec![PathBuf::from("/data")],
                 };
                 prop_assert_eq!(&through_socket(&request), &request);
             }

@@ -18,7 +18,9 @@
 //! the container enters: [`crate::container::netns`]) and one
 //! `pidfd_open`; everything else happens in the new container, in
 //! parallel with the next request. Between requests the spawner reaps
-//! exited containers and looks into their network namespaces.
+//! exited containers and looks into their network namespaces. With its
+//! first request it leaves the host's mount table for one holding only
+//! what sandboxes use ([`crate::container::host_view`]).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -31,6 +33,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use tokio::io::unix::AsyncFd;
 
+use crate::container::host_view;
 use crate::container::netns::{self, NetnsPool};
 use crate::container::plan::IdMap;
 use crate::container::proto::{self, ProtoError, SpawnReply, SpawnRequest};
@@ -197,6 +200,7 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
         Err(e) => return refuse_all(format!("opening the spawner's network namespace: {e}")),
     };
     let mut buf = Vec::new();
+    let mut view_made = false;
     loop {
         reap(&mut netns);
         // Exited sandboxes' namespaces are looked at again soon, until
@@ -223,6 +227,12 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
             }
             Err(_) => return 1,
         };
+        if !view_made && !req.host_dirs.is_empty() {
+            view_made = true;
+            if let Err(error) = host_view::isolate(&req.host_dirs, &req.scratch) {
+                tracing::warn!(%error, "sandboxes start from a copy of the host's whole mount table");
+            }
+        }
         let reply = spawn_one(
             &req,
             &sock,

@@ -308,17 +308,7 @@ struct MountAttr {
 /// view (after `pivot_root`).
 pub(crate) fn bind_tree(source: &str, attrs: libc::c_uint) -> Result<OwnedFd, MountApiError> {
     let fail = |step: &str| MountApiError::last(source, step);
-    let path = c_string(source, "path", source.as_bytes())?;
-    // SAFETY: valid C string; the result is checked.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    let tree = owned(tree).ok_or_else(|| fail("open_tree"))?;
+    let tree = clone_tree(source.as_ref(), false)?;
     let attr = MountAttr {
         attr_set: u64::from(attrs),
         attr_clr: 0,
@@ -342,6 +332,21 @@ pub(crate) fn bind_tree(source: &str, attrs: libc::c_uint) -> Result<OwnedFd, Mo
         return Err(fail("mount_setattr"));
     }
     Ok(tree)
+}
+
+/// A detached copy of the mount at the host path `source` (with the
+/// mounts below it if `recursive`), for [`attach_mount`]; its flags are
+/// the source's.
+pub(crate) fn clone_tree(source: &Path, recursive: bool) -> Result<OwnedFd, MountApiError> {
+    let name = source.to_string_lossy();
+    let path = c_string(&name, "path", source.as_os_str().as_bytes())?;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: valid C string; the result is checked.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    owned(tree).ok_or_else(|| MountApiError::last(&name, "open_tree"))
 }
 
 /// Attaches the detached mount `mount` at `target` (resolved from this
