@@ -64,12 +64,20 @@ pub struct WispBuilder {
     run_as: Option<u32>,
     fd_limit: Option<u32>,
     cgroup: Option<PathBuf>,
+    cwd: Option<PathBuf>,
 }
 
 impl WispBuilder {
     /// Serve from this data dir (kept after the server stops).
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// Runs the server in `dir`, naming its data dir relative to it (the
+    /// data dir must be below `dir`).
+    pub fn in_dir(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_owned());
         self
     }
 
@@ -164,12 +172,17 @@ impl WispBuilder {
         words.push(binary.into());
         let mut command = Command::new(&words[0]);
         command.args(&words[1..]);
+        let mut named = data_dir.clone();
+        if let Some(cwd) = &self.cwd {
+            named = data_dir.strip_prefix(cwd)?.to_owned();
+            command.current_dir(cwd);
+        }
         let mut child = command
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(&named)
             .args(&self.args)
             // The host's cgroup2 option is one test's to change
             // (`the_server_turns_on_cgroup2_favordynmods_unless_asked_not_to`).

@@ -523,6 +523,24 @@ async fn sandboxes_start_from_a_mount_table_without_the_hosts_mounts() {
     );
 }
 
+/// `--data-dir` relative to the server's working directory: the gateway
+/// makes it absolute, as the sandboxes resolve its layers and scratch from
+/// the spawner's root. (Before, the overlay mount failed with ENOENT.)
+#[tokio::test]
+async fn a_relative_data_dir_serves_containers() {
+    let top = tempfile::tempdir().unwrap();
+    let data_dir = top.path().join("data");
+    let wisp = Wisp::builder()
+        .data_dir(&data_dir)
+        .in_dir(top.path())
+        .start()
+        .unwrap();
+    wisp.deploy("ping", artifacts::PING_DOCKER_ARCHIVE).await;
+    let answer = wisp.invoke("GET", "/function/ping/ping", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.text(), "pong");
+}
+
 /// The TCP ports listening in a `/proc/net/tcp` (or `tcp6`) listing.
 fn listening_ports(listing: &str) -> BTreeSet<u16> {
     listing

@@ -60,7 +60,12 @@ pub async fn run(
             let cluster = cluster_config(&args)?;
             let config = ServeConfig {
                 listen: args.listen,
-                data_dir: args.data_dir.unwrap_or_else(default_data_dir),
+                // Absolute: sandboxes resolve paths in it from another
+                // working directory (the spawner's mount namespace).
+                data_dir: {
+                    let dir = args.data_dir.unwrap_or_else(default_data_dir);
+                    std::path::absolute(&dir).unwrap_or(dir)
+                },
                 shutdown_grace: args.shutdown_grace,
                 connections: ConnectionLimits {
                     max: match args.max_connections {
