@@ -278,11 +278,21 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     buf: &mut Vec<u8>,
 ) -> Result<(T, Vec<OwnedFd>), ProtoError> {
     // SOCK_SEQPACKET with MSG_TRUNC reports the packet's real length.
-    let len = socket::recv(
-        sock.as_raw_fd(),
-        &mut [],
-        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
-    )?;
+    let peek = || {
+        socket::recv(
+            sock.as_raw_fd(),
+            &mut [],
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+        )
+    };
+    // A peer that exited with messages of ours unread leaves ECONNRESET
+    // pending ahead of what it sent before it exited (init's report of a
+    // failed set-up step, a handler's exit): the error is returned once,
+    // then those messages, then end of file.
+    let len = match peek() {
+        Err(nix::errno::Errno::ECONNRESET) => peek()?,
+        other => other?,
+    };
     if len > MAX_PACKET {
         return Err(ProtoError::TooLarge(len));
     }
@@ -332,6 +342,27 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap()
+    }
+
+    /// Init fails a set-up step after `Run` and exits before reading the
+    /// gateway's `Start`: its report is still read, after the reset.
+    #[test]
+    fn a_report_sent_before_the_peer_exited_is_read_after_its_reset() {
+        let (gateway, init) = pair();
+        let report = FromInit::SetupFailed {
+            stage: Stage::Overlay,
+            error: "ENOENT: No such file or directory".into(),
+        };
+        send(init.as_fd(), &report, &[]).unwrap();
+        send(gateway.as_fd(), &ToInit::Start, &[]).unwrap();
+        drop(init);
+        let mut buf = Vec::new();
+        let (got, _) = recv::<FromInit>(gateway.as_fd(), &mut buf).unwrap();
+        assert_eq!(got, report);
+        assert!(matches!(
+            recv::<FromInit>(gateway.as_fd(), &mut buf),
+            Err(ProtoError::Closed)
+        ));
     }
 
     #[test]
