@@ -18,7 +18,7 @@ use crate::backend::{
 use crate::container::cgroup::{Cgroups, Layout, RealFs};
 use crate::container::error::{SandboxError, UnavailableError};
 use crate::container::handler_conns::HandlerConns;
-use crate::container::init_link::{InitLink, NotReady, stderr_suffix, wait_ready};
+use crate::container::init_link::{InitLink, NotReady, stderr_suffix, wait_ready, why_gone};
 use crate::container::instance::{ContainerInstance, Transport};
 use crate::container::lambda::{Init, RuntimeApi};
 use crate::container::plan::{self, ContainerSettings, IdMap, SandboxPlan};
@@ -348,7 +348,7 @@ impl Backend for ContainerBackend {
         let (protocol, port) = (plan.protocol, plan.port);
         let cgi_env = plan.process.env.clone();
         let limits = plan.cgroup;
-        let gone = |e: std::io::Error| sandbox_err(SandboxError::Gone(e));
+        let gone = |e: std::io::Error| sandbox_err(why_gone(&control, e));
         send_async(
             &control,
             &ToInit::Run {

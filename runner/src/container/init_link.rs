@@ -8,14 +8,14 @@
 //! network namespace.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
 
 use crate::container::error::SandboxError;
-use crate::container::proto::{ExitReport, ExitStatus, FromInit, Stream, Timings, ToInit};
+use crate::container::proto::{self, ExitReport, ExitStatus, FromInit, Stream, Timings, ToInit};
 use crate::container::spawner::{recv_async, send_async};
 use crate::spec::FunctionName;
 use crate::store::logs::escape_controls;
@@ -236,6 +236,18 @@ pub(crate) async fn wait_ready(
     }
 }
 
+/// Why a sandbox is gone when a message to its init could not be sent:
+/// init's own report if it sent one before it exited (a step of its
+/// set-up that failed, maybe while it was pre-made), else `error`.
+pub(crate) fn why_gone(control: &AsyncFd<OwnedFd>, error: std::io::Error) -> SandboxError {
+    let mut buf = Vec::new();
+    // Non-blocking: nothing sent is EAGAIN.
+    match proto::recv::<FromInit>(control.get_ref().as_fd(), &mut buf) {
+        Ok((FromInit::SetupFailed { stage, error }, _)) => SandboxError::Setup { stage, error },
+        _ => SandboxError::Gone(error),
+    }
+}
+
 /// Records a handler's output in the function's logs.
 pub(crate) fn log_output(function: &FunctionName, instance: i32, stream: Stream, text: &str) {
     crate::store::logs::record(
@@ -254,5 +266,54 @@ pub(crate) fn stderr_suffix(tail: &str) -> String {
     } else {
         let start = tail.char_indices().rev().nth(499).map_or(0, |(i, _)| i);
         format!("; stderr: {}", &tail[start..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+    use super::*;
+    use crate::container::proto::Stage;
+
+    /// A pre-made sandbox whose set-up failed reported why and exited; the
+    /// gateway learns it when its `Run` cannot be sent.
+    #[tokio::test]
+    async fn a_sandbox_that_exited_after_its_report_is_gone_for_that_reason() {
+        let (gateway, init) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let report = FromInit::SetupFailed {
+            stage: Stage::Cgroup,
+            error: "joining /sys/fs/cgroup/pids/wisp/x: ENOENT".into(),
+        };
+        proto::send(init.as_fd(), &report, &[]).unwrap();
+        drop(init);
+        let control = crate::container::sys::async_fd(gateway).unwrap();
+        let run = ToInit::Start;
+        let sent = send_async(&control, &run, &[]).await.unwrap_err();
+        match why_gone(&control, sent) {
+            SandboxError::Setup { stage, error } => {
+                assert_eq!(stage, Stage::Cgroup);
+                assert!(error.contains("ENOENT"), "{error}");
+            }
+            other => panic!("{other}"),
+        }
+        // Nothing reported: the send's own error.
+        let (gateway, init) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        drop(init);
+        let control = crate::container::sys::async_fd(gateway).unwrap();
+        let sent = send_async(&control, &run, &[]).await.unwrap_err();
+        assert!(matches!(why_gone(&control, sent), SandboxError::Gone(_)));
     }
 }
