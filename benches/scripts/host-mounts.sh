@@ -35,11 +35,7 @@ PY
 }
 
 one_build() { # ROUND BINARY
-  rm -rf "$dir"; mkdir -p "$dir"
-  export WISP_GATEWAY=http://127.0.0.1:$port WISP_DATA_DIR=$dir/wisp
-  wisp=$2
-  WISP_LOG=warn start_wisp $port "$dir/wisp.log"
-  "$wisp" deploy ping --image "$(artifact ping-docker)" >/dev/null
+  serve_ping "$2" "$port" "$dir"
   "$wisp" bench ping --mode cold --requests 50 --concurrency 1 --path /ping >/dev/null
   sleep 1
   "$wisp" bench ping --mode cold --requests "$n" --concurrency 1 --path /ping --json "$dir/one.json" >/dev/null

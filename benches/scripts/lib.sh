@@ -37,6 +37,18 @@ stop_wisp() {
   server=
 }
 
+# serve_ping BINARY PORT DIR: `wisp serve` from the `wisp` binary BINARY
+# (the "$wisp" of later calls) on PORT, with a fresh data dir below DIR
+# (emptied first) and `ping` deployed: one build's turn when builds are
+# compared one after another.
+serve_ping() {
+  wisp=$1
+  rm -rf "$3"; mkdir -p "$3"
+  export WISP_GATEWAY=http://127.0.0.1:$2 WISP_DATA_DIR=$3/wisp
+  WISP_LOG=warn start_wisp "$2" "$3/wisp.log"
+  "$wisp" deploy ping --image "$(artifact ping-docker)" >/dev/null
+}
+
 # deploy_warm_set: deploys the functions of the warm rows as compare.sh
 # measures them — `hello` (a fresh instance per request), `hello-reuse`
 # (--instance-reuse 1000) and `ping` (one container taking 256 requests at

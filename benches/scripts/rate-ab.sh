@@ -21,11 +21,7 @@ dir=$(mktemp -d)
 trap 'stop_wisp; rm -rf "$dir"' EXIT
 
 one_build() { # ROUND BINARY
-  rm -rf "$dir"; mkdir -p "$dir"
-  export WISP_GATEWAY=http://127.0.0.1:$port WISP_DATA_DIR=$dir/wisp
-  wisp=$2
-  WISP_LOG=warn start_wisp $port "$dir/wisp.log"
-  "$wisp" deploy ping --image "$(artifact ping-docker)" >/dev/null
+  serve_ping "$2" "$port" "$dir"
   "$wisp" bench ping --mode cold --requests 50 --concurrency 2 --path /ping >/dev/null
   sleep 2
   "$wisp" bench ping --mode cold --requests "$n" --concurrency 2 --path /ping --json "$dir/r.json" >/dev/null

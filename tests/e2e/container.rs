@@ -136,7 +136,12 @@ fn sandbox_dirs(pid: u32, controller: &str) -> Vec<PathBuf> {
 }
 
 fn mounts() -> BTreeSet<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    mounts_of("self")
+}
+
+/// The mount points in the mount namespace of process `pid` ("self").
+fn mounts_of(pid: &str) -> BTreeSet<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .unwrap()
         .lines()
         .map(|l| l.split(' ').skip(4).take(1).collect::<String>())
@@ -504,11 +509,7 @@ async fn sandboxes_start_from_a_mount_table_without_the_hosts_mounts() {
                 .is_ok_and(|c| c.trim() == "wisp-spawner")
         })
         .expect("the server's spawner");
-    let view: BTreeSet<String> = std::fs::read_to_string(format!("/proc/{spawner}/mountinfo"))
-        .unwrap()
-        .lines()
-        .map(|l| l.split(' ').skip(4).take(1).collect::<String>())
-        .collect();
+    let view = mounts_of(&spawner);
     let data_dir = wisp.data_dir.to_str().unwrap();
     for kept in ["/", "/proc", data_dir] {
         assert!(view.contains(kept), "{kept} in {view:?}");

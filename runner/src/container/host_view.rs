@@ -19,7 +19,7 @@
 //! host's filesystems; mounts made later on the host are not (private
 //! propagation), nor needed.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -36,7 +36,8 @@ pub(crate) struct ViewError {
     cause: String,
 }
 
-fn fail(what: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> ViewError {
+/// Tags an error (of any kind) with the step it failed.
+fn fail<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> ViewError {
     let what = what.to_string();
     move |e| ViewError {
         what,
@@ -47,67 +48,52 @@ fn fail(what: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> ViewError {
 /// Moves this process (the spawner, single-threaded) into a mount
 /// namespace whose root holds only `dirs` (with the mounts below them)
 /// and `/proc`, each at its own path; `mount_on` is an empty host
-/// directory the new root's tmpfs is mounted on while it is built.
-/// Relative paths keep resolving from the same working directory.
+/// directory the new root's tmpfs is mounted on while it is built. Every
+/// path is absolute (the gateway makes the data dir so): after the pivot
+/// the working directory is the new root.
 ///
-/// On failure before `pivot_root` the process is left in a private copy
-/// of the host's namespace, which serves sandboxes as the host's does.
+/// On failure before `pivot_root` the process is left in the host's
+/// namespace or a private copy of it, which serves sandboxes as before.
 pub(crate) fn isolate(dirs: &[PathBuf], mount_on: &Path) -> Result<(), ViewError> {
-    let absolute = |p: &Path| {
-        std::path::absolute(p).map_err(|e| ViewError {
-            what: p.display().to_string(),
-            cause: e.to_string(),
-        })
-    };
-    let cwd = std::env::current_dir().map_err(|e| ViewError {
-        what: "the working directory".into(),
-        cause: e.to_string(),
-    })?;
-    let mount_on = absolute(mount_on)?;
+    if let Some(relative) = dirs
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([mount_on])
+        .find(|p| !p.is_absolute())
+    {
+        return Err(fail(relative.display())("not an absolute path"));
+    }
     unshare(CloneFlags::CLONE_NEWNS).map_err(fail("unshare(CLONE_NEWNS)"))?;
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(fail("making / private"))?;
     // Copies of the trees, taken before the new root's tmpfs covers
     // `mount_on` (which may be inside one of them).
-    let mut trees: Vec<(PathBuf, OwnedFd)> = Vec::new();
+    let mut trees: Vec<(&Path, OwnedFd)> = Vec::new();
     for (dir, recursive) in
         std::iter::once((Path::new("/proc"), false)).chain(dirs.iter().map(|d| (d.as_path(), true)))
     {
-        let dir = absolute(dir)?;
-        let tree = sys::clone_tree(&dir, recursive).map_err(|e| ViewError {
-            what: dir.display().to_string(),
-            cause: e.to_string(),
-        })?;
-        trees.push((dir, tree));
+        trees.push((
+            dir,
+            sys::clone_tree(dir, recursive).map_err(fail(dir.display()))?,
+        ));
     }
     mount(
         Some("tmpfs"),
-        &mount_on,
+        mount_on,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("mode=0755,size=1m"),
     )
     .map_err(fail(format_args!("tmpfs on {}", mount_on.display())))?;
-    let inside = |p: &Path| mount_on.join(p.strip_prefix("/").unwrap_or(p));
-    let io = |what: &Path| {
-        let what = what.display().to_string();
-        move |e: std::io::Error| ViewError {
-            what,
-            cause: e.to_string(),
-        }
-    };
     for (dir, tree) in &trees {
-        let target = inside(dir);
-        std::fs::create_dir_all(&target).map_err(io(dir))?;
-        sys::attach_mount(std::os::fd::AsFd::as_fd(tree), &target.to_string_lossy())
+        let target = mount_on.join(dir.strip_prefix("/").unwrap_or(dir));
+        std::fs::create_dir_all(&target).map_err(fail(dir.display()))?;
+        sys::attach_mount(tree.as_fd(), &target.to_string_lossy())
             .map_err(fail(format_args!("attaching {}", dir.display())))?;
     }
-    // The working directory, for relative paths (a relative data dir).
-    std::fs::create_dir_all(inside(&cwd)).map_err(io(&cwd))?;
-    chdir(&mount_on).map_err(fail("chdir to the new root"))?;
+    chdir(mount_on).map_err(fail("chdir to the new root"))?;
     pivot_root(".", ".").map_err(fail("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(fail("detaching the host's root"))?;
-    chdir(&cwd).map_err(fail(format_args!("chdir {}", cwd.display())))?;
-    Ok(())
+    chdir("/").map_err(fail("chdir /"))
 }

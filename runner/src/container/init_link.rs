@@ -276,17 +276,22 @@ mod tests {
     use super::*;
     use crate::container::proto::Stage;
 
-    /// A pre-made sandbox whose set-up failed reported why and exited; the
-    /// gateway learns it when its `Run` cannot be sent.
-    #[tokio::test]
-    async fn a_sandbox_that_exited_after_its_report_is_gone_for_that_reason() {
-        let (gateway, init) = socketpair(
+    /// The gateway's end and init's of a control socket.
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A pre-made sandbox whose set-up failed reported why and exited; the
+    /// gateway learns it when its `Run` cannot be sent.
+    #[tokio::test]
+    async fn a_sandbox_that_exited_after_its_report_is_gone_for_that_reason() {
+        let (gateway, init) = pair();
         let report = FromInit::SetupFailed {
             stage: Stage::Cgroup,
             error: "joining /sys/fs/cgroup/pids/wisp/x: ENOENT".into(),
@@ -304,13 +309,7 @@ mod tests {
             other => panic!("{other}"),
         }
         // Nothing reported: the send's own error.
-        let (gateway, init) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )
-        .unwrap();
+        let (gateway, init) = pair();
         drop(init);
         let control = crate::container::sys::async_fd(gateway).unwrap();
         let sent = send_async(&control, &run, &[]).await.unwrap_err();
