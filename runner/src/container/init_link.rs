@@ -1,5 +1,7 @@
 //! The gateway's side of one container's control socket. During a start,
-//! [`wait_ready`] reads init's reports until the sandbox is ready; after
+//! [`wait_ready`] reads init's reports until the sandbox is ready (and
+//! [`why_gone`] reads the one init left if a message to it cannot be
+//! sent); after
 //! it, an [`InitLink`] task reads init's messages and hands each to
 //! whoever waits for it (a new connection to the handler, a CGI process's
 //! end, the handler's output for the logs, the handler's exit).
