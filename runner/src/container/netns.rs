@@ -4,6 +4,15 @@
 //! the rate two cores allow. A sandbox's namespace is kept when the
 //! sandbox exits and given to a later one if it is clean.
 //!
+//! While the sandbox runs the gateway holds its namespace (the spawner
+//! hands it over with the sandbox's other descriptors) and hands it back
+//! once the sandbox's cgroup is empty ([`crate::container::proto::ToSpawner::Ended`]).
+//! The spawner holds only free namespaces and those on their way back:
+//! every new sandbox starts with a copy of the spawner's descriptor table,
+//! and one descriptor per running sandbox there made each start copy (and
+//! each exit and `execve` close) as many descriptors as sandboxes ran —
+//! a start cost that grew with the host's load.
+//!
 //! What makes a kept namespace as good as a fresh one:
 //!
 //! - Its configuration is the one it was made with. It belongs to the
@@ -35,11 +44,12 @@
 //! was. `wisp serve --reuse-netns false` makes a fresh namespace for every
 //! sandbox instead.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 /// Namespaces kept for reuse, at most.
@@ -48,14 +58,20 @@ pub(crate) const KEPT: usize = 32;
 /// closing its connections into it) before it is let go.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// The spawner's namespaces: free ones, and those of running sandboxes.
+/// The spawner's kept namespaces: free ones, and those of ended sandboxes
+/// on their way back. The namespace of a running sandbox is held by the
+/// gateway, not here: every sandbox's init starts with a copy of the
+/// spawner's descriptor table, so a descriptor per running sandbox here
+/// would make each start copy, and each exit and `execve` close, one
+/// descriptor per sandbox on the host.
 pub(crate) struct NetnsPool {
     /// The spawner's own namespace, to return to after a look inside one.
     host: OwnedFd,
     free: Vec<OwnedFd>,
-    /// The namespace of each running sandbox, by its init's pid.
-    lent: HashMap<Pid, OwnedFd>,
-    /// Namespaces of exited sandboxes, until they are found empty.
+    /// Namespaces the gateway handed back, until their sandbox's init is
+    /// reaped.
+    pending: Vec<(Pid, OwnedFd, Instant)>,
+    /// Namespaces of reaped sandboxes, until they are found empty.
     returning: Vec<(OwnedFd, Instant)>,
     keep: usize,
 }
@@ -76,7 +92,7 @@ impl NetnsPool {
         Ok(NetnsPool {
             host: host.into(),
             free: Vec::new(),
-            lent: HashMap::new(),
+            pending: Vec::new(),
             returning: Vec::new(),
             keep,
         })
@@ -87,43 +103,57 @@ impl NetnsPool {
         self.free.pop()
     }
 
-    /// Records the namespace of the sandbox whose init is `pid`: `reused`
-    /// if it was taken from the pool, else the new one its `clone` made.
-    pub(crate) fn lend(&mut self, pid: Pid, reused: Option<OwnedFd>) {
+    /// The namespace of the sandbox whose init is `pid`, for the gateway
+    /// to hold while it runs: `reused` if it was taken from the pool, else
+    /// the new one its `clone` made. None when none are kept.
+    pub(crate) fn hand_over(&self, pid: Pid, reused: Option<OwnedFd>) -> Option<OwnedFd> {
         if self.keep == 0 {
-            return;
+            return None;
         }
-        let ns = match reused {
-            Some(ns) => ns,
-            None => match std::fs::File::open(format!("/proc/{pid}/ns/net")) {
-                Ok(file) => file.into(),
-                // Not kept: the sandbox works the same.
-                Err(_) => return,
-            },
-        };
-        self.lent.insert(pid, ns);
+        match reused {
+            Some(ns) => Some(ns),
+            // Not kept if it cannot be opened: the sandbox works the same.
+            None => std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .map(OwnedFd::from),
+        }
     }
 
-    /// The sandbox whose init is `pid` exited: its namespace is kept once
-    /// it is found empty.
-    pub(crate) fn exited(&mut self, pid: Pid) {
-        if let Some(ns) = self.lent.remove(&pid)
-            && self.free.len() < self.keep
-        {
-            self.returning.push((ns, Instant::now()));
+    /// The gateway handed back the namespace of the ended sandbox whose
+    /// init is `pid`: it is kept once that init is reaped and the
+    /// namespace is found empty.
+    pub(crate) fn ended(&mut self, pid: Pid, ns: OwnedFd) {
+        if self.free.len() < self.keep {
+            self.pending.push((pid, ns, Instant::now()));
         }
     }
 
     /// Whether namespaces wait to be found empty (the spawner then looks
     /// again soon).
     pub(crate) fn settling(&self) -> bool {
-        !self.returning.is_empty()
+        !self.returning.is_empty() || !self.pending.is_empty()
     }
 
-    /// Looks inside the namespaces of exited sandboxes: empty ones are
-    /// kept (up to the limit), those still busy after [`SETTLE`] let go.
+    /// Reaps the inits of handed-back namespaces (each by its pid: the
+    /// kernel finds one child without walking them all), then looks inside
+    /// the namespaces of reaped sandboxes: empty ones are kept (up to the
+    /// limit), those still busy after [`SETTLE`] let go.
     pub(crate) fn settle(&mut self) {
         let now = Instant::now();
+        for (pid, ns, since) in std::mem::take(&mut self.pending) {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                // Reaped now, or already by the spawner's sweep: the PID
+                // namespace is gone, so is every process that could use
+                // the network namespace.
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                    self.returning.push((ns, since));
+                }
+                Ok(_) if now.duration_since(since) < SETTLE => {
+                    self.pending.push((pid, ns, since));
+                }
+                _ => {}
+            }
+        }
         let returning = std::mem::take(&mut self.returning);
         for (ns, since) in returning {
             // With as many kept as wanted, the rest are let go unlooked-at
@@ -216,23 +246,41 @@ mod tests {
     }
 
     #[test]
-    fn empty_namespaces_of_exited_sandboxes_are_kept_up_to_the_limit() {
+    fn a_handed_back_namespace_is_kept_once_its_init_is_reaped_up_to_the_limit() {
         let mut pool = NetnsPool::new(2).unwrap();
-        for pid in 1..=3 {
-            pool.lend(Pid::from_raw(pid), Some(sandbox_netns()));
+        // Handed over for the gateway to hold, whether reused or new.
+        assert!(pool.hand_over(Pid::this(), Some(sandbox_netns())).is_some());
+        assert!(pool.hand_over(Pid::this(), None).is_some());
+        // An "init" that still runs: its namespace waits for it.
+        let mut init = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(i32::try_from(init.id()).unwrap());
+        pool.ended(pid, sandbox_netns());
+        pool.settle();
+        assert!(pool.settling());
+        assert!(pool.take().is_none(), "kept while its init runs");
+        init.kill().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.settling() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            pool.settle();
         }
-        assert!(pool.take().is_none());
-        for pid in 1..=3 {
-            pool.exited(Pid::from_raw(pid));
+        assert!(pool.take().is_some(), "kept once its init was reaped");
+        // Inits reaped already (by the spawner's sweep; pid 1 is nobody's
+        // child here): kept at once, at most 2.
+        for _ in 0..3 {
+            pool.ended(Pid::from_raw(1), sandbox_netns());
         }
         pool.settle();
         assert!(!pool.settling());
         assert!(pool.take().is_some() && pool.take().is_some());
         assert!(pool.take().is_none(), "at most 2 are kept");
-        // Keeping none: nothing is lent, looked at or kept.
+        // Keeping none: nothing is handed over, looked at or kept.
         let mut none = NetnsPool::new(0).unwrap();
-        none.lend(Pid::from_raw(1), Some(sandbox_netns()));
-        none.exited(Pid::from_raw(1));
+        assert!(none.hand_over(Pid::this(), Some(sandbox_netns())).is_none());
+        none.ended(Pid::from_raw(1), sandbox_netns());
         assert!(!none.settling());
         assert!(none.take().is_none());
     }

@@ -18,7 +18,7 @@ use crate::container::error::SandboxError;
 use crate::container::init_link::lock;
 use crate::container::plan::IdMap;
 use crate::container::proto::SpawnRequest;
-use crate::container::sandbox::{CgroupGuard, Sandbox, owner_tag};
+use crate::container::sandbox::{CgroupGuard, Ending, Sandbox, owner_tag};
 use crate::container::spawner::Spawner;
 
 /// Makes sandboxes and keeps some waiting for a function.
@@ -98,9 +98,10 @@ impl PremadePool {
         } else {
             0
         };
-        let guard = CgroupGuard {
+        let mut guard = CgroupGuard {
             cgroups: self.cgroups.clone(),
             cgroup: Some(cgroup),
+            ending: None,
         };
         let request = SpawnRequest {
             cgroup_dirs: guard
@@ -118,6 +119,11 @@ impl PremadePool {
             .spawn(&request)
             .await
             .map_err(SandboxError::Spawn)?;
+        guard.ending = Some(Ending {
+            ender: self.spawner.ender(),
+            pid: spawned.pid,
+            netns: spawned.netns,
+        });
         Ok(Premade {
             sandbox: Sandbox {
                 pidfd: spawned.pidfd,

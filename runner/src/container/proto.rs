@@ -17,9 +17,21 @@ pub const MAX_PACKET: usize = 1 << 20;
 /// Most descriptors one packet carries.
 const MAX_FDS: usize = 4;
 
-/// Gateway → spawner: make a sandbox (namespaces, cgroup, loopback) that
-/// then waits for its function ([`ToInit::Run`]).
+/// Gateway → spawner.
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToSpawner {
+    /// Make a sandbox; answered with a [`SpawnReply`].
+    Spawn(SpawnRequest),
+    /// The sandbox whose init is `pid` has ended: its cgroup is empty. The
+    /// network namespace the spawner handed over with it
+    /// ([`SpawnReply::Spawned`]) rides along, to be kept for another
+    /// sandbox once its init is reaped and it is found empty. Not answered.
+    Ended { pid: i32 },
+}
+
+/// Make a sandbox (namespaces, cgroup, loopback) that then waits for its
+/// function ([`ToInit::Run`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     /// The sandbox's cgroup directories, which the container joins itself.
     pub cgroup_dirs: Vec<PathBuf>,
@@ -44,7 +56,11 @@ pub struct SpawnRequest {
 }
 
 /// Spawner → gateway. With `Spawned`, the descriptors are the control
-/// socket to the container's init and a pidfd of it.
+/// socket to the container's init, a pidfd of it and, when the spawner
+/// keeps network namespaces for reuse, the sandbox's network namespace: the
+/// gateway holds it while the sandbox lives (so the spawner, whose
+/// descriptor table every new sandbox copies, holds none per sandbox) and
+/// hands it back with [`ToSpawner::Ended`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpawnReply {
     /// `netns_reused`: the sandbox got a kept network namespace.
@@ -611,6 +627,10 @@ mod tests {
                     host_dirs: vec![PathBuf::from("/data")],
                 };
                 prop_assert_eq!(&through_socket(&request), &request);
+                let spawn = ToSpawner::Spawn(request);
+                prop_assert_eq!(&through_socket(&spawn), &spawn);
+                let ended = ToSpawner::Ended { pid: 7 };
+                prop_assert_eq!(&through_socket(&ended), &ended);
             }
 
             #[test]
@@ -624,7 +644,7 @@ mod tests {
                     Err(e) => prop_assert!(false, "{e}"),
                 }
                 let _ = serde_json::from_slice::<ToInit>(&bytes);
-                let _ = serde_json::from_slice::<SpawnRequest>(&bytes);
+                let _ = serde_json::from_slice::<ToSpawner>(&bytes);
                 let _ = serde_json::from_slice::<SpawnReply>(&bytes);
             }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::container::cgroup::{Cgroup, Cgroups};
+use crate::container::spawner::Ender;
 use crate::container::sys;
 
 /// One sandbox's host resources. Dropping it kills init, which ends the
@@ -50,8 +51,11 @@ impl Sandbox {
         self.kill();
         if let Some(cgroup) = self.cgroup.cgroup.take() {
             let cgroups = self.cgroup.cgroups.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || retire_cgroup(&cgroups, cgroup, true)).await;
+            let ending = self.cgroup.ending.take();
+            let _ = tokio::task::spawn_blocking(move || {
+                retire_cgroup(&cgroups, cgroup, true, ending);
+            })
+            .await;
         }
     }
 }
@@ -63,19 +67,36 @@ impl Drop for Sandbox {
 }
 
 /// Keeps or removes the cgroup when dropped (after the sandbox's
-/// processes).
+/// processes), and tells the spawner the sandbox ended.
 pub(crate) struct CgroupGuard {
     pub(crate) cgroups: Arc<Cgroups>,
     pub(crate) cgroup: Option<Cgroup>,
+    pub(crate) ending: Option<Ending>,
 }
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
         if let Some(cgroup) = self.cgroup.take() {
             let cgroups = self.cgroups.clone();
+            let ending = self.ending.take();
             // This waits for the kernel to finish the processes off.
-            std::thread::spawn(move || retire_cgroup(&cgroups, cgroup, true));
+            std::thread::spawn(move || retire_cgroup(&cgroups, cgroup, true, ending));
         }
+    }
+}
+
+/// What the spawner is told when a sandbox's processes are gone: the pid
+/// of its init (to reap) and the network namespace it handed over (to
+/// keep for another sandbox).
+pub(crate) struct Ending {
+    pub(crate) ender: Ender,
+    pub(crate) pid: i32,
+    pub(crate) netns: Option<OwnedFd>,
+}
+
+impl Ending {
+    fn report(self) {
+        self.ender.ended(self.pid, self.netns);
     }
 }
 
@@ -94,7 +115,7 @@ pub(crate) fn sweep_leftovers(cgroups: &Cgroups) -> usize {
         if owner_is_running(cgroup.name().rsplit('-').nth(1).unwrap_or("")) {
             continue;
         }
-        retire_cgroup(cgroups, cgroup, false);
+        retire_cgroup(cgroups, cgroup, false, None);
         removed += 1;
     }
     removed
@@ -126,13 +147,24 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Kills what is left in `cgroup` and, once the kernel has finished its
-/// processes off, keeps it for another sandbox ([`Cgroups::keep`]) if
-/// `keep`, else (or if it is not kept) removes it; gives up after 5 s,
-/// leaving it to the next start's sweep.
-fn retire_cgroup(cgroups: &Cgroups, mut cgroup: Cgroup, mut keep: bool) {
+/// processes off, reports the sandbox's end to the spawner (`ending`) and
+/// keeps the cgroup for another sandbox ([`Cgroups::keep`]) if `keep`, else
+/// (or if it is not kept) removes it; gives up after 5 s, leaving it to
+/// the next start's sweep.
+fn retire_cgroup(
+    cgroups: &Cgroups,
+    mut cgroup: Cgroup,
+    mut keep: bool,
+    mut ending: Option<Ending>,
+) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let pids = cgroups.processes(&cgroup).unwrap_or_default();
+        if pids.is_empty()
+            && let Some(ending) = ending.take()
+        {
+            ending.report();
+        }
         if pids.is_empty() && keep {
             match cgroups.keep(cgroup) {
                 Ok(()) => return,

@@ -24,6 +24,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::CloneFlags;
@@ -36,7 +38,7 @@ use tokio::io::unix::AsyncFd;
 use crate::container::host_view;
 use crate::container::netns::{self, NetnsPool};
 use crate::container::plan::IdMap;
-use crate::container::proto::{self, ProtoError, SpawnReply, SpawnRequest};
+use crate::container::proto::{self, ProtoError, SpawnReply, SpawnRequest, ToSpawner};
 use crate::container::seccomp::Filters;
 use crate::container::{init, sys};
 
@@ -175,7 +177,10 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
     let refuse_all = |error: String| -> i32 {
         // Answer every request with the reason, so deploys say it.
         let mut buf = Vec::new();
-        while proto::recv::<SpawnRequest>(sock.as_fd(), &mut buf).is_ok() {
+        while let Ok((msg, _)) = proto::recv::<ToSpawner>(sock.as_fd(), &mut buf) {
+            if !matches!(msg, ToSpawner::Spawn(_)) {
+                continue;
+            }
             let _ = proto::send(
                 sock.as_fd(),
                 &SpawnReply::Failed {
@@ -201,8 +206,13 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
     };
     let mut buf = Vec::new();
     let mut view_made = false;
+    let mut swept = Instant::now();
     loop {
-        reap(&mut netns);
+        if swept.elapsed() >= SWEEP {
+            sweep();
+            swept = Instant::now();
+        }
+        netns.settle();
         // Exited sandboxes' namespaces are looked at again soon, until
         // the gateway has closed its connections into them.
         let wait = if netns.settling() { 10u16 } else { 1000 };
@@ -212,8 +222,17 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
             Ok(_) => {}
             Err(_) => return 1,
         }
-        let req = match proto::recv::<SpawnRequest>(sock.as_fd(), &mut buf) {
-            Ok((req, _)) => req,
+        let req = match proto::recv::<ToSpawner>(sock.as_fd(), &mut buf) {
+            Ok((ToSpawner::Spawn(req), _)) => req,
+            Ok((ToSpawner::Ended { pid }, fds)) => {
+                let pid = Pid::from_raw(pid);
+                match fds.into_iter().next() {
+                    Some(ns) => netns.ended(pid, ns),
+                    // Nothing to keep: reaped now, by its pid.
+                    None => drop(waitpid(pid, Some(WaitPidFlag::WNOHANG))),
+                }
+                continue;
+            }
             Err(ProtoError::Closed) => return 0,
             Err(ProtoError::Json(e)) => {
                 let _ = proto::send(
@@ -233,17 +252,12 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
                 tracing::warn!(%error, "sandboxes start from a copy of the host's whole mount table");
             }
         }
-        let reply = spawn_one(
-            &req,
-            &sock,
-            userns.as_fd(),
-            &filters,
-            &mut stack,
-            &mut netns,
-        );
+        let reply = spawn_one(&req, userns.as_fd(), &filters, &mut stack, &mut netns);
         let sent = match reply {
-            Ok((spawned, control, pidfd)) => {
-                proto::send(sock.as_fd(), &spawned, &[control.as_fd(), pidfd.as_fd()])
+            Ok((spawned, control, pidfd, ns)) => {
+                let mut fds = vec![control.as_fd(), pidfd.as_fd()];
+                fds.extend(ns.as_ref().map(AsFd::as_fd));
+                proto::send(sock.as_fd(), &spawned, &fds)
             }
             Err(error) => proto::send(
                 sock.as_fd(),
@@ -261,15 +275,15 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
 
 /// Clones one container, into a kept network namespace if there is one;
 /// returns the reply for the gateway, its end of the container's control
-/// socket and a pidfd.
+/// socket, a pidfd and, when namespaces are kept, the container's network
+/// namespace (for the gateway to hold).
 fn spawn_one(
     req: &SpawnRequest,
-    sock: &OwnedFd,
     userns: BorrowedFd<'_>,
     filters: &Filters,
     stack: &mut [u8],
     netns: &mut NetnsPool,
-) -> Result<(SpawnReply, OwnedFd, OwnedFd), CloneError> {
+) -> Result<(SpawnReply, OwnedFd, OwnedFd, Option<OwnedFd>), CloneError> {
     let (gateway_end, container_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -277,7 +291,6 @@ fn spawn_one(
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(sys_at("socketpair"))?;
-    let inherited = [sock.as_raw_fd(), gateway_end.as_raw_fd()];
     let reused = netns.take();
     let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -288,8 +301,13 @@ fn spawn_one(
     }
     let reused_fd = reused.as_ref().map(AsRawFd::as_raw_fd);
     let control = container_end.as_fd();
+    let keep = [
+        Some(control.as_raw_fd()),
+        Some(userns.as_raw_fd()),
+        reused_fd,
+    ];
     let child = Box::new(|| {
-        init::close_inherited(&inherited);
+        init::close_inherited(&keep.into_iter().flatten().collect::<Vec<_>>());
         init::container_main(req, control, userns, reused_fd, filters)
     });
     #[expect(
@@ -301,13 +319,13 @@ fn spawn_one(
     let pid = unsafe { nix::sched::clone(child, stack, flags, Some(Signal::SIGCHLD as i32)) }
         .map_err(sys_at("clone"))?;
     let netns_reused = reused.is_some();
-    netns.lend(pid, reused);
+    let ns = netns.hand_over(pid, reused);
     let pidfd = sys::pidfd_open(pid.as_raw()).map_err(sys_at("pidfd_open"))?;
     let reply = SpawnReply::Spawned {
         pid: pid.as_raw(),
         netns_reused,
     };
-    Ok((reply, gateway_end, pidfd))
+    Ok((reply, gateway_end, pidfd, ns))
 }
 
 /// Makes the user namespace containers enter: a child is cloned into a new
@@ -355,23 +373,27 @@ fn make_userns(id_map: IdMap, stack: &mut [u8]) -> Result<OwnedFd, CloneError> {
     result
 }
 
-/// Collects exited containers (their exit is reported to the gateway by
-/// the control socket closing; the spawner frees the pids) and takes
-/// their network namespaces back.
-fn reap(netns: &mut NetnsPool) {
+/// How often the spawner reaps whatever children have exited.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// Reaps every exited child. An ended sandbox's init is reaped by its pid
+/// when the gateway reports the end ([`ToSpawner::Ended`]); this catches
+/// those never reported (a gateway that lost track). It runs once a
+/// second, not per request: a wait for any child walks the list of them
+/// all, as many as sandboxes run.
+fn sweep() {
     while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-        match status {
-            WaitStatus::StillAlive => break,
-            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => netns.exited(pid),
-            _ => {}
+        if status == WaitStatus::StillAlive {
+            break;
         }
     }
-    netns.settle();
 }
 
 /// The gateway's client of the spawner.
 pub struct Spawner {
     sock: tokio::sync::Mutex<(AsyncFd<OwnedFd>, Vec<u8>)>,
+    /// The same socket, for messages without an answer.
+    ends: Ender,
 }
 
 /// A freshly cloned container.
@@ -381,22 +403,54 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
     /// It runs in a kept network namespace, not a new one.
     pub netns_reused: bool,
+    /// Its network namespace, when the spawner keeps them for reuse: held
+    /// while it runs, handed back with [`Ender::ended`].
+    pub netns: Option<OwnedFd>,
+}
+
+/// Tells the spawner that sandboxes ended; cheap to clone, usable from any
+/// thread.
+#[derive(Clone)]
+pub struct Ender {
+    sock: Arc<OwnedFd>,
+}
+
+impl Ender {
+    /// The sandbox whose init is `pid` ended (its cgroup is empty): the
+    /// spawner reaps init and keeps `netns` for another sandbox if it is
+    /// empty. Never waits: with the socket full the namespace is let go
+    /// (and init reaped by the spawner's sweep).
+    pub fn ended(&self, pid: i32, netns: Option<OwnedFd>) {
+        let fds: Vec<BorrowedFd<'_>> = netns.iter().map(AsFd::as_fd).collect();
+        let _ = proto::send(self.sock.as_fd(), &ToSpawner::Ended { pid }, &fds);
+    }
 }
 
 impl Spawner {
     /// Takes over the handle; needs the tokio runtime.
     pub fn new(handle: SpawnerHandle) -> std::io::Result<Spawner> {
         set_nonblocking(&handle.sock)?;
+        let ends = Ender {
+            sock: Arc::new(handle.sock.try_clone()?),
+        };
         Ok(Spawner {
             sock: tokio::sync::Mutex::new((sys::async_fd(handle.sock)?, Vec::new())),
+            ends,
         })
+    }
+
+    /// Where to report the end of the sandboxes it makes.
+    pub fn ender(&self) -> Ender {
+        self.ends.clone()
     }
 
     /// Asks for one container.
     pub async fn spawn(&self, req: &SpawnRequest) -> Result<Spawned, SpawnError> {
         let mut guard = self.sock.lock().await;
         let (sock, buf) = &mut *guard;
-        send_async(sock, req, &[]).await.map_err(SpawnError::Gone)?;
+        send_async(sock, &ToSpawner::Spawn(req.clone()), &[])
+            .await
+            .map_err(SpawnError::Gone)?;
         let (reply, fds) = recv_async::<SpawnReply>(sock, buf)
             .await
             .map_err(SpawnError::Gone)?;
@@ -411,6 +465,7 @@ impl Spawner {
                             control,
                             pidfd,
                             netns_reused,
+                            netns: fds.next(),
                         })
                     }
                     _ => Err(SpawnError::NoDescriptors),

@@ -105,6 +105,32 @@ pub fn cloexec_from(first: u32) -> nix::Result<()> {
     Errno::result(rc).map(drop)
 }
 
+/// Closes every descriptor from 3 up but those in `keep`: what a process
+/// cloned from the spawner holds of the spawner's table and does not use.
+/// The caller must hold no owned handle to a descriptor it closes.
+pub fn close_all_except(keep: &[i32]) -> nix::Result<()> {
+    let close = |first: u32, last: u32| {
+        // SAFETY: close_range with integer arguments; the caller keeps
+        // what it still uses.
+        Errno::result(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) }).map(drop)
+    };
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd >= 3)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first = 3;
+    for fd in keep {
+        if fd > first {
+            close(first, fd - 1)?;
+        }
+        first = fd + 1;
+    }
+    close(first, u32::MAX)
+}
+
 /// Closes a descriptor known only by number (one inherited across
 /// `clone` that this process must not keep).
 pub fn close_raw(fd: i32) {

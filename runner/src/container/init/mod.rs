@@ -140,10 +140,17 @@ pub(crate) fn container_main(
     }
 }
 
-/// Raw descriptor numbers the container must not keep (the spawner's).
-pub(crate) fn close_inherited(fds: &[i32]) {
-    for &fd in fds {
-        sys::close_raw(fd);
+/// Closes what the container holds of the spawner's descriptors but the
+/// raw descriptor numbers `keep` (its control socket, the user namespace,
+/// a kept network namespace to enter), and marks those close-on-exec.
+/// Nothing of the spawner's (its socket to the gateway, the free network
+/// namespaces, another sandbox's control socket being made) stays with
+/// the sandbox.
+pub(crate) fn close_inherited(keep: &[i32]) {
+    if sys::close_all_except(keep).is_err() {
+        // Without close_range (Linux < 5.9), at least nothing reaches an
+        // exec'd process.
+        let _ = sys::cloexec_from(3);
     }
     let _ = sys::cloexec_from(3);
 }
