@@ -332,7 +332,7 @@ impl Backend for ContainerBackend {
         let plan = self.plan(spec).map_err(sandbox_err)?;
         let (premade, was_premade) = pool.take().await.map_err(sandbox_err)?;
         let Premade {
-            sandbox,
+            mut sandbox,
             control,
             pid,
             netns_reused,
@@ -360,7 +360,7 @@ impl Backend for ContainerBackend {
         .map_err(gone)?;
         // While the sandbox mounts its root filesystem; it runs nothing of
         // the image's until `Start`.
-        if let Some(cgroup) = &sandbox.cgroup.cgroup {
+        if let Some(cgroup) = &mut sandbox.cgroup.cgroup {
             pool.cgroups
                 .apply_limits(cgroup, &limits)
                 .map_err(|e| sandbox_err(SandboxError::Cgroup(e)))?;

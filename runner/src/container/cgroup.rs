@@ -343,11 +343,34 @@ pub const KEPT_CGROUPS: usize = 32;
 /// next function's memory limit would first have to reclaim it.
 pub const KEPT_MAX_CHARGE: u64 = 16 << 20;
 
-/// One sandbox's cgroup (a directory per hierarchy).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One sandbox's cgroup (a directory per hierarchy), and the CPU cap wisp
+/// left in it.
+#[derive(Debug, Clone)]
 pub struct Cgroup {
     dirs: Vec<(Option<Controller>, PathBuf)>,
+    /// The CPU cap in effect as wisp last wrote it (in thousandths of a
+    /// CPU; `Some(None)`: no cap); `None` for a new cgroup, whose first
+    /// limits are all written. The same cap is not written again: every
+    /// write of a CPU cap makes the kernel check every task group on the
+    /// host (`tg_set_cfs_bandwidth`), a cost that grows with the cgroups
+    /// the host has — with every running sandbox.
+    cpu_millis: Option<Option<u32>>,
 }
+
+/// The same cgroup: the same directories, whatever limits it has.
+impl PartialEq for Cgroup {
+    fn eq(&self, other: &Cgroup) -> bool {
+        self.dirs == other.dirs
+    }
+}
+
+impl Eq for Cgroup {}
+
+/// A kept cgroup keeps a CPU cap of at least this (one CPU, the default
+/// cap) for the next sandbox, whose set-up runs under it until the next
+/// function's limits are written; a smaller cap is lifted, so that a
+/// sandbox made ahead never sets up at a trickle.
+const KEPT_MIN_CPU_MILLIS: u32 = 1000;
 
 impl Cgroups {
     /// Uses `layout`, with wisp's directory `wisp` below the cgroup this
@@ -499,8 +522,8 @@ impl Cgroups {
 
     /// Makes the cgroup `name` with `limits`.
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
-        let cgroup = self.create_unlimited(name)?;
-        if let Err(e) = self.apply_limits(&cgroup, limits) {
+        let mut cgroup = self.create_unlimited(name)?;
+        if let Err(e) = self.apply_limits(&mut cgroup, limits) {
             let _ = self.remove(&cgroup);
             return Err(e);
         }
@@ -520,6 +543,7 @@ impl Cgroups {
                 .iter()
                 .map(|(c, parent)| (*c, parent.join(name)))
                 .collect(),
+            cpu_millis: None,
         };
         for (_, dir) in &cgroup.dirs {
             self.fs.create_dir(dir).map_err(io_err(dir))?;
@@ -547,12 +571,14 @@ impl Cgroups {
     /// sandbox instead of removing it: making and removing a cgroup costs
     /// ~0.1 ms per hierarchy each way, and the kernel's teardown of a
     /// removed one more in a worker. Its limits are lifted to none (as a
-    /// new cgroup's); what carries over is described in
+    /// new cgroup's) but a CPU cap of `KEPT_MIN_CPU_MILLIS` or more,
+    /// which the next sandbox's function likely has too (see
+    /// `Cgroup::cpu_millis`); what carries over is described in
     /// `docs/architecture.md` ("Cgroups are reused"). Gives it back when it
     /// is not kept — as many as [`Cgroups::keep_at_most`] allows are kept,
     /// it is charged more than [`KEPT_MAX_CHARGE`], or a write failed — for
     /// the caller to remove.
-    pub fn keep(&self, cgroup: Cgroup) -> Result<(), Cgroup> {
+    pub fn keep(&self, mut cgroup: Cgroup) -> Result<(), Cgroup> {
         let room = |kept: &Kept| kept.cgroups.len() < kept.max;
         if !room(&self.kept.lock().unwrap_or_else(PoisonError::into_inner)) {
             return Err(cgroup);
@@ -563,7 +589,12 @@ impl Cgroups {
         {
             return Err(cgroup);
         }
+        let keep_cpu =
+            matches!(cgroup.cpu_millis, Some(Some(millis)) if millis >= KEPT_MIN_CPU_MILLIS);
         for (controller, file, value) in lift_writes(self.layout.is_v2()) {
+            if controller == Controller::Cpu && keep_cpu {
+                continue;
+            }
             let path = cgroup.dir(controller).join(file);
             if optional(file) && !self.fs.exists(&path) {
                 continue;
@@ -571,6 +602,9 @@ impl Cgroups {
             if self.fs.write(&path, value).is_err() {
                 return Err(cgroup);
             }
+        }
+        if !keep_cpu {
+            cgroup.cpu_millis = Some(None);
         }
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         if !room(&kept) {
@@ -615,8 +649,18 @@ impl Cgroups {
     }
 
     /// Writes `limits` into the cgroup.
-    pub fn apply_limits(&self, cgroup: &Cgroup, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    pub fn apply_limits(
+        &self,
+        cgroup: &mut Cgroup,
+        limits: &CgroupLimits,
+    ) -> Result<(), CgroupError> {
+        let same_cpu = cgroup.cpu_millis == Some(limits.cpu_millis);
+        // Unknown until the writes below succeed.
+        cgroup.cpu_millis = None;
         for (controller, file, value) in limit_writes(self.layout.is_v2(), limits) {
+            if controller == Controller::Cpu && same_cpu {
+                continue;
+            }
             let dir = cgroup.dir(controller);
             let path = dir.join(file);
             if optional(file) && !self.fs.exists(&path) {
@@ -624,6 +668,7 @@ impl Cgroups {
             }
             self.fs.write(&path, &value).map_err(io_err(&path))?;
         }
+        cgroup.cpu_millis = Some(limits.cpu_millis);
         Ok(())
     }
 
@@ -713,6 +758,7 @@ impl Cgroups {
                     .iter()
                     .map(|(c, parent)| (*c, parent.join(&name)))
                     .collect(),
+                cpu_millis: None,
             })
             .collect())
     }
@@ -1021,6 +1067,68 @@ mod tests {
         cgroups.keep_at_most(1);
         cgroups.keep(fresh.clone()).unwrap();
         assert!(cgroups.keep(fresh).is_err(), "one at most");
+    }
+
+    /// A kept cgroup keeps a CPU cap of one CPU or more, and a cap already
+    /// in place is not written again (each write makes the kernel check
+    /// every task group on the host); a smaller cap is lifted.
+    #[test]
+    fn a_kept_cgroup_keeps_its_cpu_cap_and_the_same_cap_is_not_written_again() {
+        let fs = v2_host("/", "cpu memory pids", "", &[]);
+        let cgroups =
+            Cgroups::with_own_cgroups(v2_layout(), Box::new(fs.clone()), "0::/\n", &[]).unwrap();
+        let base = Path::new("/cg/wisp");
+        let file = |name: &str| fs.files.lock().unwrap()[&base.join(name)].clone();
+        let set = |name: &str, value: &str| {
+            fs.files
+                .lock()
+                .unwrap()
+                .insert(base.join(name), value.to_owned());
+        };
+        let one_cpu = CgroupLimits {
+            memory_bytes: 1 << 20,
+            cpu_millis: Some(1000),
+            pids: 10,
+        };
+        let cg = cgroups.create("sb-1", &one_cpu).unwrap();
+        assert_eq!(file("sb-1/cpu.max"), "100000 100000");
+        set("sb-1/memory.current", "0");
+        cgroups.keep(cg).unwrap();
+        assert_eq!(file("sb-1/cpu.max"), "100000 100000", "kept with its cap");
+        assert_eq!(file("sb-1/memory.max"), "max", "the other limits lifted");
+
+        let (mut cg, kept) = cgroups.take_unlimited("sb-2").unwrap();
+        assert!(kept);
+        // A write would replace the marker.
+        set("sb-1/cpu.max", "marker");
+        cgroups.apply_limits(&mut cg, &one_cpu).unwrap();
+        assert_eq!(
+            file("sb-1/cpu.max"),
+            "marker",
+            "the same cap is not written"
+        );
+        assert_eq!(file("sb-1/memory.max"), (1u64 << 20).to_string());
+        let quarter = CgroupLimits {
+            cpu_millis: Some(250),
+            ..one_cpu
+        };
+        cgroups.apply_limits(&mut cg, &quarter).unwrap();
+        assert_eq!(file("sb-1/cpu.max"), "25000 100000");
+        cgroups.keep(cg).unwrap();
+        assert_eq!(file("sb-1/cpu.max"), "max", "a cap below one CPU is lifted");
+
+        let (mut cg, _) = cgroups.take_unlimited("sb-3").unwrap();
+        set("sb-1/cpu.max", "marker");
+        let uncapped = CgroupLimits {
+            cpu_millis: None,
+            ..one_cpu
+        };
+        cgroups.apply_limits(&mut cg, &uncapped).unwrap();
+        assert_eq!(
+            file("sb-1/cpu.max"),
+            "marker",
+            "no cap on a lifted one: none written"
+        );
     }
 
     /// A host whose init enables no controller (the kernel's state at boot):
