@@ -1,7 +1,8 @@
-//! What a container holds on the host — its init (by pidfd) and its
-//! cgroup — and how it is let go: killed, then, once the kernel has
-//! finished its processes off, the cgroup kept for the next sandbox
-//! ([`Cgroups::keep`]) or removed. Also the sweep, at start, of the cgroups
+//! What a container holds on the host — its init (by pidfd), its cgroup
+//! and its network namespace — and how it is let go: killed, then, once
+//! the kernel has finished its processes off, the spawner told (it reaps
+//! init and may keep the namespace: [`Ending`]) and the cgroup kept for the
+//! next sandbox ([`Cgroups::keep`]) or removed. Also the sweep, at start, of the cgroups
 //! that servers no longer running left behind.
 
 use std::os::fd::{AsFd, OwnedFd};

@@ -17,8 +17,12 @@
 //! there, except a network namespace kept from an exited sandbox, which
 //! the container enters: [`crate::container::netns`]) and one
 //! `pidfd_open`; everything else happens in the new container, in
-//! parallel with the next request. Between requests the spawner reaps
-//! exited containers and looks into their network namespaces. With its
+//! parallel with the next request. Between requests the spawner reaps the
+//! init of each container the gateway reports ended
+//! ([`ToSpawner::Ended`], by its pid), looks into the network namespace
+//! handed back with it, and once a second sweeps for any other exited
+//! child. It holds no descriptor per running container (each new one
+//! starts with a copy of its table). With its
 //! first request it leaves the host's mount table for one holding only
 //! what sandboxes use ([`crate::container::host_view`]).
 
