@@ -139,6 +139,12 @@ fn mounts() -> BTreeSet<String> {
     mounts_of("self")
 }
 
+/// Held by the tests that mount on the host or compare the host's mount
+/// table before and after: the tests of this binary run at once, and one's
+/// mount would show in the other's table.
+static HOST_MOUNTS: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+
 /// The mount points in the mount namespace of process `pid` ("self").
 fn mounts_of(pid: &str) -> BTreeSet<String> {
     std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
@@ -479,6 +485,7 @@ async fn the_sandbox_is_isolated() {
 /// limits still work (the tests above and below).
 #[tokio::test]
 async fn sandboxes_start_from_a_mount_table_without_the_hosts_mounts() {
+    let _host = HOST_MOUNTS.lock().await;
     let extra = tempfile::tempdir().unwrap();
     let target = extra.path().to_str().unwrap();
     let mounted = std::process::Command::new("mount")
@@ -1135,6 +1142,7 @@ async fn an_images_user_is_looked_up_in_the_image_only() {
 
 #[tokio::test]
 async fn nothing_is_left_behind_after_teardown_or_a_crash() {
+    let _host = HOST_MOUNTS.lock().await;
     let mounts_before = mounts();
     let dir = tempfile::tempdir().unwrap();
     let mut wisp = Wisp::builder().data_dir(dir.path()).start().unwrap();
