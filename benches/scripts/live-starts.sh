@@ -28,7 +28,7 @@ trap 'stop_wisp; rm -rf "$dir"' EXIT
 
 # CPU clock ticks of the server's tree: the gateway, and the spawner with
 # the sandboxes it reaped (their time is added to its children's).
-tree_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$server/stat" "/proc/$1/stat" | paste -sd+ | bc; }
+tree_ticks() { awk '{t += $14+$15+$16+$17} END {print t}' "/proc/$server/stat" "/proc/$1/stat"; }
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 starts() {
   curl -fs "http://127.0.0.1:$port/metrics" |
@@ -57,14 +57,13 @@ one_build() { # ROUND BINARY
   sleep 2.5
   c1=$(tree_ticks "$spawner") m1=$(busy_ticks) n1=$(starts) t1=$(date +%s.%N)
   wait "$bench"
-  local tick n
-  tick=$(getconf CLK_TCK)
-  n=$(echo "$n1 - $n0" | bc)
-  printf 'round %s %-12s warm %4s: %6.1f starts/s  server %6.3f ms/start  machine %6.3f ms/start\n' \
-    "$1" "$(basename "$2")" "$warm" \
-    "$(echo "$n / ($t1 - $t0)" | bc -l)" \
-    "$(echo "($c1 - $c0) * 1000 / $tick / $n" | bc -l)" \
-    "$(echo "($m1 - $m0) * 1000 / $tick / $n" | bc -l)"
+  awk -v r="$1" -v b="$(basename "$2")" -v k="$warm" -v tick="$(getconf CLK_TCK)" \
+    -v n0="$n0" -v n1="$n1" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v m0="$m0" -v m1="$m1" \
+    'BEGIN {
+      n = n1 - n0
+      printf "round %s %-12s warm %4s: %6.1f starts/s  server %6.3f ms/start  machine %6.3f ms/start\n",
+        r, b, k, n / (t1 - t0), (c1 - c0) * 1000 / tick / n, (m1 - m0) * 1000 / tick / n
+    }'
   stop_wisp
 }
 

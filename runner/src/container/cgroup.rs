@@ -366,11 +366,11 @@ impl PartialEq for Cgroup {
 
 impl Eq for Cgroup {}
 
-/// A kept cgroup keeps a CPU cap of at least this (one CPU, the default
-/// cap) for the next sandbox, whose set-up runs under it until the next
-/// function's limits are written; a smaller cap is lifted, so that a
-/// sandbox made ahead never sets up at a trickle.
-const KEPT_MIN_CPU_MILLIS: u32 = 1000;
+/// A kept cgroup keeps a CPU cap of at least the default one (one CPU) for
+/// the next sandbox, whose set-up runs under it until the next function's
+/// limits are written; a smaller cap is lifted, so that a sandbox made
+/// ahead never sets up at a trickle.
+const KEPT_MIN_CPU_MILLIS: u32 = crate::spec::DEFAULT_CPU_MILLIS;
 
 impl Cgroups {
     /// Uses `layout`, with wisp's directory `wisp` below the cgroup this

@@ -273,20 +273,14 @@ pub(crate) fn stderr_suffix(tail: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    use nix::sys::socket::SockFlag;
 
     use super::*;
     use crate::container::proto::Stage;
 
     /// The gateway's end and init's of a control socket.
     fn pair() -> (OwnedFd, OwnedFd) {
-        socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )
-        .unwrap()
+        proto::tests::pair_with(SockFlag::SOCK_NONBLOCK)
     }
 
     /// A pre-made sandbox whose set-up failed reported why and exited; the

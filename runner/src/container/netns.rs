@@ -6,7 +6,10 @@
 //!
 //! While the sandbox runs the gateway holds its namespace (the spawner
 //! hands it over with the sandbox's other descriptors) and hands it back
-//! once the sandbox's cgroup is empty ([`crate::container::proto::ToSpawner::Ended`]).
+//! once the sandbox's cgroup is empty ([`crate::container::proto::ToSpawner::Ended`]);
+//! the pool reaps that sandbox's init by its pid before it looks inside
+//! (with or without a namespace to keep, so ended inits are reaped
+//! promptly either way).
 //! The spawner holds only free namespaces and those on their way back:
 //! every new sandbox starts with a copy of the spawner's descriptor table,
 //! and one descriptor per running sandbox there made each start copy (and
@@ -68,9 +71,9 @@ pub(crate) struct NetnsPool {
     /// The spawner's own namespace, to return to after a look inside one.
     host: OwnedFd,
     free: Vec<OwnedFd>,
-    /// Namespaces the gateway handed back, until their sandbox's init is
-    /// reaped.
-    pending: Vec<(Pid, OwnedFd, Instant)>,
+    /// Ended sandboxes' inits, to reap by pid, each with its namespace if
+    /// it is to be kept (looked at once its init is reaped).
+    pending: Vec<(Pid, Option<OwnedFd>, Instant)>,
     /// Namespaces of reaped sandboxes, until they are found empty.
     returning: Vec<(OwnedFd, Instant)>,
     keep: usize,
@@ -119,13 +122,14 @@ impl NetnsPool {
         }
     }
 
-    /// The gateway handed back the namespace of the ended sandbox whose
-    /// init is `pid`: it is kept once that init is reaped and the
-    /// namespace is found empty.
-    pub(crate) fn ended(&mut self, pid: Pid, ns: OwnedFd) {
-        if self.free.len() < self.keep {
-            self.pending.push((pid, ns, Instant::now()));
-        }
+    /// The gateway reported the end of the sandbox whose init is `pid`,
+    /// handing its namespace back if it held one: init is reaped (now, or
+    /// when it has finished exiting) and the namespace kept once it is
+    /// found empty, if fewer than `keep` are.
+    pub(crate) fn ended(&mut self, pid: Pid, ns: Option<OwnedFd>) {
+        let ns = ns.filter(|_| self.free.len() < self.keep);
+        self.pending.push((pid, ns, Instant::now()));
+        self.reap(Instant::now());
     }
 
     /// Whether namespaces wait to be found empty (the spawner then looks
@@ -134,26 +138,13 @@ impl NetnsPool {
         !self.returning.is_empty() || !self.pending.is_empty()
     }
 
-    /// Reaps the inits of handed-back namespaces (each by its pid: the
-    /// kernel finds one child without walking them all), then looks inside
-    /// the namespaces of reaped sandboxes: empty ones are kept (up to the
+    /// Reaps the inits of ended sandboxes (each by its pid: the kernel
+    /// finds one child without walking them all), then looks inside the
+    /// namespaces of reaped sandboxes: empty ones are kept (up to the
     /// limit), those still busy after [`SETTLE`] let go.
     pub(crate) fn settle(&mut self) {
         let now = Instant::now();
-        for (pid, ns, since) in std::mem::take(&mut self.pending) {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                // Reaped now, or already by the spawner's sweep: the PID
-                // namespace is gone, so is every process that could use
-                // the network namespace.
-                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
-                    self.returning.push((ns, since));
-                }
-                Ok(_) if now.duration_since(since) < SETTLE => {
-                    self.pending.push((pid, ns, since));
-                }
-                _ => {}
-            }
-        }
+        self.reap(now);
         let returning = std::mem::take(&mut self.returning);
         for (ns, since) in returning {
             // With as many kept as wanted, the rest are let go unlooked-at
@@ -169,6 +160,28 @@ impl NetnsPool {
                 }
                 // Still busy after `SETTLE`, or unreadable: the kernel tears
                 // it down.
+                _ => {}
+            }
+        }
+    }
+
+    /// Reaps the inits of ended sandboxes, each by its pid; a reaped one's
+    /// namespace goes on to be looked at. One still exiting is tried again
+    /// (and left to the spawner's sweep after [`SETTLE`]).
+    fn reap(&mut self, now: Instant) {
+        for (pid, ns, since) in std::mem::take(&mut self.pending) {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                // Reaped now, or already by the spawner's sweep: the PID
+                // namespace is gone, so is every process that could use
+                // the network namespace.
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                    if let Some(ns) = ns {
+                        self.returning.push((ns, since));
+                    }
+                }
+                Ok(_) if now.duration_since(since) < SETTLE => {
+                    self.pending.push((pid, ns, since));
+                }
                 _ => {}
             }
         }
@@ -261,7 +274,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = Pid::from_raw(i32::try_from(init.id()).unwrap());
-        pool.ended(pid, sandbox_netns());
+        pool.ended(pid, Some(sandbox_netns()));
         pool.settle();
         assert!(pool.settling());
         assert!(pool.take().is_none(), "kept while its init runs");
@@ -275,7 +288,7 @@ mod tests {
         // Inits reaped already (by the spawner's sweep; pid 1 is nobody's
         // child here): kept at once, at most 2.
         for _ in 0..3 {
-            pool.ended(Pid::from_raw(1), sandbox_netns());
+            pool.ended(Pid::from_raw(1), Some(sandbox_netns()));
         }
         pool.settle();
         assert!(!pool.settling());
@@ -284,7 +297,7 @@ mod tests {
         // Keeping none: nothing is handed over, looked at or kept.
         let mut none = NetnsPool::new(0).unwrap();
         assert!(none.hand_over(Pid::this(), Some(sandbox_netns())).is_none());
-        none.ended(Pid::from_raw(1), sandbox_netns());
+        none.ended(Pid::from_raw(1), Some(sandbox_netns()));
         assert!(!none.settling());
         assert!(none.take().is_none());
     }

@@ -116,7 +116,7 @@ impl PremadePool {
         };
         let spawned = self
             .spawner
-            .spawn(&request)
+            .spawn(request)
             .await
             .map_err(SandboxError::Spawn)?;
         guard.ending = Some(Ending {

@@ -31,7 +31,7 @@ pub enum ToSpawner {
 
 /// Make a sandbox (namespaces, cgroup, loopback) that then waits for its
 /// function ([`ToInit::Run`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     /// The sandbox's cgroup directories, which the container joins itself.
     pub cgroup_dirs: Vec<PathBuf>,
@@ -342,7 +342,7 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
 
@@ -350,14 +350,20 @@ mod tests {
 
     use super::*;
 
-    fn pair() -> (OwnedFd, OwnedFd) {
+    /// A connected pair as control sockets are made, with `extra` flags
+    /// (the gateway's end is non-blocking).
+    pub(crate) fn pair_with(extra: SockFlag) -> (OwnedFd, OwnedFd) {
         socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
-            SockFlag::SOCK_CLOEXEC,
+            SockFlag::SOCK_CLOEXEC | extra,
         )
         .unwrap()
+    }
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        pair_with(SockFlag::empty())
     }
 
     /// Init fails a set-up step after `Run` and exits before reading the

@@ -229,12 +229,7 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
         let req = match proto::recv::<ToSpawner>(sock.as_fd(), &mut buf) {
             Ok((ToSpawner::Spawn(req), _)) => req,
             Ok((ToSpawner::Ended { pid }, fds)) => {
-                let pid = Pid::from_raw(pid);
-                match fds.into_iter().next() {
-                    Some(ns) => netns.ended(pid, ns),
-                    // Nothing to keep: reaped now, by its pid.
-                    None => drop(waitpid(pid, Some(WaitPidFlag::WNOHANG))),
-                }
+                netns.ended(Pid::from_raw(pid), fds.into_iter().next());
                 continue;
             }
             Err(ProtoError::Closed) => return 0,
@@ -305,13 +300,16 @@ fn spawn_one(
     }
     let reused_fd = reused.as_ref().map(AsRawFd::as_raw_fd);
     let control = container_end.as_fd();
-    let keep = [
+    let keep: Vec<i32> = [
         Some(control.as_raw_fd()),
         Some(userns.as_raw_fd()),
         reused_fd,
-    ];
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let child = Box::new(|| {
-        init::close_inherited(&keep.into_iter().flatten().collect::<Vec<_>>());
+        init::close_inherited(&keep);
         init::container_main(req, control, userns, reused_fd, filters)
     });
     #[expect(
@@ -449,10 +447,10 @@ impl Spawner {
     }
 
     /// Asks for one container.
-    pub async fn spawn(&self, req: &SpawnRequest) -> Result<Spawned, SpawnError> {
+    pub async fn spawn(&self, req: SpawnRequest) -> Result<Spawned, SpawnError> {
         let mut guard = self.sock.lock().await;
         let (sock, buf) = &mut *guard;
-        send_async(sock, &ToSpawner::Spawn(req.clone()), &[])
+        send_async(sock, &ToSpawner::Spawn(req), &[])
             .await
             .map_err(SpawnError::Gone)?;
         let (reply, fds) = recv_async::<SpawnReply>(sock, buf)

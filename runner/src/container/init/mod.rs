@@ -147,10 +147,8 @@ pub(crate) fn container_main(
 /// namespaces, another sandbox's control socket being made) stays with
 /// the sandbox.
 pub(crate) fn close_inherited(keep: &[i32]) {
-    if sys::close_all_except(keep).is_err() {
-        // Without close_range (Linux < 5.9), at least nothing reaches an
-        // exec'd process.
-        let _ = sys::cloexec_from(3);
-    }
+    // Without close_range (Linux < 5.9) the first fails, and the second
+    // still keeps everything from an exec'd process.
+    let _ = sys::close_all_except(keep);
     let _ = sys::cloexec_from(3);
 }
