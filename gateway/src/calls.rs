@@ -568,13 +568,21 @@ impl App {
         match (seq, self.cluster.get()) {
             (Stored::Cluster(key), Some(cluster)) => cluster.put_call(key, json).await,
             (Stored::Cluster(_), None) => Err(GatewayError::NotReady("not in a cluster".into())),
-            (Stored::Local(seq), _) => Ok(self.registry.put_call(*seq, &json)?),
+            (Stored::Local(seq), _) => {
+                let seq = *seq;
+                self.on_registry(move |r| r.put_call(seq, &json)).await
+            }
         }
     }
 
     async fn forget_call(&self, seq: &Stored) {
         let result = match (seq, self.cluster.get()) {
-            (Stored::Local(seq), _) => self.registry.remove_call(*seq).map_err(|e| e.to_string()),
+            (Stored::Local(seq), _) => {
+                let seq = *seq;
+                self.on_registry(move |r| r.remove_call(seq))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             (Stored::Cluster(key), cluster) => {
                 let Some(cluster) = cluster else {
                     return;

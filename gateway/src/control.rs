@@ -34,7 +34,7 @@ use crate::api::{
 };
 use crate::namespaces::{Caller, of};
 use crate::pending::{DeployState, PendingDeploy};
-use crate::registry::StoredFunction;
+use crate::registry::{Registry, RegistryError, StoredFunction};
 use crate::rescue::GatewayError;
 use crate::route::Route;
 use crate::server::{App, Function, declares_more_than, text};
@@ -325,7 +325,8 @@ impl App {
                 .is_some_and(|p| Arc::ptr_eq(&p, &pending))
                 && pending.current() == DeployState::Pulling;
             if current {
-                self.registry.put_deploy(&name, &kept)?;
+                let key = name.clone();
+                self.on_registry(move |r| r.put_deploy(&key, &kept)).await?;
             }
             current
         };
@@ -516,8 +517,10 @@ impl App {
                 .put_function(&function.stored, Some(self.revision_history))
                 .await?;
         }
-        self.registry
-            .deploy(&mut function.stored, self.revision_history)?;
+        let (mut stored, keep) = (function.stored.clone(), self.revision_history);
+        function.stored = self
+            .on_registry(move |r| r.deploy(&mut stored, keep).map(|()| stored))
+            .await?;
         let function = Arc::new(function);
         tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), ?ignored, "deployed");
         self.functions.insert(name.clone(), function);
@@ -740,14 +743,16 @@ impl App {
             && cluster.holds_function(name)
         {
             cluster.delete_function(name).await?;
-            self.registry.remove(name)?;
+            let key = name.to_owned();
+            self.on_registry(move |r| r.remove(&key)).await?;
             tracing::info!(function = %name, "deleted (from the cluster; this node did not run it)");
             return Ok(text(StatusCode::OK, format!("deleted {name}\n")));
         }
         if !self.functions.contains_key(name) {
             return match pending {
                 Some(_) => {
-                    self.registry.remove(name)?;
+                    let key = name.to_owned();
+                    self.on_registry(move |r| r.remove(&key)).await?;
                     tracing::info!(function = %name, "deleted while it was pulling");
                     Ok(text(StatusCode::OK, format!("deleted {name}\n")))
                 }
@@ -757,7 +762,8 @@ impl App {
         if let Some(cluster) = self.cluster.get() {
             cluster.delete_function(name).await?;
         }
-        self.registry.remove(name)?;
+        let key = name.to_owned();
+        self.on_registry(move |r| r.remove(&key)).await?;
         if let Some((_, old)) = self.functions.remove(name) {
             old.metrics.silence();
             self.metrics.forget(&old.metrics);
@@ -858,7 +864,8 @@ impl App {
         if let Some(cluster) = self.cluster.get() {
             cluster.put_function(&stored, None).await?;
         }
-        self.registry.put(&stored)?;
+        let copy = stored.clone();
+        self.on_registry(move |r| r.put(&copy)).await?;
         let scaling = stored.spec.scaling();
         self.rescaled(&function, stored);
         let ignored: Vec<String> = request.unknown.keys().cloned().collect();
@@ -910,6 +917,14 @@ impl App {
                 Some((f.key().clone(), image))
             })
             .collect()
+    }
+
+    /// Writes to the registry off the worker threads ([`Registry::write`]).
+    pub(crate) async fn on_registry<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, GatewayError> {
+        Ok(self.registry.write(op).await?)
     }
 
     /// Runs `op` on the image store in tokio's blocking pool.

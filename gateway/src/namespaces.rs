@@ -332,11 +332,17 @@ impl App {
                     .put_record(&Record::of(Kind::Namespace, name, &record)?, expect)
                     .await?;
                 if held {
-                    self.registry.replace_namespace(&record)?;
+                    let copy = record.clone();
+                    self.on_registry(move |r| r.replace_namespace(&copy))
+                        .await?;
                 }
                 held
             }
-            None => self.registry.put_namespace(&record, create)?,
+            None => {
+                let copy = record.clone();
+                self.on_registry(move |r| r.put_namespace(&copy, create))
+                    .await?
+            }
         };
         if !written {
             return Err(if create {
@@ -399,9 +405,13 @@ impl App {
                 let held = cluster
                     .delete_record(Kind::Namespace, name, &tokens)
                     .await?;
-                self.registry.remove_namespace(name)? || held
+                let key = name.to_owned();
+                self.on_registry(move |r| r.remove_namespace(&key)).await? || held
             }
-            None => self.registry.remove_namespace(name)?,
+            None => {
+                let key = name.to_owned();
+                self.on_registry(move |r| r.remove_namespace(&key)).await?
+            }
         };
         if !existed {
             return Err(GatewayError::Missing(format!(
@@ -459,7 +469,9 @@ impl App {
                         return Err(GatewayError::Conflict("that token exists already".into()));
                     }
                 }
-                self.registry.put_token(&hashed, &record)?;
+                let copy = record.clone();
+                self.on_registry(move |r| r.put_token(&hashed, &copy))
+                    .await?;
                 tracing::info!(id = %record.id, namespace = %record.namespace, "namespace token made");
                 json(
                     StatusCode::CREATED,
@@ -484,9 +496,13 @@ impl App {
                         {
                             held |= cluster.delete_record(Kind::Token, &hash, &[]).await?;
                         }
-                        self.registry.remove_token(id)? || held
+                        let id = id.to_owned();
+                        self.on_registry(move |r| r.remove_token(&id)).await? || held
                     }
-                    None => self.registry.remove_token(id)?,
+                    None => {
+                        let id = id.to_owned();
+                        self.on_registry(move |r| r.remove_token(&id)).await?
+                    }
                 };
                 if !removed {
                     return Err(GatewayError::Missing(format!(

@@ -13,8 +13,10 @@
 //! the namespaces made beside the default one, and the namespace tokens
 //! (by the SHA-256 of the token: the tokens themselves are not kept).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, TableDefinition};
@@ -162,6 +164,10 @@ pub enum RegistryError {
     Storage(#[source] Box<redb::Error>),
     #[error("registry: {0}")]
     Encode(#[source] serde_json::Error),
+    #[error("registry: writing to disk: {0}")]
+    Flush(String),
+    #[error("registry: its writer thread is gone")]
+    WriterGone,
     #[error("registry entry {name:?} is corrupt: {source}")]
     Corrupt {
         name: String,
@@ -186,8 +192,25 @@ fn make_private(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
+/// Cheap to clone: the clones share one database (and one writer thread).
+#[derive(Clone)]
 pub struct Registry {
-    db: Database,
+    db: Arc<Database>,
+    /// The queue of [`Registry::write`]'s thread, started by the first.
+    writer: Arc<OnceLock<mpsc::Sender<Job>>>,
+}
+
+/// A write for the writer thread: it runs the write and returns what
+/// answers the caller once the write is on disk (or is not).
+type Job = Box<dyn FnOnce(&Registry) -> Box<dyn FnOnce(Result<(), String>) + Send> + Send>;
+
+/// The most writes one flush makes durable.
+const MOST_PER_FLUSH: usize = 256;
+
+thread_local! {
+    /// Set on the writer thread while it runs a group of writes: their
+    /// commits skip the disk flush, which one commit after them makes.
+    static GROUPED: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Registry {
@@ -214,9 +237,97 @@ impl Registry {
         txn.open_table(NAMESPACES).map_err(storage)?;
         txn.open_table(TOKENS).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        let registry = Registry { db };
+        let registry = Registry {
+            db: Arc::new(db),
+            writer: Arc::default(),
+        };
         registry.first_revisions()?;
         Ok(registry)
+    }
+
+    /// Runs `op`, which writes, on the registry's writer thread, and
+    /// answers once what it wrote is on disk. A worker thread, and the
+    /// requests queued on it, never wait for a disk flush; and writes asked
+    /// for while one flushes are run together after it, in the order they
+    /// came, and made durable by one flush (group commit: a commit's flush,
+    /// not its work, is what a write costs, and redb has one writer).
+    pub async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |registry| {
+            let result = op(registry);
+            Box::new(move |flushed: Result<(), String>| {
+                let _ = tx.send(match (result, flushed) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(e)) => Err(RegistryError::Flush(e)),
+                    (Ok(value), Ok(())) => Ok(value),
+                });
+            })
+        });
+        self.writer
+            .get_or_init(|| self.start_writer())
+            .send(job)
+            .map_err(|_| RegistryError::WriterGone)?;
+        rx.await.map_err(|_| RegistryError::WriterGone)?
+    }
+
+    /// The writer thread: it holds the database only while it writes, so
+    /// that the database closes when the last `Registry` is dropped.
+    fn start_writer(&self) -> mpsc::Sender<Job> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let db = Arc::downgrade(&self.db);
+        let spawned = std::thread::Builder::new()
+            .name("wisp-registry".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let Some(db) = db.upgrade() else { return };
+                    let registry = Registry {
+                        db,
+                        writer: Arc::default(),
+                    };
+                    let mut jobs = vec![first];
+                    jobs.extend(rx.try_iter().take(MOST_PER_FLUSH - 1));
+                    let grouped = jobs.len() > 1;
+                    GROUPED.set(grouped);
+                    let answers: Vec<_> = jobs.into_iter().map(|job| job(&registry)).collect();
+                    GROUPED.set(false);
+                    // A commit that flushes makes the unflushed ones before
+                    // it durable (redb's `Durability::None`).
+                    let flushed = if grouped {
+                        registry
+                            .db
+                            .begin_write()
+                            .map_err(storage)
+                            .and_then(|txn| txn.commit().map_err(storage))
+                            .map_err(|e| e.to_string())
+                    } else {
+                        Ok(())
+                    };
+                    // Let go of the database before anyone hears back.
+                    drop(registry);
+                    for answer in answers {
+                        answer(flushed.clone());
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread the sender's receiver is gone: every
+            // write fails with `WriterGone`, logged here once.
+            tracing::error!(error = %e, "the registry's writer thread did not start");
+        }
+        tx
+    }
+
+    /// A write transaction; on the writer thread, within a group, one
+    /// whose commit does not flush (the group's last commit does).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, RegistryError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        if GROUPED.get() {
+            txn.set_durability(redb::Durability::None);
+        }
+        Ok(txn)
     }
 
     /// Functions stored before revisions were kept become revision 1.
@@ -229,7 +340,7 @@ impl Registry {
         if unrecorded.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut functions = txn.open_table(FUNCTIONS).map_err(storage)?;
             let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
@@ -269,7 +380,7 @@ impl Registry {
         revision: Option<u64>,
     ) -> Result<(), RegistryError> {
         let name = function.spec.name.to_string();
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
             let kept = revisions_in(&revisions, &name)?;
@@ -318,7 +429,7 @@ impl Registry {
     pub fn put_revision(&self, function: &StoredFunction) -> Result<(), RegistryError> {
         let json = serde_json::to_vec(function).map_err(RegistryError::Encode)?;
         let name = function.spec.name.to_string();
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
             revisions
@@ -333,7 +444,7 @@ impl Registry {
 
     /// Drops revision `revision` of `name` from its history.
     pub fn remove_revision(&self, name: &str, revision: u64) -> Result<bool, RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         let existed = {
             let mut revisions = txn.open_table(REVISIONS).map_err(storage)?;
             revisions
@@ -362,7 +473,7 @@ impl Registry {
     pub fn put(&self, function: &StoredFunction) -> Result<(), RegistryError> {
         let json = serde_json::to_vec(function).map_err(RegistryError::Encode)?;
         let name = function.spec.name.as_str();
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
             table.insert(name, json.as_slice()).map_err(storage)?;
@@ -375,7 +486,7 @@ impl Registry {
     /// Removes a function, its revisions and its deploy; returns whether
     /// the function existed.
     pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         let existed = {
             let mut table = txn.open_table(FUNCTIONS).map_err(storage)?;
             let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
@@ -394,7 +505,7 @@ impl Registry {
 
     /// Keeps the request of a deploy of `name` that has not finished.
     pub fn put_deploy(&self, name: &str, request: &[u8]) -> Result<(), RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
             deploys.insert(name, request).map_err(storage)?;
@@ -404,7 +515,7 @@ impl Registry {
 
     /// Forgets the deploy of `name` (it failed, and its caller was told).
     pub fn remove_deploy(&self, name: &str) -> Result<(), RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut deploys = txn.open_table(DEPLOYS).map_err(storage)?;
             deploys.remove(name).map_err(storage)?;
@@ -435,7 +546,7 @@ impl Registry {
         write: SecretWrite,
     ) -> Result<bool, RegistryError> {
         let key = secret_key(namespace, name);
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         let written = {
             let mut table = txn.open_table(SECRETS).map_err(storage)?;
             let exists = table.get(key.as_str()).map_err(storage)?.is_some();
@@ -495,7 +606,7 @@ impl Registry {
 
     /// Removes a secret; returns whether it existed.
     pub fn remove_secret(&self, namespace: &str, name: &str) -> Result<bool, RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         let existed = {
             let mut table = txn.open_table(SECRETS).map_err(storage)?;
             table
@@ -510,7 +621,7 @@ impl Registry {
     /// Stores an asynchronous call (new, or changed: a retry is due, its
     /// result awaits its callback) under `seq`.
     pub fn put_call(&self, seq: u64, call: &[u8]) -> Result<(), RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut calls = txn.open_table(CALLS).map_err(storage)?;
             calls.insert(seq, call).map_err(storage)?;
@@ -520,7 +631,7 @@ impl Registry {
 
     /// Forgets a finished asynchronous call.
     pub fn remove_call(&self, seq: u64) -> Result<(), RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut calls = txn.open_table(CALLS).map_err(storage)?;
             calls.remove(seq).map_err(storage)?;
@@ -548,7 +659,7 @@ impl Registry {
         create: bool,
     ) -> Result<bool, RegistryError> {
         let json = serde_json::to_vec(namespace).map_err(RegistryError::Encode)?;
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         let written = {
             let mut table = txn.open_table(NAMESPACES).map_err(storage)?;
             let exists = table
@@ -569,7 +680,7 @@ impl Registry {
     /// Stores a namespace, made or replaced (a copy of the cluster's).
     pub fn replace_namespace(&self, namespace: &NamespaceRecord) -> Result<(), RegistryError> {
         let json = serde_json::to_vec(namespace).map_err(RegistryError::Encode)?;
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(NAMESPACES).map_err(storage)?;
             table
@@ -602,7 +713,7 @@ impl Registry {
     /// Removes a namespace and its tokens in one transaction; returns
     /// whether it existed. The caller has checked that nothing is in it.
     pub fn remove_namespace(&self, name: &str) -> Result<bool, RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         let existed = {
             let mut namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
             let existed = namespaces.remove(name).map_err(storage)?.is_some();
@@ -621,7 +732,7 @@ impl Registry {
     /// Stores a namespace token under the hex SHA-256 of the token.
     pub fn put_token(&self, hash: &str, token: &TokenRecord) -> Result<(), RegistryError> {
         let json = serde_json::to_vec(token).map_err(RegistryError::Encode)?;
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(TOKENS).map_err(storage)?;
             table.insert(hash, json.as_slice()).map_err(storage)?;
@@ -667,7 +778,7 @@ impl Registry {
 
     /// Revokes the namespace token kept under `hash`; whether it existed.
     pub fn remove_token_hash(&self, hash: &str) -> Result<bool, RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         let existed = {
             let mut table = txn.open_table(TOKENS).map_err(storage)?;
             table.remove(hash).map_err(storage)?.is_some()
@@ -678,7 +789,7 @@ impl Registry {
 
     /// Revokes the namespace token `id`; returns whether it existed.
     pub fn remove_token(&self, id: &str) -> Result<bool, RegistryError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write()?;
         let mut removed = false;
         {
             let mut table = txn.open_table(TOKENS).map_err(storage)?;
@@ -734,6 +845,90 @@ mod tests {
             secrets: vec![],
             secrets_dir: None,
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_run_one_at_a_time_on_the_writer_thread_and_all_land() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wisp.redb");
+        let registry = Registry::open(&path).unwrap();
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let writes: Vec<_> = (0..64)
+            .map(|i| {
+                let (registry, running, most) = (registry.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    registry
+                        .write(move |r| {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            assert_eq!(std::thread::current().name(), Some("wisp-registry"));
+                            let stored = r.put(&StoredFunction::new(spec(&format!("f{i}"))));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            stored
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "two writes ran at once");
+        // The writer thread holds the database only while it writes: it
+        // can be opened again once the last `Registry` is dropped.
+        drop(registry);
+        let registry = Registry::open(&path).unwrap();
+        assert_eq!(registry.list().unwrap().len(), 64);
+        // A write's own error is its caller's; the writes after it land.
+        let failed = registry
+            .write(|_| Err::<(), _>(RegistryError::WriterGone))
+            .await;
+        assert!(matches!(failed, Err(RegistryError::WriterGone)));
+        assert!(registry.write(|r| r.remove("f0")).await.unwrap());
+    }
+
+    /// Run as a child of the test below: 64 writes at once, then an exit
+    /// that closes nothing (no destructor runs: as if the process died).
+    const CRASH_DIR: &str = "WISP_REGISTRY_CRASH_TEST_DIR";
+
+    #[test]
+    fn answered_writes_survive_the_process_ending_abruptly() {
+        if let Some(dir) = std::env::var_os(CRASH_DIR) {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let registry = Registry::open(&Path::new(&dir).join("wisp.redb")).unwrap();
+                let writes: Vec<_> = (0..64)
+                    .map(|i| {
+                        let registry = registry.clone();
+                        tokio::spawn(async move {
+                            let stored = StoredFunction::new(spec(&format!("f{i}")));
+                            registry.write(move |r| r.put(&stored)).await
+                        })
+                    })
+                    .collect();
+                for write in writes {
+                    write.await.unwrap().unwrap();
+                }
+                std::process::exit(0);
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "registry::tests::answered_writes_survive_the_process_ending_abruptly",
+            ])
+            .env(CRASH_DIR, dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let registry = Registry::open(&dir.path().join("wisp.redb")).unwrap();
+        assert_eq!(registry.list().unwrap().len(), 64);
     }
 
     #[test]

@@ -240,10 +240,13 @@ impl App {
                 };
                 cluster.write_secret(&sealed, update).await?
                     && self
-                        .registry
-                        .put_secret(namespace, name, value, SecretWrite::Replace)?
+                        .put_secret_locally(namespace, name, value, SecretWrite::Replace)
+                        .await?
             }
-            None => self.registry.put_secret(namespace, name, value, write)?,
+            None => {
+                self.put_secret_locally(namespace, name, value, write)
+                    .await?
+            }
         };
         if !written {
             return Err(if update {
@@ -305,9 +308,9 @@ impl App {
         let existed = match self.cluster.get() {
             Some(cluster) => {
                 let held = cluster.delete_secret(namespace, name).await?;
-                self.registry.remove_secret(namespace, name)? || held
+                self.remove_secret_locally(namespace, name).await? || held
             }
-            None => self.registry.remove_secret(namespace, name)?,
+            None => self.remove_secret_locally(namespace, name).await?,
         };
         if !existed {
             return Err(GatewayError::Missing(format!(
@@ -335,6 +338,29 @@ impl App {
         Ok(rolled)
     }
 
+    /// Writes the secret into this node's registry (see [`App::on_registry`]).
+    async fn put_secret_locally(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+        write: SecretWrite,
+    ) -> Result<bool, GatewayError> {
+        let (ns, key, value) = (namespace.to_owned(), name.to_owned(), value.to_vec());
+        self.on_registry(move |r| r.put_secret(&ns, &key, &value, write))
+            .await
+    }
+
+    /// Removes the secret from this node's registry; whether it was there.
+    async fn remove_secret_locally(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, GatewayError> {
+        let (ns, key) = (namespace.to_owned(), name.to_owned());
+        self.on_registry(move |r| r.remove_secret(&ns, &key)).await
+    }
+
     /// In a cluster: a secret another node wrote (or this one: then it is
     /// the copy already), applied to this node's copy.
     pub(crate) async fn apply_secret(&self, cluster: &Cluster, secret: &SealedSecret) {
@@ -353,14 +379,17 @@ impl App {
             }
         };
         let _serial = self.deploy_lock.lock().await;
-        let applied = self.registry.secret(namespace, name).and_then(|current| {
-            if current.as_deref() == Some(value.as_slice()) {
-                return Ok(None);
-            }
-            self.registry
-                .put_secret(namespace, name, &value, SecretWrite::Replace)?;
-            Ok(Some(current.is_some()))
-        });
+        let (ns, key) = (namespace.to_owned(), name.to_owned());
+        let applied = self
+            .on_registry(move |r| {
+                let current = r.secret(&ns, &key)?;
+                if current.as_deref() == Some(value.as_slice()) {
+                    return Ok(None);
+                }
+                r.put_secret(&ns, &key, &value, SecretWrite::Replace)?;
+                Ok(Some(current.is_some()))
+            })
+            .await;
         match applied {
             Ok(None) => {}
             Ok(Some(updated)) => {
@@ -383,7 +412,7 @@ impl App {
     /// In a cluster: a secret another node deleted.
     pub(crate) async fn apply_secret_delete(&self, namespace: &str, name: &str) {
         let _serial = self.deploy_lock.lock().await;
-        match self.registry.remove_secret(namespace, name) {
+        match self.remove_secret_locally(namespace, name).await {
             Ok(true) => {
                 tracing::info!(secret = %name, %namespace, "secret deleted on another node")
             }

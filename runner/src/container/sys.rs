@@ -156,8 +156,9 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
 /// The scheduling policy a sandbox's processes run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Priority {
-    /// `SCHED_IDLE`: a sandbox pre-made ahead of demand, which must never
-    /// take a CPU from work that is waited on.
+    /// `SCHED_IDLE`: a sandbox pre-made ahead of demand, or init once it
+    /// is told to stop (its teardown): neither must take a CPU from work
+    /// that is waited on.
     Background,
     /// `SCHED_OTHER` (nice 0): init once its sandbox is taken, so that the
     /// steps of a cold start it is woken for run at once.

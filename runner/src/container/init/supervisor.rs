@@ -25,6 +25,7 @@ use crate::container::proto::{
     self, ExitReport, ExitStatus, FromInit, Stage, Stream, Timings, ToInit, monotonic_ns,
 };
 use crate::container::seccomp::Filters;
+use crate::container::sys::{self, Priority};
 use crate::protocol::Protocol;
 
 /// The first readiness probe's delay after the exec.
@@ -327,6 +328,11 @@ impl<'a> Supervisor<'a> {
     }
 
     fn stop(&mut self, grace: Duration) {
+        // What is left is teardown (init's exit unmounts the sandbox's
+        // filesystems and frees its memory): background work, which must
+        // not take a CPU from a start (docs/architecture.md, "Tearing down
+        // is background work").
+        let _ = sys::set_priority(None, Priority::Background);
         if let Some(h) = &self.handler {
             let _ = kill(h.pid, Signal::SIGTERM);
         }
