@@ -25,24 +25,23 @@ trap 'stop_wisp; rm -rf "$dir"' EXIT
 runs=$dir/runs
 : >"$runs"
 
-for round in $(seq "$rounds"); do
-  order="$a $b"
-  [ $((round % 2)) = 0 ] && order="$b $a"
-  for bin in $order; do
-    serve_ping "$bin" "$port" "$dir/data"
-    "$wisp" bench ping --mode cold --requests 20 --path /ping >/dev/null
-    "$wisp" bench ping --mode cold --requests "$n" --path /ping --json "$dir/run.json" >/dev/null
-    stop_wisp
-    python3 - "$dir/run.json" "$round" "$bin" "$a" <<'PY' | tee -a "$runs"
+one_build() { # ROUND BINARY
+  serve_ping "$2" "$port" "$dir/data"
+  "$wisp" bench ping --mode cold --requests 20 --path /ping >/dev/null
+  "$wisp" bench ping --mode cold --requests "$n" --path /ping --json "$dir/run.json" >/dev/null
+  stop_wisp
+  local side=B
+  [ "$2" = "$a" ] && side=A
+  python3 - "$dir/run.json" "$1" "$side" <<'PY' | tee -a "$runs"
 import json, sys
 r = json.load(open(sys.argv[1]))
 start = r["phases"]["start"]
-side = "A" if sys.argv[3] == sys.argv[4] else "B"
-print(f"round {sys.argv[2]} {side} client p50 {r['latency']['p50_ms']:.3f} p99 {r['latency']['p99_ms']:.3f} ms"
+print(f"round {sys.argv[2]} {sys.argv[3]} client p50 {r['latency']['p50_ms']:.3f} p99 {r['latency']['p99_ms']:.3f} ms"
       f"  start p50 {start['p50_ms']:.3f} p99 {start['p99_ms']:.3f} ms")
 PY
-  done
-done
+}
+
+alternate "$rounds" "$a" "$b" one_build
 python3 - "$runs" <<'PY'
 import sys, statistics as st, collections
 runs = [l.split() for l in open(sys.argv[1])]
