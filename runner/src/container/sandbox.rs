@@ -53,7 +53,16 @@ impl Sandbox {
         if let Some(cgroup) = self.cgroup.cgroup.take() {
             let cgroups = self.cgroup.cgroups.clone();
             let ending = self.cgroup.ending.take();
+            let init = self.pidfd.try_clone().ok();
             let _ = tokio::task::spawn_blocking(move || {
+                if let Some(init) = init {
+                    // Init is the PID namespace's first process: the kernel
+                    // finishes every other process of the namespace before
+                    // init's exit completes, so once its pidfd is readable
+                    // the cgroup is found empty on the first look, with no
+                    // polling while init exits (at idle priority).
+                    wait_exited(&init, RETIRE_WITHIN);
+                }
                 retire_cgroup(&cgroups, cgroup, true, ending);
             })
             .await;
@@ -147,6 +156,25 @@ fn start_time(pid: u32) -> Option<u64> {
     super::procs::stat(i32::try_from(pid).ok()?).map(|s| s.start_time)
 }
 
+/// How long a sandbox's processes get to be gone before its cgroup is
+/// given up (and left to the next start's sweep).
+const RETIRE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Waits until the process behind `pidfd` has exited, or `within`.
+fn wait_exited(pidfd: &OwnedFd, within: Duration) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Err(nix::errno::Errno::EINTR) if !left.is_zero() => {}
+            _ => return,
+        }
+    }
+}
+
 /// Kills what is left in `cgroup` and, once the kernel has finished its
 /// processes off, reports the sandbox's end to the spawner (`ending`) and
 /// keeps the cgroup for another sandbox ([`Cgroups::keep`]) if `keep`, else
@@ -158,7 +186,7 @@ fn retire_cgroup(
     mut keep: bool,
     mut ending: Option<Ending>,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + RETIRE_WITHIN;
     loop {
         let pids = cgroups.processes(&cgroup).unwrap_or_default();
         if pids.is_empty()
@@ -200,6 +228,29 @@ fn retire_cgroup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_for_an_exit_returns_once_the_process_is_gone_or_at_the_bound() {
+        let mut quick = std::process::Command::new("sleep")
+            .arg("0.1")
+            .spawn()
+            .unwrap();
+        let pidfd = sys::pidfd_open(i32::try_from(quick.id()).unwrap()).unwrap();
+        wait_exited(&pidfd, Duration::from_secs(30));
+        assert!(
+            quick.try_wait().unwrap().is_some(),
+            "returned before the process exited"
+        );
+        let mut slow = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = sys::pidfd_open(i32::try_from(slow.id()).unwrap()).unwrap();
+        wait_exited(&pidfd, Duration::from_millis(20));
+        assert!(slow.try_wait().unwrap().is_none(), "it still runs");
+        slow.kill().unwrap();
+        slow.wait().unwrap();
+    }
 
     #[test]
     fn this_process_is_its_own_owner_but_not_running_elsewhere() {
