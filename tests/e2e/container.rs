@@ -586,10 +586,11 @@ fn spawner_of(wisp: &Wisp) -> String {
         .expect("the server's spawner")
 }
 
-/// What the descriptors of process `pid` point at.
+/// What the descriptors of process `pid` point at (none once it is gone).
 fn descriptors_of(pid: &str) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
+        .into_iter()
+        .flatten()
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
         .map(|target| target.to_string_lossy().into_owned())
         .collect()
@@ -614,41 +615,50 @@ async fn no_sandbox_holds_the_network_namespace_of_another() {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     }
     let spawner = spawner_of(&wisp);
+    // Sampled until a look finds nothing held: the spawner holds a kept
+    // namespace for the moment between cloning a sandbox into it and
+    // handing it to the gateway, and a new init for the moment before it
+    // closes what it inherited (the pre-made pool refills in the
+    // background). What is held for longer than that is the defect.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held = namespaces_held(&spawner);
+        if held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held.is_empty(), "{held:?}");
+}
+
+/// What the spawner and the sandboxes' inits (its children) hold of the
+/// running sandboxes' network namespaces, each as "holder: namespace".
+fn namespaces_held(spawner: &str) -> Vec<String> {
     // The sandboxes' inits, running a function or made ahead.
-    let inits = children_named(&spawner, "wisp-spawner");
+    let inits = children_named(spawner, "wisp-spawner");
     assert!(inits.len() >= 4, "the sandboxes' inits: {inits:?}");
-    let namespaces: BTreeSet<String> = inits
+    // (An init that has just exited has none to read.)
+    let each: Vec<String> = inits
         .iter()
-        .map(|init| {
-            std::fs::read_link(format!("/proc/{init}/ns/net"))
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .filter_map(|init| std::fs::read_link(format!("/proc/{init}/ns/net")).ok())
+        .map(|ns| ns.to_string_lossy().into_owned())
         .collect();
-    assert_eq!(
-        namespaces.len(),
-        inits.len(),
-        "one namespace each: {namespaces:?}"
-    );
-    let held: Vec<String> = descriptors_of(&spawner)
+    let namespaces: BTreeSet<String> = each.iter().cloned().collect();
+    assert_eq!(namespaces.len(), each.len(), "one namespace each: {each:?}");
+    let mut held: Vec<String> = descriptors_of(spawner)
         .into_iter()
         .filter(|target| namespaces.contains(target))
+        .map(|ns| format!("the spawner: {ns}"))
         .collect();
-    assert!(
-        held.is_empty(),
-        "the spawner holds running sandboxes' namespaces: {held:?}"
-    );
     for init in &inits {
-        let net: Vec<String> = descriptors_of(init)
-            .into_iter()
-            .filter(|target| target.starts_with("net:"))
-            .collect();
-        assert!(
-            net.is_empty(),
-            "init {init} holds network namespaces: {net:?}"
+        held.extend(
+            descriptors_of(init)
+                .into_iter()
+                .filter(|target| target.starts_with("net:"))
+                .map(|ns| format!("init {init}: {ns}")),
         );
     }
+    held
 }
 
 /// Issue 13: a sandbox may get the network namespace of one that exited.
