@@ -15,6 +15,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -166,7 +167,9 @@ pub enum RegistryError {
     Encode(#[source] serde_json::Error),
     #[error("registry: writing to disk: {0}")]
     Flush(String),
-    #[error("registry: its writer thread is gone")]
+    #[error(
+        "registry: the write did not finish (it failed unexpectedly, or the writer thread is gone)"
+    )]
     WriterGone,
     #[error("registry entry {name:?} is corrupt: {source}")]
     Corrupt {
@@ -291,7 +294,14 @@ impl Registry {
                     jobs.extend(rx.try_iter().take(MOST_PER_FLUSH - 1));
                     let grouped = jobs.len() > 1;
                     GROUPED.set(grouped);
-                    let answers: Vec<_> = jobs.into_iter().map(|job| job(&registry)).collect();
+                    // A write that panics is its caller's failure (its
+                    // answer is dropped: `WriterGone`), not every later one's.
+                    let answers: Vec<_> = jobs
+                        .into_iter()
+                        .filter_map(|job| {
+                            std::panic::catch_unwind(AssertUnwindSafe(|| job(&registry))).ok()
+                        })
+                        .collect();
                     GROUPED.set(false);
                     // A commit that flushes makes the unflushed ones before
                     // it durable (redb's `Durability::None`).
@@ -886,6 +896,12 @@ mod tests {
             .await;
         assert!(matches!(failed, Err(RegistryError::WriterGone)));
         assert!(registry.write(|r| r.remove("f0")).await.unwrap());
+        // A write that panics fails alone; the writer thread goes on.
+        let panicked = registry
+            .write(|_| -> Result<(), RegistryError> { panic!("a bug in a write") })
+            .await;
+        assert!(matches!(panicked, Err(RegistryError::WriterGone)));
+        assert!(registry.write(|r| r.remove("f1")).await.unwrap());
     }
 
     /// Run as a child of the test below: 64 writes at once, then an exit
