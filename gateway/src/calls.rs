@@ -570,7 +570,7 @@ impl App {
             (Stored::Cluster(_), None) => Err(GatewayError::NotReady("not in a cluster".into())),
             (Stored::Local(seq), _) => {
                 let seq = *seq;
-                self.on_registry(move |r| r.put_call(seq, &json)).await
+                Ok(self.registry.write(move |r| r.put_call(seq, &json)).await?)
             }
         }
     }
@@ -579,7 +579,8 @@ impl App {
         let result = match (seq, self.cluster.get()) {
             (Stored::Local(seq), _) => {
                 let seq = *seq;
-                self.on_registry(move |r| r.remove_call(seq))
+                self.registry
+                    .write(move |r| r.remove_call(seq))
                     .await
                     .map_err(|e| e.to_string())
             }

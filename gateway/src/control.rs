@@ -34,7 +34,7 @@ use crate::api::{
 };
 use crate::namespaces::{Caller, of};
 use crate::pending::{DeployState, PendingDeploy};
-use crate::registry::{Registry, RegistryError, StoredFunction};
+use crate::registry::{RegistryError, StoredFunction};
 use crate::rescue::GatewayError;
 use crate::route::Route;
 use crate::server::{App, Function, declares_more_than, text};
@@ -326,7 +326,9 @@ impl App {
                 && pending.current() == DeployState::Pulling;
             if current {
                 let key = name.clone();
-                self.on_registry(move |r| r.put_deploy(&key, &kept)).await?;
+                self.registry
+                    .write(move |r| r.put_deploy(&key, &kept))
+                    .await?;
             }
             current
         };
@@ -519,7 +521,8 @@ impl App {
         }
         let (mut stored, keep) = (function.stored.clone(), self.revision_history);
         function.stored = self
-            .on_registry(move |r| r.deploy(&mut stored, keep).map(|()| stored))
+            .registry
+            .write(move |r| r.deploy(&mut stored, keep).map(|()| stored))
             .await?;
         let function = Arc::new(function);
         tracing::info!(function = %name, kind = kind.as_str(), artifact = %function.stored.spec.artifact, replaced = previous.is_some(), ?ignored, "deployed");
@@ -743,16 +746,14 @@ impl App {
             && cluster.holds_function(name)
         {
             cluster.delete_function(name).await?;
-            let key = name.to_owned();
-            self.on_registry(move |r| r.remove(&key)).await?;
+            self.unstore(name).await?;
             tracing::info!(function = %name, "deleted (from the cluster; this node did not run it)");
             return Ok(text(StatusCode::OK, format!("deleted {name}\n")));
         }
         if !self.functions.contains_key(name) {
             return match pending {
                 Some(_) => {
-                    let key = name.to_owned();
-                    self.on_registry(move |r| r.remove(&key)).await?;
+                    self.unstore(name).await?;
                     tracing::info!(function = %name, "deleted while it was pulling");
                     Ok(text(StatusCode::OK, format!("deleted {name}\n")))
                 }
@@ -762,8 +763,7 @@ impl App {
         if let Some(cluster) = self.cluster.get() {
             cluster.delete_function(name).await?;
         }
-        let key = name.to_owned();
-        self.on_registry(move |r| r.remove(&key)).await?;
+        self.unstore(name).await?;
         if let Some((_, old)) = self.functions.remove(name) {
             old.metrics.silence();
             self.metrics.forget(&old.metrics);
@@ -772,6 +772,13 @@ impl App {
         self.logs.remove(name);
         tracing::info!(function = %name, "deleted");
         Ok(text(StatusCode::OK, format!("deleted {name}\n")))
+    }
+
+    /// Removes the function `name` from the registry, with its revisions
+    /// and an unfinished deploy; whether it was stored.
+    pub(crate) async fn unstore(&self, name: &str) -> Result<bool, RegistryError> {
+        let key = name.to_owned();
+        self.registry.write(move |r| r.remove(&key)).await
     }
 
     /// Stops `old` once its requests are done (in the background); what it
@@ -865,7 +872,7 @@ impl App {
             cluster.put_function(&stored, None).await?;
         }
         let copy = stored.clone();
-        self.on_registry(move |r| r.put(&copy)).await?;
+        self.registry.write(move |r| r.put(&copy)).await?;
         let scaling = stored.spec.scaling();
         self.rescaled(&function, stored);
         let ignored: Vec<String> = request.unknown.keys().cloned().collect();
@@ -917,14 +924,6 @@ impl App {
                 Some((f.key().clone(), image))
             })
             .collect()
-    }
-
-    /// Writes to the registry off the worker threads ([`Registry::write`]).
-    pub(crate) async fn on_registry<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
-    ) -> Result<T, GatewayError> {
-        Ok(self.registry.write(op).await?)
     }
 
     /// Runs `op` on the image store in tokio's blocking pool.

@@ -333,14 +333,16 @@ impl App {
                     .await?;
                 if held {
                     let copy = record.clone();
-                    self.on_registry(move |r| r.replace_namespace(&copy))
+                    self.registry
+                        .write(move |r| r.replace_namespace(&copy))
                         .await?;
                 }
                 held
             }
             None => {
                 let copy = record.clone();
-                self.on_registry(move |r| r.put_namespace(&copy, create))
+                self.registry
+                    .write(move |r| r.put_namespace(&copy, create))
                     .await?
             }
         };
@@ -393,7 +395,8 @@ impl App {
                 used.join(", ")
             )));
         }
-        let existed = match self.cluster.get() {
+        // The cluster's record first (whether it held one), then this node's.
+        let held = match self.cluster.get() {
             Some(cluster) => {
                 let tokens: Vec<(Kind, String)> = self
                     .registry
@@ -402,17 +405,18 @@ impl App {
                     .filter(|(_, token)| token.namespace == name)
                     .map(|(hash, _)| (Kind::Token, hash))
                     .collect();
-                let held = cluster
+                cluster
                     .delete_record(Kind::Namespace, name, &tokens)
-                    .await?;
-                let key = name.to_owned();
-                self.on_registry(move |r| r.remove_namespace(&key)).await? || held
+                    .await?
             }
-            None => {
-                let key = name.to_owned();
-                self.on_registry(move |r| r.remove_namespace(&key)).await?
-            }
+            None => false,
         };
+        let key = name.to_owned();
+        let existed = self
+            .registry
+            .write(move |r| r.remove_namespace(&key))
+            .await?
+            || held;
         if !existed {
             return Err(GatewayError::Missing(format!(
                 "namespace {name} does not exist"
@@ -470,7 +474,8 @@ impl App {
                     }
                 }
                 let copy = record.clone();
-                self.on_registry(move |r| r.put_token(&hashed, &copy))
+                self.registry
+                    .write(move |r| r.put_token(&hashed, &copy))
                     .await?;
                 tracing::info!(id = %record.id, namespace = %record.namespace, "namespace token made");
                 json(
@@ -485,25 +490,19 @@ impl App {
             }
             (None, _) => Err(GatewayError::MethodNotAllowed { allow: "GET, POST" }),
             (Some(id), Method::DELETE) => {
-                let removed = match self.cluster.get() {
-                    Some(cluster) => {
-                        let mut held = false;
-                        for (hash, _) in self
-                            .registry
-                            .token_entries()?
-                            .into_iter()
-                            .filter(|(_, token)| token.id == id)
-                        {
-                            held |= cluster.delete_record(Kind::Token, &hash, &[]).await?;
-                        }
-                        let id = id.to_owned();
-                        self.on_registry(move |r| r.remove_token(&id)).await? || held
+                let mut held = false;
+                if let Some(cluster) = self.cluster.get() {
+                    for (hash, _) in self
+                        .registry
+                        .token_entries()?
+                        .into_iter()
+                        .filter(|(_, token)| token.id == id)
+                    {
+                        held |= cluster.delete_record(Kind::Token, &hash, &[]).await?;
                     }
-                    None => {
-                        let id = id.to_owned();
-                        self.on_registry(move |r| r.remove_token(&id)).await?
-                    }
-                };
+                }
+                let key = id.to_owned();
+                let removed = self.registry.write(move |r| r.remove_token(&key)).await? || held;
                 if !removed {
                     return Err(GatewayError::Missing(format!(
                         "no token has the id {}",

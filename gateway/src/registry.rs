@@ -12,6 +12,8 @@
 //! that use them), the asynchronous calls not finished (`crate::calls`),
 //! the namespaces made beside the default one, and the namespace tokens
 //! (by the SHA-256 of the token: the tokens themselves are not kept).
+//! Requests write through [`Registry::write`]: on one writer thread, which
+//! makes the writes queued while it flushed durable with one flush.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -203,9 +205,12 @@ pub struct Registry {
     writer: Arc<OnceLock<mpsc::Sender<Job>>>,
 }
 
-/// A write for the writer thread: it runs the write and returns what
-/// answers the caller once the write is on disk (or is not).
-type Job = Box<dyn FnOnce(&Registry) -> Box<dyn FnOnce(Result<(), String>) + Send> + Send>;
+/// A write for the writer thread: it runs the write and returns its
+/// caller's answer, given once the write is on disk (or is not).
+type Job = Box<dyn FnOnce(&Registry) -> Answer + Send>;
+
+/// Answers a write's caller with the outcome of the flush after it.
+type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// The most writes one flush makes durable.
 const MOST_PER_FLUSH: usize = 256;
@@ -214,6 +219,39 @@ thread_local! {
     /// Set on the writer thread while it runs a group of writes: their
     /// commits skip the disk flush, which one commit after them makes.
     static GROUPED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `jobs` in order on the writer thread and makes them durable: a lone
+/// write commits as any other (with a flush); a group commits each with
+/// redb's `Durability::None` and then once with a flush, which makes the
+/// unflushed commits before it durable. Returns the answers and the flush's
+/// outcome, once the database is let go (it closes with the last
+/// `Registry`, and a caller that hears back may drop that).
+fn write_group(db: Arc<Database>, jobs: Vec<Job>) -> (Vec<Answer>, Result<(), String>) {
+    let registry = Registry {
+        db,
+        writer: Arc::default(),
+    };
+    let grouped = jobs.len() > 1;
+    GROUPED.set(grouped);
+    // A write that panics is its caller's failure (its answer is dropped:
+    // `WriterGone`), not every later one's.
+    let answers = jobs
+        .into_iter()
+        .filter_map(|job| std::panic::catch_unwind(AssertUnwindSafe(|| job(&registry))).ok())
+        .collect();
+    GROUPED.set(false);
+    let flushed = if grouped {
+        registry
+            .db
+            .begin_write()
+            .map_err(storage)
+            .and_then(|txn| txn.commit().map_err(storage))
+            .map_err(|e| e.to_string())
+    } else {
+        Ok(())
+    };
+    (answers, flushed)
 }
 
 impl Registry {
@@ -259,9 +297,9 @@ impl Registry {
         op: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
     ) -> Result<T, RegistryError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |registry| {
+        let job: Job = Box::new(move |registry| -> Answer {
             let result = op(registry);
-            Box::new(move |flushed: Result<(), String>| {
+            Box::new(move |flushed| {
                 let _ = tx.send(match (result, flushed) {
                     (Err(e), _) => Err(e),
                     (Ok(_), Err(e)) => Err(RegistryError::Flush(e)),
@@ -286,37 +324,9 @@ impl Registry {
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let Some(db) = db.upgrade() else { return };
-                    let registry = Registry {
-                        db,
-                        writer: Arc::default(),
-                    };
                     let mut jobs = vec![first];
                     jobs.extend(rx.try_iter().take(MOST_PER_FLUSH - 1));
-                    let grouped = jobs.len() > 1;
-                    GROUPED.set(grouped);
-                    // A write that panics is its caller's failure (its
-                    // answer is dropped: `WriterGone`), not every later one's.
-                    let answers: Vec<_> = jobs
-                        .into_iter()
-                        .filter_map(|job| {
-                            std::panic::catch_unwind(AssertUnwindSafe(|| job(&registry))).ok()
-                        })
-                        .collect();
-                    GROUPED.set(false);
-                    // A commit that flushes makes the unflushed ones before
-                    // it durable (redb's `Durability::None`).
-                    let flushed = if grouped {
-                        registry
-                            .db
-                            .begin_write()
-                            .map_err(storage)
-                            .and_then(|txn| txn.commit().map_err(storage))
-                            .map_err(|e| e.to_string())
-                    } else {
-                        Ok(())
-                    };
-                    // Let go of the database before anyone hears back.
-                    drop(registry);
+                    let (answers, flushed) = write_group(db, jobs);
                     for answer in answers {
                         answer(flushed.clone());
                     }

@@ -26,7 +26,7 @@ use crate::api::{Secret, SecretDescription};
 use crate::cluster::Cluster;
 use crate::cluster::secrets::{SealedSecret, Sealer};
 use crate::namespaces::{Caller, of};
-use crate::registry::{Registry, SecretWrite};
+use crate::registry::{Registry, RegistryError, SecretWrite};
 use crate::rescue::GatewayError;
 use crate::server::{App, Function, text};
 
@@ -229,8 +229,8 @@ impl App {
         } else {
             SecretWrite::Create
         };
-        let written = match self.cluster.get() {
-            // The cluster's record first, then this node's copy.
+        // The cluster's record first (it decides), then this node's copy.
+        let (go, write) = match self.cluster.get() {
             Some(cluster) => {
                 let sealed = SealedSecret {
                     namespace: namespace.to_owned(),
@@ -238,16 +238,17 @@ impl App {
                     sealed: Sealer::new(&self.token, cluster.name())?
                         .seal(namespace, name, value)?,
                 };
-                cluster.write_secret(&sealed, update).await?
-                    && self
-                        .put_secret_locally(namespace, name, value, SecretWrite::Replace)
-                        .await?
+                let held = cluster.write_secret(&sealed, update).await?;
+                (held, SecretWrite::Replace)
             }
-            None => {
-                self.put_secret_locally(namespace, name, value, write)
-                    .await?
-            }
+            None => (true, write),
         };
+        let (ns, key, copy) = (namespace.to_owned(), name.to_owned(), value.to_vec());
+        let written = go
+            && self
+                .registry
+                .write(move |r| r.put_secret(&ns, &key, &copy, write))
+                .await?;
         if !written {
             return Err(if update {
                 GatewayError::Missing(format!(
@@ -305,13 +306,11 @@ impl App {
                 users.join(", ")
             )));
         }
-        let existed = match self.cluster.get() {
-            Some(cluster) => {
-                let held = cluster.delete_secret(namespace, name).await?;
-                self.remove_secret_locally(namespace, name).await? || held
-            }
-            None => self.remove_secret_locally(namespace, name).await?,
+        let held = match self.cluster.get() {
+            Some(cluster) => cluster.delete_secret(namespace, name).await?,
+            None => false,
         };
+        let existed = self.remove_secret_locally(namespace, name).await? || held;
         if !existed {
             return Err(GatewayError::Missing(format!(
                 "secret {name:?} does not exist in namespace {namespace}"
@@ -338,27 +337,16 @@ impl App {
         Ok(rolled)
     }
 
-    /// Writes the secret into this node's registry (see [`App::on_registry`]).
-    async fn put_secret_locally(
-        &self,
-        namespace: &str,
-        name: &str,
-        value: &[u8],
-        write: SecretWrite,
-    ) -> Result<bool, GatewayError> {
-        let (ns, key, value) = (namespace.to_owned(), name.to_owned(), value.to_vec());
-        self.on_registry(move |r| r.put_secret(&ns, &key, &value, write))
-            .await
-    }
-
     /// Removes the secret from this node's registry; whether it was there.
     async fn remove_secret_locally(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<bool, GatewayError> {
+    ) -> Result<bool, RegistryError> {
         let (ns, key) = (namespace.to_owned(), name.to_owned());
-        self.on_registry(move |r| r.remove_secret(&ns, &key)).await
+        self.registry
+            .write(move |r| r.remove_secret(&ns, &key))
+            .await
     }
 
     /// In a cluster: a secret another node wrote (or this one: then it is
@@ -381,7 +369,8 @@ impl App {
         let _serial = self.deploy_lock.lock().await;
         let (ns, key) = (namespace.to_owned(), name.to_owned());
         let applied = self
-            .on_registry(move |r| {
+            .registry
+            .write(move |r| {
                 let current = r.secret(&ns, &key)?;
                 if current.as_deref() == Some(value.as_slice()) {
                     return Ok(None);

@@ -442,14 +442,15 @@ impl App {
                 Change::Record { kind, id, json } => self.apply_record(kind, &id, json).await,
                 Change::Revision(stored) => {
                     let name = stored.spec.name.clone();
-                    if let Err(e) = self.on_registry(move |r| r.put_revision(&stored)).await {
+                    if let Err(e) = self.registry.write(move |r| r.put_revision(&stored)).await {
                         tracing::warn!(function = %name, error = %e, "recording a revision from the cluster");
                     }
                 }
                 Change::RevisionGone { key, revision } => {
                     let gone = key.clone();
                     if let Err(e) = self
-                        .on_registry(move |r| r.remove_revision(&gone, revision))
+                        .registry
+                        .write(move |r| r.remove_revision(&gone, revision))
                         .await
                     {
                         tracing::warn!(function = %key, error = %e, "dropping a revision the cluster dropped");
@@ -542,14 +543,16 @@ impl App {
             {
                 // Only its scaling changed.
                 let copy = stored.clone();
-                self.on_registry(move |r| r.put(&copy)).await?;
+                self.registry.write(move |r| r.put(&copy)).await?;
                 self.rescaled(current, stored);
                 tracing::info!(function = %key, "scaled on another node");
                 return Ok(());
             }
         }
         let (copy, keep) = (stored.clone(), self.revision_history);
-        self.on_registry(move |r| r.replicate(&copy, keep)).await?;
+        self.registry
+            .write(move |r| r.replicate(&copy, keep))
+            .await?;
         let function = Arc::new(self.new_function(stored, previous.as_deref(), false)?);
         tracing::info!(function = %key, revision = function.stored.revision, "deployed on another node");
         self.functions.insert(key, function);
@@ -562,8 +565,7 @@ impl App {
     async fn apply_delete(&self, key: &str) {
         self.wanted.remove(key);
         let _serial = self.deploy_lock.lock().await;
-        let gone = key.to_owned();
-        if let Err(e) = self.on_registry(move |r| r.remove(&gone)).await {
+        if let Err(e) = self.unstore(key).await {
             tracing::warn!(function = %key, error = %e, "removing a function deleted on another node");
         }
         if let Some((_, old)) = self.functions.remove(key) {

@@ -39,11 +39,9 @@ impl Sandbox {
         let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), nix::sys::signal::Signal::SIGKILL);
     }
 
-    /// Whether init still runs (a pidfd polls readable once it exited).
+    /// Whether init still runs.
     pub(crate) fn is_alive(&self) -> bool {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+        !exited_within(&self.pidfd, Duration::ZERO)
     }
 
     /// Kills the sandbox and waits until its cgroup is empty (and kept)
@@ -55,15 +53,7 @@ impl Sandbox {
             let ending = self.cgroup.ending.take();
             let init = self.pidfd.try_clone().ok();
             let _ = tokio::task::spawn_blocking(move || {
-                if let Some(init) = init {
-                    // Init is the PID namespace's first process: the kernel
-                    // finishes every other process of the namespace before
-                    // init's exit completes, so once its pidfd is readable
-                    // the cgroup is found empty on the first look, with no
-                    // polling while init exits (at idle priority).
-                    wait_exited(&init, RETIRE_WITHIN);
-                }
-                retire_cgroup(&cgroups, cgroup, true, ending);
+                retire_cgroup(&cgroups, cgroup, true, ending, init.as_ref());
             })
             .await;
         }
@@ -90,7 +80,7 @@ impl Drop for CgroupGuard {
             let cgroups = self.cgroups.clone();
             let ending = self.ending.take();
             // This waits for the kernel to finish the processes off.
-            std::thread::spawn(move || retire_cgroup(&cgroups, cgroup, true, ending));
+            std::thread::spawn(move || retire_cgroup(&cgroups, cgroup, true, ending, None));
         }
     }
 }
@@ -125,7 +115,7 @@ pub(crate) fn sweep_leftovers(cgroups: &Cgroups) -> usize {
         if owner_is_running(cgroup.name().rsplit('-').nth(1).unwrap_or("")) {
             continue;
         }
-        retire_cgroup(cgroups, cgroup, false, None);
+        retire_cgroup(cgroups, cgroup, false, None, None);
         removed += 1;
     }
     removed
@@ -156,12 +146,10 @@ fn start_time(pid: u32) -> Option<u64> {
     super::procs::stat(i32::try_from(pid).ok()?).map(|s| s.start_time)
 }
 
-/// How long a sandbox's processes get to be gone before its cgroup is
-/// given up (and left to the next start's sweep).
-const RETIRE_WITHIN: Duration = Duration::from_secs(5);
-
-/// Waits until the process behind `pidfd` has exited, or `within`.
-fn wait_exited(pidfd: &OwnedFd, within: Duration) {
+/// Whether the process behind `pidfd` has exited (its pidfd polls
+/// readable), waiting for it at most `within`; a pidfd that cannot be
+/// polled counts as exited (nothing is left to wait for).
+fn exited_within(pidfd: &OwnedFd, within: Duration) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let deadline = Instant::now() + within;
     loop {
@@ -169,8 +157,9 @@ fn wait_exited(pidfd: &OwnedFd, within: Duration) {
         let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
+            Ok(ready) => return ready > 0,
             Err(nix::errno::Errno::EINTR) if !left.is_zero() => {}
-            _ => return,
+            Err(_) => return true,
         }
     }
 }
@@ -179,14 +168,23 @@ fn wait_exited(pidfd: &OwnedFd, within: Duration) {
 /// processes off, reports the sandbox's end to the spawner (`ending`) and
 /// keeps the cgroup for another sandbox ([`Cgroups::keep`]) if `keep`, else
 /// (or if it is not kept) removes it; gives up after 5 s, leaving it to
-/// the next start's sweep.
+/// the next start's sweep. Given the sandbox's `init` (its pidfd), it
+/// first waits for init to exit: init is the PID namespace's first
+/// process, and the kernel finishes every other process of the namespace
+/// before init's exit completes, so the cgroup is then found empty on the
+/// first look, with no polling while init exits (at idle priority).
 fn retire_cgroup(
     cgroups: &Cgroups,
     mut cgroup: Cgroup,
     mut keep: bool,
     mut ending: Option<Ending>,
+    init: Option<&OwnedFd>,
 ) {
-    let deadline = Instant::now() + RETIRE_WITHIN;
+    let within = Duration::from_secs(5);
+    let deadline = Instant::now() + within;
+    if let Some(init) = init {
+        exited_within(init, within);
+    }
     loop {
         let pids = cgroups.processes(&cgroup).unwrap_or_default();
         if pids.is_empty()
@@ -229,24 +227,26 @@ fn retire_cgroup(
 mod tests {
     use super::*;
 
-    #[test]
-    fn waiting_for_an_exit_returns_once_the_process_is_gone_or_at_the_bound() {
-        let mut quick = std::process::Command::new("sleep")
-            .arg("0.1")
+    /// `sleep SECONDS` and its pidfd.
+    fn sleeper(seconds: &str) -> (std::process::Child, OwnedFd) {
+        let child = std::process::Command::new("sleep")
+            .arg(seconds)
             .spawn()
             .unwrap();
-        let pidfd = sys::pidfd_open(i32::try_from(quick.id()).unwrap()).unwrap();
-        wait_exited(&pidfd, Duration::from_secs(30));
+        let pidfd = sys::pidfd_open(i32::try_from(child.id()).unwrap()).unwrap();
+        (child, pidfd)
+    }
+
+    #[test]
+    fn waiting_for_an_exit_returns_once_the_process_is_gone_or_at_the_bound() {
+        let (mut quick, pidfd) = sleeper("0.1");
+        assert!(exited_within(&pidfd, Duration::from_secs(30)));
         assert!(
             quick.try_wait().unwrap().is_some(),
             "returned before the process exited"
         );
-        let mut slow = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pidfd = sys::pidfd_open(i32::try_from(slow.id()).unwrap()).unwrap();
-        wait_exited(&pidfd, Duration::from_millis(20));
+        let (mut slow, pidfd) = sleeper("30");
+        assert!(!exited_within(&pidfd, Duration::from_millis(20)));
         assert!(slow.try_wait().unwrap().is_none(), "it still runs");
         slow.kill().unwrap();
         slow.wait().unwrap();
