@@ -601,6 +601,7 @@ printf 'Content-Type: text/plain\r\n\r\n'
 case "$QUERY_STRING" in
 pids) for p in /proc/[0-9]*; do echo "${p#/proc/}"; done ;;
 caps) grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status ;;
+initcaps) grep -E '^CapBnd:' /proc/1/status ;;
 hostname) hostname ;;
 policy) awk '{print $41}' /proc/self/stat ;;
 id) id -u; id -g ;;

@@ -436,6 +436,14 @@ async fn the_sandbox_is_isolated() {
         ] {
             assert!(caps.contains(line), "{protocol}: {line:?} in {caps}");
         }
+        // Init (PID 1) empties its own bounding set off the cold start's
+        // path, but before any request is served (or, for CGI, forked).
+        let (_, init_caps) = probe(&wisp, &name, "initcaps").await;
+        assert_eq!(
+            init_caps.trim(),
+            "CapBnd:\t0000000000000000",
+            "{protocol}: init's bounding set"
+        );
 
         assert_eq!(probe(&wisp, &name, "hostname").await.1.trim(), name);
         // Sandboxes are made ahead at SCHED_IDLE; the function runs at

@@ -160,13 +160,18 @@ pub(crate) enum Priority {
     /// is told to stop (its teardown): neither must take a CPU from work
     /// that is waited on.
     Background,
-    /// `SCHED_OTHER` (nice 0): init once its sandbox is taken, so that the
-    /// steps of a cold start it is woken for run at once.
+    /// `SCHED_OTHER` (nice 0): init and its zygote once their sandbox is
+    /// taken, so that the steps of a cold start they are woken for run at
+    /// once.
     Normal,
-    /// `SCHED_BATCH` (nice 0): the function's own processes. The same fair
-    /// share of the CPUs as `SCHED_OTHER`, but their wake-ups do not
-    /// preempt the task that woke them: a request the gateway writes to a
-    /// handler does not switch the gateway out in the middle of its work.
+    /// `SCHED_BATCH` (nice 0): the function's own processes, from their
+    /// `execve` on. The same fair share of the CPUs as `SCHED_OTHER`, but
+    /// their wake-ups do not preempt the task that woke them: a request the
+    /// gateway writes to a handler does not switch the gateway out in the
+    /// middle of its work. Not before the exec: a woken `SCHED_BATCH` task
+    /// waits for the running one to sleep or for the next tick, and the
+    /// zygote woken with its command is on the cold start's path (issue 13:
+    /// the command → exec step took 0.35 ms at the median at `SCHED_BATCH`).
     Serving,
 }
 

@@ -17,12 +17,14 @@
 //! host's tree; finally enter the user namespace, where container root is
 //! an unprivileged host uid.
 //!
-//! Init then drops the capability bounding set, waits for the gateway's
-//! `Start` (the cgroup limits are written), gives the zygote its command
-//! (or, for CGI, kills it and forks one process per request), reaps every
-//! process reparented to it, forwards the handler's output to the gateway, and exits when the
-//! handler does, when asked to stop, or when the gateway goes away. Its
-//! exit ends the PID namespace: the kernel kills whatever is left.
+//! Init then waits for the gateway's `Start` (the cgroup limits are
+//! written), gives the zygote its command and, once it has exec'd, empties
+//! its own capability bounding set while the handler starts up (for CGI it
+//! kills the zygote, empties the set, and forks one process per request:
+//! they inherit it); it reaps every process reparented to it, forwards the
+//! handler's output to the gateway, and exits when the handler does, when
+//! asked to stop, or when the gateway goes away. Its exit ends the PID
+//! namespace: the kernel kills whatever is left.
 //!
 //! - [`setup`]: the steps before the function ([`setup::isolate`]) and
 //!   after its plan arrives ([`setup::take_function`]);
@@ -120,9 +122,11 @@ pub(crate) fn container_main(
         _ => return 0,
     };
     timings.assigned = monotonic_ns();
-    // The function's processes run at the serving policy (the gateway
-    // raised init itself, if it was pre-made, when it took the sandbox).
-    let _ = sys::set_priority(Some(zygote.pid), Priority::Serving);
+    // The zygote's exec is a step of this cold start, as init's are (the
+    // gateway raised init itself, if it was pre-made, when it took the
+    // sandbox): once it is the handler, init lowers it to the serving
+    // policy.
+    let _ = sys::set_priority(Some(zygote.pid), Priority::Normal);
     if let Err(f) = setup::take_function(&plan, &req.scratch, userns, premounted) {
         return report(f);
     }

@@ -53,7 +53,9 @@ pub(super) fn isolate(req: &SpawnRequest, netns: Option<i32>) -> Result<(), Setu
 }
 
 /// Makes the sandbox the function's: hostname, root filesystem, user
-/// namespace.
+/// namespace. Init's bounding set, which entering the namespace fills, is
+/// emptied later, off the cold start's path but before init forks
+/// anything ([`drop_bounding_set`]).
 pub(super) fn take_function(
     plan: &SandboxPlan,
     scratch: &Path,
@@ -70,6 +72,15 @@ pub(super) fn take_function(
         .map_err(at(Stage::Setresgid))?;
     setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
         .map_err(at(Stage::Setresuid))?;
-    sys::drop_bounding_set().map_err(at(Stage::BoundingSet))?;
     Ok(())
+}
+
+/// Empties init's capability bounding set (41 `prctl`s, each a copy of its
+/// credentials). It limits only what a process gains at `execve`, and init
+/// never execs: what it guards is the CGI processes init forks, which
+/// inherit it. The handler, a zygote made before, empties its own. So
+/// init drops it once the handler's exec is under way (or, for CGI,
+/// before its first fork) rather than on the cold start's path.
+pub(super) fn drop_bounding_set() -> Result<(), SetupError> {
+    sys::drop_bounding_set().map_err(at(Stage::BoundingSet))
 }

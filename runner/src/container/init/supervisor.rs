@@ -142,10 +142,12 @@ impl<'a> Supervisor<'a> {
                 );
             }
             Protocol::Cgi => {
-                // One process per request: the zygote is not needed.
+                // One process per request: the zygote is not needed, and
+                // each inherits init's bounding set.
                 if let Some(zygote) = self.zygote.take() {
                     zygote.discard();
                 }
+                super::setup::drop_bounding_set()?;
                 self.timings.exec = monotonic_ns();
                 self.timings.ready = self.timings.exec;
                 self.send(&FromInit::Ready {
@@ -231,6 +233,10 @@ impl<'a> Supervisor<'a> {
         let command = Command::of(self.plan, &[]).map_err(at(Stage::Exec))?;
         let (pid, stdout, stderr) = zygote.exec(&command).map_err(at(Stage::Exec))?;
         self.timings.exec = monotonic_ns();
+        // Best effort: see `sys::Priority::Serving`.
+        let _ = sys::set_priority(Some(pid), Priority::Serving);
+        // While the handler starts up, before the first probe.
+        super::setup::drop_bounding_set()?;
         self.handler = Some(RunningHandler {
             pid,
             port,

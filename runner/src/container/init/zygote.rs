@@ -636,7 +636,7 @@ pub(super) fn spawn_cgi(
         Err(e) => Err(sys_step("fork")(e)),
         Ok(ForkResult::Child) => {
             drop(err_r);
-            // Best effort, as for the zygote: see `sys::Priority::Serving`.
+            // Best effort, as for the handler: see `sys::Priority::Serving`.
             let _ = sys::set_priority(None, sys::Priority::Serving);
             let failed = become_handler(
                 &prepared,
