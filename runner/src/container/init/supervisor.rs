@@ -51,6 +51,12 @@ fn next_backoff(backoff: Duration, elapsed: Duration) -> Duration {
     (backoff * 2).min(cap)
 }
 
+/// The handler's port on the sandbox's loopback (an address, not text to
+/// parse and resolve on every probe).
+fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
+}
+
 /// Bytes of the handler's stderr kept for its exit report.
 const STDERR_TAIL: usize = 4096;
 
@@ -273,7 +279,7 @@ impl<'a> Supervisor<'a> {
         if h.ready || Instant::now() < h.next_probe {
             return;
         }
-        match TcpStream::connect(("127.0.0.1", h.port)) {
+        match TcpStream::connect(loopback(h.port)) {
             Ok(stream) => {
                 h.ready = true;
                 self.timings.ready = monotonic_ns();
@@ -297,7 +303,7 @@ impl<'a> Supervisor<'a> {
         match msg {
             ToInit::Connect => {
                 let port = self.handler.as_ref().map_or(0, |h| h.port);
-                match TcpStream::connect(("127.0.0.1", port)) {
+                match TcpStream::connect(loopback(port)) {
                     Ok(stream) => {
                         let fd = OwnedFd::from(stream);
                         let _ = proto::send(self.control, &FromInit::Connection, &[fd.as_fd()]);
