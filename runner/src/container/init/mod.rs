@@ -122,10 +122,10 @@ pub(crate) fn container_main(
         _ => return 0,
     };
     timings.assigned = monotonic_ns();
-    // The zygote's exec is a step of this cold start, as init's are (the
-    // gateway raised init itself, if it was pre-made, when it took the
-    // sandbox): once it is the handler, init lowers it to the serving
-    // policy.
+    // The zygote's steps up to its exec are the cold start's, as init's
+    // are (the gateway raised init itself, if it was pre-made, when it
+    // took the sandbox); it lowers itself to the serving policy right
+    // before the exec.
     let _ = sys::set_priority(Some(zygote.pid), Priority::Normal);
     if let Err(f) = setup::take_function(&plan, &req.scratch, userns, premounted) {
         return report(f);

@@ -239,8 +239,6 @@ impl<'a> Supervisor<'a> {
         let command = Command::of(self.plan, &[]).map_err(at(Stage::Exec))?;
         let (pid, stdout, stderr) = zygote.exec(&command).map_err(at(Stage::Exec))?;
         self.timings.exec = monotonic_ns();
-        // Best effort: see `sys::Priority::Serving`.
-        let _ = sys::set_priority(Some(pid), Priority::Serving);
         // While the handler starts up, before the first probe.
         super::setup::drop_bounding_set()?;
         self.handler = Some(RunningHandler {

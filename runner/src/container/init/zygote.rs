@@ -636,8 +636,6 @@ pub(super) fn spawn_cgi(
         Err(e) => Err(sys_step("fork")(e)),
         Ok(ForkResult::Child) => {
             drop(err_r);
-            // Best effort, as for the handler: see `sys::Priority::Serving`.
-            let _ = sys::set_priority(None, sys::Priority::Serving);
             let failed = become_handler(
                 &prepared,
                 Some(stdin.as_fd()),
@@ -727,6 +725,7 @@ fn become_handler(
             rustix::thread::set_no_new_privs(true).map_err(rustix_errno(Step::NoNewPrivs))?;
             filters.apply().map_err(|e| (Step::Seccomp, e.errno()))?;
         }
+        serve_at_batch();
         // SAFETY: NULL-terminated arrays of pointers to C strings, all
         // owned by `prepared`.
         unsafe {
@@ -745,6 +744,26 @@ fn become_handler(
         Err(failure) => failure,
         Ok(never) => match never {},
     }
+}
+
+/// Moves this process to the serving policy ([`sys::Priority::Serving`])
+/// as its last step before `execve`, so that every thread
+/// the handler makes inherits it; before, it ran at `SCHED_OTHER`, its
+/// steps being the cold start's. Best effort. libc's `syscall`, as
+/// `execve`: it writes errno only if it fails, while init (whose errno a
+/// zygote shares) is blocked on the failure pipe.
+fn serve_at_batch() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain system call on this process, with a valid
+    // parameter block.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            sys::Priority::Serving.policy(),
+            &raw const param,
+        )
+    };
 }
 
 /// The executable `argv[0]` names: itself if it has a `/`, else the first
