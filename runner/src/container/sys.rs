@@ -175,20 +175,13 @@ pub(crate) enum Priority {
     Serving,
 }
 
-impl Priority {
-    /// The scheduling policy (`SCHED_*`), at static priority 0.
-    pub(crate) fn policy(self) -> libc::c_int {
-        match self {
-            Priority::Background => libc::SCHED_IDLE,
-            Priority::Normal => libc::SCHED_OTHER,
-            Priority::Serving => libc::SCHED_BATCH,
-        }
-    }
-}
-
 /// Sets the scheduling policy of `pid` (this process when `None`).
 pub(crate) fn set_priority(pid: Option<nix::unistd::Pid>, priority: Priority) -> nix::Result<()> {
-    let policy = priority.policy();
+    let policy = match priority {
+        Priority::Background => libc::SCHED_IDLE,
+        Priority::Normal => libc::SCHED_OTHER,
+        Priority::Serving => libc::SCHED_BATCH,
+    };
     let param = libc::sched_param { sched_priority: 0 };
     let pid = pid.map_or(0, nix::unistd::Pid::as_raw);
     // SAFETY: plain syscall with a valid parameter block.

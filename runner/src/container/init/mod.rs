@@ -26,8 +26,9 @@
 //! asked to stop, or when the gateway goes away. Its exit ends the PID
 //! namespace: the kernel kills whatever is left.
 //!
-//! - [`setup`]: the steps before the function ([`setup::isolate`]) and
-//!   after its plan arrives ([`setup::take_function`]);
+//! - [`setup`]: the steps before the function ([`setup::isolate`]), after
+//!   its plan arrives ([`setup::take_function`]), and the bounding set
+//!   ([`setup::drop_bounding_set`]);
 //! - [`mounts`]: scratch tmpfs, overlay root, `pivot_root`, standard mounts;
 //! - [`zygote`]: the handler's process and CGI processes, up to `execve`;
 //! - [`supervisor`]: PID 1's loop once the sandbox is set up.

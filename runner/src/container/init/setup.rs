@@ -1,7 +1,8 @@
 //! The sandbox's set-up steps, as host root in the namespaces the
 //! spawner's `clone` made: [`isolate`] does what no function needs (it runs
 //! while the sandbox is pre-made); [`take_function`] makes the sandbox the
-//! function's once its plan arrives.
+//! function's once its plan arrives; [`drop_bounding_set`] empties init's
+//! bounding set once the handler is exec'ing.
 
 use std::fs;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};

@@ -398,8 +398,9 @@ impl Drop for ZygoteMemory {
 /// - from then on the two run at once, and the zygote only makes system
 ///   calls through `rustix` (which never touch errno, a thread-local it
 ///   would share with init) on data init prepared, allocating nothing,
-///   until `execve` (libc's: errno is read only if it fails, and init is
-///   then blocked reading the failure pipe);
+///   until `sched_setscheduler` and `execve` (libc's: errno is written
+///   only if they fail, and init is then blocked reading the failure
+///   pipe);
 /// - init frees the zygote's stack and the command only once the failure
 ///   pipe (close-on-exec) is at end of file: the zygote has exec'd or died.
 pub(super) struct Zygote {
@@ -725,7 +726,11 @@ fn become_handler(
             rustix::thread::set_no_new_privs(true).map_err(rustix_errno(Step::NoNewPrivs))?;
             filters.apply().map_err(|e| (Step::Seccomp, e.errno()))?;
         }
-        serve_at_batch();
+        // Last, so that every thread the handler makes inherits the serving
+        // policy (its steps up to here are the cold start's: see
+        // `sys::Priority::Serving`). Best effort; like `execve`, libc's
+        // call writes errno only if it fails.
+        let _ = sys::set_priority(None, sys::Priority::Serving);
         // SAFETY: NULL-terminated arrays of pointers to C strings, all
         // owned by `prepared`.
         unsafe {
@@ -744,26 +749,6 @@ fn become_handler(
         Err(failure) => failure,
         Ok(never) => match never {},
     }
-}
-
-/// Moves this process to the serving policy ([`sys::Priority::Serving`])
-/// as its last step before `execve`, so that every thread
-/// the handler makes inherits it; before, it ran at `SCHED_OTHER`, its
-/// steps being the cold start's. Best effort. libc's `syscall`, as
-/// `execve`: it writes errno only if it fails, while init (whose errno a
-/// zygote shares) is blocked on the failure pipe.
-fn serve_at_batch() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a plain system call on this process, with a valid
-    // parameter block.
-    let _ = unsafe {
-        libc::syscall(
-            libc::SYS_sched_setscheduler,
-            0,
-            sys::Priority::Serving.policy(),
-            &raw const param,
-        )
-    };
 }
 
 /// The executable `argv[0]` names: itself if it has a `/`, else the first
