@@ -128,6 +128,12 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
             vec!["--requests", "40", "--concurrency", "4"],
             Some(40),
         ),
+        // Spread over two event loops, each with its own connections.
+        (
+            "warm",
+            vec!["--requests", "40", "--concurrency", "5", "--threads", "2"],
+            Some(40),
+        ),
         ("rate", vec!["--rate", "50", "--duration", "1s"], None),
         ("cold", vec!["--requests", "3"], Some(3)),
         // Two workers share the copies: still one cold start each.
@@ -232,6 +238,7 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
     for args in [
         vec!["bench", "nope"],
         vec!["bench", "hello", "--duration", "0s"],
+        vec!["bench", "hello", "--threads", "0"],
         vec!["bench", "hello", "--mode", "rate"],
         vec!["bench", "hello", "--mode", "curve", "--steps", "0,50"],
     ] {

@@ -537,6 +537,9 @@ pub struct BenchArgs {
     /// Requests at once; in rate mode the most in flight, each on a kept-alive connection [default: warm 16, burst 100, rate 256, cold 1].
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Event loops sending the requests, each a thread with its own connections and its share of --concurrency [default: half the CPUs, at least 1].
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Requests per second (rate mode).
     #[arg(long)]
     pub rate: Option<f64>,

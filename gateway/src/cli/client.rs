@@ -64,6 +64,17 @@ impl Client {
         }
     }
 
+    /// The same client with a connection pool of its own (the bench gives
+    /// each of its event loops one).
+    pub fn with_own_connections(&self) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client {
+            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+            ..self.clone()
+        }
+    }
+
     pub fn gateway(&self) -> &str {
         &self.gateway
     }

@@ -719,6 +719,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         requests: args.requests,
         duration,
         concurrency,
+        threads: args.threads.unwrap_or_else(super::bench::default_threads),
         rate: args.rate,
         path: args.path,
         method,

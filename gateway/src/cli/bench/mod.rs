@@ -20,6 +20,8 @@
 //! the server reports in `Server-Timing`.
 
 pub mod curve;
+mod loops;
+pub use loops::default_threads;
 pub mod plot;
 pub mod schedule;
 pub mod stats;
@@ -62,6 +64,8 @@ pub struct BenchConfig {
     pub requests: Option<u64>,
     pub duration: Option<Duration>,
     pub concurrency: usize,
+    /// Event loops the requests run on ([`loops`]).
+    pub threads: usize,
     pub rate: Option<f64>,
     pub path: String,
     pub method: Method,
@@ -96,6 +100,9 @@ impl BenchConfig {
         if self.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
+        if self.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
         if self.duration.is_some_and(|d| d.is_zero()) {
             bail!("--duration must be longer than zero");
         }
@@ -127,8 +134,13 @@ pub async fn run(client: &Client, config: &BenchConfig) -> anyhow::Result<Report
         }
         Err(e) => return Err(e.into()),
     };
+    let loops = loops::Loops::start(config.threads)?;
     let bench = Bench {
         client: client.clone(),
+        loop_clients: (0..loops.len())
+            .map(|_| client.with_own_connections())
+            .collect(),
+        loops: Arc::new(loops),
         config: Arc::new(config.clone()),
         recorder: Arc::new(Mutex::new(Recorder::default())),
         progress: progress_bar(config),
@@ -200,7 +212,11 @@ fn progress_bar(config: &BenchConfig) -> indicatif::ProgressBar {
 /// What every sending task shares; cheap to clone into each.
 #[derive(Clone)]
 struct Bench {
+    /// On a loop, that loop's client; outside, the caller's.
     client: Client,
+    loops: Arc<loops::Loops>,
+    /// One client, with its own connections, per loop.
+    loop_clients: Arc<[Client]>,
     config: Arc<BenchConfig>,
     recorder: Arc<Mutex<Recorder>>,
     progress: indicatif::ProgressBar,
@@ -213,18 +229,31 @@ impl Bench {
         send(&self.client, &self.config, function, since, &self.recorder).await;
     }
 
-    /// Runs `n` copies of `task` at once, each with its own clone of the
-    /// bench, and returns their results once all are done.
+    /// Runs `n` copies of `task` at once, dealt round the loops, each with
+    /// its own clone of the bench (and its loop's client), and returns their
+    /// results once all are done.
     async fn in_parallel<F, Fut, T>(&self, n: u64, task: F) -> anyhow::Result<Vec<T>>
     where
         F: Fn(Bench) -> Fut,
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(task(self.clone()))).collect();
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let i = usize::try_from(i).unwrap_or(usize::MAX) % self.loops.len();
+                let on_loop = Bench {
+                    client: self.loop_clients[i].clone(),
+                    ..self.clone()
+                };
+                self.loops.spawn(i, task(on_loop))
+            })
+            .collect();
         let mut results = Vec::with_capacity(tasks.len());
         for task in tasks {
-            results.push(task.await?);
+            results.push(
+                task.await
+                    .map_err(|_| anyhow::anyhow!("a worker of the bench failed"))?,
+            );
         }
         Ok(results)
     }
@@ -279,8 +308,28 @@ async fn warm_up(bench: &Bench) {
     .await;
 }
 
+/// Opens the connections the workers will use before the clock starts
+/// (as wrk does): `--concurrency` requests at once to the gateway's
+/// `/healthz`, which no function sees. Otherwise each worker's first
+/// request waits for a TCP handshake and the gateway's accept, all of them
+/// in the same milliseconds, and the open loop counts that ramp against
+/// the server at the rate measured.
+async fn open_connections(bench: &Bench) -> anyhow::Result<()> {
+    bench
+        .in_parallel(bench.config.concurrency as u64, |bench| async move {
+            // A failure here is the measured requests' to report.
+            let _ = bench
+                .client
+                .call(Method::GET, "/healthz", HeaderMap::new(), Bytes::new())
+                .await;
+        })
+        .await?;
+    Ok(())
+}
+
 async fn warm(bench: &Bench) -> anyhow::Result<()> {
     warm_up(bench).await;
+    open_connections(bench).await?;
     let config = &bench.config;
     let end = config.duration.map(|d| Instant::now() + d).or(config
         .requests
@@ -330,6 +379,7 @@ fn tick_seconds(bench: &Bench) -> tokio::task::JoinHandle<()> {
 
 async fn rate(bench: &Bench) -> anyhow::Result<()> {
     warm_up(bench).await;
+    open_connections(bench).await?;
     let config = &bench.config;
     let start = Instant::now();
     let schedule = schedule::Schedule::new(start, config.rate.unwrap_or(1.0));
