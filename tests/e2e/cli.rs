@@ -220,6 +220,16 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
     let curve: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let peak = curve["peak_rps"].as_f64().unwrap();
     assert!(peak > 0.0, "{curve}");
+    // The peak is the median of three closed-loop runs.
+    let mut runs: Vec<f64> = curve["peak_runs_rps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_f64().unwrap())
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    assert_eq!(runs.len(), 3, "{curve}");
+    assert_eq!(runs[1], peak, "{curve}");
     let steps = curve["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2, "{curve}");
     for (step, percent) in steps.iter().zip([20.0, 50.0]) {
