@@ -8,7 +8,7 @@
 #   benches/compare.sh            REPEATS=5 benches/compare.sh
 #   SKIP_WASMTIME=1 benches/compare.sh   (no wasmtime install, no wasm anchor)
 #   SKIP_MANY=1 benches/compare.sh       (not the 10,000-function run, ~3 min)
-#   SKIP_CURVE=1 benches/compare.sh      (not the load-latency curves, ~2 min)
+#   SKIP_CURVE=1 benches/compare.sh      (not the load-latency curves, ~2.5 min)
 #
 # Binaries are built into and taken from ${CARGO_TARGET_DIR:-target}/release.
 set -euo pipefail
@@ -155,7 +155,7 @@ for r in $(seq "$repeats"); do
   density
 done
 
-# Load and overload, once (~2 min): each function's load-latency curve.
+# Load and overload, once (~2.5 min): each function's load-latency curve.
 if [ -z "${SKIP_CURVE:-}" ]; then
   echo "compare: load curves" >&2
   mkdir -p "$work/curves"
