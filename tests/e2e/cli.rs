@@ -135,6 +135,12 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
             Some(40),
         ),
         ("rate", vec!["--rate", "50", "--duration", "1s"], None),
+        // Each request at its due time, on a timer of its own.
+        (
+            "rate",
+            vec!["--rate", "50", "--duration", "1s", "--pacing", "exact"],
+            None,
+        ),
         ("cold", vec!["--requests", "3"], Some(3)),
         // Two workers share the copies: still one cold start each.
         (

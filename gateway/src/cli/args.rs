@@ -540,6 +540,9 @@ pub struct BenchArgs {
     /// Event loops sending the requests, each a thread with its own connections and its share of --concurrency [default: half the CPUs, at least 1].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How rate mode waits for each request's due time: tick (tokio's 1-ms timer: requests due within a millisecond leave together, and each latency counts that wait) or exact (a timer per worker, to the microsecond; a wake-up per request on both sides).
+    #[arg(long, value_enum, default_value = "tick")]
+    pub pacing: super::bench::Pacing,
     /// Requests per second (rate mode).
     #[arg(long)]
     pub rate: Option<f64>,

@@ -720,6 +720,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         duration,
         concurrency,
         threads: args.threads.unwrap_or_else(super::bench::default_threads),
+        pacing: args.pacing,
         rate: args.rate,
         path: args.path,
         method,

@@ -45,3 +45,6 @@ pub mod users;
 pub use backend::{ContainerBackend, DEFAULT_PREMADE, SandboxOptions};
 pub use error::{SandboxError, UnavailableError};
 pub use instance::ContainerInstance;
+/// Registers an owned descriptor with tokio's reactor (the gateway, which
+/// has no `unsafe`, registers its bench's timers with it).
+pub use sys::async_fd;
