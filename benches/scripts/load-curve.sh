@@ -2,8 +2,9 @@
 # Load and overload (issue 13, target 6), tried as a user would: for each
 # function, `wisp bench NAME --mode curve` — its closed-loop peak (64
 # workers, the median of three runs of SECONDS), then an open loop (at most
-# 256 in flight) at 50/75/90/110/150 % of that peak, SECONDS each. Per step: goodput (200s per second), the
-# share answered 429, other failures, p50/p99 from each request's due time.
+# 256 in flight) at 50/75/90/110/150 % of that peak, SECONDS each. Per
+# step: goodput (200s per second), the share answered 429, other failures,
+# p50/p99 from each request's due time.
 # With OUT=DIR it keeps each curve as DIR/load-NAME.json and .svg.
 #
 #   benches/scripts/load-curve.sh [SECONDS]            # default 5 per step

@@ -170,6 +170,14 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(report["mode"], mode);
+        if mode == "rate" {
+            let pacing = if run.contains("exact") {
+                "exact"
+            } else {
+                "tick"
+            };
+            assert_eq!(report["pacing"], pacing, "{report}");
+        }
         let svg = std::fs::read_to_string(&plot).unwrap();
         assert!(
             svg.starts_with("<svg") && svg.contains("CDF"),

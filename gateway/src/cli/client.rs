@@ -51,13 +51,18 @@ pub struct Client {
     namespace: Option<String>,
 }
 
+/// A hyper client with a connection pool of its own, `TCP_NODELAY` set.
+fn http_client() -> HyperClient<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    HyperClient::builder(TokioExecutor::new()).build(connector)
+}
+
 impl Client {
     /// `gateway` is a base URL such as `http://127.0.0.1:8080`.
     pub fn new(gateway: &str, token: Option<String>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Client {
-            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+            http: http_client(),
             gateway: gateway.trim_end_matches('/').to_owned(),
             token,
             namespace: None,
@@ -67,10 +72,8 @@ impl Client {
     /// The same client with a connection pool of its own (the bench gives
     /// each of its event loops one).
     pub fn with_own_connections(&self) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Client {
-            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+            http: http_client(),
             ..self.clone()
         }
     }

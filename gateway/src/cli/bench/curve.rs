@@ -1,11 +1,11 @@
 //! `--mode curve`: a function's load-latency curve. The closed-loop peak
 //! first (`warm`, 64 workers, `--duration`, three times: the median, so
 //! that one slow or fast spell of a shared host does not set every step),
-//! then an open loop (`rate`,
-//! at most `--concurrency` in flight) at each of `--steps` percent of that
-//! peak, `--duration` each; per step the goodput (200s per second), the
-//! share answered 429 and any other failure, and the latency percentiles.
-//! `--plot` draws latency and goodput against the offered load.
+//! then an open loop (`rate`, at most `--concurrency` in flight) at each of
+//! `--steps` percent of that peak, `--duration` each; per step the goodput
+//! (200s per second), the share answered 429 and any other failure, and the
+//! latency percentiles. `--plot` draws latency and goodput against the
+//! offered load.
 
 use std::path::Path;
 

@@ -16,8 +16,11 @@
 //! - `curve`: the load-latency curve, rate steps scaled to the closed-loop
 //!   peak ([`curve`]).
 //!
-//! Latencies go into an HDR histogram; cold starts also record the phases
-//! the server reports in `Server-Timing`.
+//! The requests run on `--threads` single-threaded event loops, each with
+//! its own connections ([`loops`]); `rate` waits for each due time with a
+//! [`schedule::Pacer`] (`--pacing`). Latencies go into an HDR histogram;
+//! cold starts also record the phases the server reports in
+//! `Server-Timing`.
 
 pub mod curve;
 mod loops;
@@ -103,6 +106,9 @@ pub struct Report {
     pub concurrency: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
+    /// How `rate` paced its requests (it moves every latency it reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<Pacing>,
     pub latency: Summary,
     pub cold_starts: u64,
     /// Cold-start phases from `Server-Timing`, by name.
@@ -193,6 +199,7 @@ pub async fn run(client: &Client, config: &BenchConfig) -> anyhow::Result<Report
         throughput_rps: requests as f64 / elapsed.as_secs_f64().max(1e-9),
         concurrency: config.concurrency,
         rate: config.rate.filter(|_| config.mode == Mode::Rate),
+        pacing: (config.mode == Mode::Rate).then_some(config.pacing),
         latency: recorder.latency.summary(),
         cold_starts: recorder.cold_starts,
         phases: recorder
