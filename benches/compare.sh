@@ -8,7 +8,7 @@
 #   benches/compare.sh            REPEATS=5 benches/compare.sh
 #   SKIP_WASMTIME=1 benches/compare.sh   (no wasmtime install, no wasm anchor)
 #   SKIP_MANY=1 benches/compare.sh       (not the 10,000-function run, ~3 min)
-#   SKIP_CURVE=1 benches/compare.sh      (not the load-latency curves, ~2.5 min)
+#   SKIP_CURVE=1 benches/compare.sh      (not the load-latency curves, ~3 min)
 #
 # Binaries are built into and taken from ${CARGO_TARGET_DIR:-target}/release.
 set -euo pipefail
@@ -155,16 +155,18 @@ for r in $(seq "$repeats"); do
   density
 done
 
-# Load and overload, once (~2.5 min): each function's load-latency curve.
+# Load and overload, once (~3 min): each function's load-latency curve, and the anchor's (the hyper proxy in front of ping, through `wisp bench --url`).
 if [ -z "${SKIP_CURVE:-}" ]; then
   echo "compare: load curves" >&2
   mkdir -p "$work/curves"
   OUT="$work/curves" bash benches/scripts/load-curve.sh 5 >"$work/curves.txt" 2>/dev/null || true
-  for f in ping ping-max hello; do
+  for f in ping ping-max hello proxy; do
     [ -f "$work/curves/load-$f.json" ] || continue
     python3 - "$work/curves/load-$f.json" "$f" >>"$work/extra" <<'PY'
 import json, sys
 c, f = json.load(open(sys.argv[1])), sys.argv[2]
+if f == "proxy":
+    f = "anchor (hyper proxy → ping on the host)"
 steps = {s["load_percent"]: s for s in c["steps"]}
 below = [s for p, s in steps.items() if p < 90]
 print(f"load curve {f}: most 429 below 90 % of peak (%, target 0)|{max((100 * s['shed'] for s in below), default=0):.1f}")

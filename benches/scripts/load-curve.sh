@@ -11,20 +11,29 @@
 #   FUNCTIONS="ping ping-max" OUT=docs benches/scripts/load-curve.sh
 #
 # Functions: `ping` (container, defaults: concurrency 8, max 10),
-# `ping-max` (the same with --max 200), `hello` (wasm). Needs root, curl
-# and a release build (binaries from ${CARGO_TARGET_DIR:-target}/release).
+# `ping-max` (the same with --max 200), `hello` (wasm), and the anchor
+# `proxy`: the minimal hyper proxy in front of the ping binary run straight
+# on the host, loaded by the same generator (`wisp bench --url`) — what
+# this host and generator give a server with nothing of wisp's in its path.
+# Needs root, curl and a release build (binaries from
+# ${CARGO_TARGET_DIR:-target}/release).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . benches/scripts/lib.sh
 seconds=${1:-5}
-functions=${FUNCTIONS:-ping ping-max hello}
+functions=${FUNCTIONS:-ping ping-max hello proxy}
 steps=${STEPS:-50,75,90,110,150}
 dir=$(mktemp -d)
 out=${OUT:-$dir}
 port=18951
 export WISP_GATEWAY=http://127.0.0.1:$port WISP_DATA_DIR=$dir
-trap 'stop_wisp; rm -rf "$dir" "$dir.log"' EXIT
+anchors=()
+trap 'stop_wisp; kill "${anchors[@]}" 2>/dev/null; rm -rf "$dir" "$dir.log"' EXIT
 WISP_LOG=warn start_wisp $port "$dir.log"
+PORT=$((port + 1)) "$(artifact ping)" >/dev/null 2>&1 &
+anchors+=($!)
+"$release/proxy" "127.0.0.1:$((port + 2))" "http://127.0.0.1:$((port + 1))" >/dev/null 2>&1 &
+anchors+=($!)
 
 "$wisp" deploy ping --image "$(artifact ping-docker)" >/dev/null
 "$wisp" deploy ping-max --image "$(artifact ping-docker)" --max 200 >/dev/null
@@ -36,9 +45,14 @@ instances() {
     sed -n 's/.*"availableReplicas":\([0-9]*\).*/\1/p'
 }
 for f in $functions; do
-  "$wisp" bench "$f" --mode curve --steps "$steps" --duration "${seconds}s" --path "$(path_of "$f")" \
+  if [ "$f" = proxy ]; then
+    target=(--url "http://127.0.0.1:$((port + 2))/ping")
+  else
+    target=("$f" --path "$(path_of "$f")")
+  fi
+  "$wisp" bench "${target[@]}" --mode curve --steps "$steps" --duration "${seconds}s" \
     --json "$out/load-$f.json" --plot "$out/load-$f.svg"
-  echo "instances of $f afterwards: $(instances "$f")"
+  [ "$f" = proxy ] || echo "instances of $f afterwards: $(instances "$f")"
   echo
   sleep 1
 done

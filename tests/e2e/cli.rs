@@ -135,10 +135,16 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
             Some(40),
         ),
         ("rate", vec!["--rate", "50", "--duration", "1s"], None),
-        // Each request at its due time, on a timer of its own.
+        // Each request at its due time, on its loop's timer; then on
+        // tokio's 1-ms timer.
         (
             "rate",
             vec!["--rate", "50", "--duration", "1s", "--pacing", "exact"],
+            None,
+        ),
+        (
+            "rate",
+            vec!["--rate", "50", "--duration", "1s", "--pacing", "tick"],
             None,
         ),
         ("cold", vec!["--requests", "3"], Some(3)),
@@ -171,11 +177,10 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
             serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(report["mode"], mode);
         if mode == "rate" {
-            let pacing = if run.contains("exact") {
-                "exact"
-            } else {
-                "tick"
-            };
+            let pacing = ["exact", "tick"]
+                .into_iter()
+                .find(|p| run.contains(p))
+                .unwrap_or("group");
             assert_eq!(report["pacing"], pacing, "{report}");
         }
         let svg = std::fs::read_to_string(&plot).unwrap();
@@ -265,6 +270,8 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
         vec!["bench", "hello", "--threads", "0"],
         vec!["bench", "hello", "--mode", "rate"],
         vec!["bench", "hello", "--mode", "curve", "--steps", "0,50"],
+        vec!["bench", "--url", "http://127.0.0.1:9/", "--mode", "cold"],
+        vec!["bench", "--url", "https://127.0.0.1:9/"],
     ] {
         let out = wisp.cli(&args);
         assert!(!out.success, "{args:?}: {}", out.stdout);
@@ -272,6 +279,66 @@ async fn wisp_bench_runs_every_mode_and_writes_json() {
     }
     let err = wisp_e2e::Wisp::cli_unreachable(&["bench", "hello"]).expect_failure();
     assert!(err.contains("cannot reach"), "{err}");
+}
+
+/// `wisp bench --url` loads any HTTP server with the same generator (an
+/// anchor to compare with), at the URL's path, and never sends it the
+/// gateway's token.
+#[tokio::test]
+async fn wisp_bench_loads_any_url_without_the_token() {
+    use std::io::{BufRead, BufReader, Write};
+    let wisp = Wisp::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/anchor?x=1", listener.local_addr().unwrap());
+    // A keep-alive server that answers every request "ok" and notes what
+    // it was asked.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let noted = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let noted = noted.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        noted.lock().unwrap().push(std::mem::take(&mut head));
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if writer.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    for extra in [
+        vec!["--mode", "warm", "--requests", "30", "--concurrency", "3"],
+        vec!["--mode", "rate", "--rate", "50", "--duration", "1s"],
+    ] {
+        let mut args = vec!["bench", "--url", &url];
+        args.extend(extra);
+        let out = wisp.cli(&args);
+        assert!(out.success, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains(&url), "{}", out.stdout);
+        assert!(out.stdout.contains("statuses: 200:"), "{}", out.stdout);
+    }
+    let seen = seen.lock().unwrap();
+    // Warm-up, open connections and measured requests, all at the URL.
+    assert!(seen.len() >= 30 + 45, "{}", seen.len());
+    for head in seen.iter() {
+        assert!(head.starts_with("GET /anchor?x=1 HTTP/1.1\r\n"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("authorization"),
+            "{head}"
+        );
+    }
 }
 
 /// Issue 11, finding 16: `--cmd` took every word after it, flags included,

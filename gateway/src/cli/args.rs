@@ -521,7 +521,11 @@ pub struct PullArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Function name.
-    pub name: String,
+    #[arg(required_unless_present = "url", conflicts_with = "url")]
+    pub name: Option<String>,
+    /// Load this HTTP URL on any server instead of a function (warm, rate and curve modes), e.g. an anchor to compare with, measured by the same generator. Sends no token.
+    #[arg(long, value_name = "URL", conflicts_with = "path")]
+    pub url: Option<String>,
     /// warm: closed loop; rate: open loop at --rate; cold: every request
     /// finds zero instances (copies of the function); burst: concurrent
     /// first requests; curve: the closed-loop peak, then rate at --steps
@@ -540,8 +544,8 @@ pub struct BenchArgs {
     /// Event loops sending the requests, each a thread with its own connections and its share of --concurrency [default: half the CPUs, at least 1].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// How rate mode waits for each request's due time: tick (tokio's 1-ms timer: requests due within a millisecond leave together, and each latency counts that wait) or exact (a timer per worker, to the microsecond; a wake-up per request on both sides).
-    #[arg(long, value_enum, default_value = "tick")]
+    /// How rate mode waits for each request's due time: group (a timer per event loop; each request goes at its due time or, with an earlier one, up to 0.5 ms ahead and counts its latency from when it went), exact (each at its due time, to the microsecond; a timer interrupt per request) or tick (tokio's 1-ms timer: requests due within a millisecond leave together, and each latency counts that wait).
+    #[arg(long, value_enum, default_value = "group")]
     pub pacing: super::bench::Pacing,
     /// Requests per second (rate mode).
     #[arg(long)]

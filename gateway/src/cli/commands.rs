@@ -713,8 +713,27 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Mode::Curve => Some(args.duration.unwrap_or(std::time::Duration::from_secs(5))),
         _ => args.duration,
     };
+    // With --url: its origin is the server, its path and query the target.
+    let (function, direct, path, client) = match (&args.url, args.name) {
+        (Some(url), _) => {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--url {url:?}: {e}"))?;
+            let (Some("http"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+                anyhow::bail!(
+                    "--url takes an http:// URL with a host, e.g. http://127.0.0.1:9000/ping"
+                );
+            };
+            let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let client = super::client::Client::new(&format!("http://{authority}"), None);
+            (url.clone(), true, path, client)
+        }
+        (None, Some(name)) => (name, false, args.path, connect(&args.connect)?),
+        (None, None) => anyhow::bail!("name a function, or a server with --url"),
+    };
     let config = BenchConfig {
-        function: args.name,
+        function,
+        direct,
         mode: args.mode,
         requests: args.requests,
         duration,
@@ -722,13 +741,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         threads: args.threads.unwrap_or_else(super::bench::default_threads),
         pacing: args.pacing,
         rate: args.rate,
-        path: args.path,
+        path,
         method,
         body: bytes::Bytes::from(args.data.unwrap_or_default()),
         json: args.json,
         plot: args.plot,
     };
-    let client = connect(&args.connect)?;
     if config.mode == Mode::Curve {
         config.validate()?;
         if args.steps.is_empty() || args.steps.contains(&0) {
