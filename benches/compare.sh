@@ -94,10 +94,9 @@ density() {
 }
 
 # The ping binary straight on the host, and the minimal proxy in front of it.
-PORT=18941 "$(artifact ping)" >/dev/null 2>&1 &
-pids+=($!)
-"$release/proxy" 127.0.0.1:18942 http://127.0.0.1:18941 >/dev/null 2>&1 &
-pids+=($!)
+anchor_pids=()
+start_anchor 18941 18942
+pids+=("${anchor_pids[@]}")
 if command -v wasmtime >/dev/null && [ -z "${SKIP_WASMTIME:-}" ]; then
   wasmtime serve -S cli=y --addr 127.0.0.1:18943 "$(artifact hello)" >/dev/null 2>&1 &
   pids+=($!)

@@ -20,11 +20,9 @@ a=$1 b=$2 rounds=${3:-5} conns=${4:-1} seconds=${5:-5}
 install_missing wrk
 port=18952
 dir=$(mktemp -d)
-PORT=18941 "$(artifact ping)" >/dev/null 2>&1 &
-direct=$!
-"$release/proxy" 127.0.0.1:18942 http://127.0.0.1:18941 >/dev/null 2>&1 &
-proxy=$!
-trap 'kill $direct $proxy 2>/dev/null; stop_wisp; rm -rf "$dir"' EXIT
+anchor_pids=()
+trap 'kill "${anchor_pids[@]}" 2>/dev/null; stop_wisp; rm -rf "$dir"' EXIT
+start_anchor 18941 18942
 sleep 1
 
 line() { printf 'round %s %-6s p50 %7.3f ms  p99 %7.3f ms  %8.0f req/s%s\n' "$@"; }

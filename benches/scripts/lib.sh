@@ -37,6 +37,17 @@ stop_wisp() {
   server=
 }
 
+# start_anchor PING_PORT PROXY_PORT: the ping binary straight on the host
+# on PING_PORT and the minimal hyper proxy in front of it on PROXY_PORT, in
+# the background; appends their pids (ping's, then the proxy's) to the
+# array anchor_pids, for the caller to kill.
+start_anchor() {
+  PORT=$1 "$(artifact ping)" >/dev/null 2>&1 &
+  anchor_pids+=($!)
+  "$release/proxy" "127.0.0.1:$2" "http://127.0.0.1:$1" >/dev/null 2>&1 &
+  anchor_pids+=($!)
+}
+
 # serve_ping BINARY PORT DIR: `wisp serve` from the `wisp` binary BINARY
 # (the "$wisp" of later calls) on PORT, with a fresh data dir below DIR
 # (emptied first) and `ping` deployed: one build's turn when builds are

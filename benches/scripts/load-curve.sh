@@ -27,13 +27,10 @@ dir=$(mktemp -d)
 out=${OUT:-$dir}
 port=18951
 export WISP_GATEWAY=http://127.0.0.1:$port WISP_DATA_DIR=$dir
-anchors=()
-trap 'stop_wisp; kill "${anchors[@]}" 2>/dev/null; rm -rf "$dir" "$dir.log"' EXIT
+anchor_pids=()
+trap 'stop_wisp; kill "${anchor_pids[@]}" 2>/dev/null; rm -rf "$dir" "$dir.log"' EXIT
 WISP_LOG=warn start_wisp $port "$dir.log"
-PORT=$((port + 1)) "$(artifact ping)" >/dev/null 2>&1 &
-anchors+=($!)
-"$release/proxy" "127.0.0.1:$((port + 2))" "http://127.0.0.1:$((port + 1))" >/dev/null 2>&1 &
-anchors+=($!)
+start_anchor $((port + 1)) $((port + 2))
 
 "$wisp" deploy ping --image "$(artifact ping-docker)" >/dev/null
 "$wisp" deploy ping-max --image "$(artifact ping-docker)" --max 200 >/dev/null

@@ -13,18 +13,16 @@ cd "$(dirname "$0")/../.."
 . benches/scripts/lib.sh
 rate=$1
 shift
-pacings=("${@:-group exact tick}")
-read -ra pacings <<<"${pacings[*]}"
+[ $# -gt 0 ] || set -- group exact tick
 work=$(mktemp -d)
-PORT=18971 "$(artifact ping)" >/dev/null 2>&1 &
-ping_pid=$!
-"$release/proxy" 127.0.0.1:18972 http://127.0.0.1:18971 >/dev/null 2>&1 &
-proxy_pid=$!
-trap 'kill $ping_pid $proxy_pid 2>/dev/null; rm -rf "$work"' EXIT
+anchor_pids=()
+trap 'kill "${anchor_pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+start_anchor 18971 18972
+proxy_pid=${anchor_pids[1]}
 sleep 0.5
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
-for pacing in "${pacings[@]}"; do
+for pacing in "$@"; do
   "$wisp" bench --url http://127.0.0.1:18972/ping --mode rate --rate "$rate" --duration 5s \
     --pacing "$pacing" --json "$work/run.json" >/dev/null 2>&1 &
   bench=$!

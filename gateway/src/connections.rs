@@ -66,7 +66,7 @@ pub fn default_max_connections() -> usize {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as Go's runtime and
 /// most servers do) and returns the soft limit in force.
-pub fn raise_fd_limit() -> u64 {
+fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;

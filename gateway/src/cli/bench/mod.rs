@@ -198,19 +198,16 @@ pub async fn run(client: &Client, config: &BenchConfig) -> anyhow::Result<Report
         progress: progress_bar(config),
     };
     let started = Instant::now();
+    let function = || {
+        status
+            .as_ref()
+            .context("--mode cold and burst need a function, not --url")
+    };
     match config.mode {
         Mode::Warm => warm(&bench).await?,
         Mode::Rate => rate(&bench).await?,
-        Mode::Cold | Mode::Burst => {
-            let Some(status) = &status else {
-                bail!("--mode cold and burst need a function, not --url");
-            };
-            if config.mode == Mode::Cold {
-                cold(&bench, status).await?;
-            } else {
-                burst(&bench, status).await?;
-            }
-        }
+        Mode::Cold => cold(&bench, function()?).await?,
+        Mode::Burst => burst(&bench, function()?).await?,
         Mode::Curve => bail!("--mode curve runs several benches: see curve::run"),
     }
     bench.progress.finish_and_clear();
@@ -497,12 +494,12 @@ async fn rate(bench: &Bench) -> anyhow::Result<()> {
             let next = next.clone();
             let timer = timers.get(bench.loop_index).cloned().flatten();
             async move {
-                let mut pacer = match timer {
+                let pacer = match timer {
                     None => schedule::Pacer::Coarse,
                     Some(timer) => schedule::Pacer::Precise(timer),
                 };
                 let limit = bench.config.requests;
-                schedule::run_worker(schedule, end, limit, &next, &mut pacer, |due| {
+                schedule::run_worker(schedule, end, limit, &next, &pacer, |due| {
                     let bench = bench.clone();
                     async move {
                         bench.send(&bench.config.function, due).await;

@@ -40,7 +40,7 @@ impl Pacer {
     /// Returns when the request due at `due` may go, and the instant its
     /// latency counts from: `due`, or the moment it went if that was
     /// earlier (a [`LoopTimer`] with a window sends ahead of time).
-    pub async fn until(&mut self, due: Instant) -> std::io::Result<Instant> {
+    pub async fn until(&self, due: Instant) -> std::io::Result<Instant> {
         match self {
             Pacer::Coarse => {
                 tokio::time::sleep_until(due).await;
@@ -69,10 +69,9 @@ pub struct LoopTimer {
 #[derive(Default)]
 struct Waiting {
     /// By due time, then arrival (two workers may wait for the same time).
+    /// Whenever it is not empty the timer is set for its first entry.
     due: BTreeMap<(Instant, u64), oneshot::Sender<()>>,
     next: u64,
-    /// What the timer is set for.
-    armed: Option<Instant>,
 }
 
 impl LoopTimer {
@@ -106,15 +105,19 @@ impl LoopTimer {
         let (tx, rx) = oneshot::channel();
         {
             let mut waiting = self.lock();
+            // A due time that has not passed is never before one that has
+            // fired: re-arming only ever brings the timer forward.
+            if waiting
+                .due
+                .keys()
+                .next()
+                .is_none_or(|&(first, _)| due < first)
+            {
+                self.arm(due, now)?;
+            }
             let key = (due, waiting.next);
             waiting.next += 1;
             waiting.due.insert(key, tx);
-            // A due time that has not passed is never before one that has
-            // fired: re-arming only ever brings the timer forward.
-            if waiting.armed.is_none_or(|at| due < at) {
-                self.arm(due, now)?;
-                waiting.armed = Some(due);
-            }
         }
         rx.await
             .map_err(|_| std::io::Error::other("the bench's loop timer stopped"))?;
@@ -143,12 +146,9 @@ impl LoopTimer {
             let mut waiting = self.lock();
             let later = waiting.due.split_off(&(now + self.window, u64::MAX));
             let released = std::mem::replace(&mut waiting.due, later);
-            waiting.armed = None;
             if let Some(&(at, _)) = waiting.due.keys().next() {
                 // Should the timer fail, the waits it leaves fail with it.
-                if self.arm(at, now).is_ok() {
-                    waiting.armed = Some(at);
-                } else {
+                if self.arm(at, now).is_err() {
                     waiting.due.clear();
                 }
             }
@@ -212,7 +212,7 @@ pub async fn run_worker<F, Fut, T>(
     end: Instant,
     limit: Option<u64>,
     next: &AtomicU64,
-    pacer: &mut Pacer,
+    pacer: &Pacer,
     mut send: F,
 ) -> std::io::Result<Vec<T>>
 where
@@ -258,7 +258,7 @@ mod tests {
                         end,
                         limit,
                         &next,
-                        &mut Pacer::Coarse,
+                        &Pacer::Coarse,
                         |due| async move {
                             let sent = Instant::now();
                             tokio::time::sleep(answer_after).await;
