@@ -182,7 +182,37 @@ struct Slot {
 }
 
 struct Waiter {
+    id: u64,
     tx: oneshot::Sender<Result<Lease, InvokeError>>,
+}
+
+/// A queued request's place in the queue. A request that stops waiting
+/// without a lease (its deadline, the queue timeout, its client gone)
+/// takes its waiter out when this drops, so the queue's length is always
+/// the number of requests waiting: the pool sheds and scales by it, and
+/// never walks the queue to find who left.
+struct Place<'a> {
+    inner: &'a Inner,
+    id: u64,
+    /// Still in the queue as far as the request knows.
+    waiting: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if !self.waiting {
+            return;
+        }
+        let mut state = lock(&self.inner.state);
+        // Gone already if a lease or an error was sent to it just now.
+        if let Some(at) = state.queue.iter().position(|w| w.id == self.id) {
+            state.queue.remove(at);
+            if state.queue.is_empty() {
+                state.queued_since = None;
+            }
+            self.inner.report(&state);
+        }
+    }
 }
 
 /// A request's hold on one slot of one instance.
@@ -332,7 +362,7 @@ impl Inner {
             function: self.spec.name.clone(),
             timeout: self.spec.limits.timeout(),
         };
-        let (mut rx, queued_past_max, queue_timeout) = {
+        let (mut rx, mut place, queued_past_max, queue_timeout) = {
             let mut state = lock(&self.state);
             if let Some(lease) = self.lease_free(&mut state) {
                 self.report(&state);
@@ -375,10 +405,17 @@ impl Inner {
             if state.queue.is_empty() {
                 state.queued_since = Some(now);
             }
-            state.queue.push_back(Waiter { tx });
+            let id = state.next_id;
+            state.next_id += 1;
+            state.queue.push_back(Waiter { id, tx });
             let queue_timeout = state.scaling.queue_timeout;
             self.rebalance(state);
-            (rx, queued_past_max, queue_timeout)
+            let place = Place {
+                inner: self,
+                id,
+                waiting: true,
+            };
+            (rx, place, queued_past_max, queue_timeout)
         };
         let until = if queued_past_max {
             deadline.min(Instant::now() + queue_timeout)
@@ -389,7 +426,10 @@ impl Inner {
             function: self.spec.name.clone(),
             detail: "the function was removed while the request waited".into(),
         };
-        match tokio::time::timeout_at(until, &mut rx).await {
+        let waited = tokio::time::timeout_at(until, &mut rx).await;
+        // An answer (or the pool dropping the sender) took it off the queue.
+        place.waiting = waited.is_err();
+        match waited {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(gone()),
             Err(_) if until < deadline => Err(InvokeError::Capacity {
@@ -427,13 +467,12 @@ impl Inner {
         Some(lease)
     }
 
-    /// Hands free slots to queued requests, drops waiters that gave up,
+    /// Hands free slots to queued requests,
     /// starts the instances the queue (or `min_instances`) needs, fails
     /// queued requests while cold starts back off, and reports.
     fn rebalance(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
         // Free slots go to the front of the queue.
         loop {
-            state.queue.retain(|w| !w.tx.is_closed());
             if state.queue.is_empty() {
                 break;
             }

@@ -164,11 +164,13 @@ fn spec(scaling: ScalingSpec) -> FunctionSpec {
 struct Counting {
     stops: Mutex<Vec<StopReason>>,
     max_queue: AtomicUsize,
+    queue: AtomicUsize,
 }
 
 impl PoolEvents for Counting {
     fn queue_depth(&self, depth: usize) {
         self.max_queue.fetch_max(depth, Ordering::SeqCst);
+        self.queue.store(depth, Ordering::SeqCst);
     }
     fn stopped(&self, reason: StopReason) {
         self.stops.lock().unwrap().push(reason);
@@ -409,6 +411,37 @@ async fn a_queued_request_gives_up_after_the_queue_timeout_with_503() {
         waited.err()
     );
     assert!(busy.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_stops_waiting_leaves_the_queue_at_once() {
+    let fake = fake(10);
+    let (pool, events) = pool(
+        &fake,
+        ScalingSpec {
+            concurrency: Some(1),
+            max_instances: Some(1),
+            queue_size: Some(2),
+            ..Default::default()
+        },
+    );
+    let busy = spawn_calls(&pool, 1, 1_000);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Two requests fill the queue and it stands; then their clients go.
+    let gone = spawn_calls(&pool, 2, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(events.queue.load(Ordering::SeqCst), 2);
+    for call in gone {
+        call.abort();
+        assert!(call.await.is_err_and(|e| e.is_cancelled()));
+    }
+    assert_eq!(events.queue.load(Ordering::SeqCst), 0);
+    // Their places are free: the next request waits its turn, no 429.
+    let next = call(&pool, 1).await;
+    assert!(next.is_ok(), "{:?}", next.err());
+    for call in busy {
+        assert!(call.await.unwrap().is_ok());
+    }
 }
 
 #[tokio::test(start_paused = true)]
