@@ -917,8 +917,11 @@ async fn a_kept_cgroup_carries_nothing_over_to_the_next_function() {
     )
     .await;
     // The next cold start takes that sandbox: its function's limit, and no
-    // OOM kill reported for it.
-    deploy_probe(&wisp, "after", rootfs.path(), "cgi", &["--memory", "48Mi"]);
+    // OOM kill reported for it. (Of another image: a start of the image
+    // started last takes the sandbox that mounted it ahead instead.)
+    let other = busybox_rootfs();
+    std::fs::write(other.path().join("other"), "another image\n").unwrap();
+    deploy_probe(&wisp, "after", other.path(), "cgi", &["--memory", "48Mi"]);
     let (status, body) = probe(&wisp, "after", "id").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let hogs = hogs();
@@ -1177,10 +1180,12 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
         wisp.invoke("GET", "/function/ping/ping", "").await.text(),
         "pong"
     );
+    // Its own, the replacement and two more with ping's image mounted
+    // ahead.
     eventually(
-        "a replacement pre-made sandbox",
+        "a replacement pre-made sandbox, and two mounted ahead",
         Duration::from_secs(10),
-        async || populated_sandbox_cgroups(pid).len() == 3,
+        async || populated_sandbox_cgroups(pid).len() == 5,
     )
     .await;
     wisp.client.delete("ping").await.unwrap();
@@ -1188,7 +1193,7 @@ async fn nothing_is_left_behind_after_teardown_or_a_crash() {
     eventually(
         "the function's sandbox to go",
         Duration::from_secs(10),
-        async || populated_sandbox_cgroups(pid).len() == 2 && sandbox_cgroups(pid).len() == 3,
+        async || populated_sandbox_cgroups(pid).len() == 4 && sandbox_cgroups(pid).len() == 5,
     )
     .await;
     assert_eq!(mounts(), mounts_before, "no mount reached the host");
@@ -1443,6 +1448,87 @@ async fn images_are_listed_and_pruned_when_unused() {
         "pong",
         "what a function uses is kept"
     );
+}
+
+/// How many mount namespaces on the host have an overlay root whose
+/// options name `layer` (a layer's hex digest): the running sandboxes of
+/// an image and those that mounted it ahead.
+fn overlay_roots(layer: &str) -> usize {
+    let mut namespaces = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.path();
+        let (Ok(ns), Ok(info)) = (
+            std::fs::read_link(pid.join("ns/mnt")),
+            std::fs::read_to_string(pid.join("mountinfo")),
+        ) else {
+            continue;
+        };
+        let root = info.lines().any(|line| {
+            let (mount, fs) = line.split_once(" - ").unwrap_or((line, ""));
+            mount.split(' ').nth(4) == Some("/") && fs.starts_with("overlay ") && fs.contains(layer)
+        });
+        if root {
+            namespaces.insert(ns);
+        }
+    }
+    namespaces.len()
+}
+
+/// A start of an image may take a sandbox that mounted the image's
+/// filesystems ahead (the refill does so for the image started last), but
+/// only while its layer directories are the ones mounted: once a prune has
+/// removed them and a deploy unpacked them again, such a sandbox would see
+/// empty layers, and the start mounts the new ones instead.
+#[tokio::test]
+async fn a_start_never_takes_layers_mounted_ahead_that_a_prune_removed() {
+    let wisp = Wisp::builder()
+        .env("WISP_PRUNE_GRACE", "0s")
+        .start()
+        .unwrap();
+    let rootfs = busybox_rootfs();
+    deploy_probe(&wisp, "probe", rootfs.path(), "cgi", &[]);
+    assert_eq!(
+        probe(&wisp, "probe", "read").await,
+        (StatusCode::OK, "original\n".to_owned())
+    );
+    let image = wisp
+        .client
+        .function("probe")
+        .await
+        .unwrap()
+        .container_image
+        .unwrap();
+    let images = wisp.client.images().await.unwrap();
+    let layer = images.iter().find(|i| i.digest == image).unwrap().layers[0]
+        .diff_id
+        .strip_prefix("sha256:")
+        .unwrap()
+        .to_owned();
+    // Its own sandbox, and at least one more: mounted ahead.
+    eventually(
+        "a sandbox mounting the image ahead",
+        Duration::from_secs(10),
+        async || overlay_roots(&layer) >= 2,
+    )
+    .await;
+
+    wisp.client.delete("probe").await.unwrap();
+    let out = wisp.cli(&["prune"]).expect_success();
+    assert!(
+        !wisp.data_dir.join("images/layers").join(&layer).exists(),
+        "the prune removed the layer: {out}"
+    );
+    assert!(
+        overlay_roots(&layer) >= 1,
+        "the sandboxes mounted ahead wait on"
+    );
+
+    deploy_probe(&wisp, "probe", rootfs.path(), "cgi", &[]);
+    assert_eq!(
+        probe(&wisp, "probe", "read").await,
+        (StatusCode::OK, "original\n".to_owned())
+    );
+    assert_eq!(probe(&wisp, "probe", "hostname").await.1.trim(), "probe");
 }
 
 /// The regular files under `dirs` of the data dir: the bytes they take.

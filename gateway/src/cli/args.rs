@@ -201,7 +201,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WISP_MAX_WASM_INSTANCES", default_value_t = 256)]
     pub max_wasm_instances: u32,
     /// Container sandboxes (namespaces, cgroup, init) kept made ahead of
-    /// demand, so a cold start only mounts the image and starts the handler.
+    /// demand, so a cold start only mounts the image and starts the handler;
+    /// as many again are kept with the image started last mounted too.
     #[arg(long, env = "WISP_PREMADE_SANDBOXES", default_value_t = wisp_runner::container::DEFAULT_PREMADE)]
     pub premade_sandboxes: usize,
     /// Give a sandbox the network namespace of one that exited, once it is

@@ -330,13 +330,15 @@ impl Backend for ContainerBackend {
         };
         let pool = self.premade().map_err(sandbox_err)?;
         let plan = self.plan(spec).map_err(sandbox_err)?;
-        let (premade, was_premade) = pool.take().await.map_err(sandbox_err)?;
+        let filesystems = Some(plan.filesystems()).filter(|fs| !fs.bind_host_dirs());
+        let (premade, was_premade) = pool.take(filesystems.as_ref()).await.map_err(sandbox_err)?;
         let Premade {
             mut sandbox,
             control,
             pid,
             netns_reused,
             cgroup_reused,
+            ahead: _,
         } = premade;
         if was_premade {
             // Made at idle priority; one that has not finished setting up

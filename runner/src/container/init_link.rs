@@ -121,7 +121,7 @@ impl InitLink {
                     }
                     break format!("the handler exited ({})", report.status);
                 }
-                FromInit::Ready { .. } | FromInit::SetupFailed { .. } => {}
+                FromInit::Ready { .. } | FromInit::SetupFailed { .. } | FromInit::Mounted => {}
             }
         };
         self.dead.send_replace(Some(reason.clone()));

@@ -151,6 +151,46 @@ pub struct SandboxPlan {
     pub capabilities: Vec<String>,
 }
 
+/// What of a plan makes a sandbox's filesystems: the root filesystem, the
+/// mounts inside it and the device nodes, owned per `id_map`. A pre-made
+/// sandbox may mount these before its function is known, unless they
+/// [bind host directories](Filesystems::bind_host_dirs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filesystems {
+    pub id_map: IdMap,
+    pub rootfs: Rootfs,
+    pub mounts: Vec<Mount>,
+    pub devices: Vec<String>,
+}
+
+impl SandboxPlan {
+    /// Its filesystems.
+    pub fn filesystems(&self) -> Filesystems {
+        Filesystems {
+            id_map: self.id_map,
+            rootfs: self.rootfs.clone(),
+            mounts: self.mounts.clone(),
+            devices: self.devices.clone(),
+        }
+    }
+
+    /// Whether a sandbox with `fs` mounted is what this plan asks for.
+    pub fn has_filesystems(&self, fs: &Filesystems) -> bool {
+        self.id_map == fs.id_map
+            && self.rootfs == fs.rootfs
+            && self.mounts == fs.mounts
+            && self.devices == fs.devices
+    }
+}
+
+impl Filesystems {
+    /// Whether they bind a host directory in (a function's secrets): such
+    /// filesystems are mounted only for their function, never ahead.
+    pub fn bind_host_dirs(&self) -> bool {
+        self.mounts.iter().any(|m| m.bind)
+    }
+}
+
 /// Why a sandbox cannot be planned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
@@ -492,6 +532,33 @@ mod tests {
         assert_eq!(secrets.target, "/var/openfaas/secrets");
         assert!(secrets.read_only && secrets.nosuid && secrets.nodev && secrets.noexec);
         assert_eq!(&plan.mounts[..standard_mounts().len()], standard_mounts());
+    }
+
+    /// What may be mounted ahead holds nothing of a function's own, is
+    /// the same for two functions of one image, and never binds secrets.
+    #[test]
+    fn filesystems_are_the_images_and_never_a_functions_secrets() {
+        let layers = [PathBuf::from("/l")];
+        let plan_of = |s: &ContainerSettings| plan(s, &image(), &layers, IdMap::default(), root());
+        let first = plan_of(&settings()).unwrap();
+        let other = ContainerSettings {
+            name: "other".into(),
+            env: vec![("TOKEN".into(), "s3cret".into())],
+            ..settings()
+        };
+        let second = plan_of(&other).unwrap();
+        let fs = first.filesystems();
+        assert!(!fs.bind_host_dirs());
+        assert_eq!(fs, second.filesystems());
+        assert!(second.has_filesystems(&fs));
+        assert!(!format!("{fs:?}").contains("s3cret"));
+        let with_secrets = plan_of(&ContainerSettings {
+            secrets: Some(PathBuf::from("/data/run/secrets/ping.1")),
+            ..settings()
+        })
+        .unwrap();
+        assert!(with_secrets.filesystems().bind_host_dirs());
+        assert!(!with_secrets.has_filesystems(&fs));
     }
 
     #[test]

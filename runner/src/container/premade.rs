@@ -5,6 +5,17 @@
 //! refills behind it; it is also the one place sandboxes are made. A new
 //! sandbox gets an emptied cgroup kept from an exited one where there is
 //! one ([`Cgroups::keep`]).
+//!
+//! Beside those it keeps up to `target` sandboxes that have also mounted
+//! the filesystems of the image started last ([`ToInit::Mount`]: overlay,
+//! `pivot_root`, the host's tree detached, the standard mounts attached),
+//! so that the next start of that image — another instance of a function
+//! scaling out, or another function of the same image — skips its
+//! root-filesystem phase. Only filesystems that bind nothing of the host's
+//! are mounted ahead (a function's secrets are mounted for it alone), and
+//! a start takes such a sandbox only for the very same filesystems, with
+//! the layer directories still the ones mounted (a pruned layer unpacked
+//! again is a new directory).
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -16,10 +27,14 @@ use std::time::Duration;
 use crate::container::cgroup::Cgroups;
 use crate::container::error::SandboxError;
 use crate::container::init_link::lock;
-use crate::container::plan::IdMap;
-use crate::container::proto::SpawnRequest;
+use crate::container::plan::{Filesystems, IdMap};
+use crate::container::proto::{FromInit, SpawnRequest, ToInit};
 use crate::container::sandbox::{CgroupGuard, Ending, Sandbox, owner_tag};
-use crate::container::spawner::Spawner;
+use crate::container::spawner::{Spawner, recv_async, send_async};
+use crate::container::sys;
+
+/// How long a sandbox made at idle priority may take to mount ahead.
+const MOUNT_WAIT: Duration = Duration::from_secs(30);
 
 /// Makes sandboxes and keeps some waiting for a function.
 pub(crate) struct PremadePool {
@@ -34,11 +49,43 @@ pub(crate) struct PremadePool {
     /// This server, as its sandboxes' cgroups name it.
     owner: String,
     /// Sandboxes made ahead of demand, waiting for a function.
-    waiting: Mutex<VecDeque<Premade>>,
-    /// How many to keep.
+    waiting: Mutex<Waiting>,
+    /// The filesystems of the latest start that could have them mounted
+    /// ahead: what the refill mounts in the sandboxes it makes beyond
+    /// `target` plain ones.
+    expected: Mutex<Option<Filesystems>>,
+    /// How many to keep of each kind.
     target: usize,
+    /// Wakes the refill of plain sandboxes.
     refill: tokio::sync::Notify,
+    /// Wakes the mounting ahead.
+    mount: tokio::sync::Notify,
     closed: AtomicBool,
+}
+
+/// The waiting sandboxes, oldest first.
+#[derive(Default)]
+struct Waiting {
+    plain: VecDeque<Premade>,
+    /// With filesystems mounted ahead.
+    mounted: VecDeque<Premade>,
+}
+
+/// Filesystems a waiting sandbox mounted ahead, and the identity (device,
+/// inode) of their layer directories then.
+pub(crate) struct Ahead {
+    filesystems: Filesystems,
+    layers: Vec<(u64, u64)>,
+}
+
+/// The identity of each layer directory.
+fn layer_ids(fs: &Filesystems) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    fs.rootfs
+        .lower
+        .iter()
+        .map(|dir| std::fs::metadata(dir).map(|m| (m.dev(), m.ino())))
+        .collect()
 }
 
 /// A sandbox whose namespaces, cgroup and init exist, waiting for a plan.
@@ -52,6 +99,8 @@ pub(crate) struct Premade {
     pub(crate) netns_reused: bool,
     /// Its cgroup is a kept one.
     pub(crate) cgroup_reused: bool,
+    /// What it mounted ahead, if anything.
+    pub(crate) ahead: Option<Ahead>,
 }
 
 impl PremadePool {
@@ -71,9 +120,11 @@ impl PremadePool {
             id_map,
             seq: AtomicU64::new(0),
             owner: owner_tag(),
-            waiting: Mutex::new(VecDeque::new()),
+            waiting: Mutex::new(Waiting::default()),
+            expected: Mutex::new(None),
             target,
             refill: tokio::sync::Notify::new(),
+            mount: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
         }
     }
@@ -134,31 +185,128 @@ impl PremadePool {
             pid: spawned.pid,
             netns_reused: spawned.netns_reused,
             cgroup_reused,
+            ahead: None,
         })
     }
 
+    /// Has a waiting sandbox mount `filesystems` ahead; returns it once
+    /// init has said they are in place.
+    async fn mount_ahead(
+        &self,
+        mut premade: Premade,
+        filesystems: Filesystems,
+    ) -> Result<Premade, SandboxError> {
+        let layers = match layer_ids(&filesystems) {
+            Ok(layers) => layers,
+            Err(e) => {
+                premade.sandbox.release().await;
+                return Err(SandboxError::Control(e));
+            }
+        };
+        // Mounting is short: done at normal priority, so that the mounted
+        // sandbox is there for the next start (init lowers itself after).
+        let _ = sys::set_priority(
+            Some(nix::unistd::Pid::from_raw(premade.pid)),
+            sys::Priority::Normal,
+        );
+        let control = sys::async_fd(premade.control).map_err(SandboxError::Control)?;
+        let mount = ToInit::Mount {
+            filesystems: Box::new(filesystems.clone()),
+        };
+        let mut buf = Vec::new();
+        let answer = tokio::time::timeout(MOUNT_WAIT, async {
+            send_async(&control, &mount, &[]).await?;
+            recv_async::<FromInit>(&control, &mut buf).await
+        })
+        .await;
+        let failed = match answer {
+            Ok(Ok((FromInit::Mounted, _))) => None,
+            Ok(Ok((FromInit::SetupFailed { stage, error }, _))) => {
+                Some(SandboxError::Setup { stage, error })
+            }
+            Ok(Ok(_)) => Some(SandboxError::Control(std::io::Error::other(
+                "init answered Mount with something else",
+            ))),
+            Ok(Err(e)) => Some(SandboxError::InitGone(e)),
+            Err(_) => Some(SandboxError::NoReport(MOUNT_WAIT)),
+        };
+        if let Some(error) = failed {
+            premade.sandbox.release().await;
+            return Err(error);
+        }
+        premade.control = control.into_inner();
+        premade.ahead = Some(Ahead {
+            filesystems,
+            layers,
+        });
+        Ok(premade)
+    }
+
     /// A pre-made sandbox if one is waiting (and alive), else a new one;
-    /// says which.
-    pub(crate) async fn take(&self) -> Result<(Premade, bool), SandboxError> {
+    /// says which. One that mounted `filesystems` ahead if there is one
+    /// (then its `ahead` is set), else a plain one. `filesystems` are the
+    /// start's if they may be mounted ahead: the refill mounts them next.
+    pub(crate) async fn take(
+        &self,
+        filesystems: Option<&Filesystems>,
+    ) -> Result<(Premade, bool), SandboxError> {
+        if let Some(fs) = filesystems {
+            let mut expected = lock(&self.expected);
+            if expected.as_ref() != Some(fs) {
+                *expected = Some(fs.clone());
+            }
+        }
         loop {
-            let next = lock(&self.waiting).pop_front();
+            let next = {
+                let mut waiting = lock(&self.waiting);
+                let mounted = filesystems
+                    .and_then(|fs| {
+                        waiting
+                            .mounted
+                            .iter()
+                            .position(|p| p.ahead.as_ref().is_some_and(|a| &a.filesystems == fs))
+                    })
+                    .and_then(|at| waiting.mounted.remove(at));
+                mounted.or_else(|| waiting.plain.pop_front())
+            };
             // Replace it now, while this start waits on its sandbox: the
             // new one sets itself up at idle priority (see `background`).
             self.refill.notify_one();
+            self.mount.notify_one();
             match next {
-                Some(premade) if premade.sandbox.is_alive() => return Ok((premade, true)),
-                Some(_dead) => continue,
+                Some(premade) if !premade.sandbox.is_alive() => continue,
+                Some(premade) => {
+                    let current = premade
+                        .ahead
+                        .as_ref()
+                        .is_none_or(|a| layer_ids(&a.filesystems).is_ok_and(|now| now == a.layers));
+                    if current {
+                        return Ok((premade, true));
+                    }
+                    tokio::spawn(premade.sandbox.release());
+                }
                 None => return Ok((self.make(false).await?, false)),
             }
         }
     }
 
-    /// Keeps `target` sandboxes waiting, until [`PremadePool::close`].
+    /// Keeps `target` plain sandboxes waiting, and `target` with the
+    /// expected filesystems mounted, until [`PremadePool::close`]: two
+    /// loops, so that a plain sandbox is made while another mounts.
     pub(crate) async fn keep_filled(self: Arc<Self>) {
+        tokio::join!(self.keep_plain(), self.keep_mounted());
+    }
+
+    async fn keep_plain(&self) {
         loop {
-            while !self.closed.load(Ordering::Acquire) && lock(&self.waiting).len() < self.target {
+            while !self.closed.load(Ordering::Acquire)
+                && lock(&self.waiting).plain.len() < self.target
+            {
                 match self.make(true).await {
-                    Ok(premade) => lock(&self.waiting).push_back(premade),
+                    Ok(premade) => {
+                        lock(&self.waiting).plain.push_back(premade);
+                        self.mount.notify_one();
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "could not pre-make a sandbox");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -172,14 +320,92 @@ impl PremadePool {
         }
     }
 
+    /// Has plain sandboxes mount the expected filesystems ahead while
+    /// fewer than `target` have them (the mount is all they lack).
+    async fn keep_mounted(&self) {
+        loop {
+            while !self.closed.load(Ordering::Acquire) {
+                let to_mount = {
+                    let mut waiting = lock(&self.waiting);
+                    let expected = lock(&self.expected);
+                    let wanted = expected.as_ref().filter(|fs| {
+                        let have = waiting
+                            .mounted
+                            .iter()
+                            .filter(|p| p.ahead.as_ref().is_some_and(|a| &a.filesystems == *fs))
+                            .count();
+                        have < self.target
+                    });
+                    match wanted {
+                        Some(fs) => waiting.plain.pop_front().map(|p| (p, fs.clone())),
+                        None => None,
+                    }
+                };
+                let Some((premade, fs)) = to_mount else {
+                    break;
+                };
+                self.refill.notify_one();
+                if premade.sandbox.is_alive() {
+                    self.mounted_ahead(premade, fs).await;
+                }
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            self.mount.notified().await;
+        }
+    }
+
+    /// Mounts `fs` ahead in `premade` and keeps it waiting with them,
+    /// making room among the other images' (oldest first).
+    async fn mounted_ahead(&self, premade: Premade, fs: Filesystems) {
+        match self.mount_ahead(premade, fs.clone()).await {
+            Ok(premade) => {
+                let evicted = {
+                    let mut waiting = lock(&self.waiting);
+                    waiting.mounted.push_back(premade);
+                    let mut evicted = Vec::new();
+                    while waiting.mounted.len() > self.target {
+                        let Some(at) = waiting
+                            .mounted
+                            .iter()
+                            .position(|p| p.ahead.as_ref().is_none_or(|a| a.filesystems != fs))
+                        else {
+                            break;
+                        };
+                        evicted.extend(waiting.mounted.remove(at));
+                    }
+                    evicted
+                };
+                for premade in evicted {
+                    premade.sandbox.release().await;
+                }
+            }
+            Err(error) => {
+                // Not again for these filesystems until a start asks for
+                // them anew.
+                tracing::warn!(%error, "could not mount an image's filesystems ahead");
+                let mut expected = lock(&self.expected);
+                if expected.as_ref() == Some(&fs) {
+                    *expected = None;
+                }
+            }
+        }
+    }
+
     /// Stops refilling and releases the sandboxes that wait.
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.refill.notify_one();
+        self.mount.notify_one();
         // The sandboxes released from now on remove their cgroups.
         let cgroups = self.cgroups.clone();
         let _ = tokio::task::spawn_blocking(move || cgroups.stop_keeping()).await;
-        let waiting: Vec<Premade> = lock(&self.waiting).drain(..).collect();
+        let waiting: Vec<Premade> = {
+            let mut waiting = lock(&self.waiting);
+            let Waiting { plain, mounted } = &mut *waiting;
+            plain.drain(..).chain(mounted.drain(..)).collect()
+        };
         for premade in waiting {
             premade.sandbox.release().await;
         }

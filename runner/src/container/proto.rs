@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::container::plan::SandboxPlan;
+use crate::container::plan::{Filesystems, SandboxPlan};
 
 /// Largest packet either side sends (a plan with a big environment).
 pub const MAX_PACKET: usize = 1 << 20;
@@ -76,6 +76,8 @@ pub enum SpawnReply {
 /// Init → gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromInit {
+    /// The filesystems of `ToInit::Mount` are in place.
+    Mounted,
     /// The sandbox is ready; for `http`, a connected socket rides along,
     /// for `lambda` the Runtime API's listening socket.
     Ready { timings: Timings },
@@ -177,6 +179,10 @@ impl std::fmt::Display for Stage {
 /// Gateway → init.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToInit {
+    /// Mount these filesystems and `pivot_root` into them now, ahead of a
+    /// function that will ask for them (at most once, to a waiting
+    /// sandbox, before `Run`); answered `Mounted` or `SetupFailed`.
+    Mount { filesystems: Box<Filesystems> },
     /// Become this function's sandbox (sent once, to a waiting sandbox).
     Run { plan: Box<SandboxPlan> },
     /// The sandbox's cgroup limits are in place: start the handler. Sent
@@ -519,6 +525,7 @@ pub(crate) mod tests {
             let stream = prop::sample::select(vec![Stream::Stdout, Stream::Stderr]);
             prop_oneof![
                 timings.prop_map(|timings| FromInit::Ready { timings }),
+                Just(FromInit::Mounted),
                 (stage(), text()).prop_map(|(stage, error)| FromInit::SetupFailed { stage, error }),
                 (exit_status(), text(), any::<bool>()).prop_map(
                     |(status, stderr_tail, before_ready)| FromInit::Exited(ExitReport {
@@ -585,6 +592,12 @@ pub(crate) mod tests {
                 sandbox_plan().prop_map(|plan| match plan {
                     Some(plan) => ToInit::Run {
                         plan: Box::new(plan)
+                    },
+                    None => ToInit::Start,
+                }),
+                sandbox_plan().prop_map(|plan| match plan {
+                    Some(plan) => ToInit::Mount {
+                        filesystems: Box::new(plan.filesystems())
                     },
                     None => ToInit::Start,
                 }),

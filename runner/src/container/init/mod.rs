@@ -45,6 +45,7 @@ use crate::container::seccomp::Filters;
 use crate::container::sys::{self, Priority};
 
 use mounts::Premounted;
+use setup::Root;
 use supervisor::Supervisor;
 use zygote::Zygote;
 
@@ -115,12 +116,31 @@ pub(crate) fn container_main(
     // mounted then instead.
     let premounted = Premounted::make(req.id_map, &req.scratch).ok();
     timings.sandbox = monotonic_ns();
-    // A pre-made sandbox: wait until the gateway gives it a function.
+    // A pre-made sandbox: wait until the gateway gives it a function,
+    // perhaps mounting the root filesystem of an image it expects first.
     let mut buf = Vec::new();
-    let plan = match proto::recv::<ToInit>(control, &mut buf) {
-        Ok((ToInit::Run { plan }, _)) => plan,
-        // Never used: the gateway dropped it, or went away.
-        _ => return 0,
+    let mut root = Root::Pending(premounted);
+    let plan = loop {
+        match proto::recv::<ToInit>(control, &mut buf) {
+            Ok((ToInit::Run { plan }, _)) => break plan,
+            Ok((ToInit::Mount { filesystems }, _)) => {
+                let Root::Pending(premounted) = root else {
+                    return report(SetupError::new(Stage::Overlay, "mounted ahead twice"));
+                };
+                if let Err(f) = setup::mount_rootfs(&filesystems, &req.scratch, premounted) {
+                    return report(f);
+                }
+                root = Root::Mounted(*filesystems);
+                if req.background {
+                    let _ = sys::set_priority(None, Priority::Background);
+                }
+                if proto::send(control, &FromInit::Mounted, &[]).is_err() {
+                    return 0;
+                }
+            }
+            // Never used: the gateway dropped it, or went away.
+            _ => return 0,
+        }
     };
     timings.assigned = monotonic_ns();
     // The zygote's steps up to its exec are the cold start's, as init's
@@ -128,7 +148,7 @@ pub(crate) fn container_main(
     // took the sandbox); it lowers itself to the serving policy right
     // before the exec.
     let _ = sys::set_priority(Some(zygote.pid), Priority::Normal);
-    if let Err(f) = setup::take_function(&plan, &req.scratch, userns, premounted) {
+    if let Err(f) = setup::take_function(&plan, &req.scratch, userns, root) {
         return report(f);
     }
     timings.rootfs = monotonic_ns();

@@ -16,12 +16,12 @@ use nix::sys::stat::{Mode, SFlag, makedev};
 use nix::unistd::{Gid, Uid, chdir, pivot_root};
 
 use super::{SetupError, at};
-use crate::container::plan::{DEFAULT_SCRATCH_BYTES, Mount, SandboxPlan};
+use crate::container::plan::{DEFAULT_SCRATCH_BYTES, Filesystems, IdMap, Mount};
 use crate::container::proto::Stage;
 use crate::container::sys;
 
 pub(super) fn mount_rootfs(
-    plan: &SandboxPlan,
+    plan: &Filesystems,
     scratch: &Path,
     premounted: Option<Premounted>,
 ) -> Result<(), SetupError> {
@@ -107,7 +107,7 @@ pub(super) fn mount_rootfs(
         None => {
             let (uid, gid) = (plan.id_map.host_uid, plan.id_map.host_gid);
             for m in plan.mounts.iter().filter(|m| !m.bind) {
-                mount_one(m, plan)?;
+                mount_one(m, plan.id_map)?;
                 if m.target == "/dev" {
                     let dev = fs::File::open("/dev").map_err(at(Stage::Devices))?;
                     make_devices(dev.as_fd(), &plan.devices, uid, gid)?;
@@ -240,7 +240,7 @@ impl Premounted {
 
     /// Whether these are the filesystems `plan` asks for (its binds are
     /// made apart).
-    fn fits(&self, plan: &SandboxPlan) -> bool {
+    fn fits(&self, plan: &Filesystems) -> bool {
         plan.mounts
             .iter()
             .filter(|m| !m.bind)
@@ -294,7 +294,7 @@ fn common_parent(paths: &[PathBuf]) -> Option<PathBuf> {
 
 /// Mounts one of the plan's filesystems, inside the new root. tmpfs mounts
 /// belong to the container's root.
-fn mount_one(m: &Mount, plan: &SandboxPlan) -> Result<(), SetupError> {
+fn mount_one(m: &Mount, ids: IdMap) -> Result<(), SetupError> {
     let fail =
         |e: &dyn std::fmt::Display| SetupError::new(Stage::Mounts, format!("{}: {e}", m.target));
     mount_point(&m.target)?;
@@ -315,10 +315,7 @@ fn mount_one(m: &Mount, plan: &SandboxPlan) -> Result<(), SetupError> {
         if !data.is_empty() {
             data.push(',');
         }
-        data.push_str(&format!(
-            "uid={},gid={}",
-            plan.id_map.host_uid, plan.id_map.host_gid
-        ));
+        data.push_str(&format!("uid={},gid={}", ids.host_uid, ids.host_gid));
     }
     mount(
         Some(m.source.as_str()),

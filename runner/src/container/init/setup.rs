@@ -1,7 +1,8 @@
 //! The sandbox's set-up steps, as host root in the namespaces the
 //! spawner's `clone` made: [`isolate`] does what no function needs (it runs
-//! while the sandbox is pre-made); [`take_function`] makes the sandbox the
-//! function's once its plan arrives; [`drop_bounding_set`] empties init's
+//! while the sandbox is pre-made); [`mount_rootfs`] may follow, ahead of
+//! the function, for an image the gateway expects; [`take_function`] makes
+//! the sandbox the function's once its plan arrives; [`drop_bounding_set`] empties init's
 //! bounding set once the handler is exec'ing.
 
 use std::fs;
@@ -14,9 +15,10 @@ use nix::sys::signal::Signal;
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Gid, Uid, setresgid, setresuid};
 
-use super::mounts::{Premounted, mount_rootfs};
+use super::mounts::Premounted;
+pub(super) use super::mounts::mount_rootfs;
 use super::{SetupError, at};
-use crate::container::plan::SandboxPlan;
+use crate::container::plan::{Filesystems, SandboxPlan};
 use crate::container::proto::{SpawnRequest, Stage};
 use crate::container::sys;
 
@@ -53,18 +55,39 @@ pub(super) fn isolate(req: &SpawnRequest, netns: Option<i32>) -> Result<(), Setu
     Ok(())
 }
 
-/// Makes the sandbox the function's: hostname, root filesystem, user
-/// namespace. Init's bounding set, which entering the namespace fills, is
-/// emptied later, off the cold start's path but before init forks
-/// anything ([`drop_bounding_set`]).
+/// The root filesystem as a function's plan finds it.
+pub(super) enum Root {
+    /// Mounted ahead ([`ToInit::Mount`](crate::container::proto::ToInit::Mount)): these filesystems, the host's
+    /// tree already detached.
+    Mounted(Filesystems),
+    /// Not mounted yet; with the standard mounts made ahead, if they
+    /// could be.
+    Pending(Option<Premounted>),
+}
+
+/// Makes the sandbox the function's: root filesystem (unless mounted
+/// ahead, for this plan), hostname, user namespace. Init's bounding set,
+/// which entering the namespace fills, is emptied later, off the cold
+/// start's path but before init forks anything ([`drop_bounding_set`]).
 pub(super) fn take_function(
     plan: &SandboxPlan,
     scratch: &Path,
     userns: BorrowedFd<'_>,
-    premounted: Option<Premounted>,
+    root: Root,
 ) -> Result<(), SetupError> {
+    match root {
+        Root::Mounted(fs) if plan.has_filesystems(&fs) => {}
+        // The gateway gives a sandbox that mounted ahead only a plan with
+        // the same filesystems; anything else is refused, not patched up.
+        Root::Mounted(_) => {
+            return Err(SetupError::new(
+                Stage::Overlay,
+                "the filesystems mounted ahead are not the plan's",
+            ));
+        }
+        Root::Pending(premounted) => mount_rootfs(&plan.filesystems(), scratch, premounted)?,
+    }
     nix::unistd::sethostname(&plan.hostname).map_err(at(Stage::Hostname))?;
-    mount_rootfs(plan, scratch, premounted)?;
     // Leaving the initial user namespace is the last step: from here on
     // this process is container root, a plain uid on the host.
     nix::unistd::setgroups(&[]).map_err(at(Stage::Setgroups))?;

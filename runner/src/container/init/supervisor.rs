@@ -333,7 +333,7 @@ impl<'a> Supervisor<'a> {
                 }
             }
             ToInit::Stop { grace_ms } => self.stop(Duration::from_millis(grace_ms)),
-            ToInit::Run { .. } | ToInit::Start => {}
+            ToInit::Mount { .. } | ToInit::Run { .. } | ToInit::Start => {}
         }
     }
 
