@@ -10,12 +10,14 @@
 //! memory until it execs), which enters the user namespace, empties its bounding set (entering
 //! the namespace gave it back in full) and installs the seccomp filter; make
 //! `/proc`, `/dev` (with its nodes) and `/tmp` as detached mounts — a
-//! pre-made sandbox waits here for a function — then hostname; mount the
-//! scratch tmpfs and the overlay; `pivot_root` into it and detach the
-//! host's root; only then attach `/proc`, `/dev` and `/tmp`, so that no
-//! path the image controls (its symlinks) is ever resolved against the
-//! host's tree; finally enter the user namespace, where container root is
-//! an unprivileged host uid.
+//! pre-made sandbox waits here for a function — then mount the scratch
+//! tmpfs and the overlay; `pivot_root` into it and detach the host's root;
+//! only then attach `/proc`, `/dev` and `/tmp`, so that no path the image
+//! controls (its symlinks) is ever resolved against the host's tree (a
+//! sandbox told `Mount` does these steps for the image the gateway expects
+//! and waits again, still host root, until its function's plan asks for
+//! those very filesystems); then hostname; finally enter the user
+//! namespace, where container root is an unprivileged host uid.
 //!
 //! Init then waits for the gateway's `Start` (the cgroup limits are
 //! written), gives the zygote its command and, once it has exec'd, empties

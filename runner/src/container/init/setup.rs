@@ -2,8 +2,8 @@
 //! spawner's `clone` made: [`isolate`] does what no function needs (it runs
 //! while the sandbox is pre-made); [`mount_rootfs`] may follow, ahead of
 //! the function, for an image the gateway expects; [`take_function`] makes
-//! the sandbox the function's once its plan arrives; [`drop_bounding_set`] empties init's
-//! bounding set once the handler is exec'ing.
+//! the sandbox the function's once its plan arrives; [`drop_bounding_set`]
+//! empties init's bounding set once the handler is exec'ing.
 
 use std::fs;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
@@ -57,8 +57,9 @@ pub(super) fn isolate(req: &SpawnRequest, netns: Option<i32>) -> Result<(), Setu
 
 /// The root filesystem as a function's plan finds it.
 pub(super) enum Root {
-    /// Mounted ahead ([`ToInit::Mount`](crate::container::proto::ToInit::Mount)): these filesystems, the host's
-    /// tree already detached.
+    /// Mounted ahead
+    /// ([`ToInit::Mount`](crate::container::proto::ToInit::Mount)): these
+    /// filesystems, the host's tree already detached.
     Mounted(Filesystems),
     /// Not mounted yet; with the standard mounts made ahead, if they
     /// could be.
