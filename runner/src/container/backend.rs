@@ -338,7 +338,6 @@ impl Backend for ContainerBackend {
             pid,
             netns_reused,
             cgroup_reused,
-            ahead: _,
         } = premade;
         if was_premade {
             // Made at idle priority; one that has not finished setting up

@@ -33,7 +33,7 @@ use crate::container::sandbox::{CgroupGuard, Ending, Sandbox, owner_tag};
 use crate::container::spawner::{Spawner, recv_async, send_async};
 use crate::container::sys;
 
-/// How long a sandbox made at idle priority may take to mount ahead.
+/// How long init may take to mount ahead.
 const MOUNT_WAIT: Duration = Duration::from_secs(30);
 
 /// Makes sandboxes and keeps some waiting for a function.
@@ -51,8 +51,7 @@ pub(crate) struct PremadePool {
     /// Sandboxes made ahead of demand, waiting for a function.
     waiting: Mutex<Waiting>,
     /// The filesystems of the latest start that could have them mounted
-    /// ahead: what the refill mounts in the sandboxes it makes beyond
-    /// `target` plain ones.
+    /// ahead: what plain sandboxes are given to mount (`keep_mounted`).
     expected: Mutex<Option<Filesystems>>,
     /// How many to keep of each kind.
     target: usize,
@@ -67,13 +66,13 @@ pub(crate) struct PremadePool {
 #[derive(Default)]
 struct Waiting {
     plain: VecDeque<Premade>,
-    /// With filesystems mounted ahead.
-    mounted: VecDeque<Premade>,
+    /// With filesystems mounted ahead, and which.
+    mounted: VecDeque<(Premade, Ahead)>,
 }
 
 /// Filesystems a waiting sandbox mounted ahead, and the identity (device,
 /// inode) of their layer directories then.
-pub(crate) struct Ahead {
+struct Ahead {
     filesystems: Filesystems,
     layers: Vec<(u64, u64)>,
 }
@@ -99,8 +98,6 @@ pub(crate) struct Premade {
     pub(crate) netns_reused: bool,
     /// Its cgroup is a kept one.
     pub(crate) cgroup_reused: bool,
-    /// What it mounted ahead, if anything.
-    pub(crate) ahead: Option<Ahead>,
 }
 
 impl PremadePool {
@@ -185,31 +182,26 @@ impl PremadePool {
             pid: spawned.pid,
             netns_reused: spawned.netns_reused,
             cgroup_reused,
-            ahead: None,
         })
     }
 
-    /// Has a waiting sandbox mount `filesystems` ahead; returns it once
-    /// init has said they are in place.
-    async fn mount_ahead(
+    /// Asks a waiting sandbox to mount `filesystems` ahead; returns what
+    /// it mounted once init has said they are in place (on failure the
+    /// sandbox is released).
+    async fn ask_to_mount(
         &self,
-        mut premade: Premade,
+        premade: &mut Premade,
         filesystems: Filesystems,
-    ) -> Result<Premade, SandboxError> {
-        let layers = match layer_ids(&filesystems) {
-            Ok(layers) => layers,
-            Err(e) => {
-                premade.sandbox.release().await;
-                return Err(SandboxError::Control(e));
-            }
-        };
+    ) -> Result<Ahead, SandboxError> {
+        let layers = layer_ids(&filesystems).map_err(SandboxError::Control)?;
         // Mounting is short: done at normal priority, so that the mounted
         // sandbox is there for the next start (init lowers itself after).
         let _ = sys::set_priority(
             Some(nix::unistd::Pid::from_raw(premade.pid)),
             sys::Priority::Normal,
         );
-        let control = sys::async_fd(premade.control).map_err(SandboxError::Control)?;
+        let control = sys::async_fd(premade.control.try_clone().map_err(SandboxError::Control)?)
+            .map_err(SandboxError::Control)?;
         let mount = ToInit::Mount {
             filesystems: Box::new(filesystems.clone()),
         };
@@ -219,33 +211,26 @@ impl PremadePool {
             recv_async::<FromInit>(&control, &mut buf).await
         })
         .await;
-        let failed = match answer {
-            Ok(Ok((FromInit::Mounted, _))) => None,
+        match answer {
+            Ok(Ok((FromInit::Mounted, _))) => Ok(Ahead {
+                filesystems,
+                layers,
+            }),
             Ok(Ok((FromInit::SetupFailed { stage, error }, _))) => {
-                Some(SandboxError::Setup { stage, error })
+                Err(SandboxError::Setup { stage, error })
             }
-            Ok(Ok(_)) => Some(SandboxError::Control(std::io::Error::other(
+            Ok(Ok(_)) => Err(SandboxError::Control(std::io::Error::other(
                 "init answered Mount with something else",
             ))),
-            Ok(Err(e)) => Some(SandboxError::InitGone(e)),
-            Err(_) => Some(SandboxError::NoReport(MOUNT_WAIT)),
-        };
-        if let Some(error) = failed {
-            premade.sandbox.release().await;
-            return Err(error);
+            Ok(Err(e)) => Err(SandboxError::InitGone(e)),
+            Err(_) => Err(SandboxError::NoReport(MOUNT_WAIT)),
         }
-        premade.control = control.into_inner();
-        premade.ahead = Some(Ahead {
-            filesystems,
-            layers,
-        });
-        Ok(premade)
     }
 
     /// A pre-made sandbox if one is waiting (and alive), else a new one;
-    /// says which. One that mounted `filesystems` ahead if there is one
-    /// (then its `ahead` is set), else a plain one. `filesystems` are the
-    /// start's if they may be mounted ahead: the refill mounts them next.
+    /// says which. One that mounted `filesystems` ahead if there is one,
+    /// else a plain one. `filesystems` are the start's if they may be
+    /// mounted ahead: the refill mounts them next.
     pub(crate) async fn take(
         &self,
         filesystems: Option<&Filesystems>,
@@ -264,27 +249,28 @@ impl PremadePool {
                         waiting
                             .mounted
                             .iter()
-                            .position(|p| p.ahead.as_ref().is_some_and(|a| &a.filesystems == fs))
+                            .position(|(_, a)| &a.filesystems == fs)
                     })
                     .and_then(|at| waiting.mounted.remove(at));
-                mounted.or_else(|| waiting.plain.pop_front())
+                match mounted {
+                    Some((premade, ahead)) => Some((premade, Some(ahead))),
+                    None => waiting.plain.pop_front().map(|premade| (premade, None)),
+                }
             };
             // Replace it now, while this start waits on its sandbox: the
             // new one sets itself up at idle priority (see `background`).
             self.refill.notify_one();
             self.mount.notify_one();
             match next {
-                Some(premade) if !premade.sandbox.is_alive() => continue,
-                Some(premade) => {
-                    let current = premade
-                        .ahead
-                        .as_ref()
-                        .is_none_or(|a| layer_ids(&a.filesystems).is_ok_and(|now| now == a.layers));
-                    if current {
-                        return Ok((premade, true));
-                    }
+                Some((premade, _)) if !premade.sandbox.is_alive() => continue,
+                // Its layers pruned and unpacked again since: it would see
+                // empty directories.
+                Some((premade, Some(ahead)))
+                    if !layer_ids(&ahead.filesystems).is_ok_and(|now| now == ahead.layers) =>
+                {
                     tokio::spawn(premade.sandbox.release());
                 }
+                Some((premade, _)) => return Ok((premade, true)),
                 None => return Ok((self.make(false).await?, false)),
             }
         }
@@ -332,9 +318,8 @@ impl PremadePool {
                         let have = waiting
                             .mounted
                             .iter()
-                            .filter(|p| p.ahead.as_ref().is_some_and(|a| &a.filesystems == *fs))
-                            .count();
-                        have < self.target
+                            .filter(|(_, a)| &a.filesystems == *fs);
+                        have.count() < self.target
                     });
                     match wanted {
                         Some(fs) => waiting.plain.pop_front().map(|p| (p, fs.clone())),
@@ -346,7 +331,7 @@ impl PremadePool {
                 };
                 self.refill.notify_one();
                 if premade.sandbox.is_alive() {
-                    self.mounted_ahead(premade, fs).await;
+                    self.mount_ahead(premade, fs).await;
                 }
             }
             if self.closed.load(Ordering::Acquire) {
@@ -356,32 +341,13 @@ impl PremadePool {
         }
     }
 
-    /// Mounts `fs` ahead in `premade` and keeps it waiting with them,
+    /// Has `premade` mount `fs` ahead and keeps it waiting with them,
     /// making room among the other images' (oldest first).
-    async fn mounted_ahead(&self, premade: Premade, fs: Filesystems) {
-        match self.mount_ahead(premade, fs.clone()).await {
-            Ok(premade) => {
-                let evicted = {
-                    let mut waiting = lock(&self.waiting);
-                    waiting.mounted.push_back(premade);
-                    let mut evicted = Vec::new();
-                    while waiting.mounted.len() > self.target {
-                        let Some(at) = waiting
-                            .mounted
-                            .iter()
-                            .position(|p| p.ahead.as_ref().is_none_or(|a| a.filesystems != fs))
-                        else {
-                            break;
-                        };
-                        evicted.extend(waiting.mounted.remove(at));
-                    }
-                    evicted
-                };
-                for premade in evicted {
-                    premade.sandbox.release().await;
-                }
-            }
+    async fn mount_ahead(&self, mut premade: Premade, fs: Filesystems) {
+        let ahead = match self.ask_to_mount(&mut premade, fs.clone()).await {
+            Ok(ahead) => ahead,
             Err(error) => {
+                premade.sandbox.release().await;
                 // Not again for these filesystems until a start asks for
                 // them anew.
                 tracing::warn!(%error, "could not mount an image's filesystems ahead");
@@ -389,7 +355,27 @@ impl PremadePool {
                 if expected.as_ref() == Some(&fs) {
                     *expected = None;
                 }
+                return;
             }
+        };
+        let evicted = {
+            let mut waiting = lock(&self.waiting);
+            waiting.mounted.push_back((premade, ahead));
+            let mut evicted = Vec::new();
+            while waiting.mounted.len() > self.target {
+                let Some(at) = waiting
+                    .mounted
+                    .iter()
+                    .position(|(_, a)| a.filesystems != fs)
+                else {
+                    break;
+                };
+                evicted.extend(waiting.mounted.remove(at));
+            }
+            evicted
+        };
+        for (premade, _) in evicted {
+            premade.sandbox.release().await;
         }
     }
 
@@ -404,7 +390,10 @@ impl PremadePool {
         let waiting: Vec<Premade> = {
             let mut waiting = lock(&self.waiting);
             let Waiting { plain, mounted } = &mut *waiting;
-            plain.drain(..).chain(mounted.drain(..)).collect()
+            plain
+                .drain(..)
+                .chain(mounted.drain(..).map(|(p, _)| p))
+                .collect()
         };
         for premade in waiting {
             premade.sandbox.release().await;

@@ -467,9 +467,9 @@ impl Inner {
         Some(lease)
     }
 
-    /// Hands free slots to queued requests,
-    /// starts the instances the queue (or `min_instances`) needs, fails
-    /// queued requests while cold starts back off, and reports.
+    /// Hands free slots to queued requests, starts the instances the
+    /// queue (or `min_instances`) needs, fails queued requests while cold
+    /// starts back off, and reports.
     fn rebalance(self: &Arc<Self>, mut state: MutexGuard<'_, State>) {
         // Free slots go to the front of the queue.
         loop {

@@ -21,16 +21,16 @@ use crate::container::proto::Stage;
 use crate::container::sys;
 
 pub(super) fn mount_rootfs(
-    plan: &Filesystems,
+    fs: &Filesystems,
     scratch: &Path,
     premounted: Option<Premounted>,
 ) -> Result<(), SetupError> {
-    let owner = (plan.id_map.host_uid, plan.id_map.host_gid);
+    let owner = (fs.id_map.host_uid, fs.id_map.host_gid);
     match &premounted {
         Some(p) if p.owner == owner => {
-            if plan.rootfs.scratch_bytes != DEFAULT_SCRATCH_BYTES {
+            if fs.rootfs.scratch_bytes != DEFAULT_SCRATCH_BYTES {
                 let none: Option<&str> = None;
-                let size = format!("size={}", plan.rootfs.scratch_bytes);
+                let size = format!("size={}", fs.rootfs.scratch_bytes);
                 mount(
                     none,
                     scratch,
@@ -41,17 +41,17 @@ pub(super) fn mount_rootfs(
                 .map_err(at(Stage::ScratchTmpfs))?;
             }
         }
-        _ => make_scratch(scratch, plan.rootfs.scratch_bytes, owner)?,
+        _ => make_scratch(scratch, fs.rootfs.scratch_bytes, owner)?,
     }
     let (upper, work, root) = (scratch.join("u"), scratch.join("w"), scratch.join("r"));
 
     // lowerdir= holds at most a page: name the layers relative to their
     // common parent (the image store's `layers/`), which is our cwd.
-    let base = common_parent(&plan.rootfs.lower)
+    let base = common_parent(&fs.rootfs.lower)
         .ok_or_else(|| SetupError::new(Stage::Overlay, "the layers share no parent directory"))?;
     chdir(&base).map_err(at(Stage::Overlay))?;
     let mut lower = String::new();
-    for layer in &plan.rootfs.lower {
+    for layer in &fs.rootfs.lower {
         let rel = layer.strip_prefix(&base).unwrap_or(layer);
         let rel = rel
             .to_str()
@@ -85,7 +85,7 @@ pub(super) fn mount_rootfs(
     .map_err(at(Stage::Overlay))?;
     // Host directories are bound while the host's tree is still in view,
     // and put in place after the standard mounts.
-    let binds = plan
+    let binds = fs
         .mounts
         .iter()
         .filter(|m| m.bind)
@@ -102,15 +102,15 @@ pub(super) fn mount_rootfs(
 
     // Only the standard mounts are made ahead; the scratch tmpfs was
     // used above whatever the plan's mounts.
-    match premounted.filter(|p| p.fits(plan)) {
+    match premounted.filter(|p| p.fits(fs)) {
         Some(premounted) => premounted.attach()?,
         None => {
-            let (uid, gid) = (plan.id_map.host_uid, plan.id_map.host_gid);
-            for m in plan.mounts.iter().filter(|m| !m.bind) {
-                mount_one(m, plan.id_map)?;
+            let (uid, gid) = (fs.id_map.host_uid, fs.id_map.host_gid);
+            for m in fs.mounts.iter().filter(|m| !m.bind) {
+                mount_one(m, fs.id_map)?;
                 if m.target == "/dev" {
                     let dev = fs::File::open("/dev").map_err(at(Stage::Devices))?;
-                    make_devices(dev.as_fd(), &plan.devices, uid, gid)?;
+                    make_devices(dev.as_fd(), &fs.devices, uid, gid)?;
                 }
             }
         }
@@ -182,10 +182,7 @@ pub(super) struct Premounted {
 }
 
 impl Premounted {
-    pub(super) fn make(
-        ids: crate::container::plan::IdMap,
-        scratch: &Path,
-    ) -> Result<Premounted, SetupError> {
+    pub(super) fn make(ids: IdMap, scratch: &Path) -> Result<Premounted, SetupError> {
         let (uid, gid) = (ids.host_uid, ids.host_gid);
         let standard = crate::container::plan::standard_mounts();
         let mut mounts: Vec<(String, OwnedFd)> = Vec::new();
@@ -238,15 +235,15 @@ impl Premounted {
         })
     }
 
-    /// Whether these are the filesystems `plan` asks for (its binds are
-    /// made apart).
-    fn fits(&self, plan: &Filesystems) -> bool {
-        plan.mounts
+    /// Whether these are the standard mounts of `fs` (its binds are made
+    /// apart).
+    fn fits(&self, fs: &Filesystems) -> bool {
+        fs.mounts
             .iter()
             .filter(|m| !m.bind)
             .eq(&crate::container::plan::standard_mounts())
-            && plan.devices == crate::container::plan::standard_devices()
-            && self.owner == (plan.id_map.host_uid, plan.id_map.host_gid)
+            && fs.devices == crate::container::plan::standard_devices()
+            && self.owner == (fs.id_map.host_uid, fs.id_map.host_gid)
     }
 
     /// Attaches every mount at its path (run after `pivot_root`).
