@@ -981,6 +981,63 @@ async fn a_cpu_hog_is_throttled_at_its_cpu_limit() {
     assert!(throttled > 0, "the spinning handler was throttled: {stat}");
 }
 
+/// Sandboxes made ahead wait in cgroups marked idle (`cpu.idle`): making
+/// them, mounting ahead and their teardown yield the CPU to any other work
+/// — the scheduler weighs a cgroup as one entity, whatever its tasks'
+/// policies. The sandbox a function runs in never is idle, and one let go
+/// is idle again. (Issue 13.)
+#[tokio::test]
+async fn a_function_never_runs_in_an_idle_cgroup() {
+    let wisp = Wisp::builder()
+        .arg("--premade-sandboxes")
+        .arg("2")
+        .start()
+        .unwrap();
+    let rootfs = busybox_rootfs();
+    // Its cgroup is the one with its CPU cap (cpu.max on v2,
+    // cpu.cfs_quota_us on v1).
+    deploy_probe(&wisp, "busy", rootfs.path(), "http", &["--cpu", "300m"]);
+    assert_eq!(probe(&wisp, "busy", "id").await.0, StatusCode::OK);
+    let read = |dir: &Path, file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let capped = |dir: &Path| {
+        read(dir, "cpu.max") == "30000 100000" || read(dir, "cpu.cfs_quota_us") == "30000"
+    };
+    let dirs = sandbox_dirs(wisp.pid(), "cpu");
+    assert!(
+        dirs.iter().all(|d| d.join("cpu.idle").exists()),
+        "this kernel has cpu.idle (Linux 5.15+): {dirs:?}"
+    );
+    let function: Vec<&PathBuf> = dirs.iter().filter(|d| capped(d)).collect();
+    assert_eq!(function.len(), 1, "{dirs:?}");
+    assert_eq!(read(function[0], "cpu.idle"), "0", "the function's cgroup");
+    eventually(
+        "the sandboxes made ahead to wait in idle cgroups",
+        Duration::from_secs(10),
+        async || {
+            let waiting: Vec<PathBuf> = sandbox_dirs(wisp.pid(), "cpu")
+                .into_iter()
+                .filter(|d| populated(d) && !capped(d))
+                .collect();
+            waiting.len() >= 2 && waiting.iter().all(|d| read(d, "cpu.idle") == "1")
+        },
+    )
+    .await;
+    // Let go, its cgroup is idle again (kept for the next sandbox).
+    let busy = function[0].clone();
+    wisp.client.delete("busy").await.unwrap();
+    eventually(
+        "the let-go sandbox's cgroup to be idle (or removed)",
+        Duration::from_secs(10),
+        async || !busy.exists() || read(&busy, "cpu.idle") == "1",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn handlers_that_exit_or_never_listen_get_clear_errors() {
     let wisp = Wisp::start();

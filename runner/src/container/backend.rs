@@ -345,6 +345,12 @@ impl Backend for ContainerBackend {
             // (init raises its zygote itself when it gets the plan).
             let _ = sys::set_priority(Some(nix::unistd::Pid::from_raw(pid)), sys::Priority::Normal);
         }
+        // Nor its cgroup, idle while the sandbox was made and waited.
+        if let Some(cgroup) = &mut sandbox.cgroup.cgroup {
+            pool.cgroups
+                .set_idle(cgroup, false)
+                .map_err(|e| sandbox_err(SandboxError::Cgroup(e)))?;
+        }
         let control = sys::async_fd(control).map_err(|e| sandbox_err(SandboxError::Control(e)))?;
         let (protocol, port) = (plan.protocol, plan.port);
         let cgi_env = plan.process.env.clone();

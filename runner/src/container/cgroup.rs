@@ -325,6 +325,9 @@ pub struct Cgroups {
     fs: Box<dyn CgroupFs>,
     /// Emptied sandbox cgroups waiting for the next sandbox.
     kept: Mutex<Kept>,
+    /// Whether the kernel has `cpu.idle` (Linux 5.15+), as wisp's own
+    /// directory shows: [`Cgroups::set_idle`] does nothing without it.
+    cpu_idle: bool,
 }
 
 /// Emptied cgroups kept for reuse ([`Cgroups::keep`]).
@@ -355,6 +358,9 @@ pub struct Cgroup {
     /// host (`tg_set_cfs_bandwidth`), a cost that grows with the cgroups
     /// the host has — with every running sandbox.
     cpu_millis: Option<Option<u32>>,
+    /// Whether wisp last marked it idle ([`Cgroups::set_idle`]); a new
+    /// cgroup is not.
+    idle: bool,
 }
 
 /// The same cgroup: the same directories, whatever limits it has.
@@ -424,7 +430,7 @@ impl Cgroups {
                 ),
             ],
         };
-        let cgroups = Cgroups {
+        let mut cgroups = Cgroups {
             layout,
             parents,
             fs,
@@ -432,6 +438,7 @@ impl Cgroups {
                 max: KEPT_CGROUPS,
                 cgroups: Vec::new(),
             }),
+            cpu_idle: false,
         };
         if let Layout::V2 { mount } = &cgroups.layout {
             cgroups.enable_for_children(&mount.join(own(None)), ours)?;
@@ -448,6 +455,9 @@ impl Cgroups {
                     .map_err(io_err(&control))?;
             }
         }
+        cgroups.cpu_idle = cgroups.parents.iter().any(|(c, parent)| {
+            matches!(c, None | Some(Controller::Cpu)) && cgroups.fs.exists(&parent.join("cpu.idle"))
+        });
         Ok(cgroups)
     }
 
@@ -544,6 +554,7 @@ impl Cgroups {
                 .map(|(c, parent)| (*c, parent.join(name)))
                 .collect(),
             cpu_millis: None,
+            idle: false,
         };
         for (_, dir) in &cgroup.dirs {
             self.fs.create_dir(dir).map_err(io_err(dir))?;
@@ -672,6 +683,25 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Marks the cgroup idle, or not (`cpu.idle`; nothing on a kernel
+    /// without it). The scheduler weighs a cgroup's tasks against the rest
+    /// of the host as one entity, whatever their own policies: a pre-made
+    /// sandbox's init at `SCHED_IDLE` still took a CPU from a cold start's
+    /// steps as a full nice-0 entity, so its cgroup is idle while it is
+    /// made and waits, and any other task's wake-up preempts it (issue 13).
+    /// A sandbox's cgroup stops being idle when it is taken for a function.
+    pub fn set_idle(&self, cgroup: &mut Cgroup, idle: bool) -> Result<(), CgroupError> {
+        if !self.cpu_idle || cgroup.idle == idle {
+            return Ok(());
+        }
+        let path = cgroup.dir(Controller::Cpu).join("cpu.idle");
+        self.fs
+            .write(&path, if idle { "1" } else { "0" })
+            .map_err(io_err(&path))?;
+        cgroup.idle = idle;
+        Ok(())
+    }
+
     /// Moves process `pid` into the cgroup (in every hierarchy).
     pub fn add_process(&self, cgroup: &Cgroup, pid: u32) -> Result<(), CgroupError> {
         for (_, dir) in &cgroup.dirs {
@@ -759,6 +789,7 @@ impl Cgroups {
                     .map(|(c, parent)| (*c, parent.join(&name)))
                     .collect(),
                 cpu_millis: None,
+                idle: false,
             })
             .collect())
     }
@@ -1129,6 +1160,47 @@ mod tests {
             "marker",
             "no cap on a lifted one: none written"
         );
+    }
+
+    /// `cpu.idle` is written when a cgroup changes between idle and not, and
+    /// only then; a kept cgroup remembers what it was.
+    #[test]
+    fn idle_is_written_only_when_it_changes() {
+        let fs = v2_host("/", "cpu memory pids", "", &[]);
+        let cgroups =
+            Cgroups::with_own_cgroups(v2_layout(), Box::new(fs.clone()), "0::/\n", &[]).unwrap();
+        let idle = Path::new("/cg/wisp/sb-1/cpu.idle");
+        let read = || fs.files.lock().unwrap().get(idle).cloned();
+        let mark = |value: &str| {
+            fs.files
+                .lock()
+                .unwrap()
+                .insert(idle.to_owned(), value.to_owned());
+        };
+        let (mut cg, kept) = cgroups.take_unlimited("sb-1").unwrap();
+        assert!(!kept);
+        cgroups.set_idle(&mut cg, false).unwrap();
+        assert_eq!(read(), None, "a new cgroup is not idle: nothing written");
+        cgroups.set_idle(&mut cg, true).unwrap();
+        assert_eq!(read().as_deref(), Some("1"));
+        mark("marker");
+        cgroups.set_idle(&mut cg, true).unwrap();
+        assert_eq!(read().as_deref(), Some("marker"), "already idle");
+        cgroups.set_idle(&mut cg, false).unwrap();
+        assert_eq!(read().as_deref(), Some("0"));
+        cgroups.set_idle(&mut cg, true).unwrap();
+        fs.files
+            .lock()
+            .unwrap()
+            .insert("/cg/wisp/sb-1/memory.current".into(), "0".into());
+        cgroups.keep(cg).unwrap();
+        let (mut cg, kept) = cgroups.take_unlimited("sb-2").unwrap();
+        assert!(kept);
+        mark("marker");
+        cgroups.set_idle(&mut cg, true).unwrap();
+        assert_eq!(read().as_deref(), Some("marker"), "kept idle");
+        cgroups.set_idle(&mut cg, false).unwrap();
+        assert_eq!(read().as_deref(), Some("0"));
     }
 
     /// A host whose init enables no controller (the kernel's state at boot):

@@ -136,10 +136,14 @@ impl PremadePool {
     async fn make(&self, background: bool) -> Result<Premade, SandboxError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!("sandbox-{}-{seq}", self.owner);
-        let (cgroup, cgroup_reused) = self
+        let (mut cgroup, cgroup_reused) = self
             .cgroups
             .take_unlimited(&name)
             .map_err(SandboxError::Cgroup)?;
+        // Best effort, as init's own `SCHED_IDLE`: a background sandbox's
+        // set-up, mounting ahead and waiting yield to any other work (a
+        // kept cgroup may still be idle from its last pre-made sandbox).
+        let _ = self.cgroups.set_idle(&mut cgroup, background);
         // A kept cgroup counts its earlier sandboxes' OOM kills.
         let oom_seen = if cgroup_reused {
             self.cgroups.oom_kills(&cgroup).unwrap_or(0)

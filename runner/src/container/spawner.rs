@@ -44,6 +44,7 @@ use crate::container::netns::{self, NetnsPool};
 use crate::container::plan::IdMap;
 use crate::container::proto::{self, ProtoError, SpawnReply, SpawnRequest, ToSpawner};
 use crate::container::seccomp::Filters;
+use crate::container::sys::Priority;
 use crate::container::{init, sys};
 
 /// Stack of a container's first process until it forks the handler.
@@ -251,6 +252,18 @@ fn spawner_main(sock: OwnedFd, parent: Pid, id_map: IdMap, reuse_netns: bool) ->
                 tracing::warn!(%error, "sandboxes start from a copy of the host's whole mount table");
             }
         }
+        // A sandbox made ahead of demand is made at idle priority, as it
+        // then sets itself up: the `clone` (its namespaces) takes no CPU
+        // from a start or a request. One a request waits on is not (the
+        // gateway may have raised the spawner already: set every time).
+        let _ = sys::set_priority(
+            None,
+            if req.background {
+                Priority::Background
+            } else {
+                Priority::Normal
+            },
+        );
         let reply = spawn_one(&req, userns.as_fd(), &filters, &mut stack, &mut netns);
         let sent = match reply {
             Ok((spawned, control, pidfd, ns)) => {
@@ -396,6 +409,9 @@ pub struct Spawner {
     sock: tokio::sync::Mutex<(AsyncFd<OwnedFd>, Vec<u8>)>,
     /// The same socket, for messages without an answer.
     ends: Ender,
+    /// The spawner's pid: raised to `SCHED_OTHER` when a request waits on
+    /// a spawn (see [`Spawner::spawn`]).
+    pid: Pid,
 }
 
 /// A freshly cloned container.
@@ -438,6 +454,7 @@ impl Spawner {
         Ok(Spawner {
             sock: tokio::sync::Mutex::new((sys::async_fd(handle.sock)?, Vec::new())),
             ends,
+            pid: handle.pid,
         })
     }
 
@@ -446,8 +463,13 @@ impl Spawner {
         self.ends.clone()
     }
 
-    /// Asks for one container.
+    /// Asks for one container. One a request waits on first raises the
+    /// spawner, which may be making a sandbox ahead at idle priority: that
+    /// spawn, which this one queues behind, must not wait for an idle CPU.
     pub async fn spawn(&self, req: SpawnRequest) -> Result<Spawned, SpawnError> {
+        if !req.background {
+            let _ = sys::set_priority(Some(self.pid), sys::Priority::Normal);
+        }
         let mut guard = self.sock.lock().await;
         let (sock, buf) = &mut *guard;
         send_async(sock, &ToSpawner::Spawn(req), &[])
