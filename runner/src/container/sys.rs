@@ -156,9 +156,11 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
 /// The scheduling policy a sandbox's processes run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Priority {
-    /// `SCHED_IDLE`: a sandbox pre-made ahead of demand, or init once it
-    /// is told to stop (its teardown): neither must take a CPU from work
-    /// that is waited on.
+    /// `SCHED_IDLE`: a sandbox pre-made ahead of demand (and the spawner
+    /// while it clones one), or init once it is told to stop (its
+    /// teardown): none must take a CPU from work that is waited on. Their
+    /// cgroups are idle too (`Cgroups::set_idle`): a task's policy counts
+    /// only inside its cgroup.
     Background,
     /// `SCHED_OTHER` (nice 0): init and its zygote once their sandbox is
     /// taken, so that the steps of a cold start they are woken for run at
