@@ -198,8 +198,10 @@ impl PremadePool {
         filesystems: Filesystems,
     ) -> Result<Ahead, SandboxError> {
         let layers = layer_ids(&filesystems).map_err(SandboxError::Control)?;
-        // Mounting is short: done at normal priority, so that the mounted
-        // sandbox is there for the next start (init lowers itself after).
+        // Mounting is short: init does it at normal priority (it lowers
+        // itself after), in its cgroup, which stays idle: the mount yields
+        // to a start or a request. (Clearing the cgroup's idle mark for the
+        // mount made sequential cold starts no faster: 0.999x, session 30.)
         let _ = sys::set_priority(
             Some(nix::unistd::Pid::from_raw(premade.pid)),
             sys::Priority::Normal,
