@@ -37,6 +37,7 @@ default_tests=(
   container::a_kept_cgroup_carries_nothing_over_to_the_next_function
   container::a_fork_bomb_stops_at_the_pids_limit
   container::a_cpu_hog_is_throttled_at_its_cpu_limit
+  container::a_function_never_runs_in_an_idle_cgroup
   container::nothing_is_left_behind_after_teardown_or_a_crash
   container::on_cgroup_v2_a_server_alone_in_its_cgroup_moves_to_a_leaf
   container::a_starting_server_leaves_a_live_servers_sandboxes_alone

@@ -532,9 +532,6 @@ impl Instance for ContainerInstance {
     async fn stop(mut self: Box<Self>) {
         let grace = STOP_GRACE;
         self.link.stopping();
-        if let Some(sandbox) = &mut self.sandbox {
-            sandbox.wind_down();
-        }
         let asked = self
             .link
             .send(

@@ -39,22 +39,6 @@ impl Sandbox {
         let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), nix::sys::signal::Signal::SIGKILL);
     }
 
-    /// Marks the sandbox's cgroup idle as it is let go, so that what is
-    /// left of its life (its handler's shutdown, its processes' exit:
-    /// address spaces, namespaces) takes no CPU from a start or a request
-    /// (see [`Cgroups::set_idle`]).
-    pub(crate) fn wind_down(&mut self) {
-        if let Some(cgroup) = &mut self.cgroup.cgroup {
-            let _ = self.cgroup.cgroups.set_idle(cgroup, true);
-        }
-    }
-
-    /// Kills init (and so the sandbox) as it is let go.
-    fn end(&mut self) {
-        self.wind_down();
-        self.kill();
-    }
-
     /// Whether init still runs.
     pub(crate) fn is_alive(&self) -> bool {
         !exited_within(&self.pidfd, Duration::ZERO)
@@ -63,7 +47,7 @@ impl Sandbox {
     /// Kills the sandbox and waits until its cgroup is empty (and kept)
     /// or gone.
     pub(crate) async fn release(mut self) {
-        self.end();
+        self.kill();
         if let Some(cgroup) = self.cgroup.cgroup.take() {
             let cgroups = self.cgroup.cgroups.clone();
             let ending = self.cgroup.ending.take();
@@ -78,7 +62,7 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.end();
+        self.kill();
     }
 }
 
