@@ -93,6 +93,18 @@ fn populated_sandbox_cgroups(pid: u32) -> BTreeSet<String> {
         .collect()
 }
 
+/// A cgroup file's text ("" when it cannot be read).
+fn cgroup_file(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap_or_default()
+}
+
+/// Whether the cgroup `dir` has a CPU quota of `quota_us` in every 100 ms
+/// period (`cpu.max` on v2, `cpu.cfs_quota_us` on v1).
+fn has_cpu_quota(dir: &Path, quota_us: u64) -> bool {
+    cgroup_file(dir, "cpu.max").trim() == format!("{quota_us} 100000")
+        || cgroup_file(dir, "cpu.cfs_quota_us").trim() == quota_us.to_string()
+}
+
 fn populated(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
 }
@@ -875,20 +887,24 @@ async fn a_kept_cgroup_carries_nothing_over_to_the_next_function() {
     assert!(body.contains("out of memory"), "{body}");
     wisp.client.delete("hog").await.unwrap();
 
-    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
     let oom_kills = |dir: &Path| -> u64 {
         ["memory.events", "memory.oom_control"]
             .iter()
-            .flat_map(|f| read(dir, f).lines().map(str::to_owned).collect::<Vec<_>>())
+            .flat_map(|f| {
+                cgroup_file(dir, f)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
             .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
             .unwrap_or(0)
     };
     // memory.max on v2, memory.limit_in_bytes on v1 (no limit: "max", or
     // the largest page-aligned value).
     let memory_limit = |dir: &Path| -> String {
-        let v2 = read(dir, "memory.max");
+        let v2 = cgroup_file(dir, "memory.max");
         let text = if v2.is_empty() {
-            read(dir, "memory.limit_in_bytes")
+            cgroup_file(dir, "memory.limit_in_bytes")
         } else {
             v2
         };
@@ -974,17 +990,13 @@ async fn a_cpu_hog_is_throttled_at_its_cpu_limit() {
     deploy_probe(&wisp, "spin", rootfs.path(), "cgi", &["--cpu", "200m"]);
     let (status, body) = probe(&wisp, "spin", "spin").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
     // 20 ms of CPU time in every 100 ms period; the pre-made sandboxes have no quota.
     let capped: Vec<PathBuf> = sandbox_dirs(wisp.pid(), "cpu")
         .into_iter()
-        .filter(|d| {
-            read(d, "cpu.max").trim() == "20000 100000"
-                || read(d, "cpu.cfs_quota_us").trim() == "20000"
-        })
+        .filter(|d| has_cpu_quota(d, 20_000))
         .collect();
     assert_eq!(capped.len(), 1, "one sandbox has the quota: {capped:?}");
-    let stat = read(&capped[0], "cpu.stat");
+    let stat = cgroup_file(&capped[0], "cpu.stat");
     let throttled: u64 = stat
         .lines()
         .find_map(|l| l.strip_prefix("nr_throttled "))
@@ -1009,15 +1021,7 @@ async fn a_function_never_runs_in_an_idle_cgroup() {
     // cpu.cfs_quota_us on v1).
     deploy_probe(&wisp, "busy", rootfs.path(), "http", &["--cpu", "300m"]);
     assert_eq!(probe(&wisp, "busy", "id").await.0, StatusCode::OK);
-    let read = |dir: &Path, file: &str| {
-        std::fs::read_to_string(dir.join(file))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
-    let capped = |dir: &Path| {
-        read(dir, "cpu.max") == "30000 100000" || read(dir, "cpu.cfs_quota_us") == "30000"
-    };
+    let capped = |dir: &Path| has_cpu_quota(dir, 30_000);
     let dirs = sandbox_dirs(wisp.pid(), "cpu");
     assert!(
         dirs.iter().all(|d| d.join("cpu.idle").exists()),
@@ -1025,7 +1029,11 @@ async fn a_function_never_runs_in_an_idle_cgroup() {
     );
     let function: Vec<&PathBuf> = dirs.iter().filter(|d| capped(d)).collect();
     assert_eq!(function.len(), 1, "{dirs:?}");
-    assert_eq!(read(function[0], "cpu.idle"), "0", "the function's cgroup");
+    assert_eq!(
+        cgroup_file(function[0], "cpu.idle").trim(),
+        "0",
+        "the function's cgroup"
+    );
     eventually(
         "the sandboxes made ahead to wait in idle cgroups",
         Duration::from_secs(10),
@@ -1034,7 +1042,10 @@ async fn a_function_never_runs_in_an_idle_cgroup() {
                 .into_iter()
                 .filter(|d| populated(d) && !capped(d))
                 .collect();
-            waiting.len() >= 2 && waiting.iter().all(|d| read(d, "cpu.idle") == "1")
+            waiting.len() >= 2
+                && waiting
+                    .iter()
+                    .all(|d| cgroup_file(d, "cpu.idle").trim() == "1")
         },
     )
     .await;
@@ -1413,13 +1424,12 @@ async fn on_cgroup_v2_a_server_alone_in_its_cgroup_moves_to_a_leaf() {
     deploy_probe(&wisp, "hog", rootfs.path(), "cgi", &["--memory", "32Mi"]);
     assert_eq!(probe(&wisp, "hog", "id").await.0, StatusCode::OK);
 
-    let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
     assert_eq!(
-        read(&delegated.0, "cgroup.procs"),
+        cgroup_file(&delegated.0, "cgroup.procs"),
         "",
         "the cgroup is left to its children"
     );
-    let server = read(&delegated.0.join("wisp-server"), "cgroup.procs");
+    let server = cgroup_file(&delegated.0.join("wisp-server"), "cgroup.procs");
     let server: Vec<&str> = server.lines().collect();
     assert_eq!(server.len(), 2, "the server and its spawner: {server:?}");
     assert!(
@@ -1429,7 +1439,7 @@ async fn on_cgroup_v2_a_server_alone_in_its_cgroup_moves_to_a_leaf() {
     let limited: Vec<PathBuf> = std::fs::read_dir(delegated.0.join("wisp"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|d| read(d, "memory.max").trim() == (32u64 << 20).to_string())
+        .filter(|d| cgroup_file(d, "memory.max").trim() == (32u64 << 20).to_string())
         .collect();
     assert_eq!(limited.len(), 1, "the function's sandbox has its limit");
     let (status, body) = probe(&wisp, "hog", "hog").await;

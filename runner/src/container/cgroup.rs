@@ -19,7 +19,9 @@
 //! `Delegate=yes`, a container's cgroup namespace) wisp first moves itself
 //! and its spawner into the leaf `wisp-server` beside `wisp`; a cgroup
 //! shared with other processes (a login session's scope) is refused with
-//! that reason. Limits: no I/O limits; CPU is a CFS quota, not shares.
+//! that reason. Limits: no I/O limits; CPU is a CFS quota, not shares. A
+//! sandbox made ahead waits in a cgroup marked idle (`cpu.idle`,
+//! [`Cgroups::set_idle`]), cleared when a function takes it.
 //!
 //! A sandbox's cgroup outlives it: once empty it is kept, its limits
 //! lifted, for the next sandbox ([`Cgroups::keep`],
@@ -455,9 +457,9 @@ impl Cgroups {
                     .map_err(io_err(&control))?;
             }
         }
-        cgroups.cpu_idle = cgroups.parents.iter().any(|(c, parent)| {
-            matches!(c, None | Some(Controller::Cpu)) && cgroups.fs.exists(&parent.join("cpu.idle"))
-        });
+        cgroups.cpu_idle = cgroups
+            .fs
+            .exists(&dir_of(&cgroups.parents, Controller::Cpu).join("cpu.idle"));
         Ok(cgroups)
     }
 
@@ -795,13 +797,18 @@ impl Cgroups {
     }
 }
 
+/// Of directories per hierarchy (one for all controllers on v2), the one
+/// holding `controller`'s files.
+fn dir_of(dirs: &[(Option<Controller>, PathBuf)], controller: Controller) -> &Path {
+    dirs.iter()
+        .find(|(c, _)| c.is_none() || *c == Some(controller))
+        .map_or_else(|| Path::new("/nonexistent"), |(_, d)| d.as_path())
+}
+
 impl Cgroup {
     /// The directory holding `controller`'s files.
     fn dir(&self, controller: Controller) -> &Path {
-        self.dirs
-            .iter()
-            .find(|(c, _)| c.is_none() || *c == Some(controller))
-            .map_or_else(|| Path::new("/nonexistent"), |(_, d)| d.as_path())
+        dir_of(&self.dirs, controller)
     }
 
     /// The cgroup's name (its directories' last component).

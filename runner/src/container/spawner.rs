@@ -17,7 +17,9 @@
 //! there, except a network namespace kept from an exited sandbox, which
 //! the container enters: [`crate::container::netns`]) and one
 //! `pidfd_open`; everything else happens in the new container, in
-//! parallel with the next request. Between requests the spawner reaps the
+//! parallel with the next request. A sandbox made ahead of demand is
+//! cloned at `SCHED_IDLE`, one a request waits on at `SCHED_OTHER` (the
+//! gateway raises the spawner before it asks for one). Between requests the spawner reaps the
 //! init of each container the gateway reports ended
 //! ([`ToSpawner::Ended`], by its pid), looks into the network namespace
 //! handed back with it, and once a second sweeps for any other exited
